@@ -1,0 +1,181 @@
+"""The one exception tree of cove.
+
+Every error cove raises on purpose is a ``CoveError``; each subclass has one
+meaning and is mapped once, here, to an HTTP status, a CLI exit code and a CNI
+error code::
+
+    CoveError
+    ├── InvalidArgument      bad input from a user or client           400 / exit 2
+    ├── NotFound             the named thing does not exist             404 / exit 3
+    ├── AlreadyExists        a thing by that name exists already        409 / exit 4
+    ├── Conflict             the request clashes with current state     409 / exit 5
+    │   └── InUse            the thing is still used by others          409 / exit 5
+    ├── IpamExhausted        no free address or subnet is left          409 / exit 6
+    ├── PermissionDenied     the caller may not do this                 403 / exit 7
+    ├── Unavailable          a feature or a dependency is not there     503 / exit 8
+    ├── StoreError           the state store failed                     503 / exit 9
+    │   ├── CasFailed        a compare-and-swap did not hold            409 / exit 9
+    │   └── WatchCompacted   a watch asked for history already gone     503 / exit 9
+    └── DatapathError        the kernel refused a change                500 / exit 10
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CoveError(Exception):
+    """Base of every error cove raises on purpose.
+
+    ``message`` is one line for a human; ``details`` carries structured
+    fields (the offending name, subnet, ...) for API clients.
+    """
+
+    http_status = 500
+    exit_code = 1
+    cni_code = 999  # CNI: "generic failure"
+    kind = "internal"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message, "kind": self.kind}
+        if self.details:
+            body["details"] = {k: str(v) for k, v in self.details.items()}
+        return body
+
+
+class InvalidArgument(CoveError):
+    """Raised when input is malformed or out of range: a bad name, CIDR, port."""
+
+    http_status = 400
+    exit_code = 2
+    cni_code = 7  # CNI: invalid network config
+    kind = "invalid_argument"
+
+
+class NotFound(CoveError):
+    """Raised when a named network, container, service or key does not exist."""
+
+    http_status = 404
+    exit_code = 3
+    cni_code = 3  # CNI: unknown container / network
+    kind = "not_found"
+
+
+class AlreadyExists(CoveError):
+    """Raised when creating something whose name is taken."""
+
+    http_status = 409
+    exit_code = 4
+    cni_code = 999
+    kind = "already_exists"
+
+
+class Conflict(CoveError):
+    """Raised when a request is well-formed but clashes with the current state
+    (an overlapping subnet, an address already allocated, a port in use)."""
+
+    http_status = 409
+    exit_code = 5
+    cni_code = 999
+    kind = "conflict"
+
+
+class InUse(Conflict):
+    """Raised when removing something that others still depend on."""
+
+    kind = "in_use"
+
+
+class IpamExhausted(CoveError):
+    """Raised when a subnet or the default pool has no free address left."""
+
+    http_status = 409
+    exit_code = 6
+    cni_code = 11  # CNI: try again later
+    kind = "ipam_exhausted"
+
+
+class PermissionDenied(CoveError):
+    """Raised when the caller lacks the right to do what it asked."""
+
+    http_status = 403
+    exit_code = 7
+    cni_code = 999
+    kind = "permission_denied"
+
+
+class Unavailable(CoveError):
+    """Raised when a kernel feature, program or peer that is needed is missing
+    or cannot be reached (the agent is not running, etcd is down)."""
+
+    http_status = 503
+    exit_code = 8
+    cni_code = 11
+    kind = "unavailable"
+
+
+class StoreError(CoveError):
+    """Raised when the state store fails to read or write."""
+
+    http_status = 503
+    exit_code = 9
+    cni_code = 11
+    kind = "store_error"
+
+
+class CasFailed(StoreError):
+    """Raised when a compare-and-swap transaction's comparison did not hold.
+
+    Callers that retry on contention catch exactly this.
+    """
+
+    http_status = 409
+    kind = "cas_failed"
+
+
+class WatchCompacted(StoreError):
+    """Raised by a watch whose start revision was compacted away; the
+    watcher must re-read the current state and watch from its revision."""
+
+    kind = "watch_compacted"
+
+
+class DatapathError(CoveError):
+    """Raised when the kernel (netlink, nftables) refuses a change."""
+
+    http_status = 500
+    exit_code = 10
+    cni_code = 999
+    kind = "datapath_error"
+
+
+_BY_KIND: dict[str, type[CoveError]] = {
+    cls.kind: cls
+    for cls in (
+        CoveError,
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        Conflict,
+        InUse,
+        IpamExhausted,
+        PermissionDenied,
+        Unavailable,
+        StoreError,
+        CasFailed,
+        WatchCompacted,
+        DatapathError,
+    )
+}
+
+
+def from_json(body: dict[str, Any]) -> CoveError:
+    """Rebuild the error an API response carried (used by the CLI and CNI)."""
+    cls = _BY_KIND.get(str(body.get("kind", "internal")), CoveError)
+    details = body.get("details") or {}
+    return cls(str(body.get("error", "unknown error")), **details)

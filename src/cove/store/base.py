@@ -1,0 +1,201 @@
+"""The Store protocol: etcd's data model, which every backend implements.
+
+- String keys, byte values.
+- One global revision that grows by one with every write transaction (a
+  transaction that writes several keys bumps it once; a read, or a delete of a
+  missing key, does not bump it).
+- Per key: ``create_revision`` (revision of the write that created it),
+  ``mod_revision`` (revision of the last write) and ``version`` (writes since
+  creation, 1 after the first put).
+- Range by prefix, transactions with compare-and-swap that apply all or
+  nothing, watch from a past revision (no event missed, reordered or
+  duplicated), and leases with a TTL that delete their keys when they expire
+  or are revoked.
+
+Backends: ``memory`` (tests), ``sqlite`` (default, one host) and ``etcd``
+(cluster). All are thread-safe and synchronous; async callers use a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+class EventType(StrEnum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change. For DELETE, ``kv.value`` is empty and ``kv.mod_revision``
+    is the revision of the delete. ``prev`` is the key's state before."""
+
+    type: EventType
+    kv: KeyValue
+    prev: KeyValue | None = None
+
+    @property
+    def revision(self) -> int:
+        return self.kv.mod_revision
+
+
+class CompareTarget(StrEnum):
+    VALUE = "value"
+    VERSION = "version"
+    CREATE = "create"
+    MOD = "mod"
+
+
+class CompareOp(StrEnum):
+    EQUAL = "="
+    NOT_EQUAL = "!="
+    LESS = "<"
+    GREATER = ">"
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """A condition on one key. A missing key has version, create and mod
+    revision 0 and an empty value."""
+
+    key: str
+    target: CompareTarget
+    op: CompareOp
+    value: bytes | int
+
+    @classmethod
+    def absent(cls, key: str) -> Compare:
+        return cls(key, CompareTarget.VERSION, CompareOp.EQUAL, 0)
+
+    @classmethod
+    def present(cls, key: str) -> Compare:
+        return cls(key, CompareTarget.VERSION, CompareOp.GREATER, 0)
+
+    @classmethod
+    def mod_is(cls, key: str, revision: int) -> Compare:
+        return cls(key, CompareTarget.MOD, CompareOp.EQUAL, revision)
+
+    @classmethod
+    def value_is(cls, key: str, value: bytes) -> Compare:
+        return cls(key, CompareTarget.VALUE, CompareOp.EQUAL, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+    prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    key: str
+    prefix: bool = False
+
+
+Op = Put | Delete | Get
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """``responses`` has one entry per op of the branch that ran: the KeyValues
+    read for a Get, and ``[]`` for Put and Delete."""
+
+    succeeded: bool
+    revision: int
+    responses: tuple[tuple[KeyValue, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    kvs: tuple[KeyValue, ...]
+    revision: int
+
+
+class Watch(Protocol):
+    """A stream of events for a prefix, from a start revision on."""
+
+    def next(self, timeout: float | None = None) -> list[Event]:
+        """Block until events arrive and return them in revision order
+        (``[]`` when ``timeout`` passes first). Raises ``WatchCompacted`` when
+        the start revision was already compacted away, and ``StoreError``
+        when the watch is closed or the backend fails."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    def get(self, key: str) -> KeyValue | None: ...
+
+    def range(self, prefix: str) -> RangeResult:
+        """All keys starting with ``prefix``, sorted by key, and the store's
+        revision at the time of the read."""
+        ...
+
+    def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        """Write one key; returns the new revision. Raises ``NotFound`` for an
+        unknown or expired lease."""
+        ...
+
+    def delete(self, key: str, *, prefix: bool = False) -> int:
+        """Delete a key (or every key under a prefix); returns the store's
+        revision afterwards (unchanged when nothing was deleted)."""
+        ...
+
+    def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+    ) -> TxnResult:
+        """If every compare holds, run ``success``, else ``failure``; all or
+        nothing, as one revision."""
+        ...
+
+    def watch(self, prefix: str, start_revision: int | None = None) -> Watch:
+        """Events for keys under ``prefix`` with revision >= ``start_revision``
+        (default: only future events)."""
+        ...
+
+    def lease_grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; returns its id (> 0)."""
+        ...
+
+    def lease_keepalive(self, lease: int) -> int:
+        """Renew a lease to its full TTL; returns the TTL. Raises ``NotFound``
+        when the lease has expired or never existed."""
+        ...
+
+    def lease_revoke(self, lease: int) -> None:
+        """End a lease now and delete its keys. Unknown leases are ignored."""
+        ...
+
+    @property
+    def revision(self) -> int: ...
+
+    def compact(self, revision: int) -> None:
+        """Forget history before ``revision``; watches from earlier fail."""
+        ...
+
+    def close(self) -> None: ...
