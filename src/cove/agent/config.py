@@ -1,0 +1,123 @@
+"""Agent settings: defaults, then a TOML config file, then the environment
+(``COVE_STATE_DIR``, ``COVE_SOCKET``), then command-line flags."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket as socketlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from cove.errors import InvalidArgument
+
+DEFAULT_STATE_DIR = Path("/var/lib/cove")
+DEFAULT_SOCKET = Path("/run/cove/agent.sock")
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    """``ADDR:PORT`` or ``[V6ADDR]:PORT``."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise InvalidArgument(f"invalid {what} address {text!r}: expected ADDR:PORT") from None
+    if not sep or not 0 <= number <= 65535:
+        raise InvalidArgument(f"invalid {what} address {text!r}: expected ADDR:PORT")
+    return host, number
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    state_dir: Path = DEFAULT_STATE_DIR
+    socket: Path = DEFAULT_SOCKET
+    http: tuple[str, int] | None = ("127.0.0.1", 8500)
+    store: str = ""  # empty: sqlite:<state_dir>/state.db
+    dns: tuple[str, int] | None = ("127.0.0.1", 8600)
+    dns_domain: str = "cove"
+    dns_ttl: int = 0
+    upstreams: tuple[str, ...] | None = None  # None: from /etc/resolv.conf
+    resolv_conf: Path = Path("/etc/resolv.conf")
+    node_name: str = field(default_factory=socketlib.gethostname)
+    datacenter: str = "dc1"
+    log_level: str = "info"
+    log_file: Path | None = None
+    reconcile_interval: float = 15.0
+    enable_script_checks: bool = False
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:{self.state_dir / 'state.db'}"
+
+    @property
+    def run_dir(self) -> Path:
+        """Runtime files (container namespaces, supervisor socket)."""
+        return self.state_dir / "run"
+
+
+def load(
+    flags: Mapping[str, Any], config_file: Path | None, environ: Mapping[str, str]
+) -> AgentConfig:
+    """Merge the sources; ``flags`` holds only the flags that were given."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values.update(tomllib.loads(config_file.read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidArgument(f"cannot read config file {config_file}: {exc}") from exc
+    if "COVE_STATE_DIR" in environ:
+        values["state_dir"] = environ["COVE_STATE_DIR"]
+    if "COVE_SOCKET" in environ:
+        values["socket"] = environ["COVE_SOCKET"]
+    values.update({k: v for k, v in flags.items() if v is not None})
+    known = {f.name for f in fields(AgentConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidArgument(f"unknown config setting(s): {', '.join(unknown)}")
+    return _coerce(replace(AgentConfig(), **values))
+
+
+def _coerce(cfg: AgentConfig) -> AgentConfig:
+    http = cfg.http
+    if isinstance(http, str):
+        http = None if http in ("", "off") else parse_hostport(http, "http")
+    dns = cfg.dns
+    if isinstance(dns, str):
+        dns = None if dns in ("", "off") else parse_hostport(dns, "dns")
+    upstreams = cfg.upstreams
+    if upstreams is not None:
+        upstreams = tuple(str(u) for u in upstreams)
+        for u in upstreams:
+            _check_upstream(u)
+    if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise InvalidArgument(f"invalid log level {cfg.log_level!r}")
+    return replace(
+        cfg,
+        state_dir=Path(cfg.state_dir),
+        socket=Path(cfg.socket),
+        http=tuple(http) if http else None,  # type: ignore[arg-type]
+        dns=tuple(dns) if dns else None,  # type: ignore[arg-type]
+        upstreams=upstreams,
+        log_file=Path(cfg.log_file) if cfg.log_file else None,
+        resolv_conf=Path(cfg.resolv_conf),
+        reconcile_interval=float(cfg.reconcile_interval),
+    )
+
+
+def _check_upstream(text: str) -> None:
+    if ":" in text and not text.count(":") > 1:
+        parse_hostport(text, "upstream")
+        return
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        parse_hostport(text, "upstream")
+
+
+def environ() -> Mapping[str, str]:
+    return os.environ

@@ -1,0 +1,169 @@
+"""The agent: the composition root. It opens the store, wires the domain
+services to it and to the kernel, serves the API on the Unix socket and on
+TCP, and shuts down cleanly on SIGTERM.
+
+Only one agent may own a state directory at a time (an flock on
+``agent.lock``); a killed agent's lock dies with it, so a restart takes over
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+
+from cove import __version__
+from cove.agent.config import AgentConfig
+from cove.api import networks as networks_api
+from cove.api.app import build_app
+from cove.clock import SystemClock
+from cove.datapath.netlink import NetlinkDatapath
+from cove.datapath.nftables import Nft
+from cove.errors import CoveError, Unavailable
+from cove.ipam.allocator import Ipam
+from cove.model import NETWORKS
+from cove.network.reconcile import NetworkReconciler
+from cove.network.service import NetworkService
+from cove.store import open_store
+from cove.store.hub import WatchHub
+
+log = logging.getLogger("cove.agent")
+
+
+def setup_logging(config: AgentConfig) -> None:
+    stream: IO[str] = sys.stderr
+    if config.log_file is not None:
+        config.log_file.parent.mkdir(parents=True, exist_ok=True)
+        stream = open(config.log_file, "a", buffering=1)  # noqa: SIM115 - lives as long as the agent
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Unavailable(f"another agent is running with state directory {state_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def run(config: AgentConfig) -> int:
+    """Run the agent until SIGTERM or SIGINT; returns the exit status."""
+    setup_logging(config)
+    try:
+        lock = _lock_state_dir(config.state_dir)
+    except CoveError as exc:
+        log.error("%s", exc.message)
+        return exc.exit_code
+    try:
+        import uvloop
+
+        runner: Callable[..., None] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(_serve(config))
+    except CoveError as exc:
+        log.error("agent failed: %s", exc.message)
+        return exc.exit_code
+    finally:
+        os.close(lock)
+    return 0
+
+
+class Agent:
+    """Every long-lived part of a running agent, wired once."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.clock = SystemClock()
+        self.store = open_store(config.store_url, self.clock)
+        self.hub = WatchHub(self.store)
+        self.nft = Nft()
+        self.datapath = NetlinkDatapath(self.nft)
+        self.ipam = Ipam(self.store)
+        self.networks = NetworkService(self.store, self.clock, self.datapath.host_networks)
+        self.reconciler = NetworkReconciler(
+            self.store, self.datapath, interval=config.reconcile_interval
+        )
+        self.app = build_app()
+        networks_api.install(self.app, self.store, self.networks, self.reconciler)
+
+    def start(self) -> None:
+        self.hub.subscribe(NETWORKS, lambda _events: self.reconciler.kick())
+        self.hub.start()
+        self.reconciler.start()
+
+    def stop(self) -> None:
+        self.reconciler.stop()
+        self.hub.stop()
+        self.datapath.close()
+        self.store.close()
+
+
+@contextlib.asynccontextmanager
+async def _sites(agent: Agent) -> AsyncIterator[None]:
+    config = agent.config
+    runner = web.AppRunner(agent.app, access_log=None)
+    await runner.setup()
+    try:
+        config.socket.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            config.socket.unlink()  # stale from a killed agent; the flock says it is ours
+        old = os.umask(0o177)
+        try:
+            await web.UnixSite(runner, str(config.socket)).start()
+        finally:
+            os.umask(old)
+        os.chmod(config.socket, 0o600)
+        if config.http is not None:
+            host, port = config.http
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        yield
+    finally:
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            config.socket.unlink()
+
+
+async def _serve(config: AgentConfig) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = await asyncio.to_thread(Agent, config)
+    try:
+        await asyncio.to_thread(agent.start)
+        async with _sites(agent):
+            log.info(
+                "cove agent %s ready: socket %s, http %s, store %s",
+                __version__,
+                config.socket,
+                f"{config.http[0]}:{config.http[1]}" if config.http else "off",
+                config.store_url,
+            )
+            await stop.wait()
+            log.info("shutting down")
+    finally:
+        await asyncio.to_thread(agent.stop)

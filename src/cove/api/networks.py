@@ -1,0 +1,75 @@
+"""Native API for networks: /api/networks.
+
+A create or remove answers once the kernel matches the store (the
+reconciler has applied the write), so a CLI user who sees success can use
+the bridge at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from cove.api.app import json_body
+from cove.errors import DatapathError
+from cove.model import ENDPOINTS, Network
+from cove.network.reconcile import NetworkReconciler
+from cove.network.service import NetworkService
+from cove.network.spec import NetworkSpec
+from cove.store.base import Store
+
+APPLY_TIMEOUT = 10.0
+
+
+def network_json(network: Network, endpoints: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    out = network.to_json()
+    if endpoints is not None:
+        out["endpoints"] = endpoints
+    return out
+
+
+def install(
+    app: web.Application, store: Store, networks: NetworkService, reconciler: NetworkReconciler
+) -> None:
+    async def settle(revision: int) -> None:
+        ok = await asyncio.to_thread(reconciler.wait_applied, revision, APPLY_TIMEOUT)
+        if not ok:
+            raise DatapathError("the kernel did not converge in time; see the agent's log")
+        if reconciler.last_error:
+            raise DatapathError(reconciler.last_error)
+
+    async def create(request: web.Request) -> web.Response:
+        spec = NetworkSpec.from_json(await json_body(request))
+        network, revision = await asyncio.to_thread(networks.create, spec)
+        await settle(revision)
+        return web.json_response(network_json(network), status=201)
+
+    async def list_(_: web.Request) -> web.Response:
+        nets = await asyncio.to_thread(networks.list)
+        return web.json_response([network_json(n) for n in nets])
+
+    async def inspect(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        network = await asyncio.to_thread(networks.get, name)
+        kvs = (await asyncio.to_thread(store.range, f"{ENDPOINTS}{name}/")).kvs
+        endpoints = [json.loads(kv.value) for kv in kvs]
+        return web.json_response(network_json(network, endpoints))
+
+    async def remove(request: web.Request) -> web.Response:
+        revision = await asyncio.to_thread(networks.remove, request.match_info["name"])
+        await settle(revision)
+        return web.json_response({"removed": request.match_info["name"]})
+
+    async def prune(_: web.Request) -> web.Response:
+        removed, revision = await asyncio.to_thread(networks.prune)
+        await settle(revision)
+        return web.json_response({"removed": removed})
+
+    app.router.add_post("/api/networks", create)
+    app.router.add_get("/api/networks", list_)
+    app.router.add_post("/api/networks/prune", prune)
+    app.router.add_get("/api/networks/{name}", inspect)
+    app.router.add_delete("/api/networks/{name}", remove)

@@ -1,0 +1,52 @@
+"""`cove agent`: run the daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from cove.agent import config as agent_config
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("agent", help="run the cove agent (the daemon) in the foreground")
+    p.add_argument("--config", type=Path, help="TOML config file")
+    p.add_argument("--state-dir", type=Path, help="state directory (default /var/lib/cove)")
+    p.add_argument(
+        "--socket", dest="agent_socket", type=Path, help="API socket (default /run/cove/agent.sock)"
+    )
+    p.add_argument("--http", help="HTTP API ADDR:PORT, or 'off' (default 127.0.0.1:8500)")
+    p.add_argument("--store", help="sqlite:PATH | etcd://HOST:PORT | memory:")
+    p.add_argument("--dns", help="host DNS listener ADDR:PORT, or 'off' (default 127.0.0.1:8600)")
+    p.add_argument(
+        "--upstream", action="append", help="upstream DNS server (repeat; default resolv.conf)"
+    )
+    p.add_argument("--node-name")
+    p.add_argument("--datacenter")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-file", type=Path)
+    p.add_argument("--reconcile-interval", type=float)
+    p.add_argument("--enable-script-checks", action="store_true", default=None)
+    p.set_defaults(func=_run, no_client=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cove.agent.daemon import run  # imported late: the CLI's other commands stay light
+
+    flags = {
+        "state_dir": args.state_dir,
+        "socket": args.agent_socket or args.socket,
+        "http": args.http,
+        "store": args.store,
+        "dns": args.dns,
+        "upstreams": tuple(args.upstream) if args.upstream else None,
+        "node_name": args.node_name,
+        "datacenter": args.datacenter,
+        "log_level": args.log_level,
+        "log_file": args.log_file,
+        "reconcile_interval": args.reconcile_interval,
+        "enable_script_checks": args.enable_script_checks,
+    }
+    cfg = agent_config.load(flags, args.config, os.environ)
+    return run(cfg)

@@ -1,0 +1,53 @@
+"""The `cove` command. Errors print one line naming the problem and exit with
+the code the exception tree assigns (see cove.errors)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cove import __version__
+from cove.agent.config import DEFAULT_SOCKET
+from cove.cli import agent as agent_cli
+from cove.cli import network as network_cli
+from cove.cli.client import AgentClient
+from cove.errors import CoveError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cove", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cove {__version__}")
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=None,
+        help="agent socket (default $COVE_SOCKET or /run/cove/agent.sock)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    agent_cli.add_parsers(sub)
+    network_cli.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    socket_path = args.socket or Path(os.environ.get("COVE_SOCKET", str(DEFAULT_SOCKET)))
+    try:
+        if getattr(args, "no_client", False):
+            return int(args.func(args))
+        return int(args.func(args, AgentClient(socket_path)))
+    except CoveError as exc:
+        print(f"cove: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

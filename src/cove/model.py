@@ -1,0 +1,178 @@
+"""Typed domain objects, converted to JSON only at the store and API edges.
+
+Store keys (each domain owns its prefix):
+
+- ``networks/<name>``                       Network
+- ``ipam/<network>/<address>``              who holds an address (IPAM)
+- ``endpoints/<network>/<endpoint id>``     Endpoint: a container on a network
+- ``containers/<name>``                     Container (runtime)
+- ``registry/...``                          catalog, checks, KV, sessions
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+NETWORKS = "networks/"
+IPAM = "ipam/"
+ENDPOINTS = "endpoints/"
+CONTAINERS = "containers/"
+
+
+class NetworkDriver(StrEnum):
+    BRIDGE = "bridge"
+    OVERLAY = "overlay"
+
+
+@dataclass(frozen=True, slots=True)
+class Subnet:
+    """One address family's subnet of a network."""
+
+    cidr: IPNetwork
+    gateway: IPAddress
+    ip_range: IPNetwork | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subnet": str(self.cidr),
+            "gateway": str(self.gateway),
+            "ip_range": str(self.ip_range) if self.ip_range else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Subnet:
+        rng = data.get("ip_range")
+        return cls(
+            cidr=ipaddress.ip_network(data["subnet"]),
+            gateway=ipaddress.ip_address(data["gateway"]),
+            ip_range=ipaddress.ip_network(rng) if rng else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """A virtual network: a bridge (the virtual switch), its subnets and rules."""
+
+    id: str
+    name: str
+    subnets: tuple[Subnet, ...]
+    bridge: str
+    internal: bool = False
+    mtu: int = 1500
+    labels: Mapping[str, str] = field(default_factory=dict)
+    driver: NetworkDriver = NetworkDriver.BRIDGE
+    default_deny: bool = False
+    created: float = 0.0
+
+    @property
+    def ipv4(self) -> Subnet | None:
+        return next((s for s in self.subnets if s.cidr.version == 4), None)
+
+    @property
+    def ipv6(self) -> Subnet | None:
+        return next((s for s in self.subnets if s.cidr.version == 6), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "subnets": [s.to_json() for s in self.subnets],
+            "bridge": self.bridge,
+            "internal": self.internal,
+            "mtu": self.mtu,
+            "labels": dict(self.labels),
+            "driver": self.driver.value,
+            "default_deny": self.default_deny,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Network:
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            subnets=tuple(Subnet.from_json(s) for s in data["subnets"]),
+            bridge=data["bridge"],
+            internal=bool(data.get("internal", False)),
+            mtu=int(data.get("mtu", 1500)),
+            labels=dict(data.get("labels") or {}),
+            driver=NetworkDriver(data.get("driver", "bridge")),
+            default_deny=bool(data.get("default_deny", False)),
+            created=float(data.get("created", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A container's attachment to one network: one veth pair, its addresses."""
+
+    id: str
+    network: str
+    container_id: str
+    container_name: str
+    interface: str  # name inside the container, eth0, eth1, ...
+    host_veth: str  # host side, plugged into the network's bridge
+    mac: str
+    ipv4: ipaddress.IPv4Address | None = None
+    ipv6: ipaddress.IPv6Address | None = None
+    aliases: tuple[str, ...] = ()
+    hostname: str = ""
+    netns: str = ""  # path of the container's network namespace
+    services: tuple[str, ...] = ()  # "name:port" given with --service
+
+    @property
+    def addresses(self) -> tuple[IPAddress, ...]:
+        return tuple(a for a in (self.ipv4, self.ipv6) if a is not None)
+
+    def names(self) -> tuple[str, ...]:
+        """Every name this endpoint answers to on its network (lower case)."""
+        out: list[str] = []
+        for n in (self.container_name, self.hostname, *self.aliases):
+            n = n.lower()
+            if n and n not in out:
+                out.append(n)
+        return tuple(out)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "network": self.network,
+            "container_id": self.container_id,
+            "container_name": self.container_name,
+            "interface": self.interface,
+            "host_veth": self.host_veth,
+            "mac": self.mac,
+            "ipv4": str(self.ipv4) if self.ipv4 else None,
+            "ipv6": str(self.ipv6) if self.ipv6 else None,
+            "aliases": list(self.aliases),
+            "hostname": self.hostname,
+            "netns": self.netns,
+            "services": list(self.services),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Endpoint:
+        v4 = data.get("ipv4")
+        v6 = data.get("ipv6")
+        return cls(
+            id=data["id"],
+            network=data["network"],
+            container_id=data["container_id"],
+            container_name=data["container_name"],
+            interface=data["interface"],
+            host_veth=data["host_veth"],
+            mac=data["mac"],
+            ipv4=ipaddress.IPv4Address(v4) if v4 else None,
+            ipv6=ipaddress.IPv6Address(v6) if v6 else None,
+            aliases=tuple(data.get("aliases") or ()),
+            hostname=data.get("hostname", ""),
+            netns=data.get("netns", ""),
+            services=tuple(data.get("services") or ()),
+        )

@@ -1,0 +1,118 @@
+"""Networks as the store holds them: create, inspect, list, remove, prune.
+
+Every change is one store transaction. The kernel follows through the
+reconciler, never through this module.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+from collections.abc import Callable, Sequence
+
+from cove.clock import Clock
+from cove.errors import AlreadyExists, InUse, NotFound
+from cove.model import ENDPOINTS, IPAM, NETWORKS, IPNetwork, Network
+from cove.network.spec import NetworkSpec, build_network, check_name
+from cove.store.base import Compare, Delete, Put, Store
+
+log = logging.getLogger(__name__)
+
+# Bumped by every network create and remove, so that two concurrent creates
+# cannot both pick (or both be given) overlapping subnets.
+SUBNETS_GUARD = "meta/networks"
+_ATTEMPTS = 32
+
+
+class NetworkService:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        host_networks: Callable[[], Sequence[IPNetwork]] = tuple,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._host_networks = host_networks
+
+    def create(self, spec: NetworkSpec) -> tuple[Network, int]:
+        """Validate and store a new network; returns it and the revision of
+        the write. Raises ``InvalidArgument``, ``AlreadyExists``,
+        ``Conflict`` (overlap) or ``IpamExhausted``; nothing is written then."""
+        check_name(spec.name)
+        key = NETWORKS + spec.name
+        for _ in range(_ATTEMPTS):
+            guard = self._store.get(SUBNETS_GUARD)
+            guard_rev = guard.mod_revision if guard else 0
+            existing = self.list()
+            if any(n.name == spec.name for n in existing):
+                raise AlreadyExists(f"network {spec.name} already exists", network=spec.name)
+            taken = [(n.name, s.cidr) for n in existing for s in n.subnets]
+            network = build_network(spec, taken, self._host_networks(), self._clock.time())
+            result = self._store.txn(
+                [Compare.absent(key), Compare.mod_is(SUBNETS_GUARD, guard_rev)],
+                [Put(key, _encode(network)), Put(SUBNETS_GUARD, b"{}")],
+            )
+            if result.succeeded:
+                log.info("network %s created: %s", network.name, network.subnets)
+                return network, result.revision
+        raise AlreadyExists(f"network {spec.name} could not be created: too much contention")
+
+    def get(self, name: str) -> Network:
+        kv = self._store.get(NETWORKS + name)
+        if kv is None:
+            raise NotFound(f"network {name} not found", network=name)
+        return Network.from_json(json.loads(kv.value))
+
+    def list(self) -> builtins.list[Network]:
+        return [Network.from_json(json.loads(kv.value)) for kv in self._store.range(NETWORKS).kvs]
+
+    def endpoints_of(self, name: str) -> builtins.list[str]:
+        return [kv.key.rsplit("/", 1)[1] for kv in self._store.range(f"{ENDPOINTS}{name}/").kvs]
+
+    def remove(self, name: str) -> int:
+        """Remove a network that has no endpoints; returns the revision.
+        Raises ``NotFound`` or ``InUse``."""
+        for _ in range(_ATTEMPTS):
+            kv = self._store.get(NETWORKS + name)
+            if kv is None:
+                raise NotFound(f"network {name} not found", network=name)
+            users = self.endpoints_of(name)
+            if users:
+                raise InUse(
+                    f"network {name} has {len(users)} active endpoint(s); "
+                    "disconnect or remove its containers first",
+                    network=name,
+                )
+            result = self._store.txn(
+                [Compare.mod_is(NETWORKS + name, kv.mod_revision)],
+                [
+                    Delete(NETWORKS + name),
+                    Delete(f"{IPAM}{name}/", prefix=True),
+                    Put(SUBNETS_GUARD, b"{}"),
+                ],
+            )
+            if result.succeeded:
+                log.info("network %s removed", name)
+                return result.revision
+        raise InUse(f"network {name} is changing too fast to remove", network=name)
+
+    def prune(self) -> tuple[builtins.list[str], int]:
+        """Remove every network without endpoints; returns their names and the
+        last revision written."""
+        removed: list[str] = []
+        revision = self._store.revision
+        for network in self.list():
+            if self.endpoints_of(network.name):
+                continue
+            try:
+                revision = self.remove(network.name)
+            except (InUse, NotFound):
+                continue
+            removed.append(network.name)
+        return removed, revision
+
+
+def _encode(network: Network) -> bytes:
+    return json.dumps(network.to_json(), sort_keys=True).encode()

@@ -1,0 +1,59 @@
+"""Shared fixtures.
+
+Root fixtures: ``hostns`` switches the test's thread into a fresh network
+namespace that plays the host (every process the test starts lives there);
+``agent`` runs a real `cove agent` in it. Both clean up even when the test
+fails: processes in the namespace are killed, the namespace is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import nsutil
+from agentproc import AgentProc
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+@pytest.fixture
+def hostns() -> Iterator[str]:
+    _need_root()
+    with nsutil.namespace("cvh") as name, nsutil.entered(name):
+        yield name
+
+
+@pytest.fixture
+def agent(hostns: str, tmp_path: Path) -> Iterator[AgentProc]:
+    proc = AgentProc(hostns, tmp_path)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        cleanup_agent(proc)
+
+
+def cleanup_agent(proc: AgentProc) -> None:
+    """Remove what the agent made (containers first), then stop it."""
+    if proc.proc is not None and proc.proc.poll() is None:
+        res = proc.cli("ps", "-aq")
+        if res.returncode == 0:
+            for name in res.stdout.split():
+                proc.cli("rm", "-f", name)
+        proc.cli("network", "prune")
+    proc.stop()
+    pidfile = proc.state_dir / "run" / "supervisor.pid"
+    if pidfile.exists():
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(pidfile.read_text().strip()), 9)
