@@ -36,8 +36,8 @@ unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench demo
+	$(VENV)/bin/ruff format --check src tests bench demo
 	$(VENV)/bin/mypy --strict src
 
 bench: install
