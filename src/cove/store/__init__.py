@@ -1,1 +1,80 @@
-"""cove.store"""
+"""The state store: etcd's data model behind one protocol, three backends.
+
+``open_store(url, clock)`` picks the backend from a URL:
+
+- ``memory:``                                 in-process, for tests
+- ``sqlite:/path/to/file.db``                 the default, one host
+- ``etcd://host:port[,host:port...]``         a cluster (JSON gateway)
+
+``WatchHub`` fans one watch over the whole keyspace out to subscribers.
+"""
+
+from __future__ import annotations
+
+from cove.clock import Clock
+from cove.errors import InvalidArgument
+from cove.store.base import (
+    Compare,
+    CompareOp,
+    CompareTarget,
+    Delete,
+    Event,
+    EventType,
+    Get,
+    KeyValue,
+    Op,
+    Put,
+    RangeResult,
+    Store,
+    TxnResult,
+    Watch,
+)
+from cove.store.etcd import EtcdStore
+from cove.store.hub import Subscription, WatchHub
+from cove.store.memory import MemoryStore
+from cove.store.sqlite import SqliteStore
+
+__all__ = [
+    "Compare",
+    "CompareOp",
+    "CompareTarget",
+    "Delete",
+    "EtcdStore",
+    "Event",
+    "EventType",
+    "Get",
+    "KeyValue",
+    "MemoryStore",
+    "Op",
+    "Put",
+    "RangeResult",
+    "SqliteStore",
+    "Store",
+    "Subscription",
+    "TxnResult",
+    "Watch",
+    "WatchHub",
+    "open_store",
+]
+
+
+def open_store(url: str, clock: Clock) -> Store:
+    """Open the store a URL names. Raises ``InvalidArgument`` for a URL of no
+    known backend, and ``StoreError`` when the backend cannot be opened."""
+    if url in ("memory:", "memory://"):
+        return MemoryStore(clock)
+    if url.startswith("sqlite:"):
+        path = url.removeprefix("sqlite:")
+        if path.startswith("//"):  # sqlite:///abs/path, as SQLAlchemy spells it
+            path = path[2:]
+        if not path or path.endswith("/"):
+            raise InvalidArgument("a sqlite store URL needs a file path", url=url)
+        return SqliteStore(path, clock)
+    if url.startswith("etcd://"):
+        hosts = [h.strip() for h in url.removeprefix("etcd://").rstrip("/").split(",")]
+        if not all(hosts):
+            raise InvalidArgument("an etcd store URL needs host:port endpoints", url=url)
+        return EtcdStore([f"http://{h}" for h in hosts], clock)
+    raise InvalidArgument(
+        "unknown store URL (want memory:, sqlite:/path or etcd://host:port)", url=url
+    )
