@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import logging
+import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,9 +22,6 @@ from cove.errors import DatapathError, Unavailable
 from cove.model import IPNetwork
 
 log = logging.getLogger(__name__)
-
-_AF_INET6 = 10
-_IFF_UP = 1
 
 
 class NetlinkDatapath:
@@ -43,57 +42,53 @@ class NetlinkDatapath:
     # -- observe -----------------------------------------------------------
 
     def observe(self) -> Observed:
-        with self._lock:
-            links = self._ipr.get_links()
-            addrs = self._ipr.get_addr()
-        by_index: dict[int, set[Interface]] = {}
-        for a in addrs:
-            addr = a.get_attr("IFA_ADDRESS")
-            if addr is None or (a["family"] == _AF_INET6 and addr.startswith("fe80")):
-                continue
-            iface = ipaddress.ip_interface(f"{addr}/{a['prefixlen']}")
-            by_index.setdefault(a["index"], set()).add(iface)
+        # pyroute2 0.9 decodes about 0.3 ms per link in Python, so a dump of
+        # 100 bridges cost 30 ms; iproute2's JSON output of the same netlink
+        # dump takes under 8 ms. Changes still go through netlink.
         bridges: dict[str, BridgeState] = {}
-        for link in links:
-            name = link.get_attr("IFLA_IFNAME")
-            info = link.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info else None
-            if not name or not name.startswith(BRIDGE_PREFIX) or kind != "bridge":
+        for link in _ip_json("-d", "addr", "show", "type", "bridge"):
+            name = str(link.get("ifname", ""))
+            if not name.startswith(BRIDGE_PREFIX):
                 continue
+            addresses: set[Interface] = set()
+            for a in link.get("addr_info", []):
+                if a.get("scope") != "global":
+                    continue
+                addresses.add(ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}"))
             bridges[name] = BridgeState(
                 name=name,
-                mtu=int(link.get_attr("IFLA_MTU")),
-                up=bool(link["flags"] & _IFF_UP),
-                addresses=frozenset(by_index.get(link["index"], set())),
+                mtu=int(link.get("mtu", 0)),
+                up="UP" in link.get("flags", []),
+                addresses=frozenset(addresses),
             )
         return Observed(bridges=bridges, nft_tables=frozenset(self._nft.tables()))
 
     def host_networks(self) -> Sequence[IPNetwork]:
-        with self._lock:
-            links = {
-                link["index"]: link.get_attr("IFLA_IFNAME") or "" for link in self._ipr.get_links()
-            }
-            routes = list(self._ipr.get_routes(family=2)) + list(
-                self._ipr.get_routes(family=_AF_INET6)
-            )
         out: list[IPNetwork] = []
-        for r in routes:
-            dst = r.get_attr("RTA_DST")
-            oif = links.get(r.get_attr("RTA_OIF") or -1, "")
-            if dst is None or r["dst_len"] == 0 or oif.startswith(BRIDGE_PREFIX):
-                continue
-            if r.get_attr("RTA_TABLE") not in (None, 254):  # main table only
-                continue
-            net = ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False)
-            if net.is_link_local or net.is_multicast:
-                continue
-            out.append(net)
+        for family in ("-4", "-6"):
+            for route in _ip_json(family, "route", "show", "table", "main"):
+                dst = str(route.get("dst", "default"))
+                if dst == "default" or str(route.get("dev", "")).startswith(BRIDGE_PREFIX):
+                    continue
+                try:
+                    net = ipaddress.ip_network(dst, strict=False)
+                except ValueError:
+                    continue
+                if not (net.is_link_local or net.is_multicast):
+                    out.append(net)
         return out
 
     # -- links -------------------------------------------------------------
 
     def create_bridge(self, name: str, mtu: int) -> None:
-        self._call("create bridge " + name, "add", ifname=name, kind="bridge", mtu=mtu)
+        self._call(
+            "create bridge " + name,
+            "add",
+            ignore=(errno.EEXIST,),
+            ifname=name,
+            kind="bridge",
+            mtu=mtu,
+        )
 
     def delete_link(self, name: str) -> None:
         idx = self._index(name)
@@ -168,3 +163,11 @@ class NetlinkDatapath:
             if exc.code in ignore:
                 return
             raise DatapathError(f"cannot {what}: {exc}") from exc
+
+
+def _ip_json(*args: str) -> list[dict[str, Any]]:
+    proc = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise DatapathError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
+    data = json.loads(proc.stdout or "[]")
+    return [d for d in data if isinstance(d, dict)]

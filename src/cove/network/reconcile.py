@@ -137,6 +137,7 @@ class NetworkReconciler:
         self._datapath = datapath
         self._interval = interval
         self._cond = threading.Condition()
+        self._pass_lock = threading.Lock()
         self._wake = False
         self._stopping = False
         self._applied = 0
@@ -178,6 +179,10 @@ class NetworkReconciler:
             return self._cond.wait_for(lambda: self._applied >= revision, timeout=timeout)
 
     def run_once(self, force: bool = False) -> list[Op]:
+        with self._pass_lock:
+            return self._run_once(force)
+
+    def _run_once(self, force: bool) -> list[Op]:
         result = self._store.range(NETWORKS)
         networks = [Network.from_json(json.loads(kv.value)) for kv in result.kvs]
         observed = self._datapath.observe()
@@ -211,14 +216,12 @@ class NetworkReconciler:
         return ops
 
     def _loop(self) -> None:
-        passes = 0
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._wake or self._stopping, timeout=self._interval)
                 if self._stopping:
                     return
                 woken, self._wake = self._wake, False
-            passes += 1
             try:
                 # The periodic pass rewrites the nft table even if nothing
                 # changed, so rules someone deleted by hand come back.

@@ -1,0 +1,383 @@
+"""Container network namespaces and their veth pairs, on a real kernel.
+
+Each container's network namespace is a bind mount of an nsfs file under the
+agent's run directory (``<run>/netns/<container id>``), not ``/run/netns``, so
+several agents side by side never see each other's namespaces. Host-side veth
+names are ``cv`` + 10 hex digits of the endpoint id (12 bytes, and never
+``cv-``, which is the bridges' prefix); the container side is ``eth0``,
+``eth1``, ...
+
+Work inside a namespace uses a netlink socket opened while the calling thread
+is switched into it (a socket stays bound to the namespace it was created
+in), then the thread is switched straight back: cheaper than forking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cove.errors import DatapathError, Unavailable
+from cove.runtime import linux
+
+log = logging.getLogger(__name__)
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+_HOST_VETH = re.compile(r"^cv[0-9a-f]{10}$")
+_AF_INET = 2
+_AF_INET6 = 10
+_IFF_UP = 1
+_IFA_F_NODAD = 0x02
+
+
+def host_veth_name(endpoint_id: str) -> str:
+    return "cv" + endpoint_id[:10]
+
+
+def is_host_veth(name: str) -> bool:
+    return bool(_HOST_VETH.match(name))
+
+
+@dataclass(frozen=True, slots=True)
+class HostVeth:
+    name: str
+    master: str | None
+    up: bool
+    mtu: int
+
+
+@dataclass(frozen=True, slots=True)
+class InsideLink:
+    name: str
+    mtu: int
+    up: bool
+    mac: str
+    addresses: frozenset[Interface] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class NetnsState:
+    """One container namespace as the kernel has it."""
+
+    links: Mapping[str, InsideLink]
+    gateway4: ipaddress.IPv4Address | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedContainers:
+    netns: Mapping[str, NetnsState]  # container id -> namespace
+    veths: Mapping[str, HostVeth]  # host-side name -> state
+
+
+class NetnsDatapath:
+    """Namespaces, veth pairs, addresses and routes for containers."""
+
+    def __init__(self, netns_dir: Path) -> None:
+        self.netns_dir = netns_dir
+        netns_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._ipr = IPRoute()
+        except OSError as exc:
+            raise Unavailable(f"netlink is not available: {exc}") from exc
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    # -- namespaces ----------------------------------------------------------
+
+    def netns_path(self, container_id: str) -> Path:
+        return self.netns_dir / container_id
+
+    def list_netns(self) -> list[str]:
+        return sorted(p.name for p in self.netns_dir.iterdir() if not p.name.startswith("."))
+
+    def create_netns(self, container_id: str) -> Path:
+        """Create the container's namespace file; an existing one is kept."""
+        path = self.netns_path(container_id)
+        if path.exists() and _is_nsfs(path):
+            return path
+        # A crash between touch and mount leaves a plain file: not a
+        # namespace (``_is_nsfs``), so the next call mounts over it.
+        path.touch(mode=0o600)
+        with _in_thread_ns():
+            try:
+                linux.unshare(linux.CLONE_NEWNET)
+                linux.mount("/proc/thread-self/ns/net", str(path), None, linux.MS_BIND)
+            except OSError as exc:
+                raise DatapathError(f"cannot create a network namespace: {exc}") from exc
+        with self.inside(container_id) as ipr:
+            _set_up(ipr, "lo")
+        return path
+
+    def delete_netns(self, container_id: str) -> None:
+        """Unmount and remove the namespace file. The namespace itself, and the
+        veth pairs in it, go when no process uses it any more."""
+        _remove_ns_file(self.netns_path(container_id))
+
+    @contextlib.contextmanager
+    def inside(self, container_id: str) -> Iterator[Any]:
+        """A netlink socket bound to the container's namespace."""
+        path = self.netns_path(container_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DatapathError(f"namespace of container {container_id} is gone") from exc
+        try:
+            with _in_thread_ns():
+                try:
+                    linux.setns(fd, linux.CLONE_NEWNET)
+                except OSError as exc:
+                    raise DatapathError(f"cannot enter namespace {path}: {exc}") from exc
+                ipr = IPRoute()
+        finally:
+            os.close(fd)
+        try:
+            yield ipr
+        finally:
+            ipr.close()
+
+    # -- observe -------------------------------------------------------------
+
+    def observe(
+        self, container_ids: Sequence[str] | None = None, veths: Sequence[str] | None = None
+    ) -> ObservedContainers:
+        """Everything cove owns, or with ``container_ids`` and ``veths`` only
+        those namespaces and host links (cheap enough for every ``run``)."""
+        ids = self.list_netns() if container_ids is None else list(container_ids)
+        netns: dict[str, NetnsState] = {}
+        for cid in ids:
+            if not _is_nsfs(self.netns_path(cid)):
+                continue
+            try:
+                with self.inside(cid) as ipr:
+                    netns[cid] = _observe_inside(ipr)
+            except DatapathError:
+                continue
+        with self._lock:
+            if veths is None:
+                links = list(self._ipr.get_links())
+            else:
+                links = []
+                for name in veths:
+                    found = self._ipr.link_lookup(ifname=name)
+                    if found:
+                        links.extend(self._ipr.get_links(found[0]))
+            masters = {link.get_attr("IFLA_MASTER") for link in links} - {None}
+            names = {i: self._name(i) for i in masters}
+        veths: dict[str, HostVeth] = {}
+        for link in links:
+            name = link.get_attr("IFLA_IFNAME") or ""
+            if not is_host_veth(name):
+                continue
+            master = link.get_attr("IFLA_MASTER")
+            veths[name] = HostVeth(
+                name=name,
+                master=names.get(master) if master else None,
+                up=bool(link["flags"] & _IFF_UP),
+                mtu=int(link.get_attr("IFLA_MTU")),
+            )
+        return ObservedContainers(netns=netns, veths=veths)
+
+    def _name(self, index: int) -> str | None:
+        try:
+            return str(self._ipr.get_links(index)[0].get_attr("IFLA_IFNAME"))
+        except (NetlinkError, IndexError):
+            return None
+
+    # -- change --------------------------------------------------------------
+
+    def add_veth(
+        self, container_id: str, host: str, inside: str, mac: str, mtu: int, bridge: str
+    ) -> None:
+        """Create a veth pair with ``inside`` in the container's namespace and
+        ``host`` plugged into ``bridge``, both up."""
+        try:
+            fd = os.open(self.netns_path(container_id), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DatapathError(f"namespace of container {container_id} is gone") from exc
+        try:
+            with self._lock:
+                found = self._ipr.link_lookup(ifname=bridge)
+                if not found:
+                    raise DatapathError(f"bridge {bridge} does not exist", bridge=bridge)
+                self._ipr.link(
+                    "add",
+                    ifname=host,
+                    kind="veth",
+                    mtu=mtu,
+                    peer={"ifname": inside, "net_ns_fd": fd, "address": mac, "mtu": mtu},
+                )
+                index = self._ipr.link_lookup(ifname=host)[0]
+                self._ipr.link("set", index=index, master=found[0], state="up")
+        except NetlinkError as exc:
+            raise DatapathError(f"cannot add veth {host} to {bridge}: {exc}", link=host) from exc
+        finally:
+            os.close(fd)
+
+    def set_up(self, name: str) -> None:
+        with self._lock:
+            try:
+                self._ipr.link("set", ifname=name, state="up")
+            except NetlinkError as exc:
+                raise DatapathError(f"cannot set {name} up: {exc}", link=name) from exc
+
+    def delete_inside(self, container_id: str, name: str) -> None:
+        """Delete a link inside the container (its veth peer goes with it)."""
+        with self.inside(container_id) as ipr:
+            try:
+                ipr.link("del", ifname=name)
+            except NetlinkError as exc:
+                if exc.code not in (errno.ENODEV, errno.ENOENT):
+                    raise DatapathError(f"cannot delete {name}: {exc}", link=name) from exc
+
+    def set_sysctl(self, path: str, value: str) -> None:
+        """Write a host sysctl, e.g. ``net/ipv4/conf/<bridge>/route_localnet``."""
+        try:
+            with open(f"/proc/sys/{path}", "w") as f:
+                f.write(value)
+        except OSError as exc:
+            raise DatapathError(f"cannot set sysctl {path}: {exc}") from exc
+
+    def delete_link(self, name: str) -> None:
+        with self._lock:
+            try:
+                self._ipr.link("del", ifname=name)
+            except NetlinkError as exc:
+                if exc.code not in (errno.ENODEV, errno.ENOENT):
+                    raise DatapathError(f"cannot delete link {name}: {exc}", link=name) from exc
+
+    def configure(
+        self, container_id: str, name: str, addresses: Sequence[Interface], mtu: int
+    ) -> None:
+        """Make ``name`` in the container up, with exactly ``addresses``."""
+        with self.inside(container_id) as ipr:
+            try:
+                found = ipr.link_lookup(ifname=name)
+                if not found:
+                    raise DatapathError(f"{name} missing in container {container_id}")
+                index = found[0]
+                ipr.link("set", index=index, mtu=mtu, state="up")
+                have = _addresses(ipr, index)
+                for addr in have - set(addresses):
+                    ipr.addr(
+                        "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen
+                    )
+                for addr in addresses:
+                    if addr in have:
+                        continue
+                    extra = {"flags": _IFA_F_NODAD} if addr.version == 6 else {}
+                    ipr.addr(
+                        "add",
+                        index=index,
+                        address=str(addr.ip),
+                        prefixlen=addr.network.prefixlen,
+                        **extra,
+                    )
+            except NetlinkError as exc:
+                raise DatapathError(f"cannot configure {name}: {exc}") from exc
+
+    def set_default_routes(
+        self,
+        container_id: str,
+        gateway4: ipaddress.IPv4Address | None,
+        gateway6: ipaddress.IPv6Address | None,
+    ) -> None:
+        with self.inside(container_id) as ipr:
+            for family, gw in ((_AF_INET, gateway4), (_AF_INET6, gateway6)):
+                try:
+                    if gw is None:
+                        with contextlib.suppress(NetlinkError):
+                            ipr.route("del", family=family, dst="default")
+                    else:
+                        ipr.route("replace", family=family, dst="default", gateway=str(gw))
+                except NetlinkError as exc:
+                    raise DatapathError(f"cannot set default route via {gw}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _in_thread_ns() -> Iterator[None]:
+    """Run the block with this thread free to change its network namespace,
+    and put it back where it was afterwards."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield
+    finally:
+        try:
+            linux.setns(home, linux.CLONE_NEWNET)
+        finally:
+            os.close(home)
+
+
+def _is_nsfs(path: Path) -> bool:
+    try:
+        return os.stat(path).st_dev != os.stat(path.parent).st_dev
+    except OSError:
+        return False
+
+
+def _remove_ns_file(path: Path) -> None:
+    while _is_nsfs(path):
+        try:
+            linux.umount(str(path))
+        except OSError as exc:
+            raise DatapathError(f"cannot unmount namespace {path}: {exc}") from exc
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _set_up(ipr: Any, name: str) -> None:
+    found = ipr.link_lookup(ifname=name)
+    if found:
+        ipr.link("set", index=found[0], state="up")
+
+
+def _addresses(ipr: Any, index: int) -> set[Interface]:
+    out: set[Interface] = set()
+    for a in ipr.get_addr(index=index):
+        addr = a.get_attr("IFA_ADDRESS")
+        if addr is None or (a["family"] == _AF_INET6 and addr.startswith("fe80")):
+            continue
+        out.add(ipaddress.ip_interface(f"{addr}/{a['prefixlen']}"))
+    return out
+
+
+def _observe_inside(ipr: Any) -> NetnsState:
+    links: dict[str, InsideLink] = {}
+    for link in ipr.get_links():
+        name = link.get_attr("IFLA_IFNAME") or ""
+        if name == "lo":
+            continue
+        links[name] = InsideLink(
+            name=name,
+            mtu=int(link.get_attr("IFLA_MTU")),
+            up=bool(link["flags"] & _IFF_UP),
+            mac=str(link.get_attr("IFLA_ADDRESS") or ""),
+            addresses=frozenset(_addresses(ipr, link["index"])),
+        )
+    gw4: ipaddress.IPv4Address | None = None
+    gw6: ipaddress.IPv6Address | None = None
+    for family in (_AF_INET, _AF_INET6):
+        for r in ipr.get_routes(family=family, table=254):
+            if r["dst_len"] != 0 or r.get_attr("RTA_GATEWAY") is None:
+                continue
+            gw = ipaddress.ip_address(r.get_attr("RTA_GATEWAY"))
+            if isinstance(gw, ipaddress.IPv4Address):
+                gw4 = gw
+            else:
+                gw6 = gw
+    return NetnsState(links=links, gateway4=gw4, gateway6=gw6)
