@@ -36,7 +36,8 @@ def timed(fn: Callable[[int], object], n: int = N) -> list[float]:
 
 
 def ms(samples: list[float]) -> str:
-    return f"p50 {statistics.median(samples) * 1e3:7.2f} ms  mean {statistics.mean(samples) * 1e3:7.2f} ms"
+    p50 = statistics.median(samples) * 1e3
+    return f"p50 {p50:7.2f} ms  mean {statistics.mean(samples) * 1e3:7.2f} ms"
 
 
 def sh(*args: str) -> None:
@@ -56,9 +57,15 @@ def kernel_rm(i: int) -> None:
     sh("ip", "link", "del", f"cvb{i:05d}")
 
 
+def bridge_list() -> list[dict[str, str]]:
+    proc = subprocess.run(
+        ["ip", "-j", "link", "show", "type", "bridge"], capture_output=True, text=True, check=True
+    )
+    return list(json.loads(proc.stdout or "[]"))
+
+
 def bridges() -> int:
-    out = json.loads(subprocess.run(["ip", "-j", "link", "show", "type", "bridge"],
-                                    capture_output=True, text=True, check=True).stdout or "[]")  # fmt: skip
+    out = bridge_list()
     return sum(1 for b in out if b["ifname"].startswith("cv-"))
 
 
@@ -100,9 +107,7 @@ def main() -> int:
                 restart.append(time.perf_counter() - t0)
                 # As after a reboot: the kernel lost every bridge and rule.
                 agent.kill9()
-                for b in json.loads(subprocess.run(
-                        ["ip", "-j", "link", "show", "type", "bridge"],
-                        capture_output=True, text=True, check=True).stdout):  # fmt: skip
+                for b in bridge_list():
                     sh("ip", "link", "del", b["ifname"])
                 sh("nft", "delete", "table", "inet", "cove")
                 t0 = time.perf_counter()
