@@ -177,3 +177,12 @@ def test_cli_without_agent_says_so() -> None:
         check=False,
     )
     assert res.returncode == 8 and "cannot reach the cove agent" in res.stderr
+
+
+def test_metrics_count_networks(agent: AgentProc) -> None:
+    import urllib.request
+
+    agent.ok("network", "create", "m1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{agent.http_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert "\ncove_networks 1\n" in text and "cove_store_revision" in text

@@ -26,6 +26,7 @@ from cove import __version__
 from cove.agent.config import AgentConfig
 from cove.api import networks as networks_api
 from cove.api.app import build_app
+from cove.api.metrics import Metrics
 from cove.clock import SystemClock
 from cove.datapath.netlink import NetlinkDatapath
 from cove.datapath.nftables import Nft
@@ -108,7 +109,21 @@ class Agent:
             self.store, self.datapath, interval=config.reconcile_interval
         )
         self.app = build_app()
+        self.metrics = Metrics()
+        self.metrics.add(self._core_metrics)
+        self.metrics.install(self.app)
         networks_api.install(self.app, self.store, self.networks, self.reconciler)
+
+    def _core_metrics(self) -> list[tuple[str, str, float]]:
+        return [
+            ("cove_store_revision", "The store's global revision.", self.store.revision),
+            ("cove_networks", "Networks in the store.", len(self.store.range(NETWORKS).kvs)),
+            (
+                "cove_network_reconcile_errors",
+                "1 if the last network reconcile pass had an error.",
+                1.0 if self.reconciler.last_error else 0.0,
+            ),
+        ]
 
     def start(self) -> None:
         self.hub.subscribe(NETWORKS, lambda _events: self.reconciler.kick())
