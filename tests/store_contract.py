@@ -156,6 +156,17 @@ class StoreContract:
             assert result.succeeded is expected, compare
             assert result.responses == (((s.get(k + "a"),),) if expected else ())
 
+    def test_value_compare_on_a_missing_key(self, backend: Backend, k: str) -> None:
+        s = backend.store
+        empty = Compare.value_is(k + "none", b"")
+        other = Compare(k + "none", CompareTarget.VALUE, CompareOp.NOT_EQUAL, b"x")
+        # Memory and SQLite follow base.Compare (a missing key has an empty
+        # value); etcd never lets a value compare on a missing key hold.
+        holds = backend.name != "etcd"
+        assert s.txn([empty], []).succeeded is holds
+        assert s.txn([other], []).succeeded is holds
+        assert not s.txn([Compare.value_is(k + "none", b"x")], []).succeeded
+
     def test_txn_branches_and_get_responses(self, backend: Backend, k: str) -> None:
         s = backend.store
         s.put(k + "lock", b"owner-1")
@@ -234,10 +245,13 @@ class StoreContract:
         start = s.revision + 1
         live = s.watch(k)
         expected: list[tuple[str, str, int]] = []
+        halfway = threading.Event()
 
         def writer() -> None:
             last_put = ""
             for i in range(60):
+                if i == 30:
+                    halfway.set()
                 if i % 10 == 9:
                     r = s.txn([], [Put(k + f"m{i}a", b"1"), Put(k + f"m{i}b", b"2")]).revision
                     expected.extend([("put", k + f"m{i}a", r), ("put", k + f"m{i}b", r)])
@@ -253,10 +267,15 @@ class StoreContract:
 
         t = threading.Thread(target=writer)
         t.start()
-        t.join(60)
-        got_live = summary(drain(live, len(expected)))
+        # A watch from the past opened while writes go on must replay the
+        # history and then follow live writes without a seam.
+        assert halfway.wait(30)
         past = s.watch(k, start)
-        got_past = summary(drain(past, len(expected)))
+        total = 66  # 54 single writes + 6 transactions of two puts
+        got_live = summary(drain(live, total))  # read while the writer runs
+        got_past = summary(drain(past, total))
+        t.join(60)
+        assert len(expected) == total
         assert got_live == expected
         assert got_past == expected
         assert live.next(timeout=0.2) == []

@@ -186,3 +186,13 @@ def test_metrics_count_networks(agent: AgentProc) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{agent.http_port}/metrics", timeout=10) as r:
         text = r.read().decode()
     assert "\ncove_networks 1\n" in text and "cove_store_revision" in text
+
+
+def test_default_subnet_avoids_host_routes_and_addresses(agent: AgentProc) -> None:
+    sh("ip", "addr", "add", "10.89.0.7/32", "dev", "lo")
+    with outside("10.89.1.1/24", "10.89.1.2/24"):
+        agent.ok("network", "create", "auto")
+        (net,) = json.loads(agent.ok("network", "inspect", "auto"))
+        assert net["subnets"][0]["subnet"] == "10.89.2.0/24"
+        res = agent.cli("network", "create", "clash", "--subnet", "10.89.1.0/24")
+        assert res.returncode == 5 and "host route" in res.stderr

@@ -76,6 +76,13 @@ class NetlinkDatapath:
                     continue
                 if not (net.is_link_local or net.is_multicast):
                     out.append(net)
+        # Addresses too: one on lo, say, has no route in the main table.
+        for link in _ip_json("addr", "show"):
+            if str(link.get("ifname", "")).startswith(BRIDGE_PREFIX):
+                continue
+            for a in link.get("addr_info", []):
+                if a.get("scope") == "global":
+                    out.append(ipaddress.ip_network(a["local"]))
         return out
 
     # -- links -------------------------------------------------------------

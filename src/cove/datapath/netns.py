@@ -179,19 +179,19 @@ class NetnsDatapath:
                         links.extend(self._ipr.get_links(found[0]))
             masters = {link.get_attr("IFLA_MASTER") for link in links} - {None}
             names = {i: self._name(i) for i in masters}
-        veths: dict[str, HostVeth] = {}
+        host: dict[str, HostVeth] = {}
         for link in links:
             name = link.get_attr("IFLA_IFNAME") or ""
             if not is_host_veth(name):
                 continue
             master = link.get_attr("IFLA_MASTER")
-            veths[name] = HostVeth(
+            host[name] = HostVeth(
                 name=name,
                 master=names.get(master) if master else None,
                 up=bool(link["flags"] & _IFF_UP),
                 mtu=int(link.get_attr("IFLA_MTU")),
             )
-        return ObservedContainers(netns=netns, veths=veths)
+        return ObservedContainers(netns=netns, veths=host)
 
     def _name(self, index: int) -> str | None:
         try:

@@ -70,7 +70,8 @@ class CompareOp(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Compare:
     """A condition on one key. A missing key has version, create and mod
-    revision 0 and an empty value."""
+    revision 0. On etcd a VALUE compare on a missing key never holds, so
+    test existence with ``absent``/``present``, never with a value."""
 
     key: str
     target: CompareTarget

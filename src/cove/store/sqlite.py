@@ -1,0 +1,222 @@
+"""The default store: one SQLite file, owned by one process (the agent).
+
+``SqliteStore`` is ``MemoryStore`` with write-through persistence: reads,
+watches and lease bookkeeping run on the in-memory mirror, and every write
+transaction of the store is first committed as exactly one SQLite transaction
+(keys, the event log row(s) and the revision together) before the mirror
+changes. A write that SQLite refuses raises ``StoreError`` and changes
+nothing.
+
+Durability: WAL journal with ``synchronous=NORMAL``. A commit is appended to
+the WAL without an fsync, so a crash of the *process* (kill -9 at any moment)
+loses nothing that was committed and never leaves a torn transaction; a crash
+of the *machine* may lose the last few commits but still yields a consistent
+database at an earlier revision.
+
+History for watches from a past revision lives in the ``events`` table and is
+compacted automatically to the last ``history`` revisions; lease deadlines are
+stored in wall-clock time, so leases keep running across a restart and the
+ones that ran out while the agent was down expire right after it opens.
+
+Only one process may open the file: a second one gets ``StoreError`` (an
+advisory ``flock`` on ``<path>.lock``, released by the kernel when the owner
+dies).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cove.clock import Clock
+from cove.errors import StoreError
+from cove.store.base import Event, EventType, KeyValue
+from cove.store.memory import DEFAULT_HISTORY, MemoryStore
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kv (
+    key        TEXT PRIMARY KEY,
+    value      BLOB NOT NULL,
+    create_rev INTEGER NOT NULL,
+    mod_rev    INTEGER NOT NULL,
+    version    INTEGER NOT NULL,
+    lease      INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    revision     INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    type         TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    value        BLOB NOT NULL,
+    create_rev   INTEGER NOT NULL,
+    version      INTEGER NOT NULL,
+    lease        INTEGER NOT NULL,
+    prev_value   BLOB,
+    prev_create  INTEGER,
+    prev_mod     INTEGER,
+    prev_version INTEGER,
+    prev_lease   INTEGER,
+    PRIMARY KEY (revision, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    id       INTEGER PRIMARY KEY,
+    ttl      INTEGER NOT NULL,
+    deadline REAL NOT NULL
+);
+"""
+
+_PUT_KV = "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)"
+_DEL_KV = "DELETE FROM kv WHERE key = ?"
+_ADD_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SET_META = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+
+
+class SqliteStore(MemoryStore):
+    """The Store protocol on one SQLite file (see the module docstring)."""
+
+    def __init__(self, path: str, clock: Clock, *, history: int = DEFAULT_HISTORY) -> None:
+        super().__init__(clock, history=history)
+        self._path = path
+        self._lock_fd = self._take_file_lock(path)
+        try:
+            # The state may hold tokens and KV secrets: owner-only from birth.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, cached_statements=64
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._restore()
+        except (sqlite3.Error, OSError) as exc:
+            os.close(self._lock_fd)
+            raise StoreError("cannot open the SQLite store", path=path, error=exc) from exc
+
+    @staticmethod
+    def _take_file_lock(path: str) -> int:
+        try:
+            fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError("cannot create the store's lock file", path=path) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError("the store is in use by another process", path=path) from exc
+        return fd
+
+    def _restore(self) -> None:
+        meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+        revision = int(meta.get("revision", 1))
+        compacted = int(meta.get("compacted", 1))
+        kvs = [KeyValue(*row) for row in self._db.execute("SELECT * FROM kv")]
+        history = [
+            _event_from_row(row)
+            for row in self._db.execute(
+                "SELECT * FROM events WHERE revision >= ? ORDER BY revision, seq", (compacted,)
+            )
+        ]
+        leases = [
+            (int(i), int(ttl), float(deadline))
+            for i, ttl, deadline in self._db.execute("SELECT id, ttl, deadline FROM leases")
+        ]
+        self._load(kvs, history, revision, compacted, leases)
+        log.debug("opened %s at revision %s with %s keys", self._path, revision, len(kvs))
+
+    # -- write-through hooks (called with the store lock held) -------------
+
+    def _persist_events(self, revision: int, events: Sequence[Event]) -> None:
+        rows = []
+        puts = []
+        dels = []
+        for seq, ev in enumerate(events):
+            kv, prev = ev.kv, ev.prev
+            if ev.type is EventType.PUT:
+                puts.append((kv.key, kv.value, kv.create_revision, revision, kv.version, kv.lease))
+            else:
+                dels.append((kv.key,))
+            rows.append(
+                (
+                    revision,
+                    seq,
+                    ev.type.value,
+                    kv.key,
+                    kv.value,
+                    kv.create_revision,
+                    kv.version,
+                    kv.lease,
+                    prev.value if prev else None,
+                    prev.create_revision if prev else None,
+                    prev.mod_revision if prev else None,
+                    prev.version if prev else None,
+                    prev.lease if prev else None,
+                )
+            )
+
+        def write(db: sqlite3.Connection) -> None:
+            if puts:
+                db.executemany(_PUT_KV, puts)
+            if dels:
+                db.executemany(_DEL_KV, dels)
+            db.executemany(_ADD_EVENT, rows)
+            db.execute(_SET_META, ("revision", revision))
+
+        self._transaction(write)
+
+    def _persist_compact(self, revision: int) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM events WHERE revision < ?", (revision,))
+            db.execute(_SET_META, ("compacted", revision))
+
+        self._transaction(write)
+
+    def _persist_lease(self, lease: int, ttl: int, deadline: float) -> None:
+        self._transaction(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (lease, ttl, deadline)
+            )
+        )
+
+    def _persist_lease_end(self, lease: int) -> None:
+        self._transaction(lambda db: db.execute("DELETE FROM leases WHERE id = ?", (lease,)))
+
+    def _persist_close(self) -> None:
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            log.exception("closing %s failed", self._path)
+        finally:
+            os.close(self._lock_fd)
+
+    def _transaction(self, write: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``write(db)`` as one SQLite transaction; all or nothing."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                write(self._db)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError("SQLite write failed", path=self._path, error=exc) from exc
+
+
+def _event_from_row(row: tuple[Any, ...]) -> Event:
+    (revision, _seq, kind, key, value, create, version, lease) = row[:8]
+    prev_value, prev_create, prev_mod, prev_version, prev_lease = row[8:]
+    prev = None
+    if prev_value is not None:
+        prev = KeyValue(key, prev_value, prev_create, prev_mod, prev_version, prev_lease)
+    kv = KeyValue(key, value, create, revision, version, lease)
+    return Event(EventType(kind), kv, prev)

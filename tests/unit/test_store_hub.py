@@ -1,0 +1,148 @@
+"""WatchHub: one store watch fanned out to prefix subscribers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from cove.clock import ManualClock
+from cove.store import Delete, Event, EventType, MemoryStore, Put
+from cove.store.hub import WatchHub
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, str, int]]] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, events: Sequence[Event]) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.batches.append([(e.type.value, e.kv.key, e.revision) for e in events])
+
+    @property
+    def events(self) -> list[tuple[str, str, int]]:
+        return [e for batch in self.batches for e in batch]
+
+
+@pytest.fixture
+def store() -> Iterator[MemoryStore]:
+    s = MemoryStore(ManualClock())
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def hub(store: MemoryStore) -> Iterator[WatchHub]:
+    h = WatchHub(store, poll=0.05)
+    yield h
+    h.stop()
+
+
+def test_subscribers_get_only_their_prefix_in_order(store: MemoryStore, hub: WatchHub) -> None:
+    store.put("networks/old", b"before start: not delivered")
+    hub.start()
+    nets, eps, everything = Recorder(), Recorder(), Recorder()
+    hub.subscribe("networks/", nets)
+    hub.subscribe("endpoints/", eps)
+    hub.subscribe("", everything)
+    r1 = store.put("networks/a", b"1")
+    r2 = store.txn([], [Put("endpoints/a/1", b"e"), Put("networks/b", b"2")]).revision
+    r3 = store.delete("networks/a")
+    assert hub.wait_for(r3, timeout=5)
+    assert hub.revision == r3
+    assert nets.events == [
+        ("put", "networks/a", r1),
+        ("put", "networks/b", r2),
+        ("delete", "networks/a", r3),
+    ]
+    assert eps.events == [("put", "endpoints/a/1", r2)]
+    assert len(everything.events) == 4
+    assert nets.threads == {"cove-watch-hub"}
+
+
+def test_cancelled_subscription_gets_nothing_more(store: MemoryStore, hub: WatchHub) -> None:
+    hub.start()
+    rec = Recorder()
+    sub = hub.subscribe("k/", rec)
+    assert hub.wait_for(store.put("k/1", b"1"), timeout=5)
+    sub.cancel()
+    assert hub.wait_for(store.put("k/2", b"2"), timeout=5)
+    assert [key for _, key, _ in rec.events] == ["k/1"]
+
+
+def test_failing_callback_does_not_hurt_others(store: MemoryStore, hub: WatchHub) -> None:
+    hub.start()
+
+    def broken(events: Sequence[Event]) -> None:
+        raise RuntimeError("subscriber bug")
+
+    rec = Recorder()
+    hub.subscribe("k/", broken)
+    hub.subscribe("k/", rec)
+    assert hub.wait_for(store.put("k/1", b"1"), timeout=5)
+    assert hub.wait_for(store.put("k/2", b"2"), timeout=5)
+    assert len(rec.events) == 2
+
+
+def test_wait_for_times_out_on_a_future_revision(store: MemoryStore, hub: WatchHub) -> None:
+    hub.start()
+    assert hub.wait_for(store.revision, timeout=1)  # the start revision counts as delivered
+    assert not hub.wait_for(store.revision + 1, timeout=0.1)
+
+
+def test_compaction_resyncs_with_puts_and_deletes() -> None:
+    store = MemoryStore(ManualClock(), history=20)
+    store.put("k/gone", b"x")
+    store.put("k/same", b"x")
+    store.put("k/changed", b"1")
+    gate, entered = threading.Event(), threading.Event()
+    rec = Recorder()
+
+    def slow(events: Sequence[Event]) -> None:
+        entered.set()
+        gate.wait(10)  # hold the hub thread while history runs away
+        rec(events)
+
+    hub = WatchHub(store, poll=0.05)
+    hub.start()
+    hub.subscribe("k/", slow)
+    first = store.put("k/first", b"1")
+    assert entered.wait(5)
+    for i in range(100):
+        store.put("noise", str(i).encode())
+    store.put("k/changed", b"2")
+    store.delete("k/gone")
+    for i in range(100):
+        store.put("noise", str(i).encode())
+    last = store.put("k/new", b"n")
+    gate.set()
+    assert hub.wait_for(last, timeout=10)
+    hub.stop()
+    store.close()
+    assert rec.batches[0] == [("put", "k/first", first)]
+    resync = {(kind, key) for kind, key, _ in rec.batches[1]}
+    assert resync == {("put", "k/changed"), ("delete", "k/gone"), ("put", "k/new")}
+
+
+def test_events_under_load_arrive_once_in_order(store: MemoryStore, hub: WatchHub) -> None:
+    hub.start()
+    rec = Recorder()
+    hub.subscribe("k/", rec)
+    expected: list[tuple[str, str, int]] = []
+
+    def writer(n: int) -> None:
+        for i in range(200):
+            rev = store.put(f"k/{n}/{i}", b"v")
+            del_rev = store.txn([], [Delete(f"k/{n}/{i}")]).revision
+            expected.extend([("put", f"k/{n}/{i}", rev), ("delete", f"k/{n}/{i}", del_rev)])
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert hub.wait_for(store.revision, timeout=10)
+    assert rec.events == sorted(expected, key=lambda e: e[2])
+    assert all(kind in {EventType.PUT.value, EventType.DELETE.value} for kind, _, _ in rec.events)
