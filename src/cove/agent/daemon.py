@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from cove.api.metrics import Metrics
 from cove.clock import SystemClock
 from cove.datapath.netlink import NetlinkDatapath
 from cove.datapath.nftables import Nft
+from cove.dns import DnsConfig, DnsService, Upstream
 from cove.errors import CoveError, Unavailable
 from cove.ipam.allocator import Ipam
 from cove.model import NETWORKS
@@ -111,8 +113,32 @@ class Agent:
         self.app = build_app()
         self.metrics = Metrics()
         self.metrics.add(self._core_metrics)
+        self.dns = self._dns_service()
+        if self.dns is not None:
+            self.metrics.add(self.dns.metrics)
         self.metrics.install(self.app)
         networks_api.install(self.app, self.store, self.networks, self.reconciler)
+
+    def _dns_service(self) -> DnsService | None:
+        config = self.config
+        if config.dns is None:
+            return None
+        host, port = config.dns
+        return DnsService(
+            self.store,
+            self.clock,
+            DnsConfig(
+                host_address=ipaddress.ip_address(host),
+                host_port=port,
+                domain=config.dns_domain,
+                ttl=config.dns_ttl,
+                upstreams=tuple(Upstream.parse(u) for u in config.upstreams or ()),
+                resolv_conf=str(config.resolv_conf),
+                node_name=config.node_name,
+                listen_on_gateways=True,
+            ),
+            hub=self.hub,
+        )
 
     def _core_metrics(self) -> list[tuple[str, str, float]]:
         return [
@@ -129,8 +155,12 @@ class Agent:
         self.hub.subscribe(NETWORKS, lambda _events: self.reconciler.kick())
         self.hub.start()
         self.reconciler.start()
+        if self.dns is not None:
+            self.dns.start()
 
     def stop(self) -> None:
+        if self.dns is not None:
+            self.dns.stop()
         self.reconciler.stop()
         self.hub.stop()
         self.datapath.close()

@@ -1,0 +1,313 @@
+"""Sockets and threads: the I/O side of the DNS server.
+
+One I/O thread waits on an epoll set of every listener (UDP and TCP, host
+and gateways) and drains each ready UDP socket in a tight
+``recvfrom``/``sendto`` loop. asyncio's datagram transport costs several
+times more per packet than this, and the hot path is a dict lookup, so the
+loop itself is the bottleneck worth optimising: plain UDP queries whose
+encoded answer is cached are answered inline; everything else goes to the
+``Responder``. Forwarding runs on a small thread pool (bounded: beyond it,
+queries are dropped and clients retry) and TCP connections each get a
+short-lived thread (bounded too).
+
+Sockets are created in the thread that calls ``add`` (so in its network
+namespace) with IP_FREEBIND, so a gateway listener can be bound before the
+bridge has its address.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from cove.dns.cache import MAX_VARIANTS, Table
+from cove.dns.forward import Forwarder
+from cove.dns.responder import ForwardJob, Responder
+from cove.dns.wire import Rcode, build_status
+from cove.errors import Unavailable
+from cove.model import IPAddress
+
+log = logging.getLogger(__name__)
+
+_IP_FREEBIND = 15
+_IPV6_FREEBIND = 78
+_BATCH = 256  # datagrams drained per wake-up before looking at other sockets
+_MAX_PENDING_FORWARDS = 512
+_TCP_IDLE = 5.0
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counters for /metrics (written by the I/O thread only)."""
+
+    udp_cached: int = 0  # answered by the hot path
+    udp_other: int = 0  # through the responder: misses, EDNS, errors, refusals
+    tcp: int = 0
+    forwarded: int = 0
+    forward_dropped: int = 0
+
+
+@dataclass(slots=True)
+class _Listener:
+    sock: socket.socket
+    tcp: bool
+    network: str | None  # None: the host listener
+
+
+class DnsServer:
+    def __init__(
+        self,
+        responder: Responder,
+        forwarder: Forwarder,
+        *,
+        workers: int = 16,
+        max_tcp: int = 64,
+    ) -> None:
+        self._responder = responder
+        self._forwarder = forwarder
+        self._epoll = select.epoll()
+        self._fds: dict[int, _Listener] = {}
+        self._bound: dict[tuple[IPAddress, int], tuple[_Listener, _Listener]] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cove-dns-fwd")
+        self._pending = 0
+        self._tcp_slots = threading.BoundedSemaphore(max_tcp)
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self.stats = ServerStats()
+
+    # -- listeners ---------------------------------------------------------
+
+    def add(self, address: IPAddress, port: int, network: str | None) -> int:
+        """Listen on ``address:port`` over UDP and TCP; returns the port (the
+        one the kernel picked when ``port`` is 0). Raises ``Unavailable``
+        when the address cannot be bound."""
+        with self._lock:
+            udp, tcp = _bind_pair(address, port)
+            bound = udp.getsockname()[1]
+            lu, lt = _Listener(udp, False, network), _Listener(tcp, True, network)
+            self._fds = {**self._fds, udp.fileno(): lu, tcp.fileno(): lt}
+            self._epoll.register(udp.fileno(), select.EPOLLIN)
+            self._epoll.register(tcp.fileno(), select.EPOLLIN)
+            self._bound[(address, bound)] = (lu, lt)
+            log.info("DNS listening on %s port %s (%s)", address, bound, network or "host")
+            return int(bound)
+
+    def remove(self, address: IPAddress, port: int) -> None:
+        with self._lock:
+            pair = self._bound.pop((address, port), None)
+            if pair is None:
+                return
+            fds = {p.sock.fileno() for p in pair}
+            self._fds = {k: v for k, v in self._fds.items() if k not in fds}
+            for p in pair:
+                self._epoll.unregister(p.sock.fileno())
+                p.sock.close()
+
+    def listening(self) -> list[tuple[IPAddress, int, str | None]]:
+        with self._lock:
+            return [(a, p, pair[0].network) for (a, p), pair in self._bound.items()]
+
+    # -- life --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="cove-dns-io", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._running = False
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for address, port in list(self._bound):
+            self.remove(address, port)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._epoll.close()
+
+    # -- the loop ----------------------------------------------------------
+
+    def _run(self) -> None:
+        poll = self._epoll.poll
+        while self._running:
+            try:
+                events = poll(0.2)
+            except OSError:
+                return
+            fds = self._fds
+            for fd, _ in events:
+                lst = fds.get(fd)
+                if lst is None:
+                    continue
+                try:
+                    if lst.tcp:
+                        self._accept(lst)
+                    else:
+                        self._drain(lst)
+                except Exception:  # the loop must outlive any one packet
+                    log.exception("DNS I/O error on %s", lst.sock)
+
+    def _drain(self, lst: _Listener) -> None:
+        sock = lst.sock
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        net = lst.network
+        responder = self._responder
+        host_table = responder.host[1]
+        scopes = responder.src_scopes.get(net, {}) if net is not None else {}
+        mask = MAX_VARIANTS - 1  # see cache.pick
+        hits = slow = 0  # counted locally, published once per batch
+        for _ in range(_BATCH):
+            try:
+                data, addr = recvfrom(4096)
+            except OSError:
+                break  # EAGAIN: drained (or the socket was closed under us)
+            # The hot path: a plain query seen before, byte for byte.
+            if net is None:
+                table: Table | None = host_table
+            else:
+                st = scopes.get(addr[0])
+                table = st[1] if st is not None else None
+            if table is not None:
+                variants = table.get(data[2:])
+                if variants is not None:
+                    try:  # noqa: SIM105 (cheaper than contextlib.suppress here)
+                        sendto(data[:2] + variants[data[1] & mask], addr)
+                    except OSError:
+                        pass
+                    hits += 1
+                    continue
+            slow += 1
+            out = responder.answer(data, net, addr[0], tcp=False)
+            if isinstance(out, ForwardJob):
+                self._forward_udp(sock, addr, out)
+            elif out is not None:
+                try:  # noqa: SIM105
+                    sendto(out, addr)
+                except OSError:
+                    pass
+        self.stats.udp_cached += hits
+        self.stats.udp_other += slow
+
+    def _forward_udp(self, sock: socket.socket, addr: tuple[str, int], job: ForwardJob) -> None:
+        with self._lock:
+            if self._pending >= _MAX_PENDING_FORWARDS:
+                self.stats.forward_dropped += 1
+                return  # overloaded: drop, the client retries
+            self._pending += 1
+            self.stats.forwarded += 1
+        self._pool.submit(self._forward_job, sock, addr, job)
+
+    def _forward_job(self, sock: socket.socket, addr: tuple[str, int], job: ForwardJob) -> None:
+        try:
+            out = self._forwarded(job)
+            sock.sendto(out, addr)
+        except OSError as exc:  # the listener closed meanwhile, or the client left
+            log.debug("cannot send forwarded answer for %s: %s", job.query.name, exc)
+        except Exception:
+            log.exception("forwarding %s failed", job.query.name)
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    def _forwarded(self, job: ForwardJob) -> bytes:
+        out = self._forwarder.query(job.query)
+        if len(out) > job.limit:
+            return build_status(job.query, Rcode.NOERROR, tc=True)
+        return out
+
+    def _accept(self, lst: _Listener) -> None:
+        try:
+            conn, peer = lst.sock.accept()
+        except OSError:
+            return
+        if not self._tcp_slots.acquire(blocking=False):
+            conn.close()
+            return
+        t = threading.Thread(
+            target=self._serve_tcp, args=(conn, peer, lst.network), name="cove-dns-tcp", daemon=True
+        )
+        t.start()
+
+    def _serve_tcp(self, conn: socket.socket, peer: tuple[str, int], network: str | None) -> None:
+        try:
+            conn.settimeout(_TCP_IDLE)
+            while self._running:
+                head = _recv_exact(conn, 2)
+                if head is None:
+                    return
+                (length,) = struct.unpack("!H", head)
+                data = _recv_exact(conn, length)
+                if data is None:
+                    return
+                self.stats.tcp += 1  # from several threads: a rough count
+                out = self._responder.answer(data, network, peer[0], tcp=True)
+                if isinstance(out, ForwardJob):
+                    out = self._forwarded(out)
+                if out is None:
+                    return
+                conn.sendall(struct.pack("!H", len(out)) + out)
+        except OSError:
+            return
+        finally:
+            conn.close()
+            self._tcp_slots.release()
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _bind_pair(address: IPAddress, port: int) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket on the same address and port (when ``port`` is
+    0, the kernel's pick for UDP, tried for TCP a few times)."""
+    last: OSError | None = None
+    for _ in range(8):
+        udp = _socket(address, socket.SOCK_DGRAM)
+        try:
+            udp.bind((str(address), port))
+            bound = udp.getsockname()[1]
+            tcp = _socket(address, socket.SOCK_STREAM)
+            try:
+                tcp.bind((str(address), bound))
+                tcp.listen(64)
+                return udp, tcp
+            except OSError:
+                tcp.close()
+                raise
+        except OSError as exc:
+            udp.close()
+            last = exc
+            if port != 0:
+                break
+    raise Unavailable(f"cannot listen for DNS on {address} port {port}: {last}") from last
+
+
+def _socket(address: IPAddress, kind: int) -> socket.socket:
+    v6 = address.version == 6
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
+    try:
+        s.setblocking(False)
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if v6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, _IPV6_FREEBIND, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
+        if kind == socket.SOCK_DGRAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    except OSError:
+        s.close()
+        raise
+    return s

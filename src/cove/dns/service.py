@@ -1,0 +1,249 @@
+"""``DnsService``: the embedded DNS server as one object the agent owns.
+
+Wiring (in the agent)::
+
+    dns = DnsService(store, clock, DnsConfig(...), hub=hub, services=registry_source)
+    dns.start()                                   # binds the host listener
+    dns.set_network_listeners({"vnet": [IPv4Address("10.89.0.1")]})  # as networks come and go
+    ...
+    dns.stop()
+
+It follows ``networks/`` and ``endpoints/`` through the ``WatchHub`` (its
+own when none is given) and keeps the view, the source scoping and the
+response cache in step: every event invalidates exactly the cached answers
+that used what it touched. Without ``services`` the interim source
+(``EndpointServices``: ``--service NAME:PORT`` endpoints count as passing)
+is used.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cove.clock import Clock
+from cove.dns.answer import AnswerConfig
+from cove.dns.cache import ResponseCache
+from cove.dns.forward import Forwarder, ResolvConfUpstreams, Upstream, UpstreamSource
+from cove.dns.responder import Responder
+from cove.dns.server import DnsServer
+from cove.dns.services import EndpointServices, ServiceChange, ServiceSource
+from cove.dns.view import ALL, DnsView, node_dep, svc_dep
+from cove.errors import CoveError
+from cove.model import ENDPOINTS, NETWORKS, IPAddress
+from cove.store.base import Event, Get, Store
+from cove.store.hub import Subscription, WatchHub
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """Settings of the DNS service. ``upstreams`` empty means: the
+    nameservers of ``resolv_conf``, re-read when it changes."""
+
+    host_address: IPAddress = _LOOPBACK
+    host_port: int = 8600
+    gateway_port: int = 53
+    domain: str = "cove"
+    alt_domains: tuple[str, ...] = ("consul",)
+    ttl: int = 0
+    negative_ttl: int = 0
+    a_record_limit: int = 0  # 0: no limit
+    max_udp_size: int = 1232
+    upstreams: tuple[Upstream, ...] = ()
+    resolv_conf: str = "/etc/resolv.conf"
+    upstream_timeout: float = 1.0
+    node_name: str = "local"
+    node_addresses: tuple[IPAddress, ...] = (_LOOPBACK,)
+    forward_workers: int = 16
+    cache_entries: int = 100_000
+    listen_on_gateways: bool = False
+    """Follow ``networks/`` and listen on every subnet's gateway by itself,
+    instead of being told with ``set_network_listeners``."""
+
+
+class DnsService:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        config: DnsConfig | None = None,
+        *,
+        hub: WatchHub | None = None,
+        services: ServiceSource | None = None,
+        upstreams: UpstreamSource | None = None,
+    ) -> None:
+        self.config = cfg = config or DnsConfig()
+        self._store = store
+        self._own_hub = hub is None
+        self._hub = hub or WatchHub(store)
+        self._interim: EndpointServices | None = None
+        if services is None:
+            services = self._interim = EndpointServices(cfg.node_name, cfg.node_addresses)
+        self._services = services
+        self._view = DnsView()
+        self._cache = ResponseCache(cfg.cache_entries)
+        answer_cfg = AnswerConfig(
+            domain=cfg.domain.strip(".").lower(),
+            alt_domains=tuple(d.strip(".").lower() for d in cfg.alt_domains),
+            ttl=cfg.ttl,
+            negative_ttl=cfg.negative_ttl,
+        )
+        self._responder = Responder(
+            self._view,
+            services,
+            self._cache,
+            answer_cfg,
+            a_limit=cfg.a_record_limit,
+            max_udp=cfg.max_udp_size,
+        )
+        if upstreams is None:
+            if cfg.upstreams:
+                fixed = cfg.upstreams
+                upstreams = lambda: fixed  # noqa: E731
+            else:
+                upstreams = ResolvConfUpstreams(cfg.resolv_conf, clock)
+        self._upstreams = upstreams
+        self._forwarder = Forwarder(self._foreign_upstreams, clock, timeout=cfg.upstream_timeout)
+        self._server = DnsServer(self._responder, self._forwarder, workers=cfg.forward_workers)
+        self._loaded = 0
+        self._gateways: dict[tuple[IPAddress, int], tuple[str, int]] = {}
+        self._listener_lock = threading.Lock()
+        self._listened_nets: frozenset[str] = frozenset()
+        self._subs: list[Subscription] = []
+        self.host_port = cfg.host_port
+
+    # -- life --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the view, follow the store and listen on the host address.
+        Raises ``Unavailable`` when the host listener cannot be bound."""
+        self._services.subscribe(self._on_services)
+        self._subs = [
+            self._hub.subscribe(NETWORKS, self._on_events),
+            self._hub.subscribe(ENDPOINTS, self._on_events),
+        ]
+        if self._own_hub:
+            self._hub.start()
+        self._reload()
+        self.host_port = self._server.add(self.config.host_address, self.config.host_port, None)
+        self._server.start()
+        self._follow_gateways()
+
+    def stop(self) -> None:
+        for sub in self._subs:
+            sub.cancel()
+        self._subs = []
+        if self._own_hub:
+            self._hub.stop()
+        self._server.stop()
+
+    def set_network_listeners(self, listeners: Mapping[str, Iterable[IPAddress]]) -> None:
+        """Listen on exactly these gateway addresses (network name -> its
+        gateways), port ``gateway_port``; listeners no longer named close.
+        Raises ``Unavailable`` when an address cannot be bound (the others
+        are still set up)."""
+        port = self.config.gateway_port
+        want = {(a, port): net for net, addrs in listeners.items() for a in addrs}
+        failed: Exception | None = None
+        with self._listener_lock:
+            for key, (net, bound) in list(self._gateways.items()):
+                if want.get(key) != net:
+                    self._server.remove(key[0], bound)
+                    del self._gateways[key]
+            for key, net in want.items():
+                if key in self._gateways:
+                    continue
+                try:
+                    bound = self._server.add(key[0], port, net)
+                except Exception as exc:
+                    failed = exc
+                    continue
+                self._gateways[key] = (net, bound)
+            # Read by store callbacks that hold the view lock and must not
+            # take this one (lock order: listeners, then view).
+            self._listened_nets = frozenset(net for net, _ in self._gateways.values())
+            with self._responder.view_lock:
+                self._responder.rebuild_scopes(self._listened_nets)
+        if failed is not None:
+            raise failed
+
+    def listening(self) -> Sequence[tuple[IPAddress, int, str | None]]:
+        return self._server.listening()
+
+    def metrics(self) -> list[tuple[str, str, float]]:
+        """Counters as (name, help, value), for the agent's /metrics."""
+        st = self._server.stats
+        return [
+            ("cove_dns_udp_cached_total", "UDP queries answered from the hot path.", st.udp_cached),
+            ("cove_dns_udp_other_total", "UDP queries through the slow path.", st.udp_other),
+            ("cove_dns_tcp_queries_total", "Queries over TCP.", st.tcp),
+            ("cove_dns_forwarded_total", "Queries forwarded upstream.", st.forwarded),
+            (
+                "cove_dns_forward_dropped_total",
+                "Queries dropped: too many forwards pending.",
+                st.forward_dropped,
+            ),
+            ("cove_dns_cache_entries", "Encoded answers cached.", len(self._cache)),
+            ("cove_dns_listeners", "UDP+TCP listener pairs.", len(self._server.listening())),
+        ]
+
+    def _foreign_upstreams(self) -> list[Upstream]:
+        """The upstreams minus our own listeners: a resolv.conf naming one of
+        them must not make a query chase its tail."""
+        own = {(a, p) for a, p, _ in self._server.listening()}
+        return [u for u in self._upstreams() if (u.address, u.port) not in own]
+
+    # -- following the store -----------------------------------------------
+
+    def _reload(self) -> None:
+        result = self._store.txn([], [Get(NETWORKS, prefix=True), Get(ENDPOINTS, prefix=True)])
+        kvs = [kv for resp in result.responses for kv in resp]
+        with self._responder.view_lock:
+            self._loaded = result.revision
+            self._view.load(kvs)
+            if self._interim is not None:
+                self._interim.load(self._view.endpoints)
+            self._responder.rebuild_scopes(self._listened_nets)
+        self._cache.invalidate(["*"])
+
+    def _follow_gateways(self) -> None:
+        if not self.config.listen_on_gateways:
+            return
+        with self._responder.view_lock:
+            want = {
+                name: [s.gateway for s in net.subnets] for name, net in self._view.networks.items()
+            }
+        try:
+            self.set_network_listeners(want)
+        except CoveError as exc:
+            log.warning("DNS: %s", exc)
+
+    def _on_events(self, events: Sequence[Event]) -> None:
+        deps: set[str] = set()
+        with self._responder.view_lock:
+            for ev in events:
+                if ev.revision <= self._loaded:
+                    continue  # already in the loaded snapshot
+                touched, old, new = self._view.apply(ev)
+                deps |= touched
+                if self._interim is not None and (old is not None or new is not None):
+                    self._interim.update(ev.kv.key, new)
+            self._responder.rebuild_scopes(self._listened_nets)
+        if deps:
+            self._cache.invalidate(deps)
+        if ALL in deps:
+            self._follow_gateways()
+
+    def _on_services(self, change: ServiceChange) -> None:
+        if ServiceChange.ALL in change.services:
+            self._cache.invalidate(["*"])  # rare: a node-level check changed
+            return
+        deps = [svc_dep(s) for s in change.services] + [node_dep(n) for n in change.nodes]
+        self._cache.invalidate(deps)

@@ -1,0 +1,187 @@
+"""The DNS view of the store: networks and endpoints indexed for lookups.
+
+Pure (no I/O): ``DnsView`` is loaded from ``networks/`` and ``endpoints/``
+key-values and then fed store events; each event returns the *dependencies*
+it touched (``name:<name>``, ``ptr:<address>``, ``svc:<service>``) so the
+response cache drops exactly the answers built from them. A network change
+returns ``ALL``: it changes which zones and scopes exist, and is rare.
+
+Writers are a single thread; readers on other threads only do key lookups
+and read tuples that are replaced, never mutated, so they need no lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cove.model import ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network
+from cove.store.base import Event, EventType, KeyValue
+
+log = logging.getLogger(__name__)
+
+ALL = "*"
+"""The dependency that stands for everything (a network changed)."""
+
+
+def name_dep(name: str) -> str:
+    return "name:" + name
+
+
+def ptr_dep(address: IPAddress) -> str:
+    return "ptr:" + str(address)
+
+
+def svc_dep(service: str) -> str:
+    return "svc:" + service
+
+
+def node_dep(node: str) -> str:
+    return "node:" + node
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Who is asking. ``networks`` is ``None`` for the host listener (every
+    network, only as NAME.NETWORK.<domain>); for a container, the networks
+    its endpoints are on. ``forward``: whether unknown names may go upstream."""
+
+    networks: frozenset[str] | None
+    forward: bool
+
+
+HOST_SCOPE = Scope(None, forward=True)
+
+
+class DnsView:
+    def __init__(self) -> None:
+        self.networks: dict[str, Network] = {}
+        self._endpoints: dict[str, Endpoint] = {}
+        # network -> name -> endpoints answering to it
+        self.names: dict[str, dict[str, tuple[Endpoint, ...]]] = {}
+        self.addrs: dict[IPAddress, tuple[Endpoint, ...]] = {}
+        self.containers: dict[str, frozenset[str]] = {}
+        self._container_keys: dict[str, set[str]] = {}
+
+    @property
+    def endpoints(self) -> dict[str, Endpoint]:
+        return self._endpoints
+
+    def load(self, kvs: Iterable[KeyValue]) -> None:
+        """Replace everything with the given ``networks/`` and ``endpoints/``
+        key-values."""
+        self.networks = {}
+        self._endpoints = {}
+        self.names = {}
+        self.addrs = {}
+        self.containers = {}
+        self._container_keys = {}
+        for kv in kvs:
+            self._put(kv.key, kv.value)
+
+    def apply(self, event: Event) -> tuple[set[str], Endpoint | None, Endpoint | None]:
+        """Apply one store event. Returns the dependencies it touched and, for
+        an endpoint, its state before and after (``None``: absent)."""
+        key = event.kv.key
+        old = self._endpoints.get(key)
+        if event.type is EventType.PUT:
+            self._put(key, event.kv.value)
+        else:
+            self._delete(key)
+        if key.startswith(NETWORKS):
+            return {ALL}, None, None
+        new = self._endpoints.get(key)
+        deps: set[str] = set()
+        for ep in (old, new):
+            if ep is not None:
+                deps.update(name_dep(n) for n in ep.names())
+                deps.update(ptr_dep(a) for a in ep.addresses)
+        return deps, old, new
+
+    def _put(self, key: str, value: bytes) -> None:
+        try:
+            data = json.loads(value)
+            if key.startswith(NETWORKS):
+                net = Network.from_json(data)
+            elif key.startswith(ENDPOINTS):
+                ep = Endpoint.from_json(data)
+            else:
+                return
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring undecodable %s: %s", key, exc)
+            return
+        if key.startswith(NETWORKS):
+            self.networks = {**self.networks, net.name: net}
+            return
+        self._delete(key)
+        self._endpoints[key] = ep
+        byname = dict(self.names.get(ep.network, {}))
+        for n in ep.names():
+            byname[n] = (*byname.get(n, ()), ep)
+        self.names[ep.network] = byname
+        for a in ep.addresses:
+            self.addrs[a] = (*self.addrs.get(a, ()), ep)
+        self._container_keys.setdefault(ep.container_id, set()).add(key)
+        self._index_container(ep.container_id)
+
+    def _delete(self, key: str) -> None:
+        if key.startswith(NETWORKS):
+            name = key[len(NETWORKS) :]
+            self.networks = {k: v for k, v in self.networks.items() if k != name}
+            return
+        ep = self._endpoints.pop(key, None)
+        if ep is None:
+            return
+        byname = dict(self.names.get(ep.network, {}))
+        for n in ep.names():
+            rest = tuple(e for e in byname.get(n, ()) if e.id != ep.id)
+            if rest:
+                byname[n] = rest
+            else:
+                byname.pop(n, None)
+        self.names[ep.network] = byname
+        for a in ep.addresses:
+            left = tuple(e for e in self.addrs.get(a, ()) if e.id != ep.id)
+            if left:
+                self.addrs[a] = left
+            else:
+                self.addrs.pop(a, None)
+        self._container_keys.get(ep.container_id, set()).discard(key)
+        self._index_container(ep.container_id)
+
+    def _index_container(self, container_id: str) -> None:
+        keys = self._container_keys.get(container_id, set())
+        nets = frozenset(self._endpoints[k].network for k in keys if k in self._endpoints)
+        if nets:
+            self.containers[container_id] = nets
+        else:
+            self.containers.pop(container_id, None)
+            self._container_keys.pop(container_id, None)
+
+    def source_scopes(self, network: str) -> dict[str, Scope]:
+        """Scope of each container address on ``network`` (keys as the
+        kernel prints source addresses), for that network's listener."""
+        net = self.networks.get(network)
+        forward = net is not None and not net.internal
+        out: dict[str, Scope] = {}
+        for ep in self._endpoints.values():
+            if ep.network != network:
+                continue
+            scope = Scope(self.containers.get(ep.container_id, frozenset({network})), forward)
+            for a in ep.addresses:
+                out[str(a)] = scope
+        return out
+
+    def subnet_scope(self, network: str, source: IPAddress) -> Scope | None:
+        """Scope of an unknown source inside ``network``'s subnets (a
+        container not registered yet, or the host on the bridge); ``None``
+        when the source is on none of them."""
+        net = self.networks.get(network)
+        if net is None:
+            return None
+        for subnet in net.subnets:
+            if source.version == subnet.cidr.version and source in subnet.cidr:
+                return Scope(frozenset({network}), not net.internal)
+        return None
