@@ -49,6 +49,7 @@ class AgentConfig:
     log_file: Path | None = None
     reconcile_interval: float = 15.0
     enable_script_checks: bool = False
+    vip_ranges: tuple[str, ...] = ("10.96.0.0/16",)
 
     @property
     def store_url(self) -> str:
@@ -106,6 +107,7 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
         log_file=Path(cfg.log_file) if cfg.log_file else None,
         resolv_conf=Path(cfg.resolv_conf),
         reconcile_interval=float(cfg.reconcile_interval),
+        vip_ranges=tuple(str(r) for r in cfg.vip_ranges),
     )
 
 

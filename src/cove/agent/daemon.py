@@ -29,14 +29,18 @@ from cove.api import networks as networks_api
 from cove.api.app import build_app
 from cove.api.metrics import Metrics
 from cove.clock import SystemClock
+from cove.datapath.libnft import open_nft
 from cove.datapath.netlink import NetlinkDatapath
 from cove.datapath.nftables import Nft
 from cove.dns import DnsConfig, DnsService, Upstream
 from cove.errors import CoveError, Unavailable
 from cove.ipam.allocator import Ipam
+from cove.lb.vips import parse_range
+from cove.lb.wiring import LbParts
 from cove.model import NETWORKS
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
+from cove.policy.wiring import PolicyParts
 from cove.store import open_store
 from cove.store.hub import WatchHub
 
@@ -106,7 +110,10 @@ class Agent:
         self.nft = Nft()
         self.datapath = NetlinkDatapath(self.nft)
         self.ipam = Ipam(self.store)
-        self.networks = NetworkService(self.store, self.clock, self.datapath.host_networks)
+        self.vip_ranges = tuple(parse_range(r) for r in config.vip_ranges)
+        self.networks = NetworkService(
+            self.store, self.clock, self.datapath.host_networks, reserved=self.vip_ranges
+        )
         self.reconciler = NetworkReconciler(
             self.store, self.datapath, interval=config.reconcile_interval
         )
@@ -118,6 +125,15 @@ class Agent:
             self.metrics.add(self.dns.metrics)
         self.metrics.install(self.app)
         networks_api.install(self.app, self.store, self.networks, self.reconciler)
+        # VIP and policy updates are frequent and small: they go through
+        # libnftables in-process rather than one nft process per change.
+        self.fast_nft = open_nft()
+        self.lb = LbParts(self.store, self.fast_nft, self.vip_ranges, config.datacenter)
+        self.policy = PolicyParts(self.store, self.fast_nft, self.clock)
+        self.lb.install(self.app)
+        self.policy.install(self.app)
+        self.metrics.add(self.lb.metrics)
+        self.metrics.add(self.policy.metrics)
 
     def _dns_service(self) -> DnsService | None:
         config = self.config
@@ -157,8 +173,12 @@ class Agent:
         self.reconciler.start()
         if self.dns is not None:
             self.dns.start()
+        self.lb.start()
+        self.policy.start()
 
     def stop(self) -> None:
+        self.policy.stop()
+        self.lb.stop()
         if self.dns is not None:
             self.dns.stop()
         self.reconciler.stop()

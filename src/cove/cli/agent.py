@@ -27,6 +27,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-file", type=Path)
     p.add_argument("--reconcile-interval", type=float)
+    p.add_argument(
+        "--vip-range", action="append", help="CIDR for service VIPs (repeat; default 10.96.0.0/16)"
+    )
     p.add_argument("--enable-script-checks", action="store_true", default=None)
     p.set_defaults(func=_run, no_client=True)
 
@@ -47,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         "log_file": args.log_file,
         "reconcile_interval": args.reconcile_interval,
         "enable_script_checks": args.enable_script_checks,
+        "vip_ranges": tuple(args.vip_range) if args.vip_range else None,
     }
     cfg = agent_config.load(flags, args.config, os.environ)
     return run(cfg)

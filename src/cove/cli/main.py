@@ -8,11 +8,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cove import __version__
 from cove.agent.config import DEFAULT_SOCKET
 from cove.cli import agent as agent_cli
+from cove.cli import containers as containers_cli
+from cove.cli import lb as lb_cli
 from cove.cli import network as network_cli
+from cove.cli import policy as policy_cli
+from cove.cli import registry as registry_cli
 from cove.cli.client import AgentClient
 from cove.errors import CoveError
 
@@ -28,8 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     agent_cli.add_parsers(sub)
-    network_cli.add_parsers(sub)
+    network_sub = network_cli.add_parsers(sub)
+    containers_cli.add_parsers(sub)
+    containers_cli.add_network_parsers(network_sub)  # type: ignore[arg-type]
+    registry_cli.add_parsers(sub)
+    lb_cli.add_vip_commands(_subcommands(sub.choices["service"]))
+    policy_cli.add_parsers(sub)
     return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[Any]:
+    """The subcommand set of ``parser``, so a second module can add to it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise LookupError(f"{parser.prog} has no subcommands")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,9 @@ class NetworkService:
         store: Store,
         clock: Clock,
         host_networks: Callable[[], Sequence[IPNetwork]] = tuple,
+        reserved: Sequence[IPNetwork] = (),
     ) -> None:
+        self._reserved = tuple(reserved)
         self._store = store
         self._clock = clock
         self._host_networks = host_networks
@@ -49,7 +51,9 @@ class NetworkService:
             if any(n.name == spec.name for n in existing):
                 raise AlreadyExists(f"network {spec.name} already exists", network=spec.name)
             taken = [(n.name, s.cidr) for n in existing for s in n.subnets]
-            network = build_network(spec, taken, self._host_networks(), self._clock.time())
+            network = build_network(
+                spec, taken, self._host_networks(), self._clock.time(), reserved=self._reserved
+            )
             result = self._store.txn(
                 [Compare.absent(key), Compare.mod_is(SUBNETS_GUARD, guard_rev)],
                 [Put(key, _encode(network)), Put(SUBNETS_GUARD, b"{}")],

@@ -81,11 +81,13 @@ def build_network(
     host_networks: Iterable[IPNetwork],
     created: float,
     network_id: str | None = None,
+    reserved: Iterable[IPNetwork] = (),
 ) -> Network:
     """Validate ``spec`` and choose what it leaves open (subnets, gateways).
 
     ``taken`` is (network name, subnet) of every existing cove network;
-    ``host_networks`` the host's routes and addresses. Raises
+    ``host_networks`` the host's routes and addresses; ``reserved`` ranges
+    cove keeps for other uses (service VIPs). Raises
     ``InvalidArgument`` or ``Conflict`` naming the problem.
     """
     check_name(spec.name)
@@ -93,6 +95,7 @@ def build_network(
         raise InvalidArgument(f"mtu {spec.mtu} is out of range (68-65535)", mtu=spec.mtu)
     taken_list = list(taken)
     host_list = list(host_networks)
+    reserved_list = list(reserved)
     wanted = [pool.parse_subnet(s) for s in spec.subnets]
     families = [n.version for n in wanted]
     for fam in (4, 6):
@@ -107,7 +110,10 @@ def build_network(
         host = pool.overlapping(net, host_list)
         if host is not None:
             raise Conflict(f"subnet {net} overlaps host route or address {host}", subnet=net)
-    used = [sub for _, sub in taken_list] + host_list
+        vip = pool.overlapping(net, reserved_list)
+        if vip is not None:
+            raise Conflict(f"subnet {net} overlaps the service VIP range {vip}", subnet=net)
+    used = [sub for _, sub in taken_list] + host_list + reserved_list
     if 4 not in families:
         wanted.insert(0, _auto(4, used))
     if spec.ipv6 and 6 not in families:

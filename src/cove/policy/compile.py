@@ -1,0 +1,326 @@
+"""Policy, resolved and compiled (pure): selectors to addresses, then to the
+nft table ``inet cove_policy``, and the same decision for ``policy test``.
+
+The forward chain runs before ``inet cove`` (priority -10), and sees
+traffic between containers of one bridge thanks to br_netfilter::
+
+    ct state established,related accept          replies of allowed flows
+    ip daddr @deny_v4 jump ingress               into a default-deny network
+    ingress:
+      ip saddr != @cove_v4 accept                from the host or outside
+                                                 (published ports decide)
+      ip saddr . ip daddr @self_v4 accept        a container to itself (VIP hairpin)
+      ip saddr {..} ip daddr {..} [th dport] accept   one per rule
+      reject (TCP reset / ICMP admin-prohibited)
+
+Default-deny networks are matched by subnet, not by member address, so a
+container that has just started is denied until a rule names it: there is
+no moment in which denied traffic passes. An ``accept`` here does not
+override drops of other tables (network isolation stays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cove.model import Endpoint, IPAddress, IPNetwork, Network
+from cove.policy.model import L4, Rule, Selector, SelectorKind
+
+FAMILY = "inet"
+TABLE = "cove_policy"
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A container on one network, as selectors see it."""
+
+    name: str
+    network: str
+    addresses: tuple[IPAddress, ...]
+    services: frozenset[str] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, sel: Selector, *, name_is_service: bool) -> bool:
+        if sel.kind is SelectorKind.ANY:
+            return True
+        if sel.kind is SelectorKind.CONTAINER:
+            return self.name == sel.value
+        if sel.kind is SelectorKind.SERVICE:
+            return sel.value in self.services
+        if sel.kind is SelectorKind.NAME:
+            return sel.value in self.services if name_is_service else self.name == sel.value
+        return all(self.labels.get(k) == v for k, v in sel.labels)
+
+
+def members_from(
+    endpoints: Iterable[Endpoint], labels: Mapping[str, Mapping[str, str]]
+) -> list[Member]:
+    """Members from endpoint records and container labels by name."""
+    out = []
+    for ep in endpoints:
+        services = frozenset(s.rpartition(":")[0].lower() for s in ep.services if ":" in s)
+        name = ep.container_name.lower()
+        out.append(
+            Member(
+                name, ep.network, ep.addresses, services, dict(labels.get(ep.container_name, {}))
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    rule: Rule
+    sources: frozenset[IPAddress]
+    dests: frozenset[IPAddress]
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """Everything the table and the evaluator decide from."""
+
+    deny: tuple[tuple[str, IPNetwork], ...]  # (network name, subnet) with default-deny
+    cove: tuple[IPNetwork, ...]  # every cove network's subnets
+    rules: tuple[Resolved, ...]
+    selves: frozenset[IPAddress] = frozenset()  # member addresses: may reach themselves
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: str
+    rule: str | None = None
+
+
+def _is_container_name(sel: Selector, members: Iterable[Member]) -> bool:
+    return any(m.name == sel.value for m in members)
+
+
+def select(sel: Selector, members: Iterable[Member]) -> list[Member]:
+    """The members a selector names. A bare NAME is a container when one
+    has that name, else a service."""
+    pool = list(members)
+    as_service = sel.kind is SelectorKind.NAME and not _is_container_name(sel, pool)
+    return [m for m in pool if m.matches(sel, name_is_service=as_service)]
+
+
+def build(networks: Iterable[Network], members: Iterable[Member], rules: Iterable[Rule]) -> Model:
+    nets = sorted(networks, key=lambda n: n.name)
+    pool = list(members)
+    known = {n.name for n in nets}
+    resolved = []
+    for rule in sorted(rules, key=lambda r: (r.network, r.created, r.id)):
+        if rule.network not in known:
+            continue
+        src = {a for m in select(rule.source, pool) for a in m.addresses}
+        on_net = [m for m in pool if m.network == rule.network]
+        dst = {a for m in select(rule.dest, on_net) for a in m.addresses}
+        resolved.append(Resolved(rule, frozenset(src), frozenset(dst)))
+    return Model(
+        deny=tuple((n.name, s.cidr) for n in nets if n.default_deny for s in n.subnets),
+        cove=tuple(s.cidr for n in nets for s in n.subnets),
+        rules=tuple(resolved),
+        selves=frozenset(a for m in pool for a in m.addresses),
+    )
+
+
+def decide(model: Model, src: IPAddress, dst: IPAddress, proto: L4, port: int) -> Decision:
+    """What the compiled chain does with a new connection (same order)."""
+    net = next((name for name, cidr in model.deny if _in(dst, cidr)), None)
+    if net is None:
+        return Decision(True, "the destination's network does not deny by default")
+    if not any(_in(src, c) for c in model.cove):
+        return Decision(True, "the source is outside cove networks (published ports decide)")
+    if src == dst and src in model.selves:
+        return Decision(True, "a container may always reach itself (through a VIP too)")
+    for r in model.rules:
+        if r.rule.network != net or src not in r.sources or dst not in r.dests:
+            continue
+        if r.rule.ports and not any(p.matches(proto, port) for p in r.rule.ports):
+            continue
+        return Decision(True, f"allowed by rule {r.rule.id}", r.rule.id)
+    return Decision(False, f"denied by default on network {net!r}")
+
+
+def _in(addr: IPAddress, net: IPNetwork) -> bool:
+    return addr.version == net.version and addr in net
+
+
+# -- nft ------------------------------------------------------------------
+
+
+def _l3(version: int) -> str:
+    return "ip" if version == 4 else "ip6"
+
+
+def _addr(version: int, fieldname: str) -> Obj:
+    return {"payload": {"protocol": _l3(version), "field": fieldname}}
+
+
+def _prefix(net: IPNetwork) -> Obj:
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _set_of(values: list[Any]) -> Any:
+    return values[0] if len(values) == 1 else {"set": values}
+
+
+def compile_table(model: Model) -> list[Obj]:
+    objs: list[Obj] = [
+        {
+            "chain": {
+                "name": "forward",
+                "type": "filter",
+                "hook": "forward",
+                "prio": -10,
+                "policy": "accept",
+            }
+        },
+        {"chain": {"name": "ingress"}},
+    ]
+    for v, t in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        deny = [_prefix(c) for _, c in model.deny if c.version == v]
+        cove = [_prefix(c) for c in model.cove if c.version == v]
+        objs.append({"set": {"name": f"deny_v{v}", "type": t, "flags": ["interval"]}})
+        objs.append({"set": {"name": f"cove_v{v}", "type": t, "flags": ["interval"]}})
+        if deny:
+            objs.append({"element": {"name": f"deny_v{v}", "elem": deny}})
+        if cove:
+            objs.append({"element": {"name": f"cove_v{v}", "elem": cove}})
+        objs.append({"set": {"name": f"self_v{v}", "type": [t, t]}})
+        selves = sorted(str(a) for a in model.selves if a.version == v)
+        if selves:
+            elems = [{"concat": [a, a]} for a in selves]
+            objs.append({"element": {"name": f"self_v{v}", "elem": elems}})
+    est = {
+        "match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}
+    }
+    objs.append({"rule": {"chain": "forward", "expr": [est, {"accept": None}]}})
+    for v in (4, 6):
+        objs.append(
+            {
+                "rule": {
+                    "chain": "forward",
+                    "expr": [
+                        {"match": {"op": "==", "left": _addr(v, "daddr"), "right": f"@deny_v{v}"}},
+                        {"jump": {"target": "ingress"}},
+                    ],
+                }
+            }
+        )
+    for v in (4, 6):
+        objs.append(
+            {
+                "rule": {
+                    "chain": "ingress",
+                    "expr": [
+                        {"match": {"op": "!=", "left": _addr(v, "saddr"), "right": f"@cove_v{v}"}},
+                        {"accept": None},
+                    ],
+                    "comment": "from the host or outside",
+                }
+            }
+        )
+        pair = {"concat": [_addr(v, "saddr"), _addr(v, "daddr")]}
+        objs.append(
+            {
+                "rule": {
+                    "chain": "ingress",
+                    "expr": [
+                        {"match": {"op": "==", "left": pair, "right": f"@self_v{v}"}},
+                        {"accept": None},
+                    ],
+                    "comment": "a container reaching itself (hairpin through a VIP)",
+                }
+            }
+        )
+    for r in model.rules:
+        objs.extend(_rule_objects(r))
+    tcp = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
+    objs.append(
+        {
+            "rule": {
+                "chain": "ingress",
+                "expr": [tcp, {"reject": {"type": "tcp reset"}}],
+                "comment": "default deny",
+            }
+        }
+    )
+    objs.append(
+        {
+            "rule": {
+                "chain": "ingress",
+                "expr": [{"reject": {"type": "icmpx", "expr": "admin-prohibited"}}],
+            }
+        }
+    )
+    return objs
+
+
+def _rule_objects(r: Resolved) -> list[Obj]:
+    out: list[Obj] = []
+    for v in (4, 6):
+        src = sorted(str(a) for a in r.sources if a.version == v)
+        dst = sorted(str(a) for a in r.dests if a.version == v)
+        if not src or not dst:
+            continue
+        base = [
+            {"match": {"op": "==", "left": _addr(v, "saddr"), "right": _set_of(list(src))}},
+            {"match": {"op": "==", "left": _addr(v, "daddr"), "right": _set_of(list(dst))}},
+        ]
+        if not r.rule.ports:
+            out.append(
+                {
+                    "rule": {
+                        "chain": "ingress",
+                        "expr": [*base, {"accept": None}],
+                        "comment": f"rule {r.rule.id}",
+                    }
+                }
+            )
+            continue
+        for proto in (L4.TCP, L4.UDP):
+            ports: list[Any] = [
+                p.first if p.first == p.last else {"range": [p.first, p.last]}
+                for p in r.rule.ports
+                if p.proto is proto
+            ]
+            if not ports:
+                continue
+            out.append(
+                {
+                    "rule": {
+                        "chain": "ingress",
+                        "expr": [
+                            *base,
+                            {
+                                "match": {
+                                    "op": "==",
+                                    "left": {
+                                        "payload": {"protocol": proto.value, "field": "dport"}
+                                    },
+                                    "right": _set_of(ports),
+                                }
+                            },
+                            {"accept": None},
+                        ],
+                        "comment": f"rule {r.rule.id}",
+                    }
+                }
+            )
+    return out
+
+
+def digest(objs: list[Obj]) -> str:
+    return hashlib.sha256(json.dumps(objs, sort_keys=True).encode()).hexdigest()
+
+
+def parse_address(text: str) -> IPAddress:
+    return ipaddress.ip_address(text)

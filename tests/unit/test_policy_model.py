@@ -1,0 +1,158 @@
+"""Policy selectors, ports, the pure decision and the service's validation."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from cove.clock import ManualClock
+from cove.errors import InvalidArgument, NotFound
+from cove.model import Endpoint, Network, Subnet
+from cove.policy import compile as pc
+from cove.policy.model import L4, RULES, PortSpec, Rule, Selector, SelectorKind
+from cove.policy.service import PolicyService
+from cove.store import MemoryStore
+
+
+def test_selectors_parse_and_print_back() -> None:
+    for text in ("*", "web", "container:web", "service:db", "app=web,tier=front"):
+        assert str(Selector.parse(text)) == text
+    assert Selector.parse("app=web").kind is SelectorKind.LABELS
+    assert Selector.parse("Web").value == "web"
+    for bad in ("", "pod:web", "=x", "a b", "container:"):
+        with pytest.raises(InvalidArgument):
+            Selector.parse(bad)
+
+
+def test_ports_parse() -> None:
+    assert PortSpec.parse("80") == PortSpec(80, 80, L4.TCP)
+    assert PortSpec.parse("53/udp") == PortSpec(53, 53, L4.UDP)
+    assert str(PortSpec.parse("8000-8100/TCP")) == "8000-8100/tcp"
+    for bad in ("0", "70000", "80/sctp", "x", "90-80"):
+        with pytest.raises(InvalidArgument):
+            PortSpec.parse(bad)
+
+
+def net(name: str, cidr: str, deny: bool) -> Network:
+    n = ipaddress.ip_network(cidr)
+    return Network(
+        id=name, name=name, bridge=f"cv-{name}", default_deny=deny,
+        subnets=(Subnet(n, next(n.hosts())),),
+    )  # fmt: skip
+
+
+def member(
+    name: str, network: str, addr: str, services: tuple[str, ...] = (), **labels: str
+) -> pc.Member:
+    return pc.Member(name, network, (ipaddress.ip_address(addr),), frozenset(services), labels)
+
+
+def rule(rid: str, network: str, src: str, dst: str, *ports: str) -> Rule:
+    return Rule(
+        rid,
+        network,
+        Selector.parse(src),
+        Selector.parse(dst),
+        tuple(PortSpec.parse(p) for p in ports),
+    )
+
+
+IP = ipaddress.ip_address
+
+
+def test_decide_explains_every_outcome() -> None:
+    nets = [net("a", "10.1.0.0/24", True), net("b", "10.2.0.0/24", False)]
+    members = [
+        member("web", "a", "10.1.0.2", ("web",), app="web"),
+        member("db", "a", "10.1.0.3", ("db",), app="db"),
+        member("other", "b", "10.2.0.2"),
+    ]
+    model = pc.build(nets, members, [rule("r1", "a", "app=web", "service:db", "5432")])
+    d = pc.decide(model, IP("10.1.0.2"), IP("10.1.0.3"), L4.TCP, 5432)
+    assert d.allowed and d.rule == "r1"
+    d = pc.decide(model, IP("10.1.0.2"), IP("10.1.0.3"), L4.TCP, 22)
+    assert not d.allowed and "denied by default on network 'a'" in d.reason
+    assert not pc.decide(model, IP("10.1.0.3"), IP("10.1.0.2"), L4.TCP, 5432).allowed
+    assert not pc.decide(model, IP("10.2.0.2"), IP("10.1.0.3"), L4.TCP, 5432).allowed
+    assert pc.decide(model, IP("10.1.0.3"), IP("10.2.0.2"), L4.TCP, 1).allowed
+    assert pc.decide(model, IP("192.0.2.9"), IP("10.1.0.3"), L4.TCP, 1).allowed
+
+
+def test_a_name_is_a_container_first_then_a_service() -> None:
+    members = [member("db", "a", "10.1.0.3"), member("x", "a", "10.1.0.4", ("db",))]
+    assert [m.name for m in pc.select(Selector.parse("db"), members)] == ["db"]
+    assert [m.name for m in pc.select(Selector.parse("service:db"), members)] == ["x"]
+
+
+def test_compiled_table_has_one_accept_per_resolved_rule_and_skips_empty_ones() -> None:
+    nets = [net("a", "10.1.0.0/24", True)]
+    members = [member("web", "a", "10.1.0.2", app="web"), member("db", "a", "10.1.0.3")]
+    model = pc.build(
+        nets,
+        members,
+        [rule("r1", "a", "app=web", "db", "5432", "53/udp"), rule("r2", "a", "app=none", "db")],
+    )
+    objs = pc.compile_table(model)
+    comments = [o["rule"].get("comment") for o in objs if "rule" in o]
+    assert comments.count("rule r1") == 2  # one per protocol
+    assert "rule r2" not in comments
+    assert comments[-2] == "default deny"
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    s = MemoryStore(ManualClock())
+    s.put("networks/a", json.dumps(net("a", "10.1.0.0/24", True).to_json()).encode())
+    for name, addr, services in (("web", "10.1.0.2", ("web:80",)), ("db", "10.1.0.3", ())):
+        ep = Endpoint(
+            id=name, network="a", container_id=name, container_name=name, interface="eth0",
+            host_veth="", mac="", ipv4=ipaddress.IPv4Address(addr), services=services,
+        )  # fmt: skip
+        s.put(f"endpoints/a/{name}", json.dumps(ep.to_json()).encode())
+    s.put("containers/db", json.dumps({"name": "db", "labels": {"app": "db"}}).encode())
+    return s
+
+
+def test_service_refuses_bad_input_and_writes_nothing(store: MemoryStore) -> None:
+    policy = PolicyService(store)
+    before = store.revision
+    with pytest.raises(NotFound):
+        policy.allow("nope", "web", "db")
+    with pytest.raises(InvalidArgument, match="unknown selector 'wbe'"):
+        policy.allow("a", "wbe", "db")
+    with pytest.raises(InvalidArgument):
+        policy.allow("a", "web", "db", ["80/icmp"])
+    with pytest.raises(InvalidArgument):
+        policy.allow("a", "pod:web", "db")
+    assert store.revision == before
+    assert not store.range(RULES).kvs
+    # Names of things that come later are fine when spelled out.
+    policy.allow("a", "container:later", "db")
+
+
+def test_service_test_and_default_deny_switch(store: MemoryStore) -> None:
+    policy = PolicyService(store)
+    r = policy.allow("a", "web", "app=db", ["5432"])
+    (v,) = policy.test("web", "db", "5432")
+    assert v.decision.allowed and v.decision.rule == r.id
+    (v,) = policy.test("db", "web", "80")
+    assert not v.decision.allowed
+    assert policy.set_default_deny("a", False).default_deny is False
+    (v,) = policy.test("db", "web", "80")
+    assert v.decision.allowed and "does not deny" in v.decision.reason
+    with pytest.raises(InvalidArgument, match="matches no container"):
+        policy.test("ghost", "web", "80")
+    policy.remove(r.id)
+    with pytest.raises(NotFound):
+        policy.remove(r.id)
+    assert policy.rules() == []
+
+
+def test_a_container_reaches_itself_even_on_a_default_deny_network() -> None:
+    model = pc.build([net("a", "10.1.0.0/24", True)], [member("web", "a", "10.1.0.2")], [])
+    assert pc.decide(model, IP("10.1.0.2"), IP("10.1.0.2"), L4.TCP, 80).allowed
+    assert not pc.decide(model, IP("10.1.0.9"), IP("10.1.0.2"), L4.TCP, 80).allowed
+    elems = [o["element"] for o in pc.compile_table(model) if "element" in o]
+    assert {"name": "self_v4", "elem": [{"concat": ["10.1.0.2", "10.1.0.2"]}]} in elems
