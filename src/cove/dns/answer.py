@@ -14,6 +14,15 @@ Names cove owns:
 
 Everything else under the domain is NXDOMAIN; anything else is forwarded
 when the scope allows it, else REFUSED.
+
+A service with a virtual IP (``lb/vips/<svc>``) answers A/AAAA/ANY for the
+plain ``<svc>.service`` with the VIP alone, in every scope: the VIP stands
+for the whole service, as a Kubernetes ClusterIP does. It is answered even
+while no instance passes (like kube DNS): the kernel then rejects
+connections to it at once, which fails faster than an NXDOMAIN that
+resolvers would cache. SRV queries and the tag and RFC 2782 forms
+(``<tag>.<svc>.service``, ``_<svc>._tcp.service``) keep answering the
+passing instances, so clients that balance for themselves still can.
 """
 
 from __future__ import annotations
@@ -91,7 +100,7 @@ def _in_domain(
         return _negative(Rcode.NOERROR, domain, cfg, frozenset())
     last = rest[-1]
     if last == "service":
-        return _service(services, scope, q, cfg, rest[:-1], domain)
+        return _service(view, services, scope, q, cfg, rest[:-1], domain)
     if last == "node" and len(rest) == 2:
         node = services.node(rest[0])
         deps = frozenset({node_dep(rest[0])})
@@ -141,6 +150,7 @@ def _addresses(
 
 
 def _service(
+    view: DnsView,
     services: ServiceSource,
     scope: Scope,
     q: Query,
@@ -149,8 +159,10 @@ def _service(
     domain: str,
 ) -> Resolution:
     tag: str | None = None
+    vip: IPAddress | None = None
     if len(rest) == 1:
         svc = rest[0]
+        vip = view.vips.get(svc)
     elif len(rest) == 2 and rest[0].startswith("_") and rest[1].startswith("_"):
         svc, tag = rest[0][1:], rest[1][1:]
         if tag in ("tcp", "udp"):
@@ -160,9 +172,14 @@ def _service(
     else:
         return _negative(Rcode.NXDOMAIN, domain, cfg, frozenset())
     deps = frozenset({svc_dep(svc)})
+    if vip is not None and q.qtype != RRType.SRV:
+        return _addresses(q, (vip,), cfg, domain, deps)
     instances = [i for i in services.passing(svc) if _visible(i, scope, tag)]
     if not instances:
-        return _negative(Rcode.NXDOMAIN, domain, cfg, deps)
+        # With a VIP the name exists (it has an A or AAAA record): NODATA,
+        # never an NXDOMAIN that would hide the VIP from caching resolvers.
+        rcode = Rcode.NXDOMAIN if vip is None else Rcode.NOERROR
+        return _negative(rcode, domain, cfg, deps)
     if q.qtype in _ADDR_TYPES:
         return _addresses(q, (i.address for i in instances), cfg, domain, deps)
     if q.qtype != RRType.SRV:

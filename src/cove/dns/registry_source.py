@@ -10,23 +10,27 @@ under ``registry/``: an instance or check of service S invalidates S's
 answers, a node's own record invalidates ``<node>.node``, and a node-level
 check (which gates every service on the node) invalidates all of them.
 
-Consul's DNS is case-insensitive while the catalog keeps names as written:
-services registered with capitals are found by their lower-case names only
-if registered lower-case (the registry's convention).
+Consul's DNS is case-insensitive while the catalog keeps names as written
+(``registry/svc/Web/...``). DNS asks in lower case, so the source keeps an
+index of the spellings in use that are not lower-case (few: most names are)
+and merges the instances of every spelling of the name asked for. The index
+follows ``registry/svc/`` events: a PUT adds its spelling; a DELETE drops it
+once nothing is stored under it any more.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
 from cove.dns.services import ChangeCallback, Node, ServiceChange, ServiceInstance
 from cove.registry import types as rt
 from cove.registry.queries import Queries
-from cove.store.base import Event
+from cove.store.base import Event, EventType
 from cove.store.hub import WatchHub
 
 log = logging.getLogger(__name__)
@@ -36,13 +40,22 @@ class RegistryServices:
     def __init__(self, queries: Queries, hub: WatchHub) -> None:
         self._queries = queries
         self._hub = hub
+        self._lock = threading.Lock()
+        self._following = False
+        self._callbacks: list[ChangeCallback] = []
+        # lower-case name -> the other spellings it is registered under;
+        # replaced whole, so readers look it up without the lock.
+        self._spellings: dict[str, frozenset[str]] = {}
 
     def passing(self, service: str) -> Sequence[ServiceInstance]:
+        if not self._following:
+            self._follow()
         out: list[ServiceInstance] = []
-        for entry in self._queries.health_service(service, passing=True).data:
-            inst = _instance(service, entry)
-            if inst is not None:
-                out.append(inst)
+        for name in (service, *sorted(self._spellings.get(service, ()))):
+            for entry in self._queries.health_service(name, passing=True).data:
+                inst = _instance(service, entry)
+                if inst is not None:
+                    out.append(inst)
         return out
 
     def node(self, name: str) -> Node | None:
@@ -53,12 +66,65 @@ class RegistryServices:
         return Node(name, (addr,) if addr else ())
 
     def subscribe(self, callback: ChangeCallback) -> None:
-        def on_events(events: Sequence[Event]) -> None:
-            change = changes(events)
-            if change.services or change.nodes:
-                callback(change)
+        self._callbacks = [*self._callbacks, callback]
+        self._follow()
 
-        self._hub.subscribe(rt.ROOT, on_events)
+    def _follow(self) -> None:
+        """Start following the registry: subscribe, then read the spellings
+        that exist (additions commute, so events racing the read lose
+        nothing)."""
+        with self._lock:
+            if self._following:
+                return
+            self._hub.subscribe(rt.ROOT, self._on_events)
+            self._add(str(name) for name in self._queries.services().data)
+            self._following = True
+
+    def _on_events(self, events: Sequence[Event]) -> None:
+        # The index first, then the callbacks: an answer cached in between
+        # would miss a new spelling until the service's next change.
+        self._update_spellings(events)
+        change = changes(events)
+        if change.services or change.nodes:
+            for cb in self._callbacks:
+                cb(change)
+
+    def _update_spellings(self, events: Sequence[Event]) -> None:
+        added: set[str] = set()
+        removed: set[str] = set()
+        for ev in events:
+            if not ev.kv.key.startswith(rt.SERVICES):
+                continue
+            name = _service_of(ev.kv.key)
+            if name != name.lower():
+                (added if ev.type is EventType.PUT else removed).add(name)
+        if not added and not removed:
+            return
+        with self._lock:
+            self._add(added)
+            # Read now, after the event: a later PUT comes as its own event.
+            self._remove([n for n in removed - added if self._queries.service_nodes(n).index == 0])
+
+    def _add(self, names: Iterable[str]) -> None:
+        index = dict(self._spellings)
+        for name in names:
+            low = name.lower()
+            if name != low:
+                index[low] = index.get(low, frozenset()) | {name}
+        self._spellings = index
+
+    def _remove(self, names: Collection[str]) -> None:
+        if not names:
+            return
+        index = dict(self._spellings)
+        for name in names:
+            low = name.lower()
+            left = index.get(low, frozenset()) - {name}
+            if left:
+                index[low] = left
+            else:
+                index.pop(low, None)
+        self._spellings = index
 
 
 def changes(events: Sequence[Event]) -> ServiceChange:
@@ -78,6 +144,11 @@ def changes(events: Sequence[Event]) -> ServiceChange:
             nodes.add(unquote(key[len(rt.NODE_CHECKS) :].split("/", 1)[0]).lower())
             services.add(ServiceChange.ALL)
     return ServiceChange(frozenset(services), frozenset(nodes))
+
+
+def _service_of(key: str) -> str:
+    """The service a ``registry/svc/`` key belongs to, as written."""
+    return unquote(key[len(rt.SERVICES) :].split("/", 1)[0])
 
 
 def _instance(service: str, entry: dict[str, Any]) -> ServiceInstance | None:

@@ -8,12 +8,12 @@ Wiring (in the agent)::
     ...
     dns.stop()
 
-It follows ``networks/`` and ``endpoints/`` through the ``WatchHub`` (its
-own when none is given) and keeps the view, the source scoping and the
-response cache in step: every event invalidates exactly the cached answers
-that used what it touched. Without ``services`` the interim source
-(``EndpointServices``: ``--service NAME:PORT`` endpoints count as passing)
-is used.
+It follows ``networks/``, ``endpoints/`` and ``lb/vips/`` through the
+``WatchHub`` (its own when none is given) and keeps the view, the source
+scoping and the response cache in step: every event invalidates exactly the
+cached answers that used what it touched (a VIP change: its service's).
+Without ``services`` the interim source (``EndpointServices``: ``--service
+NAME:PORT`` endpoints count as passing) is used.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from cove.dns.server import DnsServer
 from cove.dns.services import EndpointServices, ServiceChange, ServiceSource
 from cove.dns.view import ALL, DnsView, node_dep, svc_dep
 from cove.errors import CoveError
+from cove.lb.model import VIPS
 from cove.model import ENDPOINTS, NETWORKS, IPAddress
 from cove.store.base import Event, Get, Store
 from cove.store.hub import Subscription, WatchHub
@@ -128,6 +129,7 @@ class DnsService:
         self._subs = [
             self._hub.subscribe(NETWORKS, self._on_events),
             self._hub.subscribe(ENDPOINTS, self._on_events),
+            self._hub.subscribe(VIPS, self._on_events),
         ]
         if self._own_hub:
             self._hub.start()
@@ -203,7 +205,8 @@ class DnsService:
     # -- following the store -----------------------------------------------
 
     def _reload(self) -> None:
-        result = self._store.txn([], [Get(NETWORKS, prefix=True), Get(ENDPOINTS, prefix=True)])
+        reads = [Get(NETWORKS, prefix=True), Get(ENDPOINTS, prefix=True), Get(VIPS, prefix=True)]
+        result = self._store.txn([], reads)
         kvs = [kv for resp in result.responses for kv in resp]
         with self._responder.view_lock:
             self._loaded = result.revision

@@ -1,10 +1,12 @@
-"""The DNS view of the store: networks and endpoints indexed for lookups.
+"""The DNS view of the store: networks, endpoints and service VIPs indexed
+for lookups.
 
-Pure (no I/O): ``DnsView`` is loaded from ``networks/`` and ``endpoints/``
-key-values and then fed store events; each event returns the *dependencies*
-it touched (``name:<name>``, ``ptr:<address>``, ``svc:<service>``) so the
-response cache drops exactly the answers built from them. A network change
-returns ``ALL``: it changes which zones and scopes exist, and is rare.
+Pure (no I/O): ``DnsView`` is loaded from ``networks/``, ``endpoints/`` and
+``lb/vips/`` key-values and then fed store events; each event returns the
+*dependencies* it touched (``name:<name>``, ``ptr:<address>``,
+``svc:<service>``) so the response cache drops exactly the answers built
+from them. A network change returns ``ALL``: it changes which zones and
+scopes exist, and is rare. A VIP change returns its service's dependency.
 
 Writers are a single thread; readers on other threads only do key lookups
 and read tuples that are replaced, never mutated, so they need no lock.
@@ -17,6 +19,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cove.errors import InvalidArgument
+from cove.lb.model import VIPS, Vip
 from cove.model import ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network
 from cove.store.base import Event, EventType, KeyValue
 
@@ -64,15 +68,18 @@ class DnsView:
         self.addrs: dict[IPAddress, tuple[Endpoint, ...]] = {}
         self.containers: dict[str, frozenset[str]] = {}
         self._container_keys: dict[str, set[str]] = {}
+        # service (lower-case) -> its virtual IP; replaced whole on change
+        self.vips: dict[str, IPAddress] = {}
 
     @property
     def endpoints(self) -> dict[str, Endpoint]:
         return self._endpoints
 
     def load(self, kvs: Iterable[KeyValue]) -> None:
-        """Replace everything with the given ``networks/`` and ``endpoints/``
-        key-values."""
+        """Replace everything with the given ``networks/``, ``endpoints/`` and
+        ``lb/vips/`` key-values."""
         self.networks = {}
+        self.vips = {}
         self._endpoints = {}
         self.names = {}
         self.addrs = {}
@@ -92,6 +99,8 @@ class DnsView:
             self._delete(key)
         if key.startswith(NETWORKS):
             return {ALL}, None, None
+        if key.startswith(VIPS):
+            return {svc_dep(_vip_service(key))}, None, None
         new = self._endpoints.get(key)
         deps: set[str] = set()
         for ep in (old, new):
@@ -101,6 +110,9 @@ class DnsView:
         return deps, old, new
 
     def _put(self, key: str, value: bytes) -> None:
+        if key.startswith(VIPS):
+            self._put_vip(key, value)
+            return
         try:
             data = json.loads(value)
             if key.startswith(NETWORKS):
@@ -126,7 +138,25 @@ class DnsView:
         self._container_keys.setdefault(ep.container_id, set()).add(key)
         self._index_container(ep.container_id)
 
+    def _put_vip(self, key: str, value: bytes) -> None:
+        name = _vip_service(key)
+        try:
+            data = json.loads(value)
+            if not isinstance(data, dict):
+                raise InvalidArgument("a VIP record must be a JSON object")
+            vip = Vip.from_json(data)
+        except (ValueError, InvalidArgument) as exc:
+            log.warning("ignoring undecodable %s: %s", key, exc)
+            # A broken record must not leave the old address answering.
+            self.vips = {k: v for k, v in self.vips.items() if k != name}
+            return
+        self.vips = {**self.vips, name: vip.address}
+
     def _delete(self, key: str) -> None:
+        if key.startswith(VIPS):
+            name = _vip_service(key)
+            self.vips = {k: v for k, v in self.vips.items() if k != name}
+            return
         if key.startswith(NETWORKS):
             name = key[len(NETWORKS) :]
             self.networks = {k: v for k, v in self.networks.items() if k != name}
@@ -185,3 +215,9 @@ class DnsView:
             if source.version == subnet.cidr.version and source in subnet.cidr:
                 return Scope(frozenset({network}), not net.internal)
         return None
+
+
+def _vip_service(key: str) -> str:
+    # The key names the service (``VipService`` writes it lower-case); a DNS
+    # name is matched lower-case whatever a writer did.
+    return key[len(VIPS) :].lower()

@@ -1,0 +1,69 @@
+"""The Consul-compatible HTTP API (/v1/...) over the cove registry.
+
+The agent calls ``install(app, registry, runner=..., hub=...)`` once; the
+routes answer in Consul's JSON shapes, status codes and headers, so Consul
+clients (py-consul, consul-template, Go's consul/api) work unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from cove.api.consul import agent, catalog, kv
+from cove.api.consul.common import CONSUL, Consul
+from cove.registry import Registry
+from cove.registry import types as t
+from cove.registry.blocking import Interests
+from cove.registry.runner import CheckRunner
+from cove.registry.txn import in_process
+from cove.store.hub import WatchHub
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CONSUL", "Consul", "in_process", "install"]
+
+
+def install(
+    app: web.Application,
+    registry: Registry,
+    *,
+    runner: CheckRunner | None = None,
+    hub: WatchHub | None = None,
+    inline: bool | None = None,
+) -> None:
+    """Add the /v1 routes to ``app``. Blocking queries learn of changes
+    from ``hub`` (the agent's WatchHub); without one, the app runs its own
+    for as long as it runs. ``runner`` handles TTL updates and starts new
+    checks at once; without one, TTL updates are plain status writes.
+    ``inline`` calls the registry on the event loop instead of a thread;
+    by default it does so exactly when the store is in-process (memory or
+    SQLite), where a call takes well under a millisecond."""
+    if inline is None:
+        inline = in_process(registry.store)
+    state = Consul(registry, runner, inline)
+    app[CONSUL] = state
+    agent.add_routes(app)
+    catalog.add_routes(app)
+    kv.add_routes(app)
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        state.interests = Interests(loop)
+        own_hub = None
+        watch_hub = hub
+        if watch_hub is None:
+            own_hub = watch_hub = WatchHub(registry.store)
+            own_hub.start()
+        sub = watch_hub.subscribe(t.ROOT, state.interests.on_events_threadsafe)
+        try:
+            yield
+        finally:
+            sub.cancel()
+            if own_hub is not None:
+                own_hub.stop()
+
+    app.cleanup_ctx.append(lifecycle)

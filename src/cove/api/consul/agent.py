@@ -1,0 +1,269 @@
+"""/v1/agent/...: this agent's services, checks, maintenance and identity."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cove.api.consul.common import (
+    blocking,
+    consul_errors,
+    ctx,
+    flag,
+    json_body,
+    options,
+    reply,
+    run,
+)
+from cove.errors import InvalidArgument
+from cove.registry import VERSION
+from cove.registry.decode import check_from_json, fold, service_from_json, text
+from cove.registry.filter import apply_filter
+from cove.registry.types import Status
+
+
+def leader_address(request: web.Request) -> str:
+    return f"{ctx(request).registry.node.address}:8300"
+
+
+@consul_errors
+async def service_register(request: web.Request) -> web.Response:
+    options(request)
+    c = ctx(request)
+    body = await json_body(request)
+    inst, checks = service_from_json(body, c.registry.node_name)
+    await run(
+        request,
+        lambda: c.registry.catalog.register_service(
+            inst,
+            checks,
+            replace_existing_checks=flag(request, "replace-existing-checks"),
+            enable_script_checks=c.registry.enable_script_checks,
+        ),
+    )
+    if c.runner is not None:
+        c.runner.kick()
+    return web.Response(status=200)
+
+
+@consul_errors
+async def service_deregister(request: web.Request) -> web.Response:
+    options(request)
+    c = ctx(request)
+    await run(request, c.registry.catalog.deregister_service, request.match_info["id"])
+    if c.runner is not None:
+        c.runner.kick()
+    return web.Response(status=200)
+
+
+@consul_errors
+async def services(request: web.Request) -> web.Response:
+    opts = options(request)
+    c = ctx(request)
+    data = await run(request, c.registry.queries.agent_services, c.registry.node_name)
+    return reply(apply_filter(opts.filter, data))
+
+
+@consul_errors
+async def service(request: web.Request) -> web.Response:
+    opts = options(request)
+    c = ctx(request)
+    sid = request.match_info["id"]
+    answer = await blocking(
+        request, opts, lambda: c.registry.queries.agent_service(c.registry.node_name, sid)
+    )
+    if not answer.found:
+        return web.Response(status=404, text=f"unknown service ID: {sid}")
+    return reply(answer.data, answer.index)
+
+
+@consul_errors
+async def checks(request: web.Request) -> web.Response:
+    opts = options(request)
+    c = ctx(request)
+    data = await run(request, c.registry.queries.agent_checks, c.registry.node_name)
+    return reply(apply_filter(opts.filter, data))
+
+
+@consul_errors
+async def check_register(request: web.Request) -> web.Response:
+    options(request)
+    c = ctx(request)
+    definition, status = check_from_json(await json_body(request))
+    await run(
+        request,
+        lambda: c.registry.catalog.register_check(
+            definition, status, enable_script_checks=c.registry.enable_script_checks
+        ),
+    )
+    if c.runner is not None:
+        c.runner.kick()
+    return web.Response(status=200)
+
+
+@consul_errors
+async def check_deregister(request: web.Request) -> web.Response:
+    options(request)
+    c = ctx(request)
+    await run(request, c.registry.catalog.deregister_check, request.match_info["id"])
+    if c.runner is not None:
+        c.runner.kick()
+    return web.Response(status=200)
+
+
+_TTL_STATUS = {"pass": Status.PASSING, "warn": Status.WARNING, "fail": Status.CRITICAL}
+
+
+@consul_errors
+async def check_ttl(request: web.Request) -> web.Response:
+    options(request)
+    status = _TTL_STATUS[request.match_info["verb"]]
+    await _update_ttl(request, request.match_info["id"], status, request.query.get("note", ""))
+    return web.Response(status=200)
+
+
+@consul_errors
+async def check_update(request: web.Request) -> web.Response:
+    options(request)
+    d = fold(await json_body(request) or {}, "update")
+    status_text = text(d, "status", "Status")
+    try:
+        status = Status(status_text)
+    except ValueError as exc:
+        raise InvalidArgument(f'Invalid check status: "{status_text}"') from exc
+    await _update_ttl(request, request.match_info["id"], status, text(d, "output", "Output"))
+    return web.Response(status=200)
+
+
+async def _update_ttl(request: web.Request, check_id: str, status: Status, output: str) -> None:
+    c = ctx(request)
+    if c.runner is None:
+        await run(request, c.registry.catalog.update_check, check_id, status, output)
+        return
+    await c.runner.update_ttl(check_id, status, output)
+
+
+@consul_errors
+async def service_maintenance(request: web.Request) -> web.Response:
+    options(request)
+    c = ctx(request)
+    enable = _enable(request)
+    sid = request.match_info["id"]
+    reason = request.query.get("reason", "")
+    await run(request, c.registry.catalog.set_maintenance, sid, enable, reason)
+    return web.Response(status=200)
+
+
+@consul_errors
+async def node_maintenance(request: web.Request) -> web.Response:
+    options(request)
+    c = ctx(request)
+    await run(
+        request,
+        c.registry.catalog.set_maintenance,
+        None,
+        _enable(request),
+        request.query.get("reason", ""),
+    )
+    return web.Response(status=200)
+
+
+def _enable(request: web.Request) -> bool:
+    if "enable" not in request.query:
+        raise InvalidArgument("Missing value for enable")
+    value = request.query["enable"].lower()
+    if value not in ("true", "false", "1", "0"):
+        raise InvalidArgument(f"Invalid value for enable: {value!r}")
+    return value in ("true", "1")
+
+
+@consul_errors
+async def self_info(request: web.Request) -> web.Response:
+    options(request)
+    reg = ctx(request).registry
+    leader = leader_address(request)
+    member = _member(request, reg.node_name, reg.node.address)
+    return reply(
+        {
+            "Config": {
+                "Datacenter": reg.datacenter,
+                "PrimaryDatacenter": reg.datacenter,
+                "NodeName": reg.node_name,
+                "NodeID": reg.node.id,
+                "Revision": "cove",
+                "Server": True,
+                "Version": VERSION,
+                "BuildDate": "2023-11-01T00:00:00Z",
+            },
+            "DebugConfig": {},
+            "Coord": None,
+            "Member": member,
+            "Meta": dict(reg.node.meta),
+            "Stats": {
+                "consul": {
+                    "leader": "true",
+                    "leader_addr": leader,
+                    "server": "true",
+                    "known_datacenters": "1",
+                    "bootstrap": "true",
+                },
+                "agent": {"checks": "0", "services": "0"},
+            },
+            "xDS": None,
+        }
+    )
+
+
+def _member(request: web.Request, name: str, address: str) -> dict[str, object]:
+    reg = ctx(request).registry
+    return {
+        "Name": name,
+        "Addr": address,
+        "Port": 8301,
+        "Tags": {"dc": reg.datacenter, "role": "consul", "build": VERSION, "port": "8300"},
+        "Status": 1,
+        "ProtocolMin": 1,
+        "ProtocolMax": 5,
+        "ProtocolCur": 2,
+        "DelegateMin": 2,
+        "DelegateMax": 5,
+        "DelegateCur": 4,
+    }
+
+
+@consul_errors
+async def members(request: web.Request) -> web.Response:
+    opts = options(request)
+    c = ctx(request)
+    data = await run(request, c.registry.queries.members)
+    return reply(apply_filter(opts.filter, data))
+
+
+@consul_errors
+async def status_leader(request: web.Request) -> web.Response:
+    options(request)
+    return reply(leader_address(request))
+
+
+@consul_errors
+async def status_peers(request: web.Request) -> web.Response:
+    options(request)
+    return reply([leader_address(request)])
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_put("/v1/agent/service/register", service_register)
+    r.add_put("/v1/agent/service/deregister/{id}", service_deregister)
+    r.add_put("/v1/agent/service/maintenance/{id}", service_maintenance)
+    r.add_get("/v1/agent/services", services)
+    r.add_get("/v1/agent/service/{id}", service)
+    r.add_get("/v1/agent/checks", checks)
+    r.add_put("/v1/agent/check/register", check_register)
+    r.add_put("/v1/agent/check/deregister/{id}", check_deregister)
+    r.add_put("/v1/agent/check/{verb:pass|warn|fail}/{id}", check_ttl)
+    r.add_put("/v1/agent/check/update/{id}", check_update)
+    r.add_put("/v1/agent/maintenance", node_maintenance)
+    r.add_get("/v1/agent/self", self_info)
+    r.add_get("/v1/agent/members", members)
+    r.add_get("/v1/status/leader", status_leader)
+    r.add_get("/v1/status/peers", status_peers)

@@ -1,0 +1,169 @@
+"""What every Consul endpoint shares: errors as Consul sends them (plain
+text and its status codes), the query options (?dc, ?token, ?index, ?wait,
+?filter), the index headers, and running blocking reads."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from cove.errors import CoveError, InvalidArgument
+from cove.registry import Registry
+from cove.registry.blocking import Interests, blocking_read, parse_index, parse_wait
+from cove.registry.filter import apply_filter
+from cove.registry.kv import TooLarge, TxnAborted
+from cove.registry.queries import Answer
+from cove.registry.runner import CheckRunner
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True)
+class Consul:
+    """The per-app state of the Consul API (kept in ``app[CONSUL]``)."""
+
+    registry: Registry
+    runner: CheckRunner | None
+    inline: bool = False
+    interests: Interests | None = None
+
+
+CONSUL: web.AppKey[Consul] = web.AppKey("cove_consul", Consul)
+
+
+def ctx(request: web.Request) -> Consul:
+    return request.app[CONSUL]
+
+
+def consul_errors(handler: Handler) -> Handler:
+    """Answer a ``CoveError`` as Consul does: its status, a text body."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except TxnAborted as exc:
+            errors = [{"OpIndex": i, "What": what} for i, what in exc.errors]
+            return web.json_response({"Results": None, "Errors": errors}, status=409)
+        except TooLarge as exc:
+            return web.Response(status=413, text=exc.message)
+        except CoveError as exc:
+            if exc.http_status >= 500:
+                log.error("%s %s failed: %s", request.method, request.path, exc.message)
+            return web.Response(status=exc.http_status, text=exc.message)
+
+    return wrapped
+
+
+@dataclass(frozen=True, slots=True)
+class QueryOptions:
+    token: str
+    index: int
+    wait: float
+    filter: str | None
+
+
+def options(request: web.Request) -> QueryOptions:
+    """Parse the options every endpoint accepts. ?dc of another datacenter
+    fails as in Consul (500 "No path to datacenter")."""
+    dc = request.query.get("dc")
+    if dc and dc != ctx(request).registry.datacenter:
+        raise CoveError("No path to datacenter")
+    token = request.headers.get("X-Consul-Token", "")
+    auth = request.headers.get("Authorization", "")
+    if not token and auth.lower().startswith("bearer "):
+        token = auth[7:].strip()
+    token = token or request.query.get("token", "")
+    return QueryOptions(
+        token=token,
+        index=parse_index(request.query.get("index")),
+        wait=parse_wait(request.query.get("wait")),
+        filter=request.query.get("filter"),
+    )
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """A Consul boolean query flag: present and not false."""
+    if name not in request.query:
+        return False
+    value = request.query[name].lower()
+    if value in ("", "1", "true", "t", "yes"):
+        return True
+    if value in ("0", "false", "f", "no"):
+        return False
+    raise InvalidArgument(f"Invalid value for ?{name}: {value!r}")
+
+
+def meta_headers(index: int) -> dict[str, str]:
+    return {
+        "X-Consul-Index": str(max(index, 1)),
+        "X-Consul-KnownLeader": "true",
+        "X-Consul-LastContact": "0",
+        "X-Consul-Effective-Consistency": "leader",
+    }
+
+
+def reply(data: Any, index: int | None = None, status: int = 200) -> web.Response:
+    headers = meta_headers(index) if index is not None else {}
+    body = json.dumps(data, separators=(",", ":"))
+    return web.Response(text=body, status=status, headers=headers, content_type="application/json")
+
+
+async def run(request: web.Request, func: Callable[..., Any], *args: Any) -> Any:
+    """Call the (synchronous) registry: inline when the store lives in this
+    process (a thread hop would cost more than the call), else on a thread
+    so a remote store's latency never stalls the event loop."""
+    if ctx(request).inline:
+        return func(*args)
+    return await asyncio.to_thread(func, *args)
+
+
+async def blocking(
+    request: web.Request,
+    opts: QueryOptions,
+    read: Callable[[], Answer],
+    hint: Sequence[str] = (),
+) -> Answer:
+    interests = ctx(request).interests
+    if interests is None:  # no event loop state yet (should not happen)
+        plain: Answer = await run(request, read)
+        return plain
+
+    async def once() -> Answer:
+        answer: Answer = await run(request, read)
+        return answer
+
+    return await blocking_read(interests, once, opts.index, opts.wait, prefixes_hint=hint)
+
+
+def answer_reply(
+    answer: Answer, opts: QueryOptions, *, not_found_empty: bool = False
+) -> web.Response:
+    """The answer as Consul sends it: 404 (with the index) when nothing was
+    found unless an empty answer is a normal one, else the filtered data."""
+    if not answer.found and not not_found_empty:
+        return web.Response(status=404, headers=meta_headers(answer.index))
+    if answer.raw is not None and not opts.filter:
+        return web.Response(
+            body=answer.raw, headers=meta_headers(answer.index), content_type="application/json"
+        )
+    return reply(apply_filter(opts.filter, answer.data), answer.index)
+
+
+async def json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidArgument(f"Request decode failed: {exc}") from exc

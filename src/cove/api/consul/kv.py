@@ -1,0 +1,231 @@
+"""/v1/kv/..., /v1/session/... and /v1/txn."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from aiohttp import web
+
+from cove.api.consul.common import (
+    answer_reply,
+    blocking,
+    consul_errors,
+    ctx,
+    flag,
+    json_body,
+    meta_headers,
+    options,
+    reply,
+    run,
+)
+from cove.errors import Conflict, InvalidArgument, NotFound
+from cove.registry import types as t
+from cove.registry.decode import fold, integer, text
+from cove.registry.kv import MAX_TXN_OPS, MAX_VALUE, KVOp, TooLarge
+
+_MAX_UINT64 = 2**64 - 1
+
+
+def _uint(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise InvalidArgument(f"Invalid {name} index: {raw!r}") from exc
+    if not 0 <= value <= _MAX_UINT64:
+        raise InvalidArgument(f"Invalid {name} index: {raw!r}")
+    return value
+
+
+@consul_errors
+async def kv_get(request: web.Request) -> web.StreamResponse:
+    opts = options(request)
+    kv = ctx(request).registry.kv
+    key = request.match_info["key"]
+    if "keys" in request.query:
+        sep = request.query.get("separator", "")
+        answer = await blocking(request, opts, lambda: kv.keys(key, sep), (t.kv_key(key),))
+        return answer_reply(answer, opts)
+    if flag(request, "recurse"):
+        answer = await blocking(request, opts, lambda: kv.get_tree(key), (t.kv_key(key),))
+        return answer_reply(answer, opts)
+    answer = await blocking(request, opts, lambda: kv.get(key), (t.kv_key(key),))
+    if answer.found and flag(request, "raw"):
+        value = base64.b64decode(answer.data[0]["Value"] or "")
+        return web.Response(
+            body=value, headers=meta_headers(answer.index), content_type="application/octet-stream"
+        )
+    return answer_reply(answer, opts)
+
+
+@consul_errors
+async def kv_put(request: web.Request) -> web.Response:
+    options(request)
+    kv = ctx(request).registry.kv
+    key = request.match_info["key"]
+    if not key:
+        raise InvalidArgument("Missing key name")
+    length = request.content_length or 0
+    if length > MAX_VALUE:
+        raise TooLarge(_too_large(length))
+    value = await request.read()
+    if len(value) > MAX_VALUE:
+        raise TooLarge(_too_large(len(value)))
+    flags = _uint(request, "flags") or 0
+    cas = _uint(request, "cas")
+    acquire = request.query.get("acquire", "")
+    release = request.query.get("release", "")
+    try:
+        done = await run(
+            request,
+            lambda: kv.put(key, value, flags=flags, cas=cas, acquire=acquire, release=release),
+        )
+    except NotFound as exc:
+        # Consul reports an unknown session as an internal error.
+        return web.Response(status=500, text=exc.message)
+    return reply(done)
+
+
+def _too_large(size: int) -> str:
+    return (
+        f"Request body({size} bytes) too large, max size: {MAX_VALUE} bytes. See "
+        "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size."
+    )
+
+
+@consul_errors
+async def kv_delete(request: web.Request) -> web.Response:
+    options(request)
+    kv = ctx(request).registry.kv
+    key = request.match_info["key"]
+    recurse = flag(request, "recurse")
+    if not key and not recurse:
+        raise InvalidArgument("Missing key name")
+    cas = _uint(request, "cas")
+    done = await run(request, lambda: kv.delete(key, recurse=recurse, cas=cas))
+    return reply(done)
+
+
+# -- sessions -------------------------------------------------------------------
+
+
+@consul_errors
+async def session_create(request: web.Request) -> web.Response:
+    options(request)
+    sessions = ctx(request).registry.sessions
+    body = await json_body(request)
+    try:
+        sid = await run(request, sessions.create, body)
+    except Conflict as exc:
+        return web.Response(status=500, text=exc.message)
+    return reply({"ID": sid})
+
+
+@consul_errors
+async def session_destroy(request: web.Request) -> web.Response:
+    options(request)
+    sessions = ctx(request).registry.sessions
+    await run(request, sessions.destroy, request.match_info["id"])
+    return reply(True)
+
+
+@consul_errors
+async def session_info(request: web.Request) -> web.Response:
+    opts = options(request)
+    sessions = ctx(request).registry.sessions
+    sid = request.match_info["id"]
+    answer = await blocking(request, opts, lambda: sessions.info(sid), (t.session_key(sid),))
+    return answer_reply(answer, opts)
+
+
+@consul_errors
+async def session_list(request: web.Request) -> web.Response:
+    opts = options(request)
+    sessions = ctx(request).registry.sessions
+    answer = await blocking(request, opts, lambda: sessions.list(), (t.SESSIONS,))
+    return answer_reply(answer, opts)
+
+
+@consul_errors
+async def session_node(request: web.Request) -> web.Response:
+    opts = options(request)
+    sessions = ctx(request).registry.sessions
+    node = request.match_info["node"]
+    answer = await blocking(request, opts, lambda: sessions.list(node), (t.SESSIONS,))
+    return answer_reply(answer, opts)
+
+
+@consul_errors
+async def session_renew(request: web.Request) -> web.Response:
+    options(request)
+    sessions = ctx(request).registry.sessions
+    answer = await run(request, sessions.renew, request.match_info["id"])
+    return reply(answer.data, answer.index)
+
+
+# -- transactions ---------------------------------------------------------------
+
+
+def parse_txn(body: Any) -> list[KVOp]:
+    """The KV operations of a /v1/txn body; ``InvalidArgument`` for anything
+    malformed and ``TooLarge`` past 64 operations."""
+    if not isinstance(body, list):
+        raise InvalidArgument("Failed to parse body: expected a list of operations")
+    if len(body) > MAX_TXN_OPS:
+        raise TooLarge(f"Transaction contains too many operations ({len(body)} > {MAX_TXN_OPS})")
+    ops: list[KVOp] = []
+    for i, raw in enumerate(body):
+        item = fold(raw, f"operation {i}")
+        if "kv" not in item:
+            kinds = ", ".join(sorted(item)) or "nothing"
+            raise InvalidArgument(f"operation {i}: cove supports KV operations only, got {kinds}")
+        d = fold(item["kv"], f"operation {i}")
+        verb = text(d, "verb", "Verb")
+        value: bytes | None = None
+        if d.get("value") is not None:
+            try:
+                value = base64.b64decode(text(d, "value", "Value"), validate=True)
+            except binascii.Error as exc:
+                raise InvalidArgument(f"operation {i}: Value is not base64: {exc}") from exc
+        ops.append(
+            KVOp(
+                verb=verb,
+                key=text(d, "key", "Key"),
+                value=value,
+                flags=integer(d, "flags", "Flags"),
+                index=integer(d, "index", "Index"),
+                session=text(d, "session", "Session"),
+            )
+        )
+    return ops
+
+
+@consul_errors
+async def txn(request: web.Request) -> web.Response:
+    options(request)
+    kv = ctx(request).registry.kv
+    raw = await request.read()
+    if len(raw) > MAX_VALUE * 2:
+        raise TooLarge(_too_large(len(raw)))
+    body = await json_body(request)
+    ops = parse_txn(body)
+    results = await run(request, kv.txn, ops)
+    return reply({"Results": [{"KV": r} for r in results], "Errors": None})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/v1/kv/{key:.*}", kv_get)
+    r.add_put("/v1/kv/{key:.*}", kv_put)
+    r.add_delete("/v1/kv/{key:.*}", kv_delete)
+    r.add_put("/v1/session/create", session_create)
+    r.add_put("/v1/session/destroy/{id}", session_destroy)
+    r.add_get("/v1/session/info/{id}", session_info)
+    r.add_get("/v1/session/list", session_list)
+    r.add_get("/v1/session/node/{node}", session_node)
+    r.add_put("/v1/session/renew/{id}", session_renew)
+    r.add_put("/v1/txn", txn)

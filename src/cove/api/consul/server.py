@@ -1,0 +1,142 @@
+"""Serve the Consul API alone, on a thread with its own event loop.
+
+The agent serves /v1 inside its own app; this standalone server is for
+compatibility tests and benchmarks that need a real HTTP endpoint without a
+whole agent::
+
+    with ConsulServer(store, clock, node_name="n1") as server:
+        consul.Consul(port=server.port)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from types import TracebackType
+
+from aiohttp import web
+
+from cove.api.consul import CONSUL, Consul, in_process, install
+from cove.clock import Clock
+from cove.errors import Unavailable
+from cove.registry import Registry
+from cove.registry.runner import CheckRunner
+from cove.store.base import Store
+from cove.store.hub import WatchHub
+
+log = logging.getLogger(__name__)
+
+
+class ConsulServer:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        node_name: str = "cove-test",
+        datacenter: str = "dc1",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        enable_script_checks: bool = False,
+        run_checks: bool = True,
+        unix_path: str | None = None,
+    ) -> None:
+        self.registry = Registry(
+            store,
+            clock,
+            node_name,
+            datacenter,
+            node_address=host,
+            enable_script_checks=enable_script_checks,
+        )
+        self.hub = WatchHub(store, poll=0.2)
+        self.host = host
+        self.port = port
+        self._run_checks = run_checks
+        self.unix_path = unix_path  # also serve here (as the agent's socket)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self.runner: CheckRunner | None = None
+        self.state: Consul | None = None  # the app's Consul state, once serving
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ConsulServer:
+        self.hub.start()
+        self._thread = threading.Thread(target=self._main, name="cove-consul-api", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30) or self._error is not None:
+            raise Unavailable(f"the Consul API did not start: {self._error}")
+        return self
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start() and logged
+            self._error = exc
+            self._ready.set()
+            log.exception("the Consul API server failed")
+        finally:
+            loop.close()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        runner = None
+        if self._run_checks:
+            runner = CheckRunner(
+                self.registry,
+                hub=self.hub,
+                enable_script_checks=self.registry.enable_script_checks,
+                inline=in_process(self.registry.store),
+            )
+            await runner.start()
+            self.runner = runner
+        else:
+            await asyncio.to_thread(self.registry.catalog.ensure_node)
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        install(app, self.registry, runner=runner, hub=self.hub)
+        self.state = app[CONSUL]
+        # Blocked long polls must not hold a stop for their whole wait.
+        app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await app_runner.setup()
+        site = web.TCPSite(app_runner, self.host, self.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        if self.unix_path:
+            await web.UnixSite(app_runner, self.unix_path).start()
+        self._ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            await app_runner.cleanup()
+            if runner is not None:
+                await runner.stop()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.hub.stop()
+
+    def __enter__(self) -> ConsulServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

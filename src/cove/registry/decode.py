@@ -1,0 +1,255 @@
+"""Turn Consul registration JSON into registry objects, validating it.
+
+Consul accepts request keys in any case and in snake_case (``http``,
+``tls_skip_verify``, ``DeregisterCriticalServiceAfter``); ``fold`` makes
+every spelling one. Map-valued fields (Meta, Header, TaggedAddresses) keep
+their keys verbatim: they are user data, not field names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cove.errors import InvalidArgument
+from cove.registry.types import (
+    CheckDefinition,
+    CheckKind,
+    ServiceInstance,
+    Status,
+    parse_duration,
+)
+
+MIN_INTERVAL = 1.0  # Consul raises shorter intervals to one second
+MAX_INTERVAL = 86_400.0  # a day; longer is a mistake, not a health check
+DEFAULT_TIMEOUT = 10.0
+
+_UNSUPPORTED = ("h2ping", "udp", "dockercontainerid", "aliasservice", "aliasnode", "osservice")
+
+
+def fold(data: Any, what: str = "request") -> dict[str, Any]:
+    """A JSON object with its keys lower-cased and underscores dropped."""
+    if not isinstance(data, Mapping):
+        raise InvalidArgument(f"Request decode failed: {what} must be a JSON object")
+    return {str(k).lower().replace("_", ""): v for k, v in data.items()}
+
+
+def text(d: Mapping[str, Any], key: str, what: str, default: str = "") -> str:
+    v = d.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, str):
+        raise InvalidArgument(f"Request decode failed: {what} must be a string, got {v!r}")
+    return v
+
+
+def integer(d: Mapping[str, Any], key: str, what: str, default: int = 0) -> int:
+    v = d.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidArgument(f"Request decode failed: {what} must be an integer, got {v!r}")
+    return v
+
+
+def flag(d: Mapping[str, Any], key: str, what: str) -> bool:
+    v = d.get(key)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise InvalidArgument(f"Request decode failed: {what} must be a boolean, got {v!r}")
+    return v
+
+
+def strings(d: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
+    v = d.get(key)
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise InvalidArgument(f"Request decode failed: {what} must be a list of strings")
+    return tuple(v)
+
+
+def string_map(d: Mapping[str, Any], key: str, what: str) -> dict[str, str]:
+    v = d.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping) or not all(isinstance(x, str) for x in v.values()):
+        raise InvalidArgument(f"Request decode failed: {what} must map strings to strings")
+    return {str(k): x for k, x in v.items()}
+
+
+def service_from_json(
+    data: Any, node: str
+) -> tuple[ServiceInstance, list[tuple[CheckDefinition, Status]]]:
+    """An agent service registration: the instance and its checks with
+    their initial status. ``InvalidArgument`` with Consul's message when the
+    body is not a valid registration."""
+    d = fold(data, "service")
+    # The catalog's AgentService spells the name "Service".
+    name = text(d, "name", "Name") or text(d, "service", "Service")
+    if not name:
+        raise InvalidArgument("Missing service name")
+    sid = text(d, "id", "ID") or name
+    port = integer(d, "port", "Port")
+    if not 0 <= port <= 65535:
+        raise InvalidArgument(f"Invalid service port {port}")
+    weights = d.get("weights")
+    passing, warning = 1, 1
+    if weights is not None:
+        w = fold(weights, "Weights")
+        passing = integer(w, "passing", "Weights.Passing", 1)
+        warning = integer(w, "warning", "Weights.Warning", 1)
+        if passing < 1:
+            raise InvalidArgument("Passing must be greater than 0")
+    tagged = d.get("taggedaddresses") or {}
+    if not isinstance(tagged, Mapping):
+        raise InvalidArgument("Request decode failed: TaggedAddresses must be an object")
+    inst = ServiceInstance(
+        id=sid,
+        name=name,
+        node=node,
+        address=text(d, "address", "Address"),
+        port=port,
+        tags=strings(d, "tags", "Tags"),
+        meta=string_map(d, "meta", "Meta"),
+        weights=(passing, warning),
+        tagged_addresses=dict(tagged),
+        enable_tag_override=flag(d, "enabletagoverride", "EnableTagOverride"),
+        kind=text(d, "kind", "Kind"),
+    )
+    raw_checks: list[Any] = []
+    if d.get("check") is not None:
+        raw_checks.append(d["check"])
+    more = d.get("checks")
+    if more is not None:
+        if not isinstance(more, list):
+            raise InvalidArgument("Request decode failed: Checks must be a list")
+        raw_checks.extend(more)
+    checks: list[tuple[CheckDefinition, Status]] = []
+    for i, raw in enumerate(raw_checks, start=1):
+        default_id = f"service:{sid}" if len(raw_checks) == 1 else f"service:{sid}:{i}"
+        checks.append(
+            check_from_json(
+                raw, default_id=default_id, default_name=f"Service '{name}' check", service=inst
+            )
+        )
+    return inst, checks
+
+
+def check_from_json(
+    data: Any,
+    *,
+    default_id: str = "",
+    default_name: str = "",
+    service: ServiceInstance | None = None,
+) -> tuple[CheckDefinition, Status]:
+    """One check definition and its initial status (critical unless the
+    request says otherwise, as in Consul)."""
+    d = fold(data, "check")
+    cid = text(d, "checkid", "CheckID") or text(d, "id", "ID") or default_id
+    name = text(d, "name", "Name") or default_name
+    if not name and not cid:
+        raise InvalidArgument("Missing check name")
+    cid = cid or name
+    name = name or cid
+    status_text = text(d, "status", "Status") or Status.CRITICAL.value
+    try:
+        status = Status(status_text)
+    except ValueError as exc:
+        raise InvalidArgument(f"Invalid check status: {status_text!r}") from exc
+    for key in _UNSUPPORTED:
+        if d.get(key):
+            raise InvalidArgument(f"Invalid check: cove does not support {key} checks")
+    if d.get("script"):
+        raise InvalidArgument("Invalid check: the Script field was removed; use Args")
+    args = strings(d, "args", "Args") or strings(d, "scriptargs", "ScriptArgs")
+    http = text(d, "http", "HTTP")
+    tcp = text(d, "tcp", "TCP")
+    grpc = text(d, "grpc", "GRPC")
+    ttl = parse_duration(d.get("ttl"), "TTL")
+    kinds = [
+        k
+        for k, present in (
+            (CheckKind.HTTP, http),
+            (CheckKind.TCP, tcp),
+            (CheckKind.GRPC, grpc),
+            (CheckKind.SCRIPT, args),
+            (CheckKind.TTL, d.get("ttl") not in (None, "")),
+        )
+        if present
+    ]
+    if len(kinds) > 1:
+        raise InvalidArgument(f"Invalid check: more than one check type given ({kinds})")
+    interval = parse_duration(d.get("interval"), "Interval")
+    timeout = parse_duration(d.get("timeout"), "Timeout") or DEFAULT_TIMEOUT
+    kind = kinds[0] if kinds else CheckKind.NONE
+    if kind is CheckKind.NONE:
+        if service is not None or d.get("interval") not in (None, ""):
+            raise InvalidArgument(
+                "Invalid check: exactly one of Args, HTTP, TCP, GRPC or TTL is required"
+            )
+    elif kind is CheckKind.TTL:
+        if ttl <= 0:
+            raise InvalidArgument("Invalid check: TTL must be > 0 for TTL checks")
+        if ttl > MAX_INTERVAL:
+            raise InvalidArgument(f"Invalid check: TTL must be at most {MAX_INTERVAL:g}s")
+    else:
+        if interval <= 0:
+            raise InvalidArgument(
+                "Invalid check: Interval must be > 0 for Script, HTTP, TCP or GRPC checks"
+            )
+        if interval > MAX_INTERVAL:
+            raise InvalidArgument(f"Invalid check: Interval must be at most {MAX_INTERVAL:g}s")
+        interval = max(interval, MIN_INTERVAL)
+    if timeout < 0 or timeout > MAX_INTERVAL:
+        raise InvalidArgument("Invalid check: Timeout out of range")
+    if kind is CheckKind.TCP and ":" not in tcp:
+        raise InvalidArgument(f"Invalid check: TCP must be host:port, got {tcp!r}")
+    header_raw = d.get("header") or {}
+    if not isinstance(header_raw, Mapping):
+        raise InvalidArgument("Request decode failed: Header must map names to lists")
+    header: dict[str, tuple[str, ...]] = {}
+    for hk, hv in header_raw.items():
+        if isinstance(hv, str):
+            hv = [hv]
+        if not isinstance(hv, list) or not all(isinstance(x, str) for x in hv):
+            raise InvalidArgument("Request decode failed: Header values must be lists of strings")
+        header[str(hk)] = tuple(hv)
+    sbp = integer(d, "successbeforepassing", "SuccessBeforePassing")
+    fbc = integer(d, "failuresbeforecritical", "FailuresBeforeCritical")
+    if sbp < 0 or fbc < 0:
+        raise InvalidArgument(
+            "Invalid check: SuccessBeforePassing and FailuresBeforeCritical must not be negative"
+        )
+    dereg = parse_duration(
+        d.get("deregistercriticalserviceafter"), "DeregisterCriticalServiceAfter"
+    )
+    if dereg < 0:
+        raise InvalidArgument("Invalid check: DeregisterCriticalServiceAfter must not be negative")
+    service_id = service.id if service else text(d, "serviceid", "ServiceID")
+    definition = CheckDefinition(
+        id=cid,
+        name=name,
+        kind=kind,
+        service_id=service_id,
+        service_name=service.name if service else "",
+        interval=interval,
+        timeout=timeout,
+        ttl=ttl,
+        http=http,
+        method=text(d, "method", "Method") or "GET",
+        header=header,
+        body=text(d, "body", "Body"),
+        tls_skip_verify=flag(d, "tlsskipverify", "TLSSkipVerify"),
+        tcp=tcp,
+        grpc=grpc,
+        grpc_use_tls=flag(d, "grpcusetls", "GRPCUseTLS"),
+        args=args,
+        success_before_passing=sbp,
+        failures_before_critical=fbc,
+        deregister_after=dereg,
+        initial_status=status,
+        notes=text(d, "notes", "Notes"),
+    )
+    return definition, status

@@ -1,0 +1,152 @@
+"""Health probes (HTTP, TCP, gRPC, script) and the status bookkeeping that
+turns their results into a check's status.
+
+``Tracker`` is pure: Consul's SuccessBeforePassing / FailuresBeforeCritical
+counting. The probes are small async functions returning (status, output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from dataclasses import dataclass
+
+import aiohttp
+
+from cove.registry.grpc_health import grpc_health_check
+from cove.registry.types import OUTPUT_LIMIT, CheckDefinition, CheckKind, Status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Tracker:
+    """Consul's status handler: a result only changes the status after
+    enough of the same kind in a row. Counters live with the agent (as in
+    Consul), not in the store."""
+
+    status: Status
+    success_before_passing: int = 0
+    failures_before_critical: int = 0
+    successes: int = 0
+    failures: int = 0
+
+    def observe(self, result: Status) -> Status:
+        """Record one probe result; returns the status to publish."""
+        if result is Status.PASSING:
+            self.successes += 1
+            self.failures = 0
+            if self.successes >= self.success_before_passing:
+                self.status = Status.PASSING
+        else:
+            self.failures += 1
+            self.successes = 0
+            if self.failures >= self.failures_before_critical:
+                self.status = result
+        return self.status
+
+
+def cut(output: str) -> str:
+    """Outputs are capped at 4 KiB, as Consul caps them."""
+    data = output.encode()
+    if len(data) <= OUTPUT_LIMIT:
+        return output
+    return data[:OUTPUT_LIMIT].decode(errors="ignore")
+
+
+async def probe(
+    check: CheckDefinition, session: aiohttp.ClientSession | None = None
+) -> tuple[Status, str]:
+    """Run one probe of ``check`` within its timeout."""
+    try:
+        if check.kind is CheckKind.HTTP:
+            return await asyncio.wait_for(_http(check, session), check.timeout)
+        if check.kind is CheckKind.TCP:
+            return await asyncio.wait_for(_tcp(check.tcp), check.timeout)
+        if check.kind is CheckKind.GRPC:
+            return await asyncio.wait_for(
+                grpc_health_check(
+                    check.grpc, use_tls=check.grpc_use_tls, skip_verify=check.tls_skip_verify
+                ),
+                check.timeout,
+            )
+        if check.kind is CheckKind.SCRIPT:
+            return await _script(check)
+    except TimeoutError:
+        return Status.CRITICAL, f"{check.kind.value} check timed out after {check.timeout:g}s"
+    return Status.CRITICAL, f"cove cannot probe {check.kind.value!r} checks"
+
+
+async def _http(
+    check: CheckDefinition, session: aiohttp.ClientSession | None
+) -> tuple[Status, str]:
+    own = session is None
+    client = session or aiohttp.ClientSession()
+    headers: list[tuple[str, str]] = [(k, v) for k, vs in check.header.items() for v in vs]
+    if not any(k.lower() == "user-agent" for k, _ in headers):
+        headers.append(("User-Agent", "Consul Health Check"))
+    headers.append(("Accept", "text/plain, text/*, */*"))
+    ssl_ctx: ssl.SSLContext | bool = True
+    if check.tls_skip_verify:
+        ssl_ctx = False
+    try:
+        async with client.request(
+            check.method,
+            check.http,
+            headers=headers,
+            data=check.body.encode() if check.body else None,
+            ssl=ssl_ctx,
+            allow_redirects=False,
+        ) as resp:
+            body = await resp.content.read(OUTPUT_LIMIT)
+            text = body.decode(errors="replace")
+            output = f"HTTP {check.method} {check.http}: {resp.status} {resp.reason} Output: {text}"
+            if 200 <= resp.status < 300:
+                return Status.PASSING, cut(output)
+            if resp.status == 429:
+                return Status.WARNING, cut(output)
+            return Status.CRITICAL, cut(output)
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return Status.CRITICAL, cut(f"Get {check.http!r}: {exc}")
+    finally:
+        if own:
+            await client.close()
+
+
+async def _tcp(target: str) -> tuple[Status, str]:
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    try:
+        _, writer = await asyncio.open_connection(host, int(port))
+    except (OSError, ValueError) as exc:
+        return Status.CRITICAL, f"dial tcp {target}: {exc}"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return Status.PASSING, f"TCP connect {target}: Success"
+
+
+async def _script(check: CheckDefinition) -> tuple[Status, str]:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *check.args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except OSError as exc:
+        return Status.CRITICAL, f"cannot run {check.args[0]!r}: {exc}"
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), check.timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return Status.CRITICAL, f"Timed out ({check.timeout:g}s) running check"
+    text = cut(out.decode(errors="replace"))
+    if proc.returncode == 0:
+        return Status.PASSING, text
+    if proc.returncode == 1:
+        return Status.WARNING, text
+    return Status.CRITICAL, text

@@ -1,0 +1,287 @@
+"""The agent's check runner: probes this node's checks on their intervals,
+expires TTL checks, deregisters services critical for too long, reaps
+sessions, and keeps the node's serfHealth alive through a store lease.
+
+A status change is a store write (``Catalog.update_check``), so it reaches
+the catalog, health queries, blocking queries and DNS through the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import aiohttp
+
+from cove.errors import CoveError, InvalidArgument, NotFound
+from cove.registry.probes import Tracker, cut, probe
+from cove.registry.types import CheckDefinition, CheckKind, Status
+from cove.store.base import Event, EventType
+
+if TYPE_CHECKING:
+    from cove.registry import Registry
+    from cove.store.hub import WatchHub
+
+log = logging.getLogger(__name__)
+
+RESYNC = 30.0  # seconds between full re-reads of this node's checks
+TICK = 0.5  # seconds between TTL / deregistration / session sweeps
+LEASE_TTL = 15  # seconds the node's serfHealth outlives a silent agent
+
+
+@dataclass(slots=True)
+class _Running:
+    definition: CheckDefinition
+    tracker: Tracker
+    task: asyncio.Task[None] | None = None
+    mod_revision: int = 0  # of the definition's store key
+    ttl_deadline: float = 0.0
+    critical_since: float | None = None
+
+
+class CheckRunner:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        hub: WatchHub | None = None,
+        enable_script_checks: bool = False,
+        lease_ttl: int = LEASE_TTL,
+        inline: bool = False,
+    ) -> None:
+        self._registry = registry
+        self._clock = registry.clock
+        self._hub = hub
+        self._scripts = enable_script_checks
+        self._lease_ttl = lease_ttl
+        # Status writes on the loop itself when the store is in-process
+        # (see cove.api.consul.in_process): cheaper than a thread hop.
+        self._inline = inline
+        self._lease = 0
+        self._checks: dict[str, _Running] = {}
+        self._ttl_heap: list[tuple[float, str]] = []
+        self._critical: set[str] = set()  # checks that may deregister their service
+        self._dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: aiohttp.ClientSession | None = None
+        self._sub: object | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._http = aiohttp.ClientSession()
+        store = self._registry.store
+        self._lease = await asyncio.to_thread(store.lease_grant, self._lease_ttl)
+        await asyncio.to_thread(self._registry.catalog.ensure_node, lease=self._lease)
+        if self._hub is not None:
+            prefix = self._registry.agent_checks_prefix
+
+            def on_change(events: Sequence[Event]) -> None:
+                loop.call_soon_threadsafe(self._apply_events, list(events))
+
+            self._sub = self._hub.subscribe(prefix, on_change)
+        await self._sync()
+        self._tasks = [
+            asyncio.create_task(self._resync_loop(), name="cove-checks-resync"),
+            asyncio.create_task(self._tick_loop(), name="cove-checks-tick"),
+            asyncio.create_task(self._lease_loop(), name="cove-node-lease"),
+        ]
+
+    async def stop(self) -> None:
+        cancel = getattr(self._sub, "cancel", None)
+        if cancel is not None:
+            cancel()
+        tasks = [*self._tasks, *(r.task for r in self._checks.values() if r.task)]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._checks.clear()
+        if self._http is not None:
+            await self._http.close()
+        if self._lease:
+            with contextlib.suppress(CoveError):
+                await asyncio.to_thread(self._registry.store.lease_revoke, self._lease)
+
+    def kick(self) -> None:
+        """Re-read the check definitions soon (after a local registration);
+        with a hub the changes arrive as events and this is not needed."""
+        if self._hub is None:
+            self._dirty.set()
+
+    def _apply_events(self, events: list[Event]) -> None:
+        """Follow this node's check definitions one key at a time, so a
+        registration costs the same with ten checks or ten thousand."""
+        for ev in events:
+            cid = unquote(ev.kv.key.rsplit("/", 1)[1])
+            if ev.type is EventType.DELETE:
+                self._stop_check(cid)
+                continue
+            try:
+                definition = CheckDefinition.from_json(json.loads(ev.kv.value))
+            except (ValueError, KeyError) as exc:
+                log.warning("ignoring a malformed check definition %s: %s", cid, exc)
+                continue
+            current = self._checks.get(cid)
+            if current is not None and current.definition == definition:
+                current.mod_revision = ev.kv.mod_revision
+                continue
+            self._stop_check(cid)
+            self._start_check(definition, ev.kv.mod_revision)
+
+    def _stop_check(self, cid: str) -> None:
+        old = self._checks.pop(cid, None)
+        if old is not None and old.task is not None:
+            old.task.cancel()
+
+    # -- TTL checks ------------------------------------------------------------
+
+    async def update_ttl(self, check_id: str, status: Status, output: str) -> None:
+        """/v1/agent/check/pass|warn|fail|update: set a TTL check's status
+        and restart its TTL. ``NotFound`` for an unknown check,
+        ``InvalidArgument`` for a check that has no TTL."""
+        running = self._checks.get(check_id)
+        if running is None:
+            await self._sync()
+            running = self._checks.get(check_id)
+        if running is None:
+            raise NotFound(f'Unknown check ID "{check_id}". Ensure that the check ID is passed')
+        if running.definition.kind is not CheckKind.TTL:
+            raise InvalidArgument(f'CheckID "{check_id}" does not have associated TTL')
+        self._arm_ttl(running)
+        await self._publish(running, status, cut(output))
+
+    # -- loops -------------------------------------------------------------------
+
+    async def _resync_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), RESYNC)
+            self._dirty.clear()
+            try:
+                await self._sync()
+            except CoveError as exc:
+                log.warning("cannot read this node's checks: %s", exc.message)
+
+    async def _sync(self) -> None:
+        """Re-read this node's check definitions, decoding only those whose
+        key changed (a full decode of ten thousand would stall the loop)."""
+        found = await asyncio.to_thread(
+            self._registry.store.range, self._registry.agent_checks_prefix
+        )
+        seen: set[str] = set()
+        for kv in found.kvs:
+            cid = unquote(kv.key.rsplit("/", 1)[1])
+            seen.add(cid)
+            current = self._checks.get(cid)
+            if current is not None and current.mod_revision == kv.mod_revision:
+                continue
+            definition = CheckDefinition.from_json(json.loads(kv.value))
+            if current is not None and current.definition == definition:
+                current.mod_revision = kv.mod_revision
+                continue
+            self._stop_check(cid)
+            self._start_check(definition, kv.mod_revision)
+        for cid in [c for c in self._checks if c not in seen]:
+            self._stop_check(cid)
+
+    def _start_check(self, d: CheckDefinition, mod_revision: int) -> None:
+        running = _Running(
+            d,
+            Tracker(d.initial_status, d.success_before_passing, d.failures_before_critical),
+            mod_revision=mod_revision,
+        )
+        if d.kind is CheckKind.TTL:
+            self._arm_ttl(running)
+        elif d.kind in (CheckKind.HTTP, CheckKind.TCP, CheckKind.GRPC) or (
+            d.kind is CheckKind.SCRIPT and self._scripts
+        ):
+            running.task = asyncio.create_task(self._probe_loop(running), name=f"check-{d.id}")
+        self._checks[d.id] = running
+
+    async def _probe_loop(self, running: _Running) -> None:
+        d = running.definition
+        while True:
+            status, output = await probe(d, self._http)
+            await self._publish(running, running.tracker.observe(status), output)
+            await asyncio.sleep(d.interval)
+
+    async def _publish(self, running: _Running, status: Status, output: str) -> None:
+        running.tracker.status = status
+        if status is Status.CRITICAL:
+            if running.critical_since is None:
+                running.critical_since = self._clock.monotonic()
+                if running.definition.deregister_after and running.definition.service_id:
+                    self._critical.add(running.definition.id)
+        else:
+            running.critical_since = None
+            self._critical.discard(running.definition.id)
+        try:
+            args = (running.definition.id, status, output)
+            update = self._registry.catalog.update_check
+            changed = update(*args) if self._inline else await asyncio.to_thread(update, *args)
+        except NotFound:
+            return  # deregistered meanwhile; the next sync stops it
+        except CoveError as exc:
+            log.warning("cannot record check %s: %s", running.definition.id, exc.message)
+            return
+        if changed:
+            log.debug("check %s is %s", running.definition.id, status)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                await self._tick()
+            except CoveError as exc:
+                log.warning("check sweep failed: %s", exc.message)
+
+    def _arm_ttl(self, running: _Running) -> None:
+        running.ttl_deadline = self._clock.monotonic() + running.definition.ttl
+        heapq.heappush(self._ttl_heap, (running.ttl_deadline, running.definition.id))
+
+    async def _tick(self) -> None:
+        # Only due TTLs and critical checks are visited: a sweep must not
+        # walk ten thousand healthy checks twice a second.
+        now = self._clock.monotonic()
+        heap = self._ttl_heap
+        while heap and heap[0][0] <= now:
+            deadline, cid = heapq.heappop(heap)
+            running = self._checks.get(cid)
+            if running is None or running.ttl_deadline != deadline:
+                continue  # renewed or removed since
+            running.ttl_deadline = 0.0
+            await self._publish(running, Status.CRITICAL, "TTL expired")
+        for cid in list(self._critical):
+            running = self._checks.get(cid)
+            if running is None or running.critical_since is None:
+                self._critical.discard(cid)
+                continue
+            d = running.definition
+            if now - running.critical_since >= d.deregister_after:
+                log.info("deregistering %s: critical for %ss", d.service_id, d.deregister_after)
+                self._critical.discard(cid)
+                with contextlib.suppress(NotFound):
+                    await asyncio.to_thread(self._registry.catalog.deregister_service, d.service_id)
+                self._dirty.set()
+        await asyncio.to_thread(self._registry.sessions.reap)
+
+    async def _lease_loop(self) -> None:
+        store = self._registry.store
+        while True:
+            await asyncio.sleep(self._lease_ttl / 3)
+            try:
+                await asyncio.to_thread(store.lease_keepalive, self._lease)
+            except NotFound:
+                log.warning("node lease expired; registering the node again")
+                self._lease = await asyncio.to_thread(store.lease_grant, self._lease_ttl)
+                await asyncio.to_thread(self._registry.catalog.ensure_node, lease=self._lease)
+            except CoveError as exc:
+                log.warning("cannot renew the node lease: %s", exc.message)

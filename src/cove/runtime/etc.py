@@ -1,0 +1,49 @@
+"""A container's /etc/hosts, /etc/hostname and /etc/resolv.conf (rendering
+is pure; writing keeps the inode, because the files are bind-mounted into
+the running container and a rename would leave it the old copy)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from cove.model import IPAddress
+
+
+def hosts(hostname: str, name: str, addresses: Sequence[IPAddress]) -> str:
+    lines = [
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+    ]
+    names = " ".join(dict.fromkeys(n for n in (hostname, name) if n))
+    lines.extend(f"{a}\t{names}" for a in addresses)
+    if not addresses:
+        lines.append(f"127.0.1.1\t{names}")
+    return "\n".join(lines) + "\n"
+
+
+def resolv_conf(nameservers: Sequence[IPAddress], host_resolv: str) -> str:
+    """Point at the first network's gateway (the agent's DNS); a container
+    on no network keeps the host's resolvers."""
+    if not nameservers:
+        return host_resolv
+    body = "".join(f"nameserver {ns}\n" for ns in nameservers)
+    return body + "options ndots:0\n"
+
+
+def write_in_place(path: Path, content: str) -> bool:
+    """Write ``content`` without replacing the inode; False if unchanged."""
+    data = content.encode()
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)
+    return True

@@ -1,0 +1,222 @@
+"""Starting a container's process tree: fork, enter the container's network
+namespace, unshare UTS, IPC, mount and PID namespaces, bind its /etc files,
+optionally chroot into its rootfs, and exec its command.
+
+The forked child (A) sets up the namespaces, forks the container's init (B)
+and exits at once. The supervisor is a child subreaper, so B is re-parented
+to it and its exit status is reaped there: no helper process per container.
+B reports a failed exec through a close-on-exec pipe, as ``subprocess`` does,
+so "command not found" is an error of ``start`` and not a silent exit 127.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from cove.runtime import linux
+
+ETC_FILES = ("hosts", "hostname", "resolv.conf")
+_SETUP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """Everything the supervisor needs to (re)start a container by itself."""
+
+    id: str
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    hostname: str
+    netns: str
+    etc_dir: str  # holds hosts, hostname and resolv.conf to bind
+    log_path: str
+    rootfs: str | None = None
+    workdir: str = "/"
+    restart: str = "no"
+    pid_namespace: bool = True
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "argv": list(self.argv),
+            "env": dict(self.env),
+            "hostname": self.hostname,
+            "netns": self.netns,
+            "etc_dir": self.etc_dir,
+            "log_path": self.log_path,
+            "rootfs": self.rootfs,
+            "workdir": self.workdir,
+            "restart": self.restart,
+            "pid_namespace": self.pid_namespace,
+            "labels": dict(self.labels),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LaunchSpec:
+        return cls(
+            id=str(data["id"]),
+            name=str(data["name"]),
+            argv=tuple(str(a) for a in data["argv"]),
+            env={str(k): str(v) for k, v in dict(data.get("env") or {}).items()},
+            hostname=str(data.get("hostname") or data["name"]),
+            netns=str(data["netns"]),
+            etc_dir=str(data["etc_dir"]),
+            log_path=str(data["log_path"]),
+            rootfs=data.get("rootfs") or None,
+            workdir=str(data.get("workdir") or "/"),
+            restart=str(data.get("restart") or "no"),
+            pid_namespace=bool(data.get("pid_namespace", True)),
+            labels={str(k): str(v) for k, v in dict(data.get("labels") or {}).items()},
+        )
+
+
+class LaunchError(Exception):
+    """The container could not be started; ``missing`` when its command
+    does not exist."""
+
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.missing = missing
+
+
+def spawn(spec: LaunchSpec) -> int:
+    """Start the container; returns the host pid of its init process.
+    Raises ``LaunchError``. The caller must be a child subreaper (and
+    single-threaded: this forks)."""
+    log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                os.close(r)
+                _setup_and_fork(spec, w, log_fd)
+            finally:
+                os._exit(126)
+        os.close(w)
+        w = -1
+        report = _read_report(r)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    finally:
+        os.close(r)
+        os.close(log_fd)
+        if w >= 0:
+            os.close(w)
+    init_pid: int | None = None
+    for line in report.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "pid":
+            init_pid = int(rest)
+        elif kind == "exec":
+            # the init process failed to exec and has exited with 127
+            code, _, msg = rest.partition(" ")
+            if init_pid is not None:
+                _reap(init_pid)
+            raise LaunchError(
+                f"cannot run {spec.argv[0]!r}: {msg}", missing=int(code) == errno.ENOENT
+            )
+        elif kind == "error":
+            raise LaunchError(rest)
+    if init_pid is None:
+        raise LaunchError("container setup failed without a report")
+    return init_pid
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _read_report(fd: int) -> str:
+    chunks: list[bytes] = []
+    while True:
+        ready, _, _ = select.select([fd], [], [], _SETUP_TIMEOUT)
+        if not ready:
+            raise LaunchError("container setup timed out")
+        data = os.read(fd, 4096)
+        if not data:
+            return b"".join(chunks).decode(errors="replace")
+        chunks.append(data)
+
+
+def _write(fd: int, text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, text.encode())
+
+
+def _setup_and_fork(spec: LaunchSpec, report: int, log_fd: int) -> NoReturn:  # pragma: no cover
+    """Process A: namespaces and mounts, then fork the init and exit."""
+    try:
+        os.setsid()
+        netns = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
+        linux.setns(netns, linux.CLONE_NEWNET)
+        os.close(netns)
+        flags = linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWNS
+        pidns = spec.pid_namespace
+        try:
+            linux.unshare(flags | (linux.CLONE_NEWPID if pidns else 0))
+        except OSError:
+            if not pidns:
+                raise
+            pidns = False
+            linux.unshare(flags)
+        # Private propagation first: nothing mounted below may reach the host.
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        linux.sethostname(spec.hostname)
+        root = spec.rootfs or "/"
+        for name in ETC_FILES:
+            target = os.path.join(root, "etc", name)
+            if spec.rootfs and not os.path.lexists(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "a"):
+                    pass
+            linux.mount(os.path.join(spec.etc_dir, name), target, None, linux.MS_BIND)
+    except OSError as exc:
+        _write(report, f"error container setup failed: {exc.strerror or exc}\n")
+        os._exit(126)
+    pid = os.fork()
+    if pid == 0:
+        _exec_init(spec, report, log_fd, pidns)
+    _write(report, f"pid {pid}\n")
+    os._exit(0)
+
+
+def _exec_init(
+    spec: LaunchSpec, report: int, log_fd: int, pidns: bool
+) -> NoReturn:  # pragma: no cover
+    """Process B, the container's init: last mounts, then exec."""
+    try:
+        root = spec.rootfs or "/"
+        if pidns:
+            proc = os.path.join(root, "proc")
+            with contextlib.suppress(OSError):
+                linux.mount(
+                    "proc", proc, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+                )
+        # /dev/null before the chroot: a rootfs need not have /dev.
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        if spec.rootfs:
+            os.chroot(spec.rootfs)
+        os.chdir(spec.workdir)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.execvpe(spec.argv[0], list(spec.argv), dict(spec.env))
+    except OSError as exc:
+        _write(report, f"exec {exc.errno or 0} {exc.strerror or exc}\n")
+    os._exit(127)

@@ -1,0 +1,411 @@
+"""Containers: run, stop, start, remove, connect and disconnect.
+
+Every change writes the store first (one transaction that also compares
+the networks it attaches to are present, so a concurrent ``network rm``
+cannot strand an endpoint), then brings the kernel in line through the
+reconciler, then asks the supervisor. A failure after the store write is
+rolled back; a crash is converged by the next reconcile and ``adopt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from cove.clock import Clock
+from cove.datapath.netns import NetnsDatapath, host_veth_name
+from cove.errors import AlreadyExists, Conflict, CoveError, InvalidArgument, NotFound
+from cove.ipam.allocator import Ipam
+from cove.model import CONTAINERS, ENDPOINTS, IPAM, NETWORKS, Endpoint, IPAddress, Network
+from cove.network.spec import check_name
+from cove.runtime import view
+from cove.runtime.client import SupervisorClient
+from cove.runtime.launch import LaunchSpec
+from cove.runtime.reconcile import ContainerReconciler, read_snapshot
+from cove.runtime.spec import Attachment, Container, Desired, PortMapping, RunSpec
+from cove.runtime.state import ProcessState, Status
+from cove.store.base import Compare, Delete, Put, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_ATTEMPTS = 16
+
+
+def owner_of(cid: str) -> str:
+    return f"container:{cid}"
+
+
+def probe_host_port(mapping: PortMapping) -> None:
+    """``Conflict`` when a host program already holds the port."""
+    kind = socket.SOCK_STREAM if mapping.proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((str(mapping.host_ip or "0.0.0.0"), mapping.host_port))
+        except OSError as exc:
+            raise Conflict(
+                f"host port {mapping.host_port}/{mapping.proto} is already in use",
+                port=str(mapping),
+            ) from exc
+
+
+class ContainerService:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        ipam: Ipam,
+        reconciler: ContainerReconciler,
+        supervisor: SupervisorClient,
+        netns: NetnsDatapath,
+        logs_dir: Path,
+        port_probe: Callable[[PortMapping], None] = probe_host_port,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._ipam = ipam
+        self._rec = reconciler
+        self._sup = supervisor
+        self._netns = netns
+        self._logs = logs_dir
+        self._probe = port_probe
+
+    # -- reading -------------------------------------------------------------
+
+    def get(self, name: str) -> Container:
+        kv = self._store.get(CONTAINERS + name)
+        if kv is None:
+            raise NotFound(f"container {name} not found", container=name)
+        return Container.from_json(json.loads(kv.value))
+
+    def endpoints(self, c: Container) -> list[Endpoint]:
+        out = []
+        for net in c.networks:
+            for kv in self._store.range(f"{ENDPOINTS}{net}/").kvs:
+                ep = Endpoint.from_json(json.loads(kv.value))
+                if ep.container_id == c.id:
+                    out.append(ep)
+        return out
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        c = self.get(name)
+        state = self._sup.states().get(c.id) or ProcessState(c.id)
+        return view.inspect(c, self.endpoints(c), state, self.log_path(c.id))
+
+    def list_all(self, all_: bool = False) -> list[dict[str, Any]]:
+        snap = read_snapshot(self._store)
+        states = self._sup.states()
+        out = []
+        for c in sorted(snap.containers.values(), key=lambda c: c.name):
+            state = states.get(c.id) or ProcessState(c.id)
+            if not all_ and state.status not in (Status.RUNNING, Status.RESTARTING):
+                continue
+            eps = snap.endpoints.get(c.id, [])
+            out.append(view.inspect(c, eps, state, self.log_path(c.id)))
+        return out
+
+    def log_path(self, cid: str) -> Path:
+        return self._logs / cid / "log"
+
+    def exec_info(self, name: str) -> dict[str, Any]:
+        c = self.get(name)
+        state = self._sup.states().get(c.id)
+        if state is None or state.status is not Status.RUNNING:
+            raise Conflict(f"container {name} is not running", container=name)
+        return {"pid": state.pid, "env": dict(c.env), "workdir": c.workdir, "id": c.id}
+
+    # -- run -----------------------------------------------------------------
+
+    def run(self, spec: RunSpec) -> dict[str, Any]:
+        name = spec.name or f"c{secrets.token_hex(5)}"
+        if self._store.get(CONTAINERS + name) is not None:
+            raise AlreadyExists(f"container {name} already exists", container=name)
+        networks = [self._network(a.network) for a in spec.attachments]
+        if spec.rootfs is not None and not os.path.isdir(spec.rootfs):
+            raise InvalidArgument(f"rootfs directory {spec.rootfs} does not exist")
+        env = {"PATH": DEFAULT_PATH, **spec.env, "HOSTNAME": spec.hostname or name}
+        _check_command(spec.argv[0], env["PATH"], spec.rootfs)
+        self._check_ports(spec.ports)
+        cid = secrets.token_hex(32)
+        container = Container(
+            id=cid, name=name, argv=spec.argv, hostname=spec.hostname or name, env=env,
+            labels=dict(spec.labels), rootfs=spec.rootfs, workdir=spec.workdir,
+            restart=spec.restart, ports=spec.ports, networks=tuple(n.name for n in networks),
+            services=spec.services, created=self._clock.time(),
+        )  # fmt: skip
+        endpoints: list[Endpoint] = []
+        try:
+            for i, (att, net) in enumerate(zip(spec.attachments, networks, strict=True)):
+                endpoints.append(self._endpoint(container, net, att, f"eth{i}"))
+            self._write_new(container, endpoints)
+        except BaseException:
+            for ep in endpoints:
+                self._ipam.release_owner(ep.network, owner_of(cid))
+            raise
+        try:
+            self._rec.sync(only=cid, name=name)
+            self._sup.ensure_running()
+            self._sup.create(self._launch_spec(container))
+            self._sup.start(cid)
+        except BaseException as exc:
+            log.warning("run %s failed, rolling back: %s", name, exc)
+            self._destroy(container, endpoints)
+            raise
+        log.info("container %s (%s) running", name, cid[:12])
+        return self.inspect(name)
+
+    def _network(self, name: str) -> Network:
+        kv = self._store.get(NETWORKS + name)
+        if kv is None:
+            raise NotFound(f"network {name} not found", network=name)
+        return Network.from_json(json.loads(kv.value))
+
+    def _check_ports(self, ports: tuple[PortMapping, ...]) -> None:
+        for p in ports:
+            kv = self._store.get(p.claim_key)
+            if kv is not None:
+                holder = json.loads(kv.value).get("container", "?")
+                raise Conflict(
+                    f"host port {p.host_port}/{p.proto} is already published by {holder}",
+                    port=str(p),
+                )
+            self._probe(p)
+
+    def _endpoint(self, c: Container, net: Network, att: Attachment, iface: str) -> Endpoint:
+        owner = owner_of(c.id)
+        v4 = v6 = None
+        if net.ipv4 is not None or att.ipv4 is not None:
+            v4 = self._ipam.allocate(net, owner, 4, att.ipv4)
+        if net.ipv6 is not None:
+            v6 = self._ipam.allocate(net, owner, 6, att.ipv6)
+        elif att.ipv6 is not None:
+            raise InvalidArgument(f"network {net.name} has no IPv6 subnet", network=net.name)
+        eid = secrets.token_hex(16)
+        mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
+        return Endpoint(
+            id=eid, network=net.name, container_id=c.id, container_name=c.name,
+            interface=iface, host_veth=host_veth_name(eid), mac=mac,
+            ipv4=v4, ipv6=v6, aliases=att.aliases, hostname=c.hostname,  # type: ignore[arg-type]
+            netns=str(self._netns.netns_path(c.id)), services=c.services,
+        )  # fmt: skip
+
+    def _write_new(self, c: Container, endpoints: list[Endpoint]) -> None:
+        compares = [Compare.absent(CONTAINERS + c.name)]
+        compares += [Compare.present(NETWORKS + ep.network) for ep in endpoints]
+        compares += [Compare.absent(p.claim_key) for p in c.ports]
+        puts = [Put(CONTAINERS + c.name, _encode(c.to_json()))]
+        puts += [Put(_ep_key(ep), _encode(ep.to_json())) for ep in endpoints]
+        claim = _encode({"container": c.name, "id": c.id})
+        puts += [Put(p.claim_key, claim) for p in c.ports]
+        if self._store.txn(compares, puts).succeeded:
+            return
+        if self._store.get(CONTAINERS + c.name) is not None:
+            raise AlreadyExists(f"container {c.name} already exists", container=c.name)
+        for ep in endpoints:
+            self._network(ep.network)
+        self._check_ports(c.ports)
+        raise Conflict(f"container {c.name} could not be created: concurrent change")
+
+    def _launch_spec(self, c: Container) -> LaunchSpec:
+        self.log_path(c.id).parent.mkdir(parents=True, exist_ok=True)
+        return LaunchSpec(
+            id=c.id, name=c.name, argv=c.argv, env=c.env, hostname=c.hostname,
+            netns=str(self._netns.netns_path(c.id)), etc_dir=str(self._rec.etc_dir(c.id)),
+            log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,
+            restart=c.restart.value, labels=c.labels,
+        )  # fmt: skip
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def stop(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
+        c = self._set_desired(name, Desired.STOPPED)
+        self._sup.stop(c.id, timeout)
+        return self.inspect(name)
+
+    def start(self, name: str) -> dict[str, Any]:
+        c = self._set_desired(name, Desired.RUNNING)
+        self._rec.sync(only=c.id, name=name)
+        self._sup.ensure_running()
+        if c.id not in self._sup.states():
+            self._sup.create(self._launch_spec(c))
+        self._sup.start(c.id)
+        return self.inspect(name)
+
+    def remove(self, name: str, force: bool = False) -> None:
+        c = self.get(name)
+        state = self._sup.states().get(c.id)
+        if not force and state is not None and state.status is Status.RUNNING:
+            raise Conflict(
+                f"container {name} is running: stop it first or use rm -f", container=name
+            )
+        self._destroy(c, self.endpoints(c))
+        log.info("container %s removed", name)
+
+    def _destroy(self, c: Container, endpoints: list[Endpoint]) -> None:
+        """Delete the store records, then everything derived from them."""
+        ops = [Delete(_ep_key(ep)) for ep in endpoints]
+        ops += [Delete(p.claim_key) for p in c.ports]
+        kv = self._store.get(CONTAINERS + c.name)
+        if kv is not None and Container.from_json(json.loads(kv.value)).id == c.id:
+            ops.append(Delete(CONTAINERS + c.name))
+        self._store.txn([], ops)
+        for net in {ep.network for ep in endpoints} | set(c.networks):
+            self._ipam.release_owner(net, owner_of(c.id))
+        with contextlib.suppress(CoveError):
+            self._sup.remove(c.id)
+        with self._rec.lock:
+            for ep in endpoints:
+                self._netns.delete_link(ep.host_veth)
+            self._netns.delete_netns(c.id)
+            self._rec.remove_files(c.id)
+        if c.ports:
+            self._rec.sync_ports()
+
+    def _set_desired(self, name: str, desired: Desired) -> Container:
+        for _ in range(_ATTEMPTS):
+            kv = self._store.get(CONTAINERS + name)
+            if kv is None:
+                raise NotFound(f"container {name} not found", container=name)
+            c = replace(Container.from_json(json.loads(kv.value)), desired=desired)
+            ok = self._store.txn(
+                [Compare.mod_is(CONTAINERS + name, kv.mod_revision)],
+                [Put(CONTAINERS + name, _encode(c.to_json()))],
+            ).succeeded
+            if ok:
+                return c
+        raise Conflict(f"container {name} is changing too fast")
+
+    # -- networks of a running container -----------------------------------
+
+    def connect(
+        self, network: str, name: str, aliases: tuple[str, ...] = (), ip: str = ""
+    ) -> dict[str, Any]:
+        for a in aliases:
+            check_name(a, "alias")
+        requested = _parse_ip(ip) if ip else None
+        net = self._network(network)
+        for _ in range(_ATTEMPTS):
+            kv = self._store.get(CONTAINERS + name)
+            if kv is None:
+                raise NotFound(f"container {name} not found", container=name)
+            c = Container.from_json(json.loads(kv.value))
+            if network in c.networks:
+                raise Conflict(f"container {name} is already on network {network}")
+            used = {ep.interface for ep in self.endpoints(c)}
+            iface = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
+            v4 = requested if isinstance(requested, ipaddress.IPv4Address) else None
+            v6 = requested if isinstance(requested, ipaddress.IPv6Address) else None
+            att = Attachment(network, ipv4=v4, ipv6=v6, aliases=aliases)
+            ep = self._endpoint(c, net, att, iface)
+            c2 = replace(c, networks=(*c.networks, network))
+            key = CONTAINERS + name
+            ok = self._store.txn(
+                [Compare.mod_is(key, kv.mod_revision), Compare.present(NETWORKS + network)],
+                [Put(key, _encode(c2.to_json())), Put(_ep_key(ep), _encode(ep.to_json()))],
+            ).succeeded
+            if not ok:
+                self._release(ep)
+                continue
+            try:
+                self._rec.sync(only=c.id, name=name)
+            except CoveError:
+                self._detach(name, network)
+                raise
+            return self.inspect(name)
+        raise Conflict(f"container {name} is changing too fast")
+
+    def disconnect(self, network: str, name: str) -> dict[str, Any]:
+        c = self.get(name)
+        if network not in c.networks:
+            raise NotFound(f"container {name} is not on network {network}")
+        self._detach(name, network)
+        self._rec.sync(only=c.id, name=name)
+        return self.inspect(name)
+
+    def _detach(self, name: str, network: str) -> None:
+        for _ in range(_ATTEMPTS):
+            kv = self._store.get(CONTAINERS + name)
+            if kv is None:
+                return
+            c = Container.from_json(json.loads(kv.value))
+            eps = [ep for ep in self.endpoints(c) if ep.network == network]
+            c2 = replace(c, networks=tuple(n for n in c.networks if n != network))
+            ok = self._store.txn(
+                [Compare.mod_is(CONTAINERS + name, kv.mod_revision)],
+                [Put(CONTAINERS + name, _encode(c2.to_json()))]
+                + [Delete(_ep_key(ep)) for ep in eps],
+            ).succeeded
+            if ok:
+                for ep in eps:
+                    self._release(ep)
+                return
+
+    def _release(self, ep: Endpoint) -> None:
+        for addr in ep.addresses:
+            self._ipam.release(ep.network, addr)
+
+    # -- after an agent restart --------------------------------------------
+
+    def adopt(self) -> None:
+        """Reconcile the supervisor with the store: forget what the store no
+        longer has, start what it has but the supervisor never ran, and
+        release addresses of containers that no longer exist."""
+        self._sup.ensure_running()
+        snap = read_snapshot(self._store)
+        states = self._sup.states()
+        for cid in set(states) - set(snap.containers):
+            log.info("removing leftover container %s", cid[:12])
+            self._sup.remove(cid)
+        for c in snap.containers.values():
+            if c.id in states or c.desired is not Desired.RUNNING:
+                continue
+            log.info("starting container %s, never started before the agent stopped", c.name)
+            try:
+                self._sup.create(self._launch_spec(c))
+                self._sup.start(c.id)
+            except CoveError as exc:
+                log.error("cannot start container %s: %s", c.name, exc.message)
+        for kv in self._store.range(IPAM).kvs:
+            owner = json.loads(kv.value).get("owner", "")
+            if owner.startswith("container:") and owner[10:] not in snap.containers:
+                self._store.delete(kv.key)
+
+
+def _ep_key(ep: Endpoint) -> str:
+    return f"{ENDPOINTS}{ep.network}/{ep.id}"
+
+
+def _encode(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def _parse_ip(text: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidArgument(f"invalid --ip {text!r}: not an IP address") from None
+
+
+def _check_command(cmd: str, path: str, rootfs: str | None) -> None:
+    root = rootfs or "/"
+
+    def ok(p: str) -> bool:
+        full = os.path.join(root, p.lstrip("/"))
+        return os.path.isfile(full) and os.access(full, os.X_OK)
+
+    if "/" in cmd:
+        if ok(cmd):
+            return
+    elif any(ok(os.path.join(d, cmd)) for d in path.split(":") if d):
+        return
+    raise InvalidArgument(f"command {cmd!r} not found" + ("" if "/" in cmd else " in PATH"))

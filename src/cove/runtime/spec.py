@@ -1,0 +1,260 @@
+"""Containers as the store holds them (``containers/<name>``), and the parsing
+and validation of what a user asks for in ``cove run``. Pure: no I/O."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from cove.errors import InvalidArgument
+from cove.network.spec import check_name
+from cove.runtime.state import RestartPolicy
+
+PORTS = "ports/"  # ports/<proto>/<host port>: which container published it
+
+
+class Proto(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class Desired(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class PortMapping:
+    host_port: int
+    port: int
+    proto: Proto = Proto.TCP
+    host_ip: ipaddress.IPv4Address | None = None
+
+    def __str__(self) -> str:
+        host = f"{self.host_ip}:" if self.host_ip else ""
+        return f"{host}{self.host_port}:{self.port}/{self.proto}"
+
+    @property
+    def claim_key(self) -> str:
+        return f"{PORTS}{self.proto}/{self.host_port}"
+
+    @classmethod
+    def parse(cls, text: str) -> PortMapping:
+        """``[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]``."""
+        body, _, proto = text.partition("/")
+        parts = body.split(":")
+        try:
+            protocol = Proto(proto or "tcp")
+            if len(parts) == 2:
+                host_ip = None
+                host_port, port = int(parts[0]), int(parts[1])
+            elif len(parts) == 3:
+                host_ip = ipaddress.IPv4Address(parts[0])
+                host_port, port = int(parts[1]), int(parts[2])
+            else:
+                raise ValueError(text)
+        except ValueError:
+            raise InvalidArgument(
+                f"invalid port spec {text!r}: expected [HOSTIP:]HOSTPORT:PORT[/tcp|/udp]",
+                port=text,
+            ) from None
+        for p in (host_port, port):
+            if not 1 <= p <= 65535:
+                raise InvalidArgument(f"invalid port spec {text!r}: port {p} is out of range")
+        return cls(host_port=host_port, port=port, proto=protocol, host_ip=host_ip)
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One network a container asks for, with its optional fixed addresses."""
+
+    network: str
+    ipv4: ipaddress.IPv4Address | None = None
+    ipv6: ipaddress.IPv6Address | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    id: str
+    name: str
+    argv: tuple[str, ...]
+    hostname: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    rootfs: str | None = None
+    workdir: str = "/"
+    restart: RestartPolicy = RestartPolicy.NO
+    ports: tuple[PortMapping, ...] = ()
+    networks: tuple[str, ...] = ()  # in attach order; the first holds the default route
+    services: tuple[str, ...] = ()
+    desired: Desired = Desired.RUNNING
+    created: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "argv": list(self.argv),
+            "hostname": self.hostname,
+            "env": dict(self.env),
+            "labels": dict(self.labels),
+            "rootfs": self.rootfs,
+            "workdir": self.workdir,
+            "restart": self.restart.value,
+            "ports": [str(p) for p in self.ports],
+            "networks": list(self.networks),
+            "services": list(self.services),
+            "desired": self.desired.value,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Container:
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            argv=tuple(data["argv"]),
+            hostname=data.get("hostname") or data["name"],
+            env=dict(data.get("env") or {}),
+            labels=dict(data.get("labels") or {}),
+            rootfs=data.get("rootfs") or None,
+            workdir=data.get("workdir") or "/",
+            restart=RestartPolicy(data.get("restart", "no")),
+            ports=tuple(PortMapping.parse(p) for p in data.get("ports") or ()),
+            networks=tuple(data.get("networks") or ()),
+            services=tuple(data.get("services") or ()),
+            desired=Desired(data.get("desired", "running")),
+            created=float(data.get("created", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """A validated ``cove run`` request."""
+
+    argv: tuple[str, ...]
+    name: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    hostname: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    rootfs: str | None = None
+    workdir: str = "/"
+    restart: RestartPolicy = RestartPolicy.NO
+    ports: tuple[PortMapping, ...] = ()
+    services: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
+        if not isinstance(data, Mapping):
+            raise InvalidArgument("request body must be a JSON object")
+        argv = _strings(data, "command")
+        if not argv:
+            raise InvalidArgument("a command to run is required (cove run ... -- CMD ARGS)")
+        name = _string(data, "name")
+        if name:
+            check_name(name, "container")
+        hostname = _string(data, "hostname")
+        if hostname:
+            check_name(hostname, "host")
+        networks = _strings(data, "networks")
+        if len(set(networks)) != len(networks):
+            raise InvalidArgument("a network is given twice")
+        ip = _address(data, "ip", 4)
+        ip6 = _address(data, "ip6", 6)
+        if (ip or ip6) and len(networks) != 1:
+            raise InvalidArgument("--ip and --ip6 need exactly one --network")
+        aliases = tuple(check_name(a, "alias") for a in _strings(data, "aliases"))
+        attachments = tuple(
+            Attachment(
+                network=n,
+                ipv4=ip if i == 0 else None,  # type: ignore[arg-type]
+                ipv6=ip6 if i == 0 else None,  # type: ignore[arg-type]
+                aliases=aliases,
+            )
+            for i, n in enumerate(networks)
+        )
+        restart_text = _string(data, "restart") or "no"
+        try:
+            restart = RestartPolicy(restart_text)
+        except ValueError:
+            raise InvalidArgument(
+                f"invalid restart policy {restart_text!r}: use no, on-failure or always"
+            ) from None
+        ports = tuple(PortMapping.parse(p) for p in _strings(data, "ports"))
+        seen: set[str] = set()
+        for p in ports:
+            if p.claim_key in seen:
+                raise InvalidArgument(f"host port {p.host_port}/{p.proto} is published twice")
+            seen.add(p.claim_key)
+        if ports and not networks:
+            raise InvalidArgument("publishing a port (-p) needs a --network")
+        services = tuple(_service(s) for s in _strings(data, "services"))
+        rootfs = _string(data, "rootfs") or None
+        workdir = _string(data, "workdir") or "/"
+        if not workdir.startswith("/"):
+            raise InvalidArgument(f"working directory {workdir!r} must be absolute")
+        return cls(
+            argv=tuple(argv),
+            name=name,
+            attachments=attachments,
+            hostname=hostname,
+            env=parse_pairs(_strings(data, "env"), "environment variable", allow_bare=False),
+            labels=parse_pairs(_strings(data, "labels"), "label", allow_bare=True),
+            rootfs=rootfs,
+            workdir=workdir,
+            restart=restart,
+            ports=ports,
+            services=services,
+        )
+
+
+def parse_pairs(items: Sequence[str], what: str, *, allow_bare: bool) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key or (not sep and not allow_bare) or "\0" in item:
+            raise InvalidArgument(f"invalid {what} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+_SERVICE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?:\d{1,5}$")
+
+
+def _service(text: str) -> str:
+    if not _SERVICE.match(text) or not 1 <= int(text.rsplit(":", 1)[1]) <= 65535:
+        raise InvalidArgument(f"invalid service {text!r}: expected NAME:PORT")
+    return text
+
+
+def _string(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key) or ""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"'{key}' must be a string")
+    return value
+
+
+def _strings(data: Mapping[str, Any], key: str) -> list[str]:
+    value = data.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(f"'{key}' must be a list of strings")
+    return list(value)
+
+
+def _address(data: Mapping[str, Any], key: str, version: int) -> ipaddress._BaseAddress | None:
+    text = _string(data, key)
+    if not text:
+        return None
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidArgument(f"invalid --{key} {text!r}: not an IP address") from None
+    if addr.version != version:
+        raise InvalidArgument(f"--{key} {text} is not an IPv{version} address")
+    return addr

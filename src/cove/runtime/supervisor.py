@@ -1,0 +1,413 @@
+"""The supervisor: one process, separate from the agent, that starts every
+container, reaps it, records its exit code and applies its restart policy.
+
+It outlives the agent (its own session; the agent only talks to it over
+``<root>/supervisor.sock``), so stopping or killing the agent never touches a
+container. As a child subreaper it becomes the parent of every container's
+init, so the whole per-container overhead is a record in memory and one file
+on disk, not a process. A restarted supervisor adopts running containers
+through pidfds (their exit codes are then unknown, recorded as -1).
+
+Requests are one JSON object per line on a fresh connection; the answer is
+one JSON line. ``stop`` and ``remove`` answer once the process is gone.
+
+Run as ``python -m cove.runtime.supervisor --root DIR``; it daemonizes and
+exits 0 once it serves. It exits by itself, killing its containers, when its
+pid file disappears (the state directory was removed) or on ``shutdown``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import heapq
+import itertools
+import json
+import logging
+import os
+import selectors
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from cove.runtime import linux
+from cove.runtime.launch import LaunchError, LaunchSpec, spawn
+from cove.runtime.state import (
+    ProcessState,
+    RestartPolicy,
+    Status,
+    process_start_time,
+    read_json,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+SOCKET = "supervisor.sock"
+PIDFILE = "supervisor.pid"
+_WATCH_INTERVAL = 2.0
+_MAX_BACKOFF = 10.0
+_STABLE_RUN = 10.0
+
+Reply = Callable[[dict[str, Any]], None]
+
+
+class Supervisor:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / "containers"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.specs: dict[str, LaunchSpec] = {}
+        self.states: dict[str, ProcessState] = {}
+        self.by_pid: dict[int, str] = {}
+        self.pidfds: dict[int, str] = {}
+        self.waiters: dict[str, list[Reply]] = {}
+        self.timers: list[tuple[float, int, str, Callable[[], None]]] = []
+        self.seq = itertools.count()
+        self.sel = selectors.DefaultSelector()
+        self.buffers: dict[int, bytes] = {}
+        self.running = True
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _save(self, state: ProcessState) -> None:
+        self.states[state.id] = state
+        path = self.dir / state.id
+        if path.is_dir():
+            write_json(path / "state.json", state.to_json())
+
+    def _load(self) -> None:
+        for path in sorted(self.dir.iterdir()):
+            spec_data = read_json(path / "spec.json")
+            if spec_data is None:
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            spec = LaunchSpec.from_json(spec_data)
+            state_data = read_json(path / "state.json")
+            state = ProcessState.from_json(state_data) if state_data else ProcessState(spec.id)
+            self.specs[spec.id] = spec
+            self.states[spec.id] = state
+            if state.status is Status.RUNNING:
+                self._adopt(state)
+            elif state.status is Status.RESTARTING:
+                self._start(spec.id)
+
+    def _adopt(self, state: ProcessState) -> None:
+        if state.pid and process_start_time(state.pid) == state.pid_start:
+            try:
+                fd = os.pidfd_open(state.pid)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                self.pidfds[fd] = state.id
+                self.sel.register(fd, selectors.EVENT_READ, ("pidfd", fd))
+                log.info("adopted container %s (pid %s)", state.id, state.pid)
+                return
+        self._exited(state.id, -1)
+
+    def _timer(self, delay: float, cid: str, fn: Callable[[], None]) -> None:
+        heapq.heappush(self.timers, (time.monotonic() + delay, next(self.seq), cid, fn))
+
+    def _cancel_timers(self, cid: str) -> None:
+        self.timers = [t for t in self.timers if t[2] != cid]
+        heapq.heapify(self.timers)
+
+    # -- process life --------------------------------------------------------
+
+    def _start(self, cid: str) -> ProcessState:
+        spec = self.specs[cid]
+        state = self.states[cid]
+        if state.status is Status.RUNNING:
+            return state
+        try:
+            pid = spawn(spec)
+        except LaunchError as exc:
+            state = replace(
+                state,
+                status=Status.EXITED,
+                exit_code=127 if exc.missing else 126,
+                error=exc.message,
+                finished_at=time.time(),
+                pid=0,
+            )
+            self._save(state)
+            raise
+        self.by_pid[pid] = cid
+        state = replace(
+            state,
+            status=Status.RUNNING,
+            pid=pid,
+            pid_start=process_start_time(pid),
+            started_at=time.time(),
+            exit_code=None,
+            error="",
+            stopped_by_user=False,
+        )
+        self._save(state)
+        log.info("container %s started, pid %s", spec.name, pid)
+        return state
+
+    def _exited(self, cid: str, code: int) -> None:
+        state = self.states.get(cid)
+        if state is None:
+            return
+        now = time.time()
+        self._cancel_timers(cid)
+        state = replace(state, status=Status.EXITED, exit_code=code, finished_at=now, pid=0)
+        spec = self.specs[cid]
+        policy = RestartPolicy(spec.restart)
+        if not state.stopped_by_user and policy.wants_restart(code):
+            quick = now - state.started_at < _STABLE_RUN
+            streak = state.restart_count if quick else 0
+            delay = min(0.1 * 2 ** min(streak, 10), _MAX_BACKOFF)
+            state = replace(state, status=Status.RESTARTING, restart_count=state.restart_count + 1)
+            self._timer(delay, cid, lambda: self._restart(cid))
+        self._save(state)
+        log.info("container %s exited with %s", spec.name, code)
+        for reply in self.waiters.pop(cid, []):
+            reply({"ok": True, "state": state.to_json()})
+
+    def _restart(self, cid: str) -> None:
+        if cid in self.specs and self.states[cid].status is Status.RESTARTING:
+            with contextlib.suppress(LaunchError):
+                self._start(cid)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            cid = self.by_pid.pop(pid, None)
+            if cid is not None:
+                code = os.waitstatus_to_exitcode(status)
+                self._exited(cid, code if code >= 0 else 128 - code)
+
+    def _signal(self, cid: str, sig: int) -> None:
+        pid = self.states[cid].pid
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    # -- requests ------------------------------------------------------------
+
+    def handle(self, req: dict[str, Any], reply: Reply) -> None:
+        op = req.get("op")
+        cid = str(req.get("id", ""))
+        if op == "ping":
+            reply({"ok": True, "pid": os.getpid()})
+        elif op == "shutdown":
+            self._quit()
+            reply({"ok": True})
+        elif op == "list":
+            reply({"ok": True, "states": [s.to_json() for s in self.states.values()]})
+        elif op == "create":
+            spec = LaunchSpec.from_json(req["spec"])
+            (self.dir / spec.id).mkdir(exist_ok=True)
+            write_json(self.dir / spec.id / "spec.json", spec.to_json())
+            self.specs[spec.id] = spec
+            self._save(self.states.get(spec.id) or ProcessState(spec.id))
+            reply({"ok": True, "state": self.states[spec.id].to_json()})
+        elif cid not in self.specs:
+            reply({"ok": False, "kind": "not_found", "error": f"no container {cid}"})
+        elif op == "start":
+            self._cancel_timers(cid)
+            try:
+                state = self._start(cid)
+            except LaunchError as exc:
+                kind = "invalid_argument" if exc.missing else "internal"
+                reply({"ok": False, "kind": kind, "error": exc.message})
+                return
+            reply({"ok": True, "state": state.to_json()})
+        elif op in ("stop", "remove"):
+            self._stop(cid, float(req.get("timeout", 10.0)), op == "remove", reply)
+        elif op == "kill":
+            self._signal(cid, int(req.get("signal", signal.SIGKILL)))
+            reply({"ok": True})
+        else:
+            reply({"ok": False, "kind": "invalid_argument", "error": f"unknown op {op!r}"})
+
+    def _stop(self, cid: str, timeout: float, remove: bool, reply: Reply) -> None:
+        state = replace(self.states[cid], stopped_by_user=True)
+        self._save(state)
+        self._cancel_timers(cid)
+
+        def done(answer: dict[str, Any]) -> None:
+            if remove:
+                self.specs.pop(cid, None)
+                self.states.pop(cid, None)
+                shutil.rmtree(self.dir / cid, ignore_errors=True)
+            reply(answer)
+
+        if state.status is not Status.RUNNING:
+            if state.status is Status.RESTARTING:
+                self._save(replace(state, status=Status.EXITED))
+            done({"ok": True, "state": self.states[cid].to_json()})
+            return
+        self.waiters.setdefault(cid, []).append(done)
+        if remove or timeout <= 0:
+            self._signal(cid, signal.SIGKILL)
+        else:
+            self._signal(cid, signal.SIGTERM)
+            self._timer(timeout, cid, lambda: self._signal(cid, signal.SIGKILL))
+
+    # -- loop ----------------------------------------------------------------
+
+    def serve(self, listener: socket.socket) -> None:
+        linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wfd)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: self._quit())
+        self.sel.register(rfd, selectors.EVENT_READ, ("signal", rfd))
+        listener.setblocking(False)
+        self.sel.register(listener, selectors.EVENT_READ, ("listen", listener))
+        self._load()
+        self._reap()
+        next_watch = time.monotonic() + _WATCH_INTERVAL
+        while self.running:
+            now = time.monotonic()
+            deadline = min(next_watch, self.timers[0][0] if self.timers else next_watch)
+            for key, _ in self.sel.select(max(0.0, deadline - now)):
+                kind, obj = key.data
+                if kind == "signal":
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(rfd, 512):
+                            pass
+                    self._reap()
+                elif kind == "listen":
+                    self._accept(obj)
+                elif kind == "conn":
+                    self._read(obj)
+                elif kind == "pidfd":
+                    self.sel.unregister(obj)
+                    os.close(obj)
+                    cid = self.pidfds.pop(obj)
+                    self._exited(cid, -1)
+            now = time.monotonic()
+            while self.timers and self.timers[0][0] <= now:
+                _, _, _, fn = heapq.heappop(self.timers)
+                fn()
+            if now >= next_watch:
+                next_watch = now + _WATCH_INTERVAL
+                if not self._still_wanted():
+                    log.warning("pid file gone: stopping every container and exiting")
+                    self._quit()
+        self._kill_all()
+
+    def _still_wanted(self) -> bool:
+        try:
+            return int((self.root / PIDFILE).read_text()) == os.getpid()
+        except (OSError, ValueError):
+            return False
+
+    def _quit(self) -> None:
+        self.running = False
+
+    def _kill_all(self) -> None:
+        for cid in list(self.states):
+            self._signal(cid, signal.SIGKILL)
+
+    def _accept(self, listener: socket.socket) -> None:
+        with contextlib.suppress(BlockingIOError):
+            conn, _ = listener.accept()
+            conn.setblocking(False)
+            self.sel.register(conn, selectors.EVENT_READ, ("conn", conn))
+            self.buffers[conn.fileno()] = b""
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        fd = conn.fileno()
+        if not data:
+            self._close(conn)
+            return
+        buf = self.buffers.get(fd, b"") + data
+        if b"\n" not in buf:
+            self.buffers[fd] = buf
+            return
+        line, _, _ = buf.partition(b"\n")
+        self.buffers[fd] = b""
+        self.sel.unregister(conn)
+
+        def reply(answer: dict[str, Any]) -> None:
+            with contextlib.suppress(OSError):
+                conn.setblocking(True)
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+            conn.close()
+
+        try:
+            req = json.loads(line)
+            self.handle(req, reply)
+        except (ValueError, KeyError, TypeError) as exc:
+            reply({"ok": False, "kind": "invalid_argument", "error": f"bad request: {exc}"})
+
+    def _close(self, conn: socket.socket) -> None:
+        self.buffers.pop(conn.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(conn)
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cove-supervisor")
+    parser.add_argument("--root", type=Path, required=True)
+    args = parser.parse_args(argv)
+    root: Path = args.root
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sock_path = root / SOCKET
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Whoever binds a fresh socket owns the root; a live supervisor answers.
+    with contextlib.suppress(OSError):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(str(sock_path))
+        probe.close()
+        return 0
+    with contextlib.suppress(FileNotFoundError):
+        sock_path.unlink()
+    try:
+        listener.bind(str(sock_path))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return 0
+        raise
+    os.chmod(sock_path, 0o600)
+    listener.listen(128)
+    if os.fork() != 0:
+        os._exit(0)  # the caller's child returns once the socket accepts
+    os.setsid()
+    (root / PIDFILE).write_text(str(os.getpid()))
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    logfd = os.open(root / "supervisor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    os.dup2(logfd, 1)
+    os.dup2(logfd, 2)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    sup = Supervisor(root)
+    try:
+        sup.serve(listener)
+    finally:
+        with contextlib.suppress(OSError):
+            if int((root / PIDFILE).read_text()) == os.getpid():
+                (root / PIDFILE).unlink()
+                sock_path.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

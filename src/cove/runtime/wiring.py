@@ -1,0 +1,102 @@
+"""The container runtime's parts, wired once (the agent builds one of these)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from cove.clock import Clock
+from cove.datapath.netns import NetnsDatapath, remove_ns_file
+from cove.datapath.nftables import Nft
+from cove.errors import CoveError
+from cove.ipam.allocator import Ipam
+from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
+from cove.runtime.client import SupervisorClient
+from cove.runtime.reconcile import ContainerReconciler
+from cove.runtime.service import ContainerService
+from cove.runtime.state import process_start_time, read_json
+from cove.store.base import Store
+from cove.store.hub import WatchHub
+
+log = logging.getLogger(__name__)
+
+
+class ContainerRuntime:
+    """``state_dir/containers/<id>`` holds each container's /etc files and
+    log; ``run_dir`` the supervisor (socket, pid file, records) and
+    ``run_dir/netns`` the namespace files."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        ipam: Ipam,
+        nft: Nft,
+        state_dir: Path,
+        run_dir: Path,
+        resolv_conf: Path = Path("/etc/resolv.conf"),
+        interval: float = 15.0,
+    ) -> None:
+        self._resolv_conf = resolv_conf
+        self.netns = NetnsDatapath(run_dir / "netns")
+        self.supervisor = SupervisorClient(run_dir)
+        files = state_dir / "containers"
+        self.reconciler = ContainerReconciler(
+            store, self.netns, nft, files, self._host_resolv, interval
+        )
+        self.service = ContainerService(
+            store, clock, ipam, self.reconciler, self.supervisor, self.netns, files
+        )
+
+    def _host_resolv(self) -> str:
+        try:
+            return self._resolv_conf.read_text()
+        except OSError:
+            return ""
+
+    def start(self, hub: WatchHub) -> None:
+        """Call after the network reconciler's first pass (bridges exist).
+        Subscribes first, so no change between the first pass and the
+        subscription is missed."""
+        for prefix in (CONTAINERS, ENDPOINTS, NETWORKS):
+            hub.subscribe(prefix, self.reconciler.on_events)
+        self.reconciler.start()
+        self.service.adopt()
+
+    def stop(self) -> None:
+        """Stops reconciling; containers and the supervisor keep running."""
+        self.reconciler.stop()
+        self.netns.close()
+
+
+def teardown(run_dir: Path, timeout: float = 10.0) -> None:
+    """Kill every container of ``run_dir`` and its supervisor, and unmount
+    the namespace files (test clean-up, uninstall). Safe to call twice."""
+    pidfile = run_dir / "supervisor.pid"
+    SupervisorClient(run_dir).shutdown()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(pidfile.read_text()), 0)
+        except (OSError, ValueError):
+            break
+        time.sleep(0.05)
+    # Containers whose supervisor died first (killed from outside) are
+    # orphans now: find them through the supervisor's records.
+    records = run_dir / "containers"
+    if records.is_dir():
+        for folder in records.iterdir():
+            data = read_json(folder / "state.json") or {}
+            pid, start = int(data.get("pid", 0)), int(data.get("pid_start", 0))
+            if pid and start and process_start_time(pid) == start:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    netns_dir = run_dir / "netns"
+    if netns_dir.is_dir():
+        for path in netns_dir.iterdir():
+            with contextlib.suppress(CoveError):
+                remove_ns_file(path)
