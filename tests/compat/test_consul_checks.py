@@ -228,3 +228,30 @@ def test_deregister_critical_service_after(c: consul.Consul) -> None:
         time.sleep(0.1)
     assert name not in c.agent.services()
     assert c.health.service(name)[1] == []
+
+
+def test_agent_restart_keeps_statuses(web: Web, tmp_path: Any) -> None:
+    from cove.store.sqlite import SqliteStore
+
+    path = str(tmp_path / "state.db")
+    url = f"http://127.0.0.1:{web.port}/"
+    check = {"HTTP": url, "Interval": "1s", "SuccessBeforePassing": 2}
+    store = SqliteStore(path, SystemClock())
+    with ConsulServer(store, SystemClock(), node_name="rs") as srv:
+        c = consul.Consul(port=srv.port)
+        cid = register(c, "restarted", check)
+        wait_status(c, cid, "passing")
+    store.close()
+    store = SqliteStore(path, SystemClock())
+    try:
+        with ConsulServer(store, SystemClock(), node_name="rs") as srv:
+            c = consul.Consul(port=srv.port)
+            seen = set()
+            end = time.monotonic() + 2.5  # more than two probes of the new agent
+            while time.monotonic() < end:
+                _, entries = c.health.service("restarted")
+                seen |= {ch["Status"] for e in entries for ch in e["Checks"]}
+                time.sleep(0.05)
+            assert seen == {"passing"}
+    finally:
+        store.close()

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from cove import __version__
 from cove.agent.config import AgentConfig
+from cove.api import consul as consul_api
 from cove.api import networks as networks_api
 from cove.api.app import build_app
 from cove.api.metrics import Metrics
@@ -33,6 +34,7 @@ from cove.datapath.libnft import open_nft
 from cove.datapath.netlink import NetlinkDatapath
 from cove.datapath.nftables import Nft
 from cove.dns import DnsConfig, DnsService, Upstream
+from cove.dns.registry_source import RegistryServices
 from cove.errors import CoveError, Unavailable
 from cove.ipam.allocator import Ipam
 from cove.lb.vips import parse_range
@@ -41,6 +43,8 @@ from cove.model import NETWORKS
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
 from cove.policy.wiring import PolicyParts
+from cove.registry import Registry
+from cove.registry.runner import CheckRunner
 from cove.store import open_store
 from cove.store.hub import WatchHub
 
@@ -120,6 +124,22 @@ class Agent:
         self.app = build_app()
         self.metrics = Metrics()
         self.metrics.add(self._core_metrics)
+        self.registry = Registry(
+            self.store,
+            self.clock,
+            config.node_name,
+            config.datacenter,
+            node_address="127.0.0.1",
+            enable_script_checks=config.enable_script_checks,
+        )
+        inline = consul_api.in_process(self.store)
+        self.checks = CheckRunner(
+            self.registry,
+            hub=self.hub,
+            enable_script_checks=config.enable_script_checks,
+            inline=inline,
+        )
+        consul_api.install(self.app, self.registry, runner=self.checks, hub=self.hub, inline=inline)
         self.dns = self._dns_service()
         if self.dns is not None:
             self.metrics.add(self.dns.metrics)
@@ -154,6 +174,7 @@ class Agent:
                 listen_on_gateways=True,
             ),
             hub=self.hub,
+            services=RegistryServices(self.registry.queries, self.hub),
         )
 
     def _core_metrics(self) -> list[tuple[str, str, float]]:
@@ -190,7 +211,9 @@ class Agent:
 @contextlib.asynccontextmanager
 async def _sites(agent: Agent) -> AsyncIterator[None]:
     config = agent.config
-    runner = web.AppRunner(agent.app, access_log=None)
+    # Blocking queries may wait up to 10 minutes; do not let them hold
+    # shutdown for aiohttp's default minute.
+    runner = web.AppRunner(agent.app, access_log=None, shutdown_timeout=2)
     await runner.setup()
     try:
         config.socket.parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +243,7 @@ async def _serve(config: AgentConfig) -> None:
     agent = await asyncio.to_thread(Agent, config)
     try:
         await asyncio.to_thread(agent.start)
+        await agent.checks.start()
         async with _sites(agent):
             log.info(
                 "cove agent %s ready: socket %s, http %s, store %s",
@@ -231,4 +255,5 @@ async def _serve(config: AgentConfig) -> None:
             await stop.wait()
             log.info("shutting down")
     finally:
+        await agent.checks.stop()
         await asyncio.to_thread(agent.stop)

@@ -296,6 +296,15 @@ class Catalog:
             t.CheckDefinition.from_json(_loads(kv.value)) for kv in self._store.range(prefix).kvs
         ]
 
+    def check_status(self, check_id: str) -> t.Status | None:
+        """The current status of one of this agent's checks (None: unknown)."""
+        raw = self._store.get(t.agent_check_key(self.node.name, check_id))
+        if raw is None:
+            return None
+        d = t.CheckDefinition.from_json(_loads(raw.value))
+        state = self._store.get(t.check_key(d.service_name, self.node.name, check_id))
+        return t.Status(_loads(state.value)["Status"]) if state else None
+
     def update_check(self, check_id: str, status: t.Status, output: str) -> bool:
         """Set a check's status and output; False when nothing changed.
         ``NotFound`` for a check this agent does not own."""

@@ -93,7 +93,10 @@ class CheckRunner:
             asyncio.create_task(self._lease_loop(), name="cove-node-lease"),
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, *, leave: bool = False) -> None:
+        """Stop probing. The node lease is left to run out (LEASE_TTL) so an
+        agent restart does not flap every service on the node to critical;
+        ``leave=True`` ends it now, for a node leaving for good."""
         cancel = getattr(self._sub, "cancel", None)
         if cancel is not None:
             cancel()
@@ -106,7 +109,7 @@ class CheckRunner:
         self._checks.clear()
         if self._http is not None:
             await self._http.close()
-        if self._lease:
+        if self._lease and leave:
             with contextlib.suppress(CoveError):
                 await asyncio.to_thread(self._registry.store.lease_revoke, self._lease)
 
@@ -208,6 +211,12 @@ class CheckRunner:
 
     async def _probe_loop(self, running: _Running) -> None:
         d = running.definition
+        if d.success_before_passing or d.failures_before_critical:
+            # Count from the status the check already has (an agent restart
+            # must not send a passing check back through SuccessBeforePassing).
+            current = await asyncio.to_thread(self._registry.catalog.check_status, d.id)
+            if current is not None:
+                running.tracker.status = current
         while True:
             status, output = await probe(d, self._http)
             await self._publish(running, running.tracker.observe(status), output)

@@ -191,7 +191,10 @@ class ContainerService:
         elif att.ipv6 is not None:
             raise InvalidArgument(f"network {net.name} has no IPv6 subnet", network=net.name)
         eid = secrets.token_hex(16)
-        mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
+        # The MAC follows the IPv4 address (as Docker's 02:42:<ip>): when an
+        # address is reused, neighbours' ARP caches stay right.
+        tail = v4.packed if isinstance(v4, ipaddress.IPv4Address) else secrets.token_bytes(4)
+        mac = "02:42:" + ":".join(f"{b:02x}" for b in tail)
         return Endpoint(
             id=eid, network=net.name, container_id=c.id, container_name=c.name,
             interface=iface, host_veth=host_veth_name(eid), mac=mac,
