@@ -40,3 +40,23 @@ def test_passing_weighted_instances_and_the_services_a_check_touches() -> None:
     catalog.update_check("c2", rt.Status.PASSING, "ok")
     assert backends.affected(watch.next(timeout=1)) == {"web"}
     assert len(backends.passing(["web"])["web"]) == 2
+
+
+def test_service_names_are_case_insensitive() -> None:
+    store = MemoryStore(ManualClock())
+    catalog = Catalog(
+        store, ManualClock(), rt.Node(name="n1", address="10.0.0.9", datacenter="dc1")
+    )
+    catalog.ensure_node()
+    catalog.register_service(
+        rt.ServiceInstance(id="a", name="Web", node="n1", address="10.0.0.1", port=80), []
+    )
+    catalog.register_service(
+        rt.ServiceInstance(id="b", name="web", node="n1", address="10.0.0.2", port=80), []
+    )
+    backends = RegistryBackends(store)
+    got = backends.passing(["WEB"])
+    assert sorted(str(b.address) for b in got["web"]) == ["10.0.0.1", "10.0.0.2"]
+    watch = store.watch("registry/")
+    catalog.deregister_service("a")
+    assert backends.affected(watch.next(timeout=1)) == {"web"}

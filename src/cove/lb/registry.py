@@ -30,17 +30,24 @@ class RegistryBackends:
     def prefixes(self) -> Sequence[str]:
         return (rt.SERVICES, rt.CHECKS, rt.NODES, rt.NODE_CHECKS)
 
-    def _names(self) -> list[str]:
-        names: set[str] = set()
+    def _spellings(self) -> dict[str, set[str]]:
+        """Lower-case service name -> the spellings registered (service
+        names are case-insensitive for VIPs, as in DNS)."""
+        names: dict[str, set[str]] = {}
         for kv in self._store.range(rt.SERVICES).kvs:
-            names.add(unquote(kv.key[len(rt.SERVICES) :].split("/", 1)[0]))
-        return sorted(names)
+            name = unquote(kv.key[len(rt.SERVICES) :].split("/", 1)[0])
+            names.setdefault(name.lower(), set()).add(name)
+        return names
 
     def passing(self, services: Collection[str] | None = None) -> Mapping[str, Sequence[Backend]]:
+        spellings = self._spellings()
+        wanted = sorted(spellings) if services is None else sorted({s.lower() for s in services})
         out: dict[str, list[Backend]] = {}
-        for name in self._names() if services is None else services:
-            entries = self._queries.health_service(name, passing=True).data
-            found = [b for e in entries if (b := _backend(e)) is not None]
+        for name in wanted:
+            found: list[Backend] = []
+            for spelling in sorted(spellings.get(name, ())):
+                entries = self._queries.health_service(spelling, passing=True).data
+                found += [b for e in entries if (b := _backend(e)) is not None]
             if found:
                 out[name] = found
         return out
@@ -51,7 +58,7 @@ class RegistryBackends:
             key = ev.kv.key
             for prefix in (rt.SERVICES, rt.CHECKS):
                 if key.startswith(prefix):
-                    names.add(unquote(key[len(prefix) :].split("/", 1)[0]))
+                    names.add(unquote(key[len(prefix) :].split("/", 1)[0]).lower())
                     break
             else:
                 # A node or node check changed: any service on it may have.
