@@ -57,6 +57,6 @@ def test_service_names_are_case_insensitive() -> None:
     backends = RegistryBackends(store)
     got = backends.passing(["WEB"])
     assert sorted(str(b.address) for b in got["web"]) == ["10.0.0.1", "10.0.0.2"]
-    watch = store.watch("registry/")
+    watch = store.watch(rt.SERVICES)
     catalog.deregister_service("a")
     assert backends.affected(watch.next(timeout=1)) == {"web"}
