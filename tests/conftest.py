@@ -8,7 +8,6 @@ fails: processes in the namespace are killed, the namespace is removed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import nsutil
 from agentproc import AgentProc
+from cove.runtime.wiring import teardown
 
 
 def _need_root() -> None:
@@ -53,7 +53,6 @@ def cleanup_agent(proc: AgentProc) -> None:
                 proc.cli("rm", "-f", name)
         proc.cli("network", "prune")
     proc.stop()
-    pidfile = proc.state_dir / "run" / "supervisor.pid"
-    if pidfile.exists():
-        with contextlib.suppress(ValueError, ProcessLookupError):
-            os.kill(int(pidfile.read_text().strip()), 9)
+    # Containers live in namespaces of their own, not the test's: end them,
+    # their supervisor and their namespace mounts explicitly.
+    teardown(proc.state_dir / "run")

@@ -12,6 +12,7 @@ Store keys (each domain owns its prefix):
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -176,3 +177,28 @@ class Endpoint:
             netns=data.get("netns", ""),
             services=tuple(data.get("services") or ()),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """``NAME:PORT[:TAG,TAG...]`` as given to ``cove run --service``."""
+
+    name: str
+    port: int
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> ServiceSpec | None:
+        """The spec, or ``None`` when ``text`` is malformed."""
+        name, _, rest = text.partition(":")
+        port, _, tags = rest.partition(":")
+        if not _SERVICE_NAME.match(name) or not port.isdigit() or not 0 < int(port) < 65536:
+            return None
+        tag_list = tuple(t for t in tags.split(",") if t) if tags else ()
+        if any(not _TAG.match(t) for t in tag_list):
+            return None
+        return cls(name.lower(), int(port), tag_list)
+
+
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

@@ -134,11 +134,6 @@ def netns_files(agent: Any) -> set[str]:
     return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
-def mounted_netns() -> int:
-    with open("/proc/self/mountinfo") as f:
-        return sum(1 for line in f if "/run/netns/" in line and "/state/" in line)
-
-
 def assert_no_leaks(agent: Any, expected_containers: int) -> None:
     """Exactly the kernel objects the listed containers need, no more."""
     items = json.loads(agent.ok("ps", "-a", "--format", "json"))

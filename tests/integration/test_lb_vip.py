@@ -13,9 +13,9 @@ import pytest
 from test_lb_topology import Topo, results, run_client, start_client, topology
 
 from cove.clock import SystemClock
+from cove.datapath.libnft import open_nft
 from cove.lb.backends import EndpointBackends, MergedBackends
 from cove.lb.controller import LbController
-from cove.datapath.libnft import open_nft
 from cove.lb.model import Backend
 from cove.lb.vips import VipService
 from cove.model import Endpoint

@@ -212,9 +212,9 @@ def test_agent_restart_never_lets_denied_traffic_through(
 def test_policy_applies_behind_a_vip_and_a_backend_reaches_itself(
     lab: tuple[Topo, MemoryStore, PolicyController, PolicyService],
 ) -> None:
+    from cove.datapath.libnft import open_nft
     from cove.lb.backends import EndpointBackends
     from cove.lb.controller import LbController
-    from cove.datapath.libnft import open_nft
     from cove.lb.vips import VipService
 
     topo, store, ctl, policy = lab

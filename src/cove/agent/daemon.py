@@ -26,6 +26,7 @@ from aiohttp import web
 from cove import __version__
 from cove.agent.config import AgentConfig
 from cove.api import consul as consul_api
+from cove.api import containers as containers_api
 from cove.api import networks as networks_api
 from cove.api.app import build_app
 from cove.api.metrics import Metrics
@@ -39,12 +40,14 @@ from cove.errors import CoveError, Unavailable
 from cove.ipam.allocator import Ipam
 from cove.lb.vips import parse_range
 from cove.lb.wiring import LbParts
-from cove.model import NETWORKS
+from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
 from cove.policy.wiring import PolicyParts
 from cove.registry import Registry
 from cove.registry.runner import CheckRunner
+from cove.runtime.registration import ServiceRegistrar
+from cove.runtime.wiring import ContainerRuntime
 from cove.store import open_store
 from cove.store.hub import WatchHub
 
@@ -140,6 +143,18 @@ class Agent:
             inline=inline,
         )
         consul_api.install(self.app, self.registry, runner=self.checks, hub=self.hub, inline=inline)
+        self.runtime = ContainerRuntime(
+            self.store,
+            self.clock,
+            self.ipam,
+            self.nft,
+            config.state_dir,
+            config.run_dir,
+            config.resolv_conf,
+            config.reconcile_interval,
+        )
+        containers_api.install(self.app, self.runtime.service)
+        self.registrar = ServiceRegistrar(self.store, self.registry, config.reconcile_interval)
         self.dns = self._dns_service()
         if self.dns is not None:
             self.metrics.add(self.dns.metrics)
@@ -192,12 +207,19 @@ class Agent:
         self.hub.subscribe(NETWORKS, lambda _events: self.reconciler.kick())
         self.hub.start()
         self.reconciler.start()
+        self.runtime.start(self.hub)  # after the first network pass: bridges exist
+        for prefix in (CONTAINERS, ENDPOINTS):
+            self.hub.subscribe(prefix, self.registrar.on_events)
+        self.registrar.start()
         if self.dns is not None:
             self.dns.start()
         self.lb.start()
         self.policy.start()
 
     def stop(self) -> None:
+        # Containers and their supervisor keep running: live restore.
+        self.registrar.stop()
+        self.runtime.stop()
         self.policy.stop()
         self.lb.stop()
         if self.dns is not None:

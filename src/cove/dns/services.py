@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cove.model import Endpoint, IPAddress
+from cove.model import Endpoint, IPAddress, ServiceSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +68,10 @@ class ServiceSource(Protocol):
 
 
 def parse_service(spec: str) -> tuple[str, int] | None:
-    """``"name:port"`` from ``--service``, or ``None`` when malformed."""
-    name, sep, port = spec.rpartition(":")
-    if not sep or not name or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return name.lower(), int(port)
+    """``(name, port)`` of a ``--service NAME:PORT[:TAGS]``, or ``None``
+    when malformed."""
+    parsed = ServiceSpec.parse(spec)
+    return None if parsed is None else (parsed.name, parsed.port)
 
 
 class EndpointServices:

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from cove.api import lb as lb_api
-from cove.lb.backends import EndpointBackends, MergedBackends
 from cove.lb.controller import LbController, NftLike
 from cove.lb.model import DEFAULT_VIP_RANGES
 from cove.lb.registry import RegistryBackends
@@ -20,8 +19,9 @@ from cove.store.base import Store
 class LbParts:
     """VIP allocation, the programmer of ``inet cove_lb`` and its routes.
 
-    Backends are the registry's passing instances plus containers started
-    with ``--service`` (both, so a VIP works before registration lands)."""
+    Backends are the registry's passing instances; containers started with
+    ``--service`` are registered there with a TCP check, so a container
+    that stops answering leaves the VIP like any other failing instance."""
 
     def __init__(
         self,
@@ -31,8 +31,7 @@ class LbParts:
         datacenter: str = "dc1",
     ) -> None:
         self.vips = VipService(store, vip_ranges)
-        backends = MergedBackends(EndpointBackends(store), RegistryBackends(store, datacenter))
-        self.controller = LbController(store, nft, backends)
+        self.controller = LbController(store, nft, RegistryBackends(store, datacenter))
 
     def install(self, app: web.Application) -> None:
         lb_api.install(app, self.vips, self.controller)

@@ -4,13 +4,13 @@ and validation of what a user asks for in ``cove run``. Pure: no I/O."""
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from cove.errors import InvalidArgument
+from cove.model import ServiceSpec
 from cove.network.spec import check_name
 from cove.runtime.state import RestartPolicy
 
@@ -224,12 +224,11 @@ def parse_pairs(items: Sequence[str], what: str, *, allow_bare: bool) -> dict[st
     return out
 
 
-_SERVICE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?:\d{1,5}$")
 
 
 def _service(text: str) -> str:
-    if not _SERVICE.match(text) or not 1 <= int(text.rsplit(":", 1)[1]) <= 65535:
-        raise InvalidArgument(f"invalid service {text!r}: expected NAME:PORT")
+    if ServiceSpec.parse(text) is None:
+        raise InvalidArgument(f"invalid service {text!r}: expected NAME:PORT[:TAG,...]")
     return text
 
 

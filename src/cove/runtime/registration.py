@@ -1,0 +1,155 @@
+"""Containers started with ``--service NAME:PORT[:TAGS]`` are instances in
+the registry, on the container's address, with a TCP check.
+
+Level-triggered like every other watcher: the wanted instances are derived
+from the stored containers and endpoints (pure), compared with what the
+registry holds for this node, and the difference is written. So a crash
+between ``cove run`` and the registration, or a ``cove rm`` while the agent
+was down, converges on the next pass. The sync owns only the service IDs it
+creates (``cove-<container>-<service>``, marked in Meta).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cove.errors import CoveError
+from cove.model import CONTAINERS, ENDPOINTS, Endpoint, ServiceSpec
+from cove.registry import Registry
+from cove.runtime.spec import Container, Desired
+from cove.store.base import Event, Store
+
+log = logging.getLogger(__name__)
+
+META_KEY = "cove-container"
+ID_PREFIX = "cove-"
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    service_id: str
+    name: str
+    address: str
+    port: int
+    tags: tuple[str, ...]
+    container: str
+
+
+def wanted(containers: Iterable[Container], endpoints: Iterable[Endpoint]) -> dict[str, Wanted]:
+    """Instances that should exist: one per service of each container that
+    should run, on the address of its first network that has one."""
+    by_container: dict[str, dict[str, Endpoint]] = {}
+    for ep in endpoints:
+        by_container.setdefault(ep.container_id, {})[ep.network] = ep
+    out: dict[str, Wanted] = {}
+    for c in containers:
+        if c.desired is not Desired.RUNNING or not c.services:
+            continue
+        eps = by_container.get(c.id, {})
+        address = next(
+            (str(a) for net in c.networks if net in eps for a in eps[net].addresses), None
+        )
+        if address is None:
+            continue
+        for text in c.services:
+            spec = ServiceSpec.parse(text)
+            if spec is None:
+                continue
+            sid = f"{ID_PREFIX}{c.name}-{spec.name}"
+            out[sid] = Wanted(sid, spec.name, address, spec.port, spec.tags, c.name)
+    return out
+
+
+def plan(
+    want: Mapping[str, Wanted], registered: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[Wanted], list[str]]:
+    """(instances to (re)register, service IDs to deregister). Only
+    instances this sync made (marked in Meta) are ever deregistered."""
+    ours = {
+        sid: svc
+        for sid, svc in registered.items()
+        if (svc.get("Meta") or {}).get(META_KEY) is not None
+    }
+    add = [w for sid, w in sorted(want.items()) if sid not in ours or not _same(w, ours[sid])]
+    drop = sorted(sid for sid in ours if sid not in want)
+    return add, drop
+
+
+def _same(w: Wanted, svc: Mapping[str, Any]) -> bool:
+    return (
+        svc.get("Service") == w.name
+        and svc.get("Address") == w.address
+        and svc.get("Port") == w.port
+        and tuple(svc.get("Tags") or ()) == w.tags
+    )
+
+
+class ServiceRegistrar:
+    """Runs ``plan`` on its own thread, on store events and periodically."""
+
+    def __init__(self, store: Store, registry: Registry, interval: float = 15.0) -> None:
+        self._store = store
+        self._registry = registry
+        self._interval = interval
+        self._cond = threading.Condition()
+        self._wake = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def on_events(self, _events: Sequence[Event]) -> None:
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="cove-registrar", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def run_once(self) -> tuple[list[Wanted], list[str]]:
+        containers = [
+            Container.from_json(json.loads(kv.value)) for kv in self._store.range(CONTAINERS).kvs
+        ]
+        endpoints = [
+            Endpoint.from_json(json.loads(kv.value)) for kv in self._store.range(ENDPOINTS).kvs
+        ]
+        registered = self._registry.queries.agent_services(self._registry.node_name)
+        add, drop = plan(wanted(containers, endpoints), registered)
+        for w in add:
+            try:
+                self._registry.register_container(
+                    w.service_id, w.name, w.address, w.port, w.tags, meta={META_KEY: w.container}
+                )
+                log.info("registered %s (%s:%d) for container %s", w.name, w.address, w.port,
+                         w.container)  # fmt: skip
+            except CoveError as exc:
+                log.error("cannot register %s: %s", w.service_id, exc.message)
+        for sid in drop:
+            self._registry.deregister_container(sid)
+            log.info("deregistered %s", sid)
+        return add, drop
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._wake or self._stopping, timeout=self._interval)
+                if self._stopping:
+                    return
+                self._wake = False
+            try:
+                self.run_once()
+            except CoveError as exc:
+                log.error("service registration pass failed: %s", exc.message)
+            except Exception:
+                log.exception("service registration pass crashed; retrying")
