@@ -214,9 +214,9 @@ def install_floor(nft: object, floor_ip: str, backend: str) -> None:
 def main_inner(quick: bool) -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from cove.clock import SystemClock
+    from cove.datapath.libnft import open_nft
     from cove.lb import compile as lbc
     from cove.lb.controller import LbController
-    from cove.datapath.libnft import open_nft
     from cove.lb.vips import VipService
     from cove.model import Endpoint, Network, Subnet
     from cove.policy.controller import PolicyController

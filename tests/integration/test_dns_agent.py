@@ -2,14 +2,12 @@
 name (glibc inside the container), the host finds them on the agent's DNS
 port, and names follow `cove run` / `cove rm`.
 
-Skipped until the agent serves DNS (see ``_need_dns``); once the lead wires
-``DnsService`` into the agent, that guard goes.
 """
 
 from __future__ import annotations
 
-import socket
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -33,21 +31,9 @@ def _dig(agent: Any, *args: str) -> list[str]:
     return sorted(out.stdout.split())
 
 
-def _need_dns(agent: Any) -> None:
-    query = b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04cove\x00\x00\x06\x00\x01"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(1)
-        s.sendto(query, ("127.0.0.1", agent.dns_port))
-        try:
-            s.recv(512)
-        except OSError:
-            pytest.skip("the agent does not serve DNS yet")
-
-
 @pytest.fixture
 def net(agent: Any) -> Any:
     need_containers(agent)
-    _need_dns(agent)
     agent.ok("network", "create", "vnet", "--subnet", "10.89.0.0/24")
     return agent
 
@@ -61,7 +47,7 @@ def test_web_finds_redis_by_name_and_the_host_finds_both(net: Any) -> None:
     net.ok("run", "-d", "--name", "redis", "--network", "vnet", "--", "sleep", "600")
     net.ok(
         "run", "-d", "--name", "web", "--network", "vnet", "--alias", "www",
-        "--service", "web:8080", "--", "sleep", "600",
+        "--service", "web:8080", "--", sys.executable, "-m", "http.server", "8080",
     )  # fmt: skip
     redis = address(net, "redis", "vnet")
     web = address(net, "web", "vnet")
@@ -70,8 +56,17 @@ def test_web_finds_redis_by_name_and_the_host_finds_both(net: Any) -> None:
     assert _getent(net, "redis", "web.vnet") == [web]
     assert _dig(net, "redis.vnet.cove") == [redis]
     assert _dig(net, "-x", redis) == ["redis.vnet.cove."]
-    srv = _dig(net, "_web._tcp.service.cove", "SRV")
-    assert "8080" in srv
+    # The instance is registered with a TCP check; once it passes, SRV has it.
+    start = time.monotonic()
+    while "8080" not in _dig(net, "_web._tcp.service.cove", "SRV"):
+        assert time.monotonic() - start < 15, "web never became a passing service"
+        time.sleep(0.2)
+    assert _dig(net, "web.service.cove") == [web]
+    net.ok("stop", "web")
+    start = time.monotonic()
+    while _dig(net, "web.service.cove") != []:
+        assert time.monotonic() - start < 15, "a stopped web still answers"
+        time.sleep(0.2)
 
 
 def test_names_follow_run_and_rm(net: Any) -> None:

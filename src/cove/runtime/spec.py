@@ -224,8 +224,6 @@ def parse_pairs(items: Sequence[str], what: str, *, allow_bare: bool) -> dict[st
     return out
 
 
-
-
 def _service(text: str) -> str:
     if ServiceSpec.parse(text) is None:
         raise InvalidArgument(f"invalid service {text!r}: expected NAME:PORT[:TAG,...]")
