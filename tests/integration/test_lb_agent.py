@@ -45,6 +45,9 @@ def test_vip_spreads_over_service_containers_and_policy_denies_then_allows(
         return names if names == {"w1", "w2"} else None
 
     assert eventually(spread) == {"w1", "w2"}
+    # Hairpin: a backend reaches its own service's VIP, landing on itself too.
+    out = agent.ok("exec", "w1", "--", "python3", "-S", client, "tcp", "7", *[vip] * 30)
+    assert {line.split(":")[0] for line in out.split()} == {"w1", "w2"}
     listed = agent.ok("service", "vips")
     assert "web" in listed and vip in listed
 

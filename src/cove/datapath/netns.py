@@ -249,6 +249,11 @@ class NetnsDatapath:
                     state="up",
                     peer={"ifname": inside, "net_ns_fd": fd, "address": mac, "mtu": mtu},
                 )
+                # Hairpin: a container that is a backend of a VIP may be sent
+                # to itself; the DNATed packet must go back out its own port.
+                index = self._ipr.link_lookup(ifname=host)
+                if index:
+                    self._ipr.brport("set", index=index[0], mode=1)
         except NetlinkError as exc:
             raise DatapathError(f"cannot add veth {host} to {bridge}: {exc}", link=host) from exc
         finally:
