@@ -67,6 +67,7 @@ def setup_logging(config: AgentConfig) -> None:
     root.handlers[:] = [handler]
     root.setLevel(config.log_level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 
 def _lock_state_dir(state_dir: Path) -> int:

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 META_KEY = "cove-container"
 ID_PREFIX = "cove-"
+# Short, so a freshly started container that was not listening yet at the
+# first probe becomes passing soon after it does.
+CHECK_INTERVAL = "3s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +132,13 @@ class ServiceRegistrar:
         for w in add:
             try:
                 self._registry.register_container(
-                    w.service_id, w.name, w.address, w.port, w.tags, meta={META_KEY: w.container}
+                    w.service_id,
+                    w.name,
+                    w.address,
+                    w.port,
+                    w.tags,
+                    interval=CHECK_INTERVAL,
+                    meta={META_KEY: w.container},
                 )
                 log.info("registered %s (%s:%d) for container %s", w.name, w.address, w.port,
                          w.container)  # fmt: skip
