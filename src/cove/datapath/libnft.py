@@ -19,13 +19,12 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cove.datapath.nftables import Nft, _check_name
+from cove.datapath.nftables import Nft, _check_name, replace_commands
 from cove.errors import DatapathError, Unavailable
 
 log = logging.getLogger(__name__)
 
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON: also makes input parse as JSON (nft 1.0.x)
-_OBJECT_KINDS = ("chain", "rule", "set", "map", "element", "flowtable", "counter", "quota")
 
 
 class LibNft:
@@ -78,19 +77,7 @@ class LibNft:
 
     def replace_table(self, family: str, name: str, objects: Sequence[Mapping[str, Any]]) -> None:
         """Atomically replace one cove table (as ``Nft.replace_table``)."""
-        _check_name(name)
-        table = {"family": family, "name": name}
-        commands: list[dict[str, Any]] = [
-            {"add": {"table": table}},
-            {"delete": {"table": table}},
-            {"add": {"table": table}},
-        ]
-        for obj in objects:
-            (kind, body), *rest = obj.items()
-            if rest or kind not in _OBJECT_KINDS:
-                raise DatapathError(f"not an nft object: {obj!r}")
-            commands.append({"add": {kind: {**body, "family": family, "table": name}}})
-        self.transaction(commands)
+        self.transaction(replace_commands(family, name, objects))
 
     def delete_table(self, family: str, name: str) -> None:
         _check_name(name)

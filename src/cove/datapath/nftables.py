@@ -62,20 +62,7 @@ class Nft:
         ``{"rule": {"chain": "fwd", "expr": [...]}}``; their ``family`` and
         ``table`` fields are filled in here.
         """
-        _check_name(name)
-        table = {"family": family, "name": name}
-        commands: list[dict[str, Any]] = [
-            {"add": {"table": table}},
-            {"delete": {"table": table}},
-            {"add": {"table": table}},
-        ]
-        for obj in objects:
-            (kind, body), *rest = obj.items()
-            if rest or kind not in _OBJECT_KINDS:
-                raise DatapathError(f"not an nft object: {obj!r}")
-            filled = {**body, "family": family, "table": name}
-            commands.append({"add": {kind: filled}})
-        self.transaction(commands)
+        self.transaction(replace_commands(family, name, objects))
 
     def delete_table(self, family: str, name: str) -> None:
         """Delete one cove table if it exists."""
@@ -113,6 +100,26 @@ class Nft:
             for o in data.get("nftables", [])
             if "table" in o
         ]
+
+
+def replace_commands(
+    family: str, name: str, objects: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The batch that swaps table ``family name`` for ``objects`` at once:
+    create it if missing, delete it, add it back with its contents."""
+    _check_name(name)
+    table = {"family": family, "name": name}
+    commands: list[dict[str, Any]] = [
+        {"add": {"table": table}},
+        {"delete": {"table": table}},
+        {"add": {"table": table}},
+    ]
+    for obj in objects:
+        (kind, body), *rest = obj.items()
+        if rest or kind not in _OBJECT_KINDS:
+            raise DatapathError(f"not an nft object: {obj!r}")
+        commands.append({"add": {kind: {**body, "family": family, "table": name}}})
+    return commands
 
 
 def _check_name(name: str) -> None:
