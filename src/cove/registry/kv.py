@@ -122,8 +122,11 @@ class KV:
     # -- reads -----------------------------------------------------------------
 
     def get(self, key: str) -> Answer:
-        kv = self._store.get(t.kv_key(key))
+        # The revision is read first: the answer then claims no newer state
+        # than it holds, and a write racing the read makes the blocking
+        # loop read again instead of returning a stale index.
         rev = self._store.revision
+        kv = self._store.get(t.kv_key(key))
         prefixes = (t.kv_key(key),)
         if kv is None:
             return Answer(None, 0, rev, prefixes, found=False)

@@ -148,8 +148,8 @@ class Queries:
 
     def node(self, name: str) -> Answer:
         prefixes = (t.node_key(name), t.SERVICES)
+        rev = self._store.revision  # first: see KV.get
         kv = self._store.get(t.node_key(name))
-        rev = self._store.revision
         if kv is None:
             return Answer(None, 0, rev, prefixes, found=False)
         services: dict[str, Any] = {}
@@ -251,8 +251,8 @@ class Queries:
         return out
 
     def agent_service(self, node: str, service_id: str) -> Answer:
+        rev = self._store.revision  # first: see KV.get
         akv = self._store.get(t.agent_service_key(node, service_id))
-        rev = self._store.revision
         if akv is None:
             return Answer(None, 0, rev, (t.agent_service_key(node, service_id),), found=False)
         name = self._decode(akv)["Name"]

@@ -146,8 +146,8 @@ class Sessions:
 
     def info(self, session_id: str) -> Answer:
         key = t.session_key(session_id)
+        rev = self._store.revision  # first: see KV.get
         kv = self._store.get(key)
-        rev = self._store.revision
         if kv is None:
             return Answer([], 0, rev, (key,))
         return Answer([self._json(kv)], kv.mod_revision, rev, (key,))
