@@ -98,3 +98,18 @@ def test_wait_applied_reports_convergence() -> None:
     rec.run_once()
     assert rec.applied_revision >= rev
     assert rec.wait_applied(rev, 0.1)
+
+
+def test_errors_are_kept_per_bridge() -> None:
+    store, dp, svc, rec = setup()
+    a, _ = svc.create(NetworkSpec(name="a", subnets=["10.89.0.0/24"]))
+    rec.run_once()
+    dp.fail_on = {"create_bridge"}
+    b, _ = svc.create(NetworkSpec(name="b", subnets=["10.89.1.0/24"]))
+    rec.run_once()
+    assert rec.error_for(b.bridge) is not None and "injected" in str(rec.error_for(b.bridge))
+    assert rec.error_for(a.bridge) is None  # a healthy network is not blamed
+    dp.fail_on = {"replace_table"}
+    svc.create(NetworkSpec(name="c", subnets=["10.89.2.0/24"]))
+    rec.run_once()
+    assert rec.error_for(a.bridge) is not None  # every network needs the table

@@ -34,17 +34,18 @@ def network_json(network: Network, endpoints: list[dict[str, Any]] | None = None
 def install(
     app: web.Application, store: Store, networks: NetworkService, reconciler: NetworkReconciler
 ) -> None:
-    async def settle(revision: int) -> None:
+    async def settle(revision: int, bridge: str) -> None:
         ok = await asyncio.to_thread(reconciler.wait_applied, revision, APPLY_TIMEOUT)
         if not ok:
             raise DatapathError("the kernel did not converge in time; see the agent's log")
-        if reconciler.last_error:
-            raise DatapathError(reconciler.last_error)
+        error = reconciler.error_for(bridge)
+        if error:
+            raise DatapathError(error)
 
     async def create(request: web.Request) -> web.Response:
         spec = NetworkSpec.from_json(await json_body(request))
         network, revision = await asyncio.to_thread(networks.create, spec)
-        await settle(revision)
+        await settle(revision, network.bridge)
         return web.json_response(network_json(network), status=201)
 
     async def list_(_: web.Request) -> web.Response:
@@ -59,13 +60,14 @@ def install(
         return web.json_response(network_json(network, endpoints))
 
     async def remove(request: web.Request) -> web.Response:
-        revision = await asyncio.to_thread(networks.remove, request.match_info["name"])
-        await settle(revision)
+        network = await asyncio.to_thread(networks.get, request.match_info["name"])
+        revision = await asyncio.to_thread(networks.remove, network.name)
+        await settle(revision, network.bridge)
         return web.json_response({"removed": request.match_info["name"]})
 
     async def prune(_: web.Request) -> web.Response:
         removed, revision = await asyncio.to_thread(networks.prune)
-        await settle(revision)
+        await settle(revision, "")
         return web.json_response({"removed": removed})
 
     app.router.add_post("/api/networks", create)

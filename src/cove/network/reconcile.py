@@ -69,6 +69,13 @@ class ReplaceTable:
 Op = CreateBridge | DeleteLink | SetMtu | SetUp | AddAddress | DeleteAddress | ReplaceTable
 
 
+TABLE_TARGET = "nft:inet cove"
+
+
+def _target(op: Op) -> str:
+    return TABLE_TARGET if isinstance(op, ReplaceTable) else op.name
+
+
 def gateway_interfaces(network: Network) -> frozenset[Interface]:
     return frozenset(
         ipaddress.ip_interface(f"{s.gateway}/{s.cidr.prefixlen}") for s in network.subnets
@@ -144,7 +151,19 @@ class NetworkReconciler:
         self._digest: str | None = None
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[Sequence[Network]], None]] = []
-        self.last_error: str | None = None
+        # Errors of the last pass by what they concern (a bridge name, or
+        # TABLE_TARGET), so one broken network does not fail every request.
+        self.errors: dict[str, str] = {}
+
+    @property
+    def last_error(self) -> str | None:
+        """One error of the last pass, if it had any."""
+        return next(iter(self.errors.values()), None)
+
+    def error_for(self, bridge: str) -> str | None:
+        """Why the last pass could not make ``bridge`` (or cove's nft table,
+        which every network needs) match the store; None when it could."""
+        return self.errors.get(bridge) or self.errors.get(TABLE_TARGET)
 
     def on_applied(self, callback: Callable[[Sequence[Network]], None]) -> None:
         """Call ``callback(networks)`` on the reconciler thread after every
@@ -187,12 +206,12 @@ class NetworkReconciler:
         networks = [Network.from_json(json.loads(kv.value)) for kv in result.kvs]
         observed = self._datapath.observe()
         ops = plan(networks, observed, None if force else self._digest)
-        errors: list[str] = []
+        errors: dict[str, str] = {}
         for op in ops:
             try:
                 apply(self._datapath, op)
             except CoveError as exc:
-                errors.append(exc.message)
+                errors.setdefault(_target(op), exc.message)
                 log.error("reconcile %s failed: %s", op, exc.message)
                 continue
             if isinstance(op, ReplaceTable):
@@ -204,7 +223,7 @@ class NetworkReconciler:
                 result.revision,
                 len(ops),
             )
-        self.last_error = errors[0] if errors else None
+        self.errors = errors
         for callback in self._listeners:
             try:
                 callback(networks)
