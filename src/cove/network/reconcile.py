@@ -13,7 +13,7 @@ import ipaddress
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from cove.errors import CoveError
 from cove.model import NETWORKS, Network
 from cove.network import firewall
 from cove.store.base import Store
+from cove.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,15 @@ class NetworkReconciler:
         self._store = store
         self._datapath = datapath
         self._interval = interval
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # guards _applied
         self._pass_lock = threading.Lock()
-        self._wake = False
-        self._stopping = False
         self._applied = 0
         self._digest: str | None = None
-        self._thread: threading.Thread | None = None
-        self._listeners: list[Callable[[Sequence[Network]], None]] = []
+        # The periodic pass rewrites the nft table even if nothing changed,
+        # so rules someone deleted by hand come back.
+        self._worker = Worker(
+            "cove-net-reconcile", lambda kicked: self.run_once(force=not kicked), interval
+        )
         # Errors of the last pass by what they concern (a bridge name, or
         # TABLE_TARGET), so one broken network does not fail every request.
         self.errors: dict[str, str] = {}
@@ -165,34 +167,27 @@ class NetworkReconciler:
         which every network needs) match the store; None when it could."""
         return self.errors.get(bridge) or self.errors.get(TABLE_TARGET)
 
-    def on_applied(self, callback: Callable[[Sequence[Network]], None]) -> None:
-        """Call ``callback(networks)`` on the reconciler thread after every
-        pass (the DNS server uses it to listen on gateway addresses)."""
-        self._listeners.append(callback)
-
     def start(self) -> None:
         self._datapath.enable_forwarding()
         self.run_once()
-        self._thread = threading.Thread(target=self._loop, name="cove-net-reconcile", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._worker.stop()
 
     def kick(self) -> None:
-        with self._cond:
-            self._wake = True
-            self._cond.notify_all()
+        self._worker.kick()
 
     @property
     def applied_revision(self) -> int:
         return self._applied
 
     def wait_applied(self, revision: int, timeout: float) -> bool:
+        with self._cond:
+            if self._applied >= revision:
+                return True
+        # The store event kicks a pass too; kicking here saves waiting for
+        # its delivery. A pass that already covered the write is not repeated.
         self.kick()
         with self._cond:
             return self._cond.wait_for(lambda: self._applied >= revision, timeout=timeout)
@@ -224,28 +219,7 @@ class NetworkReconciler:
                 len(ops),
             )
         self.errors = errors
-        for callback in self._listeners:
-            try:
-                callback(networks)
-            except Exception:  # a listener's bug must not stop reconciling
-                log.exception("network listener failed")
         with self._cond:
             self._applied = max(self._applied, result.revision)
             self._cond.notify_all()
         return ops
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._wake or self._stopping, timeout=self._interval)
-                if self._stopping:
-                    return
-                woken, self._wake = self._wake, False
-            try:
-                # The periodic pass rewrites the nft table even if nothing
-                # changed, so rules someone deleted by hand come back.
-                self.run_once(force=not woken)
-            except CoveError as exc:
-                log.error("network reconcile failed: %s", exc.message)
-            except Exception:
-                log.exception("network reconcile crashed; retrying")

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from cove.clock import Clock
-from cove.errors import AlreadyExists, InUse, NotFound
+from cove.errors import AlreadyExists, Conflict, InUse, NotFound
 from cove.model import ENDPOINTS, IPAM, NETWORKS, IPNetwork, Network
 from cove.network.spec import NetworkSpec, build_network, check_name
 from cove.store.base import Compare, Delete, Put, Store
@@ -61,7 +61,7 @@ class NetworkService:
             if result.succeeded:
                 log.info("network %s created: %s", network.name, network.subnets)
                 return network, result.revision
-        raise AlreadyExists(f"network {spec.name} could not be created: too much contention")
+        raise Conflict(f"network {spec.name} could not be created: too many concurrent changes")
 
     def get(self, name: str) -> Network:
         kv = self._store.get(NETWORKS + name)
@@ -100,7 +100,7 @@ class NetworkService:
             if result.succeeded:
                 log.info("network %s removed", name)
                 return result.revision
-        raise InUse(f"network {name} is changing too fast to remove", network=name)
+        raise Conflict(f"network {name} is changing too fast to remove", network=name)
 
     def prune(self) -> tuple[builtins.list[str], int]:
         """Remove every network without endpoints; returns their names and the

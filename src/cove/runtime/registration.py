@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from cove.model import CONTAINERS, ENDPOINTS, Endpoint, ServiceSpec
 from cove.registry import Registry
 from cove.runtime.spec import Container, Desired
 from cove.store.base import Event, Store
+from cove.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -98,27 +98,16 @@ class ServiceRegistrar:
     def __init__(self, store: Store, registry: Registry, interval: float = 15.0) -> None:
         self._store = store
         self._registry = registry
-        self._interval = interval
-        self._cond = threading.Condition()
-        self._wake = False
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("cove-registrar", lambda _kicked: self.run_once(), interval)
 
     def on_events(self, _events: Sequence[Event]) -> None:
-        with self._cond:
-            self._wake = True
-            self._cond.notify_all()
+        self._worker.kick()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="cove-registrar", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._worker.stop()
 
     def run_once(self) -> tuple[list[Wanted], list[str]]:
         containers = [
@@ -148,17 +137,3 @@ class ServiceRegistrar:
             self._registry.deregister_container(sid)
             log.info("deregistered %s", sid)
         return add, drop
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._wake or self._stopping, timeout=self._interval)
-                if self._stopping:
-                    return
-                self._wake = False
-            try:
-                self.run_once()
-            except CoveError as exc:
-                log.error("service registration pass failed: %s", exc.message)
-            except Exception:
-                log.exception("service registration pass crashed; retrying")
