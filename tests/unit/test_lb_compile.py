@@ -87,7 +87,27 @@ def test_a_backend_change_only_refills_the_service_chain() -> None:
     new = lbc.plan(vip(), [Backend(ip("10.0.0.1"), 80)])
     cmds = kinds(lbc.service_update(old, new))
     chain = lbc.chain_name("web", 80)
-    assert cmds == [("add", "chain", chain), ("flush", "chain", chain), ("add", "rule", chain)]
+    rule = ("add", "rule", chain)
+    assert cmds == [("add", "chain", chain), ("flush", "chain", chain), rule, rule]
+
+
+def test_a_missed_lookup_falls_back_to_a_backend_and_a_vip_is_never_routed_on() -> None:
+    backends = [Backend(ip("10.0.0.1"), 80), Backend(ip("10.0.0.2"), 80)]
+    objs = lbc.table_objects({"web": lbc.plan(vip(), backends)})
+    chain = lbc.chain_name("web", 80)
+    rules = [o["rule"] for o in objs if "rule" in o and o["rule"]["chain"] == chain]
+    # The numgen map first, then the same rules' first backend.
+    assert "map" in json.dumps(rules[0]["expr"])
+    assert rules[-1]["expr"][-1] == {"dnat": {"family": "ip", "addr": "10.0.0.1", "port": 80}}
+    for hook in ("prerouting", "output"):
+        chain_rules = [o["rule"] for o in objs if "rule" in o and o["rule"]["chain"] == hook]
+        vmap = next(i for i, r in enumerate(chain_rules) if "vmap" in json.dumps(r["expr"]))
+        after = json.dumps(chain_rules[vmap + 1]["expr"])
+        assert '"@vips_v4"' in after and '"drop"' in after
+    sticky = lbc.plan(vip(affinity_timeout=30), backends)
+    chain_rules = [o["rule"] for o in lbc.table_objects({"web": sticky}) if "rule" in o]
+    last = [r for r in chain_rules if r["chain"] == chain][-1]
+    assert last["expr"] == [{"goto": {"target": f"e_{chain[2:]}_{lbc._backend_id(backends[0])}"}}]
 
 
 def test_service_coming_and_going_hooks_and_unhooks_it() -> None:

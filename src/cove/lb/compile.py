@@ -9,11 +9,14 @@ The table::
     chain filter_pre / filter_out (filter, prio -110, before DNAT):
         a new connection to a VIP that is not live is refused at once
         (TCP reset, else ICMP port unreachable), never left to time out
-    chain prerouting / output (nat, prio -100): vmap @svc_v4
+    chain prerouting / output (nat, prio -100): vmap @svc_v4, and a drop
+        for a VIP the map did not match (never routed on as an address)
     chain postrouting (nat, srcnat): masquerade hairpin, so the backend's
         reply to itself goes back through conntrack
     chain s_<key>: one per (service, VIP port):
         dnat to numgen random mod W map { ranges by weight : addr . port }
+        then dnat to the first backend (reached only if the lookup raced
+        an update and missed; see ``_fallback``)
       or, with client-IP affinity, per backend e_<key>_<b> chains and
       a_<key>_<b> timeout sets (kube-proxy's nftables scheme).
     (the same in v6)
@@ -174,6 +177,7 @@ def _service_chains(svc: ServiceLb) -> tuple[list[str], list[Obj], list[Obj]]:
                     }
                 }
             )
+            rules.append(_fallback(s_name, [_l4_match(), _dnat_one(v, group.backends[0])]))
             continue
         targets: list[Any] = []
         for r, b in zip(ranges, group.backends, strict=True):
@@ -236,7 +240,19 @@ def _service_chains(svc: ServiceLb) -> tuple[list[str], list[Obj], list[Obj]]:
                 }
             }
         )
+        first = f"e_{s_name[2:]}_{_backend_id(group.backends[0])}"
+        rules.append(_fallback(s_name, [{"goto": {"target": first}}]))
     return chains, sets, rules
+
+
+def _fallback(chain: str, expr: list[Obj]) -> Obj:
+    """The rule after a service's numgen lookup, reached only when the lookup
+    missed. The kernel picks a packet's rules by the generation it saw on
+    entry but checks an anonymous map's elements against the generation at
+    lookup time, so a packet racing a transaction that replaces the rule can
+    miss every element; it goes to the first backend of the same rules
+    instead of leaving with its VIP still as destination."""
+    return {"rule": {"chain": chain, "expr": expr, "comment": "numgen lookup raced an update"}}
 
 
 def hairpin_elements(services: Iterable[ServiceLb]) -> dict[str, set[str]]:
@@ -317,6 +333,27 @@ def _base_rules() -> list[Obj]:
                     "rule": {
                         "chain": chain,
                         "expr": [{"vmap": {"key": _key_expr(v), "data": f"@svc_{v}"}}],
+                    }
+                }
+            )
+            # Reached only when the map had no entry: a port unhooked by an
+            # update this packet raced (the next SYN meets the refusal), or
+            # not TCP/UDP. Never route a VIP onwards as a plain address.
+            rules.append(
+                {
+                    "rule": {
+                        "chain": chain,
+                        "expr": [
+                            {
+                                "match": {
+                                    "op": "==",
+                                    "left": _payload(v, "daddr"),
+                                    "right": f"@vips_{v}",
+                                }
+                            },
+                            {"drop": None},
+                        ],
+                        "comment": "VIP traffic without a service entry",
                     }
                 }
             )
