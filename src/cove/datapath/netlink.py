@@ -4,6 +4,7 @@ netlink (pyroute2), nftables through ``Nft``, forwarding through /proc/sys."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import ipaddress
 import json
 import logging
@@ -95,6 +96,7 @@ class NetlinkDatapath:
             ifname=name,
             kind="bridge",
             mtu=mtu,
+            address=bridge_mac(name),
         )
 
     def delete_link(self, name: str) -> None:
@@ -178,3 +180,13 @@ def _ip_json(*args: str) -> list[dict[str, Any]]:
         raise DatapathError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
     data = json.loads(proc.stdout or "[]")
     return [d for d in data if isinstance(d, dict)]
+
+
+def bridge_mac(name: str) -> str:
+    """A fixed, locally administered unicast MAC for bridge ``name``. Without
+    one the kernel gives a bridge the lowest MAC of its ports, so the
+    gateway's MAC would change as containers come and go and their ARP
+    caches would point at a port that left; derived from the name, it also
+    survives the reconciler recreating the bridge."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return ":".join(f"{b:02x}" for b in ((digest[0] & 0xFC) | 0x02, *digest[1:6]))
