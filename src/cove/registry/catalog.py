@@ -142,7 +142,8 @@ class Catalog:
             raise InvalidArgument(_SCRIPTS_DISABLED)
         if definition.kind is t.CheckKind.NONE:
             raise InvalidArgument(
-                "Invalid check: exactly one of Args, HTTP, TCP, GRPC or TTL is required"
+                "Invalid check: exactly one of Args, HTTP, TCP, UDP, GRPC, H2PING or TTL"
+                " is required"
             )
         node = self.node.name
 

@@ -24,7 +24,7 @@ MIN_INTERVAL = 1.0  # Consul raises shorter intervals to one second
 MAX_INTERVAL = 86_400.0  # a day; longer is a mistake, not a health check
 DEFAULT_TIMEOUT = 10.0
 
-_UNSUPPORTED = ("h2ping", "udp", "dockercontainerid", "aliasservice", "aliasnode", "osservice")
+_UNSUPPORTED = ("dockercontainerid", "aliasservice", "aliasnode", "osservice")
 
 
 def fold(data: Any, what: str = "request") -> dict[str, Any]:
@@ -167,6 +167,8 @@ def check_from_json(
     http = text(d, "http", "HTTP")
     tcp = text(d, "tcp", "TCP")
     grpc = text(d, "grpc", "GRPC")
+    udp = text(d, "udp", "UDP")
+    h2ping = text(d, "h2ping", "H2PING")
     ttl = parse_duration(d.get("ttl"), "TTL")
     kinds = [
         k
@@ -174,6 +176,8 @@ def check_from_json(
             (CheckKind.HTTP, http),
             (CheckKind.TCP, tcp),
             (CheckKind.GRPC, grpc),
+            (CheckKind.UDP, udp),
+            (CheckKind.H2PING, h2ping),
             (CheckKind.SCRIPT, args),
             (CheckKind.TTL, d.get("ttl") not in (None, "")),
         )
@@ -187,7 +191,8 @@ def check_from_json(
     if kind is CheckKind.NONE:
         if service is not None or d.get("interval") not in (None, ""):
             raise InvalidArgument(
-                "Invalid check: exactly one of Args, HTTP, TCP, GRPC or TTL is required"
+                "Invalid check: exactly one of Args, HTTP, TCP, UDP, GRPC, H2PING or TTL"
+                " is required"
             )
     elif kind is CheckKind.TTL:
         if ttl <= 0:
@@ -197,15 +202,17 @@ def check_from_json(
     else:
         if interval <= 0:
             raise InvalidArgument(
-                "Invalid check: Interval must be > 0 for Script, HTTP, TCP or GRPC checks"
+                "Invalid check: Interval must be > 0 for Script, HTTP, TCP, UDP, GRPC or H2PING"
+                " checks"
             )
         if interval > MAX_INTERVAL:
             raise InvalidArgument(f"Invalid check: Interval must be at most {MAX_INTERVAL:g}s")
         interval = max(interval, MIN_INTERVAL)
     if timeout < 0 or timeout > MAX_INTERVAL:
         raise InvalidArgument("Invalid check: Timeout out of range")
-    if kind is CheckKind.TCP and ":" not in tcp:
-        raise InvalidArgument(f"Invalid check: TCP must be host:port, got {tcp!r}")
+    for k, target in ((CheckKind.TCP, tcp), (CheckKind.UDP, udp), (CheckKind.H2PING, h2ping)):
+        if kind is k and not _host_port(target):
+            raise InvalidArgument(f"Invalid check: {k.name} must be host:port, got {target!r}")
     header_raw = d.get("header") or {}
     if not isinstance(header_raw, Mapping):
         raise InvalidArgument("Request decode failed: Header must map names to lists")
@@ -245,6 +252,10 @@ def check_from_json(
         tcp=tcp,
         grpc=grpc,
         grpc_use_tls=flag(d, "grpcusetls", "GRPCUseTLS"),
+        udp=udp,
+        h2ping=h2ping,
+        # Consul's default: H2PING speaks TLS unless told otherwise.
+        h2ping_use_tls=d.get("h2pingusetls") is None or flag(d, "h2pingusetls", "H2PingUseTLS"),
         args=args,
         success_before_passing=sbp,
         failures_before_critical=fbc,
@@ -253,3 +264,9 @@ def check_from_json(
         notes=text(d, "notes", "Notes"),
     )
     return definition, status
+
+
+def _host_port(target: str) -> bool:
+    """``host:port`` (``[v6]:port`` for IPv6) with a port in 1..65535."""
+    host, sep, port = target.rpartition(":")
+    return bool(sep and host.strip("[]") and port.isdigit() and 0 < int(port) < 65536)

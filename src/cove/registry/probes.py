@@ -1,4 +1,4 @@
-"""Health probes (HTTP, TCP, gRPC, script) and the status bookkeeping that
+"""Health probes (HTTP, TCP, UDP, gRPC, H2PING, script) and the status bookkeeping that
 turns their results into a check's status.
 
 ``Tracker`` is pure: Consul's SuccessBeforePassing / FailuresBeforeCritical
@@ -12,10 +12,12 @@ import contextlib
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
 from cove.registry.grpc_health import grpc_health_check
+from cove.registry.h2ping import h2_ping
 from cove.registry.types import OUTPUT_LIMIT, CheckDefinition, CheckKind, Status
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,15 @@ async def probe(
             return await asyncio.wait_for(
                 grpc_health_check(
                     check.grpc, use_tls=check.grpc_use_tls, skip_verify=check.tls_skip_verify
+                ),
+                check.timeout,
+            )
+        if check.kind is CheckKind.UDP:
+            return await _udp(check.udp, check.timeout)
+        if check.kind is CheckKind.H2PING:
+            return await asyncio.wait_for(
+                h2_ping(
+                    check.h2ping, use_tls=check.h2ping_use_tls, skip_verify=check.tls_skip_verify
                 ),
                 check.timeout,
             )
@@ -126,6 +137,47 @@ async def _tcp(target: str) -> tuple[Status, str]:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return Status.PASSING, f"TCP connect {target}: Success"
+
+
+class _UdpReply(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if not self.answer.done():
+            self.answer.set_result("")
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.answer.done():
+            self.answer.set_result(str(exc))
+
+
+UDP_PAYLOAD = b"cove health check\n"
+
+
+async def _udp(target: str, timeout: float) -> tuple[Status, str]:
+    """Consul's UDP check: send one datagram; any reply, or silence for the
+    whole timeout, passes; an ICMP error (port unreachable) is critical."""
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    loop = asyncio.get_running_loop()
+    try:
+        transport, proto = await loop.create_datagram_endpoint(
+            _UdpReply, remote_addr=(host, int(port))
+        )
+    except (OSError, ValueError) as exc:
+        return Status.CRITICAL, f"dial udp {target}: {exc}"
+    try:
+        transport.sendto(UDP_PAYLOAD)
+        try:
+            error = await asyncio.wait_for(asyncio.shield(proto.answer), timeout)
+        except TimeoutError:
+            error = ""
+    finally:
+        transport.close()
+    if error:
+        return Status.CRITICAL, f"UDP {target}: {error}"
+    return Status.PASSING, f"UDP connect {target}: Success"
 
 
 async def _script(check: CheckDefinition) -> tuple[Status, str]:

@@ -36,6 +36,9 @@ TICK = 0.5  # seconds between TTL / deregistration / session sweeps
 LEASE_TTL = 15  # seconds the node's serfHealth outlives a silent agent
 
 
+_PROBED = (CheckKind.HTTP, CheckKind.TCP, CheckKind.UDP, CheckKind.GRPC, CheckKind.H2PING)
+
+
 @dataclass(slots=True)
 class _Running:
     definition: CheckDefinition
@@ -203,9 +206,7 @@ class CheckRunner:
         )
         if d.kind is CheckKind.TTL:
             self._arm_ttl(running)
-        elif d.kind in (CheckKind.HTTP, CheckKind.TCP, CheckKind.GRPC) or (
-            d.kind is CheckKind.SCRIPT and self._scripts
-        ):
+        elif d.kind in _PROBED or (d.kind is CheckKind.SCRIPT and self._scripts):
             running.task = asyncio.create_task(self._probe_loop(running), name=f"check-{d.id}")
         self._checks[d.id] = running
 

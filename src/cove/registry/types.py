@@ -113,6 +113,8 @@ class CheckKind(StrEnum):
     TTL = "ttl"
     GRPC = "grpc"
     SCRIPT = "script"
+    UDP = "udp"
+    H2PING = "h2ping"
     NONE = ""  # catalog-registered checks: status set by whoever registers
 
 
@@ -317,6 +319,9 @@ class CheckDefinition:
     tcp: str = ""
     grpc: str = ""
     grpc_use_tls: bool = False
+    udp: str = ""
+    h2ping: str = ""
+    h2ping_use_tls: bool = True
     args: tuple[str, ...] = ()
     success_before_passing: int = 0
     failures_before_critical: int = 0
@@ -342,6 +347,9 @@ class CheckDefinition:
             "TCP": self.tcp,
             "GRPC": self.grpc,
             "GRPCUseTLS": self.grpc_use_tls,
+            "UDP": self.udp,
+            "H2PING": self.h2ping,
+            "H2PingUseTLS": self.h2ping_use_tls,
             "Args": list(self.args),
             "SuccessBeforePassing": self.success_before_passing,
             "FailuresBeforeCritical": self.failures_before_critical,
@@ -369,6 +377,9 @@ class CheckDefinition:
             tcp=d.get("TCP", ""),
             grpc=d.get("GRPC", ""),
             grpc_use_tls=bool(d.get("GRPCUseTLS", False)),
+            udp=d.get("UDP", ""),
+            h2ping=d.get("H2PING", ""),
+            h2ping_use_tls=bool(d.get("H2PingUseTLS", True)),
             args=tuple(d.get("Args") or ()),
             success_before_passing=int(d.get("SuccessBeforePassing", 0)),
             failures_before_critical=int(d.get("FailuresBeforeCritical", 0)),
