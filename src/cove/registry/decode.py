@@ -24,7 +24,7 @@ MIN_INTERVAL = 1.0  # Consul raises shorter intervals to one second
 MAX_INTERVAL = 86_400.0  # a day; longer is a mistake, not a health check
 DEFAULT_TIMEOUT = 10.0
 
-_UNSUPPORTED = ("dockercontainerid", "aliasservice", "aliasnode", "osservice")
+_UNSUPPORTED = ("dockercontainerid", "osservice")
 
 
 def fold(data: Any, what: str = "request") -> dict[str, Any]:
@@ -169,6 +169,8 @@ def check_from_json(
     grpc = text(d, "grpc", "GRPC")
     udp = text(d, "udp", "UDP")
     h2ping = text(d, "h2ping", "H2PING")
+    alias_node = text(d, "aliasnode", "AliasNode")
+    alias_service = text(d, "aliasservice", "AliasService")
     ttl = parse_duration(d.get("ttl"), "TTL")
     kinds = [
         k
@@ -178,6 +180,7 @@ def check_from_json(
             (CheckKind.GRPC, grpc),
             (CheckKind.UDP, udp),
             (CheckKind.H2PING, h2ping),
+            (CheckKind.ALIAS, alias_node or alias_service),
             (CheckKind.SCRIPT, args),
             (CheckKind.TTL, d.get("ttl") not in (None, "")),
         )
@@ -194,6 +197,9 @@ def check_from_json(
                 "Invalid check: exactly one of Args, HTTP, TCP, UDP, GRPC, H2PING or TTL"
                 " is required"
             )
+    elif kind is CheckKind.ALIAS:
+        if service is not None and alias_service == service.id and not alias_node:
+            raise InvalidArgument("Invalid check: a service cannot alias itself")
     elif kind is CheckKind.TTL:
         if ttl <= 0:
             raise InvalidArgument("Invalid check: TTL must be > 0 for TTL checks")
@@ -254,6 +260,8 @@ def check_from_json(
         grpc_use_tls=flag(d, "grpcusetls", "GRPCUseTLS"),
         udp=udp,
         h2ping=h2ping,
+        alias_node=alias_node,
+        alias_service=alias_service,
         # Consul's default: H2PING speaks TLS unless told otherwise.
         h2ping_use_tls=d.get("h2pingusetls") is None or flag(d, "h2pingusetls", "H2PingUseTLS"),
         args=args,

@@ -22,7 +22,7 @@ import aiohttp
 
 from cove.errors import CoveError, InvalidArgument, NotFound
 from cove.registry.probes import Tracker, cut, probe
-from cove.registry.types import CheckDefinition, CheckKind, Status
+from cove.registry.types import NODE_CHECKS, CheckDefinition, CheckKind, Status, node_key, seg
 from cove.store.base import Event, EventType
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ RESYNC = 30.0  # seconds between full re-reads of this node's checks
 TICK = 0.5  # seconds between TTL / deregistration / session sweeps
 LEASE_TTL = 15  # seconds the node's serfHealth outlives a silent agent
 
+
+ALIAS_POLL = 0.5  # seconds between looks at an alias check's target
 
 _PROBED = (CheckKind.HTTP, CheckKind.TCP, CheckKind.UDP, CheckKind.GRPC, CheckKind.H2PING)
 
@@ -206,6 +208,8 @@ class CheckRunner:
         )
         if d.kind is CheckKind.TTL:
             self._arm_ttl(running)
+        elif d.kind is CheckKind.ALIAS:
+            running.task = asyncio.create_task(self._alias_loop(running), name=f"check-{d.id}")
         elif d.kind in _PROBED or (d.kind is CheckKind.SCRIPT and self._scripts):
             running.task = asyncio.create_task(self._probe_loop(running), name=f"check-{d.id}")
         self._checks[d.id] = running
@@ -222,6 +226,23 @@ class CheckRunner:
             status, output = await probe(d, self._http)
             await self._publish(running, running.tracker.observe(status), output)
             await asyncio.sleep(d.interval)
+
+    async def _alias_loop(self, running: _Running) -> None:
+        """An alias check mirrors another service's (or node's) health; it
+        follows the store's revision, so it re-reads only after a write."""
+        d = running.definition
+        node = d.alias_node or self._registry.node_name
+        store = self._registry.store
+        seen = -1
+        while True:
+            revision = store.revision
+            if revision != seen:
+                seen = revision
+                status, output = await asyncio.to_thread(
+                    alias_health, self._registry, node, d.alias_service, d.id
+                )
+                await self._publish(running, status, output)
+            await asyncio.sleep(ALIAS_POLL)
 
     async def _publish(self, running: _Running, status: Status, output: str) -> None:
         running.tracker.status = status
@@ -295,3 +316,41 @@ class CheckRunner:
                 await asyncio.to_thread(self._registry.catalog.ensure_node, lease=self._lease)
             except CoveError as exc:
                 log.warning("cannot renew the node lease: %s", exc.message)
+
+
+def alias_health(registry: Registry, node: str, service_id: str, own_id: str) -> tuple[Status, str]:
+    """What an alias check of ``service_id`` on ``node`` (the node itself
+    when ``service_id`` is empty) reports: the worst of its checks, critical
+    when it does not exist."""
+    queries = registry.queries
+    if service_id:
+        found = queries.agent_service(node, service_id)
+        if not found.found:
+            return Status.CRITICAL, f"Service {service_id} could not be found on node {node}"
+        name = found.data["Service"]
+        checks = [
+            c
+            for c in queries.health_checks(name).data
+            if c["Node"] == node and c["ServiceID"] == service_id and c["CheckID"] != own_id
+        ]
+        what = f"service {service_id}"
+    else:
+        store = registry.store
+        if store.get(node_key(node)) is None:
+            return Status.CRITICAL, f"Node {node} could not be found"
+        checks = [
+            c
+            for kv in store.range(f"{NODE_CHECKS}{seg(node)}/").kvs
+            if (c := json.loads(kv.value))["CheckID"] != own_id
+        ]
+        what = f"node {node}"
+    worst = Status.PASSING
+    for c in checks:
+        if c["Status"] == Status.CRITICAL.value:
+            worst = Status.CRITICAL
+            break
+        if c["Status"] == Status.WARNING.value:
+            worst = Status.WARNING
+    if worst is Status.PASSING:
+        return worst, f"All checks passing for {what}"
+    return worst, f"At least one check of {what} is {worst.value}"

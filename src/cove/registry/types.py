@@ -115,6 +115,7 @@ class CheckKind(StrEnum):
     SCRIPT = "script"
     UDP = "udp"
     H2PING = "h2ping"
+    ALIAS = "alias"
     NONE = ""  # catalog-registered checks: status set by whoever registers
 
 
@@ -322,6 +323,8 @@ class CheckDefinition:
     udp: str = ""
     h2ping: str = ""
     h2ping_use_tls: bool = True
+    alias_node: str = ""
+    alias_service: str = ""
     args: tuple[str, ...] = ()
     success_before_passing: int = 0
     failures_before_critical: int = 0
@@ -350,6 +353,8 @@ class CheckDefinition:
             "UDP": self.udp,
             "H2PING": self.h2ping,
             "H2PingUseTLS": self.h2ping_use_tls,
+            "AliasNode": self.alias_node,
+            "AliasService": self.alias_service,
             "Args": list(self.args),
             "SuccessBeforePassing": self.success_before_passing,
             "FailuresBeforeCritical": self.failures_before_critical,
@@ -380,6 +385,8 @@ class CheckDefinition:
             udp=d.get("UDP", ""),
             h2ping=d.get("H2PING", ""),
             h2ping_use_tls=bool(d.get("H2PingUseTLS", True)),
+            alias_node=d.get("AliasNode", ""),
+            alias_service=d.get("AliasService", ""),
             args=tuple(d.get("Args") or ()),
             success_before_passing=int(d.get("SuccessBeforePassing", 0)),
             failures_before_critical=int(d.get("FailuresBeforeCritical", 0)),

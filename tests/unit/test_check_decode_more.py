@@ -1,4 +1,4 @@
-"""Decoding UDP and H2PING check definitions (pure)."""
+"""Decoding UDP, H2PING and alias check definitions (pure)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from cove.errors import InvalidArgument
 from cove.registry.decode import check_from_json
-from cove.registry.types import CheckDefinition, CheckKind
+from cove.registry.types import CheckDefinition, CheckKind, ServiceInstance
 
 
 def test_h2ping_speaks_tls_unless_told_otherwise_and_round_trips() -> None:
@@ -40,3 +40,13 @@ def test_bad_definitions_name_the_problem(check: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument) as err:
         check_from_json(check)
     assert "Invalid check" in err.value.message or "must be a boolean" in err.value.message
+
+
+def test_alias_check_decodes_and_a_service_cannot_alias_itself() -> None:
+    d, _ = check_from_json({"Name": "a", "AliasService": "web", "AliasNode": "n1"})
+    assert (d.kind, d.alias_service, d.alias_node) == (CheckKind.ALIAS, "web", "n1")
+    assert CheckDefinition.from_json(d.to_json()) == d
+    own = ServiceInstance(id="web", name="web", node="n1")
+    with pytest.raises(InvalidArgument) as err:
+        check_from_json({"AliasService": "web"}, default_id="service:web", service=own)
+    assert "alias itself" in err.value.message

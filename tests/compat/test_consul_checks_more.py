@@ -1,7 +1,8 @@
-"""UDP and H2PING checks against real servers this test runs on loopback:
-a UDP echo server, a silent UDP socket and a closed port; grpcio's HTTP/2
-server in cleartext (h2c) and behind TLS with a certificate made by
-``openssl``. Statuses are read back through py-consul, as a user would."""
+"""UDP, H2PING and alias checks. UDP and H2PING run against real servers
+this test runs on loopback: a UDP echo server, a silent UDP socket and a
+closed port; grpcio's HTTP/2 server in cleartext (h2c) and behind TLS with a
+certificate made by ``openssl``. Alias checks follow other services' checks.
+Statuses are read back through py-consul, as a user would."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -139,3 +141,47 @@ def test_bad_udp_and_h2ping_checks_are_refused(c: consul.Consul, check: dict[str
         c.agent.service.register(name, service_id=name, port=1, check=check)
     assert "Invalid check" in str(err.value)
     assert name not in c.agent.services()
+
+
+def wait_output(c: consul.Consul, check_id: str, status: str, text: str) -> None:
+    """Wait for ``status`` with ``text`` in the output (a new check already
+    starts critical, with no output)."""
+    deadline = time.monotonic() + 15
+    got: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        got = c.agent.checks().get(check_id, {})
+        if got.get("Status") == status and text in got.get("Output", ""):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"check {check_id} never became {status} with {text!r}: {got}")
+
+
+def test_alias_check_mirrors_the_worst_check_of_the_aliased_service(c: consul.Consul) -> None:
+    web = uniq("web")
+    c.agent.service.register(web, service_id=web, port=80, check=consul.Check.ttl("60s"))
+    sidecar = uniq("sidecar")
+    alias = register(c, sidecar, {"AliasService": web})
+    missing = register(c, uniq("orphan"), {"AliasService": uniq("nothing")})
+    got = wait_status(c, alias, "critical")  # a TTL check starts critical
+    c.agent.check.ttl_pass(f"service:{web}")
+    got = wait_status(c, alias, "passing")
+    assert web in got["Output"]
+    c.agent.check.ttl_warn(f"service:{web}")
+    wait_status(c, alias, "warning")
+    c.agent.check.ttl_pass(f"service:{web}")
+    wait_status(c, alias, "passing")
+    wait_output(c, missing, "critical", "could not be found")
+    # The aliased service leaves: its alias turns critical.
+    c.agent.service.deregister(web)
+    wait_status(c, alias, "critical")
+    # Health queries see the alias like any other check.
+    _, nodes = c.health.service(sidecar, passing=True)
+    assert nodes == []
+
+
+def test_alias_of_a_node_follows_the_node_checks(c: consul.Consul) -> None:
+    node = c.agent.self()["Config"]["NodeName"]
+    here = register(c, uniq("nodealias"), {"AliasNode": node})
+    gone = register(c, uniq("ghostalias"), {"AliasNode": uniq("ghost")})
+    wait_status(c, here, "passing")
+    wait_output(c, gone, "critical", "could not be found")
