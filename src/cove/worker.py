@@ -16,12 +16,20 @@ log = logging.getLogger(__name__)
 class Worker:
     """Runs ``work(kicked)`` on its own thread: ``kicked`` is True for a pass
     asked for by ``kick()``, False for the periodic one. Errors are logged and
-    the next pass retries; a pass never runs twice at once."""
+    a pass retries after ``retry`` seconds (``interval`` when None); a pass
+    never runs twice at once."""
 
-    def __init__(self, name: str, work: Callable[[bool], object], interval: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        work: Callable[[bool], object],
+        interval: float,
+        retry: float | None = None,
+    ) -> None:
         self._name = name
         self._work = work
         self._interval = interval
+        self._retry = interval if retry is None else retry
         self._cond = threading.Condition()
         self._kicked = False
         self._stopping = False
@@ -44,15 +52,50 @@ class Worker:
             self._cond.notify_all()
 
     def _loop(self) -> None:
+        wait = self._interval
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._kicked or self._stopping, self._interval)
+                self._cond.wait_for(lambda: self._kicked or self._stopping, wait)
                 if self._stopping:
                     return
                 kicked, self._kicked = self._kicked, False
+            wait = self._retry
             try:
                 self._work(kicked)
             except CoveError as exc:
                 log.error("%s pass failed: %s", self._name, exc.message)
             except Exception:  # the loop must outlive any one bug
                 log.exception("%s pass crashed; retrying", self._name)
+            else:
+                wait = self._interval
+
+
+class Progress:
+    """The store revision a worker's passes have brought into the kernel, and
+    a way to wait for one: callers (the API) answer a write only once the
+    kernel holds it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._revision = 0
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def mark(self, revision: int) -> None:
+        with self._cond:
+            if revision > self._revision:
+                self._revision = revision
+                self._cond.notify_all()
+
+    def wait(self, revision: int, timeout: float, kick: Callable[[], None]) -> bool:
+        """True once ``revision`` is applied. A pass that already covered it
+        is not repeated; otherwise ``kick`` asks for one (the store event
+        would too, later)."""
+        with self._cond:
+            if self._revision >= revision:
+                return True
+        kick()
+        with self._cond:
+            return self._cond.wait_for(lambda: self._revision >= revision, timeout=timeout)

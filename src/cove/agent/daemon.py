@@ -214,8 +214,8 @@ class Agent:
         self.registrar.start()
         if self.dns is not None:
             self.dns.start()
-        self.lb.start()
-        self.policy.start()
+        self.lb.start(self.hub)
+        self.policy.start(self.hub)
 
     def stop(self) -> None:
         # Containers and their supervisor keep running: live restore.

@@ -20,11 +20,13 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from cove.clock import Clock, SystemClock
-from cove.errors import CoveError, DatapathError, WatchCompacted
+from cove.errors import CoveError, DatapathError
 from cove.lb import compile as lbc
 from cove.lb.backends import Backends
 from cove.lb.model import VIPS, Vip
 from cove.store.base import Event, Store
+from cove.store.hub import Subscription, WatchHub
+from cove.worker import Progress, Worker
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +79,15 @@ class LbController:
         # them from 10,000 backends would cost more than the nft update).
         self._hairpin: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._applied_revision = 0
-        self._applied_cv = threading.Condition()
+        self._progress = Progress()
+        # Events the hub delivered, for the next pass (appended on the hub's
+        # thread, drained on the worker's).
+        self._pending: list[Event] = []
+        self._pending_lock = threading.Lock()
+        self._worker = Worker("cove-lb", self._pass, resync_interval, retry=0.5)
+        self._hub: WatchHub | None = None
+        self._own_hub = False
+        self._subs: list[Subscription] = []
         self.last_error: str | None = None
 
     # -- state ------------------------------------------------------------
@@ -182,7 +189,10 @@ class LbController:
         if full:
             self.resync()
             return len(changed)
-        self._mark_applied(revision)
+        if services is None:
+            # Only a pass over every service vouches for the whole revision;
+            # events past the ones that named ``services`` may be in flight.
+            self._mark_applied(revision)
         return len(changed)
 
     def remove(self) -> None:
@@ -195,20 +205,19 @@ class LbController:
     # -- watching ---------------------------------------------------------
 
     def _mark_applied(self, revision: int) -> None:
-        with self._applied_cv:
-            self._applied_revision = max(self._applied_revision, revision)
-            self._applied_cv.notify_all()
+        self._progress.mark(revision)
 
     def wait_applied(self, revision: int, timeout: float) -> bool:
         """Block until the store revision ``revision`` is in the kernel."""
-        deadline = self._clock.monotonic() + timeout
-        with self._applied_cv:
-            while self._applied_revision < revision:
-                left = deadline - self._clock.monotonic()
-                if left <= 0:
-                    return False
-                self._applied_cv.wait(min(left, 0.5))
+        if self._progress.revision >= revision:
             return True
+        deadline = self._clock.monotonic() + timeout
+        # Every event up to ``revision`` must have reached the queue before a
+        # pass can vouch for it; a pass then covers the hub's revision.
+        if self._hub is not None and not self._hub.wait_for(revision, timeout):
+            return False
+        left = max(0.0, deadline - self._clock.monotonic())
+        return self._progress.wait(revision, left, self._worker.kick)
 
     def affected(self, events: Sequence[Event]) -> set[str] | None:
         names: set[str] = set()
@@ -226,59 +235,53 @@ class LbController:
             names |= {n for n in more if n in self._applied or self._store.get(VIPS + n)}
         return names
 
-    def start(self) -> None:
-        """Resync now, then follow the store in a thread. A failing first
-        resync (nftables missing a feature, say) is logged and retried by
-        the thread, so the rest of the agent still comes up."""
+    def _queue(self, events: Sequence[Event]) -> None:
+        with self._pending_lock:
+            self._pending.extend(events)
+        self._worker.kick()
+
+    def _pass(self, kicked: bool) -> None:
+        """Apply what the hub delivered; the periodic pass re-derives every
+        service (a full replace would also empty the affinity sets, so it
+        only applies differences) or resyncs after a failure."""
+        covered = self._hub.revision if self._hub is not None else self._store.revision
+        with self._pending_lock:
+            events, self._pending = self._pending, []
+        try:
+            if self.last_error is not None:
+                self.resync()
+            elif events:
+                self.sync(self.affected(events))
+            elif not kicked:
+                self.sync(None)
+        except CoveError as exc:
+            self.last_error = exc.message
+            raise
+        self._mark_applied(covered)
+
+    def start(self, hub: WatchHub | None = None) -> None:
+        """Resync now, then follow ``hub`` (a private one over the store
+        when None). A failing first resync (nftables missing a feature, say)
+        is logged and retried by the worker, so the rest of the agent still
+        comes up."""
+        self._own_hub = hub is None
+        self._hub = hub or WatchHub(self._store)
+        prefixes = (VIPS, *self._backends.prefixes())
+        self._subs = [self._hub.subscribe(p, self._queue) for p in prefixes]
         try:
             self.resync()
         except CoveError as exc:
             self.last_error = exc.message
             log.error("cannot program service VIPs: %s", exc.message)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="cove-lb", daemon=True)
-        self._thread.start()
+        if self._own_hub:
+            self._hub.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        # One watch over the keyspace, filtered here: a single blocking wait
-        # reacts at once to whichever prefix changed.
-        prefixes = (VIPS, *self._backends.prefixes())
-        watch = self._store.watch("", self._store.revision + 1)
-        last_full = self._clock.monotonic()
-        try:
-            while not self._stop.is_set():
-                try:
-                    raw = watch.next(timeout=0.5)
-                    events = [e for e in raw if e.kv.key.startswith(prefixes)]
-                    if events:
-                        self.sync(self.affected(events))
-                    elif raw:
-                        # Unrelated writes still move the revision forward.
-                        self._mark_applied(raw[-1].revision)
-                    elif self.last_error is not None or (
-                        self._clock.monotonic() - last_full > self._resync_interval
-                    ):
-                        # A full replace would also empty the affinity sets, so
-                        # the periodic pass only re-derives and applies changes.
-                        if self.last_error is not None:
-                            self.resync()
-                        else:
-                            self.sync(None)
-                        last_full = self._clock.monotonic()
-                except WatchCompacted:
-                    watch.close()
-                    watch = self._store.watch("", self._store.revision + 1)
-                    self.resync()
-                except CoveError as exc:
-                    self.last_error = exc.message
-                    log.error("VIP programming failed: %s", exc.message)
-                    if self._stop.wait(0.5):
-                        break
-        finally:
-            watch.close()
+        for sub in self._subs:
+            sub.cancel()
+        self._subs = []
+        self._worker.stop()
+        if self._own_hub and self._hub is not None:
+            self._hub.stop()
+        self._hub = None

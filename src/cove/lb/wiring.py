@@ -14,6 +14,7 @@ from cove.lb.registry import RegistryBackends
 from cove.lb.vips import VipService
 from cove.model import IPNetwork
 from cove.store.base import Store
+from cove.store.hub import WatchHub
 
 
 class LbParts:
@@ -36,8 +37,8 @@ class LbParts:
     def install(self, app: web.Application) -> None:
         lb_api.install(app, self.vips, self.controller)
 
-    def start(self) -> None:
-        self.controller.start()
+    def start(self, hub: WatchHub | None = None) -> None:
+        self.controller.start(hub)
 
     def stop(self) -> None:
         self.controller.stop()

@@ -14,13 +14,15 @@ import threading
 from pathlib import Path
 
 from cove.clock import Clock, SystemClock
-from cove.errors import CoveError, WatchCompacted
+from cove.errors import CoveError
 from cove.lb.controller import NftLike
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.policy import compile as pc
 from cove.policy.model import POLICY
 from cove.policy.service import PolicyService
 from cove.store.base import Store
+from cove.store.hub import Subscription, WatchHub
+from cove.worker import Progress, Worker
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +49,24 @@ def bridge_filtering_problem(path: Path = BR_NF) -> str | None:
 
 
 class PolicyController:
-    def __init__(self, store: Store, nft: NftLike, *, clock: Clock | None = None) -> None:
+    """Recompiles on every relevant store change (delivered by a WatchHub)
+    and every ``interval`` seconds, when the table is rewritten even if
+    unchanged, so rules removed by hand come back."""
+
+    def __init__(
+        self, store: Store, nft: NftLike, *, clock: Clock | None = None, interval: float = 15.0
+    ) -> None:
         self._store = store
         self._nft = nft
         self._clock = clock or SystemClock()
         self._policy = PolicyService(store, self._clock)
         self._digest: str | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._applied_revision = 0
-        self._cv = threading.Condition()
+        self._progress = Progress()
+        self._worker = Worker("cove-policy", self._pass, interval, retry=0.5)
+        self._hub: WatchHub | None = None
+        self._own_hub = False
+        self._subs: list[Subscription] = []
         self.last_error: str | None = None
         self.warning: str | None = None
 
@@ -72,10 +81,15 @@ class PolicyController:
                 self._nft.replace_table(pc.FAMILY, pc.TABLE, objs)
                 self._digest = digest
             self.last_error = None
-        with self._cv:
-            self._applied_revision = max(self._applied_revision, revision)
-            self._cv.notify_all()
+        self._progress.mark(revision)
         return changed
+
+    def _pass(self, kicked: bool) -> None:
+        try:
+            self.sync(force=not kicked or self.last_error is not None)
+        except CoveError as exc:
+            self.last_error = exc.message
+            raise
 
     @property
     def store_revision(self) -> int:
@@ -83,60 +97,32 @@ class PolicyController:
         return self._store.revision
 
     def wait_applied(self, revision: int, timeout: float) -> bool:
-        deadline = self._clock.monotonic() + timeout
-        with self._cv:
-            while self._applied_revision < revision:
-                left = deadline - self._clock.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(min(left, 0.5))
-            return True
+        return self._progress.wait(revision, timeout, self._worker.kick)
 
-    def start(self) -> None:
+    def start(self, hub: WatchHub | None = None) -> None:
+        """Program the table now, then follow ``hub`` (a private one over
+        the store when None)."""
         self.warning = bridge_filtering_problem()
         if self.warning:
             log.error("%s", self.warning)
         try:
             self.sync(force=True)
         except CoveError as exc:
-            # Logged and retried by the thread; the old table (if any) stays.
+            # Logged and retried by the worker; the old table (if any) stays.
             self.last_error = exc.message
             log.error("cannot program network policy: %s", exc.message)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="cove-policy", daemon=True)
-        self._thread.start()
+        self._own_hub = hub is None
+        self._hub = hub or WatchHub(self._store)
+        self._subs = [self._hub.subscribe(p, lambda _e: self._worker.kick()) for p in PREFIXES]
+        if self._own_hub:
+            self._hub.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        watch = self._store.watch("", self._store.revision + 1)
-        try:
-            while not self._stop.is_set():
-                try:
-                    events = watch.next(timeout=0.5)
-                    if any(e.kv.key.startswith(PREFIXES) for e in events):
-                        self.sync()
-                    elif self.last_error is not None:
-                        self.sync(force=True)
-                    elif events:
-                        # Unrelated writes still move the revision forward.
-                        with self._cv:
-                            self._applied_revision = max(
-                                self._applied_revision, events[-1].revision
-                            )
-                            self._cv.notify_all()
-                except WatchCompacted:
-                    watch.close()
-                    watch = self._store.watch("", self._store.revision + 1)
-                    self.sync(force=True)
-                except CoveError as exc:
-                    self.last_error = exc.message
-                    log.error("policy programming failed: %s", exc.message)
-                    if self._stop.wait(0.5):
-                        break
-        finally:
-            watch.close()
+        for sub in self._subs:
+            sub.cancel()
+        self._subs = []
+        self._worker.stop()
+        if self._own_hub and self._hub is not None:
+            self._hub.stop()
+        self._hub = None

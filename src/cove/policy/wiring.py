@@ -10,6 +10,7 @@ from cove.lb.controller import NftLike
 from cove.policy.controller import PolicyController
 from cove.policy.service import PolicyService
 from cove.store.base import Store
+from cove.store.hub import WatchHub
 
 
 class PolicyParts:
@@ -20,8 +21,8 @@ class PolicyParts:
     def install(self, app: web.Application) -> None:
         policy_api.install(app, self.service, self.controller)
 
-    def start(self) -> None:
-        self.controller.start()
+    def start(self, hub: WatchHub | None = None) -> None:
+        self.controller.start(hub)
 
     def stop(self) -> None:
         self.controller.stop()
