@@ -25,7 +25,7 @@ from cove.lb import compile as lbc
 from cove.lb.backends import Backends
 from cove.lb.model import VIPS, Vip
 from cove.store.base import Event, Store
-from cove.store.hub import Subscription, WatchHub
+from cove.store.hub import Follower, WatchHub
 from cove.worker import Progress, Worker
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,7 @@ class LbController:
         self._pending: list[Event] = []
         self._pending_lock = threading.Lock()
         self._worker = Worker("cove-lb", self._pass, resync_interval, retry=0.5)
-        self._hub: WatchHub | None = None
-        self._own_hub = False
-        self._subs: list[Subscription] = []
+        self._follower: Follower | None = None
         self.last_error: str | None = None
 
     # -- state ------------------------------------------------------------
@@ -214,7 +212,7 @@ class LbController:
         deadline = self._clock.monotonic() + timeout
         # Every event up to ``revision`` must have reached the queue before a
         # pass can vouch for it; a pass then covers the hub's revision.
-        if self._hub is not None and not self._hub.wait_for(revision, timeout):
+        if self._follower is not None and not self._follower.hub.wait_for(revision, timeout):
             return False
         left = max(0.0, deadline - self._clock.monotonic())
         return self._progress.wait(revision, left, self._worker.kick)
@@ -244,7 +242,7 @@ class LbController:
         """Apply what the hub delivered; the periodic pass re-derives every
         service (a full replace would also empty the affinity sets, so it
         only applies differences) or resyncs after a failure."""
-        covered = self._hub.revision if self._hub is not None else self._store.revision
+        covered = self._follower.hub.revision if self._follower else self._store.revision
         with self._pending_lock:
             events, self._pending = self._pending, []
         try:
@@ -264,24 +262,18 @@ class LbController:
         when None). A failing first resync (nftables missing a feature, say)
         is logged and retried by the worker, so the rest of the agent still
         comes up."""
-        self._own_hub = hub is None
-        self._hub = hub or WatchHub(self._store)
         prefixes = (VIPS, *self._backends.prefixes())
-        self._subs = [self._hub.subscribe(p, self._queue) for p in prefixes]
+        # Events from here on are queued; the resync covers what came before.
+        self._follower = Follower(self._store, hub, prefixes, self._queue)
         try:
             self.resync()
         except CoveError as exc:
             self.last_error = exc.message
             log.error("cannot program service VIPs: %s", exc.message)
-        if self._own_hub:
-            self._hub.start()
         self._worker.start()
 
     def stop(self) -> None:
-        for sub in self._subs:
-            sub.cancel()
-        self._subs = []
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
         self._worker.stop()
-        if self._own_hub and self._hub is not None:
-            self._hub.stop()
-        self._hub = None

@@ -21,7 +21,7 @@ from cove.policy import compile as pc
 from cove.policy.model import POLICY
 from cove.policy.service import PolicyService
 from cove.store.base import Store
-from cove.store.hub import Subscription, WatchHub
+from cove.store.hub import Follower, WatchHub
 from cove.worker import Progress, Worker
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,7 @@ class PolicyController:
         self._lock = threading.Lock()
         self._progress = Progress()
         self._worker = Worker("cove-policy", self._pass, interval, retry=0.5)
-        self._hub: WatchHub | None = None
-        self._own_hub = False
-        self._subs: list[Subscription] = []
+        self._follower: Follower | None = None
         self.last_error: str | None = None
         self.warning: str | None = None
 
@@ -111,18 +109,11 @@ class PolicyController:
             # Logged and retried by the worker; the old table (if any) stays.
             self.last_error = exc.message
             log.error("cannot program network policy: %s", exc.message)
-        self._own_hub = hub is None
-        self._hub = hub or WatchHub(self._store)
-        self._subs = [self._hub.subscribe(p, lambda _e: self._worker.kick()) for p in PREFIXES]
-        if self._own_hub:
-            self._hub.start()
+        self._follower = Follower(self._store, hub, PREFIXES, lambda _e: self._worker.kick())
         self._worker.start()
 
     def stop(self) -> None:
-        for sub in self._subs:
-            sub.cancel()
-        self._subs = []
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
         self._worker.stop()
-        if self._own_hub and self._hub is not None:
-            self._hub.stop()
-        self._hub = None

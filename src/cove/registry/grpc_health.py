@@ -120,13 +120,12 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
     raise ValueError("truncated varint")
 
 
-async def grpc_health_check(
-    target: str, *, use_tls: bool = False, skip_verify: bool = False
-) -> tuple[Status, str]:
-    """Ask ``host:port[/service]`` for its health; (status, output)."""
-    address, _, service = target.partition("/")
+async def dial_h2(
+    address: str, *, use_tls: bool, skip_verify: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to ``host:port`` for HTTP/2: TLS offering ALPN ``h2`` (the
+    certificate checked unless ``skip_verify``), or cleartext h2c."""
     host, _, port_text = address.rpartition(":")
-    host = host.strip("[]")
     ctx: ssl.SSLContext | None = None
     if use_tls:
         ctx = ssl.create_default_context()
@@ -134,8 +133,16 @@ async def grpc_health_check(
         if skip_verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
+    return await asyncio.open_connection(host.strip("[]"), int(port_text), ssl=ctx)
+
+
+async def grpc_health_check(
+    target: str, *, use_tls: bool = False, skip_verify: bool = False
+) -> tuple[Status, str]:
+    """Ask ``host:port[/service]`` for its health; (status, output)."""
+    address, _, service = target.partition("/")
     try:
-        reader, writer = await asyncio.open_connection(host, int(port_text), ssl=ctx)
+        reader, writer = await dial_h2(address, use_tls=use_tls, skip_verify=skip_verify)
     except (OSError, ValueError) as exc:
         return Status.CRITICAL, f"gRPC {target}: dial failed: {exc}"
     try:

@@ -6,29 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 
-from cove.registry.grpc_health import ACK, GOAWAY, PING, PREFACE, SETTINGS, frame
+from cove.registry.grpc_health import ACK, GOAWAY, PING, PREFACE, SETTINGS, dial_h2, frame
 from cove.registry.types import Status
 
 
 async def h2_ping(target: str, *, use_tls: bool, skip_verify: bool) -> tuple[Status, str]:
     """Ping ``host:port`` over HTTP/2; (status, output)."""
-    host, _, port_text = target.rpartition(":")
-    host = host.strip("[]")
-    ctx: ssl.SSLContext | None = None
-    if use_tls:
-        ctx = ssl.create_default_context()
-        ctx.set_alpn_protocols(["h2"])
-        if skip_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
     try:
-        reader, writer = await asyncio.open_connection(host, int(port_text), ssl=ctx)
+        reader, writer = await dial_h2(target, use_tls=use_tls, skip_verify=skip_verify)
     except (OSError, ValueError) as exc:
         return Status.CRITICAL, f"HTTP2 ping {target}: dial failed: {exc}"
     try:
-        if ctx is not None:
+        if use_tls:
             tls = writer.get_extra_info("ssl_object")
             if tls is None or tls.selected_alpn_protocol() != "h2":
                 return Status.CRITICAL, f"HTTP2 ping {target}: the server did not offer h2"

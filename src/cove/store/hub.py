@@ -179,3 +179,27 @@ class WatchHub:
         with self._lock:
             self._revision = max(self._revision, revision)
             self._delivered.notify_all()
+
+
+class Follower:
+    """Subscriptions of one consumer to ``prefixes`` of ``hub``, or of a
+    private hub over ``store`` when no shared one is given (tests, tools)."""
+
+    def __init__(
+        self,
+        store: Store,
+        hub: WatchHub | None,
+        prefixes: Sequence[str],
+        callback: Callback,
+    ) -> None:
+        self._own = hub is None
+        self.hub = hub or WatchHub(store)
+        self._subs = [self.hub.subscribe(p, callback) for p in prefixes]
+        if self._own:
+            self.hub.start()
+
+    def stop(self) -> None:
+        for sub in self._subs:
+            sub.cancel()
+        if self._own:
+            self.hub.stop()
