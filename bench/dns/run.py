@@ -14,9 +14,11 @@ round and server, in alternation (so background load hits both alike):
 - latency: dnsperf at a fixed 2,000 qps (-Q 2000) with per-query output,
   from which p50 and p99 are taken.
 
-The best QPS and queries per CPU second, the median percentiles over the rounds are reported, with
-the ratios cove/dnsmasq. Traffic goes to 127.0.0.1 only; neither server has
-an upstream.
+The best QPS and queries per CPU second, the median percentiles over the
+rounds are reported, with the ratios cove/dnsmasq, and each max-QPS line
+shows the share of core 0 the server used: well under 100% means the server
+was not the bottleneck (dnsperf was, or other load on the machine). Traffic
+goes to 127.0.0.1 only; neither server has an upstream.
 """
 
 from __future__ import annotations
@@ -74,11 +76,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _max_qps(port: int, pid: int, qfile: Path, seconds: int) -> tuple[float, float, float]:
-    """Max QPS, % lost, and queries answered per CPU second of the server
-    (which background load on the machine disturbs far less than QPS)."""
+def _max_qps(port: int, pid: int, qfile: Path, seconds: int) -> tuple[float, float, float, float]:
+    """Max QPS, % lost, queries answered per CPU second of the server
+    (which background load on the machine disturbs far less than QPS) and
+    the server's CPU use over the run in % of a core."""
     cpu = _cpu_seconds(pid)
+    start = time.monotonic()
     text = _dnsperf(port, qfile, "-l", str(seconds), "-q", "200")
+    wall = time.monotonic() - start
     cpu = _cpu_seconds(pid) - cpu
     qps = lost = done = 0.0
     for line in text.splitlines():
@@ -88,7 +93,7 @@ def _max_qps(port: int, pid: int, qfile: Path, seconds: int) -> tuple[float, flo
             lost = float(line.split("(")[1].rstrip("%)"))
         if "Queries completed:" in line:
             done = float(line.split()[2])
-    return qps, lost, done / cpu if cpu > 0 else 0.0
+    return qps, lost, done / cpu if cpu > 0 else 0.0, 100 * cpu / wall
 
 
 def _latency(port: int, qfile: Path, seconds: int) -> tuple[float, float]:
@@ -154,7 +159,7 @@ def main() -> None:
             _dnsperf(port, qfile, "-l", "1", "-q", "50")  # warm both caches
         for r in range(args.rounds):
             for name, port in servers.items():
-                q, lost, eff = _max_qps(port, pids[name], qfile, args.seconds)
+                q, lost, eff, busy = _max_qps(port, pids[name], qfile, args.seconds)
                 a, b = _latency(port, qfile, max(2, args.seconds // 2))
                 qps[name].append(q)
                 per_cpu[name].append(eff)
@@ -162,7 +167,7 @@ def main() -> None:
                 p99[name].append(b)
                 print(
                     f"round {r + 1} {name:8} max {q:8.0f} qps (lost {lost:.2f}%,"
-                    f" {eff:8.0f} per CPU s)"
+                    f" {eff:8.0f} per CPU s, CPU {busy:3.0f}%)"
                     f"  @2000qps p50 {a:.3f} ms p99 {b:.3f} ms",
                     flush=True,
                 )

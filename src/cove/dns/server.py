@@ -1,14 +1,17 @@
 """Sockets and threads: the I/O side of the DNS server.
 
 One I/O thread waits on an epoll set of every listener (UDP and TCP, host
-and gateways) and drains each ready UDP socket in a tight
-``recvfrom``/``sendto`` loop. asyncio's datagram transport costs several
-times more per packet than this, and the hot path is a dict lookup, so the
-loop itself is the bottleneck worth optimising: plain UDP queries whose
-encoded answer is cached are answered inline; everything else goes to the
-``Responder``. Forwarding runs on a small thread pool (bounded: beyond it,
-queries are dropped and clients retry) and TCP connections each get a
-short-lived thread (bounded too).
+and gateways) and drains each ready UDP socket in a tight loop: batches of
+``recvmmsg``/``sendmmsg`` (``cove.dns.mmsg``) where libc has them, else
+``recvfrom``/``sendto`` one datagram at a time. asyncio's datagram
+transport costs several times more per packet than either, and the hot path
+is a dict lookup, so the loop itself is the bottleneck worth optimising
+(per packet, Python object churn and the syscalls' argument handling cost
+more than the lookup): plain UDP queries whose encoded answer is cached are
+answered inline; everything else goes to the ``Responder``. Forwarding
+runs on a small thread pool (bounded: beyond it, queries are dropped and
+clients retry) and TCP connections each get a short-lived thread (bounded
+too).
 
 Sockets are created in the thread that calls ``add`` (so in its network
 namespace) with IP_FREEBIND, so a gateway listener can be bound before the
@@ -23,11 +26,12 @@ import socket
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cove.dns.cache import MAX_VARIANTS, Table
 from cove.dns.forward import Forwarder
-from cove.dns.responder import ForwardJob, Responder
+from cove.dns.mmsg import HEAD, MAX_DATAGRAM, Batch, source_key
+from cove.dns.responder import ForwardJob, Responder, ScopeTable
 from cove.dns.wire import Rcode, build_status
 from cove.errors import Unavailable
 from cove.model import IPAddress
@@ -37,8 +41,11 @@ log = logging.getLogger(__name__)
 _IP_FREEBIND = 15
 _IPV6_FREEBIND = 78
 _BATCH = 256  # datagrams drained per wake-up before looking at other sockets
+_SLOTS = 64  # datagrams per recvmmsg
 _MAX_PENDING_FORWARDS = 512
 _TCP_IDLE = 5.0
+
+_Address = tuple[str, int] | tuple[str, int, int, int]
 
 
 @dataclass(slots=True)
@@ -57,6 +64,10 @@ class _Listener:
     sock: socket.socket
     tcp: bool
     network: str | None  # None: the host listener
+    # Source scoping keyed by raw address bytes (``mmsg.source_key``), built
+    # by the I/O thread from the responder's ``src_scopes`` for ``network``.
+    packed: dict[bytes, ScopeTable] = field(default_factory=dict)
+    packed_from: object = None
 
 
 class DnsServer:
@@ -67,7 +78,10 @@ class DnsServer:
         *,
         workers: int = 16,
         max_tcp: int = 64,
+        batch: bool = True,
     ) -> None:
+        """``batch`` False keeps to recvfrom/sendto even where recvmmsg and
+        sendmmsg are available."""
         self._responder = responder
         self._forwarder = forwarder
         self._epoll = select.epoll()
@@ -80,6 +94,9 @@ class DnsServer:
         self._running = False
         self._thread: threading.Thread | None = None
         self.stats = ServerStats()
+        self._batch = Batch.create(_SLOTS) if batch else None
+        if batch and self._batch is None:
+            log.info("recvmmsg/sendmmsg unavailable: DNS answers one datagram per call")
 
     # -- listeners ---------------------------------------------------------
 
@@ -146,6 +163,8 @@ class DnsServer:
                 try:
                     if lst.tcp:
                         self._accept(lst)
+                    elif self._batch is not None:
+                        self._drain_batch(lst, self._batch)
                     else:
                         self._drain(lst)
                 except Exception:  # the loop must outlive any one packet
@@ -193,7 +212,102 @@ class DnsServer:
         self.stats.udp_cached += hits
         self.stats.udp_other += slow
 
-    def _forward_udp(self, sock: socket.socket, addr: tuple[str, int], job: ForwardJob) -> None:
+    def _drain_batch(self, lst: _Listener, batch: Batch) -> None:
+        """``_drain`` with a syscall per batch rather than per datagram."""
+        sock = lst.sock
+        fd = sock.fileno()
+        if fd < 0:
+            return  # closed under us
+        net = lst.network
+        host_table = self._responder.host[1]
+        scopes = self._packed_scopes(lst) if net is not None else None  # None: the host's
+        family = sock.family
+        mask = MAX_VARIANTS - 1  # see cache.pick
+        out = batch.out
+        out_lens = batch.out_lens
+        hits = slow = 0
+        for _ in range(_BATCH // batch.slots):
+            try:
+                lengths = batch.recv(fd)
+            except OSError:
+                break  # the socket was closed under us
+            n = len(lengths)
+            if not n:
+                break
+            heads = batch.heads(n)
+            keys = batch.source_keys(n, family) if scopes is not None else []
+            skip: list[int] = []
+            o = p = 0  # slot i's offsets in ``heads`` and ``out``
+            for i, length in enumerate(lengths):
+                # The hot path: a plain query seen before, byte for byte
+                # (and never one longer than a head, which is not whole in it).
+                if scopes is None:
+                    table: Table | None = host_table
+                else:
+                    st = scopes.get(keys[i])
+                    table = st[1] if st is not None else None
+                if table is not None and length <= HEAD:
+                    variants = table.get(heads[o + 2 : o + length])
+                    if variants is not None:
+                        v = variants[heads[o + 1] & mask]
+                        out[p : p + len(v)] = v
+                        out_lens[i] = len(v)
+                        hits += 1
+                        o += HEAD
+                        p += MAX_DATAGRAM
+                        continue
+                slow += 1
+                try:
+                    answered = self._answer_slot(batch, i, length, sock, net)
+                except Exception:  # the rest of the batch must still go out
+                    log.exception("DNS query from %s failed", batch.address(i))
+                    answered = False
+                if not answered:
+                    skip.append(i)
+                o += HEAD
+                p += MAX_DATAGRAM
+            batch.send(fd, n, skip)
+            if n < batch.slots:
+                break  # drained: no need for a call that finds nothing
+        self.stats.udp_cached += hits
+        self.stats.udp_other += slow
+
+    def _answer_slot(
+        self, batch: Batch, i: int, length: int, sock: socket.socket, net: str | None
+    ) -> bool:
+        """The slow path for slot ``i``: True when its answer is in the batch,
+        False when there is none to send with it."""
+        addr = batch.address(i)
+        out = self._responder.answer(batch.datagram(i, length), net, addr[0], tcp=False)
+        if isinstance(out, ForwardJob):
+            self._forward_udp(sock, addr, out)
+            return False
+        if out is None:
+            return False
+        if batch.reply(i, out):
+            return True
+        try:  # noqa: SIM105 (too long for a slot: on its own)
+            sock.sendto(out, addr)
+        except OSError:
+            pass
+        return False
+
+    def _packed_scopes(self, lst: _Listener) -> dict[bytes, ScopeTable]:
+        # ``src_scopes`` is replaced whole on every change: rebuild on identity.
+        src = self._responder.src_scopes.get(lst.network or "")
+        if src is None:
+            return {}
+        if lst.packed_from is not src:
+            family = lst.sock.family
+            packed = {}
+            for address, st in src.items():
+                key = source_key(address, family)
+                if key is not None:
+                    packed[key] = st
+            lst.packed, lst.packed_from = packed, src
+        return lst.packed
+
+    def _forward_udp(self, sock: socket.socket, addr: _Address, job: ForwardJob) -> None:
         with self._lock:
             if self._pending >= _MAX_PENDING_FORWARDS:
                 self.stats.forward_dropped += 1
@@ -202,7 +316,7 @@ class DnsServer:
             self.stats.forwarded += 1
         self._pool.submit(self._forward_job, sock, addr, job)
 
-    def _forward_job(self, sock: socket.socket, addr: tuple[str, int], job: ForwardJob) -> None:
+    def _forward_job(self, sock: socket.socket, addr: _Address, job: ForwardJob) -> None:
         try:
             out = self._forwarded(job)
             sock.sendto(out, addr)
