@@ -294,7 +294,7 @@ def report(r: dict[str, Any], count: int) -> None:
     elat, ekeys = r["etcd_range"]
     print(f"registrations ({count}, {CONCURRENCY} concurrent HTTP clients)")
     print(f"  cove  PUT /v1/agent/service/register : {r['cove_regs']:8.0f} /s"
-          "   (SQLite WAL, synchronous=NORMAL: no fsync per commit)")  # fmt: skip
+          "   (SQLite WAL, synchronous=NORMAL, group commit: no fsync per commit)")  # fmt: skip
     print(f"  etcd  POST /v3/kv/put (same JSON)     : {r['etcd_puts']:8.0f} /s"
           "   (single member, WAL fsync per batch)")  # fmt: skip
     print(f"  ratio cove/etcd                       : {r['cove_regs'] / r['etcd_puts']:8.2f}")

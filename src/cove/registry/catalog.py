@@ -32,6 +32,7 @@ class Catalog:
         # Reading a registration's keys in one call saves etcd round trips;
         # in memory, plain gets are cheaper than a read-only transaction.
         self._prefetch = not in_process(store)
+        self._encoded: tuple[t.Node | None, bytes] = (None, b"")  # last node written
 
     # -- this agent's node ---------------------------------------------------
 
@@ -60,13 +61,17 @@ class Catalog:
 
         return transact(self._store, plan)[1]
 
-    @staticmethod
-    def _put_node(tx: Tx, node: t.Node) -> None:
+    def _put_node(self, tx: Tx, node: t.Node) -> None:
         # Written only when it changed: a node write wakes every health query.
+        # Every registration passes here: compare the bytes first, and
+        # encode the agent's own (unchanging) node once.
+        if self._encoded[0] is not node:
+            self._encoded = (node, dumps(node.to_json()))
+        value = self._encoded[1]
         key = t.node_key(node.name)
-        current = tx.get_json(key)
-        if current != node.to_json():
-            tx.add(Put(key, dumps(node.to_json())))
+        current = tx.get(key)
+        if current is None or (current.value != value and _loads(current.value) != node.to_json()):
+            tx.add(Put(key, value))
 
     # -- agent services and checks -------------------------------------------
 
@@ -172,7 +177,9 @@ class Catalog:
         inst: t.ServiceInstance | None,
     ) -> None:
         node = self.node.name
-        if inst is not None:
+        if inst is not None and (
+            definition.service_id != inst.id or definition.service_name != inst.name
+        ):
             definition = replace(definition, service_id=inst.id, service_name=inst.name)
         akey = t.agent_check_key(node, definition.id)
         old_def = tx.get_json(akey)

@@ -15,12 +15,12 @@ it themselves.
 from __future__ import annotations
 
 import bisect
-import itertools
+import contextlib
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -135,7 +135,9 @@ class MemoryStore:
     def __init__(self, clock: Clock, *, history: int = DEFAULT_HISTORY) -> None:
         self._clock = clock
         self._history = max(1, history)
-        self._cond = threading.Condition(threading.Lock())
+        # Reentrant, so reads and writes work inside ``batch()``.
+        self._cond = threading.Condition(threading.RLock())
+        self._batching = False
         self._kvs: dict[str, KeyValue] = {}
         self._keys: list[str] = []  # sorted, for range by prefix
         self._log: list[Event] = []  # events of revisions >= self._compacted
@@ -179,7 +181,12 @@ class MemoryStore:
     ) -> TxnResult:
         with self._cond:
             self._check_open()
-            ok = all(compare_holds(c, self._kvs.get(c.key)) for c in compares)
+            kvs = self._kvs
+            ok = True
+            for c in compares:
+                if not compare_holds(c, kvs.get(c.key)):
+                    ok = False
+                    break
             ops = success if ok else failure
             check_ops(ops)
             for op in ops:
@@ -207,14 +214,12 @@ class MemoryStore:
             responses.append(())
             if isinstance(op, Put):
                 prev = self._kvs.get(op.key)
-                new = KeyValue(
-                    key=op.key,
-                    value=op.value,
-                    create_revision=prev.create_revision if prev else rev,
-                    mod_revision=rev,
-                    version=prev.version + 1 if prev else 1,
-                    lease=op.lease,
-                )
+                if prev is None:
+                    new = KeyValue(op.key, op.value, rev, rev, 1, op.lease)
+                else:
+                    new = KeyValue(
+                        op.key, op.value, prev.create_revision, rev, prev.version + 1, op.lease
+                    )
                 overlay[op.key] = new
                 events.append(Event(EventType.PUT, new, prev))
             else:
@@ -252,8 +257,34 @@ class MemoryStore:
         self._log.extend(events)
         if rev - self._compacted > self._history + self._history // 10:
             self._compact_locked(rev - self._history)
-        self._cond.notify_all()
+        if not self._batching:  # a group wakes the watchers once, at its end
+            self._cond.notify_all()
         return rev
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the writes made inside the block into one commit (group
+        commit): the block holds the store lock, so other threads see all of
+        the group's writes or none, and a persistent backend writes them as
+        one transaction when the block ends, even when it raises. Each write
+        still gets its own revision. Raises ``StoreError`` at the end of the
+        block when that commit fails; then none of the group's writes
+        happened. Nested blocks join the outer group."""
+        with self._cond:
+            self._check_open()
+            if self._batching:
+                yield
+                return
+            self._batching = True
+            self._persist_group_begin()
+            try:
+                yield
+            finally:
+                self._batching = False
+                try:
+                    self._persist_group_end()
+                finally:
+                    self._cond.notify_all()
 
     def _scan(self, prefix: str, overlay: dict[str, KeyValue | None]) -> list[KeyValue]:
         start = bisect.bisect_left(self._keys, prefix)
@@ -295,8 +326,10 @@ class MemoryStore:
                 if watch._next <= self._revision:
                     i = bisect.bisect_left(self._log, watch._next, key=_event_revision)
                     watch._next = self._revision + 1
-                    tail = itertools.islice(self._log, i, None)
-                    found = [e for e in tail if e.kv.key.startswith(watch._prefix)]
+                    # A slice, not islice: islice would step over the i
+                    # older events of the history one by one on every read.
+                    prefix = watch._prefix
+                    found = [e for e in self._log[i:] if e.kv.key.startswith(prefix)]
                     if found:
                         return found
                 remaining = None if deadline is None else deadline - self._now_real()
@@ -443,6 +476,13 @@ class MemoryStore:
 
     def _persist_close(self) -> None:
         """Release backing resources."""
+
+    def _persist_group_begin(self) -> None:
+        """Hold back the hooks' writes until ``_persist_group_end``."""
+
+    def _persist_group_end(self) -> None:
+        """Write what the group held back as one unit; on failure restore
+        the state from before the group and raise StoreError."""
 
     # -- loading (for backends that restore state) ---------------------------
 

@@ -7,6 +7,13 @@ transaction of the store is first committed as exactly one SQLite transaction
 changes. A write that SQLite refuses raises ``StoreError`` and changes
 nothing.
 
+Group commit: inside ``with store.batch():`` the writes of many callers (the
+Consul API queues those of concurrent requests, see ``cove.store.group``)
+are committed as one SQLite transaction when the block ends; the block holds
+the store lock, so no other thread sees them before that commit, and each
+caller is answered only after it. If that commit fails, the mirror is re-read
+from the file and every write of the group fails with ``StoreError``.
+
 Durability: WAL journal with ``synchronous=NORMAL``. A commit is appended to
 the WAL without an fsync, so a crash of the *process* (kill -9 at any moment)
 loses nothing that was committed and never leaves a torn transaction; a crash
@@ -88,6 +95,7 @@ class SqliteStore(MemoryStore):
     def __init__(self, path: str, clock: Clock, *, history: int = DEFAULT_HISTORY) -> None:
         super().__init__(clock, history=history)
         self._path = path
+        self._group: _Pending | None = None  # writes held back by batch()
         self._lock_fd = self._take_file_lock(path)
         try:
             # The state may hold tokens and KV secrets: owner-only from birth.
@@ -162,61 +170,56 @@ class SqliteStore(MemoryStore):
         log.debug("opened %s at revision %s with %s keys", self._path, revision, len(kvs))
 
     # -- write-through hooks (called with the store lock held) -------------
+    #
+    # Each hook records its writes in a ``_Pending``; outside a group it is
+    # committed at once, inside ``batch()`` the whole group's writes are
+    # committed together when the group ends.
+
+    def _pending_writes(self) -> _Pending:
+        return self._group if self._group is not None else _Pending()
+
+    def _flush(self, pending: _Pending) -> None:
+        if pending is not self._group:
+            self._transaction(pending.write)
 
     def _persist_events(self, revision: int, events: Sequence[Event]) -> None:
-        rows = []
-        puts = []
-        dels = []
-        for seq, ev in enumerate(events):
-            kv, prev = ev.kv, ev.prev
-            if ev.type is EventType.PUT:
-                puts.append((kv.key, kv.value, kv.create_revision, revision, kv.version, kv.lease))
-            else:
-                dels.append((kv.key,))
-            rows.append(
-                (
-                    revision,
-                    seq,
-                    ev.type.value,
-                    kv.key,
-                    kv.value,
-                    kv.create_revision,
-                    kv.version,
-                    kv.lease,
-                    prev.value if prev else None,
-                    prev.create_revision if prev else None,
-                    prev.mod_revision if prev else None,
-                    prev.version if prev else None,
-                    prev.lease if prev else None,
-                )
-            )
-
-        def write(db: sqlite3.Connection) -> None:
-            if puts:
-                db.executemany(_PUT_KV, puts)
-            if dels:
-                db.executemany(_DEL_KV, dels)
-            db.executemany(_ADD_EVENT, rows)
-            db.execute(_SET_META, ("revision", revision))
-
-        self._transaction(write)
+        pending = self._pending_writes()
+        pending.add_events(revision, events)
+        self._flush(pending)
 
     def _persist_compact(self, revision: int) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM events WHERE revision < ?", (revision,))
-            db.execute(_SET_META, ("compacted", revision))
-
-        self._transaction(write)
+        pending = self._pending_writes()
+        pending.compacted = revision
+        self._flush(pending)
 
     def _persist_lease(self, lease: int, ttl: int, deadline: float) -> None:
-        self._transaction(
-            lambda db: db.execute(
-                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (lease, ttl, deadline)
-            )
-        )
+        pending = self._pending_writes()
+        pending.leases[lease] = (ttl, deadline)
+        self._flush(pending)
 
     def _persist_lease_end(self, lease: int) -> None:
-        self._transaction(lambda db: db.execute("DELETE FROM leases WHERE id = ?", (lease,)))
+        pending = self._pending_writes()
+        pending.leases[lease] = None
+        self._flush(pending)
+
+    def _persist_group_begin(self) -> None:
+        self._group = _Pending()
+
+    def _persist_group_end(self) -> None:
+        group, self._group = self._group, None
+        if group is None or group.empty:
+            return
+        try:
+            self._transaction(group.write)
+        except StoreError:
+            # The mirror already holds the group's writes (no other thread
+            # saw them: the group held the lock): go back to the file.
+            log.error("a group commit to %s failed; re-reading the store", self._path)
+            try:
+                self._restore()
+            except sqlite3.Error as exc:
+                raise StoreError("cannot re-read the SQLite store", path=self._path) from exc
+            raise
 
     def _persist_close(self) -> None:
         self._checkpoint_stop.set()
@@ -240,6 +243,73 @@ class SqliteStore(MemoryStore):
                 raise
         except sqlite3.Error as exc:
             raise StoreError("SQLite write failed", path=self._path, error=exc) from exc
+
+
+class _Pending:
+    """Writes waiting for one SQLite transaction: the last state of every
+    key and lease written, the event rows in order, the newest revision and
+    the newest compaction point."""
+
+    __slots__ = ("compacted", "events", "kvs", "leases", "revision")
+
+    def __init__(self) -> None:
+        self.kvs: dict[str, tuple[bytes, int, int, int, int] | None] = {}
+        self.events: list[tuple[Any, ...]] = []
+        self.leases: dict[int, tuple[int, float] | None] = {}
+        self.revision = 0
+        self.compacted = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.kvs or self.events or self.leases or self.revision or self.compacted)
+
+    def add_events(self, revision: int, events: Sequence[Event]) -> None:
+        kvs, rows = self.kvs, self.events
+        for seq, ev in enumerate(events):
+            kv, prev = ev.kv, ev.prev
+            if ev.type is EventType.PUT:
+                kvs[kv.key] = (kv.value, kv.create_revision, revision, kv.version, kv.lease)
+            else:
+                kvs[kv.key] = None
+            rows.append(
+                (
+                    revision,
+                    seq,
+                    ev.type.value,
+                    kv.key,
+                    kv.value,
+                    kv.create_revision,
+                    kv.version,
+                    kv.lease,
+                    prev.value if prev else None,
+                    prev.create_revision if prev else None,
+                    prev.mod_revision if prev else None,
+                    prev.version if prev else None,
+                    prev.lease if prev else None,
+                )
+            )
+        self.revision = revision
+
+    def write(self, db: sqlite3.Connection) -> None:
+        puts = [(key, *row) for key, row in self.kvs.items() if row is not None]
+        dels = [(key,) for key, row in self.kvs.items() if row is None]
+        if dels:
+            db.executemany(_DEL_KV, dels)
+        if puts:
+            db.executemany(_PUT_KV, puts)
+        if self.events:
+            db.executemany(_ADD_EVENT, self.events)
+        if self.revision:
+            db.execute(_SET_META, ("revision", self.revision))
+        if self.compacted:
+            # After the inserts: the group may compact its own early events.
+            db.execute("DELETE FROM events WHERE revision < ?", (self.compacted,))
+            db.execute(_SET_META, ("compacted", self.compacted))
+        for lease, state in self.leases.items():
+            if state is None:
+                db.execute("DELETE FROM leases WHERE id = ?", (lease,))
+            else:
+                db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (lease, *state))
 
 
 def _event_from_row(row: tuple[Any, ...]) -> Event:

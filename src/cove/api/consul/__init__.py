@@ -20,7 +20,9 @@ from cove.registry import types as t
 from cove.registry.blocking import Interests
 from cove.registry.runner import CheckRunner
 from cove.registry.txn import in_process
+from cove.store.group import GroupCommit
 from cove.store.hub import WatchHub
+from cove.store.memory import MemoryStore
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,13 @@ def install(
     checks at once; without one, TTL updates are plain status writes.
     ``inline`` calls the registry on the event loop instead of a thread;
     by default it does so exactly when the store is in-process (memory or
-    SQLite), where a call takes well under a millisecond."""
+    SQLite), where a call takes well under a millisecond; writes are then
+    group-committed (``cove.store.group``)."""
     if inline is None:
         inline = in_process(registry.store)
     state = Consul(registry, runner, inline)
+    if inline and isinstance(registry.store, MemoryStore):
+        state.commits = GroupCommit(registry.store)
     app[CONSUL] = state
     agent.add_routes(app)
     catalog.add_routes(app)

@@ -13,6 +13,7 @@ from cove.api.consul.common import (
     options,
     reply,
     run,
+    write,
 )
 from cove.errors import InvalidArgument
 from cove.registry import VERSION
@@ -31,7 +32,7 @@ async def service_register(request: web.Request) -> web.Response:
     c = ctx(request)
     body = await json_body(request)
     inst, checks = service_from_json(body, c.registry.node_name)
-    await run(
+    await write(
         request,
         lambda: c.registry.catalog.register_service(
             inst,
@@ -49,7 +50,7 @@ async def service_register(request: web.Request) -> web.Response:
 async def service_deregister(request: web.Request) -> web.Response:
     options(request)
     c = ctx(request)
-    await run(request, c.registry.catalog.deregister_service, request.match_info["id"])
+    await write(request, c.registry.catalog.deregister_service, request.match_info["id"])
     if c.runner is not None:
         c.runner.kick()
     return web.Response(status=200)
@@ -89,7 +90,7 @@ async def check_register(request: web.Request) -> web.Response:
     options(request)
     c = ctx(request)
     definition, status = check_from_json(await json_body(request))
-    await run(
+    await write(
         request,
         lambda: c.registry.catalog.register_check(
             definition, status, enable_script_checks=c.registry.enable_script_checks
@@ -104,7 +105,7 @@ async def check_register(request: web.Request) -> web.Response:
 async def check_deregister(request: web.Request) -> web.Response:
     options(request)
     c = ctx(request)
-    await run(request, c.registry.catalog.deregister_check, request.match_info["id"])
+    await write(request, c.registry.catalog.deregister_check, request.match_info["id"])
     if c.runner is not None:
         c.runner.kick()
     return web.Response(status=200)
@@ -137,7 +138,7 @@ async def check_update(request: web.Request) -> web.Response:
 async def _update_ttl(request: web.Request, check_id: str, status: Status, output: str) -> None:
     c = ctx(request)
     if c.runner is None:
-        await run(request, c.registry.catalog.update_check, check_id, status, output)
+        await write(request, c.registry.catalog.update_check, check_id, status, output)
         return
     await c.runner.update_ttl(check_id, status, output)
 
@@ -149,7 +150,7 @@ async def service_maintenance(request: web.Request) -> web.Response:
     enable = _enable(request)
     sid = request.match_info["id"]
     reason = request.query.get("reason", "")
-    await run(request, c.registry.catalog.set_maintenance, sid, enable, reason)
+    await write(request, c.registry.catalog.set_maintenance, sid, enable, reason)
     return web.Response(status=200)
 
 
@@ -157,7 +158,7 @@ async def service_maintenance(request: web.Request) -> web.Response:
 async def node_maintenance(request: web.Request) -> web.Response:
     options(request)
     c = ctx(request)
-    await run(
+    await write(
         request,
         c.registry.catalog.set_maintenance,
         None,

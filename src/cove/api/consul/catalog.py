@@ -13,7 +13,7 @@ from cove.api.consul.common import (
     json_body,
     options,
     reply,
-    run,
+    write,
 )
 from cove.errors import InvalidArgument
 from cove.registry import types as t
@@ -24,7 +24,7 @@ async def register(request: web.Request) -> web.Response:
     options(request)
     c = ctx(request)
     body = await json_body(request)
-    await run(request, c.registry.catalog.catalog_register, body)
+    await write(request, c.registry.catalog.catalog_register, body)
     if c.runner is not None:
         c.runner.kick()
     return reply(True)
@@ -35,7 +35,7 @@ async def deregister(request: web.Request) -> web.Response:
     options(request)
     c = ctx(request)
     body = await json_body(request)
-    await run(request, c.registry.catalog.catalog_deregister, body)
+    await write(request, c.registry.catalog.catalog_deregister, body)
     return reply(True)
 
 

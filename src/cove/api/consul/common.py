@@ -21,10 +21,13 @@ from cove.registry.filter import apply_filter
 from cove.registry.kv import TooLarge, TxnAborted
 from cove.registry.queries import Answer
 from cove.registry.runner import CheckRunner
+from cove.store.group import GroupCommit
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
 
 
 @dataclass(slots=True)
@@ -35,6 +38,7 @@ class Consul:
     runner: CheckRunner | None
     inline: bool = False
     interests: Interests | None = None
+    commits: GroupCommit | None = None  # group commit of inline writes
 
 
 CONSUL: web.AppKey[Consul] = web.AppKey("cove_consul", Consul)
@@ -114,7 +118,7 @@ def meta_headers(index: int) -> dict[str, str]:
 
 def reply(data: Any, index: int | None = None, status: int = 200) -> web.Response:
     headers = meta_headers(index) if index is not None else {}
-    body = json.dumps(data, separators=(",", ":"))
+    body = _ENCODER.encode(data)
     return web.Response(text=body, status=status, headers=headers, content_type="application/json")
 
 
@@ -125,6 +129,17 @@ async def run(request: web.Request, func: Callable[..., Any], *args: Any) -> Any
     if ctx(request).inline:
         return func(*args)
     return await asyncio.to_thread(func, *args)
+
+
+async def write(request: web.Request, func: Callable[..., Any], *args: Any) -> Any:
+    """Call a (synchronous) registry write. With an in-process store the
+    writes of concurrent requests are group-committed (one SQLite
+    transaction for all of them, each request answered after it commits);
+    otherwise as ``run``."""
+    commits = ctx(request).commits
+    if commits is not None:
+        return await commits.call(func, *args)
+    return await run(request, func, *args)
 
 
 async def blocking(

@@ -19,6 +19,7 @@ from cove.api.consul.common import (
     options,
     reply,
     run,
+    write,
 )
 from cove.errors import Conflict, InvalidArgument, NotFound
 from cove.registry import types as t
@@ -80,7 +81,7 @@ async def kv_put(request: web.Request) -> web.Response:
     acquire = request.query.get("acquire", "")
     release = request.query.get("release", "")
     try:
-        done = await run(
+        done = await write(
             request,
             lambda: kv.put(key, value, flags=flags, cas=cas, acquire=acquire, release=release),
         )
@@ -106,7 +107,7 @@ async def kv_delete(request: web.Request) -> web.Response:
     if not key and not recurse:
         raise InvalidArgument("Missing key name")
     cas = _uint(request, "cas")
-    done = await run(request, lambda: kv.delete(key, recurse=recurse, cas=cas))
+    done = await write(request, lambda: kv.delete(key, recurse=recurse, cas=cas))
     return reply(done)
 
 
@@ -119,7 +120,7 @@ async def session_create(request: web.Request) -> web.Response:
     sessions = ctx(request).registry.sessions
     body = await json_body(request)
     try:
-        sid = await run(request, sessions.create, body)
+        sid = await write(request, sessions.create, body)
     except Conflict as exc:
         return web.Response(status=500, text=exc.message)
     return reply({"ID": sid})
@@ -129,7 +130,7 @@ async def session_create(request: web.Request) -> web.Response:
 async def session_destroy(request: web.Request) -> web.Response:
     options(request)
     sessions = ctx(request).registry.sessions
-    await run(request, sessions.destroy, request.match_info["id"])
+    await write(request, sessions.destroy, request.match_info["id"])
     return reply(True)
 
 
@@ -213,7 +214,7 @@ async def txn(request: web.Request) -> web.Response:
         raise TooLarge(_too_large(len(raw)))
     body = await json_body(request)
     ops = parse_txn(body)
-    results = await run(request, kv.txn, ops)
+    results = await write(request, kv.txn, ops)
     return reply({"Results": [{"KV": r} for r in results], "Errors": None})
 
 
