@@ -6,7 +6,9 @@ cove: N containers are started with no network (each has its own namespace),
 then attached with ``POST /api/networks/<net>/connect`` and detached with
 ``.../disconnect`` through the agent's Unix socket, as the CLI does. The time
 covers the whole path: HTTP, store transaction, IPAM, veth, addresses, route
-and /etc/hosts.
+and /etc/hosts. A detach answers once the pair is out of the container
+(down, renamed); the kernel's slow delete (RCU, 15-40 ms) runs after it,
+batched; the CNI plugin waits for it.
 
 CNI: N fresh namespaces (``ip netns add``, the same empty namespace a cove
 container has), ``/usr/lib/cni/bridge`` run with CNI_COMMAND=ADD and DEL and

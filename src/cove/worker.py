@@ -17,7 +17,9 @@ class Worker:
     """Runs ``work(kicked)`` on its own thread: ``kicked`` is True for a pass
     asked for by ``kick()``, False for the periodic one. Errors are logged and
     a pass retries after ``retry`` seconds (``interval`` when None); a pass
-    never runs twice at once."""
+    never runs twice at once. With ``settle``, a kicked pass starts that many
+    seconds after the kick (unless ``kick(now=True)``), so a burst of store
+    changes costs one pass, run after the writers are done, not during."""
 
     def __init__(
         self,
@@ -25,13 +27,16 @@ class Worker:
         work: Callable[[bool], object],
         interval: float,
         retry: float | None = None,
+        settle: float = 0.0,
     ) -> None:
         self._name = name
         self._work = work
         self._interval = interval
         self._retry = interval if retry is None else retry
+        self._settle = settle
         self._cond = threading.Condition()
         self._kicked = False
+        self._now = False
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -46,9 +51,10 @@ class Worker:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def kick(self) -> None:
+    def kick(self, now: bool = False) -> None:
         with self._cond:
             self._kicked = True
+            self._now = self._now or now
             self._cond.notify_all()
 
     def _loop(self) -> None:
@@ -56,9 +62,11 @@ class Worker:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._kicked or self._stopping, wait)
+                if self._kicked and self._settle > 0 and not self._now:
+                    self._cond.wait_for(lambda: self._now or self._stopping, self._settle)
                 if self._stopping:
                     return
-                kicked, self._kicked = self._kicked, False
+                kicked, self._kicked, self._now = self._kicked, False, False
             wait = self._retry
             try:
                 self._work(kicked)

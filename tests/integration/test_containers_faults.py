@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -148,3 +149,41 @@ def _all_running(agent: Any) -> list[dict[str, Any]]:
 def _no_leaks(agent: Any, count: int) -> bool:
     assert_no_leaks(agent, count)
     return True
+
+
+def test_kill9_right_after_disconnects_then_restart_leaves_no_links(net: Any) -> None:
+    # disconnect answers before the kernel has deleted the veth pair (it is
+    # retired, then deleted in a batch): a kill -9 in between must not leak
+    net.ok("network", "create", "back", "--subnet", "10.89.8.0/24")
+    net.ok("run", "-d", "--name", "app", "--network", "vnet", "--", "sleep", "600")
+    for _ in range(3):
+        net.ok("network", "connect", "back", "app")
+        net.ok("network", "disconnect", "back", "app")
+    net.kill9()
+    net.start()
+    eventually(lambda: _no_leaks(net, 1), timeout=30)
+    assert net.cli("exec", "app", "--", "ip", "link", "show", "eth1").returncode != 0
+    links = net.ok("exec", "app", "--", "ip", "-o", "link")
+    assert [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()] == [
+        "lo",
+        "eth0",
+    ]
+
+
+def test_connect_repairs_a_stray_link_in_the_way(net: Any) -> None:
+    net.ok("network", "create", "back", "--subnet", "10.89.9.0/24")
+    net.ok("run", "-d", "--name", "app", "--network", "vnet", "--", "sleep", "600")
+    path = net.state_dir / "run" / "netns" / inspect(net, "app")["id"]
+    # something left an eth1 inside the container: the name connect wants
+    subprocess.run(
+        ["nsenter", f"--net={path}", "ip", "link", "add", "eth1", "type", "veth",
+         "peer", "name", "stray0"],
+        check=True,
+    )  # fmt: skip
+    net.ok("network", "connect", "back", "app", "--ip", "10.89.9.5")
+    link = net.ok("exec", "app", "--", "ip", "-o", "-4", "addr", "show", "eth1")
+    assert "10.89.9.5/24" in link
+    assert "stray0" not in net.ok("exec", "app", "--", "ip", "-o", "link")
+    net.ok("network", "disconnect", "back", "app")
+    net.ok("rm", "-f", "app")
+    assert_no_leaks(net, 0)

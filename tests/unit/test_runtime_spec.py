@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,15 @@ def test_resolv_conf_points_at_gateway_or_keeps_host() -> None:
         "nameserver 10.89.0.1\noptions ndots:0\n"
     )
     assert etc.resolv_conf([], "nameserver 127.0.0.53\n") == "nameserver 127.0.0.53\n"
+
+
+def test_etc_files_are_rewritten_in_place_to_exactly_the_new_text(tmp_path: Path) -> None:
+    path = tmp_path / "hosts"
+    assert etc.write_in_place(path, "a\nbbbbbbbb\n")
+    inode = path.stat().st_ino
+    assert not etc.write_in_place(path, "a\nbbbbbbbb\n")  # unchanged: not written
+    assert etc.write_in_place(path, "a\n")  # shorter
+    assert path.read_text() == "a\n"
+    assert etc.write_in_place(path, "a\nccccccccccccc\n")  # longer
+    assert path.read_text() == "a\nccccccccccccc\n"
+    assert path.stat().st_ino == inode  # the container's bind mount still sees it

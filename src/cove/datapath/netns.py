@@ -29,6 +29,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cove.datapath import rtnl
 from cove.errors import DatapathError, Unavailable
 from cove.runtime import linux
 
@@ -41,6 +42,8 @@ _AF_INET = 2
 _AF_INET6 = 10
 _IFF_UP = 1
 _IFA_F_NODAD = 0x02
+# Link group of retired host veths (ASCII "cove"), deleted together later.
+RETIRED_GROUP = 0x636F7665
 
 
 def host_veth_name(endpoint_id: str) -> str:
@@ -95,9 +98,16 @@ class NetnsDatapath:
             raise Unavailable(f"netlink is not available: {exc}") from exc
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._rtnl = rtnl.Rtnl()
+        self._rtnl_lock = threading.Lock()
+        self._bridges: dict[str, int] = {}  # name -> index, refreshed on failure
 
     def close(self) -> None:
         self._ipr.close()
+        self._rtnl.close()
+
+    def has_netns(self, container_id: str) -> bool:
+        return _is_nsfs(self.netns_path(container_id))
 
     # -- namespaces ----------------------------------------------------------
 
@@ -259,6 +269,71 @@ class NetnsDatapath:
         finally:
             os.close(fd)
 
+    def attach(
+        self,
+        container_id: str,
+        host: str,
+        inside: str,
+        mac: str,
+        mtu: int,
+        bridge: str,
+        addresses: Sequence[Interface],
+        gateways: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+    ) -> None:
+        """Create and configure a new veth pair in two netlink round trips,
+        without reading anything back: ``host`` on ``bridge`` with hairpin
+        on, ``inside`` in the container with ``addresses`` and default
+        routes via ``gateways``. On failure the pair is deleted again (so
+        nothing leaks) and ``DatapathError`` raised; the caller's full pass
+        then finds out why."""
+        try:
+            fd = os.open(self.netns_path(container_id), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DatapathError(f"namespace of container {container_id} is gone") from exc
+        created = False
+        try:
+            with self._rtnl_lock:
+                for attempt in range(2):
+                    master = self._bridge_index(bridge, fresh=attempt > 0)
+                    veth = rtnl.new_veth(host, inside, mac, mtu, master, fd)
+                    made, hairpin, link = self._rtnl.request(
+                        [veth, rtnl.hairpin(host), rtnl.get_link(host)]
+                    )
+                    if not made.error or attempt or made.error == errno.EEXIST:
+                        break
+                rtnl.check([made], f"add veth {host} to {bridge}")
+                created = True
+                # Hairpin: a container that is a backend of a VIP may be sent
+                # to itself; the DNATed packet must go back out its own port.
+                rtnl.check([hairpin, link], f"set hairpin on {host}")
+            msgs = [rtnl.set_up(link.peer)]
+            msgs += [rtnl.new_address(link.peer, a) for a in addresses]
+            msgs += [rtnl.default_route(gw) for gw in gateways]
+            with _in_thread_ns():
+                try:
+                    linux.setns(fd, linux.CLONE_NEWNET)
+                except OSError as exc:
+                    raise DatapathError(f"cannot enter namespace of {container_id}: {exc}") from exc
+                sock = rtnl.Rtnl()
+            with sock:
+                rtnl.check(sock.request(msgs), f"configure {inside} in {container_id[:12]}")
+        except BaseException:
+            if created:
+                with contextlib.suppress(DatapathError):
+                    self.delete_link(host)
+            raise
+        finally:
+            os.close(fd)
+
+    def _bridge_index(self, name: str, fresh: bool) -> int:
+        if fresh or name not in self._bridges:
+            reply = self._rtnl.request([rtnl.get_link(name)])[0]
+            if reply.error:
+                self._bridges.pop(name, None)
+                raise DatapathError(f"bridge {name} does not exist", bridge=name)
+            self._bridges[name] = reply.index
+        return self._bridges[name]
+
     def set_up(self, name: str) -> None:
         with self._lock:
             try:
@@ -282,6 +357,61 @@ class NetnsDatapath:
                 f.write(value)
         except OSError as exc:
             raise DatapathError(f"cannot set sysctl {path}: {exc}") from exc
+
+    def delete_veth(self, name: str) -> None:
+        """Delete a host-side veth (its peer in the container goes with it)
+        in one netlink round trip; a link already gone is fine."""
+        with self._rtnl_lock:
+            replies = self._rtnl.request([rtnl.del_link(name)])
+        rtnl.check(replies, f"delete link {name}", ignore=rtnl.NOT_FOUND)
+
+    def retire_veth(self, container_id: str, host: str) -> None:
+        """Take a veth pair out of service at once, for ``reap`` to delete
+        later: deleting a link waits 15-40 ms for the kernel (RCU), one
+        batch of many costs about the same as one. The container's end is
+        set down and renamed to ``host`` (so its interface name is free
+        again and the container no longer shows it), the host end is set
+        down and put in ``RETIRED_GROUP``. A crash before ``reap`` leaves
+        links that the next full pass deletes (nothing wants them)."""
+        with self._rtnl_lock:
+            link, retired = self._rtnl.request(
+                [rtnl.get_link(host), rtnl.retire(host, RETIRED_GROUP)]
+            )
+        if link.error in rtnl.NOT_FOUND:
+            return
+        rtnl.check([link, retired], f"retire {host}")
+        try:
+            with self._raw_inside(container_id) as sock:
+                replies = sock.request([rtnl.set_down(link.peer), rtnl.rename(link.peer, host)])
+            rtnl.check(replies, f"retire the peer of {host}", ignore=rtnl.NOT_FOUND)
+        except DatapathError as exc:
+            log.info("%s; deleting %s now", exc.message, host)
+            self.delete_veth(host)
+
+    def reap(self) -> None:
+        """Delete every retired veth pair, in one batch."""
+        # Its own socket: the foreground need not wait behind the kernel.
+        with rtnl.Rtnl() as sock:
+            replies = sock.request([rtnl.del_group(RETIRED_GROUP)])
+        rtnl.check(replies, "delete retired links", ignore=rtnl.NOT_FOUND)
+
+    @contextlib.contextmanager
+    def _raw_inside(self, container_id: str) -> Iterator[rtnl.Rtnl]:
+        try:
+            fd = os.open(self.netns_path(container_id), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DatapathError(f"namespace of container {container_id} is gone") from exc
+        try:
+            with _in_thread_ns():
+                try:
+                    linux.setns(fd, linux.CLONE_NEWNET)
+                except OSError as exc:
+                    raise DatapathError(f"cannot enter namespace of {container_id}: {exc}") from exc
+                sock = rtnl.Rtnl()
+        finally:
+            os.close(fd)
+        with sock:
+            yield sock
 
     def delete_link(self, name: str) -> None:
         with self._lock:

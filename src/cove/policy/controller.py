@@ -63,7 +63,9 @@ class PolicyController:
         self._digest: str | None = None
         self._lock = threading.Lock()
         self._progress = Progress()
-        self._worker = Worker("cove-policy", self._pass, interval, retry=0.5)
+        # A pass recompiles every member of every network: under churn
+        # (containers attached one after another) one per burst, after it.
+        self._worker = Worker("cove-policy", self._pass, interval, retry=0.5, settle=0.05)
         self._follower: Follower | None = None
         self.last_error: str | None = None
         self.warning: str | None = None
@@ -95,7 +97,7 @@ class PolicyController:
         return self._store.revision
 
     def wait_applied(self, revision: int, timeout: float) -> bool:
-        return self._progress.wait(revision, timeout, self._worker.kick)
+        return self._progress.wait(revision, timeout, lambda: self._worker.kick(now=True))
 
     def start(self, hub: WatchHub | None = None) -> None:
         """Program the table now, then follow ``hub`` (a private one over

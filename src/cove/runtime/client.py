@@ -81,6 +81,13 @@ class SupervisorClient:
         answer = self._call({"op": "list"})
         return {s["id"]: ProcessState.from_json(s) for s in answer["states"]}
 
+    def state(self, cid: str) -> ProcessState | None:
+        """One container's state, or None if the supervisor has no such
+        container. (A supervisor from before ``ids`` answers with all.)"""
+        answer = self._call({"op": "list", "ids": [cid]})
+        found = [s for s in answer["states"] if s.get("id") == cid]
+        return ProcessState.from_json(found[0]) if found else None
+
     def shutdown(self) -> None:
         """Stop the supervisor and kill every container (tests, uninstall)."""
         try:

@@ -6,10 +6,19 @@ One lock serialises every kernel change and the store read that precedes
 it, so a pass never removes a namespace that a concurrent ``run`` wrote to
 the store after the pass read it: a ``run`` writes the store first and
 touches the kernel only under the lock.
+
+``connect`` and ``disconnect`` take a fast path (``attach``, ``detach``):
+straight to the kernel in a few batched netlink requests, without reading
+its state first; anything unexpected falls back to a pass of the container.
+A detached veth pair is retired at once and deleted later in one batch, as
+the kernel takes 15-40 ms per deletion. While the service changes a
+container (``claim``), the store events of its own writes start no second
+pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -17,7 +26,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +39,14 @@ from cove.runtime import etc, ports
 from cove.runtime import plan as planner
 from cove.runtime.spec import Container
 from cove.store.base import Event, EventType, Store
+from cove.worker import Worker
 
 log = logging.getLogger(__name__)
+
+# Retired veths are deleted once detaches have paused this long (one batch
+# for many), or at the latest after _REAP_WAIT.
+_REAP_QUIET = 0.05
+_REAP_WAIT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +70,29 @@ def read_container(store: Store, name: str) -> Snapshot:
         return Snapshot({}, {}, {}, rev)
     c = Container.from_json(json.loads(kv.value))
     networks: dict[str, Network] = {}
-    eps: list[Endpoint] = []
     for net in c.networks:
         nkv = store.get(NETWORKS + net)
         if nkv is not None:
             networks[net] = Network.from_json(json.loads(nkv.value))
+    eps = container_endpoints(store, c)
+    return Snapshot({c.id: c}, {c.id: eps}, networks, rev, {c.name: c})
+
+
+def container_endpoints(store: Store, c: Container) -> list[Endpoint]:
+    """``c``'s endpoints, in the order of its networks. Records that do
+    not even mention its id are skipped undecoded: a network's endpoints
+    are scanned on every attach and detach."""
+    needle = c.id.encode()
+    eps: list[Endpoint] = []
+    for net in c.networks:
         for ekv in store.range(f"{ENDPOINTS}{net}/").kvs:
+            if needle not in ekv.value:
+                continue
             data = json.loads(ekv.value)
             if data.get("container_id") == c.id:
                 eps.append(Endpoint.from_json(data))
     eps.sort(key=lambda e: c.networks.index(e.network) if e.network in c.networks else 99)
-    return Snapshot({c.id: c}, {c.id: eps}, networks, rev, {c.name: c})
+    return eps
 
 
 def read_snapshot(store: Store) -> Snapshot:
@@ -158,12 +185,19 @@ class ContainerReconciler:
         self.lock = threading.RLock()
         self._cond = threading.Condition()
         self._wake = False
-        self._pending: set[str] = set()
+        self._pending: dict[str, str | None] = {}  # container id -> name, if known
         self._synced: dict[str, int] = {}  # container id -> store revision its pass saw
+        # Containers the service is changing and will bring in line itself,
+        # with the newest revision of the events about them held back meanwhile.
+        self._claimed: dict[str, int] = {}
+        self._held: dict[str, int] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._ports_digest: str | None = None
         self.last_error: str | None = None
+        self._retired = 0
+        self._last_retired = 0.0
+        self._reaper = Worker("cove-veth-reaper", self._reap, interval)
 
     def etc_dir(self, cid: str) -> Path:
         return self._files / cid / "etc"
@@ -172,6 +206,7 @@ class ContainerReconciler:
         self.sync()
         self._thread = threading.Thread(target=self._loop, name="cove-ctr-reconcile", daemon=True)
         self._thread.start()
+        self._reaper.start()
 
     def stop(self) -> None:
         with self._cond:
@@ -179,15 +214,55 @@ class ContainerReconciler:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._reaper.stop()
+        self.reap_now()
 
-    def kick(self, container_id: str | None = None) -> None:
+    def reap_now(self) -> None:
+        """Delete the veths ``detach`` retired (before a container goes, and
+        at shutdown, so nothing is left over)."""
+        if self._retired:
+            self._retired = 0
+            try:
+                self._dp.reap()
+            except CoveError as exc:
+                log.warning("cannot delete retired links: %s", exc.message)
+
+    def _reap(self, _kicked: bool) -> None:
+        deadline = time.monotonic() + _REAP_WAIT
+        while self._retired and time.monotonic() < deadline:
+            quiet = self._last_retired + _REAP_QUIET - time.monotonic()
+            if quiet <= 0:
+                break
+            time.sleep(quiet)
+        self.reap_now()
+
+    def kick(self, container_id: str | None = None, name: str | None = None) -> None:
         """Ask for a pass: of one container, or (``None``) of everything."""
         with self._cond:
             if container_id is None:
                 self._wake = True
             else:
-                self._pending.add(container_id)
+                self._pending[container_id] = name
             self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def claim(self, container_id: str, name: str) -> Iterator[None]:
+        """Around a change the service writes and applies itself (``run``,
+        ``connect``, ``disconnect``): its store events do not start a second,
+        concurrent pass; any the service's own pass did not cover (it
+        failed, or someone else wrote too) start one afterwards."""
+        with self._cond:
+            self._claimed[container_id] = self._claimed.get(container_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                left = self._claimed.pop(container_id) - 1
+                if left:
+                    self._claimed[container_id] = left
+                elif self._held.pop(container_id, 0) > self._synced.get(container_id, 0):
+                    self._pending[container_id] = name
+                    self._cond.notify_all()
 
     def on_events(self, events: Sequence[Event]) -> None:
         """Store events: a pass for each container they touch (cheap), and a
@@ -205,9 +280,14 @@ class ContainerReconciler:
             cid = data.get("container_id") or data.get("id")
             if not isinstance(cid, str) or ev.type is not EventType.PUT:
                 continue
+            name = data.get("container_name") or data.get("name")
+            with self._cond:
+                if cid in self._claimed:
+                    self._held[cid] = max(self._held.get(cid, 0), ev.revision)
+                    continue
             # The service's own writes were applied by its own pass already.
             if ev.revision > self._synced.get(cid, 0):
-                self.kick(cid)
+                self.kick(cid, name if isinstance(name, str) else None)
 
     def sync(self, only: str | None = None, name: str | None = None) -> list[planner.Op]:
         """One pass (``only``: just that container, whose ``name`` makes the
@@ -258,6 +338,69 @@ class ContainerReconciler:
             else:
                 self._synced = {c: r for c, r in self._synced.items() if c in snap.containers}
             return ops
+
+    def attach(self, cid: str, name: str, endpoint_id: str) -> None:
+        """Bring up one new endpoint of container ``cid`` (``connect``):
+        straight to the kernel, without reading its state first. Anything
+        unexpected (a namespace not there, a leftover link in the way) falls
+        back to a full pass of the container, which raises what it cannot
+        repair."""
+        with self.lock:
+            snap = read_container(self._store, name)
+            c = snap.containers.get(cid)
+            mine = [w for w in wanted(snap) if w.id == cid]
+            link = next((k for w in mine for k in w.links if k.endpoint_id == endpoint_id), None)
+            # (A missing namespace fails ``attach`` before anything is made.)
+            if c is None or link is None or c.ports:
+                self.sync(only=cid, name=name)
+                return
+            # Default routes go via the first network that has each family
+            # (``wanted``); this link sets them only if it is that network.
+            gateways: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+            for version, gw in ((4, mine[0].gateway4), (6, mine[0].gateway6)):
+                first = next(
+                    (k for k in mine[0].links if any(a.version == version for a in k.addresses)),
+                    None,
+                )
+                if gw is not None and first is link:
+                    gateways.append(gw)
+            try:
+                self._dp.attach(
+                    cid, link.host_veth, link.interface, link.mac, link.mtu, link.bridge,
+                    link.addresses, gateways,
+                )  # fmt: skip
+            except CoveError as exc:
+                log.info("attach of %s: %s; full pass", name, exc.message)
+                self.sync(only=cid, name=name)
+                return
+            self._write_etc(snap, c)
+            self._synced[cid] = max(self._synced.get(cid, 0), snap.revision)
+
+    def detach(self, cid: str, name: str, host_veths: Sequence[str]) -> None:
+        """Remove endpoints of container ``cid`` that the store no longer
+        has (``disconnect``): retire their veth pairs (gone from the
+        container at once, deleted in the background) and rewrite the
+        container's /etc files."""
+        with self.lock:
+            snap = read_container(self._store, name)
+            c = snap.containers.get(cid)
+            if c is None or c.ports:
+                self.sync(only=cid, name=name)
+                return
+            try:
+                for veth in host_veths:
+                    self._dp.retire_veth(cid, veth)
+                    self._retired += 1
+                    self._last_retired = time.monotonic()
+            except CoveError as exc:
+                log.info("detach of %s: %s; full pass", name, exc.message)
+                self.sync(only=cid, name=name)
+                return
+            finally:
+                if self._retired:
+                    self._reaper.kick()
+            self._write_etc(snap, c)
+            self._synced[cid] = max(self._synced.get(cid, 0), snap.revision)
 
     def _apply(self, op: planner.Op) -> None:
         dp = self._dp
@@ -327,15 +470,15 @@ class ContainerReconciler:
                 if self._stopping:
                     return
                 full = self._wake or time.monotonic() >= next_full
-                pending, self._pending, self._wake = self._pending, set(), False
+                pending, self._pending, self._wake = self._pending, {}, False
             try:
                 if full:
                     next_full = time.monotonic() + self._interval
                     self.sync()
                     continue
-                for cid in sorted(pending):
+                for cid, name in sorted(pending.items()):
                     try:
-                        self.sync(only=cid)
+                        self.sync(only=cid, name=name)
                     except CoveError as exc:
                         log.warning("container %s: %s", cid[:12], exc.message)
             except Exception:  # the loop must survive anything a pass hits

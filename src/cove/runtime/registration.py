@@ -83,6 +83,20 @@ def plan(
     return add, drop
 
 
+def _has_services(ev: Event) -> bool:
+    raws = [r for r in (ev.kv.value, ev.prev.value if ev.prev is not None else b"") if r]
+    if not raws:
+        return True  # a delete without its old value: cannot tell
+    for raw in raws:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return True
+        if not isinstance(data, dict) or data.get("services"):
+            return True
+    return False
+
+
 def _same(w: Wanted, svc: Mapping[str, Any]) -> bool:
     return (
         svc.get("Service") == w.name
@@ -100,8 +114,11 @@ class ServiceRegistrar:
         self._registry = registry
         self._worker = Worker("cove-registrar", lambda _kicked: self.run_once(), interval)
 
-    def on_events(self, _events: Sequence[Event]) -> None:
-        self._worker.kick()
+    def on_events(self, events: Sequence[Event]) -> None:
+        """A pass only for changes that can touch an instance: records of
+        containers (or their endpoints) with services, before or after."""
+        if any(_has_services(ev) for ev in events):
+            self._worker.kick()
 
     def start(self) -> None:
         self._worker.start()

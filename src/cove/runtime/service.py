@@ -30,7 +30,7 @@ from cove.network.spec import check_name
 from cove.runtime import view
 from cove.runtime.client import SupervisorClient
 from cove.runtime.launch import LaunchSpec
-from cove.runtime.reconcile import ContainerReconciler, read_snapshot
+from cove.runtime.reconcile import ContainerReconciler, container_endpoints, read_snapshot
 from cove.runtime.spec import Attachment, Container, Desired, PortMapping, RunSpec
 from cove.runtime.state import ProcessState, Status
 from cove.store.base import Compare, Delete, Put, Store
@@ -89,17 +89,13 @@ class ContainerService:
         return Container.from_json(json.loads(kv.value))
 
     def endpoints(self, c: Container) -> list[Endpoint]:
-        out = []
-        for net in c.networks:
-            for kv in self._store.range(f"{ENDPOINTS}{net}/").kvs:
-                ep = Endpoint.from_json(json.loads(kv.value))
-                if ep.container_id == c.id:
-                    out.append(ep)
-        return out
+        return container_endpoints(self._store, c)
 
     def inspect(self, name: str) -> dict[str, Any]:
-        c = self.get(name)
-        state = self._sup.states().get(c.id) or ProcessState(c.id)
+        return self._inspect(self.get(name))
+
+    def _inspect(self, c: Container) -> dict[str, Any]:
+        state = self._sup.state(c.id) or ProcessState(c.id)
         return view.inspect(c, self.endpoints(c), state, self.log_path(c.id))
 
     def list_all(self, all_: bool = False) -> list[dict[str, Any]]:
@@ -144,16 +140,22 @@ class ContainerService:
             services=spec.services, created=self._clock.time(),
         )  # fmt: skip
         endpoints: list[Endpoint] = []
+        with self._rec.claim(cid, name):
+            try:
+                for i, (att, net) in enumerate(zip(spec.attachments, networks, strict=True)):
+                    endpoints.append(self._endpoint(container, net, att, f"eth{i}"))
+                self._write_new(container, endpoints)
+            except BaseException:
+                for ep in endpoints:
+                    self._ipam.release_owner(ep.network, owner_of(cid))
+                raise
+            try:
+                self._rec.sync(only=cid, name=name)
+            except BaseException as exc:
+                log.warning("run %s failed, rolling back: %s", name, exc)
+                self._destroy(container, endpoints)
+                raise
         try:
-            for i, (att, net) in enumerate(zip(spec.attachments, networks, strict=True)):
-                endpoints.append(self._endpoint(container, net, att, f"eth{i}"))
-            self._write_new(container, endpoints)
-        except BaseException:
-            for ep in endpoints:
-                self._ipam.release_owner(ep.network, owner_of(cid))
-            raise
-        try:
-            self._rec.sync(only=cid, name=name)
             self._sup.ensure_running()
             self._sup.create(self._launch_spec(container))
             self._sup.start(cid)
@@ -267,6 +269,7 @@ class ContainerService:
         with contextlib.suppress(CoveError):
             self._sup.remove(c.id)
         with self._rec.lock:
+            self._rec.reap_now()
             for ep in endpoints:
                 self._netns.delete_link(ep.host_veth)
             self._netns.delete_netns(c.id)
@@ -309,37 +312,42 @@ class ContainerService:
             v4 = requested if isinstance(requested, ipaddress.IPv4Address) else None
             v6 = requested if isinstance(requested, ipaddress.IPv6Address) else None
             att = Attachment(network, ipv4=v4, ipv6=v6, aliases=aliases)
-            ep = self._endpoint(c, net, att, iface)
-            c2 = replace(c, networks=(*c.networks, network))
-            key = CONTAINERS + name
-            ok = self._store.txn(
-                [Compare.mod_is(key, kv.mod_revision), Compare.present(NETWORKS + network)],
-                [Put(key, _encode(c2.to_json())), Put(_ep_key(ep), _encode(ep.to_json()))],
-            ).succeeded
-            if not ok:
-                self._release(ep)
-                continue
-            try:
-                self._rec.sync(only=c.id, name=name)
-            except CoveError:
-                self._detach(name, network)
-                raise
-            return self.inspect(name)
+            with self._rec.claim(c.id, name):
+                ep = self._endpoint(c, net, att, iface)
+                c2 = replace(c, networks=(*c.networks, network))
+                key = CONTAINERS + name
+                ok = self._store.txn(
+                    [Compare.mod_is(key, kv.mod_revision), Compare.present(NETWORKS + network)],
+                    [Put(key, _encode(c2.to_json())), Put(_ep_key(ep), _encode(ep.to_json()))],
+                ).succeeded
+                if not ok:
+                    self._release(ep)
+                    continue
+                try:
+                    self._rec.attach(c.id, name, ep.id)
+                except BaseException:
+                    with contextlib.suppress(CoveError):
+                        self._detach(name, network)
+                        self._rec.sync(only=c.id, name=name)
+                    raise
+            return self._inspect(c2)
         raise Conflict(f"container {name} is changing too fast")
 
     def disconnect(self, network: str, name: str) -> dict[str, Any]:
         c = self.get(name)
         if network not in c.networks:
             raise NotFound(f"container {name} is not on network {network}")
-        self._detach(name, network)
-        self._rec.sync(only=c.id, name=name)
+        with self._rec.claim(c.id, name):
+            gone = self._detach(name, network)
+            self._rec.detach(c.id, name, [ep.host_veth for ep in gone])
         return self.inspect(name)
 
-    def _detach(self, name: str, network: str) -> None:
+    def _detach(self, name: str, network: str) -> list[Endpoint]:
+        """Take ``name`` off ``network`` in the store; the endpoints removed."""
         for _ in range(_ATTEMPTS):
             kv = self._store.get(CONTAINERS + name)
             if kv is None:
-                return
+                return []
             c = Container.from_json(json.loads(kv.value))
             eps = [ep for ep in self.endpoints(c) if ep.network == network]
             c2 = replace(c, networks=tuple(n for n in c.networks if n != network))
@@ -351,7 +359,8 @@ class ContainerService:
             if ok:
                 for ep in eps:
                     self._release(ep)
-                return
+                return eps
+        raise Conflict(f"container {name} is changing too fast")
 
     def _release(self, ep: Endpoint) -> None:
         for addr in ep.addresses:

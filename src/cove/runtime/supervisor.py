@@ -32,7 +32,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -209,7 +209,11 @@ class Supervisor:
             self._quit()
             reply({"ok": True})
         elif op == "list":
-            reply({"ok": True, "states": [s.to_json() for s in self.states.values()]})
+            ids = req.get("ids")
+            wanted: Iterable[ProcessState] = self.states.values()
+            if isinstance(ids, list):
+                wanted = [self.states[i] for i in ids if i in self.states]
+            reply({"ok": True, "states": [s.to_json() for s in wanted]})
         elif op == "create":
             spec = LaunchSpec.from_json(req["spec"])
             (self.dir / spec.id).mkdir(exist_ok=True)
