@@ -110,6 +110,66 @@ def test_published_ports_from_loopback_host_address_and_other_networks(
         tcp("127.0.0.1", 18080, timeout=1)
 
 
+def test_published_ports_on_ipv6_from_host_and_other_networks(
+    net: Any, scripts: tuple[str, str]
+) -> None:
+    echo, client = scripts
+    # The host's own IPv6 address, on a link of the test's host namespace
+    # (removed with it); nodad: usable at once.
+    for cmd in (
+        ["ip", "link", "add", "cvd6", "type", "veth", "peer", "name", "cvd6p"],
+        ["ip", "-6", "addr", "add", "fd00:99::1/64", "dev", "cvd6", "nodad"],
+        ["ip", "link", "set", "cvd6", "up"],
+    ):
+        subprocess.run(cmd, check=True)
+    net.ok("network", "create", "six", "--ipv6", "--subnet", "10.89.2.0/24",
+           "--subnet", "fd00:89:2::/64")  # fmt: skip
+    net.ok("network", "create", "other6", "--ipv6", "--subnet", "10.89.3.0/24",
+           "--subnet", "fd00:89:3::/64")  # fmt: skip
+    run_echo(net, "srv", echo, "--network", "six", "-p", "18180:7", "-p", "18153:7/udp",
+             "-p", "[fd00:99::1]:18181:7", "-p", "[fd00:99::1]:18154:7/udp")  # fmt: skip
+    net.ok("run", "-d", "--name", "peer", "--network", "other6", "--", "sleep", "600")
+    net.ok("run", "-d", "--name", "near", "--network", "six", "--", "sleep", "600")
+
+    # from the host: both families without a host IP, IPv6 only with one
+    assert eventually(lambda: tcp("fd00:99::1", 18180)) == "srv:ping"
+    assert udp("fd00:99::1", 18153) == "srv:ping"
+    assert tcp("127.0.0.1", 18180) == "srv:ping"
+    assert tcp("fd00:89:3::1", 18180) == "srv:ping"  # another bridge's gateway
+    assert tcp("fd00:99::1", 18181) == "srv:ping"
+    assert udp("fd00:99::1", 18154) == "srv:ping"
+    with pytest.raises(OSError):
+        tcp("10.89.3.1", 18181, timeout=1)
+    # ::1 is not published: refused at once rather than dropped
+    with pytest.raises(ConnectionRefusedError):
+        tcp("::1", 18180, timeout=2)
+    # hairpin over IPv6: from another network and from the same one
+    for who in ("peer", "near"):
+        for proto, port in (("tcp", "18180"), ("udp", "18153"), ("tcp", "18181")):
+            out = net.ok("exec", who, "--", "python3", "-S", client, proto, port, "fd00:99::1")
+            assert out.strip() == "srv:ping", (who, proto, port)
+
+    # an IPv6 host IP needs an IPv6 address in the container; bad brackets
+    before = (host_veths(), netns_files(net))
+    for extra, words in (
+        (["--network", "vnet", "-p", "[fd00:99::1]:18182:7"], "no IPv6 address on network vnet"),
+        (["--network", "six", "-p", "[fd00:99::1:18182:7"], "missing ']'"),
+        (["--network", "six", "-p", "fd00:99::1:18182:7"], "in brackets"),
+        (["--network", "six", "-p", "[::1]:18182:7"], "::1 cannot be published"),
+        (["--network", "six", "-p", "[fd00:98::1]:18182:7"], "not an address of this host"),
+        (["--network", "six", "-p", "[fd00:99::1]:18180:7"], "already published by srv"),
+    ):
+        res = net.cli("run", "-d", *extra, "--", "python3", "-S", echo, "7")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode != 0 and len(lines) == 1 and words in lines[0], (extra, res.stderr)
+    assert (host_veths(), netns_files(net)) == before
+    assert len(json.loads(net.ok("ps", "-a", "--format", "json"))) == 3
+
+    net.ok("rm", "-f", "srv")
+    with pytest.raises(OSError):
+        tcp("fd00:99::1", 18180, timeout=1)
+
+
 def test_bad_input_is_a_one_line_error_and_creates_nothing(
     net: Any, scripts: tuple[str, str], tmp_path: Path
 ) -> None:

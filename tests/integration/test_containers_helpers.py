@@ -20,12 +20,20 @@ ECHO = """\
 import selectors, socket, sys
 port = int(sys.argv[1])
 name = socket.gethostname().encode()
-t = socket.socket()
-t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-t.bind(("0.0.0.0", port))
+def listen(kind):
+    # IPv4 and IPv6 on one socket; IPv4 only where the namespace has no IPv6
+    try:
+        s = socket.socket(socket.AF_INET6, kind)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        host = "::"
+    except OSError:
+        s, host = socket.socket(socket.AF_INET, kind), "0.0.0.0"
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    return s
+t = listen(socket.SOCK_STREAM)
 t.listen(64)
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.bind(("0.0.0.0", port))
+u = listen(socket.SOCK_DGRAM)
 sel = selectors.DefaultSelector()
 sel.register(t, selectors.EVENT_READ)
 sel.register(u, selectors.EVENT_READ)
@@ -54,7 +62,8 @@ for addr in addrs:
         s.sendall(b"ping")
         print(s.recv(4096).decode())
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_DGRAM)
         s.settimeout(3)
         s.sendto(b"ping", (addr, port))
         print(s.recvfrom(4096)[0].decode())
@@ -91,7 +100,8 @@ def tcp(addr: str, port: int, timeout: float = 3.0) -> str:
 
 
 def udp(addr: str, port: int, timeout: float = 3.0) -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         s.sendto(b"ping", (addr, port))
         return s.recvfrom(4096)[0].decode()

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cove.errors import InvalidArgument
+from cove.model import Network, Subnet
 from cove.runtime import etc, ports
-from cove.runtime.spec import Container, PortMapping, Proto, RunSpec
+from cove.runtime.spec import Container, PortMapping, Proto, RunSpec, check_port_families
 from cove.runtime.state import RestartPolicy
 
 
@@ -22,6 +27,11 @@ from cove.runtime.state import RestartPolicy
             "127.0.0.1:9000:90/tcp",
             PortMapping(9000, 90, host_ip=ipaddress.IPv4Address("127.0.0.1")),
         ),
+        (
+            "[2001:db8::1]:8080:80/udp",
+            PortMapping(8080, 80, Proto.UDP, ipaddress.IPv6Address("2001:db8::1")),
+        ),
+        ("[::]:8080:80", PortMapping(8080, 80, host_ip=ipaddress.IPv6Address("::"))),
     ],
 )
 def test_port_specs(text: str, expected: PortMapping) -> None:
@@ -33,6 +43,47 @@ def test_port_specs(text: str, expected: PortMapping) -> None:
 def test_bad_port_specs_name_the_problem(text: str) -> None:
     with pytest.raises(InvalidArgument, match="port"):
         PortMapping.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[2001:db8::1:8080:80", "missing ']'"),
+        ("[2001:db8::1]8080:80", "after ']'"),
+        ("[2001:db8::1]:8080", "HOSTPORT:PORT"),
+        ("[10.0.0.1]:8080:80", "not an IPv6 address"),
+        ("[]:8080:80", "not an IPv6 address"),
+        ("2001:db8::1:8080:80", "IPv6 HOSTIP in brackets"),
+        ("[::1]:8080:80", "loopback address ::1 cannot be published"),
+        ("[fe80::1%eth0]:8080:80", "cannot be published"),
+        ("[::ffff:10.0.0.1]:8080:80", "cannot be published"),
+        ("[2001:db8::1]:8080:0", "out of range"),
+    ],
+)
+def test_bad_ipv6_port_specs_say_what_is_wrong(text: str, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(words)) as err:
+        PortMapping.parse(text)
+    assert "\n" not in str(err.value)
+
+
+def test_ipv6_host_ip_needs_an_ipv6_network() -> None:
+    sub4 = Subnet(ipaddress.ip_network("10.89.0.0/24"), ipaddress.ip_address("10.89.0.1"))
+    sub6 = Subnet(ipaddress.ip_network("fd00:1::/64"), ipaddress.ip_address("fd00:1::1"))
+    v4only = Network(id="n", name="vnet", bridge="cv-x", subnets=(sub4,))
+    dual = replace(v4only, subnets=(sub4, sub6))
+    v6 = PortMapping.parse("[fd00::9]:8080:80")
+    with pytest.raises(InvalidArgument, match="no IPv6 address on network vnet"):
+        check_port_families([PortMapping(1, 2), v6], v4only)
+    check_port_families([PortMapping(1, 2), v6, PortMapping.parse("10.0.0.1:3:4")], dual)
+
+
+def test_a_host_port_is_claimed_once_for_both_families() -> None:
+    keys = {
+        PortMapping.parse(t).claim_key for t in ("8080:80", "[fd00::1]:8080:81", "1.2.3.4:8080:82")
+    }
+    assert keys == {"ports/tcp/8080"}
+    with pytest.raises(InvalidArgument, match="published twice"):
+        RunSpec.from_json(base(ports=["8080:80", "[fd00::1]:8080:81"]))
 
 
 def base(**extra: object) -> dict[str, object]:
@@ -87,16 +138,69 @@ def test_container_json_round_trip() -> None:
     assert Container.from_json(c.to_json()) == c
 
 
+V4 = ipaddress.IPv4Address("10.89.0.2")
+V6 = ipaddress.IPv6Address("fd00:89::2")
+
+
+def dnats(objs: list[dict[str, Any]], chain: str = "prerouting") -> list[list[dict[str, Any]]]:
+    rules = [o["rule"] for o in objs if "rule" in o and o["rule"]["chain"] == chain]
+    return [r["expr"] for r in rules if any("dnat" in e for e in r["expr"])]
+
+
 def test_ports_table_dnats_local_and_masquerades_loopback_and_hairpin() -> None:
-    pub = ports.Published(PortMapping(8080, 80), ipaddress.IPv4Address("10.89.0.2"), "cv-x", "web")
+    pub = ports.Published(PortMapping(8080, 80), V4, None, "cv-x", "web")
     objs = ports.compile_table([pub])
     rules = [o["rule"] for o in objs if "rule" in o]
-    dnat = [r for r in rules if any("dnat" in e for e in r["expr"])]
-    assert {r["chain"] for r in dnat} == {"prerouting", "output"}
-    assert dnat[0]["expr"][-1] == {"dnat": {"family": "ip", "addr": "10.89.0.2", "port": 80}}
+    assert len(dnats(objs)) == len(dnats(objs, "output")) == 1
+    assert dnats(objs)[0][-1] == {"dnat": {"family": "ip", "addr": "10.89.0.2", "port": 80}}
     masq = [r for r in rules if r["chain"] == "postrouting"]
     assert len(masq) == 2
     assert ports.localnet_bridges([pub]) == {"cv-x"}
+
+
+def test_a_mapping_without_host_ip_publishes_each_family_to_its_own_address() -> None:
+    pub = ports.Published(PortMapping(8080, 80, Proto.UDP), V4, V6, "cv-x", "web")
+    objs = ports.compile_table([pub])
+    for chain in ("prerouting", "output"):
+        v4, v6 = dnats(objs, chain)
+        assert v4[0]["match"]["right"] == "ipv4" and v6[0]["match"]["right"] == "ipv6"
+        assert v6[-1] == {"dnat": {"family": "ip6", "addr": "fd00:89::2", "port": 80}}
+        local = {"fib": {"result": "type", "flags": ["daddr"]}}
+        assert any(e["match"]["left"] == local for e in v6[:-1])
+        # ::1 cannot be DNATed away from the host: left out, not half-published
+        loop = {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}}
+        assert {**loop, "right": "::1"} in [e["match"] for e in v6[:-1]]
+    # hairpin masquerade on the bridge holds for both families (no nfproto)
+    hairpin = [
+        r["rule"]["expr"]
+        for r in objs
+        if "rule" in r and r["rule"]["chain"] == "postrouting" and len(r["rule"]["expr"]) == 4
+        and r["rule"]["expr"][1]["match"]["left"] == {"meta": {"key": "iifname"}}
+    ]  # fmt: skip
+    assert len(hairpin) == 1 and not any("nfproto" in json.dumps(e) for e in hairpin[0])
+
+
+def test_a_host_ip_publishes_on_its_own_family_only() -> None:
+    v6 = ports.Published(PortMapping.parse("[2001:db8::1]:8080:80"), V4, V6, "cv-x", "a")
+    v4 = ports.Published(PortMapping.parse("10.0.0.1:9090:90"), V4, V6, "cv-x", "b")
+    any6 = ports.Published(PortMapping.parse("[::]:7070:70"), V4, V6, "cv-x", "c")
+    rules = dnats(ports.compile_table([v6, v4, any6]))
+    by_port = {r[-2]["match"]["right"]: r for r in rules}
+    assert sorted(by_port) == [7070, 8080, 9090] and len(rules) == 3
+    daddr6 = {"protocol": "ip6", "field": "daddr"}
+    pinned = {"op": "==", "left": {"payload": daddr6}, "right": "2001:db8::1"}
+    assert by_port[8080][1]["match"] == pinned
+    assert by_port[9090][-1]["dnat"] == {"family": "ip", "addr": "10.89.0.2", "port": 90}
+    assert by_port[7070][-1]["dnat"]["family"] == "ip6"
+    assert ports.localnet_bridges([v6, any6]) == set()
+    assert ports.localnet_bridges([v4]) == {"cv-x"}
+
+
+def test_a_container_without_an_address_in_a_family_is_not_published_there() -> None:
+    v6only = ports.Published(PortMapping(8080, 80), None, V6, "cv-y", "a")
+    pinned = ports.Published(PortMapping.parse("[2001:db8::1]:9090:90"), V4, None, "cv-x", "b")
+    rules = dnats(ports.compile_table([v6only, pinned]))
+    assert [r[-1]["dnat"]["family"] for r in rules] == ["ip6"]
 
 
 def test_no_published_ports_leaves_empty_chains() -> None:

@@ -32,7 +32,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--ip6", default="")
     p.add_argument("--alias", action="append", default=[], metavar="A")
     p.add_argument("--hostname", default="")
-    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HPORT:PORT")
+    p.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="[IP:]HPORT:PORT[/udp]",
+        help="publish on every host address (IPv4, and IPv6 on an --ipv6 network) or on IP;"
+        " an IPv6 IP in brackets: [2001:db8::1]:8080:80",
+    )
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("--rootfs", default="")

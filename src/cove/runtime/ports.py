@@ -1,19 +1,26 @@
 """Published ports compiled into cove's nft table ``inet cove_ports`` (pure).
 
 - prerouting and output (nat): a packet to one of the host's own addresses
-  (``fib daddr type local``, which includes 127.0.0.1) or to the mapping's
-  host IP, on the published port, is DNATed to the container. prerouting
+  (``fib daddr type local``, which includes 127.0.0.1 and the host's IPv6
+  addresses) or to the mapping's host IP, on the published port, is DNATed
+  to the container: an IPv4 packet to its IPv4 address, an IPv6 packet to
+  its IPv6 address (as Docker: a mapping without a host IP publishes on
+  both families; a family the container has no address in is skipped; a
+  bracketed IPv6 host IP publishes on that address only). prerouting
   covers other hosts and containers (hairpin through the host's address);
   output covers clients on the host itself.
 - postrouting (nat): DNATed connections from 127.0.0.0/8 are masqueraded
   (a loopback source cannot leave the host; the bridge also needs
   ``route_localnet=1``, see ``localnet_bridges``), and so are DNATed
-  connections that go back out of the bridge they came in on (a container
-  reaching its own network's published port), so replies return through
-  the host. Connections from other cove networks are already masqueraded by
-  the network table's egress rule.
+  connections of either family that go back out of the bridge they came in
+  on (a container reaching its own network's published port), so replies
+  return through the host. Connections from other cove networks are already
+  masqueraded by the network table's egress rule, for IPv6 subnets too.
 
-Only IPv4 is published; the forward chain of ``inet cove`` accepts DNATed
+IPv6 loopback (``::1``) is not published: the kernel has no
+``route_localnet`` for IPv6 and drops a ``::1`` packet DNATed to another
+address, so ``::1`` is left out of the IPv6 match (a client there gets a
+refusal, not a hang). The forward chain of ``inet cove`` accepts DNATed
 connections across networks.
 """
 
@@ -37,9 +44,16 @@ class Published:
     """One mapping of one running container, with where to send it."""
 
     mapping: PortMapping
-    address: ipaddress.IPv4Address
+    ipv4: ipaddress.IPv4Address | None
+    ipv6: ipaddress.IPv6Address | None
     bridge: str
     container: str
+
+    def targets(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """The container addresses this mapping DNATs to, one per family it
+        is published on."""
+        found = [a for a in (self.ipv4, self.ipv6) if a is not None]
+        return [a for a in found if self.mapping.publishes_on(a.version)]
 
 
 def _match(left: Obj, right: Any, op: str = "==") -> Obj:
@@ -54,6 +68,27 @@ def _chain(name: str, hook: str, prio: int) -> Obj:
     return {"chain": {"name": name, "type": "nat", "hook": hook, "prio": prio, "policy": "accept"}}
 
 
+def _daddr(family: str) -> Obj:
+    return {"payload": {"protocol": family, "field": "daddr"}}
+
+
+def _dnat(m: PortMapping, target: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[Obj]:
+    family, l3 = ("ip", "ipv4") if target.version == 4 else ("ip6", "ipv6")
+    expr = [_match(_meta("nfproto"), l3)]
+    if m.host_ip is None or m.host_ip.is_unspecified:
+        expr.append(_match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"))
+        if target.version == 6:
+            expr.append(_match(_daddr(family), "::1", op="!="))
+    else:
+        expr.append(_match(_daddr(family), str(m.host_ip)))
+    return [
+        *expr,
+        _match(_meta("l4proto"), m.proto.value),
+        _match({"payload": {"protocol": "th", "field": "dport"}}, m.host_port),
+        {"dnat": {"family": family, "addr": str(target), "port": m.port}},
+    ]
+
+
 def compile_table(published: Iterable[Published]) -> list[Obj]:
     items = sorted(published, key=lambda p: (p.mapping.proto, p.mapping.host_port))
     objs: list[Obj] = [
@@ -62,20 +97,10 @@ def compile_table(published: Iterable[Published]) -> list[Obj]:
         _chain("postrouting", "postrouting", 100),
     ]
     for p in items:
-        m = p.mapping
-        if m.host_ip is None:
-            dest = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
-        else:
-            dest = _match({"payload": {"protocol": "ip", "field": "daddr"}}, str(m.host_ip))
-        expr = [
-            _match(_meta("nfproto"), "ipv4"),
-            dest,
-            _match(_meta("l4proto"), m.proto.value),
-            _match({"payload": {"protocol": "th", "field": "dport"}}, m.host_port),
-            {"dnat": {"family": "ip", "addr": str(p.address), "port": m.port}},
-        ]
-        for chain in ("prerouting", "output"):
-            objs.append({"rule": {"chain": chain, "expr": expr, "comment": p.container[:64]}})
+        for target in p.targets():
+            expr = _dnat(p.mapping, target)
+            for chain in ("prerouting", "output"):
+                objs.append({"rule": {"chain": chain, "expr": expr, "comment": p.container[:64]}})
     if items:
         objs.append(
             {
@@ -111,5 +136,6 @@ def compile_table(published: Iterable[Published]) -> list[Obj]:
 
 
 def localnet_bridges(published: Iterable[Published]) -> set[str]:
-    """Bridges that must accept DNATed packets with a loopback source."""
-    return {p.bridge for p in published}
+    """Bridges that must accept DNATed packets with a loopback source
+    (127.0.0.0/8: IPv4 only)."""
+    return {p.bridge for p in published if any(t.version == 4 for t in p.targets())}

@@ -155,11 +155,13 @@ def published(snap: Snapshot) -> list[ports.Published]:
     out: list[ports.Published] = []
     for cid, c in snap.containers.items():
         eps = snap.endpoints.get(cid, [])
-        target = next((e for e in eps if e.ipv4 is not None and e.network in snap.networks), None)
-        if target is None or target.ipv4 is None:
+        # The first network with an address: its IPv4 and IPv6 addresses
+        # receive the mapping's IPv4 and IPv6 traffic.
+        target = next((e for e in eps if e.addresses and e.network in snap.networks), None)
+        if target is None:
             continue
         bridge = snap.networks[target.network].bridge
-        out.extend(ports.Published(m, target.ipv4, bridge, c.name) for m in c.ports)
+        out.extend(ports.Published(m, target.ipv4, target.ipv6, bridge, c.name) for m in c.ports)
     return out
 
 

@@ -10,6 +10,7 @@ rolled back; a crash is converged by the next reconcile and ``adopt``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -31,7 +32,14 @@ from cove.runtime import view
 from cove.runtime.client import SupervisorClient
 from cove.runtime.launch import LaunchSpec
 from cove.runtime.reconcile import ContainerReconciler, container_endpoints, read_snapshot
-from cove.runtime.spec import Attachment, Container, Desired, PortMapping, RunSpec
+from cove.runtime.spec import (
+    Attachment,
+    Container,
+    Desired,
+    PortMapping,
+    RunSpec,
+    check_port_families,
+)
 from cove.runtime.state import ProcessState, Status
 from cove.store.base import Compare, Delete, Put, Store
 
@@ -46,17 +54,37 @@ def owner_of(cid: str) -> str:
 
 
 def probe_host_port(mapping: PortMapping) -> None:
-    """``Conflict`` when a host program already holds the port."""
+    """``Conflict`` when a host program already holds the port, on either
+    family it is published on; ``InvalidArgument`` when the host IP is not
+    one of the host's addresses."""
+    if mapping.host_ip is not None:
+        targets = [(mapping.host_ip.version, str(mapping.host_ip))]
+    else:
+        targets = [(4, "0.0.0.0"), (6, "::")]
     kind = socket.SOCK_STREAM if mapping.proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for version, host in targets:
         try:
-            sock.bind((str(mapping.host_ip or "0.0.0.0"), mapping.host_port))
+            sock = socket.socket(socket.AF_INET if version == 4 else socket.AF_INET6, kind)
         except OSError as exc:
-            raise Conflict(
-                f"host port {mapping.host_port}/{mapping.proto} is already in use",
-                port=str(mapping),
-            ) from exc
+            if exc.errno == errno.EAFNOSUPPORT and mapping.host_ip is None:
+                continue  # a host without IPv6
+            raise
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if version == 6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((host, mapping.host_port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL and mapping.host_ip is not None:
+                    raise InvalidArgument(
+                        f"cannot publish {mapping}: {host} is not an address of this host",
+                        port=str(mapping),
+                    ) from exc
+                raise Conflict(
+                    f"host port {mapping.host_port}/{mapping.proto} is already in use",
+                    port=str(mapping),
+                ) from exc
 
 
 class ContainerService:
@@ -131,6 +159,8 @@ class ContainerService:
             raise InvalidArgument(f"rootfs directory {spec.rootfs} does not exist")
         env = {"PATH": DEFAULT_PATH, **spec.env, "HOSTNAME": spec.hostname or name}
         _check_command(spec.argv[0], env["PATH"], spec.rootfs)
+        if networks:
+            check_port_families(spec.ports, networks[0])
         self._check_ports(spec.ports)
         cid = secrets.token_hex(32)
         container = Container(

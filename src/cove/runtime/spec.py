@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from cove.errors import InvalidArgument
-from cove.model import ServiceSpec
+from cove.model import Network, ServiceSpec
 from cove.network.spec import check_name
 from cove.runtime.state import RestartPolicy
 
@@ -27,45 +27,112 @@ class Desired(StrEnum):
     STOPPED = "stopped"
 
 
+_PORT_USAGE = "expected [HOSTIP:]HOSTPORT:PORT[/tcp|/udp], an IPv6 HOSTIP in brackets"
+
+
 @dataclass(frozen=True, slots=True)
 class PortMapping:
+    """``-p``: a host port, on every host address of both families or on
+    one ``host_ip``, forwarded to a container port. An unspecified
+    ``host_ip`` (``0.0.0.0``, ``[::]``) means every address of its family."""
+
     host_port: int
     port: int
     proto: Proto = Proto.TCP
-    host_ip: ipaddress.IPv4Address | None = None
+    host_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
     def __str__(self) -> str:
-        host = f"{self.host_ip}:" if self.host_ip else ""
+        if self.host_ip is None:
+            host = ""
+        elif self.host_ip.version == 6:
+            host = f"[{self.host_ip}]:"
+        else:
+            host = f"{self.host_ip}:"
         return f"{host}{self.host_port}:{self.port}/{self.proto}"
 
     @property
     def claim_key(self) -> str:
+        """One claim per protocol and host port, whatever the host IP and
+        family: a port published on IPv4 is taken on IPv6 too."""
         return f"{PORTS}{self.proto}/{self.host_port}"
+
+    def publishes_on(self, version: int) -> bool:
+        """Whether this mapping listens on IPv``version`` host addresses."""
+        return self.host_ip is None or self.host_ip.version == version
 
     @classmethod
     def parse(cls, text: str) -> PortMapping:
-        """``[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]``."""
+        """``[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]``; an IPv6 HOSTIP is written in
+        brackets (``[2001:db8::1]:8080:80``). Raises ``InvalidArgument``."""
         body, _, proto = text.partition("/")
-        parts = body.split(":")
+        host_ip, ports = _split_host(text, body)
+        parts = ports.split(":")
         try:
             protocol = Proto(proto or "tcp")
-            if len(parts) == 2:
-                host_ip = None
-                host_port, port = int(parts[0]), int(parts[1])
-            elif len(parts) == 3:
-                host_ip = ipaddress.IPv4Address(parts[0])
-                host_port, port = int(parts[1]), int(parts[2])
-            else:
+            if len(parts) != 2:
                 raise ValueError(text)
+            host_port, port = int(parts[0]), int(parts[1])
         except ValueError:
-            raise InvalidArgument(
-                f"invalid port spec {text!r}: expected [HOSTIP:]HOSTPORT:PORT[/tcp|/udp]",
-                port=text,
-            ) from None
+            raise InvalidArgument(f"invalid port spec {text!r}: {_PORT_USAGE}", port=text) from None
         for p in (host_port, port):
             if not 1 <= p <= 65535:
                 raise InvalidArgument(f"invalid port spec {text!r}: port {p} is out of range")
         return cls(host_port=host_port, port=port, proto=protocol, host_ip=host_ip)
+
+
+def _split_host(
+    text: str, body: str
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, str]:
+    """The host IP of a port spec (if any) and the ``HOSTPORT:PORT`` rest."""
+
+    def bad(why: str) -> InvalidArgument:
+        return InvalidArgument(f"invalid port spec {text!r}: {why}", port=text)
+
+    if body.startswith("["):
+        inside, sep, rest = body[1:].partition("]")
+        if not sep:
+            raise bad("missing ']' after the IPv6 host IP")
+        if not rest.startswith(":"):
+            raise bad("expected ':HOSTPORT:PORT' after ']'")
+        try:
+            v6 = ipaddress.IPv6Address(inside)
+        except ValueError:
+            raise bad(f"{inside!r} in brackets is not an IPv6 address") from None
+        if v6.scope_id or v6.ipv4_mapped is not None:
+            raise bad(f"{inside} cannot be published: use a global or unique local address")
+        if v6.is_loopback:
+            # The kernel has no route_localnet for IPv6: ::1 cannot be DNATed.
+            raise bad("the IPv6 loopback address ::1 cannot be published")
+        return v6, rest[1:]
+    parts = body.split(":")
+    if len(parts) <= 2:
+        return None, body
+    if len(parts) > 3 or "]" in body:
+        raise bad(_PORT_USAGE)
+    try:
+        return ipaddress.IPv4Address(parts[0]), ":".join(parts[1:])
+    except ValueError:
+        raise bad(f"{parts[0]!r} is not an IPv4 address ({_PORT_USAGE})") from None
+
+
+def check_port_families(ports: Sequence[PortMapping], network: Network) -> None:
+    """``InvalidArgument`` when a mapping's host IP is of a family the
+    container gets no address in on ``network``, the one its published
+    ports go to (its first)."""
+    for p in ports:
+        if p.host_ip is None:
+            continue
+        if p.host_ip.version == 6 and network.ipv6 is None:
+            raise InvalidArgument(
+                f"cannot publish {p}: the container has no IPv6 address on network "
+                f"{network.name} (create the network with --ipv6)",
+                port=str(p),
+            )
+        if p.host_ip.version == 4 and network.ipv4 is None:
+            raise InvalidArgument(
+                f"cannot publish {p}: the container has no IPv4 address on network {network.name}",
+                port=str(p),
+            )
 
 
 @dataclass(frozen=True, slots=True)
