@@ -97,6 +97,8 @@ class Interests:
 
     def on_events(self, events: Sequence[Event]) -> None:
         interests = self._by_prefix
+        if not interests:  # no query has run yet: nothing to wake or date
+            return
         for ev in events:
             rev = ev.kv.mod_revision
             for prefix in key_prefixes(ev.kv.key):

@@ -108,13 +108,15 @@ class Catalog:
             for definition, status in checks:
                 self._put_check(tx, definition, status, inst)
 
-        keys = [t.node_key(node), t.agent_service_key(node, inst.id)]
-        for definition, _ in checks:
-            keys += [
-                t.agent_check_key(node, definition.id),
-                t.check_key(inst.name, node, definition.id),
-            ]
-        return transact(self._store, plan, keys if self._prefetch else ())[1]
+        keys: list[str] = []
+        if self._prefetch:
+            keys = [t.node_key(node), t.agent_service_key(node, inst.id)]
+            for definition, _ in checks:
+                keys += [
+                    t.agent_check_key(node, definition.id),
+                    t.check_key(inst.name, node, definition.id),
+                ]
+        return transact(self._store, plan, keys)[1]
 
     def deregister_service(self, service_id: str) -> int:
         node = self.node.name

@@ -3,9 +3,17 @@
 ``SqliteStore`` is ``MemoryStore`` with write-through persistence: reads,
 watches and lease bookkeeping run on the in-memory mirror, and every write
 transaction of the store is first committed as exactly one SQLite transaction
-(keys, the event log row(s) and the revision together) before the mirror
-changes. A write that SQLite refuses raises ``StoreError`` and changes
-nothing.
+(its event rows and the revision together) before the mirror changes. A
+write that SQLite refuses raises ``StoreError`` and changes nothing.
+
+The file is a log plus a snapshot: the ``events`` table holds every change
+since the compaction point (each row carries the key's whole new state), and
+the ``kv`` table the keys as they were just before it. A commit only appends
+event rows, at the end of one B-tree; updating ``kv`` in place would dirty a
+page per key at random spots of the tree, which was most of the bytes and
+time of a commit. Compaction folds the events it drops into ``kv`` (each key
+once, at its last state) in the same transaction; opening the file loads
+``kv`` and replays ``events`` over it.
 
 Group commit: inside ``with store.batch():`` the writes of many callers (the
 Consul API queues those of concurrent requests, see ``cove.store.group``)
@@ -87,6 +95,19 @@ _PUT_KV = "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)"
 _DEL_KV = "DELETE FROM kv WHERE key = ?"
 _ADD_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _SET_META = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+# Folding, in SQLite's C rather than row by row in Python: the last event of
+# each key before the compaction point, then a delete or a put per key.
+_FOLD_LAST = """
+CREATE TEMP TABLE fold AS SELECT key, type, value, create_rev, revision, version, lease
+FROM (SELECT *, row_number() OVER (PARTITION BY key ORDER BY revision DESC, seq DESC) AS n
+      FROM events WHERE revision < ?)
+WHERE n = 1
+"""
+_FOLD_DELETES = "DELETE FROM kv WHERE key IN (SELECT key FROM temp.fold WHERE type != 'put')"
+_FOLD_PUTS = (
+    "INSERT OR REPLACE INTO kv SELECT key, value, create_rev, revision, version, lease"
+    " FROM temp.fold WHERE type = 'put'"
+)
 
 
 class SqliteStore(MemoryStore):
@@ -155,18 +176,22 @@ class SqliteStore(MemoryStore):
         meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
         revision = int(meta.get("revision", 1))
         compacted = int(meta.get("compacted", 1))
-        kvs = [KeyValue(*row) for row in self._db.execute("SELECT * FROM kv")]
+        kvs = {row[0]: KeyValue(*row) for row in self._db.execute("SELECT * FROM kv")}
         history = [
             _event_from_row(row)
-            for row in self._db.execute(
-                "SELECT * FROM events WHERE revision >= ? ORDER BY revision, seq", (compacted,)
-            )
+            for row in self._db.execute("SELECT * FROM events ORDER BY revision, seq")
         ]
+        for ev in history:  # the log after the snapshot in ``kv``
+            if ev.type is EventType.PUT:
+                kvs[ev.kv.key] = ev.kv
+            else:
+                kvs.pop(ev.kv.key, None)
+        history = [ev for ev in history if ev.kv.mod_revision >= compacted]
         leases = [
             (int(i), int(ttl), float(deadline))
             for i, ttl, deadline in self._db.execute("SELECT id, ttl, deadline FROM leases")
         ]
-        self._load(kvs, history, revision, compacted, leases)
+        self._load(kvs.values(), history, revision, compacted, leases)
         log.debug("opened %s at revision %s with %s keys", self._path, revision, len(kvs))
 
     # -- write-through hooks (called with the store lock held) -------------
@@ -246,14 +271,13 @@ class SqliteStore(MemoryStore):
 
 
 class _Pending:
-    """Writes waiting for one SQLite transaction: the last state of every
-    key and lease written, the event rows in order, the newest revision and
-    the newest compaction point."""
+    """Writes waiting for one SQLite transaction: the event rows in order,
+    the last state of every lease written, the newest revision and the
+    newest compaction point."""
 
-    __slots__ = ("compacted", "events", "kvs", "leases", "revision")
+    __slots__ = ("compacted", "events", "leases", "revision")
 
     def __init__(self) -> None:
-        self.kvs: dict[str, tuple[bytes, int, int, int, int] | None] = {}
         self.events: list[tuple[Any, ...]] = []
         self.leases: dict[int, tuple[int, float] | None] = {}
         self.revision = 0
@@ -261,16 +285,12 @@ class _Pending:
 
     @property
     def empty(self) -> bool:
-        return not (self.kvs or self.events or self.leases or self.revision or self.compacted)
+        return not (self.events or self.leases or self.revision or self.compacted)
 
     def add_events(self, revision: int, events: Sequence[Event]) -> None:
-        kvs, rows = self.kvs, self.events
+        rows = self.events
         for seq, ev in enumerate(events):
             kv, prev = ev.kv, ev.prev
-            if ev.type is EventType.PUT:
-                kvs[kv.key] = (kv.value, kv.create_revision, revision, kv.version, kv.lease)
-            else:
-                kvs[kv.key] = None
             rows.append(
                 (
                     revision,
@@ -291,18 +311,13 @@ class _Pending:
         self.revision = revision
 
     def write(self, db: sqlite3.Connection) -> None:
-        puts = [(key, *row) for key, row in self.kvs.items() if row is not None]
-        dels = [(key,) for key, row in self.kvs.items() if row is None]
-        if dels:
-            db.executemany(_DEL_KV, dels)
-        if puts:
-            db.executemany(_PUT_KV, puts)
         if self.events:
             db.executemany(_ADD_EVENT, self.events)
         if self.revision:
             db.execute(_SET_META, ("revision", self.revision))
         if self.compacted:
             # After the inserts: the group may compact its own early events.
+            _fold(db, self.compacted)
             db.execute("DELETE FROM events WHERE revision < ?", (self.compacted,))
             db.execute(_SET_META, ("compacted", self.compacted))
         for lease, state in self.leases.items():
@@ -310,6 +325,17 @@ class _Pending:
                 db.execute("DELETE FROM leases WHERE id = ?", (lease,))
             else:
                 db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (lease, *state))
+
+
+def _fold(db: sqlite3.Connection, before: int) -> None:
+    """Bring the ``kv`` snapshot up to revision ``before - 1``: write each
+    key changed by the events before ``before`` once, at its last state."""
+    db.execute(_FOLD_LAST, (before,))
+    try:
+        db.execute(_FOLD_DELETES)
+        db.execute(_FOLD_PUTS)
+    finally:
+        db.execute("DROP TABLE temp.fold")
 
 
 def _event_from_row(row: tuple[Any, ...]) -> Event:

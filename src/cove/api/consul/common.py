@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
+# One encoder (json.dumps would build one per call); our dicts hold no cycles,
+# so the per-container cycle check is skipped.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 @dataclass(slots=True)
