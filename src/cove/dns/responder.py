@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cove.dns.answer import Action, AnswerConfig, resolve
@@ -68,7 +68,8 @@ class Responder:
         self.view_lock = threading.Lock()
         self.host = (HOST_SCOPE, cache.table(HOST_SCOPE))
         # network -> source address -> scope and its table; replaced whole
-        # by ``rebuild_scopes`` so the I/O loop reads it without a lock.
+        # by ``rebuild_scopes``, patched in place by ``update_scopes``: the
+        # I/O loop only looks single keys up, which needs no lock.
         self.src_scopes: dict[str, dict[str, ScopeTable]] = {}
         self._rng = random.Random(seed)
 
@@ -86,6 +87,20 @@ class Responder:
                 per[src] = (scope, table)
             out[net] = per
         self.src_scopes = out
+
+    def update_scopes(self, changes: Mapping[str, Mapping[str, Scope | None]]) -> None:
+        """Set (or, ``None``, drop) the scope of single sources: network ->
+        source address -> scope. Networks without a listener are skipped.
+        Call with ``view_lock`` held."""
+        for net, per in changes.items():
+            current = self.src_scopes.get(net)
+            if current is None:
+                continue
+            for src, scope in per.items():
+                if scope is None:
+                    current.pop(src, None)
+                else:
+                    current[src] = (scope, self.cache.table(scope))
 
     def scope_for(self, network: str | None, source: str) -> ScopeTable | None:
         """The asker's scope on a listener (``network`` None: the host's);

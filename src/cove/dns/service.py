@@ -31,7 +31,7 @@ from cove.dns.forward import Forwarder, ResolvConfUpstreams, Upstream, UpstreamS
 from cove.dns.responder import Responder
 from cove.dns.server import DnsServer
 from cove.dns.services import EndpointServices, ServiceChange, ServiceSource
-from cove.dns.view import ALL, DnsView, node_dep, svc_dep
+from cove.dns.view import ALL, DnsView, Scope, node_dep, svc_dep
 from cove.errors import CoveError
 from cove.lb.model import VIPS
 from cove.model import ENDPOINTS, NETWORKS, IPAddress
@@ -230,15 +230,27 @@ class DnsService:
 
     def _on_events(self, events: Sequence[Event]) -> None:
         deps: set[str] = set()
+        sources: set[tuple[str, IPAddress]] = set()
         with self._responder.view_lock:
             for ev in events:
                 if ev.revision <= self._loaded:
                     continue  # already in the loaded snapshot
                 touched, old, new = self._view.apply(ev)
                 deps |= touched
-                if self._interim is not None and (old is not None or new is not None):
-                    self._interim.update(ev.kv.key, new)
-            self._responder.rebuild_scopes(self._listened_nets)
+                if old is not None or new is not None:
+                    sources |= self._view.touched_sources(old, new)
+                    if self._interim is not None:
+                        self._interim.update(ev.kv.key, new)
+            if ALL in deps:
+                # A network changed: which scopes exist, and whether they forward.
+                self._responder.rebuild_scopes(self._listened_nets)
+            elif sources:
+                # Endpoints changed: only their containers' sources, so an
+                # attach does not cost every container on the network.
+                changes: dict[str, dict[str, Scope | None]] = {}
+                for net, addr in sources:
+                    changes.setdefault(net, {})[str(addr)] = self._view.source_scope(net, addr)
+                self._responder.update_scopes(changes)
         if deps:
             self._cache.invalidate(deps)
         if ALL in deps:

@@ -204,6 +204,35 @@ class DnsView:
                 out[str(a)] = scope
         return out
 
+    def source_scope(self, network: str, address: IPAddress) -> Scope | None:
+        """Scope of one container address on ``network``, as ``source_scopes``
+        has it; ``None`` when no endpoint on ``network`` has that address."""
+        ep = next((e for e in reversed(self.addrs.get(address, ())) if e.network == network), None)
+        if ep is None:
+            return None
+        net = self.networks.get(network)
+        forward = net is not None and not net.internal
+        return Scope(self.containers.get(ep.container_id, frozenset({network})), forward)
+
+    def touched_sources(
+        self, old: Endpoint | None, new: Endpoint | None
+    ) -> set[tuple[str, IPAddress]]:
+        """The (network, address) sources whose scope an endpoint change
+        (applied already) may have changed: the endpoint's own addresses,
+        and every address of its container, whose set of networks is part
+        of each of their scopes. So a change costs its container's
+        endpoints, not every endpoint's."""
+        out: set[tuple[str, IPAddress]] = set()
+        for ep in (old, new):
+            if ep is None:
+                continue
+            out.update((ep.network, a) for a in ep.addresses)
+            for key in self._container_keys.get(ep.container_id, ()):
+                other = self._endpoints.get(key)
+                if other is not None:
+                    out.update((other.network, a) for a in other.addresses)
+        return out
+
     def subnet_scope(self, network: str, source: IPAddress) -> Scope | None:
         """Scope of an unknown source inside ``network``'s subnets (a
         container not registered yet, or the host on the bridge); ``None``

@@ -51,6 +51,11 @@ class PolicyService:
     def __init__(self, store: Store, clock: Clock | None = None) -> None:
         self._store = store
         self._clock = clock or SystemClock()
+        # Decoded records by key, with the revision they were decoded at:
+        # a recompile after one attach decodes that one record, not all.
+        # Replaced whole by each reader; a race only costs a decode.
+        self._endpoints: dict[str, tuple[int, Endpoint]] = {}
+        self._labels: dict[str, tuple[int, str, dict[str, str]]] = {}
 
     # -- reading the world ---------------------------------------------------
 
@@ -64,22 +69,35 @@ class PolicyService:
         return out
 
     def members(self) -> builtins.list[pc.Member]:
+        seen_labels = self._labels
+        label_cache: dict[str, tuple[int, str, dict[str, str]]] = {}
         labels: dict[str, dict[str, str]] = {}
         for kv in self._store.range(CONTAINERS).kvs:
-            try:
-                data = json.loads(kv.value)
-                labels[str(data["name"])] = {
-                    str(k): str(v) for k, v in (data.get("labels") or {}).items()
-                }
-            except (ValueError, KeyError, AttributeError, TypeError):
-                continue
-        endpoints = []
+            hit = seen_labels.get(kv.key)
+            if hit is None or hit[0] != kv.mod_revision:
+                try:
+                    data = json.loads(kv.value)
+                    name = str(data["name"])
+                    found = {str(k): str(v) for k, v in (data.get("labels") or {}).items()}
+                except (ValueError, KeyError, AttributeError, TypeError):
+                    continue
+                hit = (kv.mod_revision, name, found)
+            label_cache[kv.key] = hit
+            labels[hit[1]] = hit[2]
+        self._labels = label_cache
+        seen_eps = self._endpoints
+        ep_cache: dict[str, tuple[int, Endpoint]] = {}
         for kv in self._store.range(ENDPOINTS).kvs:
-            try:
-                endpoints.append(Endpoint.from_json(json.loads(kv.value)))
-            except (ValueError, KeyError) as exc:
-                log.warning("unreadable endpoint %s: %s", kv.key, exc)
-        return pc.members_from(endpoints, labels)
+            got = seen_eps.get(kv.key)
+            if got is None or got[0] != kv.mod_revision:
+                try:
+                    got = (kv.mod_revision, Endpoint.from_json(json.loads(kv.value)))
+                except (ValueError, KeyError) as exc:
+                    log.warning("unreadable endpoint %s: %s", kv.key, exc)
+                    continue
+            ep_cache[kv.key] = got
+        self._endpoints = ep_cache
+        return pc.members_from((ep for _, ep in ep_cache.values()), labels)
 
     def rules(self, network: str | None = None) -> builtins.list[Rule]:
         out = []

@@ -122,9 +122,10 @@ class ContainerService:
     def inspect(self, name: str) -> dict[str, Any]:
         return self._inspect(self.get(name))
 
-    def _inspect(self, c: Container) -> dict[str, Any]:
+    def _inspect(self, c: Container, endpoints: list[Endpoint] | None = None) -> dict[str, Any]:
         state = self._sup.state(c.id) or ProcessState(c.id)
-        return view.inspect(c, self.endpoints(c), state, self.log_path(c.id))
+        eps = self.endpoints(c) if endpoints is None else endpoints
+        return view.inspect(c, eps, state, self.log_path(c.id))
 
     def list_all(self, all_: bool = False) -> list[dict[str, Any]]:
         snap = read_snapshot(self._store)
@@ -337,7 +338,8 @@ class ContainerService:
             c = Container.from_json(json.loads(kv.value))
             if network in c.networks:
                 raise Conflict(f"container {name} is already on network {network}")
-            used = {ep.interface for ep in self.endpoints(c)}
+            current = self.endpoints(c)
+            used = {ep.interface for ep in current}
             iface = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
             v4 = requested if isinstance(requested, ipaddress.IPv4Address) else None
             v6 = requested if isinstance(requested, ipaddress.IPv6Address) else None
@@ -360,7 +362,8 @@ class ContainerService:
                         self._detach(name, network)
                         self._rec.sync(only=c.id, name=name)
                     raise
-            return self._inspect(c2)
+            # Its endpoints are known: no second scan of the network's.
+            return self._inspect(c2, [*current, ep])
         raise Conflict(f"container {name} is changing too fast")
 
     def disconnect(self, network: str, name: str) -> dict[str, Any]:
