@@ -8,8 +8,10 @@ The agent endpoints (``register_service`` ...) act for this agent's node;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -23,6 +25,8 @@ from cove.store.base import Delete, Put, Store
 
 log = logging.getLogger(__name__)
 
+WRITTEN_DEFINITIONS = 1024  # encoded check definitions kept for the runner
+
 
 class Catalog:
     def __init__(self, store: Store, clock: Clock, node: t.Node) -> None:
@@ -33,6 +37,11 @@ class Catalog:
         # in memory, plain gets are cheaper than a read-only transaction.
         self._prefetch = not in_process(store)
         self._encoded: tuple[t.Node | None, bytes] = (None, b"")  # last node written
+        # Check definitions just encoded, by their bytes: the check runner
+        # takes them back (``definition``) instead of decoding what this
+        # process has just written. Bounded; an OrderedDict because its
+        # pop and popitem are atomic across threads.
+        self._written: OrderedDict[bytes, t.CheckDefinition] = OrderedDict()
 
     # -- this agent's node ---------------------------------------------------
 
@@ -83,8 +92,10 @@ class Catalog:
         replace_existing_checks: bool = False,
         enable_script_checks: bool = False,
     ) -> int:
-        if not enable_script_checks and any(c.kind is t.CheckKind.SCRIPT for c, _ in checks):
-            raise InvalidArgument(_SCRIPTS_DISABLED)
+        if not enable_script_checks:
+            for c, _ in checks:
+                if c.kind is t.CheckKind.SCRIPT:
+                    raise InvalidArgument(_SCRIPTS_DISABLED)
         node = self.node.name
 
         def plan(tx: Tx) -> None:
@@ -218,8 +229,22 @@ class Catalog:
             interval=definition.interval,
             timeout=definition.timeout if definition.kind is not t.CheckKind.TTL else 0.0,
         )
-        tx.add(Put(akey, dumps(definition.to_json())))
+        value = dumps(definition.to_json())
+        self._written[value] = definition
+        if len(self._written) > WRITTEN_DEFINITIONS:
+            with contextlib.suppress(KeyError):
+                self._written.popitem(last=False)
+        tx.add(Put(akey, value))
         tx.add(Put(key, dumps(state.to_json())))
+
+    def definition(self, value: bytes) -> t.CheckDefinition:
+        """The check definition stored as ``value``: the object itself when
+        this catalog has just written it, else decoded. Raises ``ValueError``
+        or ``KeyError`` for malformed bytes."""
+        found = self._written.pop(value, None)
+        if found is not None:
+            return found
+        return t.CheckDefinition.from_json(_loads(value))
 
     def set_maintenance(self, service_id: str | None, enable: bool, reason: str) -> int:
         """Put a service of this agent (or, with None, the whole node) into

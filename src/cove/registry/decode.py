@@ -31,7 +31,22 @@ def fold(data: Any, what: str = "request") -> dict[str, Any]:
     """A JSON object with its keys lower-cased and underscores dropped."""
     if not isinstance(data, Mapping):
         raise InvalidArgument(f"Request decode failed: {what} must be a JSON object")
-    return {str(k).lower().replace("_", ""): v for k, v in data.items()}
+    known = _FOLDED.get
+    return {known(k) or str(k).lower().replace("_", ""): v for k, v in data.items()}
+
+
+# Consul's own spellings, folded ahead: a lookup costs less than lower() and
+# replace() on every key of every registration.
+_CONSUL_KEYS = (
+    "ID", "Name", "Service", "Address", "Port", "Tags", "Meta", "Weights",
+    "TaggedAddresses", "EnableTagOverride", "Kind", "Check", "Checks", "CheckID",
+    "TTL", "Status", "Notes", "HTTP", "TCP", "GRPC", "UDP", "H2PING", "Interval",
+    "Timeout", "Method", "Header", "Body", "TLSSkipVerify", "GRPCUseTLS",
+    "H2PingUseTLS", "AliasNode", "AliasService", "Args", "ServiceID",
+    "SuccessBeforePassing", "FailuresBeforeCritical", "DeregisterCriticalServiceAfter",
+    "Passing", "Warning",
+)  # fmt: skip
+_FOLDED = {k: k.lower() for k in _CONSUL_KEYS}
 
 
 def text(d: Mapping[str, Any], key: str, what: str, default: str = "") -> str:

@@ -133,7 +133,7 @@ class CheckRunner:
                 self._stop_check(cid)
                 continue
             try:
-                definition = CheckDefinition.from_json(json.loads(ev.kv.value))
+                definition = self._registry.catalog.definition(ev.kv.value)
             except (ValueError, KeyError) as exc:
                 log.warning("ignoring a malformed check definition %s: %s", cid, exc)
                 continue
@@ -191,7 +191,7 @@ class CheckRunner:
             current = self._checks.get(cid)
             if current is not None and current.mod_revision == kv.mod_revision:
                 continue
-            definition = CheckDefinition.from_json(json.loads(kv.value))
+            definition = self._registry.catalog.definition(kv.value)
             if current is not None and current.definition == definition:
                 current.mod_revision = kv.mod_revision
                 continue

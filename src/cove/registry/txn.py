@@ -28,8 +28,14 @@ MAX_ATTEMPTS = 100
 class Tx:
     """The reads of one attempt, and the writes it plans."""
 
-    def __init__(self, store: Store, prefetch: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        store: Store,
+        prefetch: Sequence[str] = (),
+        lookup: Callable[[str], KeyValue | None] | None = None,
+    ) -> None:
         self._store = store
+        self._lookup = lookup or store.get  # one key's current state
         self.reads: dict[str, int] = {}
         self._writes: dict[str, Op] = {}  # per key, the last write wins
         self._prefix_deletes: list[Op] = []
@@ -43,7 +49,7 @@ class Tx:
                 self._cache[key] = found[0] if found else None
 
     def get(self, key: str) -> KeyValue | None:
-        kv = self._cache[key] if key in self._cache else self._store.get(key)
+        kv = self._cache[key] if key in self._cache else self._lookup(key)
         self.reads.setdefault(key, kv.mod_revision if kv else 0)
         return kv
 
@@ -88,12 +94,13 @@ def transact(store: Store, plan: Callable[[Tx], T], prefetch: Sequence[str] = ()
     commit carries no compares (building and checking them cost more than
     the rest of a registration's store work)."""
     if isinstance(store, MemoryStore):
-        with store.exclusive():
-            tx = Tx(store, prefetch)
+        with store.exclusive() as lookup:
+            tx = Tx(store, prefetch, lookup)
             result = plan(tx)
-            if not tx.ops:
+            ops = tx.ops
+            if not ops:
                 return result, store.revision
-            return result, store.txn((), tx.ops).revision
+            return result, store.txn((), ops).revision
     for attempt in range(MAX_ATTEMPTS):
         tx = Tx(store, prefetch)
         result = plan(tx)

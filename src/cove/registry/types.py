@@ -139,6 +139,9 @@ def parse_duration(value: Any, what: str) -> float:
         return float(value) / 1e9
     if not isinstance(value, str):
         raise InvalidArgument(f"{what}: expected a duration, got {value!r}")
+    unit = _UNIT.get(value[-1:])
+    if unit is not None and value[:-1].isdigit() and value[:-1].isascii():
+        return int(value[:-1]) * unit  # the common "10s", "1h", "30m"
     text = value.strip()
     sign = -1.0 if text.startswith("-") else 1.0
     body = text.lstrip("+-")
@@ -271,13 +274,13 @@ class HealthCheck:
             "Node": self.node,
             "CheckID": self.id,
             "Name": self.name,
-            "Status": self.status.value,
+            "Status": str(self.status),  # a StrEnum: its value, without the slow .value
             "Notes": self.notes,
             "Output": self.output,
             "ServiceID": self.service_id,
             "ServiceName": self.service_name,
             "ServiceTags": list(self.service_tags),
-            "Type": self.kind.value,
+            "Type": str(self.kind),
             "Interval": format_duration(self.interval) if self.interval else "",
             "Timeout": format_duration(self.timeout) if self.timeout else "",
         }
@@ -333,35 +336,60 @@ class CheckDefinition:
     notes: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The stored form. A field at its default is left out (``from_json``
+        restores it): every registration encodes one of these, and most
+        fields of a check are unset."""
+        d: dict[str, Any] = {
             "CheckID": self.id,
             "Name": self.name,
-            "Kind": self.kind.value,
+            "Kind": str(self.kind),
             "ServiceID": self.service_id,
             "ServiceName": self.service_name,
-            "Interval": self.interval,
-            "Timeout": self.timeout,
-            "TTL": self.ttl,
-            "HTTP": self.http,
-            "Method": self.method,
-            "Header": {k: list(v) for k, v in self.header.items()},
-            "Body": self.body,
-            "TLSSkipVerify": self.tls_skip_verify,
-            "TCP": self.tcp,
-            "GRPC": self.grpc,
-            "GRPCUseTLS": self.grpc_use_tls,
-            "UDP": self.udp,
-            "H2PING": self.h2ping,
-            "H2PingUseTLS": self.h2ping_use_tls,
-            "AliasNode": self.alias_node,
-            "AliasService": self.alias_service,
-            "Args": list(self.args),
-            "SuccessBeforePassing": self.success_before_passing,
-            "FailuresBeforeCritical": self.failures_before_critical,
-            "DeregisterCriticalServiceAfter": self.deregister_after,
-            "Status": self.initial_status.value,
-            "Notes": self.notes,
+            "Status": str(self.initial_status),
         }
+        if self.interval:
+            d["Interval"] = self.interval
+        if self.timeout != 10.0:
+            d["Timeout"] = self.timeout
+        if self.ttl:
+            d["TTL"] = self.ttl
+        if self.http:
+            d["HTTP"] = self.http
+        if self.method != "GET":
+            d["Method"] = self.method
+        if self.header:
+            d["Header"] = {k: list(v) for k, v in self.header.items()}
+        if self.body:
+            d["Body"] = self.body
+        if self.tls_skip_verify:
+            d["TLSSkipVerify"] = True
+        if self.tcp:
+            d["TCP"] = self.tcp
+        if self.grpc:
+            d["GRPC"] = self.grpc
+        if self.grpc_use_tls:
+            d["GRPCUseTLS"] = True
+        if self.udp:
+            d["UDP"] = self.udp
+        if self.h2ping:
+            d["H2PING"] = self.h2ping
+        if not self.h2ping_use_tls:
+            d["H2PingUseTLS"] = False
+        if self.alias_node:
+            d["AliasNode"] = self.alias_node
+        if self.alias_service:
+            d["AliasService"] = self.alias_service
+        if self.args:
+            d["Args"] = list(self.args)
+        if self.success_before_passing:
+            d["SuccessBeforePassing"] = self.success_before_passing
+        if self.failures_before_critical:
+            d["FailuresBeforeCritical"] = self.failures_before_critical
+        if self.deregister_after:
+            d["DeregisterCriticalServiceAfter"] = self.deregister_after
+        if self.notes:
+            d["Notes"] = self.notes
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> CheckDefinition:

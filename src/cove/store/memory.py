@@ -20,7 +20,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -270,13 +270,15 @@ class MemoryStore:
         return rev
 
     @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self) -> Iterator[Callable[[str], KeyValue | None]]:
         """Hold the store lock for the block: no other thread reads or
         writes until it ends, so what the block reads cannot change before
         the block writes (a read-modify-write needs no compares). Reentrant;
-        keep the block short and free of I/O."""
+        keep the block short and free of I/O. Yields a ``get`` for the
+        block that skips the lock it already holds."""
         with self._cond:
-            yield
+            self._check_open()
+            yield self._kvs.get
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:

@@ -295,7 +295,7 @@ class _Pending:
                 (
                     revision,
                     seq,
-                    ev.type.value,
+                    str(ev.type),  # a StrEnum: its value, faster than .value
                     kv.key,
                     kv.value,
                     kv.create_revision,
