@@ -21,10 +21,10 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -32,6 +32,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from cove.datapath import rtnl
 from cove.errors import DatapathError, Unavailable
 from cove.runtime import linux
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,11 @@ class NetnsDatapath:
             ipr.close()
 
     def _open_inside(self, container_id: str) -> Any:
+        return self._made_inside(container_id, IPRoute)
+
+    def _made_inside(self, container_id: str, make: Callable[[], T]) -> T:
+        """``make()`` called inside the container's network namespace (a
+        netlink socket made there stays bound to it)."""
         path = self.netns_path(container_id)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -180,7 +187,7 @@ class NetnsDatapath:
                     linux.setns(fd, linux.CLONE_NEWNET)
                 except OSError as exc:
                     raise DatapathError(f"cannot enter namespace {path}: {exc}") from exc
-                return IPRoute()
+                return make()
         finally:
             os.close(fd)
 
@@ -397,19 +404,7 @@ class NetnsDatapath:
 
     @contextlib.contextmanager
     def _raw_inside(self, container_id: str) -> Iterator[rtnl.Rtnl]:
-        try:
-            fd = os.open(self.netns_path(container_id), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise DatapathError(f"namespace of container {container_id} is gone") from exc
-        try:
-            with _in_thread_ns():
-                try:
-                    linux.setns(fd, linux.CLONE_NEWNET)
-                except OSError as exc:
-                    raise DatapathError(f"cannot enter namespace of {container_id}: {exc}") from exc
-                sock = rtnl.Rtnl()
-        finally:
-            os.close(fd)
+        sock = self._made_inside(container_id, rtnl.Rtnl)
         with sock:
             yield sock
 
