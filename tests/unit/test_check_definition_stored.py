@@ -3,6 +3,7 @@ read; and the catalog handing the runner back what it just wrote."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -68,3 +69,20 @@ def test_the_catalog_hands_back_what_it_wrote_and_decodes_the_rest() -> None:
     again = reg.catalog.definition(kv.value)  # decoded this time
     assert first == again == checks[0][0]
     assert (first.kind, first.ttl, first.initial_status) == (CheckKind.TTL, 30.0, Status.CRITICAL)
+
+
+def test_no_field_is_lost_on_the_way_through_the_store() -> None:
+    full = CheckDefinition(
+        id="c", name="n", kind=CheckKind.HTTP, service_id="s", service_name="web",
+        interval=2.0, timeout=3.0, ttl=4.0, http="http://x/", method="PUT",
+        header={"A": ("1",)}, body="b", tls_skip_verify=True, tcp="t:1", grpc="g:1",
+        grpc_use_tls=True, udp="u:1", h2ping="h:1", h2ping_use_tls=False, alias_node="an",
+        alias_service="as", args=("/bin/true",), success_before_passing=1,
+        failures_before_critical=2, deregister_after=5.0, initial_status=Status.PASSING,
+        notes="x",
+    )  # fmt: skip
+    stored = full.to_json()
+    # Every field differs from its default, so every one must be stored (a
+    # field added to the class but not to the stored form fails here).
+    assert len(stored) == len(dataclasses.fields(CheckDefinition))
+    assert CheckDefinition.from_json(json.loads(json.dumps(stored))) == full

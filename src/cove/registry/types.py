@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -347,48 +347,10 @@ class CheckDefinition:
             "ServiceName": self.service_name,
             "Status": str(self.initial_status),
         }
-        if self.interval:
-            d["Interval"] = self.interval
-        if self.timeout != 10.0:
-            d["Timeout"] = self.timeout
-        if self.ttl:
-            d["TTL"] = self.ttl
-        if self.http:
-            d["HTTP"] = self.http
-        if self.method != "GET":
-            d["Method"] = self.method
-        if self.header:
-            d["Header"] = {k: list(v) for k, v in self.header.items()}
-        if self.body:
-            d["Body"] = self.body
-        if self.tls_skip_verify:
-            d["TLSSkipVerify"] = True
-        if self.tcp:
-            d["TCP"] = self.tcp
-        if self.grpc:
-            d["GRPC"] = self.grpc
-        if self.grpc_use_tls:
-            d["GRPCUseTLS"] = True
-        if self.udp:
-            d["UDP"] = self.udp
-        if self.h2ping:
-            d["H2PING"] = self.h2ping
-        if not self.h2ping_use_tls:
-            d["H2PingUseTLS"] = False
-        if self.alias_node:
-            d["AliasNode"] = self.alias_node
-        if self.alias_service:
-            d["AliasService"] = self.alias_service
-        if self.args:
-            d["Args"] = list(self.args)
-        if self.success_before_passing:
-            d["SuccessBeforePassing"] = self.success_before_passing
-        if self.failures_before_critical:
-            d["FailuresBeforeCritical"] = self.failures_before_critical
-        if self.deregister_after:
-            d["DeregisterCriticalServiceAfter"] = self.deregister_after
-        if self.notes:
-            d["Notes"] = self.notes
+        for attr, key, _ in _CHECK_OPTIONAL:
+            value = getattr(self, attr)
+            if value != _CHECK_DEFAULTS[attr]:
+                d[key] = value  # tuples encode as JSON arrays
         return d
 
     @classmethod
@@ -399,29 +361,52 @@ class CheckDefinition:
             kind=CheckKind(d.get("Kind", "")),
             service_id=d.get("ServiceID", ""),
             service_name=d.get("ServiceName", ""),
-            interval=float(d.get("Interval", 0.0)),
-            timeout=float(d.get("Timeout", 10.0)),
-            ttl=float(d.get("TTL", 0.0)),
-            http=d.get("HTTP", ""),
-            method=d.get("Method", "GET"),
-            header={k: tuple(v) for k, v in (d.get("Header") or {}).items()},
-            body=d.get("Body", ""),
-            tls_skip_verify=bool(d.get("TLSSkipVerify", False)),
-            tcp=d.get("TCP", ""),
-            grpc=d.get("GRPC", ""),
-            grpc_use_tls=bool(d.get("GRPCUseTLS", False)),
-            udp=d.get("UDP", ""),
-            h2ping=d.get("H2PING", ""),
-            h2ping_use_tls=bool(d.get("H2PingUseTLS", True)),
-            alias_node=d.get("AliasNode", ""),
-            alias_service=d.get("AliasService", ""),
-            args=tuple(d.get("Args") or ()),
-            success_before_passing=int(d.get("SuccessBeforePassing", 0)),
-            failures_before_critical=int(d.get("FailuresBeforeCritical", 0)),
-            deregister_after=float(d.get("DeregisterCriticalServiceAfter", 0.0)),
             initial_status=Status(d.get("Status", "critical")),
-            notes=d.get("Notes", ""),
+            **{attr: decode(d[key]) for attr, key, decode in _CHECK_OPTIONAL if key in d},
         )
+
+
+def _header(value: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    return {k: tuple(v) for k, v in (value or {}).items()}
+
+
+# CheckDefinition's fields stored only when set: (attribute, JSON key, decoder).
+_CHECK_OPTIONAL: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("interval", "Interval", float),
+    ("timeout", "Timeout", float),
+    ("ttl", "TTL", float),
+    ("http", "HTTP", str),
+    ("method", "Method", str),
+    ("header", "Header", _header),
+    ("body", "Body", str),
+    ("tls_skip_verify", "TLSSkipVerify", bool),
+    ("tcp", "TCP", str),
+    ("grpc", "GRPC", str),
+    ("grpc_use_tls", "GRPCUseTLS", bool),
+    ("udp", "UDP", str),
+    ("h2ping", "H2PING", str),
+    ("h2ping_use_tls", "H2PingUseTLS", bool),
+    ("alias_node", "AliasNode", str),
+    ("alias_service", "AliasService", str),
+    ("args", "Args", lambda v: tuple(v or ())),
+    ("success_before_passing", "SuccessBeforePassing", int),
+    ("failures_before_critical", "FailuresBeforeCritical", int),
+    ("deregister_after", "DeregisterCriticalServiceAfter", float),
+    ("notes", "Notes", str),
+)
+
+
+def _default(f: Field[Any]) -> Any:
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default
+
+
+_CHECK_DEFAULTS: dict[str, Any] = {
+    f.name: _default(f)
+    for f in fields(CheckDefinition)
+    if f.name in {a for a, _, _ in _CHECK_OPTIONAL}
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,7 +185,7 @@ class ContainerReconciler:
         self._host_resolv = host_resolv
         self._interval = interval
         self.lock = threading.RLock()
-        self._cond = threading.Condition()
+        self._state = threading.Lock()  # guards the fields up to _held
         self._wake = False
         self._pending: dict[str, str | None] = {}  # container id -> name, if known
         self._synced: dict[str, int] = {}  # container id -> store revision its pass saw
@@ -193,8 +193,8 @@ class ContainerReconciler:
         # with the newest revision of the events about them held back meanwhile.
         self._claimed: dict[str, int] = {}
         self._held: dict[str, int] = {}
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._next_full = 0.0
+        self._worker = Worker("cove-ctr-reconcile", self._pass, interval)
         self._ports_digest: str | None = None
         self.last_error: str | None = None
         self._retired = 0
@@ -206,16 +206,12 @@ class ContainerReconciler:
 
     def start(self) -> None:
         self.sync()
-        self._thread = threading.Thread(target=self._loop, name="cove-ctr-reconcile", daemon=True)
-        self._thread.start()
+        self._next_full = time.monotonic() + self._interval
+        self._worker.start()
         self._reaper.start()
 
     def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._worker.stop()
         self._reaper.stop()
         self.reap_now()
 
@@ -240,12 +236,12 @@ class ContainerReconciler:
 
     def kick(self, container_id: str | None = None, name: str | None = None) -> None:
         """Ask for a pass: of one container, or (``None``) of everything."""
-        with self._cond:
+        with self._state:
             if container_id is None:
                 self._wake = True
             else:
                 self._pending[container_id] = name
-            self._cond.notify_all()
+        self._worker.kick()
 
     @contextlib.contextmanager
     def claim(self, container_id: str, name: str) -> Iterator[None]:
@@ -253,18 +249,20 @@ class ContainerReconciler:
         ``connect``, ``disconnect``): its store events do not start a second,
         concurrent pass; any the service's own pass did not cover (it
         failed, or someone else wrote too) start one afterwards."""
-        with self._cond:
+        with self._state:
             self._claimed[container_id] = self._claimed.get(container_id, 0) + 1
         try:
             yield
         finally:
-            with self._cond:
+            with self._state:
                 left = self._claimed.pop(container_id) - 1
                 if left:
                     self._claimed[container_id] = left
-                elif self._held.pop(container_id, 0) > self._synced.get(container_id, 0):
-                    self._pending[container_id] = name
-                    self._cond.notify_all()
+                    again = False
+                else:
+                    again = self._held.pop(container_id, 0) > self._synced.get(container_id, 0)
+            if again:
+                self.kick(container_id, name)
 
     def on_events(self, events: Sequence[Event]) -> None:
         """Store events: a pass for each container they touch (cheap), and a
@@ -283,7 +281,7 @@ class ContainerReconciler:
             if not isinstance(cid, str) or ev.type is not EventType.PUT:
                 continue
             name = data.get("container_name") or data.get("name")
-            with self._cond:
+            with self._state:
                 if cid in self._claimed:
                     self._held[cid] = max(self._held.get(cid, 0), ev.revision)
                     continue
@@ -461,30 +459,23 @@ class ContainerReconciler:
     def remove_files(self, cid: str) -> None:
         shutil.rmtree(self._files / cid, ignore_errors=True)
 
-    def _loop(self) -> None:
-        next_full = time.monotonic() + self._interval
-        while True:
-            with self._cond:
-                self._cond.wait_for(
-                    lambda: self._wake or self._pending or self._stopping,
-                    timeout=max(0.0, next_full - time.monotonic()),
-                )
-                if self._stopping:
-                    return
-                full = self._wake or time.monotonic() >= next_full
-                pending, self._pending, self._wake = self._pending, {}, False
+    def _pass(self, kicked: bool) -> None:
+        """The worker's pass: everything when asked (a network changed), on
+        the periodic tick, and at least every ``interval`` under steady
+        churn; otherwise just the containers the events named."""
+        with self._state:
+            pending, self._pending = self._pending, {}
+            full = self._wake or not kicked or time.monotonic() >= self._next_full
+            self._wake = False
+        if full:
+            self._next_full = time.monotonic() + self._interval
+            self.sync()
+            return
+        for cid, name in sorted(pending.items()):
             try:
-                if full:
-                    next_full = time.monotonic() + self._interval
-                    self.sync()
-                    continue
-                for cid, name in sorted(pending.items()):
-                    try:
-                        self.sync(only=cid, name=name)
-                    except CoveError as exc:
-                        log.warning("container %s: %s", cid[:12], exc.message)
-            except Exception:  # the loop must survive anything a pass hits
-                log.exception("container reconcile pass failed")
+                self.sync(only=cid, name=name)
+            except CoveError as exc:
+                log.warning("container %s: %s", cid[:12], exc.message)
 
 
 def _digest(objs: Sequence[dict[str, Any]]) -> str:
