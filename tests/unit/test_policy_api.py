@@ -8,8 +8,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
+import aiohttp
 
+from cove.api import http as web
 from cove.api import lb as lb_api
 from cove.api import policy as policy_api
 from cove.api.app import build_app
@@ -54,8 +55,12 @@ def test_routes_answer_and_map_errors() -> None:
     async def go() -> None:
         lb.start()
         pol.start()
+        server = web.HttpServer(app)
+        await server.setup()
         try:
-            async with TestClient(TestServer(app)) as c:
+            port = await server.start_tcp("127.0.0.1", 0)
+            base = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
+            async with base as c:
                 r = await c.put("/api/vips/web", json={"address": "10.96.0.9"})
                 assert r.status == 200, await r.text()
                 assert (await r.json())["address"] == "10.96.0.9"
@@ -86,6 +91,7 @@ def test_routes_answer_and_map_errors() -> None:
                 r = await c.delete(f"/api/policy/rules/{rid}")
                 assert r.status == 404
         finally:
+            await server.stop()
             lb.stop()
             pol.stop()
 

@@ -21,12 +21,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO
 
-from aiohttp import web
-
 from cove import __version__
 from cove.agent.config import AgentConfig
 from cove.api import consul as consul_api
 from cove.api import containers as containers_api
+from cove.api import http as web
 from cove.api import networks as networks_api
 from cove.api.app import build_app
 from cove.api.metrics import Metrics
@@ -66,7 +65,6 @@ def setup_logging(config: AgentConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.log_level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 
@@ -239,25 +237,25 @@ class Agent:
 async def _sites(agent: Agent) -> AsyncIterator[None]:
     config = agent.config
     # Blocking queries may wait up to 10 minutes; do not let them hold
-    # shutdown for aiohttp's default minute.
-    runner = web.AppRunner(agent.app, access_log=None, shutdown_timeout=2)
-    await runner.setup()
+    # shutdown for long.
+    server = web.HttpServer(agent.app, shutdown_timeout=2)
+    await server.setup()
     try:
         config.socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             config.socket.unlink()  # stale from a killed agent; the flock says it is ours
         old = os.umask(0o177)
         try:
-            await web.UnixSite(runner, str(config.socket)).start()
+            await server.start_unix(str(config.socket))
         finally:
             os.umask(old)
         os.chmod(config.socket, 0o600)
         if config.http is not None:
             host, port = config.http
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await server.start_tcp(host, port, reuse_address=True)
         yield
     finally:
-        await runner.cleanup()
+        await server.stop()
         with contextlib.suppress(FileNotFoundError):
             config.socket.unlink()
 

@@ -11,8 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
-
+from cove.api import http as web
 from cove.errors import CoveError, InvalidArgument
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from aiohttp import web
-
+from cove.api import http as web
 from cove.api.app import json_body, query_bool
 from cove.errors import InvalidArgument, NotFound
 from cove.runtime.service import ContainerService

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiohttp import web
-
+from cove.api import http as web
 from cove.api.app import json_body
 from cove.errors import DatapathError, InvalidArgument
 from cove.lb.backends import address

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 
-from aiohttp import web
+from cove.api import http as web
 
 Sample = tuple[str, str, float]  # (name, help, value)
 Source = Callable[[], Iterable[Sample]]

@@ -11,8 +11,7 @@ import asyncio
 import json
 from typing import Any
 
-from aiohttp import web
-
+from cove.api import http as web
 from cove.api.app import json_body
 from cove.errors import DatapathError
 from cove.model import ENDPOINTS, Network

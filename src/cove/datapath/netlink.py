@@ -24,6 +24,8 @@ from cove.model import IPNetwork
 
 log = logging.getLogger(__name__)
 
+_IFA_F_NODAD = 0x02  # linux/if_addr.h
+
 
 class NetlinkDatapath:
     """One netlink socket, used under a lock; the reconciler is its only caller."""
@@ -112,10 +114,18 @@ class NetlinkDatapath:
 
     def add_address(self, name: str, address: Interface) -> None:
         idx = self._need(name)
+        # A bridge's IPv6 gateway skips duplicate address detection: cove
+        # owns the subnet, and a tentative gateway drops the first seconds
+        # of traffic after the first container gives the bridge a carrier.
+        extra = {"flags": _IFA_F_NODAD} if address.version == 6 else {}
         try:
             with self._lock:
                 self._ipr.addr(
-                    "add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen
+                    "add",
+                    index=idx,
+                    address=str(address.ip),
+                    prefixlen=address.network.prefixlen,
+                    **extra,
                 )
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:

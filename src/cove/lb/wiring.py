@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aiohttp import web
-
+from cove.api import http as web
 from cove.api import lb as lb_api
 from cove.lb.controller import LbController, NftLike
 from cove.lb.model import DEFAULT_VIP_RANGES

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
+from cove.api import http as web
 from cove.api import policy as policy_api
 from cove.clock import Clock
 from cove.lb.controller import NftLike

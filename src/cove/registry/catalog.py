@@ -9,7 +9,6 @@ The agent endpoints (``register_service`` ...) act for this agent's node;
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -17,10 +16,11 @@ from dataclasses import replace
 from typing import Any
 
 from cove.clock import Clock
+from cove.codec import dumps, loads
 from cove.errors import InvalidArgument, NotFound
 from cove.registry import types as t
 from cove.registry.decode import check_from_json, fold, service_from_json, string_map, text
-from cove.registry.txn import Tx, dumps, in_process, transact
+from cove.registry.txn import Tx, in_process, transact
 from cove.store.base import Delete, Put, Store
 
 log = logging.getLogger(__name__)
@@ -491,5 +491,5 @@ def _put_agent_entry(tx: Tx, node: str, service_id: str, name: str, checks: list
 
 
 def _loads(raw: bytes) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(raw)
+    data: dict[str, Any] = loads(raw)
     return data

@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from cove.clock import Clock
+from cove.codec import dumps
 from cove.errors import Conflict, InvalidArgument, NotFound
 from cove.registry import types as t
 from cove.registry.queries import Answer, Decoded
-from cove.registry.txn import Tx, dumps, transact
+from cove.registry.txn import Tx, transact
 from cove.store.base import Delete, KeyValue, Put, Store
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,13 @@ import uuid
 from typing import Any
 
 from cove.clock import Clock
+from cove.codec import dumps
 from cove.errors import Conflict, InvalidArgument, NotFound
 from cove.registry import types as t
 from cove.registry.decode import fold, strings, text
 from cove.registry.kv import KV
 from cove.registry.queries import Answer, Decoded
-from cove.registry.txn import Tx, dumps, transact
+from cove.registry.txn import Tx, transact
 from cove.store.base import Delete, Put, Store
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,11 @@ a failing plan (it raises) writes nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from cove.codec import loads
 from cove.errors import Conflict
 from cove.store.base import Compare, Delete, Get, KeyValue, Op, Store
 from cove.store.memory import MemoryStore
@@ -55,7 +55,7 @@ class Tx:
 
     def get_json(self, key: str) -> dict[str, Any] | None:
         kv = self.get(key)
-        return json.loads(kv.value) if kv else None
+        return loads(kv.value) if kv else None
 
     def range(self, prefix: str) -> tuple[KeyValue, ...]:
         """Keys under a prefix; each is compared at commit (a key added
@@ -119,12 +119,3 @@ def in_process(store: Store) -> bool:
     then a call costs microseconds, and batching reads or hopping to a
     thread costs more than it saves."""
     return isinstance(store, MemoryStore)
-
-
-# One encoder (json.dumps would build one per call); our dicts hold no cycles,
-# so the per-container cycle check is skipped.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
-
-
-def dumps(obj: Any) -> bytes:
-    return _ENCODER.encode(obj).encode()

@@ -11,8 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from aiohttp import web
-
+from cove.api import http as web
 from cove.api.consul import agent, catalog, kv
 from cove.api.consul.common import CONSUL, Consul
 from cove.registry import Registry

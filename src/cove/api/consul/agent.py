@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
+from cove.api import http as web
 from cove.api.consul.common import (
     blocking,
     consul_errors,

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
+from cove.api import http as web
+from cove.codec import dumps, loads
 from cove.errors import CoveError, InvalidArgument
 from cove.registry import Registry
 from cove.registry.blocking import Interests, blocking_read, parse_index, parse_wait
@@ -26,10 +25,6 @@ from cove.store.group import GroupCommit
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# One encoder (json.dumps would build one per call); our dicts hold no cycles,
-# so the per-container cycle check is skipped.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 @dataclass(slots=True)
@@ -120,8 +115,9 @@ def meta_headers(index: int) -> dict[str, str]:
 
 def reply(data: Any, index: int | None = None, status: int = 200) -> web.Response:
     headers = meta_headers(index) if index is not None else {}
-    body = _ENCODER.encode(data)
-    return web.Response(text=body, status=status, headers=headers, content_type="application/json")
+    return web.Response(
+        body=dumps(data), status=status, headers=headers, content_type="application/json"
+    )
 
 
 async def run(request: web.Request, func: Callable[..., Any], *args: Any) -> Any:
@@ -181,6 +177,6 @@ async def json_body(request: web.Request) -> Any:
     if not raw:
         return None
     try:
-        return json.loads(raw)
+        return loads(raw)
     except ValueError as exc:
         raise InvalidArgument(f"Request decode failed: {exc}") from exc

@@ -6,8 +6,7 @@ import base64
 import binascii
 from typing import Any
 
-from aiohttp import web
-
+from cove.api import http as web
 from cove.api.consul.common import (
     answer_reply,
     blocking,

@@ -15,8 +15,7 @@ import logging
 import threading
 from types import TracebackType
 
-from aiohttp import web
-
+from cove.api import http as web
 from cove.api.consul import CONSUL, Consul, in_process, install
 from cove.clock import Clock
 from cove.errors import Unavailable
@@ -105,21 +104,16 @@ class ConsulServer:
         install(app, self.registry, runner=runner, hub=self.hub)
         self.state = app[CONSUL]
         # Blocked long polls must not hold a stop for their whole wait.
-        app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await app_runner.setup()
-        site = web.TCPSite(app_runner, self.host, self.port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
-        if self.unix_path:
-            await web.UnixSite(app_runner, self.unix_path).start()
-        self._ready.set()
+        http = web.HttpServer(app, shutdown_timeout=2.0)
+        await http.setup()
         try:
+            self.port = await http.start_tcp(self.host, self.port)
+            if self.unix_path:
+                await http.start_unix(self.unix_path)
+            self._ready.set()
             await self._stopping.wait()
         finally:
-            await app_runner.cleanup()
+            await http.stop()
             if runner is not None:
                 await runner.stop()
 

@@ -1,0 +1,355 @@
+"""An HTTP/1.1 server for an ``Application``, on TCP and Unix sockets.
+
+One asyncio protocol per connection: it frames requests as their bytes
+arrive (``message``), reads each body whole (up to the app's size limit) and
+runs the requests of a connection one after another on one task, so
+pipelined answers leave in order. A connection stays open between requests
+(keep-alive) unless the client asks to close, speaks HTTP/1.0 without
+keep-alive, or sends something malformed (answered, then closed). A client
+that goes away cancels the handler it was waiting for, so a blocking query
+of a departed client does not wait out its time.
+
+``stop()`` stops listening, closes idle connections, gives requests in flight
+``shutdown_timeout`` seconds, cancels what is left and then finishes the
+app's cleanup contexts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections import deque
+from typing import cast
+
+from cove.api.http.message import MAX_HEAD, ChunkedBody, Head, HttpError, parse_head
+from cove.api.http.objects import Headers, Request, Response
+from cove.api.http.routing import Application
+
+log = logging.getLogger(__name__)
+
+MAX_PIPELINE = 16  # parsed requests queued on a connection before reading pauses
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class HttpServer:
+    """Serves ``app`` on any number of listeners (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: Application,
+        *,
+        shutdown_timeout: float = 2.0,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self.app = app
+        self.shutdown_timeout = shutdown_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[_Connection] = set()
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self._date: tuple[int, str] = (0, "")
+        self._started = False
+
+    async def setup(self) -> None:
+        """Start the app's cleanup contexts; call before listening."""
+        await self.app.startup()
+        self._started = True
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def start_tcp(self, host: str, port: int, *, reuse_address: bool = True) -> int:
+        """Listen on ``host:port`` (0: any free port); the bound port."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=reuse_address
+        )
+        self._listeners.append(server)
+        sockets = server.sockets or ()
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def start_unix(self, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._listeners.append(await loop.create_unix_server(lambda: _Connection(self), path))
+
+    async def stop(self) -> None:
+        for server in self._listeners:
+            server.close()
+        self._listeners.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout
+        while any(not c.idle for c in self.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()
+        await asyncio.sleep(0)  # let cancelled handlers unwind
+        if self._started:
+            self._started = False
+            await self.app.cleanup()
+
+    def date(self) -> str:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, email.utils.formatdate(now, usegmt=True))
+        return self._date[1]
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(15.0, self.keepalive_timeout))
+            cutoff = loop.time() - self.keepalive_timeout
+            for conn in list(self.connections):
+                if conn.idle and conn.last_active < cutoff:
+                    conn.close()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._app = server.app
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._head: Head | None = None
+        self._chunks: ChunkedBody | None = None
+        self._queue: deque[Request | HttpError] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._parsing = True
+        self._reading_paused = False
+        self._eof = False
+        self._lost = False
+        self._drain: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._chunked_ok = True
+        self.last_active = self._loop.time()
+
+    # -- asyncio.Protocol ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses.
+        self._transport = cast(asyncio.Transport, transport)
+        self._server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._parsing:
+            return
+        self._buf += data
+        self._parse()
+        queue = self._queue
+        if queue:
+            if self._task is None:
+                self._task = self._loop.create_task(self._run())
+            if len(queue) >= MAX_PIPELINE and self._transport is not None:
+                self._transport.pause_reading()
+                self._reading_paused = True
+
+    def eof_received(self) -> bool:
+        # A client that stops sending has gone (as aiohttp treats it): the
+        # transport closes and connection_lost cancels a running handler.
+        self._eof = True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._parsing = False
+        self._server.connections.discard(self)
+        if self._task is not None:
+            self._task.cancel()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_writer()
+
+    # -- state for the server ------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return self._task is None and not self._queue
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- framing ---------------------------------------------------------------
+
+    def _parse(self) -> None:
+        buf = self._buf
+        app = self._app
+        while self._parsing:
+            head = self._head
+            if head is None:
+                if not buf:
+                    return
+                end = buf.find(b"\r\n\r\n")
+                if end < 0 or end > MAX_HEAD:
+                    if len(buf) > MAX_HEAD:
+                        self._fail(HttpError(431, "Request Header Fields Too Large"))
+                    return
+                try:
+                    head = parse_head(bytes(buf[:end]))
+                except HttpError as exc:
+                    self._fail(exc)
+                    return
+                del buf[: end + 4]
+                if not head.chunked and head.length > app.client_max_size:
+                    self._fail(HttpError(413, "Request Entity Too Large"))
+                    return
+                self._head = head
+                if head.chunked:
+                    self._chunks = ChunkedBody(app.client_max_size)
+                if head.expect_continue and (head.chunked or head.length) and not buf:
+                    self._write(_CONTINUE)
+            if self._chunks is not None:
+                try:
+                    if not self._chunks.feed(buf):
+                        return
+                except HttpError as exc:
+                    self._fail(exc)
+                    return
+                body = bytes(self._chunks.body)
+                self._chunks = None
+            else:
+                n = head.length
+                if len(buf) < n:
+                    return
+                if n == len(buf):
+                    body = bytes(buf)
+                    buf.clear()
+                else:
+                    body = bytes(buf[:n])
+                    del buf[:n]
+            self._head = None
+            self._queue.append(
+                Request(
+                    head.method,
+                    head.target,
+                    head.version,
+                    Headers(head.headers),
+                    body,
+                    app,
+                    self,
+                    head.keep_alive,
+                )
+            )
+            if not head.keep_alive:
+                self._parsing = False
+
+    def _fail(self, error: HttpError) -> None:
+        self._queue.append(error)
+        self._parsing = False
+        self._buf.clear()
+
+    # -- answering -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        queue = self._queue
+        try:
+            while queue:
+                item = queue.popleft()
+                if self._reading_paused and len(queue) < MAX_PIPELINE // 2:
+                    self._reading_paused = False
+                    if self._transport is not None:
+                        self._transport.resume_reading()
+                if isinstance(item, HttpError):
+                    self._write(self._error_bytes(item))
+                    self.close()
+                    return
+                if not await self._answer(item):
+                    self.close()
+                    return
+                if self._write_paused:
+                    await self._drained()
+        except (asyncio.CancelledError, ConnectionError):
+            return  # the client went away
+        finally:
+            self._task = None
+            self.last_active = self._loop.time()
+        if self._eof:
+            self.close()
+
+    async def _answer(self, request: Request) -> bool:
+        """Run the handler and send its answer; whether to keep the
+        connection open."""
+        self._chunked_ok = request.version >= (1, 1)
+        try:
+            resp = await self._app.handle(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.raw_path)
+            resp = Response(status=500, text="500 Internal Server Error")
+        keep = request.keep_alive
+        if isinstance(resp, Response) and not resp.prepared:
+            headers = resp.headers
+            headers["Date"] = self._server.date()
+            if not keep:
+                headers["Connection"] = "close"
+            elif request.version < (1, 1):
+                headers["Connection"] = "keep-alive"
+            try:
+                data = resp.render(head_only=request.method == "HEAD")
+            except ValueError:
+                log.exception("%s %s: a malformed response", request.method, request.raw_path)
+                data = Response(status=500, text="500 Internal Server Error").render()
+            self._write(data)
+            return keep
+        if not resp.prepared:
+            await resp.prepare(request)
+        await resp.write_eof()
+        return keep and self._chunked_ok
+
+    def _error_bytes(self, error: HttpError) -> bytes:
+        resp = Response(status=error.status, text=error.message)
+        resp.headers["Date"] = self._server.date()
+        resp.headers["Connection"] = "close"
+        return resp.render()
+
+    # -- writing (also the Channel of streamed responses) -------------------------
+
+    @property
+    def chunked_ok(self) -> bool:
+        return self._chunked_ok
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def send_head(self, head: bytes) -> None:
+        if self._lost:
+            raise ConnectionResetError("the client closed the connection")
+        self._write(head)
+
+    async def send_body(self, data: bytes) -> None:
+        if self._lost:
+            raise ConnectionResetError("the client closed the connection")
+        self._write(data)
+        if self._write_paused:
+            await self._drained()
+
+    async def _drained(self) -> None:
+        while self._write_paused and not self._lost:
+            self._drain = self._loop.create_future()
+            await self._drain
+        if self._lost:
+            raise ConnectionResetError("the client closed the connection")
+
+    def _wake_writer(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
