@@ -12,8 +12,7 @@ from cove.api.http.message import ChunkedBody, HttpError, parse_head
 
 def test_head_is_parsed_with_lowercased_repeated_headers() -> None:
     head = parse_head(
-        b"PUT /v1/kv/a%2Fb?cas=3 HTTP/1.1\r\nHost: x\r\nX-Tag: a\r\nx-tag: b\r\n"
-        b"Content-Length: 5"
+        b"PUT /v1/kv/a%2Fb?cas=3 HTTP/1.1\r\nHost: x\r\nX-Tag: a\r\nx-tag: b\r\nContent-Length: 5"
     )
     assert (head.method, head.target, head.version) == ("PUT", "/v1/kv/a%2Fb?cas=3", (1, 1))
     assert head.headers["x-tag"] == "a, b"

@@ -25,7 +25,7 @@ def serve(check: Check, *, max_body: int = 1024) -> None:
             headers={
                 "X-Match": repr(request.match_info),
                 "X-Tags": ",".join(request.query.getall("tag", [])),
-            },  # fmt: skip
+            },
         )
 
     async def stream(request: web.Request) -> web.StreamResponse:
