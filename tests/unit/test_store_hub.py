@@ -92,7 +92,13 @@ def test_wait_for_times_out_on_a_future_revision(store: MemoryStore, hub: WatchH
     assert not hub.wait_for(store.revision + 1, timeout=0.1)
 
 
-def test_compaction_resyncs_with_puts_and_deletes() -> None:
+@pytest.mark.parametrize("listen", [False, True], ids=["watching", "listening"])
+def test_a_stuck_subscriber_catches_up_with_each_keys_last_change(
+    listen: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Watching: the history runs past the hub and it resyncs after the
+    # compaction. Listening: the queued commits are merged per key.
+    monkeypatch.setattr("cove.store.hub.MAX_QUEUED", 20)
     store = MemoryStore(ManualClock(), history=20)
     store.put("k/gone", b"x")
     store.put("k/same", b"x")
@@ -105,7 +111,7 @@ def test_compaction_resyncs_with_puts_and_deletes() -> None:
         gate.wait(10)  # hold the hub thread while history runs away
         rec(events)
 
-    hub = WatchHub(store, poll=0.05)
+    hub = WatchHub(store, poll=0.05, listen=listen)
     hub.start()
     hub.subscribe("k/", slow)
     first = store.put("k/first", b"1")
@@ -124,6 +130,7 @@ def test_compaction_resyncs_with_puts_and_deletes() -> None:
     assert rec.batches[0] == [("put", "k/first", first)]
     resync = {(kind, key) for kind, key, _ in rec.batches[1]}
     assert resync == {("put", "k/changed"), ("delete", "k/gone"), ("put", "k/new")}
+    assert len(rec.batches) == 2 and len(rec.batches[1]) == 3
 
 
 def test_events_under_load_arrive_once_in_order(store: MemoryStore, hub: WatchHub) -> None:
@@ -146,3 +153,78 @@ def test_events_under_load_arrive_once_in_order(store: MemoryStore, hub: WatchHu
     assert hub.wait_for(store.revision, timeout=10)
     assert rec.events == sorted(expected, key=lambda e: e[2])
     assert all(kind in {EventType.PUT.value, EventType.DELETE.value} for kind, _, _ in rec.events)
+
+
+def test_inline_subscribers_run_in_the_committing_thread_before_it_returns(
+    store: MemoryStore, hub: WatchHub
+) -> None:
+    hub.start()
+    inline, threaded = Recorder(), Recorder()
+    hub.subscribe("svc/", inline, inline=True)
+    hub.subscribe("svc/", threaded)
+    rev = store.put("svc/a", b"1")
+    # Already there when put() returns, and from this very thread.
+    assert inline.events == [("put", "svc/a", rev)]
+    assert inline.threads == {threading.current_thread().name}
+    assert hub.wait_for(rev, timeout=5)
+    assert threaded.events == [("put", "svc/a", rev)]
+    assert threaded.threads == {"cove-watch-hub"}
+
+
+def test_a_group_reaches_inline_subscribers_once_at_its_end(
+    store: MemoryStore, hub: WatchHub
+) -> None:
+    hub.start()
+    inline = Recorder()
+    hub.subscribe("", inline, inline=True)
+    with store.batch():
+        r1 = store.put("a", b"1")
+        r2 = store.put("b", b"2")
+        assert inline.batches == []  # nothing before the group commits
+    assert inline.batches == [[("put", "a", r1), ("put", "b", r2)]]
+
+
+def test_revision_advances_when_no_thread_subscriber_wants_a_commit(
+    store: MemoryStore, hub: WatchHub
+) -> None:
+    hub.start()
+    threaded = Recorder()
+    hub.subscribe("elsewhere/", threaded)
+    rev = store.put("svc/a", b"1")
+    assert hub.revision == rev  # nobody to wait for
+    rev2 = store.put("elsewhere/x", b"1")
+    assert hub.wait_for(rev2, timeout=5) and threaded.events == [("put", "elsewhere/x", rev2)]
+
+
+class FailingGroups(MemoryStore):
+    """A store whose group commits fail: the state goes back to before the
+    group, as SqliteStore re-reads its file when SQLite refuses a commit."""
+
+    def _persist_group_begin(self) -> None:
+        self._before = (dict(self._kvs), list(self._log), self._revision)
+
+    def _persist_group_end(self) -> None:
+        kvs, history, revision = self._before
+        self._load(kvs.values(), history, revision, self._compacted, [])
+        from cove.errors import StoreError
+
+        raise StoreError("disk full (simulated)")
+
+
+def test_a_failed_group_delivers_nothing_and_later_writes_still_arrive() -> None:
+    store = FailingGroups(ManualClock())
+    hub = WatchHub(store, poll=0.05)
+    try:
+        hub.start()
+        inline, threaded = Recorder(), Recorder()
+        hub.subscribe("", inline, inline=True)
+        hub.subscribe("", threaded)
+        with pytest.raises(Exception, match="disk full"), store.batch():
+            store.put("lost", b"1")
+        assert store.get("lost") is None
+        rev = store.put("kept", b"1")
+        assert hub.wait_for(rev, timeout=5)
+        assert inline.events == threaded.events == [("put", "kept", rev)]
+    finally:
+        hub.stop()
+        store.close()

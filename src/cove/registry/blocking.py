@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -87,12 +88,17 @@ class Interests:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._loop_thread = threading.get_ident()  # made on the loop it serves
         self._by_prefix: dict[str, _Interest] = {}
         self.wakeups = 0  # futures woken, for the benchmark and tests
 
     def on_events_threadsafe(self, events: Sequence[Event]) -> None:
-        """A WatchHub callback: hand the batch to the loop."""
-        if not self._loop.is_closed():
+        """A WatchHub callback from any thread. On the loop's own thread (an
+        inline subscriber called by a write the API committed) the waiters
+        wake at once; from another thread the batch is handed to the loop."""
+        if threading.get_ident() == self._loop_thread:
+            self.on_events(events)
+        elif not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.on_events, list(events))
 
     def on_events(self, events: Sequence[Event]) -> None:

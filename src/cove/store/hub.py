@@ -17,6 +17,15 @@ callback must be quick (asyncio users hand over with
 ``loop.call_soon_threadsafe``). An exception in a callback is logged and does
 not affect other subscribers.
 
+On an in-process store (memory, SQLite) the hub does not watch: the store
+calls it after each commit (``MemoryStore.listen``), and it hands the events
+to its thread only when a subscriber there wants them. A subscriber made
+with ``inline=True`` is called right there, in the committing thread with the
+store lock held, before the writer is answered: it must be quick, thread-safe
+and must not write. The Consul API's blocking queries are such a subscriber:
+a registration committed on the API's own loop wakes them with no thread in
+between. (On etcd, inline subscribers run on the hub thread like the rest.)
+
 When the store has compacted the history the hub needs (it fell far behind,
 or the etcd cluster compacted), the hub re-reads the whole keyspace and
 delivers a *resync* batch computed against the keys it knew: a PUT for each
@@ -30,25 +39,33 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from cove.errors import StoreError, WatchCompacted
 from cove.store.base import Event, EventType, KeyValue, Store, Watch
+from cove.store.memory import MemoryStore
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[Sequence[Event]], None]
 
 _RETRY_DELAY = 1.0  # seconds before re-watching after a store failure
+# Commits queued for a stuck thread subscriber before they are merged into
+# one batch of each key's last change (as a resync after compaction would).
+MAX_QUEUED = 1000
 
 
 class Subscription:
     """A subscriber's handle; after ``cancel()`` returns no new callback
     starts (one already running on the hub thread finishes)."""
 
-    def __init__(self, hub: WatchHub, prefix: str, callback: Callback) -> None:
+    def __init__(
+        self, hub: WatchHub, prefix: str, callback: Callback, inline: bool = False
+    ) -> None:
         self.prefix = prefix
         self.callback = callback
+        self.inline = inline
         self.active = True
         self._hub = hub
 
@@ -60,7 +77,9 @@ class Subscription:
 class WatchHub:
     """Fans one store watch out to prefix subscribers (see module docstring)."""
 
-    def __init__(self, store: Store, *, poll: float = 0.5) -> None:
+    def __init__(self, store: Store, *, poll: float = 0.5, listen: bool | None = None) -> None:
+        """``listen``: take commits from an in-process store's listener
+        (the default for one) rather than a watch of its history."""
         self._store = store
         self._poll = poll
         self._subs: list[Subscription] = []
@@ -71,6 +90,11 @@ class WatchHub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watch: Watch | None = None
+        # Listening mode (in-process stores): commits waiting for the thread.
+        can_listen = isinstance(store, MemoryStore)
+        self._listening = can_listen if listen is None else (listen and can_listen)
+        self._queue: deque[tuple[Sequence[Event], int]] = deque()
+        self._queued = threading.Condition(self._lock)
 
     @property
     def revision(self) -> int:
@@ -78,8 +102,11 @@ class WatchHub:
         with self._lock:
             return self._revision
 
-    def subscribe(self, prefix: str, callback: Callback) -> Subscription:
-        sub = Subscription(self, prefix, callback)
+    def subscribe(self, prefix: str, callback: Callback, *, inline: bool = False) -> Subscription:
+        """Call ``callback(events)`` for changes under ``prefix``; with
+        ``inline``, in the committing thread on an in-process store (see
+        the module docstring)."""
+        sub = Subscription(self, prefix, callback, inline)
         with self._lock:
             self._subs = [*self._subs, sub]  # copy on write: the thread iterates freely
         return sub
@@ -92,12 +119,22 @@ class WatchHub:
         """Read the current revision and start delivering what follows it."""
         if self._thread is not None:
             return
-        self._watch = self._snapshot()
-        self._thread = threading.Thread(target=self._run, name="cove-watch-hub", daemon=True)
+        if self._listening:
+            self._listen()
+            target = self._run_queue
+        else:
+            self._watch = self._snapshot()
+            target = self._run
+        self._thread = threading.Thread(target=target, name="cove-watch-hub", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            self._queued.notify_all()
+        store = self._store
+        if self._listening and isinstance(store, MemoryStore):
+            store.unlisten(self._on_commit)
         if self._watch is not None:
             self._watch.close()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -105,6 +142,7 @@ class WatchHub:
         self._thread = None
         with self._lock:
             self._delivered.notify_all()
+            self._queued.notify_all()
 
     def wait_for(self, revision: int, timeout: float | None = None) -> bool:
         """Block until ``revision`` has been delivered to every subscriber;
@@ -126,6 +164,11 @@ class WatchHub:
         return self._store.watch("", current.revision + 1)
 
     def _resync(self) -> Watch:
+        events, rev = self._resync_events()
+        self._deliver(events, rev)
+        return self._store.watch("", rev + 1)
+
+    def _resync_events(self) -> tuple[list[Event], int]:
         before = self._mod_revisions
         current = self._store.range("")
         rev = current.revision
@@ -138,9 +181,8 @@ class WatchHub:
             for key in sorted(before)
             if key not in now
         ]
-        log.warning("watch history compacted; resynced %s changed keys at %s", len(events), rev)
-        self._deliver(sorted(events, key=lambda e: e.revision), rev)
-        return self._store.watch("", rev + 1)
+        log.warning("watch history lost; resynced %s changed keys at %s", len(events), rev)
+        return sorted(events, key=lambda e: e.revision), rev
 
     def _run(self) -> None:
         watch = self._watch
@@ -164,21 +206,92 @@ class WatchHub:
                 self._stop.wait(_RETRY_DELAY)
 
     def _deliver(self, events: Sequence[Event], revision: int) -> None:
+        self._remember(events)
+        self._call(self._subs, events)
+        with self._lock:
+            self._revision = max(self._revision, revision)
+            self._delivered.notify_all()
+
+    def _remember(self, events: Sequence[Event]) -> None:
+        mods = self._mod_revisions
         for ev in events:
             if ev.type is EventType.PUT:
-                self._mod_revisions[ev.kv.key] = ev.kv.mod_revision
+                mods[ev.kv.key] = ev.kv.mod_revision
             else:
-                self._mod_revisions.pop(ev.kv.key, None)
-        for sub in self._subs:
-            mine = [e for e in events if e.kv.key.startswith(sub.prefix)]
+                mods.pop(ev.kv.key, None)
+
+    @staticmethod
+    def _call(subs: Sequence[Subscription], events: Sequence[Event]) -> None:
+        for sub in subs:
+            prefix = sub.prefix
+            mine = [e for e in events if e.kv.key.startswith(prefix)] if prefix else events
             if mine and sub.active:
                 try:
                     sub.callback(mine)
                 except Exception:
                     log.exception("watch subscriber for %r failed", sub.prefix)
+
+    # -- listening to an in-process store ----------------------------------------
+
+    def _listen(self) -> None:
+        store = self._store
+        assert isinstance(store, MemoryStore)
+        with store.exclusive():  # no commit between the read and the listening
+            current = store.range("")
+            with self._lock:
+                self._mod_revisions = {kv.key: kv.mod_revision for kv in current.kvs}
+                self._revision = max(self._revision, current.revision)
+                self._delivered.notify_all()
+            store.listen(self._on_commit)
+
+    def _on_commit(self, events: Sequence[Event] | None) -> None:
+        """The store's listener: in the committing thread, store lock held."""
+        if events is None:  # the store re-read its file: deliver the difference
+            events, rev = self._resync_events()
+        else:
+            rev = events[-1].kv.mod_revision
+        self._remember(events)
+        subs = self._subs
+        self._call([s for s in subs if s.inline], events)
+        wanted = any(
+            not s.inline and any(e.kv.key.startswith(s.prefix) for e in events) for s in subs
+        )
         with self._lock:
-            self._revision = max(self._revision, revision)
-            self._delivered.notify_all()
+            if wanted or self._queue:
+                self._queue.append((events, rev))
+                if len(self._queue) > MAX_QUEUED:
+                    self._merge_queue()
+                self._queued.notify()
+            else:  # every subscriber has what it wants of this commit
+                self._revision = max(self._revision, rev)
+                self._delivered.notify_all()
+
+    def _merge_queue(self) -> None:
+        """Replace the queued commits by each key's last change (``prev``
+        None: the steps in between are lost, as in a resync). Hub lock held."""
+        last: dict[str, Event] = {}
+        for batch, _ in self._queue:
+            for ev in batch:
+                last[ev.kv.key] = ev
+        merged = sorted((Event(e.type, e.kv) for e in last.values()), key=lambda e: e.revision)
+        rev = self._queue[-1][1]
+        self._queue.clear()
+        self._queue.append((merged, rev))
+
+    def _run_queue(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._stop.is_set():
+                    self._queued.wait(self._poll)
+                if self._stop.is_set():
+                    return
+                batches = list(self._queue)
+                self._queue.clear()
+            events = [e for batch, _ in batches for e in batch]
+            self._call([s for s in self._subs if not s.inline], events)
+            with self._lock:
+                self._revision = max(self._revision, batches[-1][1])
+                self._delivered.notify_all()
 
 
 class Follower:

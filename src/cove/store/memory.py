@@ -51,6 +51,10 @@ _Comparable = TypeVar("_Comparable", bytes, int)
 
 _EXPIRY_POLL = 0.25  # seconds between lease expiry checks (real time)
 
+# A commit listener: the events of each commit, or None when the state was
+# re-read from the backend (a failed group commit) and must be re-read.
+Listener = Callable[[Sequence[Event] | None], None]
+
 
 def compare_holds(compare: Compare, kv: KeyValue | None) -> bool:
     """Whether ``compare`` holds for ``kv`` (``None``: the key is missing, so
@@ -138,6 +142,8 @@ class MemoryStore:
         # Reentrant, so reads and writes work inside ``batch()``.
         self._cond = threading.Condition(threading.RLock())
         self._batching = False
+        self._listeners: list[Listener] = []
+        self._group_events: list[Event] = []  # a group's events, for the listeners
         self._kvs: dict[str, KeyValue] = {}
         self._keys: list[str] = []  # sorted, for range by prefix
         # Keys created since the last range, not yet in ``_keys``: inserting
@@ -267,7 +273,36 @@ class MemoryStore:
             self._compact_locked(rev - self._history)
         if not self._batching:  # a group wakes the watchers once, at its end
             self._cond.notify_all()
+            if self._listeners:
+                self._emit(events)
+        elif self._listeners:
+            self._group_events.extend(events)
         return rev
+
+    # -- commit listeners ------------------------------------------------------
+
+    def listen(self, listener: Listener) -> int:
+        """Call ``listener(events)`` after every commit from now on, in the
+        thread that commits, with the store lock held: once per write, or
+        once per ``batch()`` with all of its events at its end. ``None``
+        instead of events means the state was re-read from the backend (a
+        failed group commit). A listener must be quick and must not write.
+        Returns the revision it starts after. This is how an in-process
+        hub learns of changes without a thread of its own waking per commit."""
+        with self._cond:
+            self._listeners = [*self._listeners, listener]
+            return self._revision
+
+    def unlisten(self, listener: Listener) -> None:
+        with self._cond:
+            self._listeners = [fn for fn in self._listeners if fn is not listener]
+
+    def _emit(self, events: Sequence[Event] | None) -> None:
+        for fn in self._listeners:
+            try:
+                fn(events)
+            except Exception:
+                log.exception("a store commit listener failed")
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[Callable[[str], KeyValue | None]]:
@@ -295,13 +330,22 @@ class MemoryStore:
                 yield
                 return
             self._batching = True
+            self._group_events = []
             self._persist_group_begin()
             try:
                 yield
             finally:
                 self._batching = False
+                events, self._group_events = self._group_events, []
                 try:
                     self._persist_group_end()
+                except BaseException:
+                    if self._listeners:
+                        self._emit(None)
+                    raise
+                else:
+                    if events and self._listeners:
+                        self._emit(events)
                 finally:
                     self._cond.notify_all()
 

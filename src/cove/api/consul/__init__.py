@@ -62,7 +62,9 @@ def install(
         if watch_hub is None:
             own_hub = watch_hub = WatchHub(registry.store)
             own_hub.start()
-        sub = watch_hub.subscribe(t.ROOT, state.interests.on_events_threadsafe)
+        # Inline: a write committed on this loop wakes its blocking queries
+        # right away, with no hub thread in between.
+        sub = watch_hub.subscribe(t.ROOT, state.interests.on_events_threadsafe, inline=True)
         try:
             yield
         finally:
