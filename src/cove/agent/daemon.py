@@ -23,6 +23,7 @@ from typing import IO
 
 from cove import __version__
 from cove.agent.config import AgentConfig
+from cove.agent.tuning import tune_interpreter
 from cove.api import consul as consul_api
 from cove.api import containers as containers_api
 from cove.api import http as web
@@ -84,10 +85,6 @@ def _lock_state_dir(state_dir: Path) -> int:
 def run(config: AgentConfig) -> int:
     """Run the agent until SIGTERM or SIGINT; returns the exit status."""
     setup_logging(config)
-    # Request threads mostly wait on the kernel and the store; with the
-    # default 5 ms switch interval each return from a syscall could wait
-    # that long behind a busy watcher thread (measured: attach p50 -0.5 ms).
-    sys.setswitchinterval(0.0005)
     try:
         lock = _lock_state_dir(config.state_dir)
     except CoveError as exc:
@@ -270,6 +267,7 @@ async def _serve(config: AgentConfig) -> None:
         await asyncio.to_thread(agent.start)
         await agent.checks.start()
         async with _sites(agent):
+            tune_interpreter()  # after start-up: what it loaded is frozen
             log.info(
                 "cove agent %s ready: socket %s, http %s, store %s",
                 __version__,

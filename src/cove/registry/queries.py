@@ -4,21 +4,27 @@ Each read returns an ``Answer``: the data, its index (the highest mod
 revision of what it covers), the store revision it was read at and the key
 prefixes a blocking query on it must watch. Decoded store values are cached
 by (key, mod revision), so a hot health query does not re-parse a thousand
-unchanged instances.
+unchanged instances; with an in-process store a whole health answer is kept
+for as long as the store's revision stays where it was read (the blocking
+queries a write wakes all ask at the same revision).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from cove.codec import dumps, loads
 from cove.registry import types as t
+from cove.registry.txn import in_process
 from cove.store.base import KeyValue, Store
 
 _CACHE_LIMIT = 200_000
+_ANSWERS_LIMIT = 256  # whole health answers kept for the current revision
+
+_HealthKey = tuple[str, tuple[str, ...], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +51,7 @@ class Decoded:
         hit = self._cache.get(kv.key)
         if hit is not None and hit[0] == kv.mod_revision:
             return hit[1]
-        data: dict[str, Any] = json.loads(kv.value)
+        data: dict[str, Any] = loads(kv.value)
         if len(self._cache) >= self._limit:
             self._cache.clear()
         self._cache[kv.key] = (kv.mod_revision, data)
@@ -59,7 +65,15 @@ class Queries:
         self._decode = Decoded()
         # Health entries rendered once per (instance, node, checks) revision:
         # a hot query over a thousand unchanged instances only joins bytes.
-        self._rendered: dict[str, tuple[tuple[int, ...], Any, bytes, bool]] = {}
+        self._rendered: dict[
+            str, tuple[int, tuple[int, ...], tuple[int, ...], Any, bytes, bool]
+        ] = {}
+        # Whole answers, all read at one revision: with an in-process store
+        # an unchanged revision means an unchanged answer, and asking costs
+        # no round trip (with etcd it would).
+        self._answers: dict[_HealthKey, Answer] = {}
+        self._answers_at = 0
+        self._keep_answers = in_process(store)
 
     # -- helpers -------------------------------------------------------------
 
@@ -165,17 +179,42 @@ class Queries:
     # -- health ----------------------------------------------------------------
 
     def health_service(self, name: str, tags: Sequence[str] = (), passing: bool = False) -> Answer:
+        if not self._keep_answers:
+            return self._health_service(name, tags, passing)
+        key = (name, tuple(tags), passing)
+        revision = self._store.revision
+        hit = self._answers.get(key)
+        if hit is not None and hit.revision == revision:
+            return hit
+        answer = self._health_service(name, tags, passing)
+        # Kept only if nothing was written while it was read (its ranges
+        # may otherwise span two revisions).
+        if answer.revision == revision == self._store.revision:
+            if self._answers_at != revision or len(self._answers) >= _ANSWERS_LIMIT:
+                self._answers = {}
+                self._answers_at = revision
+            self._answers[key] = answer
+        return answer
+
+    def _health_service(self, name: str, tags: Sequence[str], passing: bool) -> Answer:
         found, rev = self._range(t.service_prefix(name))
         checks = self._store.range(t.check_prefix(name)).kvs
         by_instance: dict[tuple[str, str], list[KeyValue]] = {}
         index = max(_max_rev(found), max((kv.mod_revision for kv in checks), default=0))
+        decode = self._decode
         for kv in checks:
-            d = self._decode(kv)
-            by_instance.setdefault((d["Node"], d["ServiceID"]), []).append(kv)
+            d = decode(kv)
+            inst = (d["Node"], d["ServiceID"])
+            have = by_instance.get(inst)
+            if have is None:
+                by_instance[inst] = [kv]
+            else:
+                have.append(kv)
         nodes: dict[str, Any] = {}
         per_node: dict[str, tuple[tuple[int, ...], list[Any]]] = {}
         out: list[Any] = []
-        raw: list[bytes] = []
+        raw: list[bytes] = [b"["]
+        rendered = self._rendered
         for kv, d in found:
             if tags and not _has_tags(d, tags):
                 continue
@@ -190,30 +229,39 @@ class Queries:
                 per_node[node_name] = (stamp, self._node_check_json(node_name, nchecks))
             node_stamp, node_checks = per_node[node_name]
             own = by_instance.get((node_name, d["ID"]), [])
-            stamp = (kv.mod_revision, *node_stamp, -1, *(c.mod_revision for c in own))
-            cached = self._rendered.get(kv.key)
-            if cached is None or cached[0] != stamp:
+            # A rendered entry is valid while the instance, its node, the
+            # node's checks and its own checks keep their mod revisions.
+            own_stamp = (own[0].mod_revision,) if len(own) == 1 else _revisions(own)
+            cached = rendered.get(kv.key)
+            if (
+                cached is None
+                or cached[0] != kv.mod_revision
+                or cached[2] != own_stamp
+                or cached[1] != node_stamp
+            ):
                 entry = {
                     "Node": _node_json(node[0], node[1], self._dc),
                     "Service": _service_json(kv, d),
-                    "Checks": [*node_checks, *(_with_index(c, self._decode(c)) for c in own)],
+                    "Checks": [*node_checks, *(_with_index(c, decode(c)) for c in own)],
                 }
                 ok = all(c["Status"] == t.Status.PASSING for c in entry["Checks"])
-                cached = (stamp, entry, json.dumps(entry, separators=(",", ":")).encode(), ok)
-                if len(self._rendered) >= _CACHE_LIMIT:
-                    self._rendered.clear()
-                self._rendered[kv.key] = cached
-            if passing and not cached[3]:
+                cached = (kv.mod_revision, node_stamp, own_stamp, entry, dumps(entry), ok)
+                if len(rendered) >= _CACHE_LIMIT:
+                    rendered.clear()
+                rendered[kv.key] = cached
+            if passing and not cached[5]:
                 continue
-            out.append(cached[1])
-            raw.append(cached[2])
+            out.append(cached[3])
+            raw += (cached[4], b",")
         # Only the nodes this answer shows matter: a new instance on another
         # node arrives through the service's own prefix.
         prefixes = [t.service_prefix(name), t.check_prefix(name)]
         for node_name in nodes:
             prefixes += [t.node_key(node_name), f"{t.NODE_CHECKS}{t.seg(node_name)}/"]
-        body = b"[" + b",".join(raw) + b"]"
-        return Answer(out, index, rev, tuple(prefixes), raw=body)
+        raw[-1] = b"]"  # the last comma, or after the "[" of an empty list
+        if len(raw) == 1:
+            raw.insert(0, b"[")
+        return Answer(out, index, rev, tuple(prefixes), raw=b"".join(raw))
 
     def health_checks(self, service: str) -> Answer:
         found, rev = self._range(t.check_prefix(service))
@@ -293,6 +341,10 @@ class Queries:
             }
             for _, d in found
         ]
+
+
+def _revisions(kvs: Sequence[KeyValue]) -> tuple[int, ...]:
+    return tuple([kv.mod_revision for kv in kvs])
 
 
 def _max_rev(found: Sequence[tuple[KeyValue, Any]]) -> int:

@@ -3,7 +3,10 @@ expires TTL checks, deregisters services critical for too long, reaps
 sessions, and keeps the node's serfHealth alive through a store lease.
 
 A status change is a store write (``Catalog.update_check``), so it reaches
-the catalog, health queries, blocking queries and DNS through the store.
+the catalog, health queries, blocking queries and DNS through the store. With
+an in-process store the API's ``GroupCommit`` is handed over
+(``use_group_commit``): TTL updates from many clients, and bursts of probe
+results, then share one SQLite transaction like the API's other writes.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import json
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +23,7 @@ from urllib.parse import unquote
 
 import aiohttp
 
+from cove.codec import loads
 from cove.errors import CoveError, InvalidArgument, NotFound
 from cove.registry.probes import Tracker, cut, probe
 from cove.registry.types import NODE_CHECKS, CheckDefinition, CheckKind, Status, node_key, seg
@@ -27,6 +31,7 @@ from cove.store.base import Event, EventType
 
 if TYPE_CHECKING:
     from cove.registry import Registry
+    from cove.store.group import GroupCommit
     from cove.store.hub import WatchHub
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,7 @@ class _Running:
     task: asyncio.Task[None] | None = None
     mod_revision: int = 0  # of the definition's store key
     ttl_deadline: float = 0.0
+    ttl_entry: int = 0  # the sequence number of its entry in the TTL heap; 0: none
     critical_since: float | None = None
 
 
@@ -69,9 +75,11 @@ class CheckRunner:
         # Status writes on the loop itself when the store is in-process
         # (see cove.api.consul.in_process): cheaper than a thread hop.
         self._inline = inline
+        self._commits: GroupCommit | None = None
         self._lease = 0
         self._checks: dict[str, _Running] = {}
-        self._ttl_heap: list[tuple[float, str]] = []
+        self._ttl_heap: list[tuple[float, int, str]] = []
+        self._ttl_seq = 0
         self._critical: set[str] = set()  # checks that may deregister their service
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -87,10 +95,17 @@ class CheckRunner:
         if self._hub is not None:
             prefix = self._registry.agent_checks_prefix
 
-            def on_change(events: Sequence[Event]) -> None:
-                loop.call_soon_threadsafe(self._apply_events, list(events))
+            loop_thread = threading.get_ident()
 
-            self._sub = self._hub.subscribe(prefix, on_change)
+            def on_change(events: Sequence[Event]) -> None:
+                # Inline: a registration committed on this loop reaches the
+                # runner without waking the hub's thread.
+                if threading.get_ident() == loop_thread:
+                    loop.call_soon(self._apply_events, list(events))
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(self._apply_events, list(events))
+
+            self._sub = self._hub.subscribe(prefix, on_change, inline=True)
         await self._sync()
         self._tasks = [
             asyncio.create_task(self._resync_loop(), name="cove-checks-resync"),
@@ -117,6 +132,12 @@ class CheckRunner:
         if self._lease and leave:
             with contextlib.suppress(CoveError):
                 await asyncio.to_thread(self._registry.store.lease_revoke, self._lease)
+
+    def use_group_commit(self, commits: GroupCommit | None) -> None:
+        """Write check statuses through ``commits`` (the API's group commit,
+        on the loop this runner runs on) instead of one store transaction
+        each; every write still completes only once its group is committed."""
+        self._commits = commits
 
     def kick(self) -> None:
         """Re-read the check definitions soon (after a local registration);
@@ -164,7 +185,7 @@ class CheckRunner:
         if running.definition.kind is not CheckKind.TTL:
             raise InvalidArgument(f'CheckID "{check_id}" does not have associated TTL')
         self._arm_ttl(running)
-        await self._publish(running, status, cut(output))
+        await self._publish(running, status, cut(output), strict=True)
 
     # -- loops -------------------------------------------------------------------
 
@@ -244,7 +265,12 @@ class CheckRunner:
                 await self._publish(running, status, output)
             await asyncio.sleep(ALIAS_POLL)
 
-    async def _publish(self, running: _Running, status: Status, output: str) -> None:
+    async def _publish(
+        self, running: _Running, status: Status, output: str, *, strict: bool = False
+    ) -> None:
+        """Record a status. ``strict`` (an API caller waits for it) raises a
+        failed store write instead of logging it, so the client is never told
+        a status was recorded that was not."""
         running.tracker.status = status
         if status is Status.CRITICAL:
             if running.critical_since is None:
@@ -257,10 +283,17 @@ class CheckRunner:
         try:
             args = (running.definition.id, status, output)
             update = self._registry.catalog.update_check
-            changed = update(*args) if self._inline else await asyncio.to_thread(update, *args)
+            if self._commits is not None:
+                changed = await self._commits.call(update, *args)
+            elif self._inline:
+                changed = update(*args)
+            else:
+                changed = await asyncio.to_thread(update, *args)
         except NotFound:
             return  # deregistered meanwhile; the next sync stops it
         except CoveError as exc:
+            if strict:
+                raise
             log.warning("cannot record check %s: %s", running.definition.id, exc.message)
             return
         if changed:
@@ -275,21 +308,40 @@ class CheckRunner:
                 log.warning("check sweep failed: %s", exc.message)
 
     def _arm_ttl(self, running: _Running) -> None:
+        # One heap entry per check: a renewal only moves the deadline, and
+        # the sweep re-queues an entry that comes due early. Pushing on every
+        # renewal would grow the heap by each TTL update for a whole TTL.
         running.ttl_deadline = self._clock.monotonic() + running.definition.ttl
-        heapq.heappush(self._ttl_heap, (running.ttl_deadline, running.definition.id))
+        if not running.ttl_entry:
+            self._ttl_seq += 1
+            running.ttl_entry = self._ttl_seq
+            entry = (running.ttl_deadline, self._ttl_seq, running.definition.id)
+            heapq.heappush(self._ttl_heap, entry)
 
     async def _tick(self) -> None:
         # Only due TTLs and critical checks are visited: a sweep must not
         # walk ten thousand healthy checks twice a second.
         now = self._clock.monotonic()
         heap = self._ttl_heap
+        expired: list[_Running] = []
         while heap and heap[0][0] <= now:
-            deadline, cid = heapq.heappop(heap)
+            _, seq, cid = heapq.heappop(heap)
             running = self._checks.get(cid)
-            if running is None or running.ttl_deadline != deadline:
-                continue  # renewed or removed since
+            if running is None or running.ttl_entry != seq:
+                continue  # removed or replaced since
+            if running.ttl_deadline > now:  # renewed since: wait for the new deadline
+                heapq.heappush(heap, (running.ttl_deadline, seq, cid))
+                continue
+            running.ttl_entry = 0
             running.ttl_deadline = 0.0
-            await self._publish(running, Status.CRITICAL, "TTL expired")
+            expired.append(running)
+        if self._commits is not None:  # together, so they share commits
+            await asyncio.gather(
+                *(self._publish(r, Status.CRITICAL, "TTL expired") for r in expired)
+            )
+        else:
+            for running in expired:
+                await self._publish(running, Status.CRITICAL, "TTL expired")
         for cid in list(self._critical):
             running = self._checks.get(cid)
             if running is None or running.critical_since is None:
@@ -341,7 +393,7 @@ def alias_health(registry: Registry, node: str, service_id: str, own_id: str) ->
         checks = [
             c
             for kv in store.range(f"{NODE_CHECKS}{seg(node)}/").kvs
-            if (c := json.loads(kv.value))["CheckID"] != own_id
+            if (c := loads(kv.value))["CheckID"] != own_id
         ]
         what = f"node {node}"
     worst = Status.PASSING

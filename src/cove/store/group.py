@@ -29,7 +29,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_GROUP = 64  # writes per group: bounds how long one group holds the loop
+# Writes per group. Small on purpose: a group's callers are answered only
+# when all of it is committed, so with 16 clients a group of 16 leaves them
+# idle while the server works through it, then the server idle while they
+# send again. Groups of 8 overlap the two, and a commit of 8 already costs
+# under 2 µs a write (bench/registry, 16 clients, medians of 6 interleaved
+# runs: 3,782 registrations/s at 8 against 3,297 at 64).
+MAX_GROUP = 8
 MAX_TURNS = 6  # turns of the loop a group may wait for more writes
 
 

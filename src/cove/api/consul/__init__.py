@@ -49,6 +49,8 @@ def install(
     state = Consul(registry, runner, inline)
     if inline and isinstance(registry.store, MemoryStore):
         state.commits = GroupCommit(registry.store)
+        if runner is not None:  # TTL updates and probe results join the groups
+            runner.use_group_commit(state.commits)
     app[CONSUL] = state
     agent.add_routes(app)
     catalog.add_routes(app)
