@@ -38,11 +38,7 @@ class Head:
 
 def parse_head(raw: bytes) -> Head:
     """The request line and headers (``raw`` ends before the blank line)."""
-    try:
-        text = raw.decode("latin-1")
-    except UnicodeDecodeError as exc:  # latin-1 decodes every byte; kept for clarity
-        raise HttpError(400, "Bad Request: undecodable head") from exc
-    lines = text.split("\r\n")
+    lines = raw.decode("latin-1").split("\r\n")  # latin-1: every byte decodes
     request_line = lines[0]
     parts = request_line.split(" ")
     if len(parts) != 3:

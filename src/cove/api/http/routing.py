@@ -16,7 +16,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar
 from urllib.parse import unquote
 
 from cove.api.http.objects import Request, Response, StreamResponse
@@ -143,14 +143,9 @@ class Application:
         self._state: dict[AppKey[Any], Any] = {}
         self._running: list[AsyncIterator[None]] = []
 
-    @overload
-    def __getitem__(self, key: AppKey[T]) -> T: ...
-
-    @overload
-    def __getitem__(self, key: str) -> Any: ...
-
-    def __getitem__(self, key: AppKey[T] | str) -> Any:
-        return self._state[key]  # type: ignore[index]
+    def __getitem__(self, key: AppKey[T]) -> T:
+        value: T = self._state[key]
+        return value
 
     def __setitem__(self, key: AppKey[T], value: T) -> None:
         self._state[key] = value

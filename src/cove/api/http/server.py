@@ -122,7 +122,6 @@ class _Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._parsing = True
         self._reading_paused = False
-        self._eof = False
         self._lost = False
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -152,7 +151,6 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # A client that stops sending has gone (as aiohttp treats it): the
         # transport closes and connection_lost cancels a running handler.
-        self._eof = True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -280,8 +278,6 @@ class _Connection(asyncio.Protocol):
         finally:
             self._task = None
             self.last_active = self._loop.time()
-        if self._eof:
-            self.close()
 
     async def _answer(self, request: Request) -> bool:
         """Run the handler and send its answer; whether to keep the
