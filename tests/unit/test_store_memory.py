@@ -64,3 +64,26 @@ def test_open_store_urls(clock: ManualClock) -> None:
     for url in ["", "redis://x", "memory:/x/y", "sqlite:", "etcd://"]:
         with pytest.raises(InvalidArgument):
             open_store(url, clock)
+
+
+def test_range_by_prefix_matches_a_plain_filter_whatever_the_characters() -> None:
+    import random
+
+    from cove.store import Get, Put
+
+    rng = random.Random(7)
+    alphabet = ["a", "b", "/", "\U0010ffff", "z", "\u00e9"]
+    store = MemoryStore(ManualClock())
+    keys = {"".join(rng.choices(alphabet, k=rng.randint(1, 5))) for _ in range(300)}
+    for key in keys:
+        store.put(key, b"v")
+    for _ in range(500):
+        prefix = "".join(rng.choices(alphabet, k=rng.randint(0, 3)))
+        got = [kv.key for kv in store.range(prefix).kvs]
+        assert got == sorted(k for k in keys if k.startswith(prefix)), prefix
+        # Inside a transaction a range also sees the branch's own writes.
+        extra = prefix + "\U0010ffff"
+        res = store.txn((), [Put(extra, b"x"), Get(prefix, prefix=True)])
+        keys.add(extra)
+        seen = [kv.key for kv in res.responses[1]]
+        assert seen == sorted(k for k in keys if k.startswith(prefix)), prefix

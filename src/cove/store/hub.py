@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 
 from cove.errors import StoreError, WatchCompacted
 from cove.store.base import Event, EventType, KeyValue, Store, Watch
-from cove.store.memory import MemoryStore
+from cove.store.memory import DEFAULT_HISTORY, MemoryStore
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,9 @@ Callback = Callable[[Sequence[Event]], None]
 
 _RETRY_DELAY = 1.0  # seconds before re-watching after a store failure
 # Commits queued for a stuck thread subscriber before they are merged into
-# one batch of each key's last change (as a resync after compaction would).
-MAX_QUEUED = 1000
+# one batch of each key's last change (as a resync after compaction would):
+# the lag a watching hub tolerates before its history is compacted away.
+MAX_QUEUED = DEFAULT_HISTORY
 
 
 class Subscription:

@@ -360,12 +360,12 @@ class MemoryStore:
     def _scan(self, prefix: str, overlay: dict[str, KeyValue | None]) -> list[KeyValue]:
         keys = self._sorted_keys()
         start = bisect.bisect_left(keys, prefix)
-        found: dict[str, KeyValue] = {}
-        for i in range(start, len(keys)):  # not keys[start:]: no copy of the tail
-            key = keys[i]
-            if not key.startswith(prefix):
-                break
-            found[key] = self._kvs[key]
+        end = _range_end(keys, prefix)
+        kvs = self._kvs
+        if not overlay or not any(k.startswith(prefix) for k in overlay):
+            # The usual read: the keys are in order already.
+            return [kvs[k] for k in keys[start:end]]
+        found: dict[str, KeyValue] = {k: kvs[k] for k in keys[start:end]}
         for key, kv in overlay.items():
             if key.startswith(prefix):
                 if kv is None:
@@ -581,6 +581,14 @@ class MemoryStore:
                     self._leases[kv.lease].keys.add(kv.key)
             if self._leases:
                 self._start_expiry()
+
+
+def _range_end(keys: list[str], prefix: str) -> int:
+    """Where the sorted ``keys`` that start with ``prefix`` end."""
+    stem = prefix.rstrip("\U0010ffff")  # the highest character has no successor
+    if not stem:
+        return len(keys)
+    return bisect.bisect_left(keys, stem[:-1] + chr(ord(stem[-1]) + 1))
 
 
 def _tombstone(key: str, revision: int) -> KeyValue:
