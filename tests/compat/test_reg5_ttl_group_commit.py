@@ -29,8 +29,7 @@ def test_concurrent_ttl_updates_are_grouped_and_read_back(tmp_path: Path) -> Non
     with ConsulServer(store, SystemClock(), node_name="n1") as server:
         assert server.state is not None and server.runner is not None
         commits = server.state.commits
-        assert commits is not None
-        server.runner.use_group_commit(commits)
+        assert commits is not None  # install() hands it to the runner itself
         c = consul.Consul(host="127.0.0.1", port=server.port)
         for i in range(CHECKS):
             check = consul.Check.ttl("1h")

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from cove.clock import ManualClock
+from cove.errors import StoreError
 from cove.store import Delete, Event, EventType, MemoryStore, Put
 from cove.store.hub import WatchHub
 
@@ -206,8 +207,6 @@ class FailingGroups(MemoryStore):
     def _persist_group_end(self) -> None:
         kvs, history, revision = self._before
         self._load(kvs.values(), history, revision, self._compacted, [])
-        from cove.errors import StoreError
-
         raise StoreError("disk full (simulated)")
 
 

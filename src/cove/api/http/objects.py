@@ -258,4 +258,7 @@ def render_head(status: int, why: str | None, headers: Mapping[str, str]) -> byt
 
 
 def json_response(data: Any, *, status: int = 200) -> Response:
+    """The native API's answers, through the standard library: unlike
+    ``cove.codec`` it takes any JSON-able value (int keys, subclasses), and
+    these routes are not hot."""
     return Response(body=json.dumps(data).encode(), status=status, content_type="application/json")
