@@ -23,6 +23,7 @@ from typing import IO
 
 from cove import __version__
 from cove.agent.config import AgentConfig
+from cove.agent.faults import fault_hook
 from cove.agent.tuning import tune_interpreter
 from cove.api import consul as consul_api
 from cove.api import containers as containers_api
@@ -152,6 +153,7 @@ class Agent:
             config.run_dir,
             config.resolv_conf,
             config.reconcile_interval,
+            fault=fault_hook(os.environ),
         )
         containers_api.install(self.app, self.runtime.service)
         self.registrar = ServiceRegistrar(self.store, self.registry, config.reconcile_interval)

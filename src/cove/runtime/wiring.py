@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cove.clock import Clock
@@ -16,11 +17,13 @@ from cove.errors import CoveError
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.runtime.client import SupervisorClient
+from cove.runtime.intents import IntentLog
 from cove.runtime.reconcile import ContainerReconciler
-from cove.runtime.service import ContainerService
+from cove.runtime.service import ContainerService, no_fault
 from cove.runtime.state import process_start_time, read_json
 from cove.store.base import Store
 from cove.store.hub import WatchHub
+from cove.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,8 @@ log = logging.getLogger(__name__)
 class ContainerRuntime:
     """``state_dir/containers/<id>`` holds each container's /etc files and
     log; ``run_dir`` the supervisor (socket, pid file, records) and
-    ``run_dir/netns`` the namespace files."""
+    ``run_dir/netns`` the namespace files; ``state_dir/intents`` the runs
+    in progress or left to undo."""
 
     def __init__(
         self,
@@ -40,6 +44,7 @@ class ContainerRuntime:
         run_dir: Path,
         resolv_conf: Path = Path("/etc/resolv.conf"),
         interval: float = 15.0,
+        fault: Callable[[str], None] = no_fault,
     ) -> None:
         self._resolv_conf = resolv_conf
         self.netns = NetnsDatapath(run_dir / "netns")
@@ -49,8 +54,12 @@ class ContainerRuntime:
             store, self.netns, nft, files, self._host_resolv, interval
         )
         self.service = ContainerService(
-            store, clock, ipam, self.reconciler, self.supervisor, self.netns, files
-        )
+            store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
+            IntentLog(state_dir / "intents"), fault=fault,
+        )  # fmt: skip
+        # Failed runs whose rollback could not reach the store are undone
+        # as soon as it answers again.
+        self._undo = Worker("cove-ctr-intents", lambda _k: self.service.finish_intents(), interval)
 
     def _host_resolv(self) -> str:
         try:
@@ -66,9 +75,11 @@ class ContainerRuntime:
             hub.subscribe(prefix, self.reconciler.on_events)
         self.reconciler.start()
         self.service.adopt()
+        self._undo.start()
 
     def stop(self) -> None:
         """Stops reconciling; containers and the supervisor keep running."""
+        self._undo.stop()
         self.reconciler.stop()
         self.netns.close()
 
