@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from cove.errors import CoveError, Unavailable, from_json
+from cove.errors import CoveError, StorageFull, Unavailable, from_json
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -56,7 +56,9 @@ class AgentClient:
             if isinstance(data, dict) and "error" in data:
                 raise from_json(data)
             text = data if isinstance(data, str) else json.dumps(data)
-            err = CoveError(text.strip() or f"HTTP {status}")
+            # Consul's routes answer in plain text: the status is all there is.
+            kind = StorageFull if status == StorageFull.http_status else CoveError
+            err = kind(text.strip() or f"HTTP {status}")
             err.http_status = status
             raise err
         return data
