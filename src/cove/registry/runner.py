@@ -89,7 +89,6 @@ class CheckRunner:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._http = aiohttp.ClientSession()
-        store = self._registry.store
         try:
             await self._register_node()
         except StorageFull as exc:
