@@ -177,3 +177,42 @@ def test_agent_starts_read_only_on_a_full_disk(
         timeout=20,
     )
     assert sorted(agent.ok("network", "ls", "-q").split()) == ["other", "vnet"]
+
+
+def test_after_a_reboot_on_a_full_disk_interrupted_runs_finish_once_space_returns(
+    disk: tuple[AgentProc, Disk], scripts: tuple[str, str]
+) -> None:
+    agent, small = disk
+    echo, _ = scripts
+    agent.ok("network", "create", "vnet", "--subnet", "10.89.0.0/24")
+    run_echo(agent, "keep", echo, "--network", "vnet", "--restart", "always")
+    keep = address(agent, "keep", "vnet")
+    agent.stop()
+    agent.start(env={"COVE_TEST_FAULT": "run:stored=kill"})
+    res = agent.cli("run", "-d", "--name", "late", "--network", "vnet", "--",
+                    "python3", "-S", "-u", echo, "7")  # fmt: skip
+    assert res.returncode != 0  # the agent died between the store write and the start
+    assert agent.proc is not None and agent.proc.wait(10) is not None
+    # as a reboot would: no supervisor, no container, no namespace
+    teardown(agent.state_dir / "run")
+
+    small.fill()
+    agent.start()  # and its supervisor, on a full disk
+    supervisor = _supervisor_pid(agent)
+    assert pid_alive(supervisor)
+    assert "no space left" in agent.log_text()
+    names = [c["name"] for c in json.loads(agent.ok("ps", "-a", "--format", "json"))]
+    assert names == ["keep", "late"]
+    assert _dig(agent, "keep.vnet.cove") == [keep]
+    # the supervisor applies keep's restart policy, full disk or not
+    assert eventually(lambda: tcp(keep, 7), timeout=15) == "keep:ping"
+    assert inspect(agent, "late")["state"]["status"] != "running"
+
+    small.free()
+    # the start the full disk held back is finished, by the same agent
+    eventually(lambda: inspect(agent, "late")["state"]["status"] == "running", timeout=20)
+    late = address(agent, "late", "vnet")
+    assert eventually(lambda: tcp(late, 7)) == "late:ping"
+    assert agent.proc is not None and agent.proc.poll() is None
+    assert _supervisor_pid(agent) == supervisor
+    assert_no_leaks(agent, 2)

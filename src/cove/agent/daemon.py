@@ -78,8 +78,11 @@ def _lock_state_dir(state_dir: Path) -> int:
     except BlockingIOError:
         os.close(fd)
         raise Unavailable(f"another agent is running with state directory {state_dir}") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+    except OSError as exc:  # the pid is for people; the flock is the lock
+        log.warning("cannot write the pid to %s: %s", state_dir / "agent.lock", exc)
     return fd
 
 

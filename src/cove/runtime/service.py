@@ -127,6 +127,8 @@ class ContainerService:
         self._probe = port_probe
         self._intents = intents
         self._fault = fault
+        # Starts that ``adopt`` could not finish (a full disk): id -> name.
+        self._unstarted: dict[str, str] = {}
 
     # -- reading -------------------------------------------------------------
 
@@ -208,6 +210,8 @@ class ContainerService:
         except BaseException as exc:
             log.warning("run %s failed, rolling back: %s", name, exc)
             self._roll_back(intent, container, endpoints, exc)
+            if isinstance(exc, OSError):  # the container's files: a full disk, say
+                raise storage_error(exc, str(self._logs), f"cannot run {name}") from exc
             raise
         self._intents.done(cid)
         self._fault("run:started")
@@ -476,6 +480,48 @@ class ContainerService:
 
     # -- after an agent restart --------------------------------------------
 
+    def retry_unfinished(self) -> None:
+        """The periodic pass: finish what failed runs could not undo, and
+        the starts ``adopt`` could not finish."""
+        self.finish_intents()
+        self._finish_starts()
+
+    def _finish_starts(self) -> None:
+        # No lock against ``rm`` and ``stop``: both change the store before
+        # the supervisor, so a start that raced with one is seen in the
+        # store right after it, and undone.
+        for cid, name in list(self._unstarted.items()):
+            c = self._current(cid, name)
+            if c is None or c.desired is not Desired.RUNNING:
+                del self._unstarted[cid]
+                continue
+            state = self._sup.state(cid)
+            # Not yet running: never created, only created, or its launch
+            # failed (its /etc files could not be written, say).
+            if state is None or state.status not in (Status.RUNNING, Status.RESTARTING):
+                try:
+                    self._sup.create(self._launch_spec(c))
+                    self._sup.start(cid)
+                except CoveError as exc:
+                    log.debug("container %s still cannot start: %s", name, exc.message)
+                    continue
+                log.info("container %s started: its start after the restart is finished", name)
+            del self._unstarted[cid]
+            c = self._current(cid, name)
+            with contextlib.suppress(CoveError):
+                if c is None:
+                    self._sup.remove(cid)
+                elif c.desired is Desired.STOPPED:
+                    self._sup.stop(cid, 10.0)
+
+    def _current(self, cid: str, name: str) -> Container | None:
+        """The container ``name`` if it is still the one with id ``cid``."""
+        kv = self._store.get(CONTAINERS + name)
+        if kv is None:
+            return None
+        c = Container.from_json(json.loads(kv.value))
+        return c if c.id == cid else None
+
     def adopt(self) -> None:
         """Reconcile the supervisor with the store after a restart: settle
         the runs a crash interrupted, forget what the store no longer has,
@@ -506,13 +552,15 @@ class ContainerService:
                 )
                 if c.desired is Desired.RUNNING and unstarted:
                     log.info("starting container %s: its start was interrupted", c.name)
+                    self._unstarted[c.id] = c.name
                     self._sup.create(self._launch_spec(c))
                     self._sup.start(c.id)
+                    del self._unstarted[c.id]
                 elif c.desired is Desired.STOPPED and running:
                     log.info("stopping container %s: its stop was interrupted", c.name)
                     self._sup.stop(c.id, 10.0)
             except CoveError as exc:
-                log.error("cannot bring container %s to %s: %s", c.name, c.desired, exc.message)
+                log.error("cannot bring container %s to %s yet: %s", c.name, c.desired, exc.message)
         for kv in self._store.range(IPAM).kvs:
             owner = json.loads(kv.value).get("owner", "")
             if owner.startswith("container:") and owner[10:] not in snap.containers:

@@ -433,10 +433,19 @@ def main(argv: list[str] | None = None) -> int:
         raise
     os.chmod(sock_path, 0o600)
     listener.listen(128)
-    if os.fork() != 0:
-        os._exit(0)  # the caller's child returns once the socket accepts
+    child = os.fork()
+    if child != 0:
+        # The caller's child returns once the socket accepts, and says why
+        # when the supervisor cannot run (its pid file is its lease on root).
+        try:
+            _write_pid(root / PIDFILE, child)
+        except OSError as exc:
+            os.kill(child, signal.SIGKILL)
+            err = storage_error(exc, str(root), f"cannot write {root / PIDFILE}")
+            sys.stderr.write(err.message + "\n")
+            os._exit(1)
+        os._exit(0)
     os.setsid()
-    (root / PIDFILE).write_text(str(os.getpid()))
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     logfd = os.open(root / "supervisor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -449,11 +458,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sup.serve(listener)
     finally:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             if int((root / PIDFILE).read_text()) == os.getpid():
-                (root / PIDFILE).unlink()
+                # Kept (a "-", no pid), not removed: the next supervisor
+                # rewrites it in place, which needs no free space, so a full
+                # disk does not keep it from starting.
+                _write_pid(root / PIDFILE, None)
                 sock_path.unlink()
     return 0
+
+
+def _write_pid(path: Path, pid: int | None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        data = b"-" if pid is None else str(pid).encode()
+        # Overwrite, then cut: an existing file's page is reused.
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ class ContainerRuntime:
             IntentLog(state_dir / "intents"), fault=fault,
         )  # fmt: skip
         # Failed runs whose rollback could not reach the store are undone
-        # as soon as it answers again.
-        self._undo = Worker("cove-ctr-intents", lambda _k: self.service.finish_intents(), interval)
+        # as soon as it answers again; starts that could not be finished at
+        # start-up (a full disk) are finished once they can be.
+        self._undo = Worker(
+            "cove-ctr-intents", lambda _k: self.service.retry_unfinished(), interval
+        )
 
     def _host_resolv(self) -> str:
         try:

@@ -187,12 +187,20 @@ class SqliteStore(MemoryStore):
         except sqlite3.Error:
             log.exception("cannot open a checkpoint connection to %s", self._path)
             return
+        failing = False
         try:
             while not self._checkpoint_stop.wait(interval):
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:
-                    log.warning("WAL checkpoint of %s failed: %s", self._path, exc)
+                    # Once per outage: a full disk fails every second.
+                    if not failing:
+                        log.warning("WAL checkpoint of %s failed: %s", self._path, exc)
+                    failing = True
+                else:
+                    if failing:
+                        log.info("WAL checkpoints of %s work again", self._path)
+                    failing = False
         finally:
             db.close()
 
