@@ -336,19 +336,25 @@ class ContainerService:
 
     # -- lifecycle -------------------------------------------------------------
 
+    # After the supervisor has acted, the answer is built without the
+    # store: a store that fails then must not turn a change that happened
+    # into an error.
+
     def stop(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
         c = self._set_desired(name, Desired.STOPPED)
+        endpoints = self.endpoints(c)
         self._sup.stop(c.id, timeout)
-        return self.inspect(name)
+        return self._inspect(c, endpoints)
 
     def start(self, name: str) -> dict[str, Any]:
         c = self._set_desired(name, Desired.RUNNING)
         self._rec.sync(only=c.id, name=name)
+        endpoints = self.endpoints(c)
         self._sup.ensure_running()
         if c.id not in self._sup.states():
             self._sup.create(self._launch_spec(c))
         self._sup.start(c.id)
-        return self.inspect(name)
+        return self._inspect(c, endpoints)
 
     def remove(self, name: str, force: bool = False) -> None:
         c = self.get(name)
@@ -449,10 +455,13 @@ class ContainerService:
         c = self.get(name)
         if network not in c.networks:
             raise NotFound(f"container {name} is not on network {network}")
+        left = [ep for ep in self.endpoints(c) if ep.network != network]
         with self._rec.claim(c.id, name):
             gone = self._detach(name, network)
             self._rec.detach(c.id, name, [ep.host_veth for ep in gone])
-        return self.inspect(name)
+        return self._inspect(
+            replace(c, networks=tuple(n for n in c.networks if n != network)), left
+        )
 
     def _detach(self, name: str, network: str) -> list[Endpoint]:
         """Take ``name`` off ``network`` in the store; the endpoints removed."""
