@@ -118,3 +118,46 @@ def _check_one_run(agent: AgentProc, etcd: EtcdProcess, echo: str, point: str) -
         agent.start()
         assert inspect(agent, "x")["state"]["status"] == "running"
         assert_no_leaks(agent, 1)
+
+
+@pytest.mark.parametrize("op", ["stop", "start"])
+def test_stop_and_start_with_etcd_killed_after_the_supervisor_acted(
+    hostns: str, tmp_path: Path, scripts: tuple[str, str], op: str
+) -> None:
+    echo, _ = scripts
+    with etcd_process() as etcd:
+        agent = AgentProc(hostns, tmp_path, "--store", "etcd://" + etcd.url.removeprefix("http://"))
+        try:
+            point = "stop:stopped" if op == "stop" else "start:started"
+            agent.start(env={"COVE_TEST_FAULT": f"{point}=stop"})
+            agent.ok("network", "create", "vnet", "--subnet", "10.89.0.0/24")
+            agent.ok("run", "-d", "--name", "x", "--network", "vnet", "--",
+                     "python3", "-S", "-u", echo, "7")  # fmt: skip
+            if op == "start":
+                # the fault is armed for start only: this stop goes through
+                agent.ok("stop", "-t", "1", "x")
+            before = len(_processes_running(echo))
+            result: dict[str, Any] = {}
+            client = threading.Thread(target=lambda: result.update(res=agent.cli(op, "x")))
+            client.start()
+            assert agent.proc is not None
+            pid = agent.proc.pid
+            eventually(lambda: _stopped(pid), timeout=20)
+            etcd.kill()
+            os.kill(pid, signal.SIGCONT)
+            client.join(90)
+            res = result["res"]
+            after = len(_processes_running(echo))
+            if res.returncode != 0:
+                assert after == before, f"{op} failed ({res.stderr}) yet changed the container"
+            else:
+                assert after == (0 if op == "stop" else 1)
+                etcd.start()
+                status = inspect(agent, "x")["state"]["status"]
+                assert status == ("running" if op == "start" else "exited")
+        finally:
+            if etcd.proc is not None and etcd.proc.poll() is not None:
+                etcd.start()
+            if agent.proc is not None and agent.proc.poll() is None:
+                os.kill(agent.proc.pid, signal.SIGCONT)
+            cleanup_agent(agent)

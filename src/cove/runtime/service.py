@@ -344,6 +344,7 @@ class ContainerService:
         c = self._set_desired(name, Desired.STOPPED)
         endpoints = self.endpoints(c)
         self._sup.stop(c.id, timeout)
+        self._fault("stop:stopped")
         return self._inspect(c, endpoints)
 
     def start(self, name: str) -> dict[str, Any]:
@@ -354,6 +355,7 @@ class ContainerService:
         if c.id not in self._sup.states():
             self._sup.create(self._launch_spec(c))
         self._sup.start(c.id)
+        self._fault("start:started")
         return self._inspect(c, endpoints)
 
     def remove(self, name: str, force: bool = False) -> None:
