@@ -86,6 +86,14 @@ class IntentLog:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._dir / f"{cid}.json")
 
+    def drop_partial(self) -> None:
+        """Remove files a crash left half-written (call before any run of
+        this agent can be writing one)."""
+        if self._dir.is_dir():
+            for path in self._dir.glob("*.tmp"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
     def all(self) -> Iterator[Intent]:
         if not self._dir.is_dir():
             return

@@ -230,7 +230,7 @@ class ContainerService:
         with contextlib.suppress(CoveError):
             self._sup.remove(c.id)  # first: no process may outlive the error
         try:
-            self._destroy(c, endpoints)
+            self._destroy(c, endpoints, process_gone=True)
         except CoveError as undo:
             log.warning("run %s: rollback incomplete, will finish later: %s", c.name, undo)
             with contextlib.suppress(CoveError):
@@ -248,6 +248,8 @@ class ContainerService:
         """Finish what failed runs could not undo; after a restart, also
         settle the runs a crash interrupted (the store decides: a container
         it holds is started by ``adopt``, one it lacks is released)."""
+        if after_restart:
+            self._intents.drop_partial()
         for intent in self._intents.all():
             if intent.phase is Phase.PENDING and not after_restart:
                 continue  # a run in progress in this agent
@@ -368,8 +370,11 @@ class ContainerService:
         self._destroy(c, self.endpoints(c))
         log.info("container %s removed", name)
 
-    def _destroy(self, c: Container, endpoints: list[Endpoint]) -> None:
-        """Delete the store records, then everything derived from them."""
+    def _destroy(
+        self, c: Container, endpoints: list[Endpoint], *, process_gone: bool = False
+    ) -> None:
+        """Delete the store records, then everything derived from them
+        (the process too, unless the caller has removed it already)."""
         ops = [Delete(_ep_key(ep)) for ep in endpoints]
         # Only its own claims: a run that failed on a taken port must not
         # free it for the container that holds it.
@@ -380,8 +385,9 @@ class ContainerService:
         self._store.txn([], ops)
         for net in {ep.network for ep in endpoints} | set(c.networks):
             self._ipam.release_owner(net, owner_of(c.id))
-        with contextlib.suppress(CoveError):
-            self._sup.remove(c.id)
+        if not process_gone:
+            with contextlib.suppress(CoveError):
+                self._sup.remove(c.id)
         with self._rec.lock:
             self._rec.reap_now()
             for ep in endpoints:

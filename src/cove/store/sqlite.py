@@ -138,12 +138,13 @@ class SqliteStore(MemoryStore):
                 # The shared WAL index cannot be created on a full disk; in
                 # exclusive mode SQLite keeps it in memory (no checkpoint
                 # thread then, the connection checkpoints by itself).
+                self._db = self._connect(exclusive=True)
+            if self._exclusive or _no_space(path):
                 log.warning(
                     "no space left on the disk holding %s: the store is read-only until space"
                     " is freed (writes are refused with 507)",
                     os.path.dirname(os.path.abspath(path)),
                 )
-                self._db = self._connect(exclusive=True)
             self._restore()
         except (sqlite3.Error, OSError) as exc:
             os.close(self._lock_fd)
@@ -392,12 +393,16 @@ def _disk_full(exc: sqlite3.Error, path: str) -> bool:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     if code == sqlite3.SQLITE_FULL:
         return True
-    if code != sqlite3.SQLITE_IOERR:
-        return False
+    return code == sqlite3.SQLITE_IOERR and _no_space(path)
+
+
+def _no_space(path: str) -> bool:
     try:
-        return os.statvfs(os.path.dirname(os.path.abspath(path))).f_bavail == 0
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
     except OSError:
         return False
+    # root may also write the blocks a file system reserves for it
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) == 0
 
 
 def _fold(db: sqlite3.Connection, before: int) -> None:
