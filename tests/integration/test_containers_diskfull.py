@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_containers_helpers import (  # noqa: F401 - fixtures
@@ -29,6 +30,9 @@ from test_containers_helpers import (  # noqa: F401 - fixtures
 )
 
 from agentproc import AgentProc
+from cove.runtime.launch import LaunchSpec
+from cove.runtime.state import read_json
+from cove.runtime.supervisor import Supervisor
 from cove.runtime.wiring import teardown
 
 pytestmark = [pytest.mark.root]
@@ -216,3 +220,48 @@ def test_after_a_reboot_on_a_full_disk_interrupted_runs_finish_once_space_return
     assert agent.proc is not None and agent.proc.poll() is None
     assert _supervisor_pid(agent) == supervisor
     assert_no_leaks(agent, 2)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Disk]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    folder = tmp_path / "sup"
+    folder.mkdir()
+    source = f"cvdisk{secrets.token_hex(3)}"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", source, str(folder)], check=True)
+    try:
+        yield Disk(folder)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_supervisor_refuses_create_clearly_and_keeps_records_in_memory(tiny_disk: Disk) -> None:
+    sup = Supervisor(tiny_disk.mountpoint)
+    answers: list[dict[str, Any]] = []
+
+    def spec(cid: str) -> dict[str, Any]:
+        return LaunchSpec(
+            id=cid, name=f"n{cid}", argv=("true",), env={}, hostname="h", netns="/nonexistent",
+            etc_dir="/nonexistent", log_path="/nonexistent",
+        ).to_json()  # fmt: skip
+
+    sup.handle({"op": "create", "spec": spec("a1")}, answers.append)
+    assert answers[-1]["ok"]
+    tiny_disk.fill()
+    sup.handle({"op": "create", "spec": spec("b2")}, answers.append)
+    assert not answers[-1]["ok"] and answers[-1]["kind"] == "storage_full"
+    assert (
+        "no space left" in answers[-1]["error"]
+        and str(tiny_disk.mountpoint) in answers[-1]["error"]
+    )
+    assert not (tiny_disk.mountpoint / "containers" / "b2").exists()  # nothing half-made
+    # a state change it cannot write is kept, not fatal, and written later
+    sup.handle({"op": "stop", "id": "a1", "timeout": 0}, answers.append)
+    assert answers[-1]["ok"] and answers[-1]["state"]["stopped_by_user"]
+    tiny_disk.free()
+    sup._save_unsaved()
+    saved = read_json(tiny_disk.mountpoint / "containers" / "a1" / "state.json") or {}
+    assert saved.get("stopped_by_user") is True
+    sup.handle({"op": "create", "spec": spec("b2")}, answers.append)
+    assert answers[-1]["ok"]
