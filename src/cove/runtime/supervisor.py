@@ -155,7 +155,10 @@ class Supervisor:
         if state.status is Status.RUNNING:
             return state
         try:
-            pid = spawn(spec)
+            try:
+                pid = spawn(spec)
+            except OSError as exc:  # its log file, say: a failed start, not a crash
+                raise LaunchError(f"cannot start the container: {exc}") from exc
         except LaunchError as exc:
             state = replace(
                 state,
