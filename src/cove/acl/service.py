@@ -1,0 +1,236 @@
+"""The ACL service: tokens resolved to authorizers, with a cache, over the
+store; the agent's own tokens; the checks other parts of cove ask for.
+
+Secrets never reach the store in clear text: a token is found by the
+SHA-256 of a cluster-wide random salt and its SecretID, so a copy of the
+store gives neither the secrets nor a table to look them up in. Reads of a
+token therefore show its SecretID only where the caller holds it anyway (the
+answers to create, clone and bootstrap, and ``token/self``); everywhere else
+it reads ``<hidden>``, as Consul shows a secret to a token without
+``acl:write``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+
+from cove.acl import model as m
+from cove.acl.authorizer import ALLOW_ALL, Authorizer
+from cove.acl.objects import AclObjects
+from cove.acl.rules import Access, Rule, Rules, parse
+from cove.clock import Clock
+from cove.errors import InvalidArgument, PermissionDenied
+from cove.store.base import Compare, Event, Put, Store
+
+log = logging.getLogger(__name__)
+
+_CACHE_LIMIT = 10_000
+
+
+def _identity_rules(token_or_role: m.Token | m.Role, dc: str) -> list[Rules]:
+    out = []
+    for ident in token_or_role.service_identities:
+        if ident.datacenters and dc not in ident.datacenters:
+            continue
+        out.append(
+            Rules(
+                (
+                    Rule("service", ident.name, False, Access.WRITE),
+                    Rule("service", f"{ident.name}-sidecar-proxy", False, Access.WRITE),
+                    Rule("service", "", True, Access.READ),
+                    Rule("node", "", True, Access.READ),
+                )
+            )
+        )
+    for ident in token_or_role.node_identities:
+        if ident.datacenters and dc not in ident.datacenters:
+            continue
+        out.append(
+            Rules(
+                (
+                    Rule("node", ident.name, False, Access.WRITE),
+                    Rule("service", "", True, Access.READ),
+                )
+            )
+        )
+    return out
+
+
+class AclService:
+    """``enabled`` False: every check passes except ``allows_operator``,
+    and the ACL routes answer that ACL support is disabled."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        enabled: bool = False,
+        default_policy: str = "allow",
+        initial_management: str | None = None,
+        node_name: str = "",
+        datacenter: str = "dc1",
+    ) -> None:
+        if default_policy not in ("allow", "deny"):
+            raise InvalidArgument(
+                f"invalid ACL default policy {default_policy!r}: expected allow or deny"
+            )
+        self.store = store
+        self.clock = clock
+        self.enabled = enabled
+        self.default_allow = default_policy == "allow"
+        self.node_name = node_name
+        self.datacenter = datacenter
+        self._initial_management = initial_management
+        self._salt = b""
+        self._cache: dict[str, Authorizer] = {}
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        self.objects = AclObjects(store, clock, self.hash, self.invalidate)
+
+    # -- start-up -----------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create what an ACL system always has (salt, the built-in policy,
+        the anonymous token, the initial management token); idempotent, and
+        safe when several agents share the store."""
+        if not self.enabled:
+            return
+        salt = secrets.token_hex(32).encode()
+        self.store.txn([Compare.absent(m.SALT)], [Put(m.SALT, salt)])
+        kv = self.store.get(m.SALT)
+        assert kv is not None
+        self._salt = kv.value
+        self.objects.ensure_builtins()
+        if self._initial_management:
+            self.objects.ensure_management(self._initial_management)
+
+    # -- resolving ----------------------------------------------------------
+
+    def hash(self, secret: str) -> str:
+        return hashlib.sha256(self._salt + b"\0" + secret.encode()).hexdigest()
+
+    def cached(self, secret: str) -> Authorizer | None:
+        """The authorizer for ``secret`` if it is at hand (no store read)."""
+        if not self.enabled:
+            return ALLOW_ALL
+        hit = self._cache.get(secret)
+        if hit is None or (hit.expires is not None and hit.expires <= self.clock.time()):
+            return None
+        return hit
+
+    def resolve(self, secret: str) -> Authorizer:
+        """The authorizer for a request's token; no token means the agent's
+        ``default`` token, or else the anonymous token. Raises
+        ``PermissionDenied("ACL not found")`` for an unknown or expired
+        secret."""
+        hit = self.cached(secret)
+        if hit is not None:
+            return hit
+        if not secret:
+            authz = self._resolve_hash(self._agent_hash("default") or self.hash(m.ANONYMOUS_SECRET))
+        else:
+            authz = self._resolve_hash(self.hash(secret))
+        with self._lock:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache = {}
+            self._cache[secret] = authz
+        return authz
+
+    def _resolve_hash(self, secret_hash: str) -> Authorizer:
+        token = self.objects.token_by_hash(secret_hash)
+        now = self.clock.time()
+        if token is None or (token.expiration_time is not None and token.expiration_time <= now):
+            raise PermissionDenied("ACL not found")
+        policies, management = self._policies_of(token)
+        return Authorizer(
+            policies,
+            default_allow=self.default_allow,
+            management=management,
+            accessor=token.accessor_id,
+            expires=token.expiration_time,
+        )
+
+    def _policies_of(self, token: m.Token) -> tuple[list[Rules], bool]:
+        ids: list[str] = list(token.policies)
+        rules = _identity_rules(token, self.datacenter)
+        for role_id in token.roles:
+            role = self.objects.role(role_id)
+            if role is not None:
+                ids.extend(role.policies)
+                rules.extend(_identity_rules(role, self.datacenter))
+        management = m.MANAGEMENT_ID in ids
+        for pid in dict.fromkeys(ids):
+            policy = self.objects.policy(pid)
+            if policy is None or (policy.datacenters and self.datacenter not in policy.datacenters):
+                continue
+            try:
+                rules.append(parse(policy.rules))
+            except InvalidArgument:  # stored before a stricter parser: it grants nothing
+                log.warning("ACL policy %s has rules that no longer parse", policy.name)
+        return rules, management
+
+    def invalidate(self) -> None:
+        """Forget every resolved token (an ACL object changed)."""
+        with self._lock:
+            self._cache = {}
+        for listener in self._listeners:
+            listener()
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        """Hub callback for ``acl/``: changes made by other agents."""
+        if events:
+            self.invalidate()
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` whenever what tokens may do may have changed."""
+        self._listeners = [*self._listeners, listener]
+
+    # -- the agent's tokens -------------------------------------------------
+
+    def _agent_hash(self, kind: str) -> str | None:
+        kv = self.store.get(f"{m.AGENT_TOKENS}{m.seg(self.node_name)}/{kind}")
+        return kv.value.decode() if kv is not None else None
+
+    def set_agent_token(self, kind: str, secret: str) -> None:
+        key = f"{m.AGENT_TOKENS}{m.seg(self.node_name)}/{kind}"
+        if secret:
+            self.store.put(key, self.hash(secret).encode())
+        else:
+            self.store.delete(key)
+        self.invalidate()
+
+    def dns_authorizer(self) -> Authorizer:
+        """What DNS answers as: the agent's ``dns`` token, else its
+        ``default`` token, else the anonymous token."""
+        if not self.enabled:
+            return ALLOW_ALL
+        hit = self._cache.get("\0dns")
+        if hit is not None:
+            return hit
+        chosen = self._agent_hash("dns") or self._agent_hash("default")
+        try:
+            authz = self._resolve_hash(chosen or self.hash(m.ANONYMOUS_SECRET))
+        except PermissionDenied:  # the configured token was deleted
+            authz = Authorizer(default_allow=False, accessor=m.ANONYMOUS_ID)
+        with self._lock:
+            self._cache["\0dns"] = authz
+        return authz
+
+    # -- hooks for other parts of cove --------------------------------------
+
+    def allows_operator(self, token: str | None, write: bool) -> bool:
+        """True when ACLs are enabled and ``token`` (a SecretID) grants
+        ``operator`` read (or write, with ``write``). False when ACLs are
+        disabled: the native API then stays on the Unix socket."""
+        if not self.enabled or not token:
+            return False
+        try:
+            authz = self.resolve(token)
+        except PermissionDenied:
+            return False
+        return authz.scalar("operator", Access.WRITE if write else Access.READ)
