@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from cove import __version__
+from cove.acl import AclService
 from cove.agent.config import AgentConfig
 from cove.agent.tuning import tune_interpreter
 from cove.api import consul as consul_api
@@ -136,13 +137,25 @@ class Agent:
             enable_script_checks=config.enable_script_checks,
         )
         inline = consul_api.in_process(self.store)
+        self.acl = AclService(
+            self.store,
+            self.clock,
+            enabled=config.acl_enabled,
+            default_policy=config.acl_default_policy,
+            initial_management=config.acl_initial_management,
+            node_name=config.node_name,
+            datacenter=config.datacenter,
+        )
+        self.acl.setup()
         self.checks = CheckRunner(
             self.registry,
             hub=self.hub,
             enable_script_checks=config.enable_script_checks,
             inline=inline,
         )
-        consul_api.install(self.app, self.registry, runner=self.checks, hub=self.hub, inline=inline)
+        consul_api.install(
+            self.app, self.registry, runner=self.checks, hub=self.hub, inline=inline, acl=self.acl
+        )
         self.runtime = ContainerRuntime(
             self.store,
             self.clock,
@@ -189,7 +202,7 @@ class Agent:
                 listen_on_gateways=True,
             ),
             hub=self.hub,
-            services=RegistryServices(self.registry.queries, self.hub),
+            services=RegistryServices(self.registry.queries, self.hub, acl=self.acl),
         )
 
     def _core_metrics(self) -> list[tuple[str, str, float]]:

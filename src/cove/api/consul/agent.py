@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from cove.acl import Access, Authorizer
 from cove.api import http as web
+from cove.api.consul.catalog import check_allowed
 from cove.api.consul.common import (
+    FILTERED,
+    authorize,
     blocking,
     consul_errors,
     ctx,
@@ -27,10 +33,11 @@ def leader_address(request: web.Request) -> str:
 
 @consul_errors
 async def service_register(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
     body = await json_body(request)
     inst, checks = service_from_json(body, c.registry.node_name)
+    authz.need("service", inst.name, Access.WRITE)
     await write(
         request,
         lambda: c.registry.catalog.register_service(
@@ -47,8 +54,9 @@ async def service_register(request: web.Request) -> web.Response:
 
 @consul_errors
 async def service_deregister(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
+    await _need_service(request, authz, request.match_info["id"])
     await write(request, c.registry.catalog.deregister_service, request.match_info["id"])
     if c.runner is not None:
         c.runner.kick()
@@ -58,9 +66,12 @@ async def service_deregister(request: web.Request) -> web.Response:
 @consul_errors
 async def services(request: web.Request) -> web.Response:
     opts = options(request)
+    authz = await authorize(request, opts)
     c = ctx(request)
     data = await run(request, c.registry.queries.agent_services, c.registry.node_name)
-    return reply(apply_filter(opts.filter, data))
+    return _acl_reply(
+        data, opts.filter, authz, lambda v: authz.allowed("service", v["Service"], Access.READ)
+    )
 
 
 @consul_errors
@@ -73,22 +84,30 @@ async def service(request: web.Request) -> web.Response:
     )
     if not answer.found:
         return web.Response(status=404, text=f"unknown service ID: {sid}")
+    authz = await authorize(request, opts)
+    authz.need("service", answer.data["Service"], Access.READ)
     return reply(answer.data, answer.index)
 
 
 @consul_errors
 async def checks(request: web.Request) -> web.Response:
     opts = options(request)
+    authz = await authorize(request, opts)
     c = ctx(request)
     data = await run(request, c.registry.queries.agent_checks, c.registry.node_name)
-    return reply(apply_filter(opts.filter, data))
+    return _acl_reply(data, opts.filter, authz, lambda v: check_allowed(authz, v))
 
 
 @consul_errors
 async def check_register(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
     definition, status = check_from_json(await json_body(request))
+    if authz.enabled:
+        if definition.service_id:
+            await _need_service(request, authz, definition.service_id)
+        else:
+            authz.need("node", c.registry.node_name, Access.WRITE)
     await write(
         request,
         lambda: c.registry.catalog.register_check(
@@ -102,8 +121,9 @@ async def check_register(request: web.Request) -> web.Response:
 
 @consul_errors
 async def check_deregister(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
+    await _need_check(request, authz, request.match_info["id"])
     await write(request, c.registry.catalog.deregister_check, request.match_info["id"])
     if c.runner is not None:
         c.runner.kick()
@@ -115,7 +135,8 @@ _TTL_STATUS = {"pass": Status.PASSING, "warn": Status.WARNING, "fail": Status.CR
 
 @consul_errors
 async def check_ttl(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
+    await _need_check(request, authz, request.match_info["id"])
     status = _TTL_STATUS[request.match_info["verb"]]
     await _update_ttl(request, request.match_info["id"], status, request.query.get("note", ""))
     return web.Response(status=200)
@@ -123,7 +144,8 @@ async def check_ttl(request: web.Request) -> web.Response:
 
 @consul_errors
 async def check_update(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
+    await _need_check(request, authz, request.match_info["id"])
     d = fold(await json_body(request) or {}, "update")
     status_text = text(d, "status", "Status")
     try:
@@ -144,10 +166,11 @@ async def _update_ttl(request: web.Request, check_id: str, status: Status, outpu
 
 @consul_errors
 async def service_maintenance(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
     enable = _enable(request)
     sid = request.match_info["id"]
+    await _need_service(request, authz, sid)
     reason = request.query.get("reason", "")
     await write(request, c.registry.catalog.set_maintenance, sid, enable, reason)
     return web.Response(status=200)
@@ -155,8 +178,9 @@ async def service_maintenance(request: web.Request) -> web.Response:
 
 @consul_errors
 async def node_maintenance(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
+    authz.need("node", c.registry.node_name, Access.WRITE)
     await write(
         request,
         c.registry.catalog.set_maintenance,
@@ -178,8 +202,9 @@ def _enable(request: web.Request) -> bool:
 
 @consul_errors
 async def self_info(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     reg = ctx(request).registry
+    authz.need("agent", reg.node_name, Access.READ)
     leader = leader_address(request)
     member = _member(request, reg.node_name, reg.node.address)
     return reply(
@@ -233,9 +258,54 @@ def _member(request: web.Request, name: str, address: str) -> dict[str, object]:
 @consul_errors
 async def members(request: web.Request) -> web.Response:
     opts = options(request)
+    authz = await authorize(request, opts)
     c = ctx(request)
     data = await run(request, c.registry.queries.members)
-    return reply(apply_filter(opts.filter, data))
+    return _acl_reply(
+        data, opts.filter, authz, lambda m: authz.allowed("node", m["Name"], Access.READ)
+    )
+
+
+def _acl_reply(data: Any, filter_: str | None, authz: Authorizer, keep: Any) -> web.Response:
+    """An agent list or map (not a blocking answer), filtered by ACLs."""
+    removed = False
+    if authz.enabled:
+        if isinstance(data, dict):
+            kept: Any = {k: v for k, v in data.items() if keep(v)}
+        else:
+            kept = [v for v in data if keep(v)]
+        removed = len(kept) != len(data)
+        data = kept
+    response = reply(apply_filter(filter_, data))
+    if removed:
+        response.headers[FILTERED] = "true"
+    return response
+
+
+async def _need_service(request: web.Request, authz: Authorizer, service_id: str) -> None:
+    """Write on the service registered here as ``service_id`` (an unknown
+    ID is left to the registry's own answer)."""
+    if not authz.enabled:
+        return
+    c = ctx(request)
+    answer = await run(request, c.registry.queries.agent_service, c.registry.node_name, service_id)
+    if answer.found:
+        authz.need("service", answer.data["Service"], Access.WRITE)
+
+
+async def _need_check(request: web.Request, authz: Authorizer, check_id: str) -> None:
+    if not authz.enabled:
+        return
+    c = ctx(request)
+    checks = await run(request, c.registry.queries.agent_checks, c.registry.node_name)
+    check = checks.get(check_id)
+    if check is None:
+        return
+    if not check_allowed(authz, check, Access.WRITE):
+        service = check.get("ServiceName")
+        raise authz.denied(
+            *(("service:write", service) if service else ("node:write", check.get("Node")))
+        )
 
 
 @consul_errors
