@@ -257,6 +257,8 @@ def identities(d: Mapping[str, Any], key: str, name_key: str, what: str) -> tupl
         if not _IDENTITY_NAME.match(name):
             raise InvalidArgument(f"{what}: invalid {name_key} {name!r} in {key}")
         dcs = item.get("Datacenters") or []
+        if isinstance(item.get("Datacenter"), str) and item["Datacenter"]:
+            dcs = [item["Datacenter"]]  # a node identity names one datacenter
         if not isinstance(dcs, list) or not all(isinstance(x, str) for x in dcs):
             raise InvalidArgument(f"{what} decode failed: Datacenters must be a list of strings")
         out.append(Identity(name, tuple(dcs)))
