@@ -13,7 +13,13 @@ def authz(*texts: str, default: str = "deny") -> Authorizer:
 
 
 def test_hcl_and_json_forms_mean_the_same() -> None:
-    hcl = 'key_prefix "app/" { policy = "write" }\nservice "web" { policy = "read" }\noperator = "read"'
+    hcl = """
+key_prefix "app/" { policy = "write" }
+service "web" {
+  policy = "read"
+}
+operator = "read"
+"""
     json = (
         '{"key_prefix": {"app/": {"policy": "write"}}, "service": {"web": {"policy": "read"}},'
         ' "operator": "read"}'

@@ -192,12 +192,28 @@ def _identity(d: Mapping[str, Any]) -> Identity:
 # -- request bodies -----------------------------------------------------------
 
 
+# Consul decodes request bodies as Go does: field names match whatever
+# their case ("name" is Name), which clients such as py-consul rely on.
+_FIELDS = {
+    k.lower(): k
+    for k in (
+        "AccessorID", "SecretID", "Description", "Policies", "Roles", "ServiceIdentities",
+        "NodeIdentities", "Local", "ExpirationTime", "ExpirationTTL", "ID", "Name", "Rules",
+        "Datacenters", "Datacenter", "ServiceName", "NodeName", "BootstrapSecret", "Token",
+    )
+}  # fmt: skip
+
+
+def canonical(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {_FIELDS.get(str(k).lower(), k): v for k, v in d.items()}
+
+
 def body_map(body: Any, what: str) -> dict[str, Any]:
     if body is None:
         return {}
     if not isinstance(body, dict):
         raise InvalidArgument(f"{what} decode failed: expected a JSON object")
-    return body
+    return canonical(body)
 
 
 def text(d: Mapping[str, Any], key: str, what: str) -> str:
@@ -237,6 +253,7 @@ def links(d: Mapping[str, Any], key: str, what: str) -> list[tuple[str, str]]:
     for item in raw:
         if not isinstance(item, dict):
             raise InvalidArgument(f"{what} decode failed: {key} entries must be objects")
+        item = canonical(item)
         ident = text(item, "ID", what)
         name = text(item, "Name", what)
         if not ident and not name:
@@ -253,6 +270,7 @@ def identities(d: Mapping[str, Any], key: str, name_key: str, what: str) -> tupl
     for item in raw:
         if not isinstance(item, dict):
             raise InvalidArgument(f"{what} decode failed: {key} entries must be objects")
+        item = canonical(item)
         name = text(item, name_key, what)
         if not _IDENTITY_NAME.match(name):
             raise InvalidArgument(f"{what}: invalid {name_key} {name!r} in {key}")
