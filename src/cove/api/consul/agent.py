@@ -20,8 +20,10 @@ from cove.api.consul.common import (
     run,
     write,
 )
+from cove.codec import loads
 from cove.errors import InvalidArgument
 from cove.registry import VERSION
+from cove.registry import types as t
 from cove.registry.decode import check_from_json, fold, service_from_json, text
 from cove.registry.filter import apply_filter
 from cove.registry.types import Status
@@ -294,18 +296,19 @@ async def _need_service(request: web.Request, authz: Authorizer, service_id: str
 
 
 async def _need_check(request: web.Request, authz: Authorizer, check_id: str) -> None:
+    """Write on a check: its service's write, or for a node's own check
+    the node's. One key read (the agent's check definition), so a TTL
+    update stays cheap on a node with thousands of checks."""
     if not authz.enabled:
         return
     c = ctx(request)
-    checks = await run(request, c.registry.queries.agent_checks, c.registry.node_name)
-    check = checks.get(check_id)
-    if check is None:
-        return
-    if not check_allowed(authz, check, Access.WRITE):
-        service = check.get("ServiceName")
-        raise authz.denied(
-            *(("service:write", service) if service else ("node:write", check.get("Node")))
-        )
+    node = c.registry.node_name
+    kv = await run(request, c.registry.store.get, t.agent_check_key(node, check_id))
+    service = str(loads(kv.value).get("ServiceName") or "") if kv is not None else ""
+    if service:
+        authz.need("service", service, Access.WRITE)
+    else:
+        authz.need("node", node, Access.WRITE)
 
 
 @consul_errors
