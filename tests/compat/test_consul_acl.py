@@ -5,6 +5,7 @@ namespace of its own that plays the host."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agentproc import AgentProc
+from agentproc import COVE, AgentProc
 from conftest import cleanup_agent
 
 consul = pytest.importorskip("consul")
@@ -226,3 +227,28 @@ def test_default_deny_hides_services_from_anonymous_reads_and_dns(
         time.sleep(0.1)
     _, services = anon.catalog.services()
     assert "web" in services
+
+
+def test_cli_uses_consul_http_token(managed_agent: AgentProc) -> None:
+    denied = managed_agent.cli("kv", "put", "cli/x", "1")
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    env = {**managed_agent.env, "CONSUL_HTTP_TOKEN": ROOT}
+    res = subprocess.run(
+        [*COVE, "kv", "put", "cli/x", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    assert client(managed_agent, token=ROOT).kv.get("cli/x")[1]["Value"] == b"1"
+
+
+def test_agent_default_token_serves_tokenless_requests(managed_agent: AgentProc) -> None:
+    mgmt = client(managed_agent, token=ROOT)
+    pol = mgmt.acl.policy.create(name="kv-all", rules={"key_prefix": {"": {"policy": "write"}}})
+    tok = mgmt.acl.token.create(policies_id=[pol["ID"]])
+    assert http(managed_agent, "PUT", "/v1/kv/d", "1")[0] == 403
+    status, _, _ = http(
+        managed_agent, "PUT", "/v1/agent/token/default", {"Token": tok["SecretID"]}, token=ROOT
+    )
+    assert status == 200
+    assert http(managed_agent, "PUT", "/v1/kv/d", "1")[0] == 200
+    status, _, body = http(managed_agent, "PUT", "/v1/agent/token/nonsense", {"Token": "x"}, ROOT)
+    assert (status, body) == (404, b'Token "nonsense" is unknown')
