@@ -143,3 +143,26 @@ def test_agent_default_token_serves_requests_without_one(acl: AclService) -> Non
     assert acl.resolve("").allowed("service", "web", Access.READ)
     assert acl.dns_authorizer().allowed("service", "web", Access.READ)
     assert tok["SecretID"].encode() not in _dump(acl)
+
+
+def test_resolution_racing_a_change_is_not_kept(
+    acl: AclService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read = 'key_prefix "a/" { policy = "read" }'
+    pol = acl.objects.policy_create({"Name": "p", "Rules": read})
+    secret = acl.objects.token_create({"Policies": [{"Name": "p"}]})["SecretID"]
+    original = acl.objects.policy
+    raced: list[bool] = []
+
+    def racing(pid: str) -> object:
+        policy = original(pid)
+        if not raced:  # the policy changes right after it was read
+            raced.append(True)
+            acl.objects.policy_update(
+                pol["ID"], {"Name": "p", "Rules": 'key_prefix "a/" { policy = "write" }'}
+            )
+        return policy
+
+    monkeypatch.setattr(acl.objects, "policy", racing)
+    assert not acl.resolve(secret).allowed("key", "a/x", Access.WRITE)  # read before the change
+    assert acl.resolve(secret).allowed("key", "a/x", Access.WRITE)  # not served from the cache

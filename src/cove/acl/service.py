@@ -88,6 +88,8 @@ class AclService:
         self._initial_management = initial_management
         self._salt = b""
         self._cache: dict[str, Authorizer] = {}
+        self._generation = 0  # bumped by every invalidation
+        self._dns: Authorizer | None = None  # kept apart: no client token can name it
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self.objects = AclObjects(store, clock, self.hash, self.invalidate)
@@ -131,15 +133,23 @@ class AclService:
         hit = self.cached(secret)
         if hit is not None:
             return hit
+        generation = self._generation
         if not secret:
             authz = self._resolve_hash(self._agent_hash("default") or self.hash(m.ANONYMOUS_SECRET))
         else:
             authz = self._resolve_hash(self.hash(secret))
+        self._keep(secret, authz, generation)
+        return authz
+
+    def _keep(self, key: str, authz: Authorizer, generation: int) -> None:
+        # Not kept if an ACL object changed while it was read: it may have
+        # been read from before the change, and nothing would drop it later.
         with self._lock:
+            if generation != self._generation:
+                return
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache = {}
-            self._cache[secret] = authz
-        return authz
+            self._cache[key] = authz
 
     def _resolve_hash(self, secret_hash: str) -> Authorizer:
         token = self.objects.token_by_hash(secret_hash)
@@ -178,6 +188,8 @@ class AclService:
         """Forget every resolved token (an ACL object changed)."""
         with self._lock:
             self._cache = {}
+            self._dns = None
+            self._generation += 1
         for listener in self._listeners:
             listener()
 
@@ -209,16 +221,18 @@ class AclService:
         ``default`` token, else the anonymous token."""
         if not self.enabled:
             return ALLOW_ALL
-        hit = self._cache.get("\0dns")
+        hit = self._dns
         if hit is not None:
             return hit
+        generation = self._generation
         chosen = self._agent_hash("dns") or self._agent_hash("default")
         try:
             authz = self._resolve_hash(chosen or self.hash(m.ANONYMOUS_SECRET))
         except PermissionDenied:  # the configured token was deleted
             authz = Authorizer(default_allow=False, accessor=m.ANONYMOUS_ID)
         with self._lock:
-            self._cache["\0dns"] = authz
+            if generation == self._generation:
+                self._dns = authz
         return authz
 
     # -- hooks for other parts of cove --------------------------------------
