@@ -252,3 +252,26 @@ def test_agent_default_token_serves_tokenless_requests(managed_agent: AgentProc)
     assert http(managed_agent, "PUT", "/v1/kv/d", "1")[0] == 200
     status, _, body = http(managed_agent, "PUT", "/v1/agent/token/nonsense", {"Token": "x"}, ROOT)
     assert (status, body) == (404, b'Token "nonsense" is unknown')
+
+
+def test_service_rules_on_registration_and_deregistration(managed_agent: AgentProc) -> None:
+    mgmt = client(managed_agent, token=ROOT)
+    rules = {"service": {"web": {"policy": "write"}}, "node_prefix": {"": {"policy": "read"}}}
+    pol = mgmt.acl.policy.create(name="web-owner", rules=rules)
+    web = client(managed_agent, token=mgmt.acl.token.create(policies_id=[pol["ID"]])["SecretID"])
+    assert web.agent.service.register("web", service_id="web1", address="10.0.0.7", port=80)
+    with pytest.raises(consul.ACLPermissionDenied):
+        web.agent.service.register("db", service_id="db1", address="10.0.0.8", port=5432)
+    mgmt.agent.service.register("db", service_id="db1", address="10.0.0.8", port=5432)
+    _, services = web.catalog.services()
+    assert sorted(services) == ["web"]
+    node = json.loads(http(managed_agent, "GET", "/v1/agent/self", token=ROOT)[2])["Config"][
+        "NodeName"
+    ]
+    with pytest.raises(consul.ACLPermissionDenied):
+        web.catalog.deregister(node, service_id="db1")
+    with pytest.raises(consul.ACLPermissionDenied):
+        web.catalog.deregister(node)  # the whole node needs node:write
+    assert web.catalog.deregister(node, service_id="web1")
+    _, services = mgmt.catalog.services()
+    assert "web" not in services and "db" in services

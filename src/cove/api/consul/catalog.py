@@ -19,6 +19,7 @@ from cove.api.consul.common import (
     json_body,
     options,
     reply,
+    run,
     write,
 )
 from cove.errors import InvalidArgument
@@ -70,9 +71,39 @@ async def deregister(request: web.Request) -> web.Response:
     c = ctx(request)
     body = await json_body(request)
     if authz.enabled:
-        authz.need("node", str(fold(body, "deregistration").get("node") or ""), Access.WRITE)
+        await _need_deregistration(request, authz, fold(body, "deregistration"))
     await write(request, c.registry.catalog.catalog_deregister, body)
     return reply(True)
+
+
+async def _need_deregistration(request: web.Request, authz: Authorizer, d: dict[str, Any]) -> None:
+    """As Consul: a service needs write on that service, a check on its
+    service (or its node), the whole node write on the node."""
+    node = str(d.get("node") or "")
+    service_id = str(d.get("serviceid") or "")
+    check_id = str(d.get("checkid") or "")
+    if not service_id and not check_id:
+        authz.need("node", node, Access.WRITE)
+        return
+    q = ctx(request).registry.queries
+    if service_id:
+        answer = await run(request, q.node, node)
+        services = answer.data["Services"] if answer.found else {}
+        name = services.get(service_id, {}).get("Service")
+        if name is None:  # no name to judge by: as for the node's own entries
+            authz.need("node", node, Access.WRITE)
+        else:
+            authz.need("service", name, Access.WRITE)
+        return
+    answer = await run(request, q.health_node, node)
+    for check in answer.data:
+        if check.get("CheckID") == check_id and not check_allowed(authz, check, Access.WRITE):
+            service = check.get("ServiceName")
+            raise (
+                authz.denied("service:write", service)
+                if service
+                else authz.denied("node:write", node)
+            )
 
 
 @consul_errors
