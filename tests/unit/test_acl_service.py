@@ -166,3 +166,11 @@ def test_resolution_racing_a_change_is_not_kept(
     monkeypatch.setattr(acl.objects, "policy", racing)
     assert not acl.resolve(secret).allowed("key", "a/x", Access.WRITE)  # read before the change
     assert acl.resolve(secret).allowed("key", "a/x", Access.WRITE)  # not served from the cache
+
+
+def test_native_api_methods_map_to_operator_read_and_write(acl: AclService) -> None:
+    acl.objects.policy_create({"Name": "opr", "Rules": 'operator = "read"'})
+    reader = acl.objects.token_create({"Policies": [{"Name": "opr"}]})["SecretID"]
+    assert acl.allows_native(reader, "GET") and acl.allows_native(reader, "head")
+    assert not acl.allows_native(reader, "POST") and not acl.allows_native(reader, "DELETE")
+    assert acl.allows_native(ROOT, "DELETE")

@@ -248,3 +248,8 @@ class AclService:
         except PermissionDenied:
             return False
         return authz.scalar("operator", Access.WRITE if write else Access.READ)
+
+    def allows_native(self, token: str | None, method: str) -> bool:
+        """``allows_operator`` for a native API (``/api``) request: reads
+        (GET, HEAD) need ``operator`` read, everything else write."""
+        return self.allows_operator(token, write=method.upper() not in ("GET", "HEAD"))

@@ -81,17 +81,24 @@ def options(request: web.Request) -> QueryOptions:
     dc = request.query.get("dc")
     if dc and dc != ctx(request).registry.datacenter:
         raise CoveError("No path to datacenter")
-    token = request.headers.get("X-Consul-Token", "")
-    auth = request.headers.get("Authorization", "")
-    if not token and auth.lower().startswith("bearer "):
-        token = auth[7:].strip()
-    token = token or request.query.get("token", "")
     return QueryOptions(
-        token=token,
+        token=request_token(request),
         index=parse_index(request.query.get("index")),
         wait=parse_wait(request.query.get("wait")),
         filter=request.query.get("filter"),
     )
+
+
+def request_token(request: web.Request) -> str:
+    """The request's ACL token (a SecretID) as Consul reads it: the
+    ``X-Consul-Token`` header, else ``Authorization: Bearer``, else
+    ``?token=``; empty when there is none."""
+    token = request.headers.get("X-Consul-Token", "")
+    if not token:
+        auth = request.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            token = auth[7:].strip()
+    return token or request.query.get("token", "")
 
 
 def flag(request: web.Request, name: str) -> bool:
