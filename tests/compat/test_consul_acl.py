@@ -275,3 +275,40 @@ def test_service_rules_on_registration_and_deregistration(managed_agent: AgentPr
     assert web.catalog.deregister(node, service_id="web1")
     _, services = mgmt.catalog.services()
     assert "web" not in services and "db" in services
+
+
+def test_txn_and_sessions_follow_rules(managed_agent: AgentProc) -> None:
+    mgmt = client(managed_agent, token=ROOT)
+    rules = {"key_prefix": {"app/": {"policy": "write"}}}
+    pol = mgmt.acl.policy.create(name="app-only", rules=rules)
+    secret = mgmt.acl.token.create(policies_id=[pol["ID"]])["SecretID"]
+    app = client(managed_agent, token=secret)
+
+    def op(key: str) -> dict[str, Any]:
+        return {"KV": {"Verb": "set", "Key": key, "Value": "MQ=="}}
+
+    # (py-consul's txn.put sends no token: raw HTTP here.)
+    status, _, body = http(managed_agent, "PUT", "/v1/txn", [op("app/a"), op("app/b")], secret)
+    assert status == 200 and json.loads(body)["Errors"] is None
+    status, _, body = http(
+        managed_agent, "PUT", "/v1/txn", [op("app/c"), op("other/c")], token=secret
+    )
+    assert status == 403 and b"other/c" in body
+    assert mgmt.kv.get("app/c")[1] is None  # nothing of the refused transaction ran
+
+    # A recursive delete needs write on everything under the prefix.
+    mgmt.kv.put("app/locked", "1")
+    mgmt.kv.put("other/z", "1")
+    with pytest.raises(consul.ACLPermissionDenied):
+        app.kv.delete("", recurse=True)
+    assert mgmt.kv.get("other/z")[1] is not None
+    assert app.kv.delete("app/", recurse=True)
+
+    # Sessions: creating one needs session write on the node; lists filter.
+    with pytest.raises(consul.ACLPermissionDenied):
+        app.session.create()
+    sid = mgmt.session.create()
+    assert [s["ID"] for s in mgmt.session.list()[1]] == [sid]
+    status, headers, body = http(managed_agent, "GET", "/v1/session/list", token=secret)
+    assert (status, json.loads(body)) == (200, [])
+    assert headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
