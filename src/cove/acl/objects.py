@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cove.acl import model as m
-from cove.acl.rules import parse
+from cove.acl.rules import Rules, parse
 from cove.clock import Clock
 from cove.codec import dumps, loads
 from cove.errors import Conflict, InvalidArgument, PermissionDenied
@@ -38,11 +38,13 @@ class AclObjects:
         clock: Clock,
         hash_secret: Callable[[str], str],
         changed: Callable[[], None],
+        parse_rules: Callable[[str], Rules] = parse,
     ) -> None:
         self.store = store
         self.clock = clock
         self._hash = hash_secret
         self._changed = changed
+        self._parse = parse_rules
 
     # -- reads ------------------------------------------------------------
 
@@ -376,7 +378,7 @@ class AclObjects:
         name = m.text(d, "Name", "Policy")
         m.check_policy_name(name)
         rules = m.text(d, "Rules", "Policy")
-        parse(rules)  # a malformed rule is refused here, before anything is stored
+        self._parse(rules)  # a malformed rule is refused here, before anything is stored
         dcs = d.get("Datacenters") or []
         if not isinstance(dcs, list) or not all(isinstance(x, str) for x in dcs):
             raise InvalidArgument("Policy decode failed: Datacenters must be a list of strings")

@@ -92,7 +92,10 @@ class AclService:
         self._dns: Authorizer | None = None  # kept apart: no client token can name it
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
-        self.objects = AclObjects(store, clock, self.hash, self.invalidate)
+        # pyhcl builds its parser tables on every call (tens of ms), so each
+        # distinct rules text is parsed once per agent.
+        self._parsed: dict[str, Rules] = {}
+        self.objects = AclObjects(store, clock, self.hash, self.invalidate, self.parse_rules)
 
     # -- start-up -----------------------------------------------------------
 
@@ -179,10 +182,20 @@ class AclService:
             if policy is None or (policy.datacenters and self.datacenter not in policy.datacenters):
                 continue
             try:
-                rules.append(parse(policy.rules))
+                rules.append(self.parse_rules(policy.rules))
             except InvalidArgument:  # stored before a stricter parser: it grants nothing
                 log.warning("ACL policy %s has rules that no longer parse", policy.name)
         return rules, management
+
+    def parse_rules(self, text: str) -> Rules:
+        """``rules.parse``, remembered by text (``InvalidArgument`` as it)."""
+        hit = self._parsed.get(text)
+        if hit is None:
+            hit = parse(text)
+            if len(self._parsed) >= _CACHE_LIMIT:
+                self._parsed = {}
+            self._parsed[text] = hit
+        return hit
 
     def invalidate(self) -> None:
         """Forget every resolved token (an ACL object changed)."""
