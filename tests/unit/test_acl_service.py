@@ -174,3 +174,17 @@ def test_native_api_methods_map_to_operator_read_and_write(acl: AclService) -> N
     assert acl.allows_native(reader, "GET") and acl.allows_native(reader, "head")
     assert not acl.allows_native(reader, "POST") and not acl.allows_native(reader, "DELETE")
     assert acl.allows_native(ROOT, "DELETE")
+
+
+def test_a_token_read_and_sent_back_updates(acl: AclService) -> None:
+    acl.objects.policy_create({"Name": "p"})
+    made = acl.objects.token_create({"Description": "d", "ExpirationTTL": "1h"})
+    read = acl.objects.token_read(made["AccessorID"])
+    assert read["SecretID"] == "<hidden>"
+    updated = acl.objects.token_update(
+        made["AccessorID"], {**read, "Description": "e", "Policies": [{"Name": "p"}]}
+    )
+    assert updated["Description"] == "e" and updated["Policies"][0]["Name"] == "p"
+    assert acl.resolve(made["SecretID"]).accessor == made["AccessorID"]
+    with pytest.raises(InvalidArgument, match="SecretID"):
+        acl.objects.token_update(made["AccessorID"], {"SecretID": ROOT})
