@@ -139,7 +139,7 @@ async def session_create(request: web.Request) -> web.Response:
     sessions = ctx(request).registry.sessions
     body = await json_body(request)
     if authz.enabled:
-        node = body.get("Node") if isinstance(body, dict) else None
+        node = fold(body, "session").get("node") if isinstance(body, dict) else None
         authz.need("session", str(node or ctx(request).registry.node_name), Access.WRITE)
     try:
         sid = await write(request, sessions.create, body)
