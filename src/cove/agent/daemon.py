@@ -24,6 +24,7 @@ from typing import IO
 from cove import __version__
 from cove.acl import AclService
 from cove.agent.config import AgentConfig
+from cove.agent.limits import raise_open_files
 from cove.agent.tuning import tune_interpreter
 from cove.api import consul as consul_api
 from cove.api import containers as containers_api
@@ -86,6 +87,7 @@ def _lock_state_dir(state_dir: Path) -> int:
 def run(config: AgentConfig) -> int:
     """Run the agent until SIGTERM or SIGINT; returns the exit status."""
     setup_logging(config)
+    raise_open_files()
     try:
         lock = _lock_state_dir(config.state_dir)
     except CoveError as exc:

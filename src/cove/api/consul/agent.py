@@ -23,9 +23,10 @@ from cove.api.consul.common import (
 from cove.codec import loads
 from cove.errors import InvalidArgument
 from cove.registry import VERSION
+from cove.registry import filter_schema as fs
 from cove.registry import types as t
 from cove.registry.decode import check_from_json, fold, service_from_json, text
-from cove.registry.filter import apply_filter
+from cove.registry.filter import Predicate, select
 from cove.registry.types import Status
 
 
@@ -67,12 +68,12 @@ async def service_deregister(request: web.Request) -> web.Response:
 
 @consul_errors
 async def services(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.AGENT_SERVICE)
     authz = await authorize(request, opts)
     c = ctx(request)
     data = await run(request, c.registry.queries.agent_services, c.registry.node_name)
     return _acl_reply(
-        data, opts.filter, authz, lambda v: authz.allowed("service", v["Service"], Access.READ)
+        data, opts.predicate, authz, lambda v: authz.allowed("service", v["Service"], Access.READ)
     )
 
 
@@ -93,11 +94,11 @@ async def service(request: web.Request) -> web.Response:
 
 @consul_errors
 async def checks(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.HEALTH_CHECK)
     authz = await authorize(request, opts)
     c = ctx(request)
     data = await run(request, c.registry.queries.agent_checks, c.registry.node_name)
-    return _acl_reply(data, opts.filter, authz, lambda v: check_allowed(authz, v))
+    return _acl_reply(data, opts.predicate, authz, lambda v: check_allowed(authz, v))
 
 
 @consul_errors
@@ -259,16 +260,18 @@ def _member(request: web.Request, name: str, address: str) -> dict[str, object]:
 
 @consul_errors
 async def members(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.MEMBER)
     authz = await authorize(request, opts)
     c = ctx(request)
     data = await run(request, c.registry.queries.members)
     return _acl_reply(
-        data, opts.filter, authz, lambda m: authz.allowed("node", m["Name"], Access.READ)
+        data, opts.predicate, authz, lambda m: authz.allowed("node", m["Name"], Access.READ)
     )
 
 
-def _acl_reply(data: Any, filter_: str | None, authz: Authorizer, keep: Any) -> web.Response:
+def _acl_reply(
+    data: Any, predicate: Predicate | None, authz: Authorizer, keep: Any
+) -> web.Response:
     """An agent list or map (not a blocking answer), filtered by ACLs."""
     removed = False
     if authz.enabled:
@@ -278,7 +281,7 @@ def _acl_reply(data: Any, filter_: str | None, authz: Authorizer, keep: Any) -> 
             kept = [v for v in data if keep(v)]
         removed = len(kept) != len(data)
         data = kept
-    response = reply(apply_filter(filter_, data))
+    response = reply(select(predicate, data))
     if removed:
         response.headers[FILTERED] = "true"
     return response

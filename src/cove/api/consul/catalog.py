@@ -23,6 +23,7 @@ from cove.api.consul.common import (
     write,
 )
 from cove.errors import InvalidArgument
+from cove.registry import filter_schema as fs
 from cove.registry import types as t
 from cove.registry.decode import fold
 from cove.registry.queries import Answer
@@ -113,7 +114,7 @@ async def datacenters(request: web.Request) -> web.Response:
 
 @consul_errors
 async def services(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.CATALOG_SERVICES)
     q = ctx(request).registry.queries
     authz = await authorize(request, opts)
     answer = await blocking(request, opts, q.services, (t.SERVICES,))
@@ -122,7 +123,7 @@ async def services(request: web.Request) -> web.Response:
 
 @consul_errors
 async def service(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.SERVICE_NODE)
     q = ctx(request).registry.queries
     name = request.match_info["name"]
     tags = request.query.getall("tag", [])
@@ -135,7 +136,7 @@ async def service(request: web.Request) -> web.Response:
 
 @consul_errors
 async def nodes(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.NODE)
     q = ctx(request).registry.queries
     authz = await authorize(request, opts)
     answer = await blocking(request, opts, q.nodes, (t.NODES,))
@@ -166,7 +167,7 @@ async def node(request: web.Request) -> web.Response:
 
 @consul_errors
 async def health_service(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.CHECK_SERVICE_NODE)
     q = ctx(request).registry.queries
     name = request.match_info["name"]
     tags = request.query.getall("tag", [])
@@ -183,7 +184,7 @@ async def health_service(request: web.Request) -> web.Response:
 
 @consul_errors
 async def health_checks(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.HEALTH_CHECK)
     q = ctx(request).registry.queries
     name = request.match_info["name"]
     authz = await authorize(request, opts)
@@ -193,7 +194,7 @@ async def health_checks(request: web.Request) -> web.Response:
 
 @consul_errors
 async def health_node(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.HEALTH_CHECK)
     q = ctx(request).registry.queries
     name = request.match_info["node"]
     authz = await authorize(request, opts)
@@ -206,7 +207,7 @@ _STATES = {"any", "passing", "warning", "critical", "maintenance"}
 
 @consul_errors
 async def health_state(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.HEALTH_CHECK)
     q = ctx(request).registry.queries
     state = request.match_info["state"]
     if state not in _STATES:
