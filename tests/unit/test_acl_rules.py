@@ -118,3 +118,14 @@ def test_denial_speaks_consuls_words() -> None:
 def test_management_may_do_anything() -> None:
     a = Authorizer(default_allow=False, management=True)
     assert a.scalar("acl", Access.WRITE) and a.write_prefix("key", "")
+
+
+def test_reads_all_only_when_no_name_is_hidden() -> None:
+    assert authz('service_prefix "" { policy = "read" }').reads_all("service")
+    assert not authz('service_prefix "" { policy = "read" }').reads_all("service", "node")
+    assert not authz(
+        'service_prefix "" { policy = "read" }', 'service "secret" { policy = "deny" }'
+    ).reads_all("service")
+    assert not authz('service "web" { policy = "read" }').reads_all("service")  # deny default
+    assert authz('service "web" { policy = "write" }', default="allow").reads_all("service")
+    assert not authz('service "db" { policy = "deny" }', default="allow").reads_all("service")

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from cove.acl.rules import RANK, SEGMENTED, Access, Rules
 from cove.errors import PermissionDenied
 
+_MEMO_LIMIT = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class _Table:
@@ -63,6 +65,8 @@ class Authorizer:
 
     __slots__ = (
         "_default",
+        "_memo",
+        "_reads_all",
         "_scalars",
         "_tables",
         "accessor",
@@ -102,17 +106,37 @@ class Authorizer:
             )
             for r in SEGMENTED
         }
+        self._reads_all = {r: self._covers_reads(self._tables[r]) for r in SEGMENTED}
+        # Decisions never change for a compiled token: a list of a thousand
+        # instances on a few nodes asks the same few questions.
+        self._memo: dict[tuple[str, str, Access], bool] = {}
         if "mesh" not in scalars and "operator" in scalars:
             scalars["mesh"] = scalars["operator"]  # Consul: mesh follows operator when unset
         self._scalars = scalars
 
+    def _covers_reads(self, table: _Table) -> bool:
+        levels = [*table.exact.values(), *(a for _, a in table.prefixes)]
+        if not all(_grants(level, Access.READ) for level in levels):
+            return False
+        return self._default or any(segment == "" for segment, _ in table.prefixes)
+
+    def reads_all(self, *resources: str) -> bool:
+        """True when every name of these resources may be read, so a list
+        of them needs no filtering."""
+        return self.management or all(self._reads_all[r] for r in resources)
+
     def allowed(self, resource: str, name: str, need: Access) -> bool:
         if self.management:
             return True
+        key = (resource, name, need)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
         level = self._tables[resource].level(name)
-        if level is None:
-            return self._default
-        return _grants(level, need)
+        result = self._default if level is None else _grants(level, need)
+        if len(self._memo) < _MEMO_LIMIT:
+            self._memo[key] = result
+        return result
 
     def scalar(self, resource: str, need: Access) -> bool:
         if self.management:

@@ -55,13 +55,13 @@ async def kv_get(request: web.Request) -> web.StreamResponse:
     if "keys" in request.query:
         sep = request.query.get("separator", "")
         answer = await blocking(request, opts, lambda: kv.keys(key, sep), (t.kv_key(key),))
-        if authz.enabled:
+        if authz.enabled and not authz.reads_all("key"):
             answer, removed = acl_filter(answer, lambda k: authz.allowed("key", k, Access.READ))
             return answer_reply(answer, opts, acl_filtered=removed)
         return answer_reply(answer, opts)
     if flag(request, "recurse"):
         answer = await blocking(request, opts, lambda: kv.get_tree(key), (t.kv_key(key),))
-        if authz.enabled:
+        if authz.enabled and not authz.reads_all("key"):
             answer, removed = acl_filter(
                 answer, lambda e: authz.allowed("key", e["Key"], Access.READ)
             )
@@ -205,7 +205,7 @@ async def _session_write(request: web.Request, authz: Authorizer, sid: str) -> N
 
 
 def _sessions_reply(answer: Answer, opts: QueryOptions, authz: Authorizer) -> web.Response:
-    if not authz.enabled:
+    if not authz.enabled or authz.reads_all("session"):
         return answer_reply(answer, opts)
     answer, removed = acl_filter(
         answer, lambda s: authz.allowed("session", str(s.get("Node", "")), Access.READ)
