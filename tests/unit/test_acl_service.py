@@ -188,3 +188,25 @@ def test_a_token_read_and_sent_back_updates(acl: AclService) -> None:
     assert acl.resolve(made["SecretID"]).accessor == made["AccessorID"]
     with pytest.raises(InvalidArgument, match="SecretID"):
         acl.objects.token_update(made["AccessorID"], {"SecretID": ROOT})
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"ExpirationTTL": "30s"}, "at least 1 minute"),
+        ({"ExpirationTTL": "25h"}, "at most 24 hours"),
+        ({"ExpirationTTL": "soon"}, "ExpirationTTL"),
+        ({"ExpirationTime": "yesterday"}, "not RFC 3339"),
+        ({"ExpirationTime": "1970-01-01T00:00:00Z"}, "in the past"),
+        ({"ExpirationTTL": "1h", "ExpirationTime": "2100-01-01T00:00:00Z"}, "cannot both"),
+        ({"SecretID": "not-a-uuid"}, "not a UUID"),
+        ({"Policies": "global-management"}, "must be a list"),
+    ],
+)
+def test_bad_token_bodies_are_400_and_change_nothing(
+    acl: AclService, body: dict[str, str], problem: str
+) -> None:
+    before = acl.store.revision
+    with pytest.raises(InvalidArgument, match=problem):
+        acl.objects.token_create(body)
+    assert acl.store.revision == before

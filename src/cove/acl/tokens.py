@@ -14,6 +14,9 @@ from cove.errors import InvalidArgument, PermissionDenied
 from cove.registry.types import parse_duration
 from cove.store.base import Compare, Delete, Op, Put
 
+_MIN_TTL = 60.0
+_MAX_TTL = 24 * 3600.0
+
 
 class TokenWrites(AclReads):
     # -- built-ins and bootstrap ----------------------------------------------
@@ -86,19 +89,22 @@ class TokenWrites(AclReads):
         when = m.text(d, "ExpirationTime", "Token")
         if ttl and when:
             raise InvalidArgument("Token Expiration TTL and Expiration Time cannot both be set")
-        if ttl:
-            if ttl < 60:
-                raise InvalidArgument("Token Expiration TTL must be at least 1 minute")
-            return self.clock.time() + ttl
+        now = self.clock.time()
         if when:
             try:
-                at = datetime.fromisoformat(when).timestamp()
+                ttl = datetime.fromisoformat(when).timestamp() - now
             except ValueError as exc:
                 raise InvalidArgument(f"Token ExpirationTime {when!r} is not RFC 3339") from exc
-            if at <= self.clock.time():
+            if ttl <= 0:
                 raise InvalidArgument("ExpirationTime cannot be in the past")
-            return at
-        return None
+        if not ttl:
+            return None
+        # Consul's default bounds (acl.token_min/max_expiration_ttl).
+        if ttl < _MIN_TTL:
+            raise InvalidArgument("Token expiration must be at least 1 minute away")
+        if ttl > _MAX_TTL:
+            raise InvalidArgument("Token expiration must be at most 24 hours away")
+        return now + ttl
 
     def token_create(self, body: Any) -> dict[str, Any]:
         d = m.body_map(body, "Token")
