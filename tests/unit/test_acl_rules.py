@@ -129,3 +129,8 @@ def test_reads_all_only_when_no_name_is_hidden() -> None:
     assert not authz('service "web" { policy = "read" }').reads_all("service")  # deny default
     assert authz('service "web" { policy = "write" }', default="allow").reads_all("service")
     assert not authz('service "db" { policy = "deny" }', default="allow").reads_all("service")
+
+
+def test_oversized_rules_are_refused_before_parsing() -> None:
+    with pytest.raises(InvalidArgument, match="ACL rules too large"):
+        parse('key "a" { policy = "read" }\n' * 5000)

@@ -36,6 +36,8 @@ class Access(StrEnum):
 # beats everything, then write, list and read (Consul's merge order).
 RANK = {Access.READ: 0, Access.LIST: 1, Access.WRITE: 2, Access.DENY: 3}
 
+MAX_RULES = 64 * 1024  # far above real policies; parsing is not free
+
 SEGMENTED = ("key", "service", "node", "session", "agent", "event", "query")
 SCALARS = ("operator", "acl", "keyring", "mesh", "peering")
 # Accepted inside a service block and ignored: cove has no intentions API
@@ -67,6 +69,8 @@ def parse(text: str) -> Rules:
     naming the first problem."""
     if not text.strip():
         return Rules()
+    if len(text) > MAX_RULES:
+        raise InvalidArgument(f"ACL rules too large: {len(text)} bytes, at most {MAX_RULES}")
     try:
         tree = hcl.loads(text)
     except Exception as exc:  # pyhcl raises ValueError and its lexer's own errors

@@ -12,6 +12,7 @@ it reads ``<hidden>``, as Consul shows a secret to a token without
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -23,6 +24,7 @@ from cove.acl.authorizer import ALLOW_ALL, Authorizer
 from cove.acl.objects import AclObjects
 from cove.acl.rules import Access, Rule, Rules, parse
 from cove.clock import Clock
+from cove.codec import loads
 from cove.errors import InvalidArgument, PermissionDenied
 from cove.store.base import Compare, Event, Put, Store
 
@@ -113,6 +115,9 @@ class AclService:
         self.objects.ensure_builtins()
         if self._initial_management:
             self.objects.ensure_management(self._initial_management)
+        for kv in self.store.range(m.POLICIES).kvs:  # parsed now, not on a first request
+            with contextlib.suppress(InvalidArgument):
+                self.parse_rules(m.Policy.from_store(loads(kv.value)).rules)
 
     # -- resolving ----------------------------------------------------------
 

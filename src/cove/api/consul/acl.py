@@ -7,6 +7,7 @@ every route here answers 401 "ACL support disabled", as Consul does.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,12 @@ async def _guard(request: web.Request, need: Access) -> tuple[AclService, Author
 
 async def _call(request: web.Request, func: Callable[..., Any], *args: Any) -> web.Response:
     return reply(await run(request, func, *args))
+
+
+async def _parsing(func: Callable[..., Any], *args: Any) -> web.Response:
+    # Writing a policy parses its rules (pyhcl: tens of milliseconds for a
+    # new text): off the event loop, whatever the store.
+    return reply(await asyncio.to_thread(func, *args))
 
 
 @consul_errors
@@ -105,7 +112,7 @@ async def tokens(request: web.Request) -> web.Response:
 @consul_errors
 async def policy_create(request: web.Request) -> web.Response:
     acl, _, _ = await _guard(request, Access.WRITE)
-    return await _call(request, acl.objects.policy_create, await json_body(request))
+    return await _parsing(acl.objects.policy_create, await json_body(request))
 
 
 @consul_errors
@@ -124,7 +131,7 @@ async def policy_read_name(request: web.Request) -> web.Response:
 async def policy_update(request: web.Request) -> web.Response:
     acl, _, _ = await _guard(request, Access.WRITE)
     body = await json_body(request)
-    return await _call(request, acl.objects.policy_update, request.match_info["id"], body)
+    return await _parsing(acl.objects.policy_update, request.match_info["id"], body)
 
 
 @consul_errors
