@@ -210,3 +210,27 @@ def test_bad_token_bodies_are_400_and_change_nothing(
     with pytest.raises(InvalidArgument, match=problem):
         acl.objects.token_create(body)
     assert acl.store.revision == before
+
+
+def test_identities_and_templated_policies_grant_what_consul_derives(acl: AclService) -> None:
+    tok = acl.objects.token_create(
+        {
+            "ServiceIdentities": [{"ServiceName": "web"}],
+            "TemplatedPolicies": [
+                {"TemplateName": "builtin/node", "TemplateVariables": {"Name": "n2"}},
+                {"TemplateName": "builtin/service", "TemplateVariables": {"Name": "api"}},
+                {"TemplateName": "builtin/service", "TemplateVariables": {"Name": "far"},
+                 "Datacenters": ["dc9"]},
+            ],
+        }
+    )  # fmt: skip
+    a = acl.resolve(tok["SecretID"])
+    assert a.allowed("service", "web", Access.WRITE) and a.allowed("service", "api", Access.WRITE)
+    assert a.allowed("service", "db", Access.READ) and not a.allowed("service", "db", Access.WRITE)
+    assert a.allowed("node", "n2", Access.WRITE) and not a.allowed("node", "n1", Access.WRITE)
+    assert not a.allowed("service", "far", Access.WRITE)  # meant for another datacenter
+    shown = acl.objects.token_read(tok["AccessorID"])
+    assert shown["ServiceIdentities"] == [{"ServiceName": "web", "Datacenters": []}]
+    assert shown["TemplatedPolicies"][0]["TemplateVariables"] == {"Name": "n2"}
+    with pytest.raises(InvalidArgument, match="unknown templated policy 'builtin/x'"):
+        acl.objects.token_create({"TemplatedPolicies": [{"TemplateName": "builtin/x"}]})

@@ -62,6 +62,35 @@ class Identity:
     datacenters: tuple[str, ...] = ()
 
 
+# Consul's templated policies: name -> whether it takes a Name variable.
+TEMPLATES = {"builtin/service": True, "builtin/node": True, "builtin/dns": False}
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A templated policy (``builtin/service`` with Name ``web``, ...)."""
+
+    name: str
+    variable: str = ""
+    datacenters: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "TemplateName": self.name,
+            "TemplateVariables": {"Name": self.variable} if self.variable else None,
+            "Datacenters": list(self.datacenters) or None,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Template:
+        variables = d.get("TemplateVariables") or {}
+        return cls(
+            str(d.get("TemplateName", "")),
+            str(variables.get("Name", "")),
+            tuple(d.get("Datacenters") or ()),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Token:
     accessor_id: str
@@ -71,6 +100,7 @@ class Token:
     roles: tuple[str, ...] = ()  # role IDs
     service_identities: tuple[Identity, ...] = ()
     node_identities: tuple[Identity, ...] = ()
+    templated: tuple[Template, ...] = ()
     local: bool = False
     create_time: str = ""
     expiration_time: float | None = None  # epoch seconds
@@ -84,6 +114,7 @@ class Token:
             "Roles": list(self.roles),
             "ServiceIdentities": [_identity_json(i) for i in self.service_identities],
             "NodeIdentities": [_identity_json(i) for i in self.node_identities],
+            "TemplatedPolicies": [tp.to_json() for tp in self.templated],
             "Local": self.local,
             "CreateTime": self.create_time,
             "ExpirationTime": self.expiration_time,
@@ -99,6 +130,7 @@ class Token:
             roles=tuple(d.get("Roles") or ()),
             service_identities=tuple(_identity(i) for i in d.get("ServiceIdentities") or ()),
             node_identities=tuple(_identity(i) for i in d.get("NodeIdentities") or ()),
+            templated=tuple(Template.from_json(x) for x in d.get("TemplatedPolicies") or ()),
             local=bool(d.get("Local", False)),
             create_time=d.get("CreateTime", ""),
             expiration_time=d.get("ExpirationTime"),
@@ -141,6 +173,7 @@ class Role:
     policies: tuple[str, ...] = ()
     service_identities: tuple[Identity, ...] = ()
     node_identities: tuple[Identity, ...] = ()
+    templated: tuple[Template, ...] = ()
 
     def to_store(self) -> dict[str, Any]:
         return {
@@ -150,6 +183,7 @@ class Role:
             "Policies": list(self.policies),
             "ServiceIdentities": [_identity_json(i) for i in self.service_identities],
             "NodeIdentities": [_identity_json(i) for i in self.node_identities],
+            "TemplatedPolicies": [tp.to_json() for tp in self.templated],
         }
 
     @classmethod
@@ -161,6 +195,7 @@ class Role:
             policies=tuple(d.get("Policies") or ()),
             service_identities=tuple(_identity(i) for i in d.get("ServiceIdentities") or ()),
             node_identities=tuple(_identity(i) for i in d.get("NodeIdentities") or ()),
+            templated=tuple(Template.from_json(x) for x in d.get("TemplatedPolicies") or ()),
         )
 
 
@@ -200,6 +235,7 @@ _FIELDS = {
         "AccessorID", "SecretID", "Description", "Policies", "Roles", "ServiceIdentities",
         "NodeIdentities", "Local", "ExpirationTime", "ExpirationTTL", "ID", "Name", "Rules",
         "Datacenters", "Datacenter", "ServiceName", "NodeName", "BootstrapSecret", "Token",
+        "TemplatedPolicies", "TemplateName", "TemplateVariables",
     )
 }  # fmt: skip
 
@@ -280,6 +316,34 @@ def identities(d: Mapping[str, Any], key: str, name_key: str, what: str) -> tupl
         if not isinstance(dcs, list) or not all(isinstance(x, str) for x in dcs):
             raise InvalidArgument(f"{what} decode failed: Datacenters must be a list of strings")
         out.append(Identity(name, tuple(dcs)))
+    return tuple(out)
+
+
+def templates(d: Mapping[str, Any], what: str) -> tuple[Template, ...]:
+    raw = d.get("TemplatedPolicies") or []
+    if not isinstance(raw, list):
+        raise InvalidArgument(f"{what} decode failed: TemplatedPolicies must be a list")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise InvalidArgument(
+                f"{what} decode failed: TemplatedPolicies entries must be objects"
+            )
+        item = canonical(item)
+        name = text(item, "TemplateName", what)
+        if name not in TEMPLATES:
+            known = ", ".join(TEMPLATES)
+            raise InvalidArgument(f"{what}: unknown templated policy {name!r} (known: {known})")
+        variables = item.get("TemplateVariables") or {}
+        if not isinstance(variables, dict):
+            raise InvalidArgument(f"{what} decode failed: TemplateVariables must be an object")
+        variable = text(canonical(variables), "Name", what)
+        if TEMPLATES[name] and not _IDENTITY_NAME.match(variable):
+            raise InvalidArgument(f"{what}: {name} needs a valid TemplateVariables Name")
+        dcs = item.get("Datacenters") or []
+        if not isinstance(dcs, list) or not all(isinstance(x, str) for x in dcs):
+            raise InvalidArgument(f"{what} decode failed: Datacenters must be a list of strings")
+        out.append(Template(name, variable if TEMPLATES[name] else "", tuple(dcs)))
     return tuple(out)
 
 

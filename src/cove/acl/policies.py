@@ -104,6 +104,7 @@ class PolicyWrites(AclReads):
             policies=self._policy_ids(d, "Role"),
             service_identities=m.identities(d, "ServiceIdentities", "ServiceName", "Role"),
             node_identities=m.identities(d, "NodeIdentities", "NodeName", "Role"),
+            templated=m.templates(d, "Role"),
         )
 
     def role_create(self, body: Any) -> dict[str, Any]:

@@ -33,32 +33,45 @@ log = logging.getLogger(__name__)
 _CACHE_LIMIT = 10_000
 
 
+def _service_rules(name: str) -> Rules:
+    return Rules(
+        (
+            Rule("service", name, False, Access.WRITE),
+            Rule("service", f"{name}-sidecar-proxy", False, Access.WRITE),
+            Rule("service", "", True, Access.READ),
+            Rule("node", "", True, Access.READ),
+        )
+    )
+
+
+def _node_rules(name: str) -> Rules:
+    return Rules((Rule("node", name, False, Access.WRITE), Rule("service", "", True, Access.READ)))
+
+
+_DNS_RULES = Rules(
+    tuple(Rule(r, "", True, Access.READ) for r in ("node", "service", "query")),
+)
+
+
 def _identity_rules(token_or_role: m.Token | m.Role, dc: str) -> list[Rules]:
+    """The policies Consul derives from service and node identities and
+    from templated policies (only those meant for this datacenter)."""
     out = []
     for ident in token_or_role.service_identities:
-        if ident.datacenters and dc not in ident.datacenters:
-            continue
-        out.append(
-            Rules(
-                (
-                    Rule("service", ident.name, False, Access.WRITE),
-                    Rule("service", f"{ident.name}-sidecar-proxy", False, Access.WRITE),
-                    Rule("service", "", True, Access.READ),
-                    Rule("node", "", True, Access.READ),
-                )
-            )
-        )
+        if not ident.datacenters or dc in ident.datacenters:
+            out.append(_service_rules(ident.name))
     for ident in token_or_role.node_identities:
-        if ident.datacenters and dc not in ident.datacenters:
+        if not ident.datacenters or dc in ident.datacenters:
+            out.append(_node_rules(ident.name))
+    for tp in token_or_role.templated:
+        if tp.datacenters and dc not in tp.datacenters:
             continue
-        out.append(
-            Rules(
-                (
-                    Rule("node", ident.name, False, Access.WRITE),
-                    Rule("service", "", True, Access.READ),
-                )
-            )
-        )
+        if tp.name == "builtin/service":
+            out.append(_service_rules(tp.variable))
+        elif tp.name == "builtin/node":
+            out.append(_node_rules(tp.variable))
+        elif tp.name == "builtin/dns":
+            out.append(_DNS_RULES)
     return out
 
 
