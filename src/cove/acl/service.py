@@ -25,7 +25,7 @@ from cove.acl.objects import AclObjects
 from cove.acl.rules import Access, Rule, Rules, parse
 from cove.clock import Clock
 from cove.codec import loads
-from cove.errors import InvalidArgument, PermissionDenied
+from cove.errors import InvalidArgument, PermissionDenied, StoreError
 from cove.store.base import Compare, Event, Put, Store
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,8 @@ class AclService:
         salt = secrets.token_hex(32).encode()
         self.store.txn([Compare.absent(m.SALT)], [Put(m.SALT, salt)])
         kv = self.store.get(m.SALT)
-        assert kv is not None
+        if kv is None:
+            raise StoreError("the ACL salt vanished right after it was written")
         self._salt = kv.value
         self.objects.ensure_builtins()
         if self._initial_management:
