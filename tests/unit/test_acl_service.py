@@ -3,12 +3,15 @@ its cache, bad input that changes nothing, and the native-API gate."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from cove.acl import Access, AclService
 from cove.acl.model import ANONYMOUS_ID
 from cove.clock import ManualClock
 from cove.errors import InvalidArgument, PermissionDenied
+from cove.store.hub import WatchHub
 from cove.store.memory import MemoryStore
 
 ROOT = "7d5b1e4a-0c8f-4b8e-9a51-2f1c3e9d6b70"
@@ -234,3 +237,28 @@ def test_identities_and_templated_policies_grant_what_consul_derives(acl: AclSer
     assert shown["TemplatedPolicies"][0]["TemplateVariables"] == {"Name": "n2"}
     with pytest.raises(InvalidArgument, match="unknown templated policy 'builtin/x'"):
         acl.objects.token_create({"TemplatedPolicies": [{"TemplateName": "builtin/x"}]})
+
+
+def test_another_agents_change_reaches_this_agents_cache() -> None:
+    """Two agents on one store (as on etcd): the store's events under
+    acl/ drop the other agent's resolved tokens."""
+    clock = ManualClock()
+    store = MemoryStore(clock)
+    a = AclService(store, clock, enabled=True, default_policy="deny", node_name="a")
+    b = AclService(store, clock, enabled=True, default_policy="deny", node_name="b")
+    a.setup()
+    b.setup()
+    hub = WatchHub(store, poll=0.05)
+    hub.subscribe("acl/", b.on_events)
+    hub.start()
+    try:
+        pol = a.objects.policy_create({"Name": "p", "Rules": 'key "k" { policy = "read" }'})
+        secret = a.objects.token_create({"Policies": [{"Name": "p"}]})["SecretID"]
+        assert not b.resolve(secret).allowed("key", "k", Access.WRITE)
+        a.objects.policy_update(pol["ID"], {"Name": "p", "Rules": 'key "k" { policy = "write" }'})
+        deadline = time.monotonic() + 5
+        while not b.resolve(secret).allowed("key", "k", Access.WRITE):
+            assert time.monotonic() < deadline, "agent b kept a stale token"
+            time.sleep(0.02)
+    finally:
+        hub.stop()
