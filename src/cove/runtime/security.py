@@ -19,35 +19,27 @@ from collections.abc import Iterable, Sequence
 from cove.errors import InvalidArgument
 from cove.runtime import linux
 
-# Numbers from <linux/capability.h>; the kernel's newest is 40.
-CAPABILITIES: dict[str, int] = {
-    name: number
-    for number, name in enumerate(
-        (
-            "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL",
-            "SETGID", "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE",
-            "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
-            "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-            "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME",
-            "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL",
-            "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
-            "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
-        )  # fmt: skip
-    )
-}
+# Numbers from <linux/capability.h>, in order; the kernel's newest is 40.
+_CAP_NAMES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+    "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST",
+    "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO",
+    "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
+    "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
+    "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+)  # fmt: skip
+CAPABILITIES: dict[str, int] = {name: number for number, name in enumerate(_CAP_NAMES)}
 
 # Docker's default set (moby's oci/caps/defaults.go).
-DEFAULT_CAPS: frozenset[str] = frozenset(
-    {
-        "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID",
-        "SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL",
-        "AUDIT_WRITE",
-    }  # fmt: skip
-)
+_DEFAULT_NAMES = (
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
+    "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+)  # fmt: skip
+DEFAULT_CAPS: frozenset[str] = frozenset(_DEFAULT_NAMES)
 
 _CAP_HINT = (
-    "name a capability as CAP_NET_ADMIN or NET_ADMIN (any case), or ALL; "
-    "see capabilities(7)"
+    "name a capability as CAP_NET_ADMIN or NET_ADMIN (any case), or ALL; see capabilities(7)"
 )
 
 
