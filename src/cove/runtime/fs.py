@@ -61,7 +61,7 @@ def prepare(rootfs: str | None, etc_dir: str, masked: Sequence[str]) -> str:
         for path in masked:
             cover(path)
         readonly("/sys")
-    _mount_dev(os.path.join(root, "dev"))
+    _mount_dev(os.path.join(root, "dev"), host_pts=not rootfs)
     return root
 
 
@@ -114,11 +114,21 @@ def _bind_etc(root: str, etc_dir: str, create: bool) -> None:
         linux.mount(os.path.join(etc_dir, name), target, None, linux.MS_BIND)
 
 
-def _mount_dev(dev: str) -> None:
+def _mount_dev(dev: str, host_pts: bool) -> None:
     os.makedirs(dev, exist_ok=True)
-    linux.mount(
-        "tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME, "mode=755,size=65536k"
-    )
+    # held open across the tmpfs mount below, which hides the host's /dev/pts
+    pts_fd = os.open("/dev/pts", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if host_pts else -1
+    try:
+        linux.mount(
+            "tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME, "mode=755,size=65536k"
+        )
+        _fill_dev(dev, pts_fd)
+    finally:
+        if pts_fd >= 0:
+            os.close(pts_fd)
+
+
+def _fill_dev(dev: str, pts_fd: int) -> None:
     for name, major, minor in _DEVICES:
         path = os.path.join(dev, name)
         os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
@@ -127,13 +137,18 @@ def _mount_dev(dev: str) -> None:
         os.symlink(target, os.path.join(dev, name))
     pts = os.path.join(dev, "pts")
     os.mkdir(pts)
-    # a terminal of its own is a convenience: a kernel without devpts
-    # instances still runs the container
-    with contextlib.suppress(OSError):
-        linux.mount(
-            "devpts", pts, "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=0620,gid=5",
-        )  # fmt: skip
+    if pts_fd >= 0:
+        # A container on the host's tree keeps the host's terminals, so the
+        # terminal ``cove exec -t`` hands over still has its name in there.
+        linux.mount(f"/proc/self/fd/{pts_fd}", pts, None, linux.MS_BIND)
+    else:
+        # a terminal of its own is a convenience: a kernel without devpts
+        # instances still runs the container
+        with contextlib.suppress(OSError):
+            linux.mount(
+                "devpts", pts, "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=0620,gid=5",
+            )  # fmt: skip
     shm = os.path.join(dev, "shm")
     os.mkdir(shm)
     linux.mount(
