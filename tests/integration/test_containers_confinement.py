@@ -187,7 +187,7 @@ def _static_rootfs(tmp_path: Path) -> Path:
     subprocess.run([gcc, "-static", "-O1", "-o", str(root / "bin" / "escape"), str(source)],
                    check=True)  # fmt: skip
     shutil.copy(busybox, root / "bin" / "busybox")
-    for applet in ("sh", "cat", "ls", "grep"):
+    for applet in ("sh", "cat", "ls", "grep", "sleep"):
         (root / "bin" / applet).symlink_to("busybox")
     return root
 
@@ -235,7 +235,7 @@ def test_without_rootfs_the_agent_state_and_socket_are_hidden(net: Any, tmp_path
     listing = f"ls -A {net.state_dir} {net.socket.parent}; touch {net.state_dir}/x"
     res = net.cli("exec", "keeper", "--", "sh", "-c", listing)
     assert res.returncode != 0 and "Read-only file system" in res.stderr
-    assert res.stdout.split() == [f"{net.state_dir}:", f"{net.socket.parent}:"]
+    assert sorted(res.stdout.split()) == sorted([f"{net.state_dir}:", f"{net.socket.parent}:"])
     for knob in ("/proc/sys/kernel/core_pattern", "/sys/cove-test"):
         res = net.cli("exec", "keeper", "--", "sh", "-c", f"echo 1 > {knob}")
         assert res.returncode != 0 and "Read-only file system" in res.stderr, knob

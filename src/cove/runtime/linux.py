@@ -125,6 +125,14 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(_libc().capset(ctypes.byref(header), data), "capset")
 
 
+def capget_permitted() -> int:
+    """This thread's permitted capabilities, as a bit mask."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc().capget(ctypes.byref(header), data), "capget")
+    return int(data[0].permitted) | (int(data[1].permitted) << 32)
+
+
 def seccomp_filter(program: bytes) -> None:
     """Installs a classic BPF program (``struct sock_filter`` array) as this
     thread's seccomp filter; needs no_new_privs or CAP_SYS_ADMIN."""

@@ -163,7 +163,8 @@ def confine(caps: frozenset[str], seccomp: bytes | None) -> None:
     process; call it right before ``exec``. Raises ``OSError``."""
     # Bounding set first: dropping from it needs CAP_SETPCAP, which capset
     # below may remove. EINVAL marks the end of the kernel's capabilities.
-    keep = cap_mask(caps)
+    # What the caller lacks cannot be granted (an agent confined itself).
+    keep = cap_mask(caps) & linux.capget_permitted()
     for number in range(64):
         if keep & (1 << number):
             continue
