@@ -6,8 +6,11 @@ and socket out of reach without a rootfs, from the init and from
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -187,7 +190,7 @@ def _static_rootfs(tmp_path: Path) -> Path:
     subprocess.run([gcc, "-static", "-O1", "-o", str(root / "bin" / "escape"), str(source)],
                    check=True)  # fmt: skip
     shutil.copy(busybox, root / "bin" / "busybox")
-    for applet in ("sh", "cat", "ls", "grep", "sleep"):
+    for applet in ("sh", "cat", "ls", "grep", "sleep", "mknod", "head"):
         (root / "bin" / applet).symlink_to("busybox")
     return root
 
@@ -241,3 +244,48 @@ def test_without_rootfs_the_agent_state_and_socket_are_hidden(net: Any, tmp_path
         assert res.returncode != 0 and "Read-only file system" in res.stderr, knob
     # the host still sees its files
     assert state_db.exists() and not (net.state_dir / "x").exists()
+
+
+def _host_block_node(state_db: Path, node: Path) -> int:
+    """Makes ``node`` for the disk holding the agent's state or, where this
+    machine keeps even root from that one, for another block device the
+    host can open; returns the device number."""
+    candidates = [os.stat(state_db).st_dev]
+    for name in sorted(os.listdir("/dev")):
+        st = os.stat(f"/dev/{name}")
+        if stat.S_ISBLK(st.st_mode):
+            candidates.append(st.st_rdev)
+    for dev in candidates:
+        if os.major(dev) == 0:
+            continue  # not a block device (tmpfs, overlay)
+        with contextlib.suppress(FileNotFoundError):
+            node.unlink()
+        os.mknod(node, 0o600 | stat.S_IFBLK, dev)
+        with contextlib.suppress(OSError):
+            os.close(os.open(node, os.O_RDONLY))
+            return dev
+    pytest.skip("the host can open no block device here")
+
+
+def test_a_node_for_a_host_disk_cannot_be_opened(net: Any, tmp_path: Path) -> None:
+    # CAP_MKNOD is in the default set; the device cgroup keeps the node shut
+    host_node = tmp_path / "host-disk"
+    dev = _host_block_node(net.state_dir / "state.db", host_node)
+    major, minor = os.major(dev), os.minor(dev)
+    root = _static_rootfs(tmp_path)
+    _sleeper(net, "jail", "--rootfs", str(root))
+    res = net.cli("exec", "jail", "--", "/bin/sh", "-c",
+                  f"mknod /disk b {major} {minor} && head -c 512 /disk")  # fmt: skip
+    assert res.returncode != 0 and "Operation not permitted" in res.stderr
+    assert res.stdout == ""
+    # without a rootfs: the host's own node, and one made inside
+    _sleeper(net, "plain")
+    for node in (str(host_node), str(tmp_path / "inside")):
+        script = f"[ -e {node} ] || mknod {node} b {major} {minor}; head -c 512 {node}"
+        res = net.cli("exec", "plain", "--", "sh", "-c", script)
+        assert res.returncode != 0 and "Operation not permitted" in res.stderr, node
+        assert res.stdout == ""
+    net.ok("run", "-d", "--name", "init", "--", "head", "-c", "512", str(host_node))
+    eventually(lambda: inspect(net, "init")["state"]["status"] == "exited")
+    assert inspect(net, "init")["state"]["exit_code"] != 0
+    assert "Operation not permitted" in net.ok("logs", "init")

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from cove.runtime import linux, security
+from cove.runtime import devices, linux, security
 
 _NAMESPACES = (
     ("net", linux.CLONE_NEWNET),
@@ -93,6 +93,8 @@ def _child(
     program: bytes | None,
 ) -> NoReturn:  # pragma: no cover
     try:
+        if not devices.join():
+            caps = caps - {"MKNOD"}
         for fd, kind in fds:
             linux.setns(fd, kind)
         os.fchdir(root)

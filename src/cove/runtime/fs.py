@@ -98,10 +98,33 @@ def cover(path: str, null: str = os.devnull) -> None:
 
 
 def readonly(path: str) -> None:
+    """Makes ``path`` and every mount below it read-only (a read-only
+    /sys with a writable cgroup tree under it would let a container move
+    itself out of its device cgroup)."""
     if not os.path.lexists(path):
         raise FileNotFoundError(path)
     linux.mount(path, path, None, linux.MS_BIND | linux.MS_REC)
-    linux.mount(None, path, None, linux.MS_REMOUNT | linux.MS_BIND | _RO)
+    for point in _mounts_under(path):
+        linux.mount(None, point, None, linux.MS_REMOUNT | linux.MS_BIND | _RO)
+
+
+def _mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path``, parents first (mountinfo order)."""
+    prefix = path.rstrip("/") + "/"
+    out: list[str] = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            point = _unescape(line.split(" ", 5)[4])
+            if (point == path or point.startswith(prefix)) and point not in out:
+                out.append(point)
+    return out
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as octal escapes
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
 
 
 def _bind_etc(root: str, etc_dir: str, create: bool) -> None:

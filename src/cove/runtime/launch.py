@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from cove.runtime import fs, linux, security
+from cove.runtime import devices, fs, linux, security
 from cove.runtime.security import DEFAULT_CAPS
 
 _SETUP_TIMEOUT = 10.0
@@ -192,6 +192,7 @@ def _setup_and_fork(
                 raise
             pidns = False
             linux.unshare(flags)
+        caps = spec.caps if devices.join() else spec.caps - {"MKNOD"}
         # Private propagation first: nothing mounted below may reach the host.
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         linux.sethostname(spec.hostname)
@@ -201,13 +202,19 @@ def _setup_and_fork(
         os._exit(126)
     pid = os.fork()
     if pid == 0:
-        _exec_init(spec, root, report, log_fd, pidns, seccomp)
+        _exec_init(spec, root, caps, report, log_fd, pidns, seccomp)
     _write(report, f"pid {pid}\n")
     os._exit(0)
 
 
 def _exec_init(
-    spec: LaunchSpec, root: str, report: int, log_fd: int, pidns: bool, seccomp: bytes | None
+    spec: LaunchSpec,
+    root: str,
+    caps: frozenset[str],
+    report: int,
+    log_fd: int,
+    pidns: bool,
+    seccomp: bytes | None,
 ) -> NoReturn:  # pragma: no cover
     """Process B, the container's init: /proc, pivot_root, confinement, exec."""
     try:
@@ -224,7 +231,7 @@ def _exec_init(
         for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        security.confine(spec.caps, seccomp)
+        security.confine(caps, seccomp)
         os.execvpe(spec.argv[0], list(spec.argv), dict(spec.env))
     except OSError as exc:
         _write(report, f"exec {exc.errno or 0} {exc.strerror or exc}\n")
