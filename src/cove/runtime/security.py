@@ -38,8 +38,8 @@ _DEFAULT_NAMES = (
 )  # fmt: skip
 DEFAULT_CAPS: frozenset[str] = frozenset(_DEFAULT_NAMES)
 
-_CAP_HINT = (
-    "name a capability as CAP_NET_ADMIN or NET_ADMIN (any case), or ALL; see capabilities(7)"
+_CAP_HINT = "name a capability as CAP_NET_ADMIN or NET_ADMIN (any case), or ALL; known: " + (
+    " ".join(_CAP_NAMES)
 )
 
 
