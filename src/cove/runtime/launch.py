@@ -146,6 +146,8 @@ def spawn(spec: LaunchSpec) -> int:
                 f"cannot run {spec.argv[0]!r}: {msg}", missing=int(code) == errno.ENOENT
             )
         elif kind == "error":
+            if init_pid is not None:
+                _reap(init_pid)
             raise LaunchError(rest)
     if init_pid is None:
         raise LaunchError("container setup failed without a report")
@@ -221,7 +223,6 @@ def _exec_init(
         fs.enter(root, pidns, pivot=spec.rootfs is not None)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.chdir(spec.workdir)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         # Only stdio and the close-on-exec report pipe go on: no descriptor
@@ -232,6 +233,11 @@ def _exec_init(
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         security.confine(caps, seccomp)
+    except OSError as exc:
+        _write(report, f"error container setup failed: {exc.strerror or exc}\n")
+        os._exit(126)
+    try:
+        os.chdir(spec.workdir)
         os.execvpe(spec.argv[0], list(spec.argv), dict(spec.env))
     except OSError as exc:
         _write(report, f"exec {exc.errno or 0} {exc.strerror or exc}\n")
