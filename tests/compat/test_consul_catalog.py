@@ -276,3 +276,17 @@ def test_check_register_and_ttl_update(c: consul.Consul, server: ConsulServer) -
     assert c.agent.check.deregister(cid)
     assert cid not in c.agent.checks()
     assert http(server, "PUT", f"/v1/agent/check/pass/{cid}")[0] == 404
+
+
+def test_filter_selector_typo_and_hostile_regex(server: ConsulServer, c: consul.Consul) -> None:
+    name = uniq("fsel")
+    c.agent.service.register(name, service_id=f"{name}-a", port=1)
+    index, _ = c.health.service(name)
+    # A blocking query with a bad filter is refused at once, not after its wait.
+    q = urllib.request.quote("Service.Nmae == x")
+    status, _, body = http(server, "GET", f"/v1/health/service/{name}?index={index}&filter={q}")
+    assert status == 400
+    assert b'Selector "Service.Nmae" is not valid' in body
+    q = urllib.request.quote('Service matches "^(a+)+$"')
+    status, _, body = http(server, "GET", f"/v1/agent/services?filter={q}")
+    assert status == 200 and json.loads(body) == {}

@@ -182,3 +182,31 @@ def test_a_failing_query_costs_only_its_own_answer(stack: Stack) -> None:
                 msg = dns.message.from_wire(s.recv(4096))
                 got[msg.question[0].name.to_text()] = _texts(msg)
             assert got == {"h5.vnet.cove.": ["127.0.5.105"], "h6.vnet.cove.": ["127.0.5.106"]}
+
+
+def test_slow_tcp_clients_use_up_their_own_share_only(stack: Stack) -> None:
+    gateway = stack.server.add(ipaddress.ip_address("127.0.0.1"), 0, "vnet")
+    host = stack.server.add(ipaddress.ip_address("127.0.0.2"), 0, None)
+    hogs: list[socket.socket] = []
+    try:
+        # One container opens 80 connections to its gateway and sends one
+        # byte on each, then nothing (more than the old shared 64 slots).
+        for _ in range(80):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.5.9", 0))
+            s.connect(("127.0.0.1", gateway))
+            s.send(b"\x00")
+            hogs.append(s)
+        time.sleep(0.2)
+        q = dns.message.make_query("h5.vnet.cove", "A")
+        # The host listener, and another container on the same gateway, are
+        # still answered over TCP.
+        assert _texts(dns.query.tcp(q, "127.0.0.2", port=host, timeout=2)) == ["127.0.5.105"]
+        other = dns.query.tcp(q, "127.0.0.1", port=gateway, timeout=2, source="127.0.5.200")
+        assert _texts(other) == ["127.0.5.105"]
+        # The hog holds its own share (8 connections) and no more: the rest
+        # of its connections were closed at once, not queued.
+        assert 8 <= stack.server._tcp_slots.held <= 10
+    finally:
+        for s in hogs:
+            s.close()

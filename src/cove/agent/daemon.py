@@ -23,6 +23,7 @@ from typing import IO
 
 from cove import __version__
 from cove.agent.config import AgentConfig
+from cove.agent.limits import raise_open_files
 from cove.agent.private import private_paths
 from cove.agent.tuning import tune_interpreter
 from cove.api import consul as consul_api
@@ -86,6 +87,7 @@ def _lock_state_dir(state_dir: Path) -> int:
 def run(config: AgentConfig) -> int:
     """Run the agent until SIGTERM or SIGINT; returns the exit status."""
     setup_logging(config)
+    raise_open_files()
     try:
         lock = _lock_state_dir(config.state_dir)
     except CoveError as exc:

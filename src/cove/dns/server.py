@@ -11,7 +11,7 @@ more than the lookup): plain UDP queries whose encoded answer is cached are
 answered inline; everything else goes to the ``Responder``. Forwarding
 runs on a small thread pool (bounded: beyond it, queries are dropped and
 clients retry) and TCP connections each get a short-lived thread (bounded
-too).
+too: a share per listener and per client, inside one total; see ``slots``).
 
 Sockets are created in the thread that calls ``add`` (so in its network
 namespace) with IP_FREEBIND, so a gateway listener can be bound before the
@@ -25,6 +25,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from cove.dns.cache import MAX_VARIANTS, Table
 from cove.dns.forward import Forwarder
 from cove.dns.mmsg import HEAD, MAX_DATAGRAM, Batch, source_key
 from cove.dns.responder import ForwardJob, Responder, ScopeTable
+from cove.dns.slots import SlotLimits, TcpSlots
 from cove.dns.wire import Rcode, build_status
 from cove.errors import Unavailable
 from cove.model import IPAddress
@@ -43,7 +45,7 @@ _IPV6_FREEBIND = 78
 _BATCH = 256  # datagrams drained per wake-up before looking at other sockets
 _SLOTS = 64  # datagrams per recvmmsg
 _MAX_PENDING_FORWARDS = 512
-_TCP_IDLE = 5.0
+_TCP_IDLE = 5.0  # between queries, and for the whole of one query's bytes
 
 _Address = tuple[str, int] | tuple[str, int, int, int]
 
@@ -77,7 +79,7 @@ class DnsServer:
         forwarder: Forwarder,
         *,
         workers: int = 16,
-        max_tcp: int = 64,
+        tcp_limits: SlotLimits | None = None,
         batch: bool = True,
     ) -> None:
         """``batch`` False keeps to recvfrom/sendto even where recvmmsg and
@@ -90,7 +92,7 @@ class DnsServer:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cove-dns-fwd")
         self._pending = 0
-        self._tcp_slots = threading.BoundedSemaphore(max_tcp)
+        self._tcp_slots = TcpSlots(tcp_limits or SlotLimits())
         self._running = False
         self._thread: threading.Thread | None = None
         self.stats = ServerStats()
@@ -339,23 +341,31 @@ class DnsServer:
             conn, peer = lst.sock.accept()
         except OSError:
             return
-        if not self._tcp_slots.acquire(blocking=False):
-            conn.close()
+        key = lst.sock.fileno()
+        if not self._tcp_slots.take(key, peer[0]):
+            conn.close()  # at once: the client retries elsewhere or over UDP
             return
         t = threading.Thread(
-            target=self._serve_tcp, args=(conn, peer, lst.network), name="cove-dns-tcp", daemon=True
+            target=self._serve_tcp,
+            args=(conn, peer, lst.network, key),
+            name="cove-dns-tcp",
+            daemon=True,
         )
         t.start()
 
-    def _serve_tcp(self, conn: socket.socket, peer: tuple[str, int], network: str | None) -> None:
+    def _serve_tcp(
+        self, conn: socket.socket, peer: tuple[str, int], network: str | None, key: int
+    ) -> None:
         try:
-            conn.settimeout(_TCP_IDLE)
             while self._running:
-                head = _recv_exact(conn, 2)
+                # One deadline for a whole query, so a client that trickles a
+                # byte at a time cannot hold the slot forever.
+                deadline = time.monotonic() + _TCP_IDLE
+                head = _recv_exact(conn, 2, deadline)
                 if head is None:
                     return
                 (length,) = struct.unpack("!H", head)
-                data = _recv_exact(conn, length)
+                data = _recv_exact(conn, length, deadline)
                 if data is None:
                     return
                 self.stats.tcp += 1  # from several threads: a rough count
@@ -369,12 +379,16 @@ class DnsServer:
             return
         finally:
             conn.close()
-            self._tcp_slots.release()
+            self._tcp_slots.give_back(key, peer[0])
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
+def _recv_exact(conn: socket.socket, n: int, deadline: float) -> bytes | None:
     buf = b""
     while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        conn.settimeout(left)
         chunk = conn.recv(n - len(buf))
         if not chunk:
             return None

@@ -5,7 +5,15 @@ Supported: ``==``, ``!=``, ``in``, ``not in``, ``contains``, ``not contains``,
 ``not`` and parentheses; selectors are dotted paths (``Service.Meta.env``,
 ``Node.Meta["rack"]``); values are "double", `back` quoted or bare words.
 ``compile_filter`` raises ``InvalidArgument`` for anything else, as Consul
-answers a bad filter with 400.
+answers a bad filter with 400, and, given the answer's shape
+(``filter_schema``), for a selector that names no field of it.
+
+A selector that passes through a list of records (``Checks.Status``) looks at
+every element: the comparison holds when it holds for any of them.
+
+``matches`` runs RE2 (google-re2), the engine of go-bexpr's Go regexps: its
+time is linear in the input, so a pattern such as ``(a+)+$`` cannot stall the
+event loop the way Python's backtracking ``re`` does (0.74 s on 24 characters).
 """
 
 from __future__ import annotations
@@ -14,7 +22,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import re2
+
 from cove.errors import InvalidArgument
+from cove.registry.filter_schema import ListOf, MapOf, Scalar, Shape, Struct
 
 Predicate = Callable[[Any], bool]
 
@@ -55,9 +66,10 @@ def _tokens(text: str) -> list[tuple[str, str]]:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, schema: Shape | None) -> None:
         self.toks = _tokens(text)
         self.i = 0
+        self.schema = schema
 
     def peek(self, n: int = 0) -> tuple[str, str] | None:
         j = self.i + n
@@ -119,14 +131,14 @@ class _Parser:
             negate = self.word_is("not")
             self.i += 2 if negate else 1
             path = self.selector()
-            return _negate(negate, lambda obj: _contains(_resolve(obj, path), value))
+            return _negate(negate, lambda obj: _contains(_values(obj, path), value))
         path = self.selector()
         if self.word_is("is", "empty"):
             self.i += 2
-            return lambda obj: _empty(_resolve(obj, path))
+            return lambda obj: _empty(_values(obj, path))
         if self.word_is("is", "not", "empty"):
             self.i += 3
-            return lambda obj: not _empty(_resolve(obj, path))
+            return lambda obj: not _empty(_values(obj, path))
         negate = False
         if self.word_is("not"):
             negate = True
@@ -135,17 +147,14 @@ class _Parser:
         op = tok[1].lower()
         value = self.value()
         if op == "==" and not negate:
-            return lambda obj: _equal(_resolve(obj, path), value)
+            return lambda obj: _equal(_values(obj, path), value)
         if op == "!=" and not negate:
-            return lambda obj: not _equal(_resolve(obj, path), value)
+            return lambda obj: not _equal(_values(obj, path), value)
         if op == "contains":
-            return _negate(negate, lambda obj: _contains(_resolve(obj, path), value))
+            return _negate(negate, lambda obj: _contains(_values(obj, path), value))
         if op == "matches":
-            try:
-                rx = re.compile(value)
-            except re.error as exc:
-                raise _error(f"bad regular expression {value!r}") from exc
-            return _negate(negate, lambda obj: _matches(_resolve(obj, path), rx))
+            rx = _regex(value)
+            return _negate(negate, lambda obj: _matches(_values(obj, path), rx))
         raise _error(f"unknown operator {tok[1]!r}")
 
     def _kw_at(self, n: int, *words: str) -> bool:
@@ -175,19 +184,28 @@ class _Parser:
             path.append(self.value())
             if self.take() != ("op", "]"):
                 raise _error("missing ]")
+        if self.schema is not None:
+            _check_selector(path, self.schema)
         return path
 
 
-def compile_filter(text: str) -> Predicate:
-    """A predicate over one JSON object (a Consul answer's list item)."""
-    return _Parser(text).parse()
+def compile_filter(text: str, schema: Shape | None = None) -> Predicate:
+    """A predicate over one JSON object (a Consul answer's list item); with
+    ``schema``, every selector must name a field of that shape."""
+    return _Parser(text, schema).parse()
 
 
-def apply_filter(text: str | None, data: Any) -> Any:
+def apply_filter(text: str | None, data: Any, schema: Shape | None = None) -> Any:
     """Filter a list, or the values of a map (as /v1/agent/services)."""
     if not text:
         return data
-    pred = compile_filter(text)
+    return select(compile_filter(text, schema), data)
+
+
+def select(pred: Predicate | None, data: Any) -> Any:
+    """The items of a list, or the entries of a map, that ``pred`` keeps."""
+    if pred is None:
+        return data
     if isinstance(data, Mapping):
         return {k: v for k, v in data.items() if pred(v)}
     if isinstance(data, list):
@@ -211,19 +229,60 @@ def _negate(negate: bool, pred: Predicate) -> Predicate:
     return (lambda obj: not pred(obj)) if negate else pred
 
 
-def _resolve(obj: Any, path: list[str]) -> Any:
+def _check_selector(path: list[str], schema: Shape) -> None:
+    shape: Shape = schema
     for part in path:
-        if isinstance(obj, Mapping):
-            if part in obj:
-                obj = obj[part]
-                continue
-            lower = {str(k).lower(): v for k, v in obj.items()}
-            obj = lower.get(part.lower(), _MISSING)
-            if obj is _MISSING:
-                return _MISSING
+        while isinstance(shape, ListOf) and not isinstance(shape.item, Scalar):
+            shape = shape.item
+        if isinstance(shape, Struct):
+            found = shape.get(part)
+            if found is None:
+                raise _error(f'Selector "{".".join(path)}" is not valid')
+            shape = found
+        elif isinstance(shape, MapOf):
+            shape = shape.value
         else:
-            return _MISSING
-    return obj
+            raise _error(f'Selector "{".".join(path)}" is not valid')
+
+
+def _lookup(obj: Mapping[Any, Any], part: str) -> Any:
+    if part in obj:
+        return obj[part]
+    folded = part.lower()
+    for key, value in obj.items():
+        if str(key).lower() == folded:
+            return value
+    return _MISSING
+
+
+def _values(obj: Any, path: list[str]) -> list[Any]:
+    """Every value the selector reaches: one for a plain path, one per
+    element where the path passes through a list of records."""
+    current = [obj]
+    for part in path:
+        reached: list[Any] = []
+        for value in current:
+            for item in value if isinstance(value, list) else (value,):
+                if isinstance(item, Mapping):
+                    found = _lookup(item, part)
+                    if found is not _MISSING:
+                        reached.append(found)
+        current = reached
+    return current
+
+
+def _regex(pattern: str) -> Any:
+    options = re2.Options()
+    options.log_errors = False  # the 400 names the problem; no stderr noise
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        raise _error(f"bad regular expression {pattern!r}: {_text(exc)}") from exc
+
+
+def _text(exc: Exception) -> str:
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
 
 
 def _scalar(v: Any) -> str:
@@ -232,27 +291,27 @@ def _scalar(v: Any) -> str:
     return str(v)
 
 
-def _equal(v: Any, want: str) -> bool:
-    if v is _MISSING or isinstance(v, list | Mapping):
-        return False
-    return _scalar(v) == want
+def _equal(values: list[Any], want: str) -> bool:
+    return any(not isinstance(v, list | Mapping) and _scalar(v) == want for v in values)
 
 
-def _contains(v: Any, want: str) -> bool:
-    if isinstance(v, str):
-        return want in v
-    if isinstance(v, list):
-        return any(_scalar(x) == want for x in v)
-    if isinstance(v, Mapping):
-        return want in v
+def _contains(values: list[Any], want: str) -> bool:
+    for v in values:
+        if isinstance(v, str) and want in v:
+            return True
+        if isinstance(v, list) and any(_scalar(x) == want for x in v):
+            return True
+        if isinstance(v, Mapping) and want in v:
+            return True
     return False
 
 
-def _empty(v: Any) -> bool:
-    return v is _MISSING or v is None or (isinstance(v, str | list | Mapping) and len(v) == 0)
+def _empty(values: list[Any]) -> bool:
+    return all(v is None or (isinstance(v, str | list | Mapping) and len(v) == 0) for v in values)
 
 
-def _matches(v: Any, rx: re.Pattern[str]) -> bool:
-    if v is _MISSING or isinstance(v, list | Mapping) or v is None:
-        return False
-    return rx.search(_scalar(v)) is not None
+def _matches(values: list[Any], rx: Any) -> bool:
+    return any(
+        v is not None and not isinstance(v, list | Mapping) and rx.search(_scalar(v)) is not None
+        for v in values
+    )

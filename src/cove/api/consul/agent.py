@@ -16,8 +16,9 @@ from cove.api.consul.common import (
 )
 from cove.errors import InvalidArgument
 from cove.registry import VERSION
+from cove.registry import filter_schema as fs
 from cove.registry.decode import check_from_json, fold, service_from_json, text
-from cove.registry.filter import apply_filter
+from cove.registry.filter import select
 from cove.registry.types import Status
 
 
@@ -57,10 +58,10 @@ async def service_deregister(request: web.Request) -> web.Response:
 
 @consul_errors
 async def services(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.AGENT_SERVICE)
     c = ctx(request)
     data = await run(request, c.registry.queries.agent_services, c.registry.node_name)
-    return reply(apply_filter(opts.filter, data))
+    return reply(select(opts.predicate, data))
 
 
 @consul_errors
@@ -78,10 +79,10 @@ async def service(request: web.Request) -> web.Response:
 
 @consul_errors
 async def checks(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.HEALTH_CHECK)
     c = ctx(request)
     data = await run(request, c.registry.queries.agent_checks, c.registry.node_name)
-    return reply(apply_filter(opts.filter, data))
+    return reply(select(opts.predicate, data))
 
 
 @consul_errors
@@ -232,10 +233,10 @@ def _member(request: web.Request, name: str, address: str) -> dict[str, object]:
 
 @consul_errors
 async def members(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.MEMBER)
     c = ctx(request)
     data = await run(request, c.registry.queries.members)
-    return reply(apply_filter(opts.filter, data))
+    return reply(select(opts.predicate, data))
 
 
 @consul_errors

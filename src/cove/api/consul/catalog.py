@@ -15,6 +15,7 @@ from cove.api.consul.common import (
     write,
 )
 from cove.errors import InvalidArgument
+from cove.registry import filter_schema as fs
 from cove.registry import types as t
 
 
@@ -45,7 +46,7 @@ async def datacenters(request: web.Request) -> web.Response:
 
 @consul_errors
 async def services(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.CATALOG_SERVICES)
     q = ctx(request).registry.queries
     answer = await blocking(request, opts, q.services, (t.SERVICES,))
     return answer_reply(answer, opts)
@@ -53,7 +54,7 @@ async def services(request: web.Request) -> web.Response:
 
 @consul_errors
 async def service(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.SERVICE_NODE)
     q = ctx(request).registry.queries
     name = request.match_info["name"]
     tags = request.query.getall("tag", [])
@@ -65,7 +66,7 @@ async def service(request: web.Request) -> web.Response:
 
 @consul_errors
 async def nodes(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.NODE)
     q = ctx(request).registry.queries
     answer = await blocking(request, opts, q.nodes, (t.NODES,))
     return answer_reply(answer, opts)
@@ -85,7 +86,7 @@ async def node(request: web.Request) -> web.Response:
 
 @consul_errors
 async def health_service(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.CHECK_SERVICE_NODE)
     q = ctx(request).registry.queries
     name = request.match_info["name"]
     tags = request.query.getall("tag", [])
@@ -101,7 +102,7 @@ async def health_service(request: web.Request) -> web.Response:
 
 @consul_errors
 async def health_checks(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.HEALTH_CHECK)
     q = ctx(request).registry.queries
     name = request.match_info["name"]
     answer = await blocking(request, opts, lambda: q.health_checks(name), (t.check_prefix(name),))
@@ -110,7 +111,7 @@ async def health_checks(request: web.Request) -> web.Response:
 
 @consul_errors
 async def health_node(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.HEALTH_CHECK)
     q = ctx(request).registry.queries
     name = request.match_info["node"]
     answer = await blocking(request, opts, lambda: q.health_node(name))
@@ -122,7 +123,7 @@ _STATES = {"any", "passing", "warning", "critical", "maintenance"}
 
 @consul_errors
 async def health_state(request: web.Request) -> web.Response:
-    opts = options(request)
+    opts = options(request, fs.HEALTH_CHECK)
     q = ctx(request).registry.queries
     state = request.match_info["state"]
     if state not in _STATES:

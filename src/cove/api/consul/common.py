@@ -16,7 +16,8 @@ from cove.codec import dumps, loads
 from cove.errors import CoveError, InvalidArgument
 from cove.registry import Registry
 from cove.registry.blocking import Interests, blocking_read, parse_index, parse_wait
-from cove.registry.filter import apply_filter
+from cove.registry.filter import Predicate, compile_filter, select
+from cove.registry.filter_schema import Shape
 from cove.registry.kv import TooLarge, TxnAborted
 from cove.registry.queries import Answer
 from cove.registry.runner import CheckRunner
@@ -71,11 +72,14 @@ class QueryOptions:
     index: int
     wait: float
     filter: str | None
+    predicate: Predicate | None = None
 
 
-def options(request: web.Request) -> QueryOptions:
+def options(request: web.Request, schema: Shape | None = None) -> QueryOptions:
     """Parse the options every endpoint accepts. ?dc of another datacenter
-    fails as in Consul (500 "No path to datacenter")."""
+    fails as in Consul (500 "No path to datacenter"). ``?filter`` is compiled
+    here, against the answer's ``schema``, so a bad one is a 400 before any
+    blocking wait."""
     dc = request.query.get("dc")
     if dc and dc != ctx(request).registry.datacenter:
         raise CoveError("No path to datacenter")
@@ -84,11 +88,13 @@ def options(request: web.Request) -> QueryOptions:
     if not token and auth.lower().startswith("bearer "):
         token = auth[7:].strip()
     token = token or request.query.get("token", "")
+    text = request.query.get("filter")
     return QueryOptions(
         token=token,
         index=parse_index(request.query.get("index")),
         wait=parse_wait(request.query.get("wait")),
-        filter=request.query.get("filter"),
+        filter=text,
+        predicate=compile_filter(text, schema) if text else None,
     )
 
 
@@ -169,7 +175,7 @@ def answer_reply(
         return web.Response(
             body=answer.raw, headers=meta_headers(answer.index), content_type="application/json"
         )
-    return reply(apply_filter(opts.filter, answer.data), answer.index)
+    return reply(select(opts.predicate, answer.data), answer.index)
 
 
 async def json_body(request: web.Request) -> Any:
