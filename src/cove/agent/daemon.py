@@ -25,6 +25,7 @@ from cove import __version__
 from cove.acl import AclService
 from cove.agent.config import AgentConfig
 from cove.agent.limits import raise_open_files
+from cove.agent.private import private_paths
 from cove.agent.tuning import tune_interpreter
 from cove.api import consul as consul_api
 from cove.api import containers as containers_api
@@ -167,6 +168,7 @@ class Agent:
             config.run_dir,
             config.resolv_conf,
             config.reconcile_interval,
+            masked=private_paths(config),
         )
         containers_api.install(self.app, self.runtime.service)
         self.registrar = ServiceRegistrar(self.store, self.registry, config.reconcile_interval)
