@@ -22,7 +22,7 @@ class AgentProc:
         self.hostns = hostns
         self.workdir = workdir
         self.state_dir = workdir / "state"
-        self.socket = workdir / "agent.sock"
+        self.socket = workdir / "sock" / "agent.sock"
         self.log = workdir / "agent.log"
         self.http_port = 8500
         self.dns_port = 8600

@@ -50,6 +50,10 @@ class AgentConfig:
     reconcile_interval: float = 15.0
     enable_script_checks: bool = False
     vip_ranges: tuple[str, ...] = ("10.96.0.0/16",)
+    # Consul's ACL system on /v1 (and the token gate of the native API).
+    acl_enabled: bool = False
+    acl_default_policy: str = "allow"
+    acl_initial_management: str | None = None
 
     @property
     def store_url(self) -> str:
@@ -97,6 +101,7 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
             _check_upstream(u)
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise InvalidArgument(f"invalid log level {cfg.log_level!r}")
+    _check_acl(cfg)
     return replace(
         cfg,
         state_dir=Path(cfg.state_dir),
@@ -109,6 +114,18 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
         reconcile_interval=float(cfg.reconcile_interval),
         vip_ranges=tuple(str(r) for r in cfg.vip_ranges),
     )
+
+
+def _check_acl(cfg: AgentConfig) -> None:
+    if not isinstance(cfg.acl_enabled, bool):
+        raise InvalidArgument(f"invalid acl_enabled {cfg.acl_enabled!r}: expected true or false")
+    if cfg.acl_default_policy not in ("allow", "deny"):
+        raise InvalidArgument(
+            f"invalid ACL default policy {cfg.acl_default_policy!r}: expected allow or deny"
+        )
+    token = cfg.acl_initial_management
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise InvalidArgument("invalid ACL initial management token: expected a non-empty string")
 
 
 def _check_upstream(text: str) -> None:

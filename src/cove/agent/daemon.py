@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import IO
 
 from cove import __version__
+from cove.acl import AclService
 from cove.agent.config import AgentConfig
 from cove.agent.faults import fault_hook
 from cove.agent.limits import raise_open_files
+from cove.agent.private import private_paths
 from cove.agent.tuning import tune_interpreter
 from cove.api import consul as consul_api
 from cove.api import containers as containers_api
@@ -142,13 +144,25 @@ class Agent:
             enable_script_checks=config.enable_script_checks,
         )
         inline = consul_api.in_process(self.store)
+        self.acl = AclService(
+            self.store,
+            self.clock,
+            enabled=config.acl_enabled,
+            default_policy=config.acl_default_policy,
+            initial_management=config.acl_initial_management,
+            node_name=config.node_name,
+            datacenter=config.datacenter,
+        )
+        self.acl.setup()
         self.checks = CheckRunner(
             self.registry,
             hub=self.hub,
             enable_script_checks=config.enable_script_checks,
             inline=inline,
         )
-        consul_api.install(self.app, self.registry, runner=self.checks, hub=self.hub, inline=inline)
+        consul_api.install(
+            self.app, self.registry, runner=self.checks, hub=self.hub, inline=inline, acl=self.acl
+        )
         self.runtime = ContainerRuntime(
             self.store,
             self.clock,
@@ -158,6 +172,7 @@ class Agent:
             config.run_dir,
             config.resolv_conf,
             config.reconcile_interval,
+            masked=private_paths(config),
             fault=fault_hook(os.environ),
         )
         containers_api.install(self.app, self.runtime.service)
@@ -196,7 +211,7 @@ class Agent:
                 listen_on_gateways=True,
             ),
             hub=self.hub,
-            services=RegistryServices(self.registry.queries, self.hub),
+            services=RegistryServices(self.registry.queries, self.hub, acl=self.acl),
         )
 
     def _core_metrics(self) -> list[tuple[str, str, float]]:

@@ -31,6 +31,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--vip-range", action="append", help="CIDR for service VIPs (repeat; default 10.96.0.0/16)"
     )
     p.add_argument("--enable-script-checks", action="store_true", default=None)
+    p.add_argument(
+        "--acl-enabled", action="store_true", default=None, help="enforce Consul's ACLs on /v1"
+    )
+    p.add_argument(
+        "--acl-default-policy",
+        choices=("allow", "deny"),
+        help="what a token may do where no rule says (default allow)",
+    )
+    p.add_argument(
+        "--acl-initial-management",
+        metavar="TOKEN",
+        help="SecretID of a management token created at start-up",
+    )
     p.set_defaults(func=_run, no_client=True)
 
 
@@ -51,6 +64,9 @@ def _run(args: argparse.Namespace) -> int:
         "reconcile_interval": args.reconcile_interval,
         "enable_script_checks": args.enable_script_checks,
         "vip_ranges": tuple(args.vip_range) if args.vip_range else None,
+        "acl_enabled": args.acl_enabled,
+        "acl_default_policy": args.acl_default_policy,
+        "acl_initial_management": args.acl_initial_management,
     }
     cfg = agent_config.load(flags, args.config, os.environ)
     return run(cfg)

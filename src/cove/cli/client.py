@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,12 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class AgentClient:
-    def __init__(self, socket_path: Path, timeout: float = 60.0) -> None:
+    def __init__(self, socket_path: Path, timeout: float = 60.0, token: str | None = None) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        # The registry commands speak /v1, which enforces ACLs when the
+        # agent has them on; Consul's own CLI takes its token from here too.
+        self.token = token if token is not None else os.environ.get("CONSUL_HTTP_TOKEN") or None
 
     def request(
         self,
@@ -75,6 +79,8 @@ class AgentClient:
         if params:
             path = f"{path}?{urlencode(params)}"
         headers = {}
+        if self.token:
+            headers["X-Consul-Token"] = self.token
         body = raw
         if json_body is not None:
             body = json.dumps(json_body).encode()

@@ -44,6 +44,7 @@ class ContainerRuntime:
         run_dir: Path,
         resolv_conf: Path = Path("/etc/resolv.conf"),
         interval: float = 15.0,
+        masked: tuple[Path, ...] = (),
         fault: Callable[[str], None] = no_fault,
     ) -> None:
         self._resolv_conf = resolv_conf
@@ -55,7 +56,7 @@ class ContainerRuntime:
         )
         self.service = ContainerService(
             store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
-            IntentLog(state_dir / "intents"), fault=fault,
+            IntentLog(state_dir / "intents"), masked=masked, fault=fault,
         )  # fmt: skip
         # Failed runs whose rollback could not reach the store are undone
         # as soon as it answers again; starts that could not be finished at

@@ -15,6 +15,7 @@ import logging
 import threading
 from types import TracebackType
 
+from cove.acl import AclService
 from cove.api import http as web
 from cove.api.consul import CONSUL, Consul, in_process, install
 from cove.clock import Clock
@@ -40,6 +41,7 @@ class ConsulServer:
         enable_script_checks: bool = False,
         run_checks: bool = True,
         unix_path: str | None = None,
+        acl: AclService | None = None,
     ) -> None:
         self.registry = Registry(
             store,
@@ -61,6 +63,7 @@ class ConsulServer:
         self._error: BaseException | None = None
         self.runner: CheckRunner | None = None
         self.state: Consul | None = None  # the app's Consul state, once serving
+        self.acl = acl
 
     @property
     def url(self) -> str:
@@ -101,7 +104,7 @@ class ConsulServer:
         else:
             await asyncio.to_thread(self.registry.catalog.ensure_node)
         app = web.Application(client_max_size=8 * 1024 * 1024)
-        install(app, self.registry, runner=runner, hub=self.hub)
+        install(app, self.registry, runner=runner, hub=self.hub, acl=self.acl)
         self.state = app[CONSUL]
         # Blocked long polls must not hold a stop for their whole wait.
         http = web.HttpServer(app, shutdown_timeout=2.0)
