@@ -95,6 +95,8 @@ def _check_one_run(agent: AgentProc, etcd: EtcdProcess, echo: str, point: str) -
     if res.returncode != 0:
         # an error: no process now, and none after etcd returns
         assert "etcd" in res.stderr, res.stderr
+        # and it says what it left: nothing runs, the record goes once etcd is back
+        assert "was not started" in res.stderr, res.stderr
         assert _processes_running(echo) == [], (point, res.stderr)
         etcd.start()
         eventually(lambda: json.loads(agent.ok("ps", "-a", "--format", "json")) == [], timeout=20)

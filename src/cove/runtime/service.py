@@ -33,6 +33,7 @@ from cove.errors import (
     CoveError,
     InvalidArgument,
     NotFound,
+    from_json,
     storage_error,
 )
 from cove.ipam.allocator import Ipam
@@ -215,9 +216,15 @@ class ContainerService:
             self._sup.start(cid)
         except BaseException as exc:
             log.warning("run %s failed, rolling back: %s", name, exc)
-            self._roll_back(intent, container, endpoints, exc)
+            complete = self._roll_back(intent, container, endpoints)
             if isinstance(exc, OSError):  # the container's files: a full disk, say
                 raise storage_error(exc, str(self._logs), f"cannot run {name}") from exc
+            if not complete and isinstance(exc, CoveError):
+                note = (
+                    f"; container {name} was not started, and what was recorded of it"
+                    " is removed once the store can be written again"
+                )
+                raise from_json({**exc.to_json(), "error": exc.message + note}) from exc
             raise
         self._intents.done(cid)
         self._fault("run:started")
@@ -227,12 +234,10 @@ class ContainerService:
         # error (the client would take it for "nothing changed").
         return self._inspect(container, endpoints)
 
-    def _roll_back(
-        self, intent: Intent, c: Container, endpoints: list[Endpoint], exc: BaseException
-    ) -> None:
-        """Undo a failed run before its error is answered. What cannot be
-        undone now (the store is unreachable) is recorded as an ``abort``
-        intent, finished by ``finish_intents``, and said in the error."""
+    def _roll_back(self, intent: Intent, c: Container, endpoints: list[Endpoint]) -> bool:
+        """Undo a failed run before its error is answered; False when part
+        of it cannot be undone now (the store is unreachable): that part is
+        recorded as an ``abort`` intent, finished by ``finish_intents``."""
         with contextlib.suppress(CoveError):
             self._sup.remove(c.id)  # first: no process may outlive the error
         try:
@@ -241,14 +246,9 @@ class ContainerService:
             log.warning("run %s: rollback incomplete, will finish later: %s", c.name, undo)
             with contextlib.suppress(CoveError):
                 self._intents.record(replace(intent, phase=Phase.ABORT))
-            if isinstance(exc, CoveError):
-                exc.message += (
-                    f"; container {c.name} was not started, and what was recorded of it"
-                    " is removed once the store can be written again"
-                )
-                exc.args = (exc.message,)
-            return
+            return False
         self._intents.done(c.id)
+        return True
 
     def finish_intents(self, *, after_restart: bool = False) -> None:
         """Finish what failed runs could not undo; after a restart, also
