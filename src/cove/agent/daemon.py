@@ -1,6 +1,7 @@
 """The agent: the composition root. It opens the store, wires the domain
-services to it and to the kernel, serves the API on the Unix socket and on
-TCP, and shuts down cleanly on SIGTERM.
+services to it and to the kernel, serves the API on the Unix socket, on TCP
+and on HTTPS (certificate reloaded on SIGHUP), and shuts down cleanly on
+SIGTERM.
 
 Only one agent may own a state directory at a time (an flock on
 ``agent.lock``); a killed agent's lock dies with it, so a restart takes over
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import grp
 import ipaddress
 import logging
 import os
@@ -29,6 +31,8 @@ from cove.api import containers as containers_api
 from cove.api import http as web
 from cove.api import networks as networks_api
 from cove.api.app import build_app
+from cove.api.guard import Guard, NativeGate, refuse_without_acls
+from cove.api.http.tls import ReloadingTls, TlsFiles
 from cove.api.metrics import Metrics
 from cove.clock import SystemClock
 from cove.datapath.libnft import open_nft
@@ -107,9 +111,13 @@ def run(config: AgentConfig) -> int:
 
 
 class Agent:
-    """Every long-lived part of a running agent, wired once."""
+    """Every long-lived part of a running agent, wired once.
 
-    def __init__(self, config: AgentConfig) -> None:
+    ``native_gate`` decides who may use the native API over HTTPS (see
+    ``cove.api.guard.NativeGate``); without one, nobody may.
+    """
+
+    def __init__(self, config: AgentConfig, native_gate: NativeGate = refuse_without_acls) -> None:
         self.config = config
         self.clock = SystemClock()
         self.store = open_store(config.store_url, self.clock)
@@ -125,6 +133,9 @@ class Agent:
             self.store, self.datapath, interval=config.reconcile_interval
         )
         self.app = build_app()
+        self.app.screens.append(
+            Guard.of(str(config.socket), config.http_allowed_hosts, native_gate)
+        )
         self.metrics = Metrics()
         self.metrics.add(self._core_metrics)
         self.registry = Registry(
@@ -230,8 +241,18 @@ class Agent:
         self.store.close()
 
 
+def tls_of(config: AgentConfig) -> ReloadingTls | None:
+    """The HTTPS listener's certificates, checked before anything starts;
+    ``InvalidArgument`` names a missing, unreadable or mismatched file."""
+    if config.https is None or config.tls_cert is None or config.tls_key is None:
+        return None
+    return ReloadingTls(
+        TlsFiles(config.tls_cert, config.tls_key, config.tls_ca, config.tls_verify_incoming)
+    )
+
+
 @contextlib.asynccontextmanager
-async def _sites(agent: Agent) -> AsyncIterator[None]:
+async def _sites(agent: Agent, tls: ReloadingTls | None) -> AsyncIterator[None]:
     config = agent.config
     # Blocking queries may wait up to 10 minutes; do not let them hold
     # shutdown for long.
@@ -246,10 +267,19 @@ async def _sites(agent: Agent) -> AsyncIterator[None]:
             await server.start_unix(str(config.socket))
         finally:
             os.umask(old)
-        os.chmod(config.socket, 0o600)
+        if config.socket_group is None:
+            os.chmod(config.socket, 0o600)
+        else:
+            # As Docker's `docker` group: members may drive the agent, which
+            # makes them root-equivalent; the admin chose that by naming it.
+            os.chown(config.socket, 0, grp.getgrnam(config.socket_group).gr_gid)
+            os.chmod(config.socket, 0o660)
         if config.http is not None:
             host, port = config.http
             await server.start_tcp(host, port, reuse_address=True)
+        if config.https is not None and tls is not None:
+            host, port = config.https
+            await server.start_tcp(host, port, reuse_address=True, ssl_context=tls.context)
         yield
     finally:
         await server.stop()
@@ -262,17 +292,21 @@ async def _serve(config: AgentConfig) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tls = tls_of(config)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, tls.reload)
     agent = await asyncio.to_thread(Agent, config)
     try:
         await asyncio.to_thread(agent.start)
         await agent.checks.start()
-        async with _sites(agent):
+        async with _sites(agent, tls):
             tune_interpreter()  # after start-up: what it loaded is frozen
             log.info(
-                "cove agent %s ready: socket %s, http %s, store %s",
+                "cove agent %s ready: socket %s, http %s, https %s, store %s",
                 __version__,
                 config.socket,
                 f"{config.http[0]}:{config.http[1]}" if config.http else "off",
+                f"{config.https[0]}:{config.https[1]}" if config.https else "off",
                 config.store_url,
             )
             await stop.wait()
