@@ -133,9 +133,10 @@ class Agent:
             self.store, self.datapath, interval=config.reconcile_interval
         )
         self.app = build_app()
-        self.app.screens.append(
-            Guard.of(str(config.socket), config.http_allowed_hosts, native_gate)
-        )
+        # Checked before routing; the ACL system, once built, may replace
+        # ``self.guard.gate``.
+        self.guard = Guard.of(str(config.socket), config.http_allowed_hosts, native_gate)
+        self.app.screens.append(self.guard)
         self.metrics = Metrics()
         self.metrics.add(self._core_metrics)
         self.registry = Registry(
