@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import NoReturn
 
 import httptools
 
@@ -76,15 +77,17 @@ class RequestParser:
         self.done = False  # an error or a last request: ignore what follows
         self.continue_sent = False
         self._error: HttpError | None = None
+        self._headers: dict[str, str] = {}
+        self._message: Message | None = None
         self._pending = 0  # bytes fed since the current head began, roughly
         self._reset()
 
     def _reset(self) -> None:
         self._url = b""
-        self._headers: dict[str, str] = {}
+        self._headers = {}
         self._head_size = 0
         self._in_head = True
-        self._message: Message | None = None
+        self._message = None
         self._body = bytearray()
         self.continue_sent = False
 
@@ -142,7 +145,7 @@ class RequestParser:
         self.out.append(error)
         self.done = True
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str) -> NoReturn:
         self._error = HttpError(status, message)
         raise self._error
 
@@ -175,7 +178,6 @@ class RequestParser:
             if parser.get_http_version() == "0.9":
                 self._refuse(400, "Bad Request: malformed request line (no HTTP version)")
             self._refuse(505, f"HTTP Version Not Supported: HTTP/{parser.get_http_version()}")
-            raise AssertionError  # unreachable: _refuse raised
         target = self._url.decode("latin-1")
         if target.startswith(("http://", "https://")):  # absolute form: keep path and query
             slash = target.find("/", target.find("//") + 2)
