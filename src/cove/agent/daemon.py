@@ -32,8 +32,8 @@ from cove.api import http as web
 from cove.api import networks as networks_api
 from cove.api.app import build_app
 from cove.api.guard import Guard, NativeGate, refuse_without_acls
-from cove.api.tls import ReloadingTls, TlsFiles
 from cove.api.metrics import Metrics
+from cove.api.tls import ReloadingTls, TlsFiles
 from cove.clock import SystemClock
 from cove.datapath.libnft import open_nft
 from cove.datapath.netlink import NetlinkDatapath
