@@ -158,3 +158,13 @@ def test_query_keeps_repeated_names_and_decodes_plus() -> None:
     assert q.getall("tag") == ["a", "b"] and q["tag"] == "a"
     assert q["x"] == "a b" and q["y"] == "+" and q["flag"] == "" and "flag" in q
     assert q.get("missing") is None and q.getall("missing", []) == []
+
+
+def test_trailer_fields_do_not_become_headers() -> None:
+    wire = (
+        b"PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nX-Consul-Token: smuggled\r\nContent-Type: application/json\r\n\r\n"
+    )
+    out = list(_feed(wire).out)
+    assert isinstance(out[0], Message) and out[0].body == b"hi"
+    assert "x-consul-token" not in out[0].headers and "content-type" not in out[0].headers

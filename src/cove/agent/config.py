@@ -109,7 +109,7 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
     if isinstance(https, str):
         https = None if https in ("", "off") else parse_hostport(https, "https")
     if cfg.socket_group is not None:
-        _check_group(str(cfg.socket_group))
+        socket_gid(str(cfg.socket_group))
     hosts = cfg.http_allowed_hosts
     if isinstance(hosts, str):
         hosts = (hosts,)
@@ -149,9 +149,11 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
     )
 
 
-def _check_group(name: str) -> None:
+def socket_gid(name: str) -> int:
+    """The id of the group named by ``--socket-group``; ``InvalidArgument``
+    when there is none."""
     try:
-        grp.getgrnam(name)
+        return grp.getgrnam(name).gr_gid
     except KeyError:
         raise InvalidArgument(
             f"unknown group {name!r} for --socket-group: create it (groupadd {name}) "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import grp
 import ipaddress
 import logging
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from cove import __version__
-from cove.agent.config import AgentConfig
+from cove.agent.config import AgentConfig, socket_gid
 from cove.agent.tuning import tune_interpreter
 from cove.api import consul as consul_api
 from cove.api import containers as containers_api
@@ -273,7 +272,7 @@ async def _sites(agent: Agent, tls: ReloadingTls | None) -> AsyncIterator[None]:
         else:
             # As Docker's `docker` group: members may drive the agent, which
             # makes them root-equivalent; the admin chose that by naming it.
-            os.chown(config.socket, 0, grp.getgrnam(config.socket_group).gr_gid)
+            os.chown(config.socket, 0, socket_gid(config.socket_group))
             os.chmod(config.socket, 0o660)
         if config.http is not None:
             host, port = config.http

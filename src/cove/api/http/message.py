@@ -161,6 +161,11 @@ class RequestParser:
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD:
             self._refuse(431, "Request Header Fields Too Large")
+        if not self._in_head:
+            # Trailer fields of a chunked body: dropped, so nothing sent after
+            # the body (a token, an Origin, a Content-Type) changes what the
+            # head said.
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1").strip(" \t")
         headers = self._headers
