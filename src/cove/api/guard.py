@@ -47,7 +47,7 @@ def refuse_without_acls(token: str | None, is_write: bool) -> bool:
 
 _STATE_CHANGING = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 _SIMPLE_FORM_TYPES = ("text/plain", "multipart/form-data")
-_LOCAL_CACHE_MAX = 256
+_HOST_CACHE_MAX = 256
 
 
 def request_token(request: web.Request) -> str | None:
@@ -130,7 +130,7 @@ class Guard:
     allowed_hosts: frozenset[str] = frozenset()
     gate: NativeGate = refuse_without_acls
     is_local: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool] = is_local_address
-    _hosts_ok: dict[tuple[str, str, int], bool] = field(default_factory=dict)
+    _hosts_ok: dict[int, tuple[web.Listener, dict[str, bool]]] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -145,61 +145,68 @@ class Guard:
         listener = request.listener
         if listener.transport is Transport.UNIX:
             return None
-        refusal = self._check_host(request)
-        if refusal is not None:
-            return refusal
-        method = request.method
-        writes = method in _STATE_CHANGING
-        if writes:
-            origin = request.headers.get("origin")
-            if origin is not None and not self._own_origin(request, str(origin)):
-                return _refuse(
-                    403,
-                    "permission_denied",
-                    f"cross-site request refused: Origin {str(origin)[:100]!r} is not this "
-                    f"listener's own ({listener.scheme}://{request.headers.get('host', '')}); "
-                    "send the request without an Origin header or from the agent's own origin",
-                )
-        path = request.raw_path
-        if path.startswith("/api/") or path == "/api":
-            return self._check_native(request, method not in ("GET", "HEAD"))
-        if path.startswith("/v1/") and request.content_length:
-            ctype = _media_type(request)
-            if ctype in _SIMPLE_FORM_TYPES and not (method == "PUT" and path.startswith("/v1/kv/")):
-                return _refuse(
-                    415,
-                    "invalid_argument",
-                    f"Content-Type {ctype} is not accepted on /v1 (browsers send it "
-                    "cross-site without asking): send application/json, or no Content-Type",
-                )
-        return None
-
-    def _check_host(self, request: web.Request) -> web.StreamResponse | None:
-        raw = request.headers.get("host")
-        if raw is None:
+        headers = request.headers.lowered
+        host = headers.get("host")
+        if host is None:
             if request.version >= (1, 1):
                 return _refuse(
                     400,
                     "invalid_argument",
                     "an HTTP/1.1 request needs a Host header naming the agent",
                 )
-            return None  # HTTP/1.0 clients may omit it; browsers never do
-        listener = request.listener
-        key = (str(raw), listener.host, listener.port)
-        ok = self._hosts_ok.get(key)
+            # HTTP/1.0 clients may omit it; browsers never do.
+        elif not self._host_ok(host, listener):
+            return _refuse(
+                421,
+                "invalid_argument",
+                f"Host {host[:100]!r} does not name this agent: use one of its addresses "
+                "(or localhost on loopback), or allow the name with --http-allowed-host",
+            )
+        method = request.method
+        if method in _STATE_CHANGING:
+            origin = headers.get("origin")
+            if origin is not None and not _own_origin(listener.scheme, host or "", origin):
+                return _refuse(
+                    403,
+                    "permission_denied",
+                    f"cross-site request refused: Origin {origin[:100]!r} is not this "
+                    f"listener's own ({listener.scheme}://{host or ''}); send the request "
+                    "without an Origin header or from the agent's own origin",
+                )
+        path = request.raw_path
+        if path.startswith("/api") and (len(path) == 4 or path[4] == "/"):
+            return self._check_native(request, method not in ("GET", "HEAD"))
+        ctype = headers.get("content-type")
+        if (
+            ctype is not None
+            and path.startswith("/v1/")
+            and not ctype.startswith("application/json")
+            and _media_type(ctype) in _SIMPLE_FORM_TYPES
+            and request.content_length
+            and not (method == "PUT" and path.startswith("/v1/kv/"))
+        ):
+            return _refuse(
+                415,
+                "invalid_argument",
+                f"Content-Type {_media_type(ctype)} is not accepted on /v1 (browsers send it "
+                "cross-site without asking): send application/json, or no Content-Type",
+            )
+        return None
+
+    def _host_ok(self, host: str, listener: web.Listener) -> bool:
+        # Per listener, by identity: hashing the frozen Listener on every
+        # request would cost more than the whole check.
+        known = self._hosts_ok.get(id(listener))
+        if known is None or known[0] is not listener:
+            known = (listener, {})
+            self._hosts_ok[id(listener)] = known
+        ok = known[1].get(host)
         if ok is None:
-            ok = self._host_names_listener(str(raw), listener)
-            if len(self._hosts_ok) >= _LOCAL_CACHE_MAX:
-                self._hosts_ok.clear()
-            self._hosts_ok[key] = ok
-        if ok:
-            return None
-        return _refuse(
-            421,
-            "invalid_argument",
-            f"Host {str(raw)[:100]!r} does not name this agent: use one of its addresses "
-            "(or localhost on loopback), or allow the name with --http-allowed-host",
-        )
+            ok = self._host_names_listener(host, listener)
+            if len(known[1]) >= _HOST_CACHE_MAX:  # any Host may be sent: bound the memory
+                known[1].clear()
+            known[1][host] = ok
+        return ok
 
     def _host_names_listener(self, raw: str, listener: web.Listener) -> bool:
         parsed = split_host(raw)
@@ -225,16 +232,6 @@ class Guard:
             return bound.is_loopback or wildcard
         return wildcard and not addr.is_unspecified and self.is_local(addr)
 
-    def _own_origin(self, request: web.Request, origin: str) -> bool:
-        scheme = request.listener.scheme
-        host = str(request.headers.get("host", "")).lower()
-        origin = origin.strip().lower()
-        if origin == f"{scheme}://{host}":
-            return True
-        # A browser leaves out the default port that a Host may carry.
-        default = ":443" if scheme == "https" else ":80"
-        return host.endswith(default) and origin == f"{scheme}://{host[: -len(default)]}"
-
     def _check_native(self, request: web.Request, writes: bool) -> web.StreamResponse | None:
         listener = request.listener
         if listener.transport is Transport.TCP:
@@ -245,7 +242,10 @@ class Guard:
                 f"{self.socket_path} (cove --socket), or the agent's --https listener "
                 "with an ACL token granting operator write",
             )
-        if request.content_length and _media_type(request) != "application/json":
+        if (
+            request.content_length
+            and _media_type(request.headers.lowered.get("content-type")) != "application/json"
+        ):
             return _refuse(
                 415,
                 "invalid_argument",
@@ -263,11 +263,20 @@ class Guard:
         )
 
 
-def _media_type(request: web.Request) -> str:
-    raw = request.headers.get("content-type")
-    if raw is None:
+def _own_origin(scheme: str, host: str, origin: str) -> bool:
+    host = host.lower()
+    origin = origin.strip().lower()
+    if origin == f"{scheme}://{host}":
+        return True
+    # A browser leaves out the default port that a Host may carry.
+    default = ":443" if scheme == "https" else ":80"
+    return host.endswith(default) and origin == f"{scheme}://{host[: -len(default)]}"
+
+
+def _media_type(content_type: str | None) -> str:
+    if content_type is None:
         return ""
-    return str(raw).split(";", 1)[0].strip().lower()
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def _refuse(status: int, kind: str, message: str) -> web.Response:

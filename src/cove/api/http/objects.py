@@ -28,6 +28,12 @@ class Headers(Mapping[str, str]):
     def __init__(self, lowered: dict[str, str]) -> None:
         self._d = lowered
 
+    @property
+    def lowered(self) -> Mapping[str, str]:
+        """The headers by lower-case name, without case folding per look-up
+        (for code on every request's path)."""
+        return self._d
+
     def __getitem__(self, name: str) -> str:
         return self._d[name.lower()]
 
