@@ -152,7 +152,17 @@ class AgentClient:
                 "(or its --socket-group)"
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise Unavailable(f"lost the connection to the agent: {exc}") from exc
+            hint = ""
+            if self._tls is not None and self.remote is not None and self.remote.cert is None:
+                # Under TLS 1.3 a refused client certificate often shows only
+                # as a closed connection, so say what the likely cause is.
+                hint = (
+                    "; if the agent verifies clients (--tls-verify-incoming), "
+                    "pass --tls-cert and --tls-key"
+                )
+            raise Unavailable(
+                f"lost the connection to the agent at {self.where}: {exc}{hint}"
+            ) from exc
         finally:
             conn.close()
 
