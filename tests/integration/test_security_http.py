@@ -302,6 +302,21 @@ def test_https_with_the_ca_cli_over_tls_and_certificate_reload(
         # The native API over HTTPS: refused without ACLs, the message says why.
         res = agent.cli(*remote, "--tls-ca", str(pki["ca"]), "--token", "t", "network", "ls")
         assert res.returncode == 7 and "--acl-enabled" in res.stderr, res.stderr
+        # A local user with the CA, over HTTPS: the native API stays shut.
+        with local_user() as user, open_dir() as d:
+            shutil.copy(pki["ca"], d / "ca.pem")
+            (d / "ca.pem").chmod(0o644)
+            status, body = curl(
+                user, "--cacert", str(d / "ca.pem"), "-X", "POST",
+                "https://127.0.0.1:8501/api/containers", "-H", "Content-Type: application/json",
+                "-H", "X-Consul-Token: guessed", "-d", json.dumps(ATTACK),
+            )  # fmt: skip
+            assert status == 403 and "--acl-enabled" in json.loads(body)["error"], body
+            status, _ = curl(
+                user, "--cacert", str(d / "ca.pem"), "https://127.0.0.1:8501/v1/agent/self"
+            )
+            assert status == 200
+        assert containers(agent) == []
         # Plain TCP through the CLI: refused, naming the socket.
         res = agent.cli("--host", "http://127.0.0.1:8500", "network", "ls")
         assert res.returncode == 7 and str(agent.socket) in res.stderr, res.stderr
