@@ -11,7 +11,7 @@ import json
 import pytest
 
 from cove.api import http as web
-from cove.api.guard import Guard, request_token, split_host
+from cove.api.guard import Guard, is_local_address, request_token, split_host
 
 UNIX = web.Listener(web.Transport.UNIX, path="/run/cove/agent.sock")
 TCP = web.Listener(web.Transport.TCP, "127.0.0.1", 8500)
@@ -205,3 +205,8 @@ def test_split_host() -> None:
     assert split_host("::1") is None
     assert split_host("a:b") is None
     assert split_host("Example.COM") == ("example.com", None)
+
+
+def test_local_addresses_are_those_this_host_can_bind() -> None:
+    assert is_local_address(ipaddress.ip_address("127.0.0.1"))
+    assert not is_local_address(ipaddress.ip_address("192.0.2.77"))  # TEST-NET-1
