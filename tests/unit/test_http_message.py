@@ -168,3 +168,19 @@ def test_trailer_fields_do_not_become_headers() -> None:
     out = list(_feed(wire).out)
     assert isinstance(out[0], Message) and out[0].body == b"hi"
     assert "x-consul-token" not in out[0].headers and "content-type" not in out[0].headers
+
+
+def test_long_pipelines_are_not_mistaken_for_a_long_head() -> None:
+    one = b"PUT /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    burst = one * 4000 + b"GET /next HTTP/1.1\r\nHost: x"  # about 230 KB in one read
+    parser = RequestParser(max_body=100)
+    parser.feed(burst)
+    parser.feed(b"\r\n\r\n")
+    out = list(parser.out)
+    assert len(out) == 4001 and all(isinstance(m, Message) for m in out)
+    big = b"PUT /b HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n"
+    parser = RequestParser(max_body=300_000)
+    parser.feed(big + b"y" * 150_000)
+    parser.feed(b"y" * 50_000 + b"GET /n HTTP/1.1\r\nHost: x")
+    parser.feed(b"\r\n\r\n")
+    assert [type(m) for m in parser.out] == [Message, Message]

@@ -56,6 +56,7 @@ class RequestParser:
 
     __slots__ = (
         "_body",
+        "_boundary",
         "_error",
         "_head_size",
         "_headers",
@@ -79,7 +80,8 @@ class RequestParser:
         self._error: HttpError | None = None
         self._headers: dict[str, str] = {}
         self._message: Message | None = None
-        self._pending = 0  # bytes fed since the current head began, roughly
+        self._pending = 0  # bytes of whole feeds inside the current head
+        self._boundary = False  # a head or a request ended during this feed
         self._reset()
 
     def _reset(self) -> None:
@@ -94,6 +96,7 @@ class RequestParser:
     def feed(self, data: bytes) -> None:
         if self.done:
             return
+        self._boundary = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -118,13 +121,16 @@ class RequestParser:
             self._fail(HttpError(status, f"{prefix}: {reason}"))
             return
         if self._in_head:
-            # llhttp hands a header over only once it is whole, so bound what
-            # a client can make it buffer on the way.
-            # The count may include the end of the previous request: allow a
-            # read's worth of slack rather than refuse a head that fits.
-            self._pending += len(data)
-            if self._pending > 2 * MAX_HEAD:
-                self._fail(HttpError(431, "Request Header Fields Too Large"))
+            # llhttp hands a header over only once it is whole (the callbacks
+            # count those), so bound what a client can make it buffer on the
+            # way: a feed with no head or request ending in it is all head.
+            # A feed with one adds at most itself, unseen, to the next head.
+            if self._boundary:
+                self._pending = 0
+            else:
+                self._pending += len(data)
+                if self._pending > MAX_HEAD:
+                    self._fail(HttpError(431, "Request Header Fields Too Large"))
 
     def wants_continue(self) -> bool:
         """Whether the request being read asked for ``100 Continue`` and is
@@ -216,6 +222,7 @@ class RequestParser:
         )
         self._in_head = False
         self._pending = 0
+        self._boundary = True
 
     def on_body(self, body: bytes) -> None:
         self._body += body
@@ -231,6 +238,7 @@ class RequestParser:
         if not message.keep_alive:
             self.done = True
         self._reset()
+        self._boundary = True
 
 
 def parse_head(raw: bytes) -> Message:
