@@ -388,3 +388,42 @@ def test_bad_certificate_files_are_start_up_errors(
     )  # fmt: skip
     assert res.returncode == 2, res.stderr
     assert message in res.stderr, res.stderr
+
+
+def test_native_api_over_https_follows_operator_rights(
+    hostns: str, tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    mgmt = "5b1f6a52-mgmt-secret"
+    agent = tls_agent(
+        hostns, tmp_path, pki, "--acl-enabled", "--acl-default-policy", "deny",
+        "--acl-initial-management", mgmt,
+    )  # fmt: skip
+    try:
+        remote = ["--host", "https://127.0.0.1:8501", "--tls-ca", str(pki["ca"])]
+        ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+
+        def acl_put(path: str, body: dict[str, object]) -> dict[str, object]:
+            req = urllib.request.Request(
+                f"https://127.0.0.1:8501{path}", data=json.dumps(body).encode(), method="PUT",
+                headers={"X-Consul-Token": mgmt, "Content-Type": "application/json"},
+            )  # fmt: skip
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+                out: dict[str, object] = json.loads(resp.read())
+                return out
+
+        acl_put("/v1/acl/policy", {"Name": "ops-read", "Rules": 'operator = "read"'})
+        reader = str(acl_put("/v1/acl/token", {"Policies": [{"Name": "ops-read"}]})["SecretID"])
+
+        res = agent.cli(*remote, "--token", mgmt, "network", "create", "tlsnet")
+        assert res.returncode == 0, res.stderr
+        res = agent.cli(*remote, "--token", reader, "network", "ls")
+        assert res.returncode == 0 and "tlsnet" in res.stdout, res.stderr
+        res = agent.cli(*remote, "--token", reader, "network", "rm", "tlsnet")
+        assert res.returncode == 7, res.stderr
+        res = agent.cli(*remote, "network", "ls")  # no token at all
+        assert res.returncode == 7, res.stderr
+        res = agent.cli("network", "ls")  # the socket needs no token
+        assert "tlsnet" in res.stdout
+        agent.cli("network", "rm", "tlsnet")
+    finally:
+        cleanup_agent(agent)
