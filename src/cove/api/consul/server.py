@@ -18,6 +18,7 @@ from types import TracebackType
 from cove.acl import AclService
 from cove.api import http as web
 from cove.api.consul import CONSUL, Consul, in_process, install
+from cove.api.guard import Guard
 from cove.clock import Clock
 from cove.errors import Unavailable
 from cove.registry import Registry
@@ -105,6 +106,7 @@ class ConsulServer:
             await asyncio.to_thread(self.registry.catalog.ensure_node)
         app = web.Application(client_max_size=8 * 1024 * 1024)
         install(app, self.registry, runner=runner, hub=self.hub, acl=self.acl)
+        app.screens.append(Guard.of(self.unix_path or "the agent's socket"))
         self.state = app[CONSUL]
         # Blocked long polls must not hold a stop for their whole wait.
         http = web.HttpServer(app, shutdown_timeout=2.0)
