@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from cove.clock import Clock
+from cove.datapath.libnft import open_nft
 from cove.datapath.netns import NetnsDatapath, remove_ns_file
 from cove.datapath.nftables import Nft
 from cove.errors import CoveError
@@ -45,8 +46,9 @@ class ContainerRuntime:
         self.netns = NetnsDatapath(run_dir / "netns")
         self.supervisor = SupervisorClient(run_dir)
         files = state_dir / "containers"
+        self.guard_nft = open_nft()
         self.reconciler = ContainerReconciler(
-            store, self.netns, nft, files, self._host_resolv, interval
+            store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft
         )
         self.service = ContainerService(
             store, clock, ipam, self.reconciler, self.supervisor, self.netns, files
@@ -71,6 +73,7 @@ class ContainerRuntime:
         """Stops reconciling; containers and the supervisor keep running."""
         self.reconciler.stop()
         self.netns.close()
+        self.guard_nft.close()
 
 
 def teardown(run_dir: Path, timeout: float = 10.0) -> None:
