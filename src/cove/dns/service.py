@@ -41,6 +41,7 @@ from cove.store.hub import Subscription, WatchHub
 log = logging.getLogger(__name__)
 
 _LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+_RETRY_GATEWAYS = 0.5  # seconds before listening again on a missing bridge
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,8 @@ class DnsService:
         self._gateways: dict[tuple[IPAddress, int], tuple[str, int]] = {}
         self._listener_lock = threading.Lock()
         self._listened_nets: frozenset[str] = frozenset()
+        self._retry: threading.Timer | None = None
+        self._stopped = False
         self._subs: list[Subscription] = []
         self.host_port = cfg.host_port
 
@@ -139,6 +142,11 @@ class DnsService:
         self._follow_gateways()
 
     def stop(self) -> None:
+        with self._listener_lock:
+            self._stopped = True
+            if self._retry is not None:
+                self._retry.cancel()
+                self._retry = None
         for sub in self._subs:
             sub.cancel()
         self._subs = []
@@ -146,12 +154,18 @@ class DnsService:
             self._hub.stop()
         self._server.stop()
 
-    def set_network_listeners(self, listeners: Mapping[str, Iterable[IPAddress]]) -> None:
+    def set_network_listeners(
+        self,
+        listeners: Mapping[str, Iterable[IPAddress]],
+        devices: Mapping[str, str] | None = None,
+    ) -> None:
         """Listen on exactly these gateway addresses (network name -> its
         gateways), port ``gateway_port``; listeners no longer named close.
-        Raises ``Unavailable`` when an address cannot be bound (the others
-        are still set up)."""
+        ``devices`` (network name -> its bridge) scopes each listener to
+        packets that arrived on its bridge. Raises ``Unavailable`` when an
+        address cannot be bound (the others are still set up)."""
         port = self.config.gateway_port
+        devs = devices or {}
         want = {(a, port): net for net, addrs in listeners.items() for a in addrs}
         failed: Exception | None = None
         with self._listener_lock:
@@ -163,7 +177,7 @@ class DnsService:
                 if key in self._gateways:
                     continue
                 try:
-                    bound = self._server.add(key[0], port, net)
+                    bound = self._server.add(key[0], port, net, devs.get(net))
                 except Exception as exc:
                     failed = exc
                     continue
@@ -223,10 +237,27 @@ class DnsService:
             want = {
                 name: [s.gateway for s in net.subnets] for name, net in self._view.networks.items()
             }
+            devices = {name: net.bridge for name, net in self._view.networks.items()}
         try:
-            self.set_network_listeners(want)
+            self.set_network_listeners(want, devices)
         except CoveError as exc:
-            log.warning("DNS: %s", exc)
+            # Most often a bridge the network reconciler has not made yet:
+            # try again shortly rather than wait for the next network change.
+            log.info("DNS: %s; retrying", exc)
+            self._retry_gateways()
+
+    def _retry_gateways(self) -> None:
+        with self._listener_lock:
+            if self._retry is not None or self._stopped:
+                return
+            self._retry = threading.Timer(_RETRY_GATEWAYS, self._retried)
+            self._retry.daemon = True
+            self._retry.start()
+
+    def _retried(self) -> None:
+        with self._listener_lock:
+            self._retry = None
+        self._follow_gateways()
 
     def _on_events(self, events: Sequence[Event]) -> None:
         deps: set[str] = set()
