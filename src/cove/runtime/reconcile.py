@@ -482,8 +482,17 @@ class ContainerReconciler:
             self._ports_digest = None
         if digest == self._ports_digest:
             return
-        for bridge in sorted(ports.localnet_bridges(items)):
-            self._dp.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
+        # Only where the host's 127.0.0.1 clients need it, and off again
+        # once they no longer do.
+        localnet = ports.localnet_bridges(items)
+        bridges = localnet | {n.bridge for n in snap.networks.values()}
+        for bridge in sorted(bridges):
+            value = "1" if bridge in localnet else "0"
+            try:
+                self._dp.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", value)
+            except CoveError:
+                if bridge in localnet:
+                    raise
         self._nft.replace_table(ports.FAMILY, ports.TABLE, objs)
         self._ports_digest = digest
 
