@@ -12,7 +12,7 @@ host-side veth (``cv<10 hex>``), before anything else sees them::
     map nd      ifname : jump nd_<port>    its ND option checks
     chain prerouting (bridge filter, prio -300):
         iifname @ports jump guard
-        iifname "cv*" drop                 a container port without entries
+        iifname "cv<hex>*" drop            a container port without entries
     chain guard:
         the frame's source MAC must be the port's
         ARP: sender MAC the port's, sender IP the port's (or 0.0.0.0, a probe)
@@ -43,7 +43,10 @@ from typing import Any
 
 FAMILY = "bridge"
 TABLE = "cove_guard"
-PORT_PATTERN = "cv*"
+# Host veths are "cv" + 10 hex digits; nft wildcards only end a name, so
+# one per first digit (bridges are "cv-...", other programs' links such as
+# test harness veths "cvt..." are left alone).
+PORT_PATTERNS = [f"cv{d}*" for d in "0123456789abcdef"]
 
 Obj = dict[str, Any]
 
@@ -146,7 +149,7 @@ def _base_rules() -> list[Obj]:
         _rule("prerouting", _match(port, "@ports"), {"jump": {"target": "guard"}}),
         _rule(
             "prerouting",
-            _match(port, PORT_PATTERN),
+            _match(port, {"set": PORT_PATTERNS}),
             _DROP,
             comment="a container port without guard entries",
         ),
