@@ -151,6 +151,16 @@ def dns(src, server, name):
         return
     print("NOANSWER")
 
+def neighbor_advert(src, dst, target, lladdr):
+    # unsolicited, override: "target is at lladdr"
+    body = struct.pack("!BBHI", 136, 0, 0, 0x20000000) + socket.inet_pton(socket.AF_INET6, target)
+    body += bytes([2, 1]) + mac_bytes(lladdr)
+    s6, d6 = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    pseudo = s6 + d6 + struct.pack("!I3xB", len(body), 58)
+    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
+    head = struct.pack("!IHBB", 0x60000000, len(body), 58, 255) + s6 + d6
+    return head + body
+
 cmd, args = sys.argv[1], sys.argv[2:]
 if cmd == "udp":
     udp(*args)
@@ -164,6 +174,11 @@ elif cmd == "dns":
 elif cmd == "raw-udp":  # iface dst_mac src_mac src_ip dst_ip port payload
     iface, dst_mac, src_mac, src, dst, port, payload = args
     send_frame(iface, dst_mac, src_mac, 0x0800, ipv4_udp(src, dst, int(port), payload.encode()))
+elif cmd == "na":  # iface dst_mac src6 dst6 target6: "target6 is at my MAC"
+    iface, dmac, src, dst, target = args
+    me = own_mac(iface)
+    send_frame(iface, dmac, me, 0x86DD, neighbor_advert(src, dst, target, me), count=5)
+    print("sent")
 elif cmd == "arp-reply":  # iface target_mac target_ip claimed_ip: "claimed_ip is at my MAC"
     iface, tmac, tip, claim = args
     me = own_mac(iface)
@@ -505,3 +520,33 @@ def test_guard_converges_after_kill_9(cove: Any, tools: tuple[str, str]) -> None
     bad = token("forged-after-restart")
     attack(cove, "evil", att, f"+{FORGED}/32", "udp", FORGED, sink, "7000", bad)
     assert bad not in recorded(cove, "sink")
+
+
+def test_neighbor_advertisement_for_another_containers_ipv6_does_not_poison(
+    cove: Any, tools: tuple[str, str], scripts: tuple[str, str]
+) -> None:
+    _, att = tools
+    echo, client = scripts
+    cove.ok("network", "create", "six", "--ipv6", "--subnet", "10.89.46.0/24",
+            "--subnet", "fd00:89:46::/64")  # fmt: skip
+    run_echo(cove, "victim", echo, "--network", "six")
+    cove.ok("run", "-d", "--name", "observer", "--network", "six", "--", "sleep", "600")
+    run_attacker(cove, "evil", "six")
+
+    def v6(name: str) -> str:
+        return str(inspect(cove, name)["endpoints"]["six"]["ipv6"])
+
+    victim, observer, evil = v6("victim"), v6("observer"), v6("evil")
+    # The observer talks to the victim over IPv6 (ND with the gateway and
+    # between containers works), so it has a neighbour entry to poison.
+    out = eventually(
+        lambda: cove.ok("exec", "observer", "--", "python3", "-S", client, "udp", "7", victim)
+    )
+    assert out.strip() == "victim:ping"
+    evil_mac, observer_mac = mac(cove, "evil"), mac(cove, "observer")
+    time.sleep(1.5)
+    sent = attack(cove, "evil", att, "na", "eth0", observer_mac, evil, observer, victim)
+    assert sent == "sent"
+    neigh = cove.ok("exec", "observer", "--", "ip", "-6", "neigh", "show", victim)
+    assert mac(cove, "victim") in neigh.lower()
+    assert evil_mac not in neigh.lower(), f"the observer's entry was poisoned: {neigh}"
