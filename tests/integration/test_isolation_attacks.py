@@ -550,3 +550,22 @@ def test_neighbor_advertisement_for_another_containers_ipv6_does_not_poison(
     neigh = cove.ok("exec", "observer", "--", "ip", "-6", "neigh", "show", victim)
     assert mac(cove, "victim") in neigh.lower()
     assert evil_mac not in neigh.lower(), f"the observer's entry was poisoned: {neigh}"
+
+
+def test_gateway_dns_answers_again_after_its_bridge_is_made_anew(cove: Any) -> None:
+    # Listeners are bound to their bridge: one deleted by hand and repaired
+    # by the agent is a new interface, which they must follow.
+    cove.ok("network", "create", "dnet", "--subnet", "10.89.47.0/24")
+    cove.ok("run", "-d", "--name", "a", "--network", "dnet", "--", "sleep", "600")
+    cove.ok("run", "-d", "--name", "b", "--network", "dnet", "--", "sleep", "600")
+    b = address(cove, "b", "dnet")
+
+    def resolves() -> bool:
+        res = cove.cli("exec", "a", "--", "getent", "hosts", "b")
+        return res.returncode == 0 and res.stdout.split()[0] == b
+
+    assert eventually(resolves)
+    info = json.loads(cove.ok("network", "inspect", "dnet"))
+    bridge = (info[0] if isinstance(info, list) else info)["bridge"]
+    subprocess.run(["ip", "link", "del", bridge], check=True)
+    assert eventually(resolves, timeout=20)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 _LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 _RETRY_GATEWAYS = 0.5  # seconds before listening again on a missing bridge
+# A listener is bound to its bridge's index: a bridge deleted and made again
+# (by hand, repaired by the network reconciler) needs a new listener.
+_RECHECK_GATEWAYS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,7 @@ class DnsService:
         self._server = DnsServer(self._responder, self._forwarder, workers=cfg.forward_workers)
         self._loaded = 0
         self._gateways: dict[tuple[IPAddress, int], tuple[str, int]] = {}
+        self._gateway_index: dict[tuple[IPAddress, int], int] = {}  # of its bridge
         self._listener_lock = threading.Lock()
         self._listened_nets: frozenset[str] = frozenset()
         self._retry: threading.Timer | None = None
@@ -140,6 +145,8 @@ class DnsService:
         self.host_port = self._server.add(self.config.host_address, self.config.host_port, None)
         self._server.start()
         self._follow_gateways()
+        if self.config.listen_on_gateways:
+            self._retry_gateways(_RECHECK_GATEWAYS)
 
     def stop(self) -> None:
         with self._listener_lock:
@@ -170,9 +177,12 @@ class DnsService:
         failed: Exception | None = None
         with self._listener_lock:
             for key, (net, bound) in list(self._gateways.items()):
-                if want.get(key) != net:
+                dev = devs.get(net)
+                moved = dev is not None and self._gateway_index.get(key) != _if_index(dev)
+                if want.get(key) != net or moved:
                     self._server.remove(key[0], bound)
                     del self._gateways[key]
+                    self._gateway_index.pop(key, None)
             for key, net in want.items():
                 if key in self._gateways:
                     continue
@@ -182,6 +192,9 @@ class DnsService:
                     failed = exc
                     continue
                 self._gateways[key] = (net, bound)
+                dev = devs.get(net)
+                if dev is not None:
+                    self._gateway_index[key] = _if_index(dev)
             # Read by store callbacks that hold the view lock and must not
             # take this one (lock order: listeners, then view).
             self._listened_nets = frozenset(net for net, _ in self._gateways.values())
@@ -246,18 +259,25 @@ class DnsService:
             log.info("DNS: %s; retrying", exc)
             self._retry_gateways()
 
-    def _retry_gateways(self) -> None:
+    def _retry_gateways(self, delay: float = _RETRY_GATEWAYS) -> None:
         with self._listener_lock:
-            if self._retry is not None or self._stopped:
+            if self._stopped:
                 return
-            self._retry = threading.Timer(_RETRY_GATEWAYS, self._retried)
+            if self._retry is not None:
+                if delay >= _RECHECK_GATEWAYS:
+                    return
+                self._retry.cancel()
+            self._retry = threading.Timer(delay, self._retried)
             self._retry.daemon = True
             self._retry.start()
 
     def _retried(self) -> None:
         with self._listener_lock:
             self._retry = None
+            if self._stopped:
+                return
         self._follow_gateways()
+        self._retry_gateways(_RECHECK_GATEWAYS)
 
     def _on_events(self, events: Sequence[Event]) -> None:
         deps: set[str] = set()
@@ -293,3 +313,11 @@ class DnsService:
             return
         deps = [svc_dep(s) for s in change.services] + [node_dep(n) for n in change.nodes]
         self._cache.invalidate(deps)
+
+
+def _if_index(name: str) -> int:
+    """The interface's index now; 0 when it does not exist."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return 0
