@@ -42,7 +42,12 @@ from cove.store.hub import Subscription, WatchHub
 log = logging.getLogger(__name__)
 
 _LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
-_RETRY_GATEWAYS = 0.5  # seconds before listening again on a missing bridge
+# Seconds before listening again on a bridge that is not there yet: the
+# network reconciler makes it within milliseconds of the store write, and a
+# container may ask its gateway right after ``network create`` returns.
+_RETRY_FIRST = 0.01
+_RETRY_FAST_FOR = 300  # attempts (3 s), then
+_RETRY_MAX = 0.5
 # A listener is bound to its bridge's index: a bridge deleted and made again
 # (by hand, repaired by the network reconciler) needs a new listener.
 _RECHECK_GATEWAYS = 5.0
@@ -124,6 +129,7 @@ class DnsService:
         self._listener_lock = threading.Lock()
         self._listened_nets: frozenset[str] = frozenset()
         self._retry: threading.Timer | None = None
+        self._retries = 0
         self._stopped = False
         self._subs: list[Subscription] = []
         self.host_port = cfg.host_port
@@ -256,10 +262,13 @@ class DnsService:
         except CoveError as exc:
             # Most often a bridge the network reconciler has not made yet:
             # try again shortly rather than wait for the next network change.
-            log.info("DNS: %s; retrying", exc)
-            self._retry_gateways()
+            self._retries += 1
+            log.log(logging.INFO if self._retries == 1 else logging.DEBUG, "DNS: %s", exc)
+            self._retry_gateways(_RETRY_FIRST if self._retries < _RETRY_FAST_FOR else _RETRY_MAX)
+            return
+        self._retries = 0
 
-    def _retry_gateways(self, delay: float = _RETRY_GATEWAYS) -> None:
+    def _retry_gateways(self, delay: float) -> None:
         with self._listener_lock:
             if self._stopped:
                 return
