@@ -9,13 +9,14 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from cove.errors import DatapathError
 from cove.model import Network, Subnet
 from cove.network import firewall
 from cove.policy import compile as pc
 from cove.policy.model import L4
 from cove.runtime import guard, ports
 from cove.runtime.plan import WantedContainer, WantedLink
-from cove.runtime.reconcile import guard_ports
+from cove.runtime.portguard import PortGuard, guard_ports
 from cove.runtime.spec import PortMapping
 
 Obj = dict[str, Any]
@@ -165,3 +166,62 @@ def test_policy_lets_outside_sources_in_only_through_published_ports() -> None:
     d = pc.decide(model, ipaddress.ip_address("192.0.2.9"), ipaddress.ip_address("10.1.0.3"),
                   L4.UDP, 53)  # fmt: skip
     assert not d.allowed
+
+
+class FakeNft:
+    """Records batches; ``fail`` makes the next transaction fail; ``listed``
+    is what the kernel's ``ports`` set would list."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Obj]] = []
+        self.replaced: list[list[Obj]] = []
+        self.fail = False
+        self.listed: list[str] | None = None
+
+    def transaction(self, cmds: list[Obj]) -> None:
+        if self.fail:
+            self.fail = False
+            raise DatapathError("nftables rejected the change: No such file or directory")
+        self.batches.append(cmds)
+
+    def replace_table(self, family: str, name: str, objects: list[Obj]) -> None:
+        assert (family, name) == ("bridge", "cove_guard")
+        self.replaced.append(objects)
+
+    def list_table(self, family: str, name: str) -> list[Obj]:
+        if self.listed is None:
+            return []
+        return [{"set": {"name": "ports", "elem": self.listed}}]
+
+
+def wanted_link(n: int) -> WantedLink:
+    return WantedLink(
+        f"e{n}", f"cv00000000e{n}", "eth0", f"0a:58:0a:59:00:0{n}", "cv-n", 1500,
+        (ipaddress.IPv4Interface(f"10.89.0.{n}/24"),),
+    )  # fmt: skip
+
+
+def test_port_guard_attaches_in_small_steps_and_rebuilds_when_out_of_step() -> None:
+    nft = FakeNft()
+    everything = [WantedContainer("c1", (wanted_link(1),))]
+    pg = PortGuard(nft, nft, lambda: everything)  # type: ignore[arg-type]
+    pg.sync(everything)
+    assert len(nft.replaced) == 1 and set(pg.ports) == {"cv00000000e1"}
+    # an attach: one batch of its own entries, no rebuild
+    everything = [WantedContainer("c1", (wanted_link(1), wanted_link(2)))]
+    pg.add("c1", wanted_link(2))
+    assert len(nft.replaced) == 1 and len(nft.batches) == 1
+    assert set(pg.ports) == {"cv00000000e1", "cv00000000e2"}
+    pg.sync(everything)  # nothing changed: nothing done
+    assert len(nft.replaced) == 1 and len(nft.batches) == 1
+    # the periodic pass compares with the kernel: an entry deleted by hand
+    nft.listed = ["cv00000000e1"]
+    pg.sync(everything, force=True)
+    assert len(nft.replaced) == 2
+    # a detach whose entries the kernel no longer had: rebuilt from the store
+    everything = [WantedContainer("c1", (wanted_link(1),))]
+    nft.fail = True
+    pg.remove(["cv00000000e2"])
+    assert len(nft.replaced) == 3 and set(pg.ports) == {"cv00000000e1"}
+    pg.forget("c1")
+    assert pg.ports == {} and nft.batches[-1][0]["delete"]["element"]["name"] == "ports"

@@ -36,8 +36,9 @@ from cove.datapath.netns import Interface, NetnsDatapath
 from cove.datapath.nftables import Nft
 from cove.errors import CoveError
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network
-from cove.runtime import etc, guard, ports
+from cove.runtime import etc, ports
 from cove.runtime import plan as planner
+from cove.runtime.portguard import PortGuard
 from cove.runtime.spec import Container
 from cove.store.base import Event, EventType, Store
 from cove.worker import Worker
@@ -152,17 +153,6 @@ def wanted(snap: Snapshot) -> list[planner.WantedContainer]:
     return out
 
 
-def guard_ports(want: Sequence[planner.WantedContainer]) -> dict[str, guard.Port]:
-    """The guard entries every wanted link needs, by host-side veth."""
-    return {
-        link.host_veth: guard.Port.of(
-            link.host_veth, w.id, link.mac, [a.ip for a in link.addresses]
-        )
-        for w in want
-        for link in w.links
-    }
-
-
 def published(snap: Snapshot) -> list[ports.Published]:
     out: list[ports.Published] = []
     for cid, c in snap.containers.items():
@@ -196,10 +186,7 @@ class ContainerReconciler:
         self._nft = nft
         # Guard entries change on every attach and detach: in-process when
         # the library is there (an nft process costs ~20 ms).
-        self._guard_nft = guard_nft or nft
-        # Ports guarded in ``bridge cove_guard`` as last applied; None until
-        # a full pass has put the whole table in place.
-        self._guarded: dict[str, guard.Port] | None = None
+        self.guard = PortGuard(guard_nft or nft, nft, lambda: wanted(read_snapshot(store)))
         self._files = files_dir
         self._host_resolv = host_resolv
         self._interval = interval
@@ -325,9 +312,9 @@ class ContainerReconciler:
             # Before any link comes up, so a new port is never unguarded.
             try:
                 if only is None:
-                    self._guard_all(want, force=force or self._guarded is None)
+                    self.guard.sync(want, force=force)
                 else:
-                    self._guard_container(only, want)
+                    self.guard.sync_container(only, want)
             except CoveError as exc:
                 log.error("port guard: %s", exc.message)
                 errors.append(exc)
@@ -396,7 +383,7 @@ class ContainerReconciler:
                 if gw is not None and first is link:
                     gateways.append(gw)
             try:
-                self._guard_add(cid, link)
+                self.guard.add(cid, link)
                 self._dp.attach(
                     cid, link.host_veth, link.interface, link.mac, link.mtu, link.bridge,
                     link.addresses, gateways,
@@ -432,7 +419,7 @@ class ContainerReconciler:
                 if self._retired:
                     self._reaper.kick()
             try:
-                self._guard_remove(host_veths)
+                self.guard.remove(host_veths)
             except CoveError as exc:
                 # The next full pass rebuilds the table without them.
                 log.warning("guard entries of %s: %s", name, exc.message)
@@ -510,89 +497,10 @@ class ContainerReconciler:
         its ports' guard entries."""
         self.remove_files(cid)
         with self.lock:
-            gone = [n for n, p in (self._guarded or {}).items() if p.container == cid]
             try:
-                self._guard_remove(gone)
+                self.guard.forget(cid)
             except CoveError as exc:
                 log.warning("guard entries of %s: %s", cid[:12], exc.message)
-
-    # -- port guard (``bridge cove_guard``) ----------------------------------
-
-    def _guard_all(self, want: Sequence[planner.WantedContainer], force: bool) -> None:
-        """Make the whole guard table match ``want``: rebuilt at once when
-        the ports differ from the last applied, or (``force``) from what
-        the kernel has, so missing entries come back and stale ones go."""
-        ports = guard_ports(want)
-        if not force and self._guarded == ports:
-            return
-        if force and self._guarded == ports and self._guard_kernel_ports() == set(ports):
-            return
-        self._guarded = None
-        self._guard_nft.replace_table(
-            guard.FAMILY, guard.TABLE, guard.table_objects(ports.values())
-        )
-        self._guarded = ports
-
-    def _guard_kernel_ports(self) -> set[str] | None:
-        """The ports the kernel's guard table lists; None without the table."""
-        objs = self._nft.list_table(guard.FAMILY, guard.TABLE)
-        if not objs:
-            return None
-        for o in objs:
-            body = o.get("set")
-            if body and body.get("name") == "ports":
-                return {e for e in body.get("elem", []) if isinstance(e, str)}
-        return None
-
-    def _guard_container(self, cid: str, want: Sequence[planner.WantedContainer]) -> None:
-        if self._guarded is None:
-            self._guard_all(wanted(read_snapshot(self._store)), force=True)
-            return
-        mine = {n: p for n, p in guard_ports(want).items() if p.container == cid}
-        stale = [p for n, p in self._guarded.items() if p.container == cid and n not in mine]
-        cmds = [c for p in stale for c in guard.delete_commands(p)]
-        for n, p in mine.items():
-            old = self._guarded.get(n)
-            if old != p:
-                cmds += (guard.delete_commands(old) if old else []) + guard.add_commands(p)
-        self._guard_apply(cmds, drop=[p.name for p in stale], add=list(mine.values()))
-
-    def _guard_add(self, cid: str, link: planner.WantedLink) -> None:
-        p = guard_ports([planner.WantedContainer(cid, (link,))])[link.host_veth]
-        if self._guarded is None:
-            self._guard_all(wanted(read_snapshot(self._store)), force=True)
-            return
-        old = self._guarded.get(p.name)
-        if old == p:
-            return
-        cmds = (guard.delete_commands(old) if old else []) + guard.add_commands(p)
-        self._guard_apply(cmds, drop=[], add=[p])
-
-    def _guard_remove(self, host_veths: Sequence[str]) -> None:
-        if not self._guarded:
-            return
-        gone = [self._guarded[n] for n in host_veths if n in self._guarded]
-        cmds = [c for p in gone for c in guard.delete_commands(p)]
-        self._guard_apply(cmds, drop=[p.name for p in gone], add=[])
-
-    def _guard_apply(
-        self, cmds: list[dict[str, Any]], drop: Sequence[str], add: Sequence[guard.Port]
-    ) -> None:
-        """One small transaction; if the kernel's table was not as recorded
-        (someone changed it), the whole table is rebuilt from the store."""
-        if not cmds or self._guarded is None:
-            return
-        try:
-            self._guard_nft.transaction(cmds)
-        except CoveError as exc:
-            log.warning("guard table out of step (%s); rebuilding it", exc.message)
-            self._guarded = None
-            self._guard_all(wanted(read_snapshot(self._store)), force=True)
-            return
-        for n in drop:
-            self._guarded.pop(n, None)
-        for p in add:
-            self._guarded[p.name] = p
 
     def _pass(self, kicked: bool) -> None:
         """The worker's pass: everything when asked (a network changed), on
