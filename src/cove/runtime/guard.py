@@ -19,7 +19,7 @@ host-side veth (``cv<10 hex>``), before anything else sees them::
         IPv4: source address the port's
         IPv6: RA and redirects never; NS/NA/RS through nd_<port>;
               ``::`` only for ICMPv6 (DAD, MLD); else the port's addresses
-        anything else (other ethertypes, VLAN tags): dropped
+        VLAN-tagged frames, and anything not ARP, IPv4 or IPv6: dropped
     chain nd_<port>: the first link-layer option of NS/NA/RS carries the
         port's MAC, and an NA's target is one of the port's addresses.
 
@@ -158,6 +158,12 @@ def _base_rules() -> list[Obj]:
             _match({"concat": [port, _payload("ether", "saddr")]}, "@mac", "!="),
             _DROP,
             comment="forged MAC",
+        ),
+        _rule(
+            "guard",
+            _match(ether_type, {"set": ["vlan", "8021ad"]}),
+            _DROP,
+            comment="VLAN tags: the checks below read the untagged headers",
         ),
         _rule(
             "guard",
