@@ -510,6 +510,13 @@ def test_guard_converges_after_kill_9(cove: Any, tools: tuple[str, str]) -> None
     run_attacker(cove, "evil", "gnet")
     veths = {inspect(cove, n)["endpoints"]["gnet"]["host_veth"] for n in ("sink", "evil")}
     assert eventually(lambda: guard_ports() == veths)
+    # connect and disconnect: the port is guarded, then its entries go
+    cove.ok("network", "create", "gnet2", "--subnet", "10.89.48.0/24")
+    cove.ok("network", "connect", "gnet2", "evil")
+    extra = inspect(cove, "evil")["endpoints"]["gnet2"]["host_veth"]
+    assert guard_ports() == veths | {extra}
+    cove.ok("network", "disconnect", "gnet2", "evil")
+    assert eventually(lambda: guard_ports() == veths)
     evil_veth = inspect(cove, "evil")["endpoints"]["gnet"]["host_veth"]
     cove.kill9()
     # While the agent is down, its entries hold; someone removes one and

@@ -205,6 +205,10 @@ class ContainerReconciler:
         self.last_error: str | None = None
         self._retired = 0
         self._last_retired = 0.0
+        # Guard entries of retired veths, removed with them by the reaper: a
+        # retired pair is down and carries nothing meanwhile, and ``detach``
+        # answers without waiting for nft.
+        self._unguard: list[str] = []
         self._reaper = Worker("cove-veth-reaper", self._reap, interval)
 
     def etc_dir(self, cid: str) -> Path:
@@ -230,6 +234,13 @@ class ContainerReconciler:
                 self._dp.reap()
             except CoveError as exc:
                 log.warning("cannot delete retired links: %s", exc.message)
+        with self.lock:
+            gone, self._unguard = self._unguard, []
+            try:
+                self.guard.remove(gone)
+            except CoveError as exc:
+                # The next full pass rebuilds the table without them.
+                log.warning("guard entries of retired links: %s", exc.message)
 
     def _reap(self, _kicked: bool) -> None:
         deadline = time.monotonic() + _REAP_WAIT
@@ -418,11 +429,7 @@ class ContainerReconciler:
             finally:
                 if self._retired:
                     self._reaper.kick()
-            try:
-                self.guard.remove(host_veths)
-            except CoveError as exc:
-                # The next full pass rebuilds the table without them.
-                log.warning("guard entries of %s: %s", name, exc.message)
+            self._unguard.extend(host_veths)
             self._write_etc(snap, c)
             self._synced[cid] = max(self._synced.get(cid, 0), snap.revision)
 
