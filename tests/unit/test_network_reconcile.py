@@ -88,7 +88,7 @@ def test_internal_network_has_no_masquerade_and_is_fenced() -> None:
     outer, _ = svc.create(NetworkSpec(name="outer", subnets=["10.51.0.0/24"]))
     rules = json.dumps(firewall.compile_table([inner, outer]))
     assert "egress outer" in rules and "egress inner" not in rules
-    assert rules.count("internal inner") == 2
+    assert rules.count("internal inner") == 3  # in and out of forward, and input
     assert "isolation between cove networks" in rules
 
 

@@ -77,7 +77,9 @@ def test_decide_explains_every_outcome() -> None:
     assert not pc.decide(model, IP("10.1.0.3"), IP("10.1.0.2"), L4.TCP, 5432).allowed
     assert not pc.decide(model, IP("10.2.0.2"), IP("10.1.0.3"), L4.TCP, 5432).allowed
     assert pc.decide(model, IP("10.1.0.3"), IP("10.2.0.2"), L4.TCP, 1).allowed
-    assert pc.decide(model, IP("192.0.2.9"), IP("10.1.0.3"), L4.TCP, 1).allowed
+    # A source that is no cove endpoint is judged, not waved through.
+    outside = pc.decide(model, IP("192.0.2.9"), IP("10.1.0.3"), L4.TCP, 1)
+    assert not outside.allowed and "only published ports" in outside.reason
 
 
 def test_a_name_is_a_container_first_then_a_service() -> None:

@@ -34,6 +34,10 @@ class Nft:
             raise Unavailable(f"nftables is not installed: '{binary}' not found")
         self._binary = path
 
+    def close(self) -> None:
+        """Nothing to release (each batch is its own process); here so
+        ``Nft`` and ``LibNft`` are interchangeable."""
+
     def transaction(self, commands: Sequence[Mapping[str, Any]]) -> None:
         """Run ``commands`` (nft JSON commands such as ``{"add": {...}}``)
         as one atomic batch. Raises ``DatapathError`` with nft's message."""

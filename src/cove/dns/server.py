@@ -102,12 +102,16 @@ class DnsServer:
 
     # -- listeners ---------------------------------------------------------
 
-    def add(self, address: IPAddress, port: int, network: str | None) -> int:
+    def add(
+        self, address: IPAddress, port: int, network: str | None, device: str | None = None
+    ) -> int:
         """Listen on ``address:port`` over UDP and TCP; returns the port (the
-        one the kernel picked when ``port`` is 0). Raises ``Unavailable``
-        when the address cannot be bound."""
+        one the kernel picked when ``port`` is 0). With ``device`` (a
+        network's bridge) only packets that arrived on that interface
+        reach the listener. Raises ``Unavailable`` when the address cannot
+        be bound or the device does not exist (yet)."""
         with self._lock:
-            udp, tcp = _bind_pair(address, port)
+            udp, tcp = _bind_pair(address, port, device)
             bound = udp.getsockname()[1]
             lu, lt = _Listener(udp, False, network), _Listener(tcp, True, network)
             self._fds = {**self._fds, udp.fileno(): lu, tcp.fileno(): lt}
@@ -396,16 +400,23 @@ def _recv_exact(conn: socket.socket, n: int, deadline: float) -> bytes | None:
     return buf
 
 
-def _bind_pair(address: IPAddress, port: int) -> tuple[socket.socket, socket.socket]:
+def _bind_pair(
+    address: IPAddress, port: int, device: str | None = None
+) -> tuple[socket.socket, socket.socket]:
     """A UDP and a TCP socket on the same address and port (when ``port`` is
-    0, the kernel's pick for UDP, tried for TCP a few times)."""
+    0, the kernel's pick for UDP, tried for TCP a few times), bound to
+    ``device`` if given."""
     last: OSError | None = None
     for _ in range(8):
-        udp = _socket(address, socket.SOCK_DGRAM)
+        try:
+            udp = _socket(address, socket.SOCK_DGRAM, device)
+        except OSError as exc:
+            last = exc
+            break
         try:
             udp.bind((str(address), port))
             bound = udp.getsockname()[1]
-            tcp = _socket(address, socket.SOCK_STREAM)
+            tcp = _socket(address, socket.SOCK_STREAM, device)
             try:
                 tcp.bind((str(address), bound))
                 tcp.listen(64)
@@ -421,11 +432,17 @@ def _bind_pair(address: IPAddress, port: int) -> tuple[socket.socket, socket.soc
     raise Unavailable(f"cannot listen for DNS on {address} port {port}: {last}") from last
 
 
-def _socket(address: IPAddress, kind: int) -> socket.socket:
+def _socket(address: IPAddress, kind: int, device: str | None = None) -> socket.socket:
     v6 = address.version == 6
     s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
     try:
         s.setblocking(False)
+        if device is not None:
+            # The gateway address is a host address, reachable from any
+            # interface: a container on another network (or one that took
+            # an address of this network) must not be answered as if it
+            # were on this one, nor have its names forwarded upstream.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         if kind == socket.SOCK_STREAM:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if v6:

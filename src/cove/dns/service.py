@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,15 @@ from cove.store.hub import Subscription, WatchHub
 log = logging.getLogger(__name__)
 
 _LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+# Seconds before listening again on a bridge that is not there yet: the
+# network reconciler makes it within milliseconds of the store write, and a
+# container may ask its gateway right after ``network create`` returns.
+_RETRY_FIRST = 0.01
+_RETRY_FAST_FOR = 300  # attempts (3 s), then
+_RETRY_MAX = 0.5
+# A listener is bound to its bridge's index: a bridge deleted and made again
+# (by hand, repaired by the network reconciler) needs a new listener.
+_RECHECK_GATEWAYS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +125,12 @@ class DnsService:
         self._server = DnsServer(self._responder, self._forwarder, workers=cfg.forward_workers)
         self._loaded = 0
         self._gateways: dict[tuple[IPAddress, int], tuple[str, int]] = {}
+        self._gateway_index: dict[tuple[IPAddress, int], int] = {}  # of its bridge
         self._listener_lock = threading.Lock()
         self._listened_nets: frozenset[str] = frozenset()
+        self._retry: threading.Timer | None = None
+        self._retries = 0
+        self._stopped = False
         self._subs: list[Subscription] = []
         self.host_port = cfg.host_port
 
@@ -137,8 +151,15 @@ class DnsService:
         self.host_port = self._server.add(self.config.host_address, self.config.host_port, None)
         self._server.start()
         self._follow_gateways()
+        if self.config.listen_on_gateways:
+            self._retry_gateways(_RECHECK_GATEWAYS)
 
     def stop(self) -> None:
+        with self._listener_lock:
+            self._stopped = True
+            if self._retry is not None:
+                self._retry.cancel()
+                self._retry = None
         for sub in self._subs:
             sub.cancel()
         self._subs = []
@@ -146,28 +167,40 @@ class DnsService:
             self._hub.stop()
         self._server.stop()
 
-    def set_network_listeners(self, listeners: Mapping[str, Iterable[IPAddress]]) -> None:
+    def set_network_listeners(
+        self,
+        listeners: Mapping[str, Iterable[IPAddress]],
+        devices: Mapping[str, str] | None = None,
+    ) -> None:
         """Listen on exactly these gateway addresses (network name -> its
         gateways), port ``gateway_port``; listeners no longer named close.
-        Raises ``Unavailable`` when an address cannot be bound (the others
-        are still set up)."""
+        ``devices`` (network name -> its bridge) scopes each listener to
+        packets that arrived on its bridge. Raises ``Unavailable`` when an
+        address cannot be bound (the others are still set up)."""
         port = self.config.gateway_port
+        devs = devices or {}
         want = {(a, port): net for net, addrs in listeners.items() for a in addrs}
         failed: Exception | None = None
         with self._listener_lock:
             for key, (net, bound) in list(self._gateways.items()):
-                if want.get(key) != net:
+                dev = devs.get(net)
+                moved = dev is not None and self._gateway_index.get(key) != _if_index(dev)
+                if want.get(key) != net or moved:
                     self._server.remove(key[0], bound)
                     del self._gateways[key]
+                    self._gateway_index.pop(key, None)
             for key, net in want.items():
                 if key in self._gateways:
                     continue
                 try:
-                    bound = self._server.add(key[0], port, net)
+                    bound = self._server.add(key[0], port, net, devs.get(net))
                 except Exception as exc:
                     failed = exc
                     continue
                 self._gateways[key] = (net, bound)
+                dev = devs.get(net)
+                if dev is not None:
+                    self._gateway_index[key] = _if_index(dev)
             # Read by store callbacks that hold the view lock and must not
             # take this one (lock order: listeners, then view).
             self._listened_nets = frozenset(net for net, _ in self._gateways.values())
@@ -223,10 +256,37 @@ class DnsService:
             want = {
                 name: [s.gateway for s in net.subnets] for name, net in self._view.networks.items()
             }
+            devices = {name: net.bridge for name, net in self._view.networks.items()}
         try:
-            self.set_network_listeners(want)
+            self.set_network_listeners(want, devices)
         except CoveError as exc:
-            log.warning("DNS: %s", exc)
+            # Most often a bridge the network reconciler has not made yet:
+            # try again shortly rather than wait for the next network change.
+            self._retries += 1
+            log.log(logging.INFO if self._retries == 1 else logging.DEBUG, "DNS: %s", exc)
+            self._retry_gateways(_RETRY_FIRST if self._retries < _RETRY_FAST_FOR else _RETRY_MAX)
+            return
+        self._retries = 0
+
+    def _retry_gateways(self, delay: float) -> None:
+        with self._listener_lock:
+            if self._stopped:
+                return
+            if self._retry is not None:
+                if delay >= _RECHECK_GATEWAYS:
+                    return
+                self._retry.cancel()
+            self._retry = threading.Timer(delay, self._retried)
+            self._retry.daemon = True
+            self._retry.start()
+
+    def _retried(self) -> None:
+        with self._listener_lock:
+            self._retry = None
+            if self._stopped:
+                return
+        self._follow_gateways()
+        self._retry_gateways(_RECHECK_GATEWAYS)
 
     def _on_events(self, events: Sequence[Event]) -> None:
         deps: set[str] = set()
@@ -262,3 +322,11 @@ class DnsService:
             return
         deps = [svc_dep(s) for s in change.services] + [node_dep(n) for n in change.nodes]
         self._cache.invalidate(deps)
+
+
+def _if_index(name: str) -> int:
+    """The interface's index now; 0 when it does not exist."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return 0

@@ -1,9 +1,16 @@
 """Compile the networks into cove's nft table ``inet cove`` (pure).
 
-- forward: replies pass; connections that were DNATed (published ports,
-  service VIPs) may cross networks; an internal network's bridge neither
-  sends nor receives routed traffic beyond itself; everything else routed
-  from one cove bridge to another is dropped (isolation, as in Docker).
+- forward: an internal network's bridge neither sends nor receives routed
+  traffic beyond itself, checked first, so neither replies nor DNATed
+  connections (a VIP or a published port that points outside) open a way
+  out; then replies pass; connections that were DNATed (published ports,
+  service VIPs) may cross networks; everything else routed from one cove
+  bridge to another is dropped (isolation, as in Docker).
+- input: a container never reaches the host's loopback addresses (the
+  bridges of published ports have ``route_localnet`` on, which would let
+  it), except the replies of the host's own connections to a published
+  port; a container on an internal network reaches only its gateway's DNS
+  and ICMP (ping, ND) on the host.
 - postrouting: egress masquerade for each non-internal network's subnets.
 """
 
@@ -38,6 +45,18 @@ _ACCEPT: Obj = {"accept": None}
 _DROP: Obj = {"drop": None}
 
 
+def _ct(key: str, op: str, value: Any) -> Obj:
+    return {"match": {"op": op, "left": {"ct": {"key": key}}, "right": value}}
+
+
+def _daddr(version: int) -> Obj:
+    return {"payload": {"protocol": "ip" if version == 4 else "ip6", "field": "daddr"}}
+
+
+_BRIDGES = BRIDGE_PREFIX + "*"
+_LOOPBACK = ((4, {"prefix": {"addr": "127.0.0.0", "len": 8}}), (6, "::1"))
+
+
 def compile_table(networks: Iterable[Network]) -> list[Obj]:
     nets = sorted(networks, key=lambda n: n.name)
     objs: list[Obj] = [
@@ -52,6 +71,15 @@ def compile_table(networks: Iterable[Network]) -> list[Obj]:
         },
         {
             "chain": {
+                "name": "input",
+                "type": "filter",
+                "hook": "input",
+                "prio": 0,
+                "policy": "accept",
+            }
+        },
+        {
+            "chain": {
                 "name": "postrouting",
                 "type": "nat",
                 "hook": "postrouting",
@@ -59,52 +87,42 @@ def compile_table(networks: Iterable[Network]) -> list[Obj]:
                 "policy": "accept",
             }
         },
-        _rule(
-            "forward",
-            {
-                "match": {
-                    "op": "in",
-                    "left": {"ct": {"key": "state"}},
-                    "right": ["established", "related"],
-                }
-            },
-            _ACCEPT,
-        ),
-        _rule(
-            "forward",
-            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-            _ACCEPT,
-        ),
     ]
     for net in nets:
+        if not net.internal:
+            continue
         br = net.bridge
-        if net.internal:
-            objs.append(
-                _rule(
-                    "forward",
-                    _meta("iifname", "==", br),
-                    _meta("oifname", "!=", br),
-                    _DROP,
-                    comment=f"internal {net.name}",
-                )
+        objs.append(
+            _rule(
+                "forward",
+                _meta("iifname", "==", br),
+                _meta("oifname", "!=", br),
+                _DROP,
+                comment=f"internal {net.name}",
             )
-            objs.append(
-                _rule(
-                    "forward",
-                    _meta("oifname", "==", br),
-                    _meta("iifname", "!=", br),
-                    _DROP,
-                    comment=f"internal {net.name}",
-                )
+        )
+        objs.append(
+            _rule(
+                "forward",
+                _meta("oifname", "==", br),
+                _meta("iifname", "!=", br),
+                _DROP,
+                comment=f"internal {net.name}",
             )
+        )
+    objs.append(_rule("forward", _ct("state", "in", ["established", "related"]), _ACCEPT))
+    objs.append(_rule("forward", _ct("status", "in", "dnat"), _ACCEPT))
+    objs.extend(_input_rules(nets))
+    for net in nets:
+        br = net.bridge
         objs.append(
             _rule("forward", _meta("iifname", "==", br), _meta("oifname", "==", br), _ACCEPT)
         )
     objs.append(
         _rule(
             "forward",
-            _meta("iifname", "==", BRIDGE_PREFIX + "*"),
-            _meta("oifname", "==", BRIDGE_PREFIX + "*"),
+            _meta("iifname", "==", _BRIDGES),
+            _meta("oifname", "==", _BRIDGES),
             _DROP,
             comment="isolation between cove networks",
         )
@@ -135,6 +153,75 @@ def compile_table(networks: Iterable[Network]) -> list[Obj]:
                 )
             )
     return objs
+
+
+def _input_rules(nets: list[Network]) -> list[Obj]:
+    rules: list[Obj] = []
+    for version, loopback in _LOOPBACK:
+        # The replies of the host's own 127.0.0.1 connections to a published
+        # port come back with the loopback address once un-masqueraded.
+        match = {"match": {"op": "==", "left": _daddr(version), "right": loopback}}
+        rules.append(
+            _rule(
+                "input",
+                _meta("iifname", "==", _BRIDGES),
+                match,
+                _ct("direction", "==", "reply"),
+                _ACCEPT,
+            )
+        )
+        rules.append(
+            _rule(
+                "input",
+                _meta("iifname", "==", _BRIDGES),
+                match,
+                _DROP,
+                comment="the host's loopback, from a container",
+            )
+        )
+    for net in nets:
+        if not net.internal:
+            continue
+        br = net.bridge
+        rules.append(
+            _rule(
+                "input",
+                _meta("iifname", "==", br),
+                _ct("state", "in", ["established", "related"]),
+                _ACCEPT,
+            )
+        )
+        for sub in net.subnets:
+            gw = {
+                "match": {"op": "==", "left": _daddr(sub.cidr.version), "right": str(sub.gateway)}
+            }
+            l4 = {
+                "match": {
+                    "op": "==",
+                    "left": {"meta": {"key": "l4proto"}},
+                    "right": {"set": ["tcp", "udp"]},
+                }
+            }
+            dport = {
+                "match": {
+                    "op": "==",
+                    "left": {"payload": {"protocol": "th", "field": "dport"}},
+                    "right": 53,
+                }
+            }
+            rules.append(_rule("input", _meta("iifname", "==", br), gw, l4, dport, _ACCEPT))
+        icmp = {
+            "match": {
+                "op": "==",
+                "left": {"meta": {"key": "l4proto"}},
+                "right": {"set": ["icmp", "ipv6-icmp"]},
+            }
+        }
+        rules.append(_rule("input", _meta("iifname", "==", br), icmp, _ACCEPT))
+        rules.append(
+            _rule("input", _meta("iifname", "==", br), _DROP, comment=f"internal {net.name}")
+        )
+    return rules
 
 
 def digest(objs: list[Obj]) -> str:

@@ -7,11 +7,16 @@ traffic between containers of one bridge thanks to br_netfilter::
     ct state established,related accept          replies of allowed flows
     ip daddr @deny_v4 jump ingress               into a default-deny network
     ingress:
-      ip saddr != @cove_v4 accept                from the host or outside
-                                                 (published ports decide)
+      ip saddr != @cove_v4 ct mark & P == P accept
+                                                 from outside cove, through a
+                                                 published port (marked P there)
       ip saddr . ip daddr @self_v4 accept        a container to itself (VIP hairpin)
       ip saddr {..} ip daddr {..} [th dport] accept   one per rule
       reject (TCP reset / ICMP admin-prohibited)
+
+Any other source is judged like a container's: an address that is no
+known endpoint (another host, or a container forging one) gets through only
+by a rule. The host's own connections never pass the forward hook.
 
 Default-deny networks are matched by subnet, not by member address, so a
 container that has just started is denied until a rule names it: there is
@@ -30,6 +35,7 @@ from typing import Any
 
 from cove.model import Endpoint, IPAddress, IPNetwork, Network
 from cove.policy.model import L4, Rule, Selector, SelectorKind
+from cove.runtime.ports import PUBLISHED_MARK
 
 FAMILY = "inet"
 TABLE = "cove_policy"
@@ -136,8 +142,7 @@ def decide(model: Model, src: IPAddress, dst: IPAddress, proto: L4, port: int) -
     net = next((name for name, cidr in model.deny if _in(dst, cidr)), None)
     if net is None:
         return Decision(True, "the destination's network does not deny by default")
-    if not any(_in(src, c) for c in model.cove):
-        return Decision(True, "the source is outside cove networks (published ports decide)")
+    outside = not any(_in(src, c) for c in model.cove)
     if src == dst and src in model.selves:
         return Decision(True, "a container may always reach itself (through a VIP too)")
     for r in model.rules:
@@ -146,6 +151,12 @@ def decide(model: Model, src: IPAddress, dst: IPAddress, proto: L4, port: int) -
         if r.rule.ports and not any(p.matches(proto, port) for p in r.rule.ports):
             continue
         return Decision(True, f"allowed by rule {r.rule.id}", r.rule.id)
+    if outside:
+        return Decision(
+            False,
+            f"denied by default on network {net!r}: the source is no container of a cove"
+            " network (only published ports let it in)",
+        )
     return Decision(False, f"denied by default on network {net!r}")
 
 
@@ -222,9 +233,16 @@ def compile_table(model: Model) -> list[Obj]:
                     "chain": "ingress",
                     "expr": [
                         {"match": {"op": "!=", "left": _addr(v, "saddr"), "right": f"@cove_v{v}"}},
+                        {
+                            "match": {
+                                "op": "==",
+                                "left": {"&": [{"ct": {"key": "mark"}}, PUBLISHED_MARK]},
+                                "right": PUBLISHED_MARK,
+                            }
+                        },
                         {"accept": None},
                     ],
-                    "comment": "from the host or outside",
+                    "comment": "from outside cove, through a published port",
                 }
             }
         )

@@ -35,6 +35,9 @@ from cove.runtime.spec import PortMapping
 
 FAMILY = "inet"
 TABLE = "cove_ports"
+PUBLISHED_MARK = 0x01000000
+"""Conntrack mark bit of connections DNATed by a published port, so the
+policy table can let those in from outside cove and nothing else."""
 
 Obj = dict[str, Any]
 
@@ -81,10 +84,12 @@ def _dnat(m: PortMapping, target: ipaddress.IPv4Address | ipaddress.IPv6Address)
             expr.append(_match(_daddr(family), "::1", op="!="))
     else:
         expr.append(_match(_daddr(family), str(m.host_ip)))
+    mark = {"ct": {"key": "mark"}}
     return [
         *expr,
         _match(_meta("l4proto"), m.proto.value),
         _match({"payload": {"protocol": "th", "field": "dport"}}, m.host_port),
+        {"mangle": {"key": mark, "value": {"|": [mark, PUBLISHED_MARK]}}},
         {"dnat": {"family": family, "addr": str(target), "port": m.port}},
     ]
 
@@ -136,6 +141,15 @@ def compile_table(published: Iterable[Published]) -> list[Obj]:
 
 
 def localnet_bridges(published: Iterable[Published]) -> set[str]:
-    """Bridges that must accept DNATed packets with a loopback source
-    (127.0.0.0/8: IPv4 only)."""
-    return {p.bridge for p in published if any(t.version == 4 for t in p.targets())}
+    """Bridges that must route packets with a loopback source and the
+    replies to them (``route_localnet``): those of IPv4 mappings the host
+    may reach on 127.0.0.1, without a host IP or with a loopback one. A
+    container on such a bridge is kept from the host's loopback by the
+    input chain of ``inet cove``."""
+    out = set()
+    for p in published:
+        ip = p.mapping.host_ip
+        on_loopback = ip is None or ip.is_unspecified or ip.is_loopback
+        if on_loopback and any(t.version == 4 for t in p.targets()):
+            out.add(p.bridge)
+    return out

@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cove.datapath.libnft import LibNft
 from cove.datapath.netns import Interface, NetnsDatapath
 from cove.datapath.nftables import Nft
 from cove.errors import CoveError, storage_error
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network
 from cove.runtime import etc, ports
 from cove.runtime import plan as planner
+from cove.runtime.portguard import PortGuard
 from cove.runtime.spec import Container
 from cove.store.base import Event, EventType, Store
 from cove.worker import Worker
@@ -177,10 +179,14 @@ class ContainerReconciler:
         files_dir: Path,
         host_resolv: Callable[[], str],
         interval: float = 15.0,
+        guard_nft: LibNft | Nft | None = None,
     ) -> None:
         self._store = store
         self._dp = datapath
         self._nft = nft
+        # Guard entries change on every attach and detach: in-process when
+        # the library is there (an nft process costs ~20 ms).
+        self.guard = PortGuard(guard_nft or nft, nft, lambda: wanted(read_snapshot(store)))
         self._files = files_dir
         self._host_resolv = host_resolv
         self._interval = interval
@@ -199,6 +205,10 @@ class ContainerReconciler:
         self.last_error: str | None = None
         self._retired = 0
         self._last_retired = 0.0
+        # Guard entries of retired veths, removed with them by the reaper: a
+        # retired pair is down and carries nothing meanwhile, and ``detach``
+        # answers without waiting for nft.
+        self._unguard: list[str] = []
         self._reaper = Worker("cove-veth-reaper", self._reap, interval)
 
     def etc_dir(self, cid: str) -> Path:
@@ -224,6 +234,13 @@ class ContainerReconciler:
                 self._dp.reap()
             except CoveError as exc:
                 log.warning("cannot delete retired links: %s", exc.message)
+        with self.lock:
+            gone, self._unguard = self._unguard, []
+            try:
+                self.guard.remove(gone)
+            except CoveError as exc:
+                # The next full pass rebuilds the table without them.
+                log.warning("guard entries of retired links: %s", exc.message)
 
     def _reap(self, _kicked: bool) -> None:
         deadline = time.monotonic() + _REAP_WAIT
@@ -289,9 +306,12 @@ class ContainerReconciler:
             if ev.revision > self._synced.get(cid, 0):
                 self.kick(cid, name if isinstance(name, str) else None)
 
-    def sync(self, only: str | None = None, name: str | None = None) -> list[planner.Op]:
+    def sync(
+        self, only: str | None = None, name: str | None = None, *, force: bool = False
+    ) -> list[planner.Op]:
         """One pass (``only``: just that container, whose ``name`` makes the
-        store read cheap). Raises the first ``CoveError`` of an ``only``
+        store read cheap; ``force``: check the kernel's guard table even if
+        nothing changed). Raises the first ``CoveError`` of an ``only``
         pass; a full pass logs and goes on."""
         with self.lock, self._dp.session():
             if only is not None and name is not None:
@@ -299,6 +319,16 @@ class ContainerReconciler:
             else:
                 snap = read_snapshot(self._store)
             want = wanted(snap)
+            errors: list[CoveError] = []
+            # Before any link comes up, so a new port is never unguarded.
+            try:
+                if only is None:
+                    self.guard.sync(want, force=force)
+                else:
+                    self.guard.sync_container(only, want)
+            except CoveError as exc:
+                log.error("port guard: %s", exc.message)
+                errors.append(exc)
             if only is None:
                 observed = self._dp.observe()
                 files = self._dp.list_netns()
@@ -308,7 +338,6 @@ class ContainerReconciler:
                 observed = self._dp.observe([only], veths)
                 files = []
             ops = planner.plan(want, observed, files, only=only)
-            errors: list[CoveError] = []
             for op in ops:
                 try:
                     self._apply(op)
@@ -370,6 +399,7 @@ class ContainerReconciler:
                 if gw is not None and first is link:
                     gateways.append(gw)
             try:
+                self.guard.add(cid, link)
                 self._dp.attach(
                     cid, link.host_veth, link.interface, link.mac, link.mtu, link.bridge,
                     link.addresses, gateways,
@@ -404,6 +434,7 @@ class ContainerReconciler:
             finally:
                 if self._retired:
                     self._reaper.kick()
+            self._unguard.extend(host_veths)
             self._write_etc(snap, c)
             self._synced[cid] = max(self._synced.get(cid, 0), snap.revision)
 
@@ -450,8 +481,17 @@ class ContainerReconciler:
             self._ports_digest = None
         if digest == self._ports_digest:
             return
-        for bridge in sorted(ports.localnet_bridges(items)):
-            self._dp.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
+        # Only where the host's 127.0.0.1 clients need it, and off again
+        # once they no longer do.
+        localnet = ports.localnet_bridges(items)
+        bridges = localnet | {n.bridge for n in snap.networks.values()}
+        for bridge in sorted(bridges):
+            value = "1" if bridge in localnet else "0"
+            try:
+                self._dp.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", value)
+            except CoveError:
+                if bridge in localnet:
+                    raise
         self._nft.replace_table(ports.FAMILY, ports.TABLE, objs)
         self._ports_digest = digest
 
@@ -464,6 +504,16 @@ class ContainerReconciler:
     def remove_files(self, cid: str) -> None:
         shutil.rmtree(self._files / cid, ignore_errors=True)
 
+    def forget(self, cid: str) -> None:
+        """Remove what cove keeps for a removed container: its files and
+        its ports' guard entries."""
+        self.remove_files(cid)
+        with self.lock:
+            try:
+                self.guard.forget(cid)
+            except CoveError as exc:
+                log.warning("guard entries of %s: %s", cid[:12], exc.message)
+
     def _pass(self, kicked: bool) -> None:
         """The worker's pass: everything when asked (a network changed), on
         the periodic tick, and at least every ``interval`` under steady
@@ -474,7 +524,7 @@ class ContainerReconciler:
             self._wake = False
         if full:
             self._next_full = time.monotonic() + self._interval
-            self.sync()
+            self.sync(force=not kicked)
             return
         for cid, name in sorted(pending.items()):
             try:

@@ -400,7 +400,7 @@ class ContainerService:
             for ep in endpoints:
                 self._netns.delete_link(ep.host_veth)
             self._netns.delete_netns(c.id)
-            self._rec.remove_files(c.id)
+            self._rec.forget(c.id)
         if c.ports:
             self._rec.sync_ports()
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cove.clock import Clock
+from cove.datapath.libnft import open_nft
 from cove.datapath.netns import NetnsDatapath, remove_ns_file
 from cove.datapath.nftables import Nft
 from cove.errors import CoveError
@@ -51,8 +52,9 @@ class ContainerRuntime:
         self.netns = NetnsDatapath(run_dir / "netns")
         self.supervisor = SupervisorClient(run_dir)
         files = state_dir / "containers"
+        self.guard_nft = open_nft()
         self.reconciler = ContainerReconciler(
-            store, self.netns, nft, files, self._host_resolv, interval
+            store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft
         )
         self.service = ContainerService(
             store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
@@ -86,6 +88,7 @@ class ContainerRuntime:
         self._undo.stop()
         self.reconciler.stop()
         self.netns.close()
+        self.guard_nft.close()
 
 
 def teardown(run_dir: Path, timeout: float = 10.0) -> None:
