@@ -47,6 +47,7 @@ from cove.network.service import NetworkService
 from cove.policy.wiring import PolicyParts
 from cove.registry import Registry
 from cove.registry.runner import CheckRunner
+from cove.runtime.dns_handover import SupervisorKeeper
 from cove.runtime.registration import ServiceRegistrar
 from cove.runtime.wiring import ContainerRuntime
 from cove.store import open_store
@@ -192,6 +193,7 @@ class Agent:
             ),
             hub=self.hub,
             services=RegistryServices(self.registry.queries, self.hub),
+            keeper=SupervisorKeeper(config.run_dir),
         )
 
     def _core_metrics(self) -> list[tuple[str, str, float]]:

@@ -7,7 +7,6 @@ answer), ``cache`` (encoded responses), ``responder`` (the slow path),
 (``DnsService``, what the agent owns).
 """
 
-
 import importlib
 from typing import TYPE_CHECKING, Any
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from cove.runtime import linux
+from cove.runtime.dns_keeper import KEEP_OP, DnsKeeper
 from cove.runtime.launch import LaunchError, LaunchSpec, spawn
 from cove.runtime.state import (
     ProcessState,
@@ -74,6 +75,7 @@ class Supervisor:
         self.sel = selectors.DefaultSelector()
         self.buffers: dict[int, bytes] = {}
         self.running = True
+        self.dns = DnsKeeper(self.sel, root)
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -297,6 +299,8 @@ class Supervisor:
                     os.close(obj)
                     cid = self.pidfds.pop(obj)
                     self._exited(cid, -1)
+                elif kind.startswith("dns-"):
+                    self.dns.on_event(kind, obj)
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
                 _, _, _, fn = heapq.heappop(self.timers)
@@ -355,6 +359,9 @@ class Supervisor:
 
         try:
             req = json.loads(line)
+            if isinstance(req, dict) and req.get("op") == KEEP_OP:
+                self.dns.attach(conn)  # a long-lived connection: see dns_keeper
+                return
             self.handle(req, reply)
         except (ValueError, KeyError, TypeError) as exc:
             reply({"ok": False, "kind": "invalid_argument", "error": f"bad request: {exc}"})
