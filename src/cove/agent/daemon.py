@@ -272,6 +272,8 @@ async def _serve(config: AgentConfig) -> None:
         await agent.checks.start()
         async with _sites(agent):
             tune_interpreter()  # after start-up: what it loaded is frozen
+            if agent.dns is not None:
+                agent.dns.serve()  # from the supervisor, which answered meanwhile
             log.info(
                 "cove agent %s ready: socket %s, http %s, store %s",
                 __version__,

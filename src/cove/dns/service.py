@@ -121,6 +121,7 @@ class DnsService:
         )
         self._keeper = keeper
         self._feed: SnapshotFeed | None = None
+        self._deferred = False
         self._loaded = 0
         self._gateways: dict[tuple[IPAddress, int], tuple[str, int]] = {}
         self._listener_lock = threading.Lock()
@@ -133,8 +134,9 @@ class DnsService:
     def start(self) -> None:
         """Load the view, follow the store and listen on the host address.
         Raises ``Unavailable`` when the host listener cannot be bound."""
-        if self._keeper is not None:
-            self._keeper.open()  # before binding: the kept sockets come back
+        # Before binding: the kept sockets come back. While the keeper
+        # answers on them, this service waits for ``serve``.
+        self._deferred = self._keeper is not None and self._keeper.open()
         self._services.subscribe(self._on_services)
         self._subs = [
             self._hub.subscribe(NETWORKS, self._on_events),
@@ -145,12 +147,24 @@ class DnsService:
             self._hub.start()
         self._reload()
         self.host_port = self._server.add(self.config.host_address, self.config.host_port, None)
-        self._server.start()
+        if not self._deferred:
+            self._server.start()
         self._follow_gateways()
         if self._keeper is not None:
             self._feed = SnapshotFeed(self._snapshot, self._keeper.save)
             self._feed.start()
             self._keeper.unclaimed()
+
+    def serve(self) -> None:
+        """Answer from now on, taking over from the keeper. With a keeper
+        that answers, ``start`` leaves the answering to it until this is
+        called: the agent calls it once the rest of its start-up (imports,
+        loading, a full garbage collection) is over, so the pauses of
+        start-up are not the containers' pauses."""
+        if self._deferred:
+            self._deferred = False
+            self._server.start()
+        if self._keeper is not None:
             self._keeper.serving()
 
     def stop(self) -> None:

@@ -48,15 +48,18 @@ VERSION = 1
 class ListenerKeeper(Protocol):
     """Keeps duplicates of the DNS listening sockets outside the agent.
 
-    ``DnsService`` calls ``open`` first. ``DnsServer`` calls ``take`` before
-    binding (a pair kept from an earlier agent is reused, so the address is
-    never unbound), ``keep`` after every listener it opens and ``drop`` when
-    it closes one for good. ``DnsService``
-    calls ``serving`` once it answers on everything it took, ``unclaimed``
-    for the pairs it did not take back, ``save`` with each new snapshot, and
-    ``release`` when it stops (the keeper answers from then on)."""
+    ``DnsService.start`` calls ``open`` first (False: no keeper after all).
+    ``DnsServer`` calls ``take`` before binding (a pair kept from an earlier
+    agent is reused, so the address is never unbound), ``keep`` after every
+    listener it opens and ``drop`` when it closes one for good.
+    ``DnsService`` calls ``unclaimed`` for the pairs it did not take back,
+    ``save`` with each new snapshot, ``serving`` once it answers (from
+    ``serve``) and ``release`` when it stops: the keeper answers from then
+    on."""
 
-    def open(self) -> None: ...
+    def open(self) -> bool:
+        """Whether the keeper is there (and answers until ``serving``)."""
+        ...
 
     def take(self, address: IPAddress, port: int) -> tuple[socket.socket, socket.socket] | None: ...
 

@@ -42,11 +42,12 @@ class SupervisorKeeper:
         # What the supervisor holds, so a pair taken back is not sent again.
         self._kept: dict[_Key, str | None] = {}
 
-    def open(self) -> None:
-        """Connect and take back the pairs the supervisor keeps."""
+    def open(self) -> bool:
+        """Connect and take back the pairs the supervisor keeps; False when
+        the supervisor does not keep listeners."""
         with self._lock:
             if self._ch is not None:
-                return
+                return True
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             ch = Channel(sock)
             try:
@@ -62,9 +63,10 @@ class SupervisorKeeper:
                 )
                 ch.close()
                 self._close_taken()
-                return
+                return False
             self._ch = ch
             log.info("DNS listeners shared with the supervisor (%d taken back)", len(self._taken))
+            return True
 
     def _receive_held(self, ch: Channel) -> None:
         while True:

@@ -175,6 +175,11 @@ class DnsKeeper:
     def on_event(self, kind: str, obj: Any) -> None:
         if kind == "dns-agent":
             self._from_agent()
+        elif not self.answering:
+            # Readiness from the same wake-up as the agent's "serving": the
+            # agent reads these now (answering without a snapshot would be
+            # a SERVFAIL).
+            return
         elif kind == "dns-udp":
             self._udp(obj)
         elif kind == "dns-tcp":
