@@ -1,0 +1,198 @@
+"""DNS while the agent is away, without root: the stand-in answers from the
+agent's snapshot, and the supervisor's keeper hands the very same listening
+sockets back and forth over SCM_RIGHTS, answering only while no agent is
+connected."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+from pathlib import Path
+
+import dns.message
+import dns.rcode
+import pytest
+
+from cove.clock import ManualClock
+from cove.dns.answer import AnswerConfig
+from cove.dns.standby import Standby, encode_snapshot, write_atomically
+from cove.dns.testing import put_endpoint, put_network
+from cove.dns.view import DnsView
+from cove.runtime.dns_keeper import SNAPSHOT, Channel, DnsKeeper, adopt
+from cove.store.memory import MemoryStore
+
+
+def _snapshot() -> bytes:
+    store = MemoryStore(ManualClock())
+    put_network(store, "vnet", "10.89.0.0/24")
+    put_network(store, "sealed", "10.91.0.0/24", internal=True)
+    put_endpoint(store, "vnet", "redis", "10.89.0.3", aliases=["cache"])
+    put_endpoint(store, "vnet", "web", "10.89.0.4", services=["web:8080"])
+    put_endpoint(store, "sealed", "vault", "10.91.0.2")
+    view = DnsView()
+    view.load(store.range("").kvs)
+    return encode_snapshot(view, AnswerConfig(), max_udp=1232, a_limit=0)
+
+
+def _ask(
+    standby: Standby, name: str, net: str | None, src: str, rdtype: str = "A"
+) -> dns.message.Message:
+    out = standby.answer(dns.message.make_query(name, rdtype).to_wire(), net, src, tcp=False)
+    assert out is not None
+    return dns.message.from_wire(out)
+
+
+def _addrs(msg: dns.message.Message) -> list[str]:
+    return sorted(r.to_text() for rrset in msg.answer for r in rrset)
+
+
+def test_standby_answers_names_with_the_agents_scoping() -> None:
+    standby = Standby(_snapshot())
+    assert _addrs(_ask(standby, "redis", "vnet", "10.89.0.4")) == ["10.89.0.3"]
+    assert _addrs(_ask(standby, "cache.vnet", "vnet", "10.89.0.4")) == ["10.89.0.3"]
+    assert _addrs(_ask(standby, "redis.vnet.cove", None, "127.0.0.1")) == ["10.89.0.3"]
+    ptr = _ask(standby, "3.0.89.10.in-addr.arpa", "vnet", "10.89.0.4", "PTR")
+    assert _addrs(ptr) == ["redis.vnet."]
+    # another network's container is not visible, and strangers are refused
+    assert _ask(standby, "vault", "vnet", "10.89.0.4").rcode() != dns.rcode.NOERROR
+    assert _ask(standby, "redis", "vnet", "192.0.2.9").rcode() == dns.rcode.REFUSED
+    assert _ask(standby, "nothere.vnet.cove", None, "127.0.0.1").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_standby_says_servfail_for_what_only_the_agent_knows() -> None:
+    standby = Standby(_snapshot())
+    # service health lives in the registry; names outside go upstream: a
+    # client retries a SERVFAIL, where it would cache an NXDOMAIN
+    assert _ask(standby, "web.service.cove", None, "127.0.0.1").rcode() == dns.rcode.SERVFAIL
+    assert _ask(standby, "example.org", "vnet", "10.89.0.4").rcode() == dns.rcode.SERVFAIL
+    # an internal network never forwards: REFUSED as the agent would say
+    assert _ask(standby, "example.org", "sealed", "10.91.0.2").rcode() == dns.rcode.REFUSED
+
+
+def test_standby_refuses_a_snapshot_of_another_version() -> None:
+    with pytest.raises(ValueError):
+        Standby(b'{"version": 99}')
+
+
+def test_channel_passes_descriptors_matched_to_their_messages() -> None:
+    a, b = socket.socketpair()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    try:
+        Channel(a).send({"op": "one"})
+        Channel(a).send({"op": "two"}, [udp.fileno(), udp.fileno()])
+        got: list[tuple[dict[str, object], list[int]]] = []
+        rx = Channel(b)
+        while len(got) < 2:
+            msgs = rx.receive()
+            assert msgs is not None
+            got += msgs
+        assert [(m["op"], len(f)) for m, f in got] == [("one", 0), ("two", 2)]
+        copies = [adopt(fd) for fd in got[1][1]]
+        assert [c.getsockname() for c in copies] == [udp.getsockname()] * 2
+        for c in copies:
+            c.close()
+    finally:
+        udp.close()
+        a.close()
+        b.close()
+
+
+class _Loop:
+    """The supervisor's selector loop, reduced to the keeper."""
+
+    def __init__(self, root: Path) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.keeper = DnsKeeper(self.sel, root)
+
+    def spin(self, seconds: float = 0.05) -> None:
+        for key, _ in self.sel.select(seconds):
+            self.keeper.on_event(*key.data)
+
+    def connect_agent(self) -> tuple[Channel, dict[tuple[str, int], list[socket.socket]]]:
+        agent, supervisor_side = socket.socketpair()
+        agent.settimeout(2)
+        self.keeper.attach(supervisor_side)
+        ch = Channel(agent)
+        held: dict[tuple[str, int], list[socket.socket]] = {}
+        while True:
+            msgs = ch.receive()
+            assert msgs is not None
+            for msg, fds in msgs:
+                if msg["op"] == "ready":
+                    return ch, held
+                held[(str(msg["address"]), int(msg["port"]))] = [adopt(fd) for fd in fds]
+
+
+def _query(client: socket.socket, port: int, name: str) -> None:
+    client.sendto(dns.message.make_query(name, "A").to_wire(), ("127.0.0.1", port))
+
+
+def _answer(client: socket.socket, loop: _Loop, wait: float = 0.5) -> dns.message.Message | None:
+    client.setblocking(False)
+    spins = int(wait / 0.05)
+    for _ in range(spins):
+        loop.spin()
+        try:
+            return dns.message.from_wire(client.recv(4096))
+        except BlockingIOError:
+            continue
+    return None
+
+
+def test_keeper_answers_only_while_no_agent_is_connected(tmp_path: Path) -> None:
+    write_atomically(tmp_path / SNAPSHOT, _snapshot())
+    loop = _Loop(tmp_path)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+    tcp.listen(8)
+    port = udp.getsockname()[1]
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    try:
+        ch, held = loop.connect_agent()
+        assert held == {}
+        ch.send({"op": "keep", "address": "127.0.0.1", "port": port, "network": None},
+                [udp.fileno(), tcp.fileno()])  # fmt: skip
+        loop.spin()
+        # the agent is connected: the query waits for the agent
+        _query(client, port, "redis.vnet.cove")
+        assert _answer(client, loop, 0.3) is None
+        assert udp.recv(4096)  # still queued for the agent, who reads it here
+
+        # the agent goes (here: its end closes; kill -9 closes it as well)
+        ch.close()
+        udp.close()
+        tcp.close()
+        _query(client, port, "redis.vnet.cove")
+        msg = _answer(client, loop)
+        assert msg is not None and _addrs(msg) == ["10.89.0.3"]
+
+        # a new agent gets the same sockets back, and the keeper stands down
+        # once it serves
+        ch2, held2 = loop.connect_agent()
+        assert list(held2) == [("127.0.0.1", port)]
+        assert [s.getsockname()[1] for s in held2[("127.0.0.1", port)]] == [port, port]
+        _query(client, port, "redis.vnet.cove")
+        msg = _answer(client, loop)
+        assert msg is not None and _addrs(msg) == ["10.89.0.3"]  # until it serves
+        ch2.send({"op": "serving"})
+        loop.spin()
+        _query(client, port, "redis.vnet.cove")
+        assert _answer(client, loop, 0.3) is None
+
+        # dropped for good: the keeper lets the socket go
+        ch2.send({"op": "drop", "address": "127.0.0.1", "port": port})
+        loop.spin()
+        assert loop.keeper.held == {}
+        ch2.close()
+        loop.spin()
+        assert not loop.keeper.answering
+        for s in held2[("127.0.0.1", port)]:
+            s.close()
+    finally:
+        client.close()
+        udp.close()
+        tcp.close()
