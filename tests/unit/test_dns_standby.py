@@ -5,8 +5,12 @@ connected."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import selectors
 import socket
+import threading
+import time
 from pathlib import Path
 
 import dns.message
@@ -18,7 +22,9 @@ from cove.dns.answer import AnswerConfig
 from cove.dns.standby import Standby, encode_snapshot, write_atomically
 from cove.dns.testing import put_endpoint, put_network
 from cove.dns.view import DnsView
-from cove.runtime.dns_keeper import SNAPSHOT, Channel, DnsKeeper, adopt
+from cove.runtime.dns_handover import SupervisorKeeper
+from cove.runtime.dns_keeper import KEEP_OP, SNAPSHOT, Channel, DnsKeeper, adopt
+from cove.runtime.supervisor import SOCKET
 from cove.store.memory import MemoryStore
 
 
@@ -194,5 +200,78 @@ def test_keeper_answers_only_while_no_agent_is_connected(tmp_path: Path) -> None
             s.close()
     finally:
         client.close()
+        udp.close()
+        tcp.close()
+
+
+class _FakeSupervisor:
+    """The supervisor's socket and loop, reduced to the DNS keeper, on a
+    thread of the test."""
+
+    def __init__(self, root: Path) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(root / SOCKET))
+        self.listener.listen(8)
+        self.loop = _Loop(root)
+        self.loop.sel.register(self.listener, selectors.EVENT_READ, ("listen", None))
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.running:
+            for key, _ in self.loop.sel.select(0.05):
+                if key.data[0] == "listen":
+                    conn, _ = self.listener.accept()
+                    conn.settimeout(2)
+                    line = b""
+                    while not line.endswith(b"\n"):
+                        line += conn.recv(1)
+                    assert json.loads(line)["op"] == KEEP_OP
+                    self.loop.keeper.attach(conn)
+                else:
+                    self.loop.keeper.on_event(*key.data)
+
+    def crash(self) -> None:
+        self.running = False
+        self.thread.join()
+        self.loop.keeper._detach()
+        for h in self.loop.keeper.held.values():
+            h.udp.close()
+            h.tcp.close()
+        self.listener.close()
+        (self.loop.keeper.root / SOCKET).unlink()
+
+
+def test_the_agent_hands_its_listeners_to_a_supervisor_that_restarted(tmp_path: Path) -> None:
+    first = _FakeSupervisor(tmp_path)
+    keeper = SupervisorKeeper(tmp_path, retry=0.05)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    port = udp.getsockname()[1]
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", port))
+    second: _FakeSupervisor | None = None
+    try:
+        assert keeper.open()
+        keeper.keep(ipaddress.ip_address("127.0.0.1"), port, None, udp, tcp)
+        keeper.serving()
+        deadline = time.monotonic() + 5
+        while not first.loop.keeper.held and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(first.loop.keeper.held) == [("127.0.0.1", port)]
+        first.crash()
+        second = _FakeSupervisor(tmp_path)
+        deadline = time.monotonic() + 5
+        while not second.loop.keeper.held and time.monotonic() < deadline:
+            time.sleep(0.02)
+        held = second.loop.keeper.held
+        assert list(held) == [("127.0.0.1", port)]
+        assert held[("127.0.0.1", port)].udp.getsockname() == ("127.0.0.1", port)
+        assert not second.loop.keeper.answering  # the agent said it serves
+    finally:
+        keeper.release()
+        if second is not None:
+            second.crash()
         udp.close()
         tcp.close()

@@ -5,7 +5,9 @@ snapshot to answer from (the protocol is in ``cove.runtime.dns_keeper``).
 
 Without a supervisor that speaks it (none running, or one from before), the
 keeper keeps nothing and says so once: DNS then works as before, with a
-pause while the agent restarts.
+pause while the agent restarts. When the supervisor goes away while the
+agent runs (it crashed, or was restarted), a thread connects to the next one
+and hands it every listener again.
 """
 
 from __future__ import annotations
@@ -33,14 +35,20 @@ class SupervisorKeeper:
     """Thread-safe: the DNS service calls it from the threads that change
     listeners."""
 
-    def __init__(self, root: Path, timeout: float = 5.0) -> None:
+    def __init__(self, root: Path, timeout: float = 5.0, retry: float = 1.0) -> None:
         self.root = root
         self._timeout = timeout
+        self._retry = retry
         self._lock = threading.Lock()
         self._ch: Channel | None = None
         self._taken: dict[_Key, tuple[socket.socket, socket.socket]] = {}
         # What the supervisor holds, so a pair taken back is not sent again.
         self._kept: dict[_Key, str | None] = {}
+        # The listeners of this agent, to hand to a supervisor that restarted.
+        self._listeners: dict[_Key, tuple[str | None, socket.socket, socket.socket]] = {}
+        self._serving = False
+        self._closed = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def open(self) -> bool:
         """Connect and take back the pairs the supervisor keeps; False when
@@ -66,7 +74,59 @@ class SupervisorKeeper:
                 return False
             self._ch = ch
             log.info("DNS listeners shared with the supervisor (%d taken back)", len(self._taken))
-            return True
+        self._watcher = threading.Thread(target=self._watch, name="cove-dns-keeper", daemon=True)
+        self._watcher.start()
+        return True
+
+    def _watch(self) -> None:
+        """Wait for the supervisor's end of the connection to close (it
+        sends nothing after ``ready``), then connect to its successor."""
+        while not self._closed.is_set():
+            ch = self._ch
+            if ch is not None:
+                try:
+                    ch.sock.settimeout(None)
+                    gone = not ch.sock.recv(4096)  # nothing comes but the end
+                except OSError:
+                    gone = True
+                if self._closed.is_set() or not gone:
+                    continue
+                with self._lock:
+                    if self._ch is ch:
+                        log.warning("the supervisor closed the DNS connection")
+                        self._lost()
+            if self._closed.wait(self._retry):
+                return
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ch = Channel(sock)
+        with self._lock:
+            if self._closed.is_set() or self._ch is not None:
+                ch.close()
+                return
+            try:
+                sock.settimeout(self._timeout)
+                sock.connect(str(self.root / SOCKET))
+                sock.sendall(json.dumps({"op": KEEP_OP}).encode() + b"\n")
+                self._receive_held(ch)
+            except (OSError, ValueError, KeyError):
+                ch.close()
+                self._close_taken()
+                return
+            self._ch = ch
+            # A supervisor that restarted holds nothing of ours: all again.
+            for key in list(self._taken):
+                self._drop_locked(key)
+            self._close_taken()
+            for key, (network, udp, tcp) in self._listeners.items():
+                msg = {"op": "keep", "address": str(key[0]), "port": key[1], "network": network}
+                if self._send(msg, [udp.fileno(), tcp.fileno()]):
+                    self._kept[key] = network
+            if self._serving:
+                self._send({"op": "serving"})
+            log.info("DNS listeners shared with the supervisor again (%d)", len(self._listeners))
 
     def _receive_held(self, ch: Channel) -> None:
         while True:
@@ -102,6 +162,7 @@ class SupervisorKeeper:
     ) -> None:
         key = (address, port)
         with self._lock:
+            self._listeners[key] = (network, udp, tcp)
             if key in self._kept and self._kept[key] == network:
                 return
             msg = {"op": "keep", "address": str(address), "port": port, "network": network}
@@ -114,6 +175,7 @@ class SupervisorKeeper:
 
     def _drop_locked(self, key: _Key) -> None:
         self._kept.pop(key, None)
+        self._listeners.pop(key, None)
         self._send({"op": "drop", "address": str(key[0]), "port": key[1]})
 
     def unclaimed(self) -> None:
@@ -127,6 +189,7 @@ class SupervisorKeeper:
 
     def serving(self) -> None:
         with self._lock:
+            self._serving = True
             self._send({"op": "serving"})
 
     def save(self, snapshot: bytes) -> None:
@@ -135,11 +198,13 @@ class SupervisorKeeper:
 
     def release(self) -> None:
         """Close the connection: the supervisor answers from now on."""
+        self._closed.set()
         with self._lock:
             if self._ch is not None:
                 self._ch.close()
                 self._ch = None
             self._close_taken()
+            self._listeners = {}
 
     def _close_taken(self) -> None:
         for udp, tcp in self._taken.values():
@@ -154,11 +219,15 @@ class SupervisorKeeper:
             self._ch.send(msg, fds or ())
             return True
         except OSError as exc:
-            # The supervisor died: this agent serves on; only a restart of
-            # it would pause DNS now.
+            # The supervisor died: this agent serves on, and the watcher
+            # hands everything to the next supervisor.
             log.warning("lost the supervisor's DNS connection: %s", exc)
+            self._lost()
+            return False
+
+    def _lost(self) -> None:
+        if self._ch is not None:
             with contextlib.suppress(OSError):
                 self._ch.close()
-            self._ch = None
-            self._kept = {}
-            return False
+        self._ch = None
+        self._kept = {}

@@ -92,6 +92,10 @@ class Channel:
             with contextlib.suppress(OSError):
                 socket.socket(fileno=fd).close()
         self._fds = []
+        # shutdown, not only close: a thread blocked reading this socket
+        # holds it open, and the peer must see the end now.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
 
