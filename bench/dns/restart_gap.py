@@ -11,12 +11,16 @@ for the answer (resend after 1 s: a query unanswered), pause 5 ms, again.
 It notes every answer that came more than 20 ms after the one before, and
 every answer that is not the target's address.
 
-The agent is stopped ``--restarts`` times with SIGTERM and killed
+First the resolver runs ``--control`` seconds against an agent left alone:
+the longest gap there is what the machine's own load costs. Then the agent
+is stopped ``--restarts`` times with SIGTERM and killed
 ``--kills`` times with SIGKILL; each time it stays down ``--down`` seconds,
 is started again and left to settle for a second. Per kind of stop, the
 longest gap between two answers from the moment of the stop until a second
 after the agent answers the CLI again is reported (max and median over the
-cycles), with the queries unanswered and the wrong answers. Traffic stays
+cycles), with the queries unanswered and the wrong answers, and the five
+longest gaps placed in time around their stop (before it: the agent was
+slow; after it plus ``--down``: the new agent's start-up). Traffic stays
 inside the namespaces this script creates; everything is removed at the end.
 """
 
@@ -161,7 +165,7 @@ class Agent:
         return res.stdout
 
 
-def run(work: Path, restarts: int, kills: int, down: float) -> None:
+def run(work: Path, restarts: int, kills: int, down: float, control: float) -> None:
     agent = Agent(work)
     agent.start()
     try:
@@ -177,6 +181,12 @@ def run(work: Path, restarts: int, kills: int, down: float) -> None:
             time.sleep(0.1)
         time.sleep(1.0)  # a steady state first
         windows: list[tuple[str, float, float]] = []
+        if control > 0:
+            # The same resolver against an agent left alone: what the
+            # machine's own load costs, for comparison.
+            t0 = time.time()
+            time.sleep(control)
+            windows.append(("control", t0, time.time() - 1.0))
         plan = ["SIGTERM"] * restarts + ["SIGKILL"] * kills
         for i, kind in enumerate(plan):
             t0 = time.time()
@@ -214,7 +224,7 @@ def report(text: str, windows: list[tuple[str, float, float]], down: float) -> N
         elif w[0] == "done":
             totals = f"{w[1]} answers, {w[2]} queries unanswered (1 s), {w[3]} wrong answers"
     print(f"resolver: {totals}; the agent down {down:.1f} s per stop")
-    for kind in ("SIGTERM", "SIGKILL"):
+    for kind in ("control", "SIGTERM", "SIGKILL"):
         per = []
         for k, t0, t1 in windows:
             if k == kind:
@@ -222,10 +232,29 @@ def report(text: str, windows: list[tuple[str, float, float]], down: float) -> N
                 per.append(max((g for t, g in gaps if t0 <= t <= t1 + 1.0), default=0.0))
         if not per:
             continue
+        if kind == "control":
+            print(f"control, no stop: longest gap {per[0] * 1000:7.1f} ms")
+            continue
         print(
             f"{kind:7s} x{len(per)}: longest gap {max(per) * 1000:7.1f} ms, "
             f"median of per-stop longest {statistics.median(per) * 1000:6.1f} ms, "
             f"stops with a gap over 100 ms: {sum(1 for g in per if g > 0.1)}"
+        )
+    worst = sorted(
+        (
+            (g, t, k, t0)
+            for t, g in gaps
+            for k, t0, t1 in windows
+            if t0 <= t <= t1 + 1.0 and k != "control"
+        ),
+        reverse=True,
+    )[:5]
+    for g, t, k, t0 in worst:
+        # where the gap lies around the stop tells an agent slow before it
+        # died from a slow takeover
+        print(
+            f"  {k}: {g * 1000:6.1f} ms, from {(t - g - t0) * 1000:+7.1f} ms "
+            f"to {(t - t0) * 1000:+7.1f} ms around the stop"
         )
     outside = [g for t, g in gaps if not any(t0 <= t <= t1 + 1.0 for _, t0, t1 in windows)]
     print(f"longest gap outside the stops: {max(outside, default=0.0) * 1000:.1f} ms")
@@ -236,6 +265,9 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=20)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--down", type=float, default=1.0, help="seconds with no agent per stop")
+    parser.add_argument(
+        "--control", type=float, default=20.0, help="seconds measured first with no stop"
+    )
     parser.add_argument("--keep", help="a directory for the logs, kept afterwards")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -243,7 +275,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cove-gap-") as tmp, host_namespace():
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        run(work, args.restarts, args.kills, args.down)
+        run(work, args.restarts, args.kills, args.down, args.control)
 
 
 if __name__ == "__main__":
