@@ -20,11 +20,11 @@ import pytest
 from cove.clock import ManualClock
 from cove.dns.answer import AnswerConfig
 from cove.dns.standby import Standby, encode_snapshot, write_atomically
-from cove.dns.testing import put_endpoint, put_network
+from cove.dns.testing import StubMode, StubUpstream, put_endpoint, put_network
 from cove.dns.view import DnsView
 from cove.runtime.dns_handover import SupervisorKeeper
-from cove.runtime.dns_keeper import KEEP_OP, SNAPSHOT, Channel, DnsKeeper, adopt
-from cove.runtime.supervisor import SOCKET
+from cove.runtime.dns_keeper import SNAPSHOT, Channel, DnsKeeper, adopt
+from cove.runtime.supervisor import DNS_KEEP_OP, SOCKET
 from cove.store.memory import MemoryStore
 
 
@@ -227,7 +227,7 @@ class _FakeSupervisor:
                     line = b""
                     while not line.endswith(b"\n"):
                         line += conn.recv(1)
-                    assert json.loads(line)["op"] == KEEP_OP
+                    assert json.loads(line)["op"] == DNS_KEEP_OP
                     self.loop.keeper.attach(conn)
                 else:
                     self.loop.keeper.on_event(*key.data)
@@ -273,5 +273,52 @@ def test_the_agent_hands_its_listeners_to_a_supervisor_that_restarted(tmp_path: 
         keeper.release()
         if second is not None:
             second.crash()
+        udp.close()
+        tcp.close()
+
+
+def test_keeper_forwards_what_the_agent_would_forward(tmp_path: Path) -> None:
+    upstream = StubUpstream(records={"www.example.org": [ipaddress.ip_address("192.0.2.80")]})
+    store = MemoryStore(ManualClock())
+    put_network(store, "vnet", "10.89.0.0/24")
+    view = DnsView()
+    view.load(store.range("").kvs)
+    snapshot = encode_snapshot(
+        view, AnswerConfig(), max_udp=1232, a_limit=0, upstreams=[("127.0.0.1", upstream.port)]
+    )
+    write_atomically(tmp_path / SNAPSHOT, snapshot)
+    loop = _Loop(tmp_path)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    port = udp.getsockname()[1]
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", port))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    try:
+        ch, _ = loop.connect_agent()
+        ch.send({"op": "keep", "address": "127.0.0.1", "port": port, "network": None},
+                [udp.fileno(), tcp.fileno()])  # fmt: skip
+        loop.spin()
+        ch.close()  # the agent is gone
+        loop.spin()
+        _query(client, port, "WWW.example.org")
+        msg = _answer(client, loop)
+        assert msg is not None and _addrs(msg) == ["192.0.2.80"]
+        assert msg.question[0].name.to_text() == "WWW.example.org."  # as the client spelt it
+        assert upstream.queries == 1
+
+        # an upstream that never answers: SERVFAIL after a second, not silence
+        upstream.mode = StubMode.SILENT
+        _query(client, port, "www.example.org")
+        assert _answer(client, loop, 0.3) is None
+        time.sleep(1.0)
+        loop.keeper.tick()
+        msg = _answer(client, loop)
+        assert msg is not None and msg.rcode() == dns.rcode.SERVFAIL
+        assert loop.keeper.forwards == {}
+    finally:
+        upstream.close()
+        client.close()
         udp.close()
         tcp.close()

@@ -232,12 +232,14 @@ class DnsService:
 
     def _snapshot(self) -> bytes:
         cfg = self.config
+        upstreams = [(str(u.address), u.port) for u in self._foreign_upstreams()]
         with self._responder.view_lock:
             return encode_snapshot(
                 self._view,
                 self._responder.cfg,
                 max_udp=cfg.max_udp_size,
                 a_limit=cfg.a_record_limit,
+                upstreams=upstreams,
             )
 
     def _foreign_upstreams(self) -> list[Upstream]:

@@ -11,10 +11,11 @@ snapshot until an agent takes the sockets back.
 The snapshot is the DNS view (networks, endpoints, VIPs) and the answer
 settings, as JSON. ``Standby`` answers from it with the agent's own code
 (``Responder`` and ``resolve``) so names, scoping and reverse lookups come
-out the same. What the snapshot does not carry gets SERVFAIL, which clients
-retry rather than cache: service instances (health lives in the agent's
-registry) and names to forward upstream (the keeper is one single-threaded
-loop that must not wait on upstreams).
+out the same. Names the agent would forward go to the snapshot's first
+upstream (``ForwardJob``: the keeper sends it without waiting and relays the
+answer; ``forward_query`` and ``relay`` build the packets). What the
+snapshot does not carry gets SERVFAIL, which clients retry rather than
+cache: service instances (health lives in the agent's registry).
 
 This module imports only the pure DNS modules: it runs in the supervisor.
 """
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,13 +38,22 @@ from cove.dns.cache import ResponseCache
 from cove.dns.responder import ForwardJob, Responder
 from cove.dns.services import ChangeCallback, Node, ServiceInstance
 from cove.dns.view import DnsView
-from cove.dns.wire import QueryRejected, Rcode, build_status, parse_query
+from cove.dns.wire import (
+    FLAG_QR,
+    HEADER,
+    QueryRejected,
+    Rcode,
+    build_status,
+    encode_query,
+    parse_query,
+)
 from cove.model import ENDPOINTS, NETWORKS, IPAddress
 from cove.store.base import KeyValue
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
+EDNS_SIZE = 1232  # what the agent's forwarder offers upstream
 
 
 class ListenerKeeper(Protocol):
@@ -83,9 +94,18 @@ class ListenerKeeper(Protocol):
     def release(self) -> None: ...
 
 
-def encode_snapshot(view: DnsView, cfg: AnswerConfig, *, max_udp: int, a_limit: int) -> bytes:
-    """The view and answer settings as JSON. Call with the view's lock held."""
+def encode_snapshot(
+    view: DnsView,
+    cfg: AnswerConfig,
+    *,
+    max_udp: int,
+    a_limit: int,
+    upstreams: Sequence[tuple[str, int]] = (),
+) -> bytes:
+    """The view, answer settings and upstreams as JSON. Call with the view's
+    lock held."""
     data: dict[str, Any] = {
+        "upstreams": [[a, p] for a, p in upstreams],
         "version": VERSION,
         "domain": cfg.domain,
         "alt_domains": list(cfg.alt_domains),
@@ -156,10 +176,14 @@ class Standby:
             max_udp=int(data["max_udp"]),
         )
         self.responder.rebuild_scopes(view.networks)
+        self.upstreams = tuple((str(a), int(p)) for a, p in data.get("upstreams", ()))
 
-    def answer(self, data: bytes, network: str | None, source: str, *, tcp: bool) -> bytes | None:
+    def answer(
+        self, data: bytes, network: str | None, source: str, *, tcp: bool
+    ) -> bytes | ForwardJob | None:
         """The response to ``data`` from ``source`` on a listener of
-        ``network`` (``None``: the host's), or ``None`` to drop it."""
+        ``network`` (``None``: the host's), ``None`` to drop it, or a
+        ``ForwardJob`` for ``upstreams[0]`` (never over TCP)."""
         try:
             out = self.responder.answer(data, network, source, tcp=tcp)
         except _Unknown:
@@ -168,9 +192,31 @@ class Standby:
             except QueryRejected:
                 return None  # unreachable: the responder parsed it before
             return build_status(q, Rcode.SERVFAIL)
-        if isinstance(out, ForwardJob):
+        if isinstance(out, ForwardJob) and (tcp or not self.upstreams):
             return build_status(out.query, Rcode.SERVFAIL)
         return out
+
+
+def forward_query(job: ForwardJob, qid: int) -> bytes:
+    """The query to send upstream for ``job``, with our own ID ``qid``."""
+    return encode_query(qid, job.query.question, edns_size=EDNS_SIZE if job.query.edns else None)
+
+
+def relay(job: ForwardJob, qid: int, wire: bytes) -> bytes | None:
+    """The client's answer from an upstream's ``wire``; ``None`` when it
+    is not the answer to ``qid`` (stray or spoofed: keep waiting)."""
+    q = job.query
+    end = HEADER.size + len(q.question)
+    if len(wire) < end:
+        return None
+    rid, flags, qd = struct.unpack_from("!HHH", wire)
+    if rid != qid or not flags & FLAG_QR or qd != 1:
+        return None
+    if wire[HEADER.size : end].lower() != q.question.lower():
+        return None
+    if len(wire) > job.limit:
+        return build_status(q, Rcode.NOERROR, tc=True)
+    return struct.pack("!H", q.id) + wire[2 : HEADER.size] + q.question + wire[end:]
 
 
 def _kv(key: str, value: Any) -> KeyValue:

@@ -23,8 +23,8 @@ from typing import Any
 
 from cove.dns.standby import write_atomically
 from cove.model import IPAddress
-from cove.runtime.dns_keeper import KEEP_OP, SNAPSHOT, Channel, adopt, close_fds
-from cove.runtime.supervisor import SOCKET
+from cove.runtime.dns_keeper import SNAPSHOT, Channel, adopt, close_fds
+from cove.runtime.supervisor import DNS_KEEP_OP, SOCKET
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class SupervisorKeeper:
             try:
                 sock.settimeout(self._timeout)
                 sock.connect(str(self.root / SOCKET))
-                sock.sendall(json.dumps({"op": KEEP_OP}).encode() + b"\n")
+                sock.sendall(json.dumps({"op": DNS_KEEP_OP}).encode() + b"\n")
                 self._receive_held(ch)
             except (OSError, ValueError, KeyError) as exc:
                 log.warning(
@@ -109,7 +109,7 @@ class SupervisorKeeper:
             try:
                 sock.settimeout(self._timeout)
                 sock.connect(str(self.root / SOCKET))
-                sock.sendall(json.dumps({"op": KEEP_OP}).encode() + b"\n")
+                sock.sendall(json.dumps({"op": DNS_KEEP_OP}).encode() + b"\n")
                 self._receive_held(ch)
             except (OSError, ValueError, KeyError):
                 ch.close()

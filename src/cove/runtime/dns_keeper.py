@@ -14,12 +14,15 @@ agent does. When it closes (a stop, or the agent's death: the kernel closes
 it even on kill -9) the supervisor loads the agent's last snapshot
 (``dns-snapshot.json``) and answers from it (``cove.dns.standby``); queries
 that arrived meanwhile wait in the sockets' buffers, which live as long as
-any process holds them. A new agent takes the same sockets back, so the
+any process holds them. Names the agent would forward go to the snapshot's
+first upstream, without waiting: the answer is relayed when it comes, or
+SERVFAIL after a second. A new agent takes the same sockets back, so the
 addresses are never unbound, and says ``serving`` once it answers; both may
 answer for that moment, which is harmless.
 
-The DNS modules load when the first agent connects, not with the
-supervisor, and the view only while the agent is away.
+The supervisor imports this module (and so the pure DNS modules, about
+1.3 MB) when the first agent connects; the view lives only while the agent
+is away.
 """
 
 from __future__ import annotations
@@ -27,23 +30,27 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import secrets
 import selectors
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from cove.dns.standby import Standby
+from cove.dns.responder import ForwardJob
+from cove.dns.standby import Standby, forward_query, relay
+from cove.dns.wire import QueryRejected, Rcode, build_status, parse_query
 
 log = logging.getLogger(__name__)
 
-KEEP_OP = "dns-keep"
 SNAPSHOT = "dns-snapshot.json"
 _MAX_FDS = 16  # per message; every message carries 0 or 2
 _MAX_TCP = 64  # connections answered at once while standing in
 _BATCH = 64  # datagrams per readiness before looking at other sockets
+_MAX_FORWARDS = 256  # upstream queries pending at once
+_FORWARD_TIMEOUT = 1.0
 
 
 class Channel:
@@ -124,6 +131,16 @@ class _Held:
 
 
 @dataclass(slots=True)
+class _Forward:
+    sock: socket.socket  # connected to the upstream
+    listener: _Held
+    client: Any  # the address to answer
+    job: ForwardJob
+    qid: int
+    deadline: float
+
+
+@dataclass(slots=True)
 class _Conn:
     sock: socket.socket
     network: str | None
@@ -143,6 +160,7 @@ class DnsKeeper:
         self.answering = False
         self.standby: Standby | None = None
         self.conns: dict[int, _Conn] = {}
+        self.forwards: dict[int, _Forward] = {}
 
     # -- the agent's connection ----------------------------------------------
 
@@ -150,8 +168,6 @@ class DnsKeeper:
         """An agent asks for the pairs kept (``conn`` is off the selector)."""
         if self.agent is not None:
             self._detach()  # an earlier agent's: only one agent owns the root
-        import cove.dns.standby  # noqa: F401 - now, not while standing in later
-
         ch = Channel(conn)
         try:
             conn.settimeout(5.0)  # the agent reads at once; never hang the loop
@@ -176,6 +192,12 @@ class DnsKeeper:
         self.agent.close()
         self.agent = None
 
+    def tick(self) -> None:
+        """Called every few seconds: upstreams that never answered get
+        their clients a SERVFAIL."""
+        if self.forwards:
+            self._expire()
+
     def on_event(self, kind: str, obj: Any) -> None:
         if kind == "dns-agent":
             self._from_agent()
@@ -190,6 +212,8 @@ class DnsKeeper:
             self._accept(obj)
         elif kind == "dns-conn":
             self._tcp_read(obj)
+        elif kind == "dns-up":
+            self._upstream(obj)
 
     def _from_agent(self) -> None:
         ch = self.agent
@@ -234,8 +258,6 @@ class DnsKeeper:
     def _take_over(self) -> None:
         if self.answering or not self.held:
             return
-        from cove.dns.standby import Standby
-
         try:
             self.standby = Standby((self.root / SNAPSHOT).read_bytes())
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -260,6 +282,8 @@ class DnsKeeper:
             self._unwatch(h)
         for c in list(self.conns.values()):
             self._tcp_close(c)
+        for f in list(self.forwards.values()):
+            self._forwarded(f, None)
         self.answering = False
         self.standby = None
         log.info("the agent serves DNS again")
@@ -274,10 +298,11 @@ class DnsKeeper:
         h.udp.close()
         h.tcp.close()
 
-    def _answer(self, data: bytes, network: str | None, source: str, *, tcp: bool) -> bytes | None:
+    def _answer(
+        self, data: bytes, network: str | None, source: str, *, tcp: bool
+    ) -> bytes | ForwardJob | None:
         if self.standby is not None:
             return self.standby.answer(data, network, source, tcp=tcp)
-        from cove.dns.wire import QueryRejected, Rcode, build_status, parse_query
 
         try:
             return build_status(parse_query(data), Rcode.SERVFAIL)
@@ -296,9 +321,60 @@ class DnsKeeper:
             except Exception:  # the loop supervises containers: never let a packet end it
                 log.exception("DNS query from %s failed", addr[0])
                 continue
-            if out is not None:
+            if isinstance(out, ForwardJob):
+                self._forward(h, addr, out)
+            elif out is not None:
                 with contextlib.suppress(OSError):
                     sock.sendto(out, addr)
+
+    def _forward(self, h: _Held, client: Any, job: ForwardJob) -> None:
+        self._expire()
+        standby = self.standby
+        if standby is None or not standby.upstreams or len(self.forwards) >= _MAX_FORWARDS:
+            self._reply(h, client, build_status(job.query, Rcode.SERVFAIL))
+            return
+        host, port = standby.upstreams[0]
+        qid = secrets.randbits(16)
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setblocking(False)
+            s.connect((host, port))
+            s.send(forward_query(job, qid))
+        except OSError:
+            s.close()
+            self._reply(h, client, build_status(job.query, Rcode.SERVFAIL))
+            return
+        f = _Forward(s, h, client, job, qid, time.monotonic() + _FORWARD_TIMEOUT)
+        self.forwards[s.fileno()] = f
+        self.sel.register(s, selectors.EVENT_READ, ("dns-up", f))
+
+    def _upstream(self, f: _Forward) -> None:
+        try:
+            wire = f.sock.recv(65535)
+        except BlockingIOError:
+            return
+        except OSError:
+            wire = b""  # refused: nobody listens there
+        out = relay(f.job, f.qid, wire) if wire else None
+        if out is None and wire:
+            return  # not the answer: wait on
+        self._forwarded(f, out)
+
+    def _forwarded(self, f: _Forward, out: bytes | None) -> None:
+        self.forwards.pop(f.sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(f.sock)
+        f.sock.close()
+        self._reply(f.listener, f.client, out or build_status(f.job.query, Rcode.SERVFAIL))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for f in [f for f in self.forwards.values() if f.deadline <= now]:
+            self._forwarded(f, None)
+
+    def _reply(self, h: _Held, client: Any, out: bytes) -> None:
+        with contextlib.suppress(OSError):
+            h.udp.sendto(out, client)
 
     def _accept(self, h: _Held) -> None:
         try:
@@ -331,7 +407,7 @@ class DnsKeeper:
             query, c.buf = c.buf[2 : 2 + n], c.buf[2 + n :]
             try:
                 out = self._answer(query, c.network, c.peer, tcp=True)
-                if out is None:
+                if not isinstance(out, bytes):  # dropped (never forwarded over TCP)
                     raise OSError("dropped")
                 c.sock.settimeout(1.0)  # answers are small: a stuck client costs a second
                 c.sock.sendall(len(out).to_bytes(2, "big") + out)

@@ -35,10 +35,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cove.runtime import linux
-from cove.runtime.dns_keeper import KEEP_OP, DnsKeeper
 from cove.runtime.launch import LaunchError, LaunchSpec, spawn
 from cove.runtime.state import (
     ProcessState,
@@ -49,9 +48,13 @@ from cove.runtime.state import (
     write_json,
 )
 
+if TYPE_CHECKING:
+    from cove.runtime.dns_keeper import DnsKeeper
+
 log = logging.getLogger(__name__)
 
 SOCKET = "supervisor.sock"
+DNS_KEEP_OP = "dns-keep"  # an agent's long-lived connection: see dns_keeper
 PIDFILE = "supervisor.pid"
 _WATCH_INTERVAL = 2.0
 _MAX_BACKOFF = 10.0
@@ -75,7 +78,7 @@ class Supervisor:
         self.sel = selectors.DefaultSelector()
         self.buffers: dict[int, bytes] = {}
         self.running = True
-        self.dns = DnsKeeper(self.sel, root)
+        self.dns: DnsKeeper | None = None  # when an agent first asks (dns_keeper)
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -299,7 +302,7 @@ class Supervisor:
                     os.close(obj)
                     cid = self.pidfds.pop(obj)
                     self._exited(cid, -1)
-                elif kind.startswith("dns-"):
+                elif kind.startswith("dns-") and self.dns is not None:
                     self.dns.on_event(kind, obj)
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
@@ -307,6 +310,8 @@ class Supervisor:
                 fn()
             if now >= next_watch:
                 next_watch = now + _WATCH_INTERVAL
+                if self.dns is not None:
+                    self.dns.tick()
                 if not self._still_wanted():
                     log.warning("pid file gone: stopping every container and exiting")
                     self._quit()
@@ -359,7 +364,11 @@ class Supervisor:
 
         try:
             req = json.loads(line)
-            if isinstance(req, dict) and req.get("op") == KEEP_OP:
+            if isinstance(req, dict) and req.get("op") == DNS_KEEP_OP:
+                if self.dns is None:
+                    from cove.runtime.dns_keeper import DnsKeeper
+
+                    self.dns = DnsKeeper(self.sel, self.root)
                 self.dns.attach(conn)  # a long-lived connection: see dns_keeper
                 return
             self.handle(req, reply)
