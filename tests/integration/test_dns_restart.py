@@ -1,6 +1,7 @@
 """DNS through agent restarts: a container resolving a peer by name (glibc,
 as any program would) keeps getting answers while the agent is stopped,
-killed with -9 and started again; names added after a restart resolve; the
+killed with -9 and started again (names of its network, and names outside
+cove through the agent's upstream); names added after a restart resolve; the
 listeners neither multiply nor outlive their network. The host's own
 listener (127.0.0.1, the agent's DNS port) answers throughout as well."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +22,32 @@ from test_containers_helpers import (  # noqa: F401 - fixtures
     runtime_cleanup_fixture,
 )
 
+from cove.dns.testing import StubUpstream
+
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("runtime_cleanup")]
 
-# Resolves NAME until STOPFILE exists, one line per attempt: the wall time it
-# started, how long it took and the address (or the error).
+# Resolves each NAME in turn until STOPFILE exists, one line per attempt: the
+# wall time it started, how long it took, the name and the address (or the
+# error).
 PROBE = """\
 import os, socket, sys, time
-name, stopfile = sys.argv[1], sys.argv[2]
+stopfile, names = sys.argv[1], sys.argv[2:]
 while not os.path.exists(stopfile):
-    t = time.time()
-    try:
-        addr = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
-        print("ok", t, time.time() - t, addr, flush=True)
-    except OSError as exc:
-        print("fail", t, time.time() - t, repr(exc), flush=True)
+    for name in names:
+        t = time.time()
+        try:
+            addr = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+            print("ok", t, time.time() - t, name, addr, flush=True)
+        except OSError as exc:
+            print("fail", t, time.time() - t, name, repr(exc), flush=True)
     time.sleep(0.02)
 print("done", flush=True)
 """
+# The agent's upstream in tests (see agentproc): a stub in the test's own
+# namespace answers for a name outside cove.
+UPSTREAM_PORT = 5399
+OUTSIDE = "www.example.org"
+OUTSIDE_ADDR = "192.0.2.80"
 
 
 @pytest.fixture
@@ -85,14 +96,16 @@ def _probe_lines(agent: Any) -> list[list[str]]:
 
 
 def test_a_container_resolves_names_throughout_agent_stop_and_kill9(
-    net: Any, tmp_path: Path
+    net: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     probe, stopfile = tmp_path / "probe.py", tmp_path / "probe.stop"
     probe.write_text(PROBE)
+    upstream = StubUpstream(records={OUTSIDE: [ip_address(OUTSIDE_ADDR)]}, port=UPSTREAM_PORT)
+    request.addfinalizer(upstream.close)
     net.ok("run", "-d", "--name", "redis", "--network", "vnet", "--", "sleep", "600")
     redis = address(net, "redis", "vnet")
     net.ok("run", "-d", "--name", "probe", "--network", "vnet", "--",
-           "python3", "-S", "-u", str(probe), "redis", str(stopfile))  # fmt: skip
+           "python3", "-S", "-u", str(probe), str(stopfile), "redis", OUTSIDE)  # fmt: skip
     eventually(lambda: sum(1 for w in _probe_lines(net) if w[0] == "ok") >= 5)
     supervisor = int((net.state_dir / "run" / "supervisor.pid").read_text())
     listeners = _dns_sockets()
@@ -116,11 +129,12 @@ def test_a_container_resolves_names_throughout_agent_stop_and_kill9(
     assert host == [[redis]] * 4
     failures = [" ".join(w) for w in lines if w[0] == "fail"]
     assert failures == [], failures[:5]
-    answers = [(float(w[1]), w[3]) for w in lines if w[0] == "ok"]
-    assert {a for _, a in answers} == {redis}
+    answers = [(float(w[1]), w[3], w[4]) for w in lines if w[0] == "ok"]
+    assert {(n, a) for _, n, a in answers} == {("redis", redis), (OUTSIDE, OUTSIDE_ADDR)}
     for t0, t1 in down:
         # answered while the agent was gone, not merely queued until it came back
-        assert any(t0 + 0.2 < t < t1 for t, _ in answers), (t0, t1)
+        for name in ("redis", OUTSIDE):
+            assert any(t0 + 0.2 < t < t1 and n == name for t, n, _ in answers), (name, t0, t1)
 
     # a name added after the restarts resolves, from the container and the host
     net.ok("run", "-d", "--name", "late", "--network", "vnet", "--", "sleep", "600")
