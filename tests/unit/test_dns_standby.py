@@ -136,8 +136,8 @@ def _query(client: socket.socket, port: int, name: str) -> None:
 
 def _answer(client: socket.socket, loop: _Loop, wait: float = 0.5) -> dns.message.Message | None:
     client.setblocking(False)
-    spins = int(wait / 0.05)
-    for _ in range(spins):
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
         loop.spin()
         try:
             return dns.message.from_wire(client.recv(4096))
@@ -293,6 +293,7 @@ def test_keeper_forwards_what_the_agent_would_forward(tmp_path: Path) -> None:
     port = udp.getsockname()[1]
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.bind(("127.0.0.1", port))
+    tcp.listen(8)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
     try:

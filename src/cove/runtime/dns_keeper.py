@@ -199,6 +199,12 @@ class DnsKeeper:
             self._expire()
 
     def on_event(self, kind: str, obj: Any) -> None:
+        try:
+            self._on_event(kind, obj)
+        except Exception:  # the loop supervises containers: DNS must never end it
+            log.exception("DNS keeper failed on %s", kind)
+
+    def _on_event(self, kind: str, obj: Any) -> None:
         if kind == "dns-agent":
             self._from_agent()
         elif not self.answering:
@@ -231,27 +237,35 @@ class DnsKeeper:
             self._take_over()
             return
         for msg, fds in msgs:
-            op = msg.get("op")
-            if op == "keep" and len(fds) == 2:
-                key = (str(msg["address"]), int(msg["port"]))
-                old = self.held.pop(key, None)
-                if old is not None:
-                    self._close_held(old)
-                net = msg.get("network")
-                h = _Held(key[0], key[1], None if net is None else str(net), *map(adopt, fds))
-                self.held[key] = h
-                if self.answering:
-                    self._watch(h)
-            elif op == "drop":
-                gone = self.held.pop((str(msg["address"]), int(msg["port"])), None)
-                if gone is not None:
-                    self._close_held(gone)
+            try:
+                self._message(msg, fds)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("bad DNS message from the agent %s: %s", msg, exc)
                 close_fds(fds)
-            elif op == "serving":
-                self._stand_down()
-                close_fds(fds)
-            else:
-                close_fds(fds)
+
+    def _message(self, msg: dict[str, Any], fds: list[int]) -> None:
+        op = msg.get("op")
+        if op == "keep" and len(fds) == 2:
+            # int() first: a bad message must not leave a socket half adopted
+            key = (str(msg["address"]), int(msg["port"]))
+            old = self.held.pop(key, None)
+            if old is not None:
+                self._close_held(old)
+            net = msg.get("network")
+            h = _Held(key[0], key[1], None if net is None else str(net), *map(adopt, fds))
+            self.held[key] = h
+            if self.answering:
+                self._watch(h)
+        elif op == "drop":
+            gone = self.held.pop((str(msg["address"]), int(msg["port"])), None)
+            if gone is not None:
+                self._close_held(gone)
+            close_fds(fds)
+        elif op == "serving":
+            self._stand_down()
+            close_fds(fds)
+        else:
+            close_fds(fds)
 
     # -- standing in -------------------------------------------------------
 
@@ -260,7 +274,7 @@ class DnsKeeper:
             return
         try:
             self.standby = Standby((self.root / SNAPSHOT).read_bytes())
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # any unreadable snapshot: answer SERVFAIL instead
             log.warning(
                 "no usable DNS snapshot (%s): answering SERVFAIL until the agent is back", exc
             )
