@@ -5,6 +5,7 @@ connected."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import selectors
@@ -321,5 +322,51 @@ def test_keeper_forwards_what_the_agent_would_forward(tmp_path: Path) -> None:
     finally:
         upstream.close()
         client.close()
+        udp.close()
+        tcp.close()
+
+
+def test_keeper_answers_tcp_and_lets_idle_connections_go(tmp_path: Path) -> None:
+    write_atomically(tmp_path / SNAPSHOT, _snapshot())
+    loop = _Loop(tmp_path)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    port = udp.getsockname()[1]
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", port))
+    tcp.listen(8)
+    clients: list[socket.socket] = []
+    try:
+        ch, _ = loop.connect_agent()
+        ch.send({"op": "keep", "address": "127.0.0.1", "port": port, "network": None},
+                [udp.fileno(), tcp.fileno()])  # fmt: skip
+        loop.spin()
+        ch.close()
+        loop.spin()
+        asker, idle = (socket.create_connection(("127.0.0.1", port)) for _ in range(2))
+        clients += [asker, idle]
+        query = dns.message.make_query("redis.vnet.cove", "A").to_wire()
+        asker.sendall(len(query).to_bytes(2, "big") + query)
+        asker.setblocking(False)
+        got = b""
+        deadline = time.monotonic() + 2
+        while len(got) < 2 or len(got) < 2 + int.from_bytes(got[:2], "big"):
+            assert time.monotonic() < deadline
+            loop.spin()
+            with contextlib.suppress(BlockingIOError):
+                got += asker.recv(4096)
+        assert _addrs(dns.message.from_wire(got[2:])) == ["10.89.0.3"]
+
+        # a client that sends nothing is let go, the one that asks is not yet
+        for c in loop.keeper.conns.values():
+            if c.sock.getpeername() == idle.getsockname():
+                c.since -= 60  # as if a minute had passed
+        loop.keeper.tick()
+        idle.settimeout(2)
+        assert idle.recv(1) == b""
+        assert len(loop.keeper.conns) == 1
+    finally:
+        for c in clients:
+            c.close()
         udp.close()
         tcp.close()

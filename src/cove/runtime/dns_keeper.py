@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import secrets
+import os
 import selectors
 import socket
 import time
@@ -51,6 +51,7 @@ _MAX_TCP = 64  # connections answered at once while standing in
 _BATCH = 64  # datagrams per readiness before looking at other sockets
 _MAX_FORWARDS = 256  # upstream queries pending at once
 _FORWARD_TIMEOUT = 1.0
+_TCP_IDLE = 5.0  # a standing-in TCP connection with no whole query for this long is closed
 
 
 class Channel:
@@ -145,6 +146,7 @@ class _Conn:
     sock: socket.socket
     network: str | None
     peer: str
+    since: float  # when the current query's first bytes were awaited
     buf: bytes = b""
 
 
@@ -194,9 +196,13 @@ class DnsKeeper:
 
     def tick(self) -> None:
         """Called every few seconds: upstreams that never answered get
-        their clients a SERVFAIL."""
+        their clients a SERVFAIL, and TCP clients that sent no whole query
+        for a while are let go (so a few slow ones cannot hold every slot)."""
         if self.forwards:
             self._expire()
+        now = time.monotonic()
+        for c in [c for c in self.conns.values() if now - c.since > _TCP_IDLE]:
+            self._tcp_close(c)
 
     def on_event(self, kind: str, obj: Any) -> None:
         try:
@@ -348,7 +354,7 @@ class DnsKeeper:
             self._reply(h, client, build_status(job.query, Rcode.SERVFAIL))
             return
         host, port = standby.upstreams[0]
-        qid = secrets.randbits(16)
+        qid = int.from_bytes(os.urandom(2), "big")  # not secrets: that loads OpenSSL
         s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.setblocking(False)
@@ -399,7 +405,7 @@ class DnsKeeper:
             conn.close()
             return
         conn.setblocking(False)
-        c = _Conn(conn, h.network, str(peer[0]))
+        c = _Conn(conn, h.network, str(peer[0]), time.monotonic())
         self.conns[conn.fileno()] = c
         self.sel.register(conn, selectors.EVENT_READ, ("dns-conn", c))
 
@@ -426,6 +432,7 @@ class DnsKeeper:
                 c.sock.settimeout(1.0)  # answers are small: a stuck client costs a second
                 c.sock.sendall(len(out).to_bytes(2, "big") + out)
                 c.sock.setblocking(False)
+                c.since = time.monotonic()
             except Exception:
                 self._tcp_close(c)
                 return
