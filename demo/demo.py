@@ -39,7 +39,8 @@ class Demo:
     def __init__(self, workdir: Path) -> None:
         self.ns = "cvdemo" + secrets.token_hex(3)
         self.workdir = workdir
-        self.socket = workdir / "agent.sock"
+        # a directory of its own: containers see the host tree without it
+        self.socket = workdir / "sock" / "agent.sock"
         self.env = {**os.environ, "COVE_SOCKET": str(self.socket)}
         self.agent: subprocess.Popen[bytes] | None = None
 

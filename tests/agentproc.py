@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cove.cli.client import _UnixConnection
+
 COVE = [sys.executable, "-m", "cove.cli.main"]
 
 
@@ -22,7 +24,7 @@ class AgentProc:
         self.hostns = hostns
         self.workdir = workdir
         self.state_dir = workdir / "state"
-        self.socket = workdir / "agent.sock"
+        self.socket = workdir / "sock" / "agent.sock"
         self.log = workdir / "agent.log"
         self.http_port = 8500
         self.dns_port = 8600
@@ -97,9 +99,22 @@ class AgentProc:
         return res.stdout
 
     def api(self, method: str, path: str, json_body: Any = None) -> tuple[int, Any]:
-        """Over TCP, as an HTTP client on the host would (this thread must be
-        in the agent's host namespace, as tests are)."""
+        """The native API (/api) over the agent's socket, as an admin would;
+        anything else over TCP, as an HTTP client on the host would (this
+        thread must be in the agent's host namespace, as tests are)."""
         data = json.dumps(json_body).encode() if json_body is not None else None
+        if path.startswith("/api/"):
+            conn = _UnixConnection(str(self.socket), 30)
+            try:
+                headers = {"Content-Type": "application/json"} if data is not None else {}
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+            finally:
+                conn.close()
+            with contextlib.suppress(ValueError):
+                return resp.status, json.loads(body) if body else None
+            return resp.status, body.decode(errors="replace")
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method
         )

@@ -22,6 +22,9 @@ store, uvloop) and /usr/bin/etcd (temp data dir, stopped by PID), then:
    event).
 
 The cove side runs as the agent runs it: uvloop, ``tune_interpreter()``.
+With ``--acl`` it enforces ACLs (default deny) and every client request
+carries a token whose policy grants ``service_prefix "" write`` and
+``node_prefix "" read``, so each request resolves a token and judges rules.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import aiohttp
 
 CONCURRENCY = 16
 ETCD = "/usr/bin/etcd"
+BENCH_TOKEN = "6a1f0e2c-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
 
 
 # -- the cove side, in its own process ------------------------------------------
@@ -63,7 +67,18 @@ def serve(port: int, db: str) -> None:
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     store = SqliteStore(db, SystemClock())
-    server = ConsulServer(store, SystemClock(), node_name="bench", port=port).start()
+    acl = None
+    if os.environ.get("COVE_BENCH_ACL"):
+        from cove.acl import AclService
+
+        acl = AclService(
+            store, SystemClock(), enabled=True, default_policy="deny", node_name="bench"
+        )
+        acl.setup()
+        rules = 'service_prefix "" { policy = "write" }\nnode_prefix "" { policy = "read" }'
+        acl.objects.policy_create({"Name": "bench", "Rules": rules})
+        acl.objects.token_create({"SecretID": BENCH_TOKEN, "Policies": [{"Name": "bench"}]})
+    server = ConsulServer(store, SystemClock(), node_name="bench", port=port, acl=acl).start()
     tune_interpreter()
     print("ready", flush=True)
     stop = [False]
@@ -164,7 +179,8 @@ async def bench(cove: str, etcd: str, count: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     conn = aiohttp.TCPConnector(limit=CONCURRENCY * 2 + 200)
     timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+    headers = {"X-Consul-Token": BENCH_TOKEN} if os.environ.get("COVE_BENCH_ACL") else None
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout, headers=headers) as s:
         bodies = [json.dumps(registration(i)).encode() for i in range(count)]
         cove_reqs = [("PUT", f"{cove}/v1/agent/service/register", b) for b in bodies]
         etcd_reqs = [
@@ -290,7 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--registrations", type=int, default=10_000)
     ap.add_argument("--serve", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
+    ap.add_argument("--acl", action="store_true", help="enforce ACLs; clients send a token")
     args = ap.parse_args(argv)
+    if args.acl:
+        os.environ["COVE_BENCH_ACL"] = "1"  # read by the server child and the clients
     if args.serve:
         serve(int(args.serve[0]), args.serve[1])
         return 0

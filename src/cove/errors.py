@@ -11,6 +11,8 @@ error code::
     ├── Conflict             the request clashes with current state     409 / exit 5
     │   └── InUse            the thing is still used by others          409 / exit 5
     ├── IpamExhausted        no free address or subnet is left          409 / exit 6
+    ├── Unauthorized         the caller is not authenticated, or the    401 / exit 7
+    │                        feature that would authenticate is off
     ├── PermissionDenied     the caller may not do this                 403 / exit 7
     ├── Unavailable          a feature or a dependency is not there     503 / exit 8
     ├── StoreError           the state store failed                     503 / exit 9
@@ -100,6 +102,16 @@ class IpamExhausted(CoveError):
     kind = "ipam_exhausted"
 
 
+class Unauthorized(CoveError):
+    """Raised when a request carries no usable credentials, or asks for an
+    authentication feature that is switched off ("ACL support disabled")."""
+
+    http_status = 401
+    exit_code = 7
+    cni_code = 999
+    kind = "unauthorized"
+
+
 class PermissionDenied(CoveError):
     """Raised when the caller lacks the right to do what it asked."""
 
@@ -164,6 +176,7 @@ _BY_KIND: dict[str, type[CoveError]] = {
         Conflict,
         InUse,
         IpamExhausted,
+        Unauthorized,
         PermissionDenied,
         Unavailable,
         StoreError,

@@ -287,6 +287,6 @@ def test_filter_selector_typo_and_hostile_regex(server: ConsulServer, c: consul.
     status, _, body = http(server, "GET", f"/v1/health/service/{name}?index={index}&filter={q}")
     assert status == 400
     assert b'Selector "Service.Nmae" is not valid' in body
-    q = urllib.request.quote('Service matches "(a+)+$"')
+    q = urllib.request.quote('Service matches "^(a+)+$"')
     status, _, body = http(server, "GET", f"/v1/agent/services?filter={q}")
     assert status == 200 and json.loads(body) == {}

@@ -51,3 +51,32 @@ def test_unknown_file_settings_are_rejected(tmp_path: Path) -> None:
 
 def test_ipv6_hostport() -> None:
     assert parse_hostport("[::1]:8600", "dns") == ("::1", 8600)
+
+
+def test_acl_settings_from_file_and_flags(tmp_path: Path) -> None:
+    assert load({}, None, {}).acl_enabled is False
+    assert load({}, None, {}).acl_default_policy == "allow"  # Consul's default
+    f = tmp_path / "cove.toml"
+    f.write_text('acl_enabled = true\nacl_default_policy = "deny"\nacl_initial_management = "s"\n')
+    cfg = load({}, f, {})
+    assert (cfg.acl_enabled, cfg.acl_default_policy, cfg.acl_initial_management) == (
+        True,
+        "deny",
+        "s",
+    )
+    assert load({"acl_default_policy": "allow"}, f, {}).acl_default_policy == "allow"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('acl_default_policy = "maybe"', "invalid ACL default policy 'maybe'"),
+        ('acl_enabled = "yes"', "invalid acl_enabled"),
+        ('acl_initial_management = ""', "invalid ACL initial management token"),
+    ],
+)
+def test_bad_acl_settings_are_named(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "cove.toml"
+    f.write_text(text + "\n")
+    with pytest.raises(InvalidArgument, match=message):
+        load({}, f, {})

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from cove.api import http as web
-from cove.api.http.message import ChunkedBody, HttpError, parse_head
+from cove.api.http.message import HttpError, Message, RequestParser, parse_head
 
 
 def test_head_is_parsed_with_lowercased_repeated_headers() -> None:
@@ -32,6 +32,9 @@ def test_head_is_parsed_with_lowercased_repeated_headers() -> None:
         (b"PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2", 400),
         (b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2", 400),
         (b"PUT / HTTP/1.1\r\nTransfer-Encoding: gzip", 501),
+        (b"PUT / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked", 501),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b", 400),
+        (b"GET * HTTP/1.1", 400),
     ],
 )
 def test_malformed_heads_are_refused_with_their_status(raw: bytes, status: int) -> None:
@@ -47,29 +50,64 @@ def test_keep_alive_follows_the_version_and_connection_header() -> None:
     assert parse_head(b"GET http://h:1/a?b HTTP/1.1").target == "/a?b"
 
 
+def _feed(wire: bytes, *, cut: int | None = None, limit: int = 100) -> RequestParser:
+    parser = RequestParser(max_body=limit)
+    if cut is None:
+        parser.feed(wire)
+    else:
+        parser.feed(wire[:cut])
+        parser.feed(wire[cut:])
+    return parser
+
+
 def test_chunked_body_decodes_across_arbitrary_splits() -> None:
-    wire = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nTrailer: x\r\n\r\nNEXT"
+    wire = (
+        b"PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nTrailer: x\r\n\r\n"
+        b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     for cut in range(1, len(wire)):
-        body = ChunkedBody(limit=100)
-        buf = bytearray(wire[:cut])
-        done = body.feed(buf)
-        if not done:
-            buf += wire[cut:]
-            done = body.feed(buf)
-        else:
-            buf += wire[cut:]
-        assert done and bytes(body.body) == b"hello, world", cut
-        assert bytes(buf) == b"NEXT", cut  # what follows the body is left alone
+        out = list(_feed(wire, cut=cut).out)
+        assert [type(m) for m in out] == [Message, Message], cut
+        first, second = out
+        assert isinstance(first, Message) and isinstance(second, Message)
+        assert first.body == b"hello, world" and first.chunked, cut
+        assert second.target == "/next", cut  # what follows the body is the next request
 
 
 @pytest.mark.parametrize(
-    ("wire", "status"),
-    [(b"zz\r\n", 400), (b"5\r\nhelloXX", 400), (b"ff\r\n", 413), (b"-1\r\n", 400)],
+    ("chunks", "status"),
+    [(b"zz\r\n", 400), (b"5\r\nhelloXX", 400), (b"ff\r\n" + b"x" * 200, 413), (b"-1\r\n", 400)],
 )
-def test_bad_chunks_are_refused(wire: bytes, status: int) -> None:
-    with pytest.raises(HttpError) as err:
-        ChunkedBody(limit=100).feed(bytearray(wire))
-    assert err.value.status == status
+def test_bad_chunks_are_refused(chunks: bytes, status: int) -> None:
+    wire = b"PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+    out = list(_feed(wire).out)
+    assert len(out) == 1 and isinstance(out[0], HttpError), out
+    assert out[0].status == status
+
+
+def test_expect_continue_is_wanted_once_before_the_body() -> None:
+    parser = RequestParser(max_body=100)
+    parser.feed(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+    assert parser.wants_continue() and not parser.wants_continue()
+    parser.feed(b"ok")
+    out = list(parser.out)
+    assert isinstance(out[0], Message) and out[0].body == b"ok"
+
+
+def test_head_and_body_limits() -> None:
+    huge = b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70_000 + b"\r\n\r\n"
+    for cut in (None, 1000, 50_000):
+        out = list(_feed(huge, cut=cut, limit=10).out)
+        assert isinstance(out[0], HttpError) and out[0].status == 431, cut
+    # A head that never ends is refused too, not buffered without bound.
+    parser = RequestParser(max_body=10)
+    parser.feed(b"GET / HTTP/1.1\r\n")
+    for _ in range(40):
+        parser.feed(b"X-Long: " + b"b" * 8000)
+    assert isinstance(parser.out[0], HttpError) and parser.out[0].status == 431
+    over = list(_feed(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n", limit=10).out)
+    assert isinstance(over[0], HttpError) and over[0].status == 413
 
 
 async def _ok(request: web.Request) -> web.StreamResponse:
@@ -120,3 +158,29 @@ def test_query_keeps_repeated_names_and_decodes_plus() -> None:
     assert q.getall("tag") == ["a", "b"] and q["tag"] == "a"
     assert q["x"] == "a b" and q["y"] == "+" and q["flag"] == "" and "flag" in q
     assert q.get("missing") is None and q.getall("missing", []) == []
+
+
+def test_trailer_fields_do_not_become_headers() -> None:
+    wire = (
+        b"PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nX-Consul-Token: smuggled\r\nContent-Type: application/json\r\n\r\n"
+    )
+    out = list(_feed(wire).out)
+    assert isinstance(out[0], Message) and out[0].body == b"hi"
+    assert "x-consul-token" not in out[0].headers and "content-type" not in out[0].headers
+
+
+def test_long_pipelines_are_not_mistaken_for_a_long_head() -> None:
+    one = b"PUT /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    burst = one * 4000 + b"GET /next HTTP/1.1\r\nHost: x"  # about 230 KB in one read
+    parser = RequestParser(max_body=100)
+    parser.feed(burst)
+    parser.feed(b"\r\n\r\n")
+    out = list(parser.out)
+    assert len(out) == 4001 and all(isinstance(m, Message) for m in out)
+    big = b"PUT /b HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n"
+    parser = RequestParser(max_body=300_000)
+    parser.feed(big + b"y" * 150_000)
+    parser.feed(b"y" * 50_000 + b"GET /n HTTP/1.1\r\nHost: x")
+    parser.feed(b"\r\n\r\n")
+    assert [type(m) for m in parser.out] == [Message, Message]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import socket as socketlib
@@ -50,6 +51,18 @@ class AgentConfig:
     reconcile_interval: float = 15.0
     enable_script_checks: bool = False
     vip_ranges: tuple[str, ...] = ("10.96.0.0/16",)
+    config_file: Path | None = None  # where these came from: hidden from containers
+    # Consul's ACL system on /v1 (and the token gate of the native API).
+    acl_enabled: bool = False
+    acl_default_policy: str = "allow"
+    acl_initial_management: str | None = None
+    socket_group: str | None = None  # None: the socket is root's alone (0600)
+    http_allowed_hosts: tuple[str, ...] = ()  # names a Host header may carry besides addresses
+    https: tuple[str, int] | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_verify_incoming: bool = False
 
     @property
     def store_url(self) -> str:
@@ -76,11 +89,11 @@ def load(
     if "COVE_SOCKET" in environ:
         values["socket"] = environ["COVE_SOCKET"]
     values.update({k: v for k, v in flags.items() if v is not None})
-    known = {f.name for f in fields(AgentConfig)}
+    known = {f.name for f in fields(AgentConfig)} - {"config_file"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise InvalidArgument(f"unknown config setting(s): {', '.join(unknown)}")
-    return _coerce(replace(AgentConfig(), **values))
+    return _coerce(replace(AgentConfig(), config_file=config_file, **values))
 
 
 def _coerce(cfg: AgentConfig) -> AgentConfig:
@@ -97,6 +110,30 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
             _check_upstream(u)
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise InvalidArgument(f"invalid log level {cfg.log_level!r}")
+    _check_acl(cfg)
+    https = cfg.https
+    if isinstance(https, str):
+        https = None if https in ("", "off") else parse_hostport(https, "https")
+    if cfg.socket_group is not None:
+        socket_gid(str(cfg.socket_group))
+    hosts = cfg.http_allowed_hosts
+    if isinstance(hosts, str):
+        hosts = (hosts,)
+    hosts = tuple(str(h).lower() for h in hosts)
+    for h in hosts:
+        if not h or any(c in h for c in ":/[] \t"):
+            raise InvalidArgument(
+                f"invalid --http-allowed-host {h!r}: expected a host name without a port"
+            )
+    tls_cert = Path(cfg.tls_cert) if cfg.tls_cert else None
+    tls_key = Path(cfg.tls_key) if cfg.tls_key else None
+    tls_ca = Path(cfg.tls_ca) if cfg.tls_ca else None
+    if https is not None and (tls_cert is None or tls_key is None):
+        raise InvalidArgument("--https needs --tls-cert and --tls-key (PEM files)")
+    if cfg.tls_verify_incoming and tls_ca is None:
+        raise InvalidArgument(
+            "--tls-verify-incoming needs --tls-ca: the CA that signs client certificates"
+        )
     return replace(
         cfg,
         state_dir=Path(cfg.state_dir),
@@ -108,7 +145,38 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
         resolv_conf=Path(cfg.resolv_conf),
         reconcile_interval=float(cfg.reconcile_interval),
         vip_ranges=tuple(str(r) for r in cfg.vip_ranges),
+        socket_group=str(cfg.socket_group) if cfg.socket_group is not None else None,
+        http_allowed_hosts=hosts,
+        https=tuple(https) if https else None,  # type: ignore[arg-type]
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+        tls_verify_incoming=bool(cfg.tls_verify_incoming),
     )
+
+
+def _check_acl(cfg: AgentConfig) -> None:
+    if not isinstance(cfg.acl_enabled, bool):
+        raise InvalidArgument(f"invalid acl_enabled {cfg.acl_enabled!r}: expected true or false")
+    if cfg.acl_default_policy not in ("allow", "deny"):
+        raise InvalidArgument(
+            f"invalid ACL default policy {cfg.acl_default_policy!r}: expected allow or deny"
+        )
+    token = cfg.acl_initial_management
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise InvalidArgument("invalid ACL initial management token: expected a non-empty string")
+
+
+def socket_gid(name: str) -> int:
+    """The id of the group named by ``--socket-group``; ``InvalidArgument``
+    when there is none."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise InvalidArgument(
+            f"unknown group {name!r} for --socket-group: create it (groupadd {name}) "
+            "or name an existing group"
+        ) from None
 
 
 def _check_upstream(text: str) -> None:

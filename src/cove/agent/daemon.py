@@ -1,6 +1,7 @@
 """The agent: the composition root. It opens the store, wires the domain
-services to it and to the kernel, serves the API on the Unix socket and on
-TCP, and shuts down cleanly on SIGTERM.
+services to it and to the kernel, serves the API on the Unix socket, on TCP
+and on HTTPS (certificate reloaded on SIGHUP), and shuts down cleanly on
+SIGTERM.
 
 Only one agent may own a state directory at a time (an flock on
 ``agent.lock``); a killed agent's lock dies with it, so a restart takes over
@@ -22,15 +23,19 @@ from pathlib import Path
 from typing import IO
 
 from cove import __version__
-from cove.agent.config import AgentConfig
+from cove.acl import AclService
+from cove.agent.config import AgentConfig, socket_gid
 from cove.agent.limits import raise_open_files
+from cove.agent.private import private_paths
 from cove.agent.tuning import tune_interpreter
 from cove.api import consul as consul_api
 from cove.api import containers as containers_api
 from cove.api import http as web
 from cove.api import networks as networks_api
 from cove.api.app import build_app
+from cove.api.guard import Guard
 from cove.api.metrics import Metrics
+from cove.api.tls import ReloadingTls, TlsFiles
 from cove.clock import SystemClock
 from cove.datapath.libnft import open_nft
 from cove.datapath.netlink import NetlinkDatapath
@@ -109,6 +114,15 @@ def run(config: AgentConfig) -> int:
     return 0
 
 
+def _secret_files(config: AgentConfig) -> list[Path]:
+    """Files besides the state that hold secrets: the TLS key, and the
+    config file (it may carry the initial management token)."""
+    files = [p for p in (config.tls_key, config.tls_cert, config.tls_ca) if p is not None]
+    if config.config_file is not None:
+        files.append(config.config_file)
+    return files
+
+
 class Agent:
     """Every long-lived part of a running agent, wired once."""
 
@@ -128,6 +142,22 @@ class Agent:
             self.store, self.datapath, interval=config.reconcile_interval
         )
         self.app = build_app()
+        self.acl = AclService(
+            self.store,
+            self.clock,
+            enabled=config.acl_enabled,
+            default_policy=config.acl_default_policy,
+            initial_management=config.acl_initial_management,
+            node_name=config.node_name,
+            datacenter=config.datacenter,
+        )
+        self.acl.setup()
+        # Checked before routing: over HTTPS the native API needs a token
+        # with operator rights (none when ACLs are off).
+        self.guard = Guard.of(
+            str(config.socket), config.http_allowed_hosts, self.acl.allows_operator
+        )
+        self.app.screens.append(self.guard)
         self.metrics = Metrics()
         self.metrics.add(self._core_metrics)
         self.registry = Registry(
@@ -145,7 +175,9 @@ class Agent:
             enable_script_checks=config.enable_script_checks,
             inline=inline,
         )
-        consul_api.install(self.app, self.registry, runner=self.checks, hub=self.hub, inline=inline)
+        consul_api.install(
+            self.app, self.registry, runner=self.checks, hub=self.hub, inline=inline, acl=self.acl
+        )
         self.runtime = ContainerRuntime(
             self.store,
             self.clock,
@@ -155,6 +187,7 @@ class Agent:
             config.run_dir,
             config.resolv_conf,
             config.reconcile_interval,
+            masked=private_paths(config, _secret_files(config)),
         )
         containers_api.install(self.app, self.runtime.service)
         self.registrar = ServiceRegistrar(self.store, self.registry, config.reconcile_interval)
@@ -192,7 +225,7 @@ class Agent:
                 listen_on_gateways=True,
             ),
             hub=self.hub,
-            services=RegistryServices(self.registry.queries, self.hub),
+            services=RegistryServices(self.registry.queries, self.hub, acl=self.acl),
             keeper=SupervisorKeeper(config.run_dir),
         )
 
@@ -234,8 +267,18 @@ class Agent:
         self.store.close()
 
 
+def tls_of(config: AgentConfig) -> ReloadingTls | None:
+    """The HTTPS listener's certificates, checked before anything starts;
+    ``InvalidArgument`` names a missing, unreadable or mismatched file."""
+    if config.https is None or config.tls_cert is None or config.tls_key is None:
+        return None
+    return ReloadingTls(
+        TlsFiles(config.tls_cert, config.tls_key, config.tls_ca, config.tls_verify_incoming)
+    )
+
+
 @contextlib.asynccontextmanager
-async def _sites(agent: Agent) -> AsyncIterator[None]:
+async def _sites(agent: Agent, tls: ReloadingTls | None) -> AsyncIterator[None]:
     config = agent.config
     # Blocking queries may wait up to 10 minutes; do not let them hold
     # shutdown for long.
@@ -250,10 +293,19 @@ async def _sites(agent: Agent) -> AsyncIterator[None]:
             await server.start_unix(str(config.socket))
         finally:
             os.umask(old)
-        os.chmod(config.socket, 0o600)
+        if config.socket_group is None:
+            os.chmod(config.socket, 0o600)
+        else:
+            # As Docker's `docker` group: members may drive the agent, which
+            # makes them root-equivalent; the admin chose that by naming it.
+            os.chown(config.socket, 0, socket_gid(config.socket_group))
+            os.chmod(config.socket, 0o660)
         if config.http is not None:
             host, port = config.http
             await server.start_tcp(host, port, reuse_address=True)
+        if config.https is not None and tls is not None:
+            host, port = config.https
+            await server.start_tcp(host, port, reuse_address=True, ssl_context=tls.context)
         yield
     finally:
         await server.stop()
@@ -266,19 +318,23 @@ async def _serve(config: AgentConfig) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tls = tls_of(config)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, tls.reload)
     agent = await asyncio.to_thread(Agent, config)
     try:
         await asyncio.to_thread(agent.start)
         await agent.checks.start()
-        async with _sites(agent):
+        async with _sites(agent, tls):
             tune_interpreter()  # after start-up: what it loaded is frozen
             if agent.dns is not None:
                 agent.dns.serve()  # from the supervisor, which answered meanwhile
             log.info(
-                "cove agent %s ready: socket %s, http %s, store %s",
+                "cove agent %s ready: socket %s, http %s, https %s, store %s",
                 __version__,
                 config.socket,
                 f"{config.http[0]}:{config.http[1]}" if config.http else "off",
+                f"{config.https[0]}:{config.https[1]}" if config.https else "off",
                 config.store_url,
             )
             await stop.wait()

@@ -31,6 +31,40 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--vip-range", action="append", help="CIDR for service VIPs (repeat; default 10.96.0.0/16)"
     )
     p.add_argument("--enable-script-checks", action="store_true", default=None)
+    p.add_argument(
+        "--acl-enabled", action="store_true", default=None, help="enforce Consul's ACLs on /v1"
+    )
+    p.add_argument(
+        "--acl-default-policy",
+        choices=("allow", "deny"),
+        help="what a token may do where no rule says (default allow)",
+    )
+    p.add_argument(
+        "--acl-initial-management",
+        metavar="TOKEN",
+        help="SecretID of a management token created at start-up",
+    )
+    p.add_argument(
+        "--socket-group",
+        help="group that may use the API socket (mode 0660, like Docker's docker group; "
+        "default root only, 0600)",
+    )
+    p.add_argument(
+        "--http-allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a host name the HTTP listeners answer to besides their addresses (repeat)",
+    )
+    p.add_argument("--https", help="HTTPS API ADDR:PORT (Consul's is 8501; default off)")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate for --https")
+    p.add_argument("--tls-key", type=Path, help="PEM private key for --https")
+    p.add_argument("--tls-ca", type=Path, help="PEM CA that signs client certificates")
+    p.add_argument(
+        "--tls-verify-incoming",
+        action="store_true",
+        default=None,
+        help="require client certificates signed by --tls-ca on --https",
+    )
     p.set_defaults(func=_run, no_client=True)
 
 
@@ -51,6 +85,16 @@ def _run(args: argparse.Namespace) -> int:
         "reconcile_interval": args.reconcile_interval,
         "enable_script_checks": args.enable_script_checks,
         "vip_ranges": tuple(args.vip_range) if args.vip_range else None,
+        "acl_enabled": args.acl_enabled,
+        "acl_default_policy": args.acl_default_policy,
+        "acl_initial_management": args.acl_initial_management,
+        "socket_group": args.socket_group,
+        "http_allowed_hosts": tuple(args.http_allowed_host) if args.http_allowed_host else None,
+        "https": args.https,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_ca": args.tls_ca,
+        "tls_verify_incoming": args.tls_verify_incoming,
     }
     cfg = agent_config.load(flags, args.config, os.environ)
     return run(cfg)

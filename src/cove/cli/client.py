@@ -1,16 +1,19 @@
-"""A small HTTP client for the agent's Unix socket (stdlib only, so the CLI
-starts fast). Error responses come back as the ``CoveError`` they carry."""
+"""A small HTTP client for the agent: its Unix socket by default, or an
+``http://`` / ``https://`` address (stdlib only, so the CLI starts fast).
+Error responses come back as the ``CoveError`` they carry."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import socket
+import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
-from cove.errors import CoveError, Unavailable, from_json
+from cove.errors import CoveError, InvalidArgument, Unavailable, from_json
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -29,10 +32,63 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """The agent over TCP: ``url`` is ``http://HOST:PORT`` or
+    ``https://HOST:PORT``; ``ca`` verifies the agent's certificate (default:
+    the system's CAs); ``cert``/``key`` answer an agent that verifies
+    clients; ``token`` is the ACL token sent with every request."""
+
+    url: str
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    token: str | None = None
+
+
 class AgentClient:
-    def __init__(self, socket_path: Path, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        timeout: float = 60.0,
+        *,
+        remote: Remote | None = None,
+        token: str | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        self.remote = remote
+        # The registry commands speak /v1, which enforces ACLs when the agent
+        # has them on: the token goes with every request, on the socket too.
+        self.token = token or (remote.token if remote is not None else None)
+        self._tls: ssl.SSLContext | None = None
+        if remote is not None:
+            parts = urlsplit(remote.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise InvalidArgument(
+                    f"invalid agent address {remote.url!r}: expected http://HOST:PORT "
+                    "or https://HOST:PORT"
+                )
+            try:
+                self._port = parts.port or (8501 if parts.scheme == "https" else 8500)
+            except ValueError:
+                raise InvalidArgument(f"invalid port in agent address {remote.url!r}") from None
+            self._host = parts.hostname
+            if parts.scheme == "https":
+                self._tls = _client_context(remote)
+
+    @property
+    def where(self) -> str:
+        return self.remote.url if self.remote is not None else str(self.socket_path)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.remote is None:
+            return _UnixConnection(str(self.socket_path), self.timeout)
+        if self._tls is not None:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.timeout, context=self._tls
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
     def request(
         self,
@@ -73,24 +129,57 @@ class AgentClient:
         if params:
             path = f"{path}?{urlencode(params)}"
         headers = {}
+        if self.token:
+            headers["X-Consul-Token"] = self.token
         body = raw
         if json_body is not None:
             body = json.dumps(json_body).encode()
             headers["Content-Type"] = "application/json"
-        conn = _UnixConnection(str(self.socket_path), self.timeout)
+        conn = self._connection()
         try:
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             return resp.status, resp.read()
+        except ssl.SSLCertVerificationError as exc:
+            raise Unavailable(
+                f"the agent's certificate at {self.where} did not verify "
+                f"({exc.verify_message}): pass the CA that signed it with --tls-ca"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise Unavailable(
+                f"TLS with the agent at {self.where} failed ({exc.reason or exc}); if it "
+                "verifies clients, pass --tls-cert and --tls-key"
+            ) from exc
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise Unavailable(
-                f"cannot reach the cove agent at {self.socket_path}: is `cove agent` running?"
+                f"cannot reach the cove agent at {self.where}: is `cove agent` running?"
             ) from exc
         except PermissionError as exc:
             raise Unavailable(
-                f"permission denied on {self.socket_path}: the agent socket is root only"
+                f"permission denied on {self.socket_path}: the agent socket is root only "
+                "(or its --socket-group)"
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise Unavailable(f"lost the connection to the agent: {exc}") from exc
+            hint = ""
+            if self._tls is not None and self.remote is not None and self.remote.cert is None:
+                # Under TLS 1.3 a refused client certificate often shows only
+                # as a closed connection, so say what the likely cause is.
+                hint = (
+                    "; if the agent verifies clients (--tls-verify-incoming), "
+                    "pass --tls-cert and --tls-key"
+                )
+            raise Unavailable(
+                f"lost the connection to the agent at {self.where}: {exc}{hint}"
+            ) from exc
         finally:
             conn.close()
+
+
+def _client_context(remote: Remote) -> ssl.SSLContext:
+    try:
+        ctx = ssl.create_default_context(cafile=str(remote.ca) if remote.ca else None)
+        if remote.cert is not None:
+            ctx.load_cert_chain(remote.cert, remote.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidArgument(f"cannot load the CLI's TLS files: {exc}") from exc
+    return ctx

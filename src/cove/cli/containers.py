@@ -1,9 +1,10 @@
 """`cove run|ps|inspect|logs|exec|stop|start|rm` and `cove network
 connect|disconnect`.
 
-``exec`` asks the agent for the container's init pid and environment and
-then runs ``nsenter`` itself, so the user's terminal (``-t``) and stdin
-(``-i``) reach the command directly, with no relay in between.
+``exec`` asks the agent for the container's init pid, environment and
+restrictions, then enters the container itself (``runtime.enter``), so the
+user's terminal (``-t``) and stdin (``-i``) reach the command directly, with
+no relay in between, and the command is confined as the container is.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,9 @@ from urllib.parse import quote, urlencode
 
 from cove.cli.client import AgentClient, _UnixConnection
 from cove.cli.output import print_table
-from cove.errors import InvalidArgument, Unavailable
+from cove.errors import Conflict, InvalidArgument, Unavailable
+from cove.runtime import enter
+from cove.runtime.security import DEFAULT_CAPS
 from cove.runtime.view import status_text
 
 
@@ -47,6 +49,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("-w", "--workdir", default="")
     p.add_argument("--restart", default="no", choices=("no", "on-failure", "always"))
     p.add_argument("--service", action="append", default=[], metavar="NAME:PORT")
+    p.add_argument(
+        "--cap-add", action="append", default=[], metavar="CAP",
+        help="add a capability to Docker's default set (NET_ADMIN, CAP_SYS_TIME, ALL)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cap-drop", action="append", default=[], metavar="CAP",
+        help="drop a capability from the default set (NET_RAW, ALL)",
+    )  # fmt: skip
+    p.add_argument(
+        "--security-opt", action="append", default=[], metavar="seccomp=unconfined",
+        help="seccomp=unconfined turns the default system call filter off",
+    )  # fmt: skip
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=_run)
 
@@ -129,6 +143,9 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         "workdir": args.workdir,
         "restart": args.restart,
         "services": args.service,
+        "cap_add": args.cap_add,
+        "cap_drop": args.cap_drop,
+        "security_opt": args.security_opt,
     }
     info = client.request("POST", "/api/containers", body)
     if args.detach:
@@ -195,9 +212,6 @@ def _stream_logs(client: AgentClient, name: str, follow: bool) -> None:
 def _exec(args: argparse.Namespace, client: AgentClient) -> int:
     cmd = _command(args)
     info = client.request("GET", f"/api/containers/{quote(args.name)}/exec")
-    nsenter = shutil.which("nsenter")
-    if nsenter is None:
-        raise Unavailable("nsenter (util-linux) is needed for exec")
     env = dict(info["env"])
     env.update(kv.split("=", 1) for kv in args.env if "=" in kv)
     if args.tty and "TERM" in os.environ:
@@ -206,10 +220,14 @@ def _exec(args: argparse.Namespace, client: AgentClient) -> int:
         fd = os.open(os.devnull, os.O_RDONLY)
         os.dup2(fd, 0)
         os.close(fd)
-    pid = str(info["pid"])
-    argv = [nsenter, "-t", pid, "-n", "-u", "-i", "-m", "-p", "-r", "-w", "--", *cmd]
-    sys.stdout.flush()
-    os.execve(nsenter, argv, env)
+    caps = frozenset(str(c) for c in info.get("capabilities", DEFAULT_CAPS))
+    try:
+        return enter.run(
+            int(info["pid"]), cmd, env, str(info.get("workdir") or "/"), caps,
+            bool(info.get("seccomp", True)),
+        )  # fmt: skip
+    except OSError as exc:
+        raise Conflict(f"cannot enter container {args.name}: {exc.strerror or exc}") from exc
 
 
 def _stop(args: argparse.Namespace, client: AgentClient) -> int:

@@ -18,7 +18,7 @@ from cove.cli import lb as lb_cli
 from cove.cli import network as network_cli
 from cove.cli import policy as policy_cli
 from cove.cli import registry as registry_cli
-from cove.cli.client import AgentClient
+from cove.cli.client import AgentClient, Remote
 from cove.errors import CoveError
 
 
@@ -30,6 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="agent socket (default $COVE_SOCKET or /run/cove/agent.sock)",
+    )
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="reach the agent over TCP instead: http://HOST:PORT or https://HOST:PORT "
+        "(default $COVE_HOST; the native API needs --https and an operator token)",
+    )
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA that signed the agent's certificate")
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate, if the agent asks")
+    parser.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
+    parser.add_argument(
+        "--token", default=None, help="ACL token (default $COVE_TOKEN or $CONSUL_HTTP_TOKEN)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     agent_cli.add_parsers(sub)
@@ -54,10 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     socket_path = args.socket or Path(os.environ.get("COVE_SOCKET", str(DEFAULT_SOCKET)))
+    host = args.host or os.environ.get("COVE_HOST") or None
+    token = (
+        args.token or os.environ.get("COVE_TOKEN") or os.environ.get("CONSUL_HTTP_TOKEN") or None
+    )
     try:
         if getattr(args, "no_client", False):
             return int(args.func(args))
-        return int(args.func(args, AgentClient(socket_path)))
+        remote = None
+        if host is not None:
+            remote = Remote(host, args.tls_ca, args.tls_cert, args.tls_key, token)
+        return int(args.func(args, AgentClient(socket_path, remote=remote, token=token)))
     except CoveError as exc:
         print(f"cove: error: {exc.message}", file=sys.stderr)
         return exc.exit_code

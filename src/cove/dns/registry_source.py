@@ -10,6 +10,10 @@ under ``registry/``: an instance or check of service S invalidates S's
 answers, a node's own record invalidates ``<node>.node``, and a node-level
 check (which gates every service on the node) invalidates all of them.
 
+With ACLs enabled, DNS answers what the agent's ``dns`` (else ``default``,
+else anonymous) token may read: instances need service and node read, nodes
+node read; any ACL change invalidates every cached answer.
+
 Consul's DNS is case-insensitive while the catalog keeps names as written
 (``registry/svc/Web/...``). DNS asks in lower case, so the source keeps an
 index of the spellings in use that are not lower-case (few: most names are)
@@ -27,6 +31,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
+from cove.acl import Access, AclService
 from cove.dns.services import ChangeCallback, Node, ServiceChange, ServiceInstance
 from cove.registry import types as rt
 from cove.registry.queries import Queries
@@ -37,9 +42,12 @@ log = logging.getLogger(__name__)
 
 
 class RegistryServices:
-    def __init__(self, queries: Queries, hub: WatchHub) -> None:
+    def __init__(self, queries: Queries, hub: WatchHub, acl: AclService | None = None) -> None:
         self._queries = queries
         self._hub = hub
+        self._acl = acl if acl is not None and acl.enabled else None
+        if self._acl is not None:
+            self._acl.on_change(self._on_acl_change)
         self._lock = threading.Lock()
         self._following = False
         self._callbacks: list[ChangeCallback] = []
@@ -50,15 +58,26 @@ class RegistryServices:
     def passing(self, service: str) -> Sequence[ServiceInstance]:
         if not self._following:
             self._follow()
+        authz = self._acl.dns_authorizer() if self._acl is not None else None
         out: list[ServiceInstance] = []
         for name in (service, *sorted(self._spellings.get(service, ()))):
+            if authz is not None and not authz.allowed("service", name, Access.READ):
+                continue
             for entry in self._queries.health_service(name, passing=True).data:
+                if authz is not None and not authz.allowed(
+                    "node", str(entry["Node"]["Node"]), Access.READ
+                ):
+                    continue
                 inst = _instance(service, entry)
                 if inst is not None:
                     out.append(inst)
         return out
 
     def node(self, name: str) -> Node | None:
+        if self._acl is not None and not self._acl.dns_authorizer().allowed(
+            "node", name, Access.READ
+        ):
+            return None
         ans = self._queries.node(name)
         if not ans.found or not ans.data:
             return None
@@ -79,6 +98,11 @@ class RegistryServices:
             self._hub.subscribe(rt.ROOT, self._on_events)
             self._add(str(name) for name in self._queries.services().data)
             self._following = True
+
+    def _on_acl_change(self) -> None:
+        change = ServiceChange(frozenset({ServiceChange.ALL}), frozenset())
+        for cb in self._callbacks:
+            cb(change)
 
     def _on_events(self, events: Sequence[Event]) -> None:
         # The index first, then the callbacks: an answer cached in between

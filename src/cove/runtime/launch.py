@@ -1,6 +1,7 @@
 """Starting a container's process tree: fork, enter the container's network
-namespace, unshare UTS, IPC, mount and PID namespaces, bind its /etc files,
-optionally chroot into its rootfs, and exec its command.
+namespace, unshare UTS, IPC, mount and PID namespaces, build its filesystem
+view (``fs``: /etc files, /dev, /proc, ``pivot_root`` into its rootfs or
+the agent's files hidden), confine it (``security``) and exec its command.
 
 The forked child (A) sets up the namespaces, forks the container's init (B)
 and exits at once. The supervisor is a child subreaper, so B is re-parented
@@ -20,10 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from cove.runtime import linux
+from cove.runtime import devices, fs, linux, security
+from cove.runtime.security import DEFAULT_CAPS
 
-ETC_FILES = ("hosts", "hostname", "resolv.conf")
 _SETUP_TIMEOUT = 10.0
+_MAX_FD = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,11 @@ class LaunchSpec:
     restart: str = "no"
     pid_namespace: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
+    caps: frozenset[str] = DEFAULT_CAPS
+    seccomp: bool = True
+    # the agent's files (state, run and socket directories, secrets): hidden
+    # from a container that sees the host's filesystem
+    masked: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +66,9 @@ class LaunchSpec:
             "restart": self.restart,
             "pid_namespace": self.pid_namespace,
             "labels": dict(self.labels),
+            "caps": sorted(self.caps),
+            "seccomp": self.seccomp,
+            "masked": list(self.masked),
         }
 
     @classmethod
@@ -77,6 +87,9 @@ class LaunchSpec:
             restart=str(data.get("restart") or "no"),
             pid_namespace=bool(data.get("pid_namespace", True)),
             labels={str(k): str(v) for k, v in dict(data.get("labels") or {}).items()},
+            caps=frozenset(str(c) for c in data["caps"]) if "caps" in data else DEFAULT_CAPS,
+            seccomp=bool(data.get("seccomp", True)),
+            masked=tuple(str(p) for p in data.get("masked") or ()),
         )
 
 
@@ -94,6 +107,11 @@ def spawn(spec: LaunchSpec) -> int:
     """Start the container; returns the host pid of its init process.
     Raises ``LaunchError``. The caller must be a child subreaper (and
     single-threaded: this forks)."""
+    try:
+        seccomp = security.compile_seccomp(spec.caps) if spec.seccomp else None
+    except (OSError, ImportError) as exc:
+        # never start a container without the filter it was meant to have
+        raise LaunchError(f"cannot build the seccomp filter: {exc}") from exc
     log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -101,7 +119,7 @@ def spawn(spec: LaunchSpec) -> int:
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 os.close(r)
-                _setup_and_fork(spec, w, log_fd)
+                _setup_and_fork(spec, w, log_fd, seccomp)
             finally:
                 os._exit(126)
         os.close(w)
@@ -128,6 +146,8 @@ def spawn(spec: LaunchSpec) -> int:
                 f"cannot run {spec.argv[0]!r}: {msg}", missing=int(code) == errno.ENOENT
             )
         elif kind == "error":
+            if init_pid is not None:
+                _reap(init_pid)
             raise LaunchError(rest)
     if init_pid is None:
         raise LaunchError("container setup failed without a report")
@@ -156,7 +176,9 @@ def _write(fd: int, text: str) -> None:
         os.write(fd, text.encode())
 
 
-def _setup_and_fork(spec: LaunchSpec, report: int, log_fd: int) -> NoReturn:  # pragma: no cover
+def _setup_and_fork(
+    spec: LaunchSpec, report: int, log_fd: int, seccomp: bytes | None
+) -> NoReturn:  # pragma: no cover
     """Process A: namespaces and mounts, then fork the init and exit."""
     try:
         os.setsid()
@@ -172,50 +194,50 @@ def _setup_and_fork(spec: LaunchSpec, report: int, log_fd: int) -> NoReturn:  # 
                 raise
             pidns = False
             linux.unshare(flags)
+        caps = spec.caps if devices.join() else spec.caps - {"MKNOD"}
         # Private propagation first: nothing mounted below may reach the host.
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         linux.sethostname(spec.hostname)
-        root = spec.rootfs or "/"
-        for name in ETC_FILES:
-            target = os.path.join(root, "etc", name)
-            if spec.rootfs and not os.path.lexists(target):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(target, "a"):
-                    pass
-            linux.mount(os.path.join(spec.etc_dir, name), target, None, linux.MS_BIND)
+        root = fs.prepare(spec.rootfs, spec.etc_dir, spec.masked)
     except OSError as exc:
         _write(report, f"error container setup failed: {exc.strerror or exc}\n")
         os._exit(126)
     pid = os.fork()
     if pid == 0:
-        _exec_init(spec, report, log_fd, pidns)
+        _exec_init(spec, root, caps, report, log_fd, pidns, seccomp)
     _write(report, f"pid {pid}\n")
     os._exit(0)
 
 
 def _exec_init(
-    spec: LaunchSpec, report: int, log_fd: int, pidns: bool
+    spec: LaunchSpec,
+    root: str,
+    caps: frozenset[str],
+    report: int,
+    log_fd: int,
+    pidns: bool,
+    seccomp: bytes | None,
 ) -> NoReturn:  # pragma: no cover
-    """Process B, the container's init: last mounts, then exec."""
+    """Process B, the container's init: /proc, pivot_root, confinement, exec."""
     try:
-        root = spec.rootfs or "/"
-        if pidns:
-            proc = os.path.join(root, "proc")
-            with contextlib.suppress(OSError):
-                linux.mount(
-                    "proc", proc, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
-                )
-        # /dev/null before the chroot: a rootfs need not have /dev.
+        fs.enter(root, pidns, pivot=spec.rootfs is not None)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        if spec.rootfs:
-            os.chroot(spec.rootfs)
-        os.chdir(spec.workdir)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
+        # Only stdio and the close-on-exec report pipe go on: no descriptor
+        # of the supervisor (other containers' pidfds) may reach the command.
+        os.closerange(3, report)
+        os.closerange(report + 1, _MAX_FD)
         for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        security.confine(caps, seccomp)
+    except OSError as exc:
+        _write(report, f"error container setup failed: {exc.strerror or exc}\n")
+        os._exit(126)
+    try:
+        os.chdir(spec.workdir)
         os.execvpe(spec.argv[0], list(spec.argv), dict(spec.env))
     except OSError as exc:
         _write(report, f"exec {exc.errno or 0} {exc.strerror or exc}\n")

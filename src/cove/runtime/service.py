@@ -98,6 +98,7 @@ class ContainerService:
         netns: NetnsDatapath,
         logs_dir: Path,
         port_probe: Callable[[PortMapping], None] = probe_host_port,
+        masked: tuple[Path, ...] = (),
     ) -> None:
         self._store = store
         self._clock = clock
@@ -107,6 +108,7 @@ class ContainerService:
         self._netns = netns
         self._logs = logs_dir
         self._probe = port_probe
+        self._masked = tuple(str(p) for p in masked)
 
     # -- reading -------------------------------------------------------------
 
@@ -147,7 +149,10 @@ class ContainerService:
         state = self._sup.states().get(c.id)
         if state is None or state.status is not Status.RUNNING:
             raise Conflict(f"container {name} is not running", container=name)
-        return {"pid": state.pid, "env": dict(c.env), "workdir": c.workdir, "id": c.id}
+        return {
+            "pid": state.pid, "env": dict(c.env), "workdir": c.workdir, "id": c.id,
+            "capabilities": sorted(c.capabilities), "seccomp": c.seccomp,
+        }  # fmt: skip
 
     # -- run -----------------------------------------------------------------
 
@@ -168,7 +173,8 @@ class ContainerService:
             id=cid, name=name, argv=spec.argv, hostname=spec.hostname or name, env=env,
             labels=dict(spec.labels), rootfs=spec.rootfs, workdir=spec.workdir,
             restart=spec.restart, ports=spec.ports, networks=tuple(n.name for n in networks),
-            services=spec.services, created=self._clock.time(),
+            services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
+            cap_drop=spec.cap_drop, seccomp=spec.seccomp,
         )  # fmt: skip
         endpoints: list[Endpoint] = []
         with self._rec.claim(cid, name):
@@ -258,7 +264,8 @@ class ContainerService:
             id=c.id, name=c.name, argv=c.argv, env=c.env, hostname=c.hostname,
             netns=str(self._netns.netns_path(c.id)), etc_dir=str(self._rec.etc_dir(c.id)),
             log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,
-            restart=c.restart.value, labels=c.labels,
+            restart=c.restart.value, labels=c.labels, caps=c.capabilities, seccomp=c.seccomp,
+            masked=self._masked,
         )  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------

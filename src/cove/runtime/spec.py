@@ -12,6 +12,7 @@ from typing import Any
 from cove.errors import InvalidArgument
 from cove.model import Network, ServiceSpec
 from cove.network.spec import check_name
+from cove.runtime.security import check_security_opts, normalize_cap, resolve_caps
 from cove.runtime.state import RestartPolicy
 
 PORTS = "ports/"  # ports/<proto>/<host port>: which container published it
@@ -161,6 +162,13 @@ class Container:
     services: tuple[str, ...] = ()
     desired: Desired = Desired.RUNNING
     created: float = 0.0
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    seccomp: bool = True
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return resolve_caps(self.cap_add, self.cap_drop)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -178,6 +186,9 @@ class Container:
             "services": list(self.services),
             "desired": self.desired.value,
             "created": self.created,
+            "cap_add": list(self.cap_add),
+            "cap_drop": list(self.cap_drop),
+            "seccomp": "default" if self.seccomp else "unconfined",
         }
 
     @classmethod
@@ -197,6 +208,9 @@ class Container:
             services=tuple(data.get("services") or ()),
             desired=Desired(data.get("desired", "running")),
             created=float(data.get("created", 0.0)),
+            cap_add=tuple(data.get("cap_add") or ()),
+            cap_drop=tuple(data.get("cap_drop") or ()),
+            seccomp=data.get("seccomp", "default") != "unconfined",
         )
 
 
@@ -215,6 +229,9 @@ class RunSpec:
     restart: RestartPolicy = RestartPolicy.NO
     ports: tuple[PortMapping, ...] = ()
     services: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    seccomp: bool = True
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -266,6 +283,10 @@ class RunSpec:
         workdir = _string(data, "workdir") or "/"
         if not workdir.startswith("/"):
             raise InvalidArgument(f"working directory {workdir!r} must be absolute")
+        # Stored as named (normalized), so inspect shows what the user asked.
+        cap_add = tuple(dict.fromkeys(normalize_cap(c) for c in _strings(data, "cap_add")))
+        cap_drop = tuple(dict.fromkeys(normalize_cap(c) for c in _strings(data, "cap_drop")))
+        seccomp = check_security_opts(_strings(data, "security_opt"))
         return cls(
             argv=tuple(argv),
             name=name,
@@ -278,6 +299,9 @@ class RunSpec:
             restart=restart,
             ports=ports,
             services=services,
+            cap_add=cap_add,
+            cap_drop=cap_drop,
+            seccomp=seccomp,
         )
 
 

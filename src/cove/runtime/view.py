@@ -16,6 +16,7 @@ def inspect(
 ) -> dict[str, Any]:
     body = c.to_json()
     body["short_id"] = c.id[:12]
+    body["capabilities"] = sorted(f"CAP_{name}" for name in c.capabilities)
     body["state"] = {
         "status": state.status.value,
         "pid": state.pid,

@@ -40,6 +40,7 @@ class ContainerRuntime:
         run_dir: Path,
         resolv_conf: Path = Path("/etc/resolv.conf"),
         interval: float = 15.0,
+        masked: tuple[Path, ...] = (),
     ) -> None:
         self._resolv_conf = resolv_conf
         self.netns = NetnsDatapath(run_dir / "netns")
@@ -49,8 +50,9 @@ class ContainerRuntime:
             store, self.netns, nft, files, self._host_resolv, interval
         )
         self.service = ContainerService(
-            store, clock, ipam, self.reconciler, self.supervisor, self.netns, files
-        )
+            store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
+            masked=masked,
+        )  # fmt: skip
 
     def _host_resolv(self) -> str:
         try:

@@ -11,7 +11,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from cove.acl import AclService
+from cove.acl.model import ROOT as ACL_ROOT
 from cove.api import http as web
+from cove.api.consul import acl as acl_routes
 from cove.api.consul import agent, catalog, kv
 from cove.api.consul.common import CONSUL, Consul
 from cove.registry import Registry
@@ -35,6 +38,7 @@ def install(
     runner: CheckRunner | None = None,
     hub: WatchHub | None = None,
     inline: bool | None = None,
+    acl: AclService | None = None,
 ) -> None:
     """Add the /v1 routes to ``app``. Blocking queries learn of changes
     from ``hub`` (the agent's WatchHub); without one, the app runs its own
@@ -43,10 +47,14 @@ def install(
     ``inline`` calls the registry on the event loop instead of a thread;
     by default it does so exactly when the store is in-process (memory or
     SQLite), where a call takes well under a millisecond; writes are then
-    group-committed (``cove.store.group``)."""
+    group-committed (``cove.store.group``). ``acl`` (when enabled) makes
+    every route judge the request's token; without it tokens are ignored
+    and /v1/acl/ answers "ACL support disabled"."""
     if inline is None:
         inline = in_process(registry.store)
     state = Consul(registry, runner, inline)
+    if acl is not None and acl.enabled:
+        state.acl = acl
     if inline and isinstance(registry.store, MemoryStore):
         state.commits = GroupCommit(registry.store)
         if runner is not None:  # TTL updates and probe results join the groups
@@ -55,6 +63,7 @@ def install(
     agent.add_routes(app)
     catalog.add_routes(app)
     kv.add_routes(app)
+    acl_routes.add_routes(app)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
@@ -67,10 +76,14 @@ def install(
         # Inline: a write committed on this loop wakes its blocking queries
         # right away, with no hub thread in between.
         sub = watch_hub.subscribe(t.ROOT, state.interests.on_events_threadsafe, inline=True)
+        # Another agent's change to an ACL object reaches this one's cache.
+        acl_sub = watch_hub.subscribe(ACL_ROOT, state.acl.on_events) if state.acl else None
         try:
             yield
         finally:
             sub.cancel()
+            if acl_sub is not None:
+                acl_sub.cancel()
             if own_hub is not None:
                 own_hub.stop()
 

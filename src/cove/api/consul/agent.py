@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from cove.acl import Access, Authorizer
 from cove.api import http as web
+from cove.api.consul.catalog import check_allowed
 from cove.api.consul.common import (
+    FILTERED,
+    authorize,
     blocking,
     consul_errors,
     ctx,
@@ -14,11 +20,13 @@ from cove.api.consul.common import (
     run,
     write,
 )
+from cove.codec import loads
 from cove.errors import InvalidArgument
 from cove.registry import VERSION
 from cove.registry import filter_schema as fs
+from cove.registry import types as t
 from cove.registry.decode import check_from_json, fold, service_from_json, text
-from cove.registry.filter import select
+from cove.registry.filter import Predicate, select
 from cove.registry.types import Status
 
 
@@ -28,10 +36,11 @@ def leader_address(request: web.Request) -> str:
 
 @consul_errors
 async def service_register(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
     body = await json_body(request)
     inst, checks = service_from_json(body, c.registry.node_name)
+    authz.need("service", inst.name, Access.WRITE)
     await write(
         request,
         lambda: c.registry.catalog.register_service(
@@ -48,8 +57,9 @@ async def service_register(request: web.Request) -> web.Response:
 
 @consul_errors
 async def service_deregister(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
+    await _need_service(request, authz, request.match_info["id"])
     await write(request, c.registry.catalog.deregister_service, request.match_info["id"])
     if c.runner is not None:
         c.runner.kick()
@@ -59,9 +69,12 @@ async def service_deregister(request: web.Request) -> web.Response:
 @consul_errors
 async def services(request: web.Request) -> web.Response:
     opts = options(request, fs.AGENT_SERVICE)
+    authz = await authorize(request, opts)
     c = ctx(request)
     data = await run(request, c.registry.queries.agent_services, c.registry.node_name)
-    return reply(select(opts.predicate, data))
+    return _acl_reply(
+        data, opts.predicate, authz, lambda v: authz.allowed("service", v["Service"], Access.READ)
+    )
 
 
 @consul_errors
@@ -74,22 +87,30 @@ async def service(request: web.Request) -> web.Response:
     )
     if not answer.found:
         return web.Response(status=404, text=f"unknown service ID: {sid}")
+    authz = await authorize(request, opts)
+    authz.need("service", answer.data["Service"], Access.READ)
     return reply(answer.data, answer.index)
 
 
 @consul_errors
 async def checks(request: web.Request) -> web.Response:
     opts = options(request, fs.HEALTH_CHECK)
+    authz = await authorize(request, opts)
     c = ctx(request)
     data = await run(request, c.registry.queries.agent_checks, c.registry.node_name)
-    return reply(select(opts.predicate, data))
+    return _acl_reply(data, opts.predicate, authz, lambda v: check_allowed(authz, v))
 
 
 @consul_errors
 async def check_register(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
     definition, status = check_from_json(await json_body(request))
+    if authz.enabled:
+        if definition.service_id:
+            await _need_service(request, authz, definition.service_id)
+        else:
+            authz.need("node", c.registry.node_name, Access.WRITE)
     await write(
         request,
         lambda: c.registry.catalog.register_check(
@@ -103,8 +124,9 @@ async def check_register(request: web.Request) -> web.Response:
 
 @consul_errors
 async def check_deregister(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
+    await _need_check(request, authz, request.match_info["id"])
     await write(request, c.registry.catalog.deregister_check, request.match_info["id"])
     if c.runner is not None:
         c.runner.kick()
@@ -116,7 +138,8 @@ _TTL_STATUS = {"pass": Status.PASSING, "warn": Status.WARNING, "fail": Status.CR
 
 @consul_errors
 async def check_ttl(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
+    await _need_check(request, authz, request.match_info["id"])
     status = _TTL_STATUS[request.match_info["verb"]]
     await _update_ttl(request, request.match_info["id"], status, request.query.get("note", ""))
     return web.Response(status=200)
@@ -124,7 +147,8 @@ async def check_ttl(request: web.Request) -> web.Response:
 
 @consul_errors
 async def check_update(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
+    await _need_check(request, authz, request.match_info["id"])
     d = fold(await json_body(request) or {}, "update")
     status_text = text(d, "status", "Status")
     try:
@@ -145,10 +169,11 @@ async def _update_ttl(request: web.Request, check_id: str, status: Status, outpu
 
 @consul_errors
 async def service_maintenance(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
     enable = _enable(request)
     sid = request.match_info["id"]
+    await _need_service(request, authz, sid)
     reason = request.query.get("reason", "")
     await write(request, c.registry.catalog.set_maintenance, sid, enable, reason)
     return web.Response(status=200)
@@ -156,8 +181,9 @@ async def service_maintenance(request: web.Request) -> web.Response:
 
 @consul_errors
 async def node_maintenance(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
+    authz.need("node", c.registry.node_name, Access.WRITE)
     await write(
         request,
         c.registry.catalog.set_maintenance,
@@ -179,8 +205,9 @@ def _enable(request: web.Request) -> bool:
 
 @consul_errors
 async def self_info(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     reg = ctx(request).registry
+    authz.need("agent", reg.node_name, Access.READ)
     leader = leader_address(request)
     member = _member(request, reg.node_name, reg.node.address)
     return reply(
@@ -234,9 +261,57 @@ def _member(request: web.Request, name: str, address: str) -> dict[str, object]:
 @consul_errors
 async def members(request: web.Request) -> web.Response:
     opts = options(request, fs.MEMBER)
+    authz = await authorize(request, opts)
     c = ctx(request)
     data = await run(request, c.registry.queries.members)
-    return reply(select(opts.predicate, data))
+    return _acl_reply(
+        data, opts.predicate, authz, lambda m: authz.allowed("node", m["Name"], Access.READ)
+    )
+
+
+def _acl_reply(
+    data: Any, predicate: Predicate | None, authz: Authorizer, keep: Any
+) -> web.Response:
+    """An agent list or map (not a blocking answer), filtered by ACLs."""
+    removed = False
+    if authz.enabled and not authz.reads_all("service", "node"):
+        if isinstance(data, dict):
+            kept: Any = {k: v for k, v in data.items() if keep(v)}
+        else:
+            kept = [v for v in data if keep(v)]
+        removed = len(kept) != len(data)
+        data = kept
+    response = reply(select(predicate, data))
+    if removed:
+        response.headers[FILTERED] = "true"
+    return response
+
+
+async def _need_service(request: web.Request, authz: Authorizer, service_id: str) -> None:
+    """Write on the service registered here as ``service_id`` (an unknown
+    ID is left to the registry's own answer)."""
+    if not authz.enabled:
+        return
+    c = ctx(request)
+    answer = await run(request, c.registry.queries.agent_service, c.registry.node_name, service_id)
+    if answer.found:
+        authz.need("service", answer.data["Service"], Access.WRITE)
+
+
+async def _need_check(request: web.Request, authz: Authorizer, check_id: str) -> None:
+    """Write on a check: its service's write, or for a node's own check
+    the node's. One key read (the agent's check definition), so a TTL
+    update stays cheap on a node with thousands of checks."""
+    if not authz.enabled:
+        return
+    c = ctx(request)
+    node = c.registry.node_name
+    kv = await run(request, c.registry.store.get, t.agent_check_key(node, check_id))
+    service = str(loads(kv.value).get("ServiceName") or "") if kv is not None else ""
+    if service:
+        authz.need("service", service, Access.WRITE)
+    else:
+        authz.need("node", node, Access.WRITE)
 
 
 @consul_errors

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from cove.acl import Access, Authorizer
 from cove.api import http as web
 from cove.api.consul.common import (
+    FILTERED,
+    QueryOptions,
+    acl_filter,
     answer_reply,
+    authorize,
     blocking,
     consul_errors,
     ctx,
@@ -12,18 +19,47 @@ from cove.api.consul.common import (
     json_body,
     options,
     reply,
+    run,
     write,
 )
 from cove.errors import InvalidArgument
 from cove.registry import filter_schema as fs
 from cove.registry import types as t
+from cove.registry.decode import fold
+from cove.registry.queries import Answer
+
+
+def check_allowed(authz: Authorizer, check: Any, need: Access = Access.READ) -> bool:
+    """A service's check follows the service, a node's check the node."""
+    service = check.get("ServiceName") or ""
+    if service:
+        return authz.allowed("service", service, need)
+    return authz.allowed("node", str(check.get("Node", "")), need)
+
+
+def _filtered(answer: Answer, opts: QueryOptions, authz: Authorizer, keep: Any) -> web.Response:
+    if not authz.enabled or authz.reads_all("service", "node"):
+        return answer_reply(answer, opts)
+    answer, removed = acl_filter(answer, keep)
+    return answer_reply(answer, opts, acl_filtered=removed)
+
+
+def _need_registration(authz: Authorizer, body: Any) -> None:
+    d = fold(body, "registration")
+    authz.need("node", str(d.get("node") or ""), Access.WRITE)
+    svc = d.get("service")
+    if isinstance(svc, dict):
+        s = fold(svc, "service")
+        authz.need("service", str(s.get("service") or s.get("name") or ""), Access.WRITE)
 
 
 @consul_errors
 async def register(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
     body = await json_body(request)
+    if authz.enabled:
+        _need_registration(authz, body)
     await write(request, c.registry.catalog.catalog_register, body)
     if c.runner is not None:
         c.runner.kick()
@@ -32,11 +68,43 @@ async def register(request: web.Request) -> web.Response:
 
 @consul_errors
 async def deregister(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     c = ctx(request)
     body = await json_body(request)
+    if authz.enabled:
+        await _need_deregistration(request, authz, fold(body, "deregistration"))
     await write(request, c.registry.catalog.catalog_deregister, body)
     return reply(True)
+
+
+async def _need_deregistration(request: web.Request, authz: Authorizer, d: dict[str, Any]) -> None:
+    """As Consul: a service needs write on that service, a check on its
+    service (or its node), the whole node write on the node."""
+    node = str(d.get("node") or "")
+    service_id = str(d.get("serviceid") or "")
+    check_id = str(d.get("checkid") or "")
+    if not service_id and not check_id:
+        authz.need("node", node, Access.WRITE)
+        return
+    q = ctx(request).registry.queries
+    if service_id:
+        answer = await run(request, q.node, node)
+        services = answer.data["Services"] if answer.found else {}
+        name = services.get(service_id, {}).get("Service")
+        if name is None:  # no name to judge by: as for the node's own entries
+            authz.need("node", node, Access.WRITE)
+        else:
+            authz.need("service", name, Access.WRITE)
+        return
+    answer = await run(request, q.health_node, node)
+    for check in answer.data:
+        if check.get("CheckID") == check_id and not check_allowed(authz, check, Access.WRITE):
+            service = check.get("ServiceName")
+            raise (
+                authz.denied("service:write", service)
+                if service
+                else authz.denied("node:write", node)
+            )
 
 
 @consul_errors
@@ -48,8 +116,9 @@ async def datacenters(request: web.Request) -> web.Response:
 async def services(request: web.Request) -> web.Response:
     opts = options(request, fs.CATALOG_SERVICES)
     q = ctx(request).registry.queries
+    authz = await authorize(request, opts)
     answer = await blocking(request, opts, q.services, (t.SERVICES,))
-    return answer_reply(answer, opts)
+    return _filtered(answer, opts, authz, lambda name: authz.allowed("service", name, Access.READ))
 
 
 @consul_errors
@@ -58,18 +127,20 @@ async def service(request: web.Request) -> web.Response:
     q = ctx(request).registry.queries
     name = request.match_info["name"]
     tags = request.query.getall("tag", [])
+    authz = await authorize(request, opts)
     answer = await blocking(
         request, opts, lambda: q.service_nodes(name, tags), (t.service_prefix(name),)
     )
-    return answer_reply(answer, opts)
+    return _filtered(answer, opts, authz, lambda e: _entry_allowed(authz, e))
 
 
 @consul_errors
 async def nodes(request: web.Request) -> web.Response:
     opts = options(request, fs.NODE)
     q = ctx(request).registry.queries
+    authz = await authorize(request, opts)
     answer = await blocking(request, opts, q.nodes, (t.NODES,))
-    return answer_reply(answer, opts)
+    return _filtered(answer, opts, authz, lambda n: authz.allowed("node", n["Node"], Access.READ))
 
 
 @consul_errors
@@ -77,10 +148,20 @@ async def node(request: web.Request) -> web.Response:
     opts = options(request)
     q = ctx(request).registry.queries
     name = request.match_info["node"]
+    authz = await authorize(request, opts)
     answer = await blocking(request, opts, lambda: q.node(name), (t.node_key(name),))
-    if not answer.found:
+    if not answer.found or not authz.allowed("node", name, Access.READ):
         # Consul answers an unknown node with 200 and null.
         return reply(None, answer.index)
+    if authz.enabled:
+        services = answer.data["Services"]
+        kept = {
+            k: v for k, v in services.items() if authz.allowed("service", v["Service"], Access.READ)
+        }
+        if len(kept) != len(services):
+            response = reply({**answer.data, "Services": kept}, answer.index)
+            response.headers[FILTERED] = "true"
+            return response
     return reply(answer.data, answer.index)
 
 
@@ -91,13 +172,14 @@ async def health_service(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     tags = request.query.getall("tag", [])
     passing = flag(request, "passing")
+    authz = await authorize(request, opts)
     answer = await blocking(
         request,
         opts,
         lambda: q.health_service(name, tags, passing),
         (t.service_prefix(name), t.check_prefix(name)),
     )
-    return answer_reply(answer, opts)
+    return _filtered(answer, opts, authz, lambda e: _health_allowed(authz, e))
 
 
 @consul_errors
@@ -105,8 +187,9 @@ async def health_checks(request: web.Request) -> web.Response:
     opts = options(request, fs.HEALTH_CHECK)
     q = ctx(request).registry.queries
     name = request.match_info["name"]
+    authz = await authorize(request, opts)
     answer = await blocking(request, opts, lambda: q.health_checks(name), (t.check_prefix(name),))
-    return answer_reply(answer, opts)
+    return _filtered(answer, opts, authz, lambda c: _check_node_allowed(authz, c))
 
 
 @consul_errors
@@ -114,8 +197,9 @@ async def health_node(request: web.Request) -> web.Response:
     opts = options(request, fs.HEALTH_CHECK)
     q = ctx(request).registry.queries
     name = request.match_info["node"]
+    authz = await authorize(request, opts)
     answer = await blocking(request, opts, lambda: q.health_node(name))
-    return answer_reply(answer, opts)
+    return _filtered(answer, opts, authz, lambda c: _check_node_allowed(authz, c))
 
 
 _STATES = {"any", "passing", "warning", "critical", "maintenance"}
@@ -128,8 +212,25 @@ async def health_state(request: web.Request) -> web.Response:
     state = request.match_info["state"]
     if state not in _STATES:
         raise InvalidArgument(f"Bad check state: {state}")
+    authz = await authorize(request, opts)
     answer = await blocking(request, opts, lambda: q.health_state(state))
-    return answer_reply(answer, opts)
+    return _filtered(answer, opts, authz, lambda c: _check_node_allowed(authz, c))
+
+
+def _entry_allowed(authz: Authorizer, e: Any) -> bool:
+    return authz.allowed("service", e["ServiceName"], Access.READ) and authz.allowed(
+        "node", e["Node"], Access.READ
+    )
+
+
+def _health_allowed(authz: Authorizer, e: Any) -> bool:
+    return authz.allowed("service", e["Service"]["Service"], Access.READ) and authz.allowed(
+        "node", e["Node"]["Node"], Access.READ
+    )
+
+
+def _check_node_allowed(authz: Authorizer, c: Any) -> bool:
+    return check_allowed(authz, c) and authz.allowed("node", str(c.get("Node", "")), Access.READ)
 
 
 def add_routes(app: web.Application) -> None:

@@ -8,9 +8,10 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from cove.acl import ALLOW_ALL, AclService, Authorizer
 from cove.api import http as web
 from cove.codec import dumps, loads
 from cove.errors import CoveError, InvalidArgument
@@ -37,6 +38,7 @@ class Consul:
     inline: bool = False
     interests: Interests | None = None
     commits: GroupCommit | None = None  # group commit of inline writes
+    acl: AclService | None = None  # None: ACLs off, every token ignored
 
 
 CONSUL: web.AppKey[Consul] = web.AppKey("cove_consul", Consul)
@@ -83,19 +85,26 @@ def options(request: web.Request, schema: Shape | None = None) -> QueryOptions:
     dc = request.query.get("dc")
     if dc and dc != ctx(request).registry.datacenter:
         raise CoveError("No path to datacenter")
-    token = request.headers.get("X-Consul-Token", "")
-    auth = request.headers.get("Authorization", "")
-    if not token and auth.lower().startswith("bearer "):
-        token = auth[7:].strip()
-    token = token or request.query.get("token", "")
     text = request.query.get("filter")
     return QueryOptions(
-        token=token,
+        token=request_token(request),
         index=parse_index(request.query.get("index")),
         wait=parse_wait(request.query.get("wait")),
         filter=text,
         predicate=compile_filter(text, schema) if text else None,
     )
+
+
+def request_token(request: web.Request) -> str:
+    """The request's ACL token (a SecretID) as Consul reads it: the
+    ``X-Consul-Token`` header, else ``Authorization: Bearer``, else
+    ``?token=``; empty when there is none."""
+    token = request.headers.get("X-Consul-Token", "")
+    if not token:
+        auth = request.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            token = auth[7:].strip()
+    return token or request.query.get("token", "")
 
 
 def flag(request: web.Request, name: str) -> bool:
@@ -165,17 +174,57 @@ async def blocking(
 
 
 def answer_reply(
-    answer: Answer, opts: QueryOptions, *, not_found_empty: bool = False
+    answer: Answer, opts: QueryOptions, *, not_found_empty: bool = False, acl_filtered: bool = False
 ) -> web.Response:
     """The answer as Consul sends it: 404 (with the index) when nothing was
-    found unless an empty answer is a normal one, else the filtered data."""
+    found unless an empty answer is a normal one, else the filtered data.
+    ``acl_filtered`` says that ACLs removed something from it."""
     if not answer.found and not not_found_empty:
         return web.Response(status=404, headers=meta_headers(answer.index))
     if answer.raw is not None and not opts.filter:
         return web.Response(
             body=answer.raw, headers=meta_headers(answer.index), content_type="application/json"
         )
-    return reply(select(opts.predicate, answer.data), answer.index)
+    response = reply(select(opts.predicate, answer.data), answer.index)
+    if acl_filtered:
+        response.headers[FILTERED] = "true"
+    return response
+
+
+# -- ACLs ---------------------------------------------------------------------
+
+FILTERED = "X-Consul-Results-Filtered-By-ACLs"
+
+
+async def authorize(request: web.Request, opts: QueryOptions) -> Authorizer:
+    """The rights of the request's token; ``PermissionDenied("ACL not
+    found")`` for an unknown one. With ACLs off, the allow-all stand-in at
+    the cost of one attribute read."""
+    acl = ctx(request).acl
+    if acl is None:
+        return ALLOW_ALL
+    hit = acl.cached(opts.token)
+    if hit is not None:
+        return hit
+    resolved: Authorizer = await run(request, acl.resolve, opts.token)
+    return resolved
+
+
+def acl_filter(answer: Answer, keep: Callable[[Any], bool]) -> tuple[Answer, bool]:
+    """``answer`` with only the items (of a list) or keys (of a dict) that
+    ``keep`` accepts, and whether any were removed."""
+    data = answer.data
+    if isinstance(data, dict):
+        kept_map = {k: v for k, v in data.items() if keep(k)}
+        if len(kept_map) == len(data):
+            return answer, False
+        return replace(answer, data=kept_map, raw=None), True
+    if isinstance(data, list):
+        kept = [item for item in data if keep(item)]
+        if len(kept) == len(data):
+            return answer, False
+        return replace(answer, data=kept, raw=None), True
+    return answer, False
 
 
 async def json_body(request: web.Request) -> Any:

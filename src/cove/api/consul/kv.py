@@ -6,9 +6,13 @@ import base64
 import binascii
 from typing import Any
 
+from cove.acl import Access, Authorizer
 from cove.api import http as web
 from cove.api.consul.common import (
+    QueryOptions,
+    acl_filter,
     answer_reply,
+    authorize,
     blocking,
     consul_errors,
     ctx,
@@ -24,6 +28,7 @@ from cove.errors import Conflict, InvalidArgument, NotFound
 from cove.registry import types as t
 from cove.registry.decode import fold, integer, text
 from cove.registry.kv import MAX_TXN_OPS, MAX_VALUE, KVOp, TooLarge
+from cove.registry.queries import Answer
 
 _MAX_UINT64 = 2**64 - 1
 
@@ -44,15 +49,25 @@ def _uint(request: web.Request, name: str) -> int | None:
 @consul_errors
 async def kv_get(request: web.Request) -> web.StreamResponse:
     opts = options(request)
+    authz = await authorize(request, opts)
     kv = ctx(request).registry.kv
     key = request.match_info["key"]
     if "keys" in request.query:
         sep = request.query.get("separator", "")
         answer = await blocking(request, opts, lambda: kv.keys(key, sep), (t.kv_key(key),))
+        if authz.enabled and not authz.reads_all("key"):
+            answer, removed = acl_filter(answer, lambda k: authz.allowed("key", k, Access.READ))
+            return answer_reply(answer, opts, acl_filtered=removed)
         return answer_reply(answer, opts)
     if flag(request, "recurse"):
         answer = await blocking(request, opts, lambda: kv.get_tree(key), (t.kv_key(key),))
+        if authz.enabled and not authz.reads_all("key"):
+            answer, removed = acl_filter(
+                answer, lambda e: authz.allowed("key", e["Key"], Access.READ)
+            )
+            return answer_reply(answer, opts, acl_filtered=removed)
         return answer_reply(answer, opts)
+    authz.need("key", key, Access.READ)
     answer = await blocking(request, opts, lambda: kv.get(key), (t.kv_key(key),))
     if answer.found and flag(request, "raw"):
         value = base64.b64decode(answer.data[0]["Value"] or "")
@@ -64,11 +79,12 @@ async def kv_get(request: web.Request) -> web.StreamResponse:
 
 @consul_errors
 async def kv_put(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     kv = ctx(request).registry.kv
     key = request.match_info["key"]
     if not key:
         raise InvalidArgument("Missing key name")
+    authz.need("key", key, Access.WRITE)
     length = request.content_length or 0
     if length > MAX_VALUE:
         raise TooLarge(_too_large(length))
@@ -99,12 +115,16 @@ def _too_large(size: int) -> str:
 
 @consul_errors
 async def kv_delete(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     kv = ctx(request).registry.kv
     key = request.match_info["key"]
     recurse = flag(request, "recurse")
     if not key and not recurse:
         raise InvalidArgument("Missing key name")
+    if recurse:
+        authz.need_write_prefix("key", key)
+    else:
+        authz.need("key", key, Access.WRITE)
     cas = _uint(request, "cas")
     done = await write(request, lambda: kv.delete(key, recurse=recurse, cas=cas))
     return reply(done)
@@ -115,9 +135,12 @@ async def kv_delete(request: web.Request) -> web.Response:
 
 @consul_errors
 async def session_create(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     sessions = ctx(request).registry.sessions
     body = await json_body(request)
+    if authz.enabled:
+        node = fold(body, "session").get("node") if isinstance(body, dict) else None
+        authz.need("session", str(node or ctx(request).registry.node_name), Access.WRITE)
     try:
         sid = await write(request, sessions.create, body)
     except Conflict as exc:
@@ -127,8 +150,9 @@ async def session_create(request: web.Request) -> web.Response:
 
 @consul_errors
 async def session_destroy(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     sessions = ctx(request).registry.sessions
+    await _session_write(request, authz, request.match_info["id"])
     await write(request, sessions.destroy, request.match_info["id"])
     return reply(True)
 
@@ -138,16 +162,18 @@ async def session_info(request: web.Request) -> web.Response:
     opts = options(request)
     sessions = ctx(request).registry.sessions
     sid = request.match_info["id"]
+    authz = await authorize(request, opts)
     answer = await blocking(request, opts, lambda: sessions.info(sid), (t.session_key(sid),))
-    return answer_reply(answer, opts)
+    return _sessions_reply(answer, opts, authz)
 
 
 @consul_errors
 async def session_list(request: web.Request) -> web.Response:
     opts = options(request)
     sessions = ctx(request).registry.sessions
+    authz = await authorize(request, opts)
     answer = await blocking(request, opts, lambda: sessions.list(), (t.SESSIONS,))
-    return answer_reply(answer, opts)
+    return _sessions_reply(answer, opts, authz)
 
 
 @consul_errors
@@ -155,16 +181,36 @@ async def session_node(request: web.Request) -> web.Response:
     opts = options(request)
     sessions = ctx(request).registry.sessions
     node = request.match_info["node"]
+    authz = await authorize(request, opts)
     answer = await blocking(request, opts, lambda: sessions.list(node), (t.SESSIONS,))
-    return answer_reply(answer, opts)
+    return _sessions_reply(answer, opts, authz)
 
 
 @consul_errors
 async def session_renew(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     sessions = ctx(request).registry.sessions
+    await _session_write(request, authz, request.match_info["id"])
     answer = await run(request, sessions.renew, request.match_info["id"])
     return reply(answer.data, answer.index)
+
+
+async def _session_write(request: web.Request, authz: Authorizer, sid: str) -> None:
+    if not authz.enabled:
+        return
+    sessions = ctx(request).registry.sessions
+    answer = await run(request, sessions.info, sid)
+    for entry in answer.data or ():
+        authz.need("session", str(entry.get("Node", "")), Access.WRITE)
+
+
+def _sessions_reply(answer: Answer, opts: QueryOptions, authz: Authorizer) -> web.Response:
+    if not authz.enabled or authz.reads_all("session"):
+        return answer_reply(answer, opts)
+    answer, removed = acl_filter(
+        answer, lambda s: authz.allowed("session", str(s.get("Node", "")), Access.READ)
+    )
+    return answer_reply(answer, opts, acl_filtered=removed)
 
 
 # -- transactions ---------------------------------------------------------------
@@ -206,15 +252,34 @@ def parse_txn(body: Any) -> list[KVOp]:
 
 @consul_errors
 async def txn(request: web.Request) -> web.Response:
-    options(request)
+    authz = await authorize(request, options(request))
     kv = ctx(request).registry.kv
     raw = await request.read()
     if len(raw) > MAX_VALUE * 2:
         raise TooLarge(_too_large(len(raw)))
     body = await json_body(request)
     ops = parse_txn(body)
+    if authz.enabled:
+        for op in ops:
+            _txn_check(authz, op)
     results = await write(request, kv.txn, ops)
     return reply({"Results": [{"KV": r} for r in results], "Errors": None})
+
+
+_READ_VERBS = frozenset({"get", "check-index", "check-session", "check-not-exists"})
+
+
+def _txn_check(authz: Authorizer, op: KVOp) -> None:
+    """Refuse the whole transaction (nothing runs) when one operation is
+    not allowed."""
+    if op.verb in _READ_VERBS:
+        authz.need("key", op.key, Access.READ)
+    elif op.verb == "get-tree":
+        authz.need("key", op.key, Access.LIST)
+    elif op.verb == "delete-tree":
+        authz.need_write_prefix("key", op.key)
+    else:
+        authz.need("key", op.key, Access.WRITE)
 
 
 def add_routes(app: web.Application) -> None:

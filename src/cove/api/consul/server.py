@@ -15,8 +15,10 @@ import logging
 import threading
 from types import TracebackType
 
+from cove.acl import AclService
 from cove.api import http as web
 from cove.api.consul import CONSUL, Consul, in_process, install
+from cove.api.guard import Guard
 from cove.clock import Clock
 from cove.errors import Unavailable
 from cove.registry import Registry
@@ -40,6 +42,7 @@ class ConsulServer:
         enable_script_checks: bool = False,
         run_checks: bool = True,
         unix_path: str | None = None,
+        acl: AclService | None = None,
     ) -> None:
         self.registry = Registry(
             store,
@@ -61,6 +64,7 @@ class ConsulServer:
         self._error: BaseException | None = None
         self.runner: CheckRunner | None = None
         self.state: Consul | None = None  # the app's Consul state, once serving
+        self.acl = acl
 
     @property
     def url(self) -> str:
@@ -101,7 +105,8 @@ class ConsulServer:
         else:
             await asyncio.to_thread(self.registry.catalog.ensure_node)
         app = web.Application(client_max_size=8 * 1024 * 1024)
-        install(app, self.registry, runner=runner, hub=self.hub)
+        install(app, self.registry, runner=runner, hub=self.hub, acl=self.acl)
+        app.screens.append(Guard.of(self.unix_path or "the agent's socket"))
         self.state = app[CONSUL]
         # Blocked long polls must not hold a stop for their whole wait.
         http = web.HttpServer(app, shutdown_timeout=2.0)

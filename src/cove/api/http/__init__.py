@@ -24,9 +24,10 @@ Handlers look like aiohttp's::
     await server.stop()
 """
 
+from cove.api.http.listener import Listener, Transport
 from cove.api.http.message import HttpError
 from cove.api.http.objects import Headers, Query, Request, Response, StreamResponse, json_response
-from cove.api.http.routing import AppKey, Application, Handler, middleware
+from cove.api.http.routing import AppKey, Application, Handler, Screen, middleware
 from cove.api.http.server import HttpServer
 
 __all__ = [
@@ -36,10 +37,13 @@ __all__ = [
     "Headers",
     "HttpError",
     "HttpServer",
+    "Listener",
     "Query",
     "Request",
     "Response",
+    "Screen",
     "StreamResponse",
+    "Transport",
     "json_response",
     "middleware",
 ]

@@ -1,18 +1,29 @@
-"""HTTP/1.1 request framing: the request head, the body's length or chunks.
+"""HTTP/1.1 request framing, by llhttp (Node's parser) through httptools.
 
-Pure functions and small state machines over bytes, shared by the server's
-protocol and unit-tested on their own. Anything malformed raises
-``HttpError`` with the status the server answers before it closes the
-connection (400, 413, 431, 501).
+A hand-written parser was lenient where llhttp is strict (bare LF inside the
+head, control bytes in names and paths, ``1_0`` as a chunk size, a vertical
+tab after ``chunked``) and had a crash path (``Content-Length: ²``); framing
+disagreements between a server and whatever stands in front of it are how
+requests get smuggled, so the framing is left to a parser that is fuzzed and
+maintained. What cove adds on top: its limits (64 KiB of head, the app's body
+size), the versions it speaks, the transfer codings it decodes, and one
+``Host`` per request.
+
+``RequestParser.feed`` takes bytes as they arrive and appends each complete
+request (a ``Message``) to ``out``; anything malformed appends an
+``HttpError`` carrying the status the server answers before it closes the
+connection (400, 413, 431, 501, 505), and parsing stops.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+from typing import NoReturn
+
+import httptools
 
 MAX_HEAD = 64 * 1024  # request line and headers
-MAX_CHUNK_LINE = 1024  # a chunk-size line, extensions included
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 class HttpError(Exception):
@@ -25,133 +36,221 @@ class HttpError(Exception):
 
 
 @dataclass(slots=True)
-class Head:
+class Message:
     method: str
     target: str  # as sent: percent-encoded path and query
     version: tuple[int, int]
     headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
     keep_alive: bool
     chunked: bool
-    length: int  # body bytes when not chunked
+    length: int  # Content-Length when not chunked
     expect_continue: bool
+    body: bytes = b""
 
 
-def parse_head(raw: bytes) -> Head:
-    """The request line and headers (``raw`` ends before the blank line)."""
-    lines = raw.decode("latin-1").split("\r\n")  # latin-1: every byte decodes
-    request_line = lines[0]
-    parts = request_line.split(" ")
-    if len(parts) != 3:
-        raise HttpError(400, f"Bad Request: malformed request line {request_line[:80]!r}")
-    method, target, proto = parts
-    if not method or not all(ord(c) in _TOKEN for c in method):
-        raise HttpError(400, f"Bad Request: invalid method {method[:20]!r}")
-    if proto == "HTTP/1.1":
-        version = (1, 1)
-    elif proto == "HTTP/1.0":
-        version = (1, 0)
-    elif proto.startswith("HTTP/"):
-        raise HttpError(505, f"HTTP Version Not Supported: {proto[:20]}")
-    else:
-        raise HttpError(400, f"Bad Request: malformed request line {request_line[:80]!r}")
-    if target.startswith(("http://", "https://")):  # absolute form: keep path and query
-        slash = target.find("/", target.find("//") + 2)
-        target = target[slash:] if slash >= 0 else "/"
-    if not target.startswith("/"):
-        raise HttpError(400, f"Bad Request: invalid target {target[:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name[-1] in " \t" or name[0] in " \t":
-            raise HttpError(400, f"Bad Request: malformed header {line[:80]!r}")
-        name = name.lower()
-        value = value.strip(" \t")
-        if name in headers:
-            if name in ("content-length", "host"):
-                if headers[name] != value:
-                    raise HttpError(400, f"Bad Request: conflicting {name} headers")
-                continue
-            headers[name] = headers[name] + ", " + value
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+
+
+class RequestParser:
+    """The requests of one connection (see the module docstring)."""
+
+    __slots__ = (
+        "_body",
+        "_boundary",
+        "_error",
+        "_head_size",
+        "_headers",
+        "_in_head",
+        "_limit",
+        "_message",
+        "_parser",
+        "_pending",
+        "_url",
+        "continue_sent",
+        "done",
+        "out",
+    )
+
+    def __init__(self, max_body: int) -> None:
+        self._limit = max_body
+        self._parser = httptools.HttpRequestParser(self)
+        self.out: deque[Message | HttpError] = deque()
+        self.done = False  # an error or a last request: ignore what follows
+        self.continue_sent = False
+        self._error: HttpError | None = None
+        self._headers: dict[str, str] = {}
+        self._message: Message | None = None
+        self._pending = 0  # bytes of whole feeds inside the current head
+        self._boundary = False  # a head or a request ended during this feed
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._head_size = 0
+        self._in_head = True
+        self._message = None
+        self._body = bytearray()
+        self.continue_sent = False
+
+    def feed(self, data: bytes) -> None:
+        if self.done:
+            return
+        self._boundary = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The upgrade request itself was complete; cove speaks nothing
+            # else on the connection, so it ends after the answer.
+            last = self.out[-1] if self.out else None
+            if isinstance(last, Message):
+                last.keep_alive = False
+            self.done = True
+            return
+        except httptools.HttpParserCallbackError:
+            if self.done:
+                return
+            self._fail(self._error or HttpError(400, "Bad Request"))
+            return
+        except httptools.HttpParserError as exc:
+            if self.done:  # bytes after a last request (Connection: close)
+                return
+            reason = str(exc) or "malformed request"
+            status = 505 if "HTTP version" in reason else 400
+            prefix = "HTTP Version Not Supported" if status == 505 else "Bad Request"
+            self._fail(HttpError(status, f"{prefix}: {reason}"))
+            return
+        if self._in_head:
+            # llhttp hands a header over only once it is whole (the callbacks
+            # count those), so bound what a client can make it buffer on the
+            # way: a feed with no head or request ending in it is all head.
+            # A feed with one adds at most itself, unseen, to the next head.
+            if self._boundary:
+                self._pending = 0
+            else:
+                self._pending += len(data)
+                if self._pending > MAX_HEAD:
+                    self._fail(HttpError(431, "Request Header Fields Too Large"))
+
+    def wants_continue(self) -> bool:
+        """Whether the request being read asked for ``100 Continue`` and is
+        waiting for it (its head is read, none of its body yet); true once."""
+        m = self._message
+        if (
+            m is None
+            or self.continue_sent
+            or not m.expect_continue
+            or self._body
+            or not (m.chunked or m.length)
+        ):
+            return False
+        self.continue_sent = True
+        return True
+
+    def _fail(self, error: HttpError) -> None:
+        self.out.append(error)
+        self.done = True
+
+    def _refuse(self, status: int, message: str) -> NoReturn:
+        self._error = HttpError(status, message)
+        raise self._error
+
+    # -- llhttp's callbacks ---------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD:
+            self._refuse(431, "Request Header Fields Too Large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD:
+            self._refuse(431, "Request Header Fields Too Large")
+        if not self._in_head:
+            # Trailer fields of a chunked body: dropped, so nothing sent after
+            # the body (a token, an Origin, a Content-Type) changes what the
+            # head said.
+            return
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1").strip(" \t")
+        headers = self._headers
+        if key in headers:
+            if key == "host":
+                self._refuse(400, "Bad Request: more than one Host header")
+            headers[key] = headers[key] + ", " + text
         else:
-            headers[name] = value
-    return _frame(method, target, version, headers)
+            headers[key] = text
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            if parser.get_http_version() == "0.9":
+                self._refuse(400, "Bad Request: malformed request line (no HTTP version)")
+            self._refuse(505, f"HTTP Version Not Supported: HTTP/{parser.get_http_version()}")
+        target = self._url.decode("latin-1")
+        if target.startswith(("http://", "https://")):  # absolute form: keep path and query
+            slash = target.find("/", target.find("//") + 2)
+            target = target[slash:] if slash >= 0 else "/"
+        if not target.startswith("/"):
+            self._refuse(400, f"Bad Request: invalid target {target[:80]!r}")
+        headers = self._headers
+        chunked = False
+        length = 0
+        te = headers.get("transfer-encoding")
+        if te is not None:
+            if te.lower() != "chunked":
+                self._refuse(501, f"Not Implemented: Transfer-Encoding {te[:40]!r}")
+            chunked = True
+        else:
+            raw = headers.get("content-length")
+            if raw is not None:
+                length = int(raw)  # llhttp let only digits through
+                if length > self._limit:
+                    self._refuse(413, "Request Entity Too Large")
+        expect = version == (1, 1) and headers.get("expect", "").lower() == "100-continue"
+        self._message = Message(
+            parser.get_method().decode("ascii"),
+            target,
+            version,
+            headers,
+            parser.should_keep_alive(),
+            chunked,
+            length,
+            expect,
+        )
+        self._in_head = False
+        self._pending = 0
+        self._boundary = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+        if len(self._body) > self._limit:
+            self._refuse(413, "Request Entity Too Large")
+
+    def on_message_complete(self) -> None:
+        message = self._message
+        if message is None:  # not reached: llhttp completes only what it began
+            return
+        message.body = bytes(self._body)
+        self.out.append(message)
+        if not message.keep_alive:
+            self.done = True
+        self._reset()
+        self._boundary = True
 
 
-def _frame(method: str, target: str, version: tuple[int, int], headers: dict[str, str]) -> Head:
-    connection = headers.get("connection", "").lower()
-    keep_alive = "close" not in connection if version == (1, 1) else "keep-alive" in connection
-    chunked = False
-    length = 0
-    te = headers.get("transfer-encoding")
-    if te is not None:
-        if "content-length" in headers:
-            raise HttpError(400, "Bad Request: both Transfer-Encoding and Content-Length")
-        codings = [c.strip().lower() for c in te.split(",")]
-        if codings != ["chunked"]:
-            raise HttpError(501, f"Not Implemented: Transfer-Encoding {te[:40]!r}")
-        chunked = True
-    elif "content-length" in headers:
-        raw = headers["content-length"]
-        if not raw.isdigit() or len(raw) > 18:
-            raise HttpError(400, f"Bad Request: invalid Content-Length {raw[:20]!r}")
-        length = int(raw)
-    expect = headers.get("expect", "").lower() == "100-continue" and version == (1, 1)
-    return Head(method, target, version, headers, keep_alive, chunked, length, expect)
-
-
-class ChunkedBody:
-    """Decodes a chunked body as its bytes arrive: ``feed`` consumes what it
-    can from the front of ``buf`` and says whether the body is complete."""
-
-    __slots__ = ("_limit", "_size", "_state", "body")
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._state = "size"  # size, data, data-end, trailer
-        self._size = 0
-        self.body = bytearray()
-
-    def feed(self, buf: bytearray) -> bool:
-        while True:
-            if self._state == "size":
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > MAX_CHUNK_LINE:
-                        raise HttpError(400, "Bad Request: chunk size line too long")
-                    return False
-                line = bytes(buf[:end]).split(b";", 1)[0].strip()
-                del buf[: end + 2]
-                try:
-                    size = int(line, 16)
-                except ValueError:
-                    raise HttpError(400, f"Bad Request: invalid chunk size {line[:20]!r}") from None
-                if size < 0 or line.startswith((b"+", b"-", b"0x", b"0X")):
-                    raise HttpError(400, f"Bad Request: invalid chunk size {line[:20]!r}")
-                if len(self.body) + size > self._limit:
-                    raise HttpError(413, "Request Entity Too Large")
-                self._size = size
-                self._state = "data" if size else "trailer"
-            elif self._state == "data":
-                take = min(self._size, len(buf))
-                self.body += buf[:take]
-                del buf[:take]
-                self._size -= take
-                if self._size:
-                    return False
-                self._state = "data-end"
-            elif self._state == "data-end":
-                if len(buf) < 2:
-                    return False
-                if buf[:2] != b"\r\n":
-                    raise HttpError(400, "Bad Request: chunk data not followed by CRLF")
-                del buf[:2]
-                self._state = "size"
-            else:  # trailer fields, ignored, up to the blank line
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise HttpError(431, "Request Header Fields Too Large")
-                    return False
-                del buf[: end + 2]
-                if end == 0:
-                    return True
+def parse_head(raw: bytes) -> Message:
+    """The head of one request (``raw`` ends before the blank line); raises
+    the ``HttpError`` the server would answer. For tests and tools."""
+    parser = RequestParser(max_body=1 << 62)
+    parser.feed(raw + b"\r\n\r\n")
+    if parser.out:
+        item = parser.out[0]
+        if isinstance(item, HttpError):
+            raise item
+        return item
+    if parser._message is not None:  # a body is expected: the head alone was read
+        return parser._message
+    raise HttpError(400, "Bad Request: incomplete head")

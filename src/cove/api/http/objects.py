@@ -14,6 +14,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
+from cove.api.http.listener import UNIX, Listener
+
 if TYPE_CHECKING:
     from cove.api.http.routing import Application
 
@@ -25,6 +27,12 @@ class Headers(Mapping[str, str]):
 
     def __init__(self, lowered: dict[str, str]) -> None:
         self._d = lowered
+
+    @property
+    def lowered(self) -> Mapping[str, str]:
+        """The headers by lower-case name, without case folding per look-up
+        (for code on every request's path)."""
+        return self._d
 
     def __getitem__(self, name: str) -> str:
         return self._d[name.lower()]
@@ -94,6 +102,7 @@ class Request:
         "channel",
         "headers",
         "keep_alive",
+        "listener",
         "match_info",
         "method",
         "query_string",
@@ -111,6 +120,7 @@ class Request:
         app: Application,
         channel: Channel,
         keep_alive: bool,
+        listener: Listener = UNIX,
     ) -> None:
         self.method = method
         raw_path, _, self.query_string = target.partition("?")
@@ -121,6 +131,7 @@ class Request:
         self.app = app
         self.channel = channel
         self.keep_alive = keep_alive
+        self.listener = listener  # the one it came on: what it may reach depends on it
         self.match_info: dict[str, str] = {}
         self._path: str | None = None
         self._query: Query | None = None

@@ -24,6 +24,8 @@ from cove.api.http.objects import Request, Response, StreamResponse
 T = TypeVar("T")
 
 Handler = Callable[[Request], Awaitable[StreamResponse]]
+# Runs before routing; a response it returns answers instead of any route.
+Screen = Callable[[Request], StreamResponse | None]
 Middleware = Callable[[Request, Handler], Awaitable[StreamResponse]]
 CleanupContext = Callable[["Application"], AsyncIterator[None]]
 
@@ -140,6 +142,7 @@ class Application:
         self.middlewares = list(middlewares)
         self.client_max_size = client_max_size
         self.cleanup_ctx: list[CleanupContext] = []
+        self.screens: list[Screen] = []
         self._state: dict[AppKey[Any], Any] = {}
         self._running: list[AsyncIterator[None]] = []
 
@@ -168,6 +171,10 @@ class Application:
                 await anext(it)
 
     async def handle(self, request: Request) -> StreamResponse:
+        for screen in self.screens:
+            refusal = screen(request)
+            if refusal is not None:
+                return refusal
         handler, match, allowed = self.router.resolve(request.method, request.raw_path)
         if handler is None:
             if allowed:

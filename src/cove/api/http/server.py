@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import ssl
 import time
 from collections import deque
 from typing import cast
 
-from cove.api.http.message import MAX_HEAD, ChunkedBody, Head, HttpError, parse_head
+from cove.api.http.listener import Listener, Transport
+from cove.api.http.message import HttpError, RequestParser
 from cove.api.http.objects import Headers, Request, Response
 from cove.api.http.routing import Application
 
@@ -58,19 +60,38 @@ class HttpServer:
         self._started = True
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
-    async def start_tcp(self, host: str, port: int, *, reuse_address: bool = True) -> int:
-        """Listen on ``host:port`` (0: any free port); the bound port."""
+    async def start_tcp(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_address: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> int:
+        """Listen on ``host:port`` (0: any free port), with TLS when given a
+        context; the bound port."""
         loop = asyncio.get_running_loop()
+        transport = Transport.TLS if ssl_context is not None else Transport.TCP
+        listener = [Listener(transport, host, port)]
         server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=reuse_address
+            lambda: _Connection(self, listener[0]),
+            host,
+            port,
+            reuse_address=reuse_address,
+            ssl=ssl_context,
         )
         self._listeners.append(server)
         sockets = server.sockets or ()
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        bound = int(sockets[0].getsockname()[1]) if sockets else port
+        listener[0] = Listener(transport, host, bound)
+        return bound
 
     async def start_unix(self, path: str) -> None:
         loop = asyncio.get_running_loop()
-        self._listeners.append(await loop.create_unix_server(lambda: _Connection(self), path))
+        listener = Listener(Transport.UNIX, path=path)
+        self._listeners.append(
+            await loop.create_unix_server(lambda: _Connection(self, listener), path)
+        )
 
     async def stop(self) -> None:
         for server in self._listeners:
@@ -110,14 +131,13 @@ class HttpServer:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, server: HttpServer) -> None:
+    def __init__(self, server: HttpServer, listener: Listener) -> None:
         self._server = server
         self._app = server.app
+        self._listener = listener
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self._head: Head | None = None
-        self._chunks: ChunkedBody | None = None
+        self._parser = RequestParser(server.app.client_max_size)
         self._queue: deque[Request | HttpError] = deque()
         self._task: asyncio.Task[None] | None = None
         self._parsing = True
@@ -138,9 +158,33 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._parsing:
             return
-        self._buf += data
-        self._parse()
+        parser = self._parser
+        parser.feed(data)
+        out = parser.out
         queue = self._queue
+        app = self._app
+        while out:
+            item = out.popleft()
+            if isinstance(item, HttpError):
+                queue.append(item)
+                continue
+            queue.append(
+                Request(
+                    item.method,
+                    item.target,
+                    item.version,
+                    Headers(item.headers),
+                    item.body,
+                    app,
+                    self,
+                    item.keep_alive,
+                    self._listener,
+                )
+            )
+        if parser.done:
+            self._parsing = False
+        elif parser.wants_continue():
+            self._write(_CONTINUE)
         if queue:
             if self._task is None:
                 self._task = self._loop.create_task(self._run())
@@ -183,75 +227,6 @@ class _Connection(asyncio.Protocol):
             self._task.cancel()
         if self._transport is not None:
             self._transport.abort()
-
-    # -- framing ---------------------------------------------------------------
-
-    def _parse(self) -> None:
-        buf = self._buf
-        app = self._app
-        while self._parsing:
-            head = self._head
-            if head is None:
-                if not buf:
-                    return
-                end = buf.find(b"\r\n\r\n")
-                if end < 0 or end > MAX_HEAD:
-                    if len(buf) > MAX_HEAD:
-                        self._fail(HttpError(431, "Request Header Fields Too Large"))
-                    return
-                try:
-                    head = parse_head(bytes(buf[:end]))
-                except HttpError as exc:
-                    self._fail(exc)
-                    return
-                del buf[: end + 4]
-                if not head.chunked and head.length > app.client_max_size:
-                    self._fail(HttpError(413, "Request Entity Too Large"))
-                    return
-                self._head = head
-                if head.chunked:
-                    self._chunks = ChunkedBody(app.client_max_size)
-                if head.expect_continue and (head.chunked or head.length) and not buf:
-                    self._write(_CONTINUE)
-            if self._chunks is not None:
-                try:
-                    if not self._chunks.feed(buf):
-                        return
-                except HttpError as exc:
-                    self._fail(exc)
-                    return
-                body = bytes(self._chunks.body)
-                self._chunks = None
-            else:
-                n = head.length
-                if len(buf) < n:
-                    return
-                if n == len(buf):
-                    body = bytes(buf)
-                    buf.clear()
-                else:
-                    body = bytes(buf[:n])
-                    del buf[:n]
-            self._head = None
-            self._queue.append(
-                Request(
-                    head.method,
-                    head.target,
-                    head.version,
-                    Headers(head.headers),
-                    body,
-                    app,
-                    self,
-                    head.keep_alive,
-                )
-            )
-            if not head.keep_alive:
-                self._parsing = False
-
-    def _fail(self, error: HttpError) -> None:
-        self._queue.append(error)
-        self._parsing = False
-        self._buf.clear()
 
     # -- answering -------------------------------------------------------------
 
