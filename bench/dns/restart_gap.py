@@ -9,7 +9,7 @@ Runs as root. A fresh network namespace plays the host; in it a real agent
 times against its nameserver (the network's gateway, port 53): send, wait
 for the answer (resend after 1 s: a query unanswered), pause 5 ms, again.
 It notes every answer that came more than 20 ms after the one before, and
-every answer that is not the target's address.
+every answer that is not the target's address, in its log (`cove logs`).
 
 First the resolver runs ``--control`` seconds against an agent left alone:
 the longest gap there is what the machine's own load costs. Then the agent
@@ -48,39 +48,41 @@ COVE = [sys.executable, "-m", "cove.cli.main"]
 
 RESOLVER = """\
 import os, random, socket, struct, sys, time
-out, stopfile, want = sys.argv[1], sys.argv[2], sys.argv[3]
+stopfile, want = sys.argv[1], sys.argv[2]
 server = next(l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver"))
 qname = b"".join(bytes([len(p)]) + p.encode() for p in "target".split(".")) + b"\\0"
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(1.0)
 last = time.time()
 answers = unanswered = wrong = 0
-with open(out, "w", buffering=1) as log:
-    while not os.path.exists(stopfile):
-        qid = random.randrange(65536)
-        s.sendto(struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + b"\\0\\1\\0\\1",
-                 (server, 53))
-        while True:
-            try:
-                data = s.recv(4096)
-            except socket.timeout:
-                unanswered += 1
-                break
-            if data[:2] != struct.pack("!H", qid):
-                continue  # a late answer to an earlier query
-            now = time.time()
-            rcode = data[3] & 0xF
-            addr = socket.inet_ntoa(data[-4:]) if rcode == 0 and len(data) >= 4 else ""
-            if addr != want:
-                wrong += 1
-                log.write(f"wrong {now} rcode={rcode}\\n")
-            if now - last > 0.02:
-                log.write(f"gap {now} {now - last}\\n")
-            last = now
-            answers += 1
+# Notes go to stdout, the container's log (the host's files are read-only
+# in a container).
+print("start", flush=True)
+while not os.path.exists(stopfile):
+    qid = random.randrange(65536)
+    s.sendto(struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + b"\\0\\1\\0\\1",
+             (server, 53))
+    while True:
+        try:
+            data = s.recv(4096)
+        except socket.timeout:
+            unanswered += 1
             break
-        time.sleep(0.005)
-    log.write(f"done {answers} {unanswered} {wrong}\\n")
+        if data[:2] != struct.pack("!H", qid):
+            continue  # a late answer to an earlier query
+        now = time.time()
+        rcode = data[3] & 0xF
+        addr = socket.inet_ntoa(data[-4:]) if rcode == 0 and len(data) >= 4 else ""
+        if addr != want:
+            wrong += 1
+            print("wrong", now, f"rcode={rcode}", flush=True)
+        if now - last > 0.02:
+            print("gap", now, now - last, flush=True)
+        last = now
+        answers += 1
+        break
+    time.sleep(0.005)
+print("done", answers, unanswered, wrong, flush=True)
 """
 
 
@@ -126,14 +128,17 @@ def host_namespace() -> Iterator[str]:
 class Agent:
     def __init__(self, work: Path) -> None:
         self.work = work
-        self.env = {**os.environ, "COVE_SOCKET": str(work / "agent.sock")}
+        # A directory of its own: the agent hides its socket's directory from
+        # containers, and the resolver's script lives in ``work``.
+        self.socket = work / "sock" / "agent.sock"
+        self.env = {**os.environ, "COVE_SOCKET": str(self.socket)}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         log = open(self.work / "agent.log", "ab")  # noqa: SIM115 - lives as long as the agent
         self.proc = subprocess.Popen(
             [*COVE, "agent", "--state-dir", str(self.work / "state"),
-             "--socket", str(self.work / "agent.sock"), "--http", "127.0.0.1:18500",
+             "--socket", str(self.socket), "--http", "127.0.0.1:18500",
              "--dns", "127.0.0.1:18600", "--upstream", "127.0.0.1:5399", "--log-level", "info"],
             stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
@@ -172,12 +177,12 @@ def run(work: Path, restarts: int, kills: int, down: float, control: float) -> N
         agent.ok("network", "create", "gapnet", "--subnet", "10.87.0.0/24")
         agent.ok("run", "-d", "--name", "target", "--network", "gapnet", "--ip", "10.87.0.10",
                  "--", "sleep", "3600")  # fmt: skip
-        script, out, stopfile = work / "resolver.py", work / "resolver.out", work / "stop"
+        script, stopfile = work / "resolver.py", work / "stop"
         script.write_text(RESOLVER)
         agent.ok("run", "-d", "--name", "resolver", "--network", "gapnet", "--", "python3",
-                 "-S", "-u", str(script), str(out), str(stopfile), "10.87.0.10")  # fmt: skip
+                 "-S", "-u", str(script), str(stopfile), "10.87.0.10")  # fmt: skip
         deadline = time.monotonic() + 20
-        while not out.exists() and time.monotonic() < deadline:
+        while "start" not in agent.ok("logs", "resolver") and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)  # a steady state first
         windows: list[tuple[str, float, float]] = []
@@ -199,9 +204,13 @@ def run(work: Path, restarts: int, kills: int, down: float, control: float) -> N
         print(file=sys.stderr)
         stopfile.write_text("")
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and "done" not in out.read_text():
+        while time.monotonic() < deadline and "done" not in agent.ok("logs", "resolver"):
             time.sleep(0.1)
-        report(out.read_text(), windows, down)
+        text = agent.ok("logs", "resolver")
+        (work / "resolver.out").write_text(text)
+        if "done" not in text:
+            raise SystemExit("the resolver did not finish: " + text[-2000:])
+        report(text, windows, down)
         sup = int((work / "state" / "run" / "supervisor.pid").read_text())
         rss = next(
             line.split()[1]
