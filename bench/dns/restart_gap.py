@@ -7,7 +7,8 @@ Runs as root. A fresh network namespace plays the host; in it a real agent
 (its own state directory), one network and two containers: ``target`` and
 ``resolver``. The resolver keeps one query for ``target`` outstanding at all
 times against its nameserver (the network's gateway, port 53): send, wait
-for the answer (resend after 1 s: a query unanswered), pause 5 ms, again.
+for the answer (resend after 1 s: a query unanswered; or at once when the
+port is closed: refused), pause 5 ms, again.
 It notes every answer that came more than 20 ms after the one before, and
 every answer that is not the target's address, in its log (`cove logs`).
 
@@ -54,7 +55,7 @@ qname = b"".join(bytes([len(p)]) + p.encode() for p in "target".split(".")) + b"
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(1.0)
 last = time.time()
-answers = unanswered = wrong = 0
+answers = unanswered = wrong = refused = 0
 # Notes go to stdout, the container's log (the host's files are read-only
 # in a container).
 print("start", flush=True)
@@ -67,6 +68,9 @@ while not os.path.exists(stopfile):
             data = s.recv(4096)
         except socket.timeout:
             unanswered += 1
+            break
+        except OSError:  # refused: nothing listens (cove before DNS outlived the agent)
+            refused += 1
             break
         if data[:2] != struct.pack("!H", qid):
             continue  # a late answer to an earlier query
@@ -82,7 +86,7 @@ while not os.path.exists(stopfile):
         answers += 1
         break
     time.sleep(0.005)
-print("done", answers, unanswered, wrong, flush=True)
+print("done", answers, unanswered, wrong, refused, flush=True)
 """
 
 
@@ -231,7 +235,10 @@ def report(text: str, windows: list[tuple[str, float, float]], down: float) -> N
         if w[0] == "gap":
             gaps.append((float(w[1]), float(w[2])))
         elif w[0] == "done":
-            totals = f"{w[1]} answers, {w[2]} queries unanswered (1 s), {w[3]} wrong answers"
+            totals = (
+                f"{w[1]} answers, {w[2]} queries unanswered (1 s), {w[3]} wrong answers, "
+                f"{w[4]} refused (port closed)"
+            )
     print(f"resolver: {totals}; the agent down {down:.1f} s per stop")
     for kind in ("control", "SIGTERM", "SIGKILL"):
         per = []
