@@ -35,7 +35,9 @@ class AgentProc:
     def env(self) -> dict[str, str]:
         return {**os.environ, "COVE_SOCKET": str(self.socket)}
 
-    def start(self, *extra: str, timeout: float = 20.0) -> None:
+    def start(self, *extra: str, timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
+        """``env``: variables added to the agent's environment (a test
+        fault, say)."""
         args = [
             *COVE,
             "agent",
@@ -52,7 +54,13 @@ class AgentProc:
             *extra,
         ]  # fmt: skip
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+            self.proc = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -46,62 +46,82 @@ def _healthy(port: int) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def run_etcd(timeout: float = 20.0) -> Iterator[str]:
-    """Run a private etcd; yields its client URL."""
-    if not os.path.exists(ETCD):
-        pytest.skip("etcd-server is not installed")
-    name = "cv" + secrets.token_hex(3)
-    data_dir = tempfile.mkdtemp(prefix=f"cove-etcd-{name}-")
-    client, peer = _free_port(), _free_port()
-    client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-    log_path = os.path.join(data_dir, "etcd.log")
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                ETCD,
-                "--name",
-                name,
-                "--data-dir",
-                os.path.join(data_dir, "data"),
-                "--listen-client-urls",
-                client_url,
-                "--advertise-client-urls",
-                client_url,
-                "--listen-peer-urls",
-                peer_url,
-                "--initial-advertise-peer-urls",
-                peer_url,
-                "--initial-cluster",
-                f"{name}={peer_url}",
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                name,
-                "--log-level",
-                "warn",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+class EtcdProcess:
+    """One private etcd member that a test may kill (by the PID this
+    started) and start again on the same ports and data."""
+
+    def __init__(self) -> None:
+        self.name = "cv" + secrets.token_hex(3)
+        self.data_dir = tempfile.mkdtemp(prefix=f"cove-etcd-{self.name}-")
+        self.client, self.peer = _free_port(), _free_port()
+        self.url = f"http://127.0.0.1:{self.client}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        peer_url = f"http://127.0.0.1:{self.peer}"
+        log_path = os.path.join(self.data_dir, "etcd.log")
+        with open(log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [
+                    ETCD,
+                    "--name", self.name,
+                    "--data-dir", os.path.join(self.data_dir, "data"),
+                    "--listen-client-urls", self.url,
+                    "--advertise-client-urls", self.url,
+                    "--listen-peer-urls", peer_url,
+                    "--initial-advertise-peer-urls", peer_url,
+                    "--initial-cluster", f"{self.name}={peer_url}",
+                    "--initial-cluster-state", "new",
+                    "--initial-cluster-token", self.name,
+                    "--log-level", "warn",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
         deadline = time.monotonic() + timeout
-        while not _healthy(client):
-            if proc.poll() is not None or time.monotonic() > deadline:
+        while not _healthy(self.client):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
                 with open(log_path, errors="replace") as f:
                     tail = f.read()[-2000:]
                 raise RuntimeError(f"etcd did not become healthy:\n{tail}")
             time.sleep(0.05)
-        yield client_url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """kill -9, as a crashed member."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=10)
+                self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        shutil.rmtree(data_dir, ignore_errors=True)
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def etcd_process(timeout: float = 20.0) -> Iterator[EtcdProcess]:
+    """Run a private etcd; yields it; stops it and removes its data even
+    when the test fails."""
+    if not os.path.exists(ETCD):
+        pytest.skip("etcd-server is not installed")
+    member = EtcdProcess()
+    try:
+        member.start(timeout)
+        yield member
+    finally:
+        member.stop()
+        shutil.rmtree(member.data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def run_etcd(timeout: float = 20.0) -> Iterator[str]:
+    """Run a private etcd; yields its client URL."""
+    with etcd_process(timeout) as member:
+        yield member.url
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,15 @@ error code::
     ├── Unavailable          a feature or a dependency is not there     503 / exit 8
     ├── StoreError           the state store failed                     503 / exit 9
     │   ├── CasFailed        a compare-and-swap did not hold            409 / exit 9
+    │   ├── StorageFull      the disk under the state is full           507 / exit 11
     │   └── WatchCompacted   a watch asked for history already gone     503 / exit 9
     └── DatapathError        the kernel refused a change                500 / exit 10
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any
 
 
@@ -150,6 +153,30 @@ class CasFailed(StoreError):
     kind = "cas_failed"
 
 
+class StorageFull(StoreError):
+    """Raised when a write is refused because the disk that holds the state
+    (the SQLite file, the supervisor's records) is full. Nothing was
+    changed; reads keep working, and writes work again once space is freed,
+    without a restart."""
+
+    http_status = 507  # Insufficient Storage
+    exit_code = 11
+    kind = "storage_full"
+
+
+def storage_error(exc: OSError, path: str, what: str) -> StoreError:
+    """The error for a write to the disk at ``path`` that failed with
+    ``exc``: ``StorageFull`` naming the disk and the way out when it is
+    out of space, ``StoreError`` otherwise."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(
+            f"{what}: no space left on the disk holding {path}; free space there and retry"
+            " (reads keep working meanwhile, no restart is needed)",
+            path=path,
+        )
+    return StoreError(f"{what}: {os.strerror(exc.errno or 0)} ({path})", path=path)
+
+
 class WatchCompacted(StoreError):
     """Raised by a watch whose start revision was compacted away; the
     watcher must re-read the current state and watch from its revision."""
@@ -181,6 +208,7 @@ _BY_KIND: dict[str, type[CoveError]] = {
         Unavailable,
         StoreError,
         CasFailed,
+        StorageFull,
         WatchCompacted,
         DatapathError,
     )

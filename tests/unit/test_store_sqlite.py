@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cove.clock import ManualClock
-from cove.errors import InvalidArgument, StoreError, WatchCompacted
+from cove.errors import InvalidArgument, StorageFull, StoreError, WatchCompacted
 from cove.store import Compare, EventType, Put, SqliteStore, open_store
 from store_contract import Backend, StoreContract
 
@@ -196,3 +196,31 @@ def test_a_write_sqlite_refuses_changes_nothing(clock: ManualClock, db: str) -> 
     again = SqliteStore(db, clock)
     assert [(kv.key, kv.value) for kv in again.range("").kvs] == [("a", b"3")]
     again.close()
+
+
+def test_a_full_database_refuses_writes_clearly_and_recovers(db: str, clock: ManualClock) -> None:
+    # SQLite's own page limit stands in for a full disk (the integration
+    # tests fill a real tmpfs): SQLite answers SQLITE_FULL in both cases.
+    store = SqliteStore(db, clock)
+    try:
+        store.put("a", b"1")
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count={pages}")
+        revision = store.revision
+        with pytest.raises(StorageFull) as info:
+            store.put("b", b"x" * 200_000)
+        assert info.value.http_status == 507 and info.value.exit_code == 11
+        assert "no space left" in info.value.message and "free space" in info.value.message
+        # nothing changed, reads go on
+        assert store.revision == revision and store.get("b") is None
+        assert store.get("a") is not None and store.get("a").value == b"1"  # type: ignore[union-attr]
+        store._db.execute("PRAGMA max_page_count=1073741823")
+        store.put("b", b"x" * 200_000)  # space is back: no reopen needed
+        assert store.get("b") is not None
+    finally:
+        store.close()
+    reopened = SqliteStore(db, clock)
+    try:
+        assert reopened.get("b") is not None
+    finally:
+        reopened.close()

@@ -25,6 +25,7 @@ from typing import IO
 from cove import __version__
 from cove.acl import AclService
 from cove.agent.config import AgentConfig, socket_gid
+from cove.agent.faults import fault_hook
 from cove.agent.limits import raise_open_files
 from cove.agent.private import private_paths
 from cove.agent.tuning import tune_interpreter
@@ -84,8 +85,11 @@ def _lock_state_dir(state_dir: Path) -> int:
     except BlockingIOError:
         os.close(fd)
         raise Unavailable(f"another agent is running with state directory {state_dir}") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+    except OSError as exc:  # the pid is for people; the flock is the lock
+        log.warning("cannot write the pid to %s: %s", state_dir / "agent.lock", exc)
     return fd
 
 
@@ -188,6 +192,7 @@ class Agent:
             config.resolv_conf,
             config.reconcile_interval,
             masked=private_paths(config, _secret_files(config)),
+            fault=fault_hook(os.environ),
         )
         containers_api.install(self.app, self.runtime.service)
         self.registrar = ServiceRegistrar(self.store, self.registry, config.reconcile_interval)

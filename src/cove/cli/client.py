@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from cove.errors import CoveError, InvalidArgument, Unavailable, from_json
+from cove.errors import CoveError, InvalidArgument, StorageFull, Unavailable, from_json
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -112,7 +112,9 @@ class AgentClient:
             if isinstance(data, dict) and "error" in data:
                 raise from_json(data)
             text = data if isinstance(data, str) else json.dumps(data)
-            err = CoveError(text.strip() or f"HTTP {status}")
+            # Consul's routes answer in plain text: the status is all there is.
+            kind = StorageFull if status == StorageFull.http_status else CoveError
+            err = kind(text.strip() or f"HTTP {status}")
             err.http_status = status
             raise err
         return data

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 import aiohttp
 
 from cove.codec import loads
-from cove.errors import CoveError, InvalidArgument, NotFound
+from cove.errors import CoveError, InvalidArgument, NotFound, StorageFull
 from cove.registry.probes import Tracker, cut, probe
 from cove.registry.types import NODE_CHECKS, CheckDefinition, CheckKind, Status, node_key, seg
 from cove.store.base import Event, EventType
@@ -89,9 +89,12 @@ class CheckRunner:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._http = aiohttp.ClientSession()
-        store = self._registry.store
-        self._lease = await asyncio.to_thread(store.lease_grant, self._lease_ttl)
-        await asyncio.to_thread(self._registry.catalog.ensure_node, lease=self._lease)
+        try:
+            await self._register_node()
+        except StorageFull as exc:
+            # A read-only start on a full disk: the node is registered by
+            # the lease loop once space returns.
+            log.warning("cannot register the node yet: %s", exc.message)
         if self._hub is not None:
             prefix = self._registry.agent_checks_prefix
 
@@ -356,16 +359,27 @@ class CheckRunner:
                 self._dirty.set()
         await asyncio.to_thread(self._registry.sessions.reap)
 
+    async def _register_node(self) -> None:
+        store = self._registry.store
+        lease = await asyncio.to_thread(store.lease_grant, self._lease_ttl)
+        await asyncio.to_thread(self._registry.catalog.ensure_node, lease=lease)
+        self._lease = lease
+
     async def _lease_loop(self) -> None:
         store = self._registry.store
         while True:
             await asyncio.sleep(self._lease_ttl / 3)
             try:
+                if not self._lease:
+                    await self._register_node()
+                    log.info("node registered")
+                    continue
                 await asyncio.to_thread(store.lease_keepalive, self._lease)
             except NotFound:
                 log.warning("node lease expired; registering the node again")
-                self._lease = await asyncio.to_thread(store.lease_grant, self._lease_ttl)
-                await asyncio.to_thread(self._registry.catalog.ensure_node, lease=self._lease)
+                self._lease = 0
+                with contextlib.suppress(CoveError):
+                    await self._register_node()
             except CoveError as exc:
                 log.warning("cannot renew the node lease: %s", exc.message)
 

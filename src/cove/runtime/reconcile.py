@@ -33,7 +33,7 @@ from typing import Any
 
 from cove.datapath.netns import Interface, NetnsDatapath
 from cove.datapath.nftables import Nft
-from cove.errors import CoveError
+from cove.errors import CoveError, storage_error
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network
 from cove.runtime import etc, ports
 from cove.runtime import plan as planner
@@ -317,7 +317,12 @@ class ContainerReconciler:
                     errors.append(exc)
             for cid in snap.containers if only is None else [only]:
                 if cid in snap.containers:
-                    self._write_etc(snap, snap.containers[cid])
+                    try:
+                        self._write_etc(snap, snap.containers[cid])
+                    except OSError as exc:  # a full disk must not stop the pass
+                        err = storage_error(exc, str(self._files), "cannot write /etc files")
+                        log.error("container %s: %s", cid[:12], err.message)
+                        errors.append(err)
             if only is None and self._files.is_dir():
                 for folder in self._files.iterdir():
                     if folder.name not in snap.containers:

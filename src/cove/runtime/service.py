@@ -3,8 +3,11 @@
 Every change writes the store first (one transaction that also compares
 the networks it attaches to are present, so a concurrent ``network rm``
 cannot strand an endpoint), then brings the kernel in line through the
-reconciler, then asks the supervisor. A failure after the store write is
-rolled back; a crash is converged by the next reconcile and ``adopt``.
+reconciler, then asks the supervisor. ``run`` records its intent on local
+disk before its first write (see ``cove.runtime.intents``): a failure is
+rolled back before the error is answered, or, when the rollback itself
+cannot reach the store, the error says so and the rollback is finished
+later; a crash is converged by the next reconcile and ``adopt``.
 """
 
 from __future__ import annotations
@@ -24,12 +27,21 @@ from typing import Any
 
 from cove.clock import Clock
 from cove.datapath.netns import NetnsDatapath, host_veth_name
-from cove.errors import AlreadyExists, Conflict, CoveError, InvalidArgument, NotFound
+from cove.errors import (
+    AlreadyExists,
+    Conflict,
+    CoveError,
+    InvalidArgument,
+    NotFound,
+    from_json,
+    storage_error,
+)
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, IPAM, NETWORKS, Endpoint, IPAddress, Network
 from cove.network.spec import check_name
 from cove.runtime import view
 from cove.runtime.client import SupervisorClient
+from cove.runtime.intents import Intent, IntentLog, Phase
 from cove.runtime.launch import LaunchSpec
 from cove.runtime.reconcile import ContainerReconciler, container_endpoints, read_snapshot
 from cove.runtime.spec import (
@@ -47,6 +59,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ATTEMPTS = 16
+
+
+def no_fault(point: str) -> None:
+    """The default fault hook: nothing. Tests make the agent stop or die at
+    a named point of a request (see ``cove.agent.faults``)."""
 
 
 def owner_of(cid: str) -> str:
@@ -97,8 +114,10 @@ class ContainerService:
         supervisor: SupervisorClient,
         netns: NetnsDatapath,
         logs_dir: Path,
+        intents: IntentLog,
         port_probe: Callable[[PortMapping], None] = probe_host_port,
         masked: tuple[Path, ...] = (),
+        fault: Callable[[str], None] = no_fault,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -109,6 +128,10 @@ class ContainerService:
         self._logs = logs_dir
         self._probe = port_probe
         self._masked = tuple(str(p) for p in masked)
+        self._intents = intents
+        self._fault = fault
+        # Starts that ``adopt`` could not finish (a full disk): id -> name.
+        self._unstarted: dict[str, str] = {}
 
     # -- reading -------------------------------------------------------------
 
@@ -176,32 +199,80 @@ class ContainerService:
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
             cap_drop=spec.cap_drop, seccomp=spec.seccomp,
         )  # fmt: skip
+        intent = Intent(cid, name, container.networks)
+        self._intents.record(intent)  # nothing changed yet if this fails
+        self._fault("run:recorded")
         endpoints: list[Endpoint] = []
-        with self._rec.claim(cid, name):
-            try:
+        try:
+            with self._rec.claim(cid, name):
                 for i, (att, net) in enumerate(zip(spec.attachments, networks, strict=True)):
                     endpoints.append(self._endpoint(container, net, att, f"eth{i}"))
                 self._write_new(container, endpoints)
-            except BaseException:
-                for ep in endpoints:
-                    self._ipam.release_owner(ep.network, owner_of(cid))
-                raise
-            try:
+                self._fault("run:stored")
                 self._rec.sync(only=cid, name=name)
-            except BaseException as exc:
-                log.warning("run %s failed, rolling back: %s", name, exc)
-                self._destroy(container, endpoints)
-                raise
-        try:
             self._sup.ensure_running()
             self._sup.create(self._launch_spec(container))
+            self._fault("run:created")
             self._sup.start(cid)
         except BaseException as exc:
             log.warning("run %s failed, rolling back: %s", name, exc)
-            self._destroy(container, endpoints)
+            complete = self._roll_back(intent, container, endpoints)
+            if isinstance(exc, OSError):  # the container's files: a full disk, say
+                raise storage_error(exc, str(self._logs), f"cannot run {name}") from exc
+            if not complete and isinstance(exc, CoveError):
+                note = (
+                    f"; container {name} was not started, and what was recorded of it"
+                    " is removed once the store can be written again"
+                )
+                raise from_json({**exc.to_json(), "error": exc.message + note}) from exc
             raise
+        self._intents.done(cid)
+        self._fault("run:started")
         log.info("container %s (%s) running", name, cid[:12])
-        return self.inspect(name)
+        # From what is in hand, not from the store: the container runs, and
+        # a store that just became unreachable must not turn that into an
+        # error (the client would take it for "nothing changed").
+        return self._inspect(container, endpoints)
+
+    def _roll_back(self, intent: Intent, c: Container, endpoints: list[Endpoint]) -> bool:
+        """Undo a failed run before its error is answered; False when part
+        of it cannot be undone now (the store is unreachable): that part is
+        recorded as an ``abort`` intent, finished by ``finish_intents``."""
+        with contextlib.suppress(CoveError):
+            self._sup.remove(c.id)  # first: no process may outlive the error
+        try:
+            self._destroy(c, endpoints, process_gone=True)
+        except CoveError as undo:
+            log.warning("run %s: rollback incomplete, will finish later: %s", c.name, undo)
+            with contextlib.suppress(CoveError):
+                self._intents.record(replace(intent, phase=Phase.ABORT))
+            return False
+        self._intents.done(c.id)
+        return True
+
+    def finish_intents(self, *, after_restart: bool = False) -> None:
+        """Finish what failed runs could not undo; after a restart, also
+        settle the runs a crash interrupted (the store decides: a container
+        it holds is started by ``adopt``, one it lacks is released)."""
+        if after_restart:
+            self._intents.drop_partial()
+        for intent in self._intents.all():
+            if intent.phase is Phase.PENDING and not after_restart:
+                continue  # a run in progress in this agent
+            kv = self._store.get(CONTAINERS + intent.name)
+            current = Container.from_json(json.loads(kv.value)) if kv is not None else None
+            if current is not None and current.id == intent.id and intent.phase is Phase.PENDING:
+                self._intents.done(intent.id)
+                continue
+            log.info("undoing the failed run of container %s (%s)", intent.name, intent.id[:12])
+            if current is not None and current.id == intent.id:
+                self._destroy(current, self.endpoints(current))
+            else:
+                for net in intent.networks:
+                    self._ipam.release_owner(net, owner_of(intent.id))
+                with contextlib.suppress(CoveError):
+                    self._sup.remove(intent.id)
+            self._intents.done(intent.id)
 
     def _network(self, name: str) -> Network:
         kv = self._store.get(NETWORKS + name)
@@ -259,7 +330,11 @@ class ContainerService:
         raise Conflict(f"container {c.name} could not be created: concurrent change")
 
     def _launch_spec(self, c: Container) -> LaunchSpec:
-        self.log_path(c.id).parent.mkdir(parents=True, exist_ok=True)
+        folder = self.log_path(c.id).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, str(folder), f"cannot start container {c.name}") from exc
         return LaunchSpec(
             id=c.id, name=c.name, argv=c.argv, env=c.env, hostname=c.hostname,
             netns=str(self._netns.netns_path(c.id)), etc_dir=str(self._rec.etc_dir(c.id)),
@@ -270,19 +345,27 @@ class ContainerService:
 
     # -- lifecycle -------------------------------------------------------------
 
+    # After the supervisor has acted, the answer is built without the
+    # store: a store that fails then must not turn a change that happened
+    # into an error.
+
     def stop(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
         c = self._set_desired(name, Desired.STOPPED)
+        endpoints = self.endpoints(c)
         self._sup.stop(c.id, timeout)
-        return self.inspect(name)
+        self._fault("stop:stopped")
+        return self._inspect(c, endpoints)
 
     def start(self, name: str) -> dict[str, Any]:
         c = self._set_desired(name, Desired.RUNNING)
         self._rec.sync(only=c.id, name=name)
+        endpoints = self.endpoints(c)
         self._sup.ensure_running()
         if c.id not in self._sup.states():
             self._sup.create(self._launch_spec(c))
         self._sup.start(c.id)
-        return self.inspect(name)
+        self._fault("start:started")
+        return self._inspect(c, endpoints)
 
     def remove(self, name: str, force: bool = False) -> None:
         c = self.get(name)
@@ -294,18 +377,24 @@ class ContainerService:
         self._destroy(c, self.endpoints(c))
         log.info("container %s removed", name)
 
-    def _destroy(self, c: Container, endpoints: list[Endpoint]) -> None:
-        """Delete the store records, then everything derived from them."""
+    def _destroy(
+        self, c: Container, endpoints: list[Endpoint], *, process_gone: bool = False
+    ) -> None:
+        """Delete the store records, then everything derived from them
+        (the process too, unless the caller has removed it already)."""
         ops = [Delete(_ep_key(ep)) for ep in endpoints]
-        ops += [Delete(p.claim_key) for p in c.ports]
+        # Only its own claims: a run that failed on a taken port must not
+        # free it for the container that holds it.
+        ops += [Delete(p.claim_key) for p in c.ports if self._claimed_by(p, c.id)]
         kv = self._store.get(CONTAINERS + c.name)
         if kv is not None and Container.from_json(json.loads(kv.value)).id == c.id:
             ops.append(Delete(CONTAINERS + c.name))
         self._store.txn([], ops)
         for net in {ep.network for ep in endpoints} | set(c.networks):
             self._ipam.release_owner(net, owner_of(c.id))
-        with contextlib.suppress(CoveError):
-            self._sup.remove(c.id)
+        if not process_gone:
+            with contextlib.suppress(CoveError):
+                self._sup.remove(c.id)
         with self._rec.lock:
             self._rec.reap_now()
             for ep in endpoints:
@@ -314,6 +403,10 @@ class ContainerService:
             self._rec.remove_files(c.id)
         if c.ports:
             self._rec.sync_ports()
+
+    def _claimed_by(self, mapping: PortMapping, cid: str) -> bool:
+        kv = self._store.get(mapping.claim_key)
+        return kv is not None and json.loads(kv.value).get("id") == cid
 
     def _set_desired(self, name: str, desired: Desired) -> Container:
         for _ in range(_ATTEMPTS):
@@ -377,10 +470,13 @@ class ContainerService:
         c = self.get(name)
         if network not in c.networks:
             raise NotFound(f"container {name} is not on network {network}")
+        left = [ep for ep in self.endpoints(c) if ep.network != network]
         with self._rec.claim(c.id, name):
             gone = self._detach(name, network)
             self._rec.detach(c.id, name, [ep.host_veth for ep in gone])
-        return self.inspect(name)
+        return self._inspect(
+            replace(c, networks=tuple(n for n in c.networks if n != network)), left
+        )
 
     def _detach(self, name: str, network: str) -> list[Endpoint]:
         """Take ``name`` off ``network`` in the store; the endpoints removed."""
@@ -408,25 +504,87 @@ class ContainerService:
 
     # -- after an agent restart --------------------------------------------
 
+    def retry_unfinished(self) -> None:
+        """The periodic pass: finish what failed runs could not undo, and
+        the starts ``adopt`` could not finish."""
+        self.finish_intents()
+        self._finish_starts()
+
+    def _finish_starts(self) -> None:
+        # No lock against ``rm`` and ``stop``: both change the store before
+        # the supervisor, so a start that raced with one is seen in the
+        # store right after it, and undone.
+        for cid, name in list(self._unstarted.items()):
+            c = self._current(cid, name)
+            if c is None or c.desired is not Desired.RUNNING:
+                del self._unstarted[cid]
+                continue
+            state = self._sup.state(cid)
+            # Not yet running: never created, only created, or its launch
+            # failed (its /etc files could not be written, say).
+            if state is None or state.status not in (Status.RUNNING, Status.RESTARTING):
+                try:
+                    self._sup.create(self._launch_spec(c))
+                    self._sup.start(cid)
+                except CoveError as exc:
+                    log.debug("container %s still cannot start: %s", name, exc.message)
+                    continue
+                log.info("container %s started: its start after the restart is finished", name)
+            del self._unstarted[cid]
+            c = self._current(cid, name)
+            with contextlib.suppress(CoveError):
+                if c is None:
+                    self._sup.remove(cid)
+                elif c.desired is Desired.STOPPED:
+                    self._sup.stop(cid, 10.0)
+
+    def _current(self, cid: str, name: str) -> Container | None:
+        """The container ``name`` if it is still the one with id ``cid``."""
+        kv = self._store.get(CONTAINERS + name)
+        if kv is None:
+            return None
+        c = Container.from_json(json.loads(kv.value))
+        return c if c.id == cid else None
+
     def adopt(self) -> None:
-        """Reconcile the supervisor with the store: forget what the store no
-        longer has, start what it has but the supervisor never ran, and
-        release addresses of containers that no longer exist."""
+        """Reconcile the supervisor with the store after a restart: settle
+        the runs a crash interrupted, forget what the store no longer has,
+        finish every start and stop that was under way (a container the
+        supervisor never ran or only created is started when its desired
+        state is running; a running one whose desired state is stopped is
+        stopped), and release addresses of containers that no longer exist."""
         self._sup.ensure_running()
+        try:
+            self.finish_intents(after_restart=True)
+        except CoveError as exc:
+            log.error("cannot finish the interrupted runs yet: %s", exc.message)
+        aborting = {i.id for i in self._intents.all()}
         snap = read_snapshot(self._store)
         states = self._sup.states()
         for cid in set(states) - set(snap.containers):
             log.info("removing leftover container %s", cid[:12])
             self._sup.remove(cid)
         for c in snap.containers.values():
-            if c.id in states or c.desired is not Desired.RUNNING:
-                continue
-            log.info("starting container %s, never started before the agent stopped", c.name)
+            state = states.get(c.id)
             try:
-                self._sup.create(self._launch_spec(c))
-                self._sup.start(c.id)
+                if c.id in aborting:
+                    continue
+                unstarted = state is None or state.status is Status.CREATED
+                running = state is not None and state.status in (
+                    Status.RUNNING,
+                    Status.RESTARTING,
+                )
+                if c.desired is Desired.RUNNING and unstarted:
+                    log.info("starting container %s: its start was interrupted", c.name)
+                    self._unstarted[c.id] = c.name
+                    self._sup.create(self._launch_spec(c))
+                    self._sup.start(c.id)
+                    del self._unstarted[c.id]
+                elif c.desired is Desired.STOPPED and running:
+                    log.info("stopping container %s: its stop was interrupted", c.name)
+                    self._sup.stop(c.id, 10.0)
             except CoveError as exc:
-                log.error("cannot start container %s: %s", c.name, exc.message)
+                log.error("cannot bring container %s to %s yet: %s", c.name, c.desired, exc.message)
         for kv in self._store.range(IPAM).kvs:
             owner = json.loads(kv.value).get("owner", "")
             if owner.startswith("container:") and owner[10:] not in snap.containers:

@@ -11,6 +11,11 @@ through pidfds (their exit codes are then unknown, recorded as -1).
 Requests are one JSON object per line on a fresh connection; the answer is
 one JSON line. ``stop`` and ``remove`` answer once the process is gone.
 
+A full disk does not stop it: records it cannot write stay in memory and
+are written once space returns, containers keep being reaped and
+restarted, and only ``create`` (which must write the spec a restarted
+supervisor needs) is refused, with ``storage_full``.
+
 Run as ``python -m cove.runtime.supervisor --root DIR``; it daemonizes and
 exits 0 once it serves. It exits by itself, killing its containers, when its
 pid file disappears (the state directory was removed) or on ``shutdown``.
@@ -37,6 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cove.errors import storage_error
 from cove.runtime import linux
 from cove.runtime.launch import LaunchError, LaunchSpec, spawn
 from cove.runtime.state import (
@@ -78,6 +84,7 @@ class Supervisor:
         self.sel = selectors.DefaultSelector()
         self.buffers: dict[int, bytes] = {}
         self.running = True
+        self.unsaved: set[str] = set()  # records the disk refused, written later
         self.dns: DnsKeeper | None = None  # when an agent first asks (dns_keeper)
 
     # -- bookkeeping ---------------------------------------------------------
@@ -85,8 +92,29 @@ class Supervisor:
     def _save(self, state: ProcessState) -> None:
         self.states[state.id] = state
         path = self.dir / state.id
-        if path.is_dir():
+        if not path.is_dir():
+            return
+        try:
             write_json(path / "state.json", state.to_json())
+        except OSError as exc:
+            if not self.unsaved:
+                log.error("cannot write container records, keeping them in memory: %s", exc)
+            self.unsaved.add(state.id)
+            with contextlib.suppress(OSError):
+                (path / "state.json.tmp").unlink()
+        else:
+            self.unsaved.discard(state.id)
+
+    def _save_unsaved(self) -> None:
+        for cid in list(self.unsaved):
+            state = self.states.get(cid)
+            if state is None:
+                self.unsaved.discard(cid)
+            else:
+                self._save(state)
+                if cid in self.unsaved:
+                    return  # still no space
+        log.info("container records written again")
 
     def _load(self) -> None:
         for path in sorted(self.dir.iterdir()):
@@ -132,7 +160,10 @@ class Supervisor:
         if state.status is Status.RUNNING:
             return state
         try:
-            pid = spawn(spec)
+            try:
+                pid = spawn(spec)
+            except OSError as exc:  # its log file, say: a failed start, not a crash
+                raise LaunchError(f"cannot start the container: {exc}") from exc
         except LaunchError as exc:
             state = replace(
                 state,
@@ -221,8 +252,16 @@ class Supervisor:
             reply({"ok": True, "states": [s.to_json() for s in wanted]})
         elif op == "create":
             spec = LaunchSpec.from_json(req["spec"])
-            (self.dir / spec.id).mkdir(exist_ok=True)
-            write_json(self.dir / spec.id / "spec.json", spec.to_json())
+            folder = self.dir / spec.id
+            try:
+                folder.mkdir(exist_ok=True)
+                write_json(folder / "spec.json", spec.to_json())
+            except OSError as exc:
+                if spec.id not in self.specs:
+                    shutil.rmtree(folder, ignore_errors=True)
+                err = storage_error(exc, str(self.dir), f"cannot create container {spec.name}")
+                reply({"ok": False, **err.to_json()})
+                return
             self.specs[spec.id] = spec
             self._save(self.states.get(spec.id) or ProcessState(spec.id))
             reply({"ok": True, "state": self.states[spec.id].to_json()})
@@ -310,6 +349,8 @@ class Supervisor:
                 fn()
             if now >= next_watch:
                 next_watch = now + _WATCH_INTERVAL
+                if self.unsaved:
+                    self._save_unsaved()
                 if self.dns is not None:
                     self.dns.tick()
                 if not self._still_wanted():
@@ -374,6 +415,11 @@ class Supervisor:
             self.handle(req, reply)
         except (ValueError, KeyError, TypeError) as exc:
             reply({"ok": False, "kind": "invalid_argument", "error": f"bad request: {exc}"})
+        except OSError as exc:
+            # One request failing on the system must not end the supervision
+            # of every container.
+            log.exception("request %r failed", line[:200])
+            reply({"ok": False, "kind": "internal", "error": f"the supervisor failed: {exc}"})
 
     def _close(self, conn: socket.socket) -> None:
         self.buffers.pop(conn.fileno(), None)
@@ -406,10 +452,19 @@ def main(argv: list[str] | None = None) -> int:
         raise
     os.chmod(sock_path, 0o600)
     listener.listen(128)
-    if os.fork() != 0:
-        os._exit(0)  # the caller's child returns once the socket accepts
+    child = os.fork()
+    if child != 0:
+        # The caller's child returns once the socket accepts, and says why
+        # when the supervisor cannot run (its pid file is its lease on root).
+        try:
+            _write_pid(root / PIDFILE, child)
+        except OSError as exc:
+            os.kill(child, signal.SIGKILL)
+            err = storage_error(exc, str(root), f"cannot write {root / PIDFILE}")
+            sys.stderr.write(err.message + "\n")
+            os._exit(1)
+        os._exit(0)
     os.setsid()
-    (root / PIDFILE).write_text(str(os.getpid()))
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     logfd = os.open(root / "supervisor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -422,11 +477,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sup.serve(listener)
     finally:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             if int((root / PIDFILE).read_text()) == os.getpid():
-                (root / PIDFILE).unlink()
+                # Kept (a "-", no pid), not removed: the next supervisor
+                # rewrites it in place, which needs no free space, so a full
+                # disk does not keep it from starting.
+                _write_pid(root / PIDFILE, None)
                 sock_path.unlink()
     return 0
+
+
+def _write_pid(path: Path, pid: int | None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        data = b"-" if pid is None else str(pid).encode()
+        # Overwrite, then cut: an existing file's page is reused.
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
 
 
 if __name__ == "__main__":

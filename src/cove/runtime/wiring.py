@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cove.clock import Clock
@@ -16,11 +17,13 @@ from cove.errors import CoveError
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.runtime.client import SupervisorClient
+from cove.runtime.intents import IntentLog
 from cove.runtime.reconcile import ContainerReconciler
-from cove.runtime.service import ContainerService
+from cove.runtime.service import ContainerService, no_fault
 from cove.runtime.state import process_start_time, read_json
 from cove.store.base import Store
 from cove.store.hub import WatchHub
+from cove.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,8 @@ log = logging.getLogger(__name__)
 class ContainerRuntime:
     """``state_dir/containers/<id>`` holds each container's /etc files and
     log; ``run_dir`` the supervisor (socket, pid file, records) and
-    ``run_dir/netns`` the namespace files."""
+    ``run_dir/netns`` the namespace files; ``state_dir/intents`` the runs
+    in progress or left to undo."""
 
     def __init__(
         self,
@@ -41,6 +45,7 @@ class ContainerRuntime:
         resolv_conf: Path = Path("/etc/resolv.conf"),
         interval: float = 15.0,
         masked: tuple[Path, ...] = (),
+        fault: Callable[[str], None] = no_fault,
     ) -> None:
         self._resolv_conf = resolv_conf
         self.netns = NetnsDatapath(run_dir / "netns")
@@ -51,8 +56,14 @@ class ContainerRuntime:
         )
         self.service = ContainerService(
             store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
-            masked=masked,
+            IntentLog(state_dir / "intents"), masked=masked, fault=fault,
         )  # fmt: skip
+        # Failed runs whose rollback could not reach the store are undone
+        # as soon as it answers again; starts that could not be finished at
+        # start-up (a full disk) are finished once they can be.
+        self._undo = Worker(
+            "cove-ctr-intents", lambda _k: self.service.retry_unfinished(), interval
+        )
 
     def _host_resolv(self) -> str:
         try:
@@ -68,9 +79,11 @@ class ContainerRuntime:
             hub.subscribe(prefix, self.reconciler.on_events)
         self.reconciler.start()
         self.service.adopt()
+        self._undo.start()
 
     def stop(self) -> None:
         """Stops reconciling; containers and the supervisor keep running."""
+        self._undo.stop()
         self.reconciler.stop()
         self.netns.close()
 

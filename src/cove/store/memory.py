@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cove.clock import Clock
-from cove.errors import InvalidArgument, NotFound, StoreError, WatchCompacted
+from cove.errors import InvalidArgument, NotFound, StorageFull, StoreError, WatchCompacted
 from cove.store.base import (
     Compare,
     CompareOp,
@@ -507,11 +507,19 @@ class MemoryStore:
             self._expiry_thread.start()
 
     def _expiry_loop(self) -> None:
+        full = False
         while not self._stop.wait(_EXPIRY_POLL):
             try:
                 self.expire_leases()
+            except StorageFull as exc:
+                # Expiry is a write too: it waits for space, said once.
+                if not full:
+                    log.warning("leases cannot expire until space is freed: %s", exc.message)
+                full = True
             except StoreError:
                 log.exception("lease expiry failed; retrying")
+            else:
+                full = False
 
     # -- life cycle ----------------------------------------------------------
 

@@ -36,10 +36,17 @@ ones that ran out while the agent was down expire right after it opens.
 Only one process may open the file: a second one gets ``StoreError`` (an
 advisory ``flock`` on ``<path>.lock``, released by the kernel when the owner
 dies).
+
+A full disk: a write SQLite cannot commit raises ``StorageFull`` (naming the
+disk) and changes nothing; reads, watches and leases already granted go on
+from the mirror, and writes work again once space is freed. The file opens
+on a full disk too, read-only in effect until space returns.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -49,7 +56,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cove.clock import Clock
-from cove.errors import StoreError
+from cove.errors import StoreError, storage_error
 from cove.store.base import Event, EventType, KeyValue
 from cove.store.memory import DEFAULT_HISTORY, MemoryStore
 
@@ -118,28 +125,59 @@ class SqliteStore(MemoryStore):
         self._path = path
         self._group: _Pending | None = None  # writes held back by batch()
         self._lock_fd = self._take_file_lock(path)
+        self._checkpoint_stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         try:
             # The state may hold tokens and KV secrets: owner-only from birth.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, cached_statements=64
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            # Checkpoints copy the WAL back into the database and fsync; done
-            # inside a commit they cost a few hundred microseconds on the
-            # writer's path. A background thread does them instead.
-            self._db.execute("PRAGMA wal_autocheckpoint=0")
-            self._db.executescript(_SCHEMA)
+            try:
+                self._db = self._connect(exclusive=False)
+            except sqlite3.Error as exc:
+                if not _disk_full(exc, path):
+                    raise
+                # The shared WAL index cannot be created on a full disk; in
+                # exclusive mode SQLite keeps it in memory (no checkpoint
+                # thread then, the connection checkpoints by itself).
+                self._db = self._connect(exclusive=True)
+            if self._exclusive or _no_space(path):
+                log.warning(
+                    "no space left on the disk holding %s: the store is read-only until space"
+                    " is freed (writes are refused with 507)",
+                    os.path.dirname(os.path.abspath(path)),
+                )
             self._restore()
         except (sqlite3.Error, OSError) as exc:
             os.close(self._lock_fd)
-            raise StoreError("cannot open the SQLite store", path=path, error=exc) from exc
-        self._checkpoint_stop = threading.Event()
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="cove-sqlite-checkpoint", daemon=True
+            if isinstance(exc, sqlite3.Error) and _disk_full(exc, path):
+                raise self._write_error(exc) from exc
+            raise StoreError(
+                f"cannot open the SQLite store {path}: {exc}", path=path, error=exc
+            ) from exc
+        if not self._exclusive:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="cove-sqlite-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
+
+    def _connect(self, *, exclusive: bool) -> sqlite3.Connection:
+        self._exclusive = exclusive
+        db = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, cached_statements=64
         )
-        self._checkpointer.start()
+        try:
+            if exclusive:
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints copy the WAL back into the database and fsync; done
+            # inside a commit they cost a few hundred microseconds on the
+            # writer's path. A background thread does them instead.
+            db.execute(f"PRAGMA wal_autocheckpoint={1000 if exclusive else 0}")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
 
     def _checkpoint_loop(self, interval: float = 1.0) -> None:
         """Copy the WAL into the database once a second, off the commit
@@ -150,12 +188,20 @@ class SqliteStore(MemoryStore):
         except sqlite3.Error:
             log.exception("cannot open a checkpoint connection to %s", self._path)
             return
+        failing = False
         try:
             while not self._checkpoint_stop.wait(interval):
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:
-                    log.warning("WAL checkpoint of %s failed: %s", self._path, exc)
+                    # Once per outage: a full disk fails every second.
+                    if not failing:
+                        log.warning("WAL checkpoint of %s failed: %s", self._path, exc)
+                    failing = True
+                else:
+                    if failing:
+                        log.info("WAL checkpoints of %s work again", self._path)
+                    failing = False
         finally:
             db.close()
 
@@ -248,7 +294,8 @@ class SqliteStore(MemoryStore):
 
     def _persist_close(self) -> None:
         self._checkpoint_stop.set()
-        self._checkpointer.join(timeout=5)
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=5)
         try:
             self._db.close()
         except sqlite3.Error:
@@ -264,10 +311,23 @@ class SqliteStore(MemoryStore):
                 write(self._db)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite has rolled back already on some errors (a full
+                # disk): the original error is the one to report.
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StoreError("SQLite write failed", path=self._path, error=exc) from exc
+            raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: sqlite3.Error) -> StoreError:
+        if _disk_full(exc, self._path):
+            return storage_error(
+                OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                os.path.dirname(os.path.abspath(self._path)),
+                "the store cannot save the change",
+            )
+        return StoreError("SQLite write failed", path=self._path, error=exc)
 
 
 class _Pending:
@@ -325,6 +385,24 @@ class _Pending:
                 db.execute("DELETE FROM leases WHERE id = ?", (lease,))
             else:
                 db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (lease, *state))
+
+
+def _disk_full(exc: sqlite3.Error, path: str) -> bool:
+    """SQLite says SQLITE_FULL when the disk is full, but some writes (the
+    WAL index, a journal) fail as a plain I/O error: then the disk decides."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    return code == sqlite3.SQLITE_IOERR and _no_space(path)
+
+
+def _no_space(path: str) -> bool:
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    # root may also write the blocks a file system reserves for it
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) == 0
 
 
 def _fold(db: sqlite3.Connection, before: int) -> None:
