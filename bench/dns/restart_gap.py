@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cove.cli.client import AgentClient
 from cove.runtime.wiring import teardown
 
 CLONE_NEWNET = 0x40000000
@@ -147,11 +148,16 @@ class Agent:
             stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
         log.close()
+        # Asked over the socket from this process: a CLI process per poll
+        # would load the machine while the agent starts, and stall the very
+        # answers measured.
+        client = AgentClient(self.socket, timeout=5)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            if self.cli("network", "ls").returncode == 0:
+            with contextlib.suppress(Exception):
+                client.request("GET", "/api/health")
                 return
             time.sleep(0.05)
         raise SystemExit("the agent did not start: " + self.log_tail())
