@@ -53,6 +53,7 @@ from cove.network.service import NetworkService
 from cove.policy.wiring import PolicyParts
 from cove.registry import Registry
 from cove.registry.runner import CheckRunner
+from cove.runtime.dns_handover import SupervisorKeeper
 from cove.runtime.registration import ServiceRegistrar
 from cove.runtime.wiring import ContainerRuntime
 from cove.store import open_store
@@ -230,6 +231,7 @@ class Agent:
             ),
             hub=self.hub,
             services=RegistryServices(self.registry.queries, self.hub, acl=self.acl),
+            keeper=SupervisorKeeper(config.run_dir),
         )
 
     def _core_metrics(self) -> list[tuple[str, str, float]]:
@@ -330,6 +332,8 @@ async def _serve(config: AgentConfig) -> None:
         await agent.checks.start()
         async with _sites(agent, tls):
             tune_interpreter()  # after start-up: what it loaded is frozen
+            if agent.dns is not None:
+                agent.dns.serve()  # from the supervisor, which answered meanwhile
             log.info(
                 "cove agent %s ready: socket %s, http %s, https %s, store %s",
                 __version__,

@@ -34,6 +34,7 @@ from cove.dns.forward import Forwarder
 from cove.dns.mmsg import HEAD, MAX_DATAGRAM, Batch, source_key
 from cove.dns.responder import ForwardJob, Responder, ScopeTable
 from cove.dns.slots import SlotLimits, TcpSlots
+from cove.dns.standby import ListenerKeeper
 from cove.dns.wire import Rcode, build_status
 from cove.errors import Unavailable
 from cove.model import IPAddress
@@ -81,9 +82,12 @@ class DnsServer:
         workers: int = 16,
         tcp_limits: SlotLimits | None = None,
         batch: bool = True,
+        keeper: ListenerKeeper | None = None,
     ) -> None:
         """``batch`` False keeps to recvfrom/sendto even where recvmmsg and
-        sendmmsg are available."""
+        sendmmsg are available. ``keeper`` shares the listeners with a
+        process that answers while this one is gone (``cove.dns.standby``)."""
+        self.keeper = keeper
         self._responder = responder
         self._forwarder = forwarder
         self._epoll = select.epoll()
@@ -111,13 +115,16 @@ class DnsServer:
         reach the listener. Raises ``Unavailable`` when the address cannot
         be bound or the device does not exist (yet)."""
         with self._lock:
-            udp, tcp = _bind_pair(address, port, device)
+            taken = self.keeper.take(address, port) if self.keeper is not None else None
+            udp, tcp = taken if taken is not None else _bind_pair(address, port, device)
             bound = udp.getsockname()[1]
             lu, lt = _Listener(udp, False, network), _Listener(tcp, True, network)
             self._fds = {**self._fds, udp.fileno(): lu, tcp.fileno(): lt}
             self._epoll.register(udp.fileno(), select.EPOLLIN)
             self._epoll.register(tcp.fileno(), select.EPOLLIN)
             self._bound[(address, bound)] = (lu, lt)
+            if self.keeper is not None:
+                self.keeper.keep(address, bound, network, udp, tcp)
             log.info("DNS listening on %s port %s (%s)", address, bound, network or "host")
             return int(bound)
 
@@ -126,6 +133,8 @@ class DnsServer:
             pair = self._bound.pop((address, port), None)
             if pair is None:
                 return
+            if self.keeper is not None:
+                self.keeper.drop(address, port)
             fds = {p.sock.fileno() for p in pair}
             self._fds = {k: v for k, v in self._fds.items() if k not in fds}
             for p in pair:
@@ -147,6 +156,7 @@ class DnsServer:
         self._running = False
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.keeper = None  # closing ours is not dropping the keeper's
         for address, port in list(self._bound):
             self.remove(address, port)
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -32,6 +32,7 @@ from cove.dns.forward import Forwarder, ResolvConfUpstreams, Upstream, UpstreamS
 from cove.dns.responder import Responder
 from cove.dns.server import DnsServer
 from cove.dns.services import EndpointServices, ServiceChange, ServiceSource
+from cove.dns.standby import ListenerKeeper, SnapshotFeed, encode_snapshot
 from cove.dns.view import ALL, DnsView, Scope, node_dep, svc_dep
 from cove.errors import CoveError
 from cove.lb.model import VIPS
@@ -89,7 +90,10 @@ class DnsService:
         hub: WatchHub | None = None,
         services: ServiceSource | None = None,
         upstreams: UpstreamSource | None = None,
+        keeper: ListenerKeeper | None = None,
     ) -> None:
+        """``keeper`` keeps the listeners answering while the agent is away
+        (``cove.dns.standby``)."""
         self.config = cfg = config or DnsConfig()
         self._store = store
         self._own_hub = hub is None
@@ -122,7 +126,12 @@ class DnsService:
                 upstreams = ResolvConfUpstreams(cfg.resolv_conf, clock)
         self._upstreams = upstreams
         self._forwarder = Forwarder(self._foreign_upstreams, clock, timeout=cfg.upstream_timeout)
-        self._server = DnsServer(self._responder, self._forwarder, workers=cfg.forward_workers)
+        self._server = DnsServer(
+            self._responder, self._forwarder, workers=cfg.forward_workers, keeper=keeper
+        )
+        self._keeper = keeper
+        self._feed: SnapshotFeed | None = None
+        self._deferred = False
         self._loaded = 0
         self._gateways: dict[tuple[IPAddress, int], tuple[str, int]] = {}
         self._gateway_index: dict[tuple[IPAddress, int], int] = {}  # of its bridge
@@ -139,6 +148,9 @@ class DnsService:
     def start(self) -> None:
         """Load the view, follow the store and listen on the host address.
         Raises ``Unavailable`` when the host listener cannot be bound."""
+        # Before binding: the kept sockets come back. While the keeper
+        # answers on them, this service waits for ``serve``.
+        self._deferred = self._keeper is not None and self._keeper.open()
         self._services.subscribe(self._on_services)
         self._subs = [
             self._hub.subscribe(NETWORKS, self._on_events),
@@ -149,10 +161,27 @@ class DnsService:
             self._hub.start()
         self._reload()
         self.host_port = self._server.add(self.config.host_address, self.config.host_port, None)
-        self._server.start()
+        if not self._deferred:
+            self._server.start()
         self._follow_gateways()
         if self.config.listen_on_gateways:
             self._retry_gateways(_RECHECK_GATEWAYS)
+        if self._keeper is not None:
+            self._feed = SnapshotFeed(self._snapshot, self._keeper.save)
+            self._feed.start()
+            self._keeper.unclaimed()
+
+    def serve(self) -> None:
+        """Answer from now on, taking over from the keeper. With a keeper
+        that answers, ``start`` leaves the answering to it until this is
+        called: the agent calls it once the rest of its start-up (imports,
+        loading, a full garbage collection) is over, so the pauses of
+        start-up are not the containers' pauses."""
+        if self._deferred:
+            self._deferred = False
+            self._server.start()
+        if self._keeper is not None:
+            self._keeper.serving()
 
     def stop(self) -> None:
         with self._listener_lock:
@@ -165,6 +194,11 @@ class DnsService:
         self._subs = []
         if self._own_hub:
             self._hub.stop()
+        if self._feed is not None:
+            self._feed.stop()
+            self._feed.flush()
+        if self._keeper is not None:
+            self._keeper.release()  # the keeper answers from here on
         self._server.stop()
 
     def set_network_listeners(
@@ -228,6 +262,18 @@ class DnsService:
             ("cove_dns_cache_entries", "Encoded answers cached.", len(self._cache)),
             ("cove_dns_listeners", "UDP+TCP listener pairs.", len(self._server.listening())),
         ]
+
+    def _snapshot(self) -> bytes:
+        cfg = self.config
+        upstreams = [(str(u.address), u.port) for u in self._foreign_upstreams()]
+        with self._responder.view_lock:
+            return encode_snapshot(
+                self._view,
+                self._responder.cfg,
+                max_udp=cfg.max_udp_size,
+                a_limit=cfg.a_record_limit,
+                upstreams=upstreams,
+            )
 
     def _foreign_upstreams(self) -> list[Upstream]:
         """The upstreams minus our own listeners: a resolv.conf naming one of
@@ -313,6 +359,8 @@ class DnsService:
                 self._responder.update_scopes(changes)
         if deps:
             self._cache.invalidate(deps)
+            if self._feed is not None:
+                self._feed.touch()
         if ALL in deps:
             self._follow_gateways()
 

@@ -49,6 +49,7 @@ class StubUpstream:
         *,
         ttl: int = 300,
         negative_ttl: int = 60,
+        port: int = 0,
     ) -> None:
         self.records = dict(records or {})
         self.ttl = ttl
@@ -56,7 +57,7 @@ class StubUpstream:
         self.mode = StubMode.ANSWER
         self.queries = 0
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.bind((address, 0))
+        self._sock.bind((address, port))
         self._sock.settimeout(0.1)
         self.address = ipaddress.ip_address(address)
         self.port: int = self._sock.getsockname()[1]

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cove.errors import storage_error
 from cove.runtime import linux
@@ -54,9 +54,13 @@ from cove.runtime.state import (
     write_json,
 )
 
+if TYPE_CHECKING:
+    from cove.runtime.dns_keeper import DnsKeeper
+
 log = logging.getLogger(__name__)
 
 SOCKET = "supervisor.sock"
+DNS_KEEP_OP = "dns-keep"  # an agent's long-lived connection: see dns_keeper
 PIDFILE = "supervisor.pid"
 _WATCH_INTERVAL = 2.0
 _MAX_BACKOFF = 10.0
@@ -81,6 +85,7 @@ class Supervisor:
         self.buffers: dict[int, bytes] = {}
         self.running = True
         self.unsaved: set[str] = set()  # records the disk refused, written later
+        self.dns: DnsKeeper | None = None  # when an agent first asks (dns_keeper)
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -336,6 +341,8 @@ class Supervisor:
                     os.close(obj)
                     cid = self.pidfds.pop(obj)
                     self._exited(cid, -1)
+                elif kind.startswith("dns-") and self.dns is not None:
+                    self.dns.on_event(kind, obj)
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
                 _, _, _, fn = heapq.heappop(self.timers)
@@ -344,6 +351,8 @@ class Supervisor:
                 next_watch = now + _WATCH_INTERVAL
                 if self.unsaved:
                     self._save_unsaved()
+                if self.dns is not None:
+                    self.dns.tick()
                 if not self._still_wanted():
                     log.warning("pid file gone: stopping every container and exiting")
                     self._quit()
@@ -396,6 +405,13 @@ class Supervisor:
 
         try:
             req = json.loads(line)
+            if isinstance(req, dict) and req.get("op") == DNS_KEEP_OP:
+                if self.dns is None:
+                    from cove.runtime.dns_keeper import DnsKeeper
+
+                    self.dns = DnsKeeper(self.sel, self.root)
+                self.dns.attach(conn)  # a long-lived connection: see dns_keeper
+                return
             self.handle(req, reply)
         except (ValueError, KeyError, TypeError) as exc:
             reply({"ok": False, "kind": "invalid_argument", "error": f"bad request: {exc}"})

@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from cove.clock import Clock
 from cove.errors import InvalidArgument
 from cove.store.base import (
@@ -29,10 +32,30 @@ from cove.store.base import (
     TxnResult,
     Watch,
 )
-from cove.store.etcd import EtcdStore
-from cove.store.hub import Subscription, WatchHub
-from cove.store.memory import MemoryStore
-from cove.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from cove.store.etcd import EtcdStore
+    from cove.store.hub import Subscription, WatchHub
+    from cove.store.memory import MemoryStore
+    from cove.store.sqlite import SqliteStore
+
+# The backends load on first use: the supervisor reads ``base`` types (through
+# ``cove.dns.view``) and must not carry sqlite3 and an HTTP client for it.
+_LAZY = {
+    "EtcdStore": "cove.store.etcd",
+    "MemoryStore": "cove.store.memory",
+    "SqliteStore": "cove.store.sqlite",
+    "Subscription": "cove.store.hub",
+    "WatchHub": "cove.store.hub",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "Compare",
@@ -61,6 +84,10 @@ __all__ = [
 def open_store(url: str, clock: Clock) -> Store:
     """Open the store a URL names. Raises ``InvalidArgument`` for a URL of no
     known backend, and ``StoreError`` when the backend cannot be opened."""
+    from cove.store.etcd import EtcdStore
+    from cove.store.memory import MemoryStore
+    from cove.store.sqlite import SqliteStore
+
     if url in ("memory:", "memory://"):
         return MemoryStore(clock)
     if url.startswith("sqlite:"):
