@@ -308,7 +308,8 @@ def test_registry_source_follows_health(tmp_path: object) -> None:
 
 def test_listen_on_gateways_follows_networks() -> None:
     store = MemoryStore(SystemClock())
-    put_network(store, "lo", "127.0.0.0/8")  # gateway 127.0.0.1
+    # Gateway 127.0.0.1; the listener is bound to its "bridge", here lo.
+    put_network(store, "lo", "127.0.0.0/8", bridge="lo")
     put_endpoint(store, "lo", "peer", "127.0.0.9")
     cfg = DnsConfig(host_port=0, gateway_port=0, listen_on_gateways=True)
     svc = DnsService(store, SystemClock(), cfg)

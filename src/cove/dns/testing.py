@@ -106,8 +106,16 @@ class StubUpstream:
 
 
 def put_network(
-    store: Store, name: str, cidr: str, *, internal: bool = False, ipv6: str | None = None
+    store: Store,
+    name: str,
+    cidr: str,
+    *,
+    internal: bool = False,
+    ipv6: str | None = None,
+    bridge: str | None = None,
 ) -> Network:
+    """A network record; ``bridge`` names its device (gateway listeners are
+    bound to it), by default a made-up one."""
     subnets = [_subnet(cidr)]
     if ipv6:
         subnets.append(_subnet(ipv6))
@@ -115,7 +123,7 @@ def put_network(
         id=f"id-{name}",
         name=name,
         subnets=tuple(subnets),
-        bridge=f"cvbr-{name}"[:15],
+        bridge=bridge or f"cvbr-{name}"[:15],
         internal=internal,
     )
     store.put(f"networks/{name}", json.dumps(net.to_json()).encode())
