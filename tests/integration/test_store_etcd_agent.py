@@ -10,6 +10,7 @@ import pytest
 
 from agentproc import AgentProc
 from cove.clock import SystemClock
+from cove.runtime.wiring import teardown
 from cove.store import EtcdStore
 from etcd_fixture import run_etcd
 
@@ -25,6 +26,10 @@ def test_agents_share_networks_through_etcd(hostns: str, tmp_path: Path) -> None
         (tmp_path / "b").mkdir()
         first = AgentProc(hostns, tmp_path / "a", "--store", store_url)
         second = AgentProc(hostns, tmp_path / "b", "--store", store_url)
+        # Two "hosts" in one namespace: the first one's supervisor keeps its
+        # DNS listeners while its agent is stopped, so the second one uses
+        # other ports.
+        second.http_port, second.dns_port = 8510, 8610
         try:
             first.start()
             first.ok("network", "create", "shared", "--subnet", "10.89.40.0/24")
@@ -43,6 +48,8 @@ def test_agents_share_networks_through_etcd(hostns: str, tmp_path: Path) -> None
         finally:
             second.stop()
             first.stop()
+            teardown(second.state_dir / "run")
+            teardown(first.state_dir / "run")
         store = EtcdStore([url], SystemClock())
         assert store.get("networks/shared") is None
         store.close()
