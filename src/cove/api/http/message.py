@@ -132,6 +132,11 @@ class RequestParser:
                 if self._pending > MAX_HEAD:
                     self._fail(HttpError(431, "Request Header Fields Too Large"))
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of the body being read, so far."""
+        return len(self._body)
+
     def wants_continue(self) -> bool:
         """Whether the request being read asked for ``100 Continue`` and is
         waiting for it (its head is read, none of its body yet); true once."""

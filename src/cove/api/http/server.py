@@ -9,6 +9,18 @@ keep-alive, or sends something malformed (answered, then closed). A client
 that goes away cancels the handler it was waiting for, so a blocking query
 of a departed client does not wait out its time.
 
+Connections are capped (``limits``): TCP and TLS in total and per client
+address, the Unix socket on a budget of its own. One beyond a cap is
+answered 503 with ``Retry-After`` and closed; and since a parked blocking
+query holds its connection for up to ten minutes, the refusal also asks the
+parked handlers in the refused scope (that client, or all TCP) to answer now
+(``Request.reclaimed``), closing their connections after the answer.
+
+Bodies are bounded per connection, pipelined ones included: once the bodies
+queued or being answered on a connection reach one body limit, the server
+stops reading it until they are answered, so a connection holds at most
+about two bodies whatever it pipelines.
+
 ``stop()`` stops listening, closes idle connections, gives requests in flight
 ``shutdown_timeout`` seconds, cancels what is left and then finishes the
 app's cleanup contexts.
@@ -22,8 +34,10 @@ import logging
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
+from cove.api.http.limits import NO_LIMITS, ConnectionLimits
 from cove.api.http.listener import Listener, Transport
 from cove.api.http.message import HttpError, RequestParser
 from cove.api.http.objects import Headers, Request, Response
@@ -44,11 +58,18 @@ class HttpServer:
         *,
         shutdown_timeout: float = 2.0,
         keepalive_timeout: float = 75.0,
+        limits: ConnectionLimits = NO_LIMITS,
     ) -> None:
         self.app = app
         self.shutdown_timeout = shutdown_timeout
         self.keepalive_timeout = keepalive_timeout
+        self.limits = limits
         self.connections: set[_Connection] = set()
+        self.refused = 0  # connections answered 503 for a cap
+        self.reclaimed = 0  # parked handlers asked to answer early
+        self._tcp = 0
+        self._unix = 0
+        self._per_client: dict[str, int] = {}
         self._listeners: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._date: tuple[int, str] = (0, "")
@@ -114,6 +135,46 @@ class HttpServer:
             self._started = False
             await self.app.cleanup()
 
+    def admit(self, conn: _Connection) -> bool:
+        """Count ``conn`` in, or refuse it (False) when it would pass a cap;
+        a refusal reclaims the parked connections of the refused scope."""
+        limits = self.limits
+        if conn.unix:
+            if limits.unix_total and self._unix >= limits.unix_total:
+                self._refuse(lambda c: c.unix)
+                return False
+            self._unix += 1
+            return True
+        client = conn.client
+        held = self._per_client.get(client, 0)
+        if limits.tcp_per_client and held >= limits.tcp_per_client:
+            self._refuse(lambda c: c.client == client)
+            return False
+        if limits.tcp_total and self._tcp >= limits.tcp_total:
+            self._refuse(lambda c: not c.unix)
+            return False
+        self._tcp += 1
+        self._per_client[client] = held + 1
+        return True
+
+    def release(self, conn: _Connection) -> None:
+        """``conn`` (admitted) has closed."""
+        if conn.unix:
+            self._unix -= 1
+            return
+        self._tcp -= 1
+        left = self._per_client[conn.client] - 1
+        if left:
+            self._per_client[conn.client] = left
+        else:
+            del self._per_client[conn.client]
+
+    def _refuse(self, scope: Callable[[_Connection], bool]) -> None:
+        self.refused += 1
+        for conn in self.connections:
+            if scope(conn) and conn.reclaim():
+                self.reclaimed += 1
+
     def date(self) -> str:
         now = int(time.time())
         if self._date[0] != now:
@@ -146,6 +207,12 @@ class _Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
         self._chunked_ok = True
+        self._held = 0  # body bytes queued or being answered
+        self._admitted = False
+        self._reclaim: asyncio.Future[None] | None = None
+        self._reclaimed = False
+        self.unix = listener.transport is Transport.UNIX
+        self.client = ""  # the peer's address (TCP, TLS)
         self.last_active = self._loop.time()
 
     # -- asyncio.Protocol ----------------------------------------------------
@@ -153,6 +220,17 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self._transport = cast(asyncio.Transport, transport)
+        if not self.unix:
+            peer = transport.get_extra_info("peername")
+            self.client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not self._server.admit(self):
+            # Answered before reading anything and closed at once: its
+            # descriptor goes straight back to the process.
+            self._parsing = False
+            self._write(self._refusal_bytes())
+            self._transport.close()
+            return
+        self._admitted = True
         self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -168,6 +246,7 @@ class _Connection(asyncio.Protocol):
             if isinstance(item, HttpError):
                 queue.append(item)
                 continue
+            self._held += len(item.body)
             queue.append(
                 Request(
                     item.method,
@@ -188,7 +267,14 @@ class _Connection(asyncio.Protocol):
         if queue:
             if self._task is None:
                 self._task = self._loop.create_task(self._run())
-            if len(queue) >= MAX_PIPELINE and self._transport is not None:
+            if (
+                not self._reading_paused
+                and self._transport is not None
+                and (
+                    len(queue) >= MAX_PIPELINE
+                    or (self._held and self._held + parser.buffered >= self._app.client_max_size)
+                )
+            ):
                 self._transport.pause_reading()
                 self._reading_paused = True
 
@@ -200,7 +286,11 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._parsing = False
+        if self._admitted:
+            self._admitted = False
+            self._server.release(self)
         self._server.connections.discard(self)
+        self._queue.clear()  # their bodies go now, not when the task ends
         if self._task is not None:
             self._task.cancel()
         self._wake_writer()
@@ -217,6 +307,25 @@ class _Connection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return self._task is None and not self._queue
+
+    def reclaimed(self) -> asyncio.Future[None]:
+        """Done when the server, short of connections, wants this one back:
+        a handler that waits long answers at once (see ``Request``)."""
+        if self._reclaim is None:
+            self._reclaim = self._loop.create_future()
+            if self._reclaimed:
+                self._reclaim.set_result(None)
+        return self._reclaim
+
+    def reclaim(self) -> bool:
+        """Ask a handler waiting on ``reclaimed`` to answer now; the
+        connection closes after that answer. Whether one was waiting."""
+        fut = self._reclaim
+        if fut is None or fut.done():
+            return False
+        self._reclaimed = True
+        fut.set_result(None)
+        return True
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -235,17 +344,19 @@ class _Connection(asyncio.Protocol):
         try:
             while queue:
                 item = queue.popleft()
-                if self._reading_paused and len(queue) < MAX_PIPELINE // 2:
-                    self._reading_paused = False
-                    if self._transport is not None:
-                        self._transport.resume_reading()
                 if isinstance(item, HttpError):
                     self._write(self._error_bytes(item))
                     self.close()
                     return
-                if not await self._answer(item):
+                keep = await self._answer(item)
+                self._held -= item.body_size
+                self._reclaim = None
+                if not keep or self._reclaimed:
                     self.close()
                     return
+                del item  # its body is not kept while the next one waits
+                if self._reading_paused:
+                    self._maybe_resume()
                 if self._write_paused:
                     await self._drained()
         except (asyncio.CancelledError, ConnectionError):
@@ -253,6 +364,15 @@ class _Connection(asyncio.Protocol):
         finally:
             self._task = None
             self.last_active = self._loop.time()
+
+    def _maybe_resume(self) -> None:
+        if len(self._queue) >= MAX_PIPELINE // 2 or (
+            self._held and self._held + self._parser.buffered >= self._app.client_max_size
+        ):
+            return
+        self._reading_paused = False
+        if self._transport is not None:
+            self._transport.resume_reading()
 
     async def _answer(self, request: Request) -> bool:
         """Run the handler and send its answer; whether to keep the
@@ -265,7 +385,7 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("%s %s failed", request.method, request.raw_path)
             resp = Response(status=500, text="500 Internal Server Error")
-        keep = request.keep_alive
+        keep = request.keep_alive and not self._reclaimed
         if isinstance(resp, Response) and not resp.prepared:
             headers = resp.headers
             headers["Date"] = self._server.date()
@@ -284,6 +404,17 @@ class _Connection(asyncio.Protocol):
             await resp.prepare(request)
         await resp.write_eof()
         return keep and self._chunked_ok
+
+    def _refusal_bytes(self) -> bytes:
+        retry = self._server.limits.retry_after
+        resp = Response(
+            status=503,
+            text=f"Too many connections; retry in {retry} seconds",
+            headers={"Retry-After": str(retry)},
+        )
+        resp.headers["Date"] = self._server.date()
+        resp.headers["Connection"] = "close"
+        return resp.render()
 
     def _error_bytes(self, error: HttpError) -> bytes:
         resp = Response(status=error.status, text=error.message)
