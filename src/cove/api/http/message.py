@@ -132,6 +132,14 @@ class RequestParser:
                 if self._pending > MAX_HEAD:
                     self._fail(HttpError(431, "Request Header Fields Too Large"))
 
+    def close(self) -> None:
+        """Drop what is buffered and ignore what follows. The parser and
+        llhttp's refer to each other, so without this a half-read body would
+        live on until the collector found the cycle."""
+        self.done = True
+        self.out.clear()
+        self._reset()
+
     @property
     def buffered(self) -> int:
         """Bytes of the body being read, so far."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import socket
 import ssl
 import time
 from collections import deque
@@ -46,7 +47,9 @@ from cove.api.http.routing import Application
 log = logging.getLogger(__name__)
 
 MAX_PIPELINE = 16  # parsed requests queued on a connection before reading pauses
+PEER_CHECK = 1.0  # seconds between looks at a paused connection's peer
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_PEER_GONE = (7, 8)  # TCP_CLOSE, TCP_CLOSE_WAIT: the client closed or reset
 
 
 class HttpServer:
@@ -211,6 +214,7 @@ class _Connection(asyncio.Protocol):
         self._admitted = False
         self._reclaim: asyncio.Future[None] | None = None
         self._reclaimed = False
+        self._peer_timer: asyncio.TimerHandle | None = None
         self.unix = listener.transport is Transport.UNIX
         self.client = ""  # the peer's address (TCP, TLS)
         self.last_active = self._loop.time()
@@ -277,6 +281,8 @@ class _Connection(asyncio.Protocol):
             ):
                 self._transport.pause_reading()
                 self._reading_paused = True
+                if not self.unix and self._peer_timer is None:
+                    self._peer_timer = self._loop.call_later(PEER_CHECK, self._watch_peer)
 
     def eof_received(self) -> bool:
         # A client that stops sending has gone (as aiohttp treats it): the
@@ -290,7 +296,13 @@ class _Connection(asyncio.Protocol):
             self._admitted = False
             self._server.release(self)
         self._server.connections.discard(self)
-        self._queue.clear()  # their bodies go now, not when the task ends
+        # Their bodies go now, not when the collector finds the cycles
+        # (the connection, its requests and its parser refer to each other).
+        self._queue.clear()
+        self._parser.close()
+        if self._peer_timer is not None:
+            self._peer_timer.cancel()
+            self._peer_timer = None
         if self._task is not None:
             self._task.cancel()
         self._wake_writer()
@@ -307,6 +319,23 @@ class _Connection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return self._task is None and not self._queue
+
+    def _watch_peer(self) -> None:
+        # A paused transport reads nothing, so it would not see its client
+        # leave; the bodies it holds would wait for the handler ahead of
+        # them (a blocking query: minutes). The kernel knows.
+        self._peer_timer = None
+        if not self._reading_paused or self._lost or self._transport is None:
+            return
+        sock = self._transport.get_extra_info("socket")
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+        except (AttributeError, OSError):
+            return
+        if state in _PEER_GONE:
+            self.abort()
+            return
+        self._peer_timer = self._loop.call_later(PEER_CHECK, self._watch_peer)
 
     def reclaimed(self) -> asyncio.Future[None]:
         """Done when the server, short of connections, wants this one back:
