@@ -18,8 +18,8 @@ parked handlers in the refused scope (that client, or all TCP) to answer now
 
 Bodies are bounded per connection, pipelined ones included: once the bodies
 queued or being answered on a connection reach one body limit, the server
-stops reading it until they are answered, so a connection holds at most
-about two bodies whatever it pipelines.
+stops reading it until they are answered, so a connection holds about one
+body limit (plus one read) whatever it pipelines.
 
 ``stop()`` stops listening, closes idle connections, gives requests in flight
 ``shutdown_timeout`` seconds, cancels what is left and then finishes the
@@ -73,6 +73,7 @@ class HttpServer:
         self._tcp = 0
         self._unix = 0
         self._per_client: dict[str, int] = {}
+        self.parked: set[_Connection] = set()  # handlers waiting on ``reclaimed``
         self._listeners: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._date: tuple[int, str] = (0, "")
@@ -174,8 +175,8 @@ class HttpServer:
 
     def _refuse(self, scope: Callable[[_Connection], bool]) -> None:
         self.refused += 1
-        for conn in self.connections:
-            if scope(conn) and conn.reclaim():
+        for conn in [c for c in self.parked if scope(c)]:
+            if conn.reclaim():
                 self.reclaimed += 1
 
     def date(self) -> str:
@@ -268,21 +269,22 @@ class _Connection(asyncio.Protocol):
             self._parsing = False
         elif parser.wants_continue():
             self._write(_CONTINUE)
-        if queue:
-            if self._task is None:
-                self._task = self._loop.create_task(self._run())
-            if (
-                not self._reading_paused
-                and self._transport is not None
-                and (
-                    len(queue) >= MAX_PIPELINE
-                    or (self._held and self._held + parser.buffered >= self._app.client_max_size)
-                )
-            ):
-                self._transport.pause_reading()
-                self._reading_paused = True
-                if not self.unix and self._peer_timer is None:
-                    self._peer_timer = self._loop.call_later(PEER_CHECK, self._watch_peer)
+        if queue and self._task is None:
+            self._task = self._loop.create_task(self._run())
+        # Bytes count, not only requests: while a body is queued or being
+        # answered, the next one is not read past one body limit in all.
+        if (
+            not self._reading_paused
+            and self._transport is not None
+            and (
+                len(queue) >= MAX_PIPELINE
+                or (self._held and self._held + parser.buffered >= self._app.client_max_size)
+            )
+        ):
+            self._transport.pause_reading()
+            self._reading_paused = True
+            if not self.unix and self._peer_timer is None:
+                self._peer_timer = self._loop.call_later(PEER_CHECK, self._watch_peer)
 
     def eof_received(self) -> bool:
         # A client that stops sending has gone (as aiohttp treats it): the
@@ -296,6 +298,7 @@ class _Connection(asyncio.Protocol):
             self._admitted = False
             self._server.release(self)
         self._server.connections.discard(self)
+        self._server.parked.discard(self)
         # Their bodies go now, not when the collector finds the cycles
         # (the connection, its requests and its parser refer to each other).
         self._queue.clear()
@@ -344,6 +347,8 @@ class _Connection(asyncio.Protocol):
             self._reclaim = self._loop.create_future()
             if self._reclaimed:
                 self._reclaim.set_result(None)
+            elif not self._lost:
+                self._server.parked.add(self)
         return self._reclaim
 
     def reclaim(self) -> bool:
@@ -354,6 +359,7 @@ class _Connection(asyncio.Protocol):
             return False
         self._reclaimed = True
         fut.set_result(None)
+        self._server.parked.discard(self)
         return True
 
     def close(self) -> None:
@@ -379,7 +385,9 @@ class _Connection(asyncio.Protocol):
                     return
                 keep = await self._answer(item)
                 self._held -= item.body_size
-                self._reclaim = None
+                if self._reclaim is not None:
+                    self._reclaim = None
+                    self._server.parked.discard(self)
                 if not keep or self._reclaimed:
                     self.close()
                     return
