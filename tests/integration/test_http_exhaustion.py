@@ -243,13 +243,16 @@ def test_pipelined_large_bodies_keep_memory_bounded(roomy_agent: AgentProc) -> N
         print(f"baseline {baseline:.0f} MB, peak {peak:.0f} MB, {_fds(pid)} fds")
     finally:
         for s in socks:
-            # Reset, not FIN: a FIN would wait behind the unsent bodies.
+            # Reset, not FIN: a FIN would wait behind the unsent bodies. The
+            # shutdown wakes a sender blocked on the socket, which would
+            # otherwise keep it open past close().
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RD)
-            s.close()
+                s.shutdown(socket.SHUT_WR)
         for t in threads:
             t.join(10)
+        for s in socks:
+            s.close()
     assert peak < 150, f"RSS reached {peak:.0f} MB (baseline {baseline:.0f} MB)"
     time.sleep(3)
     after = _rss_mb(pid)

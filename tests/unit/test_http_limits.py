@@ -175,3 +175,19 @@ def test_parked_handlers_answer_early_when_the_cap_is_reached() -> None:
             conn[1].close()
 
     serve(check, web.ConnectionLimits(tcp_total=10, tcp_per_client=2, unix_total=2))
+
+
+def test_a_request_pipelined_behind_a_parked_one_ends_the_wait() -> None:
+    async def check(port: int, path: str) -> None:
+        reader, writer = await connect(port)
+        writer.write(b"GET /park HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        first = await read_answer(reader)
+        assert first.endswith(b"reclaimed") and b"Connection: close" not in first
+        assert (await read_answer(reader)).endswith(b"hello")  # same connection, in order
+        writer.close()
+
+    serve(check, web.ConnectionLimits(tcp_total=10, tcp_per_client=2, unix_total=2))

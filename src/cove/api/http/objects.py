@@ -163,8 +163,9 @@ class Request:
 
     def reclaimed(self) -> asyncio.Future[None]:
         """Done when the server, short of connections, wants this request's
-        connection back: a handler that waits long (a blocking query)
-        answers at once then, and the connection closes after the answer."""
+        connection back (the connection closes after the answer), or when
+        another request waits behind this one: a handler that waits long (a
+        blocking query) answers at once then."""
         return self.channel.reclaimed()
 
     async def read(self) -> bytes:

@@ -14,7 +14,9 @@ address, the Unix socket on a budget of its own. One beyond a cap is
 answered 503 with ``Retry-After`` and closed; and since a parked blocking
 query holds its connection for up to ten minutes, the refusal also asks the
 parked handlers in the refused scope (that client, or all TCP) to answer now
-(``Request.reclaimed``), closing their connections after the answer.
+(``Request.reclaimed``), closing their connections after the answer. A
+request pipelined behind a parked one also ends the park (answers leave in
+order, so it would wait as long), keeping the connection.
 
 Bodies are bounded per connection, pipelined ones included: once the bodies
 queued or being answered on a connection reach one body limit, the server
@@ -269,8 +271,13 @@ class _Connection(asyncio.Protocol):
             self._parsing = False
         elif parser.wants_continue():
             self._write(_CONTINUE)
-        if queue and self._task is None:
-            self._task = self._loop.create_task(self._run())
+        if queue:
+            if self._task is None:
+                self._task = self._loop.create_task(self._run())
+            elif self._reclaim is not None:
+                # Answers leave in order: a request pipelined behind a parked
+                # one (and its body) would wait out the park, minutes.
+                self._end_park()
         # Bytes count, not only requests: while a body is queued or being
         # answered, the next one is not read past one body limit in all.
         if (
@@ -345,7 +352,7 @@ class _Connection(asyncio.Protocol):
         a handler that waits long answers at once (see ``Request``)."""
         if self._reclaim is None:
             self._reclaim = self._loop.create_future()
-            if self._reclaimed:
+            if self._reclaimed or self._queue:
                 self._reclaim.set_result(None)
             elif not self._lost:
                 self._server.parked.add(self)
@@ -358,9 +365,14 @@ class _Connection(asyncio.Protocol):
         if fut is None or fut.done():
             return False
         self._reclaimed = True
-        fut.set_result(None)
-        self._server.parked.discard(self)
+        self._end_park()
         return True
+
+    def _end_park(self) -> None:
+        fut = self._reclaim
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        self._server.parked.discard(self)
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
