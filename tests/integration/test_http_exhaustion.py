@@ -257,7 +257,7 @@ def test_pipelined_large_bodies_keep_memory_bounded(roomy_agent: AgentProc) -> N
     time.sleep(3)
     after = _rss_mb(pid)
     print(f"after the connections closed: {after:.0f} MB, {_fds(pid)} fds")
-    assert after < baseline + 25, f"RSS {after:.0f} MB after close (baseline {baseline:.0f} MB)"
+    assert after < baseline + 15, f"RSS {after:.0f} MB after close (baseline {baseline:.0f} MB)"
 
 
 def _park(socks: list[socket.socket], index: str) -> None:

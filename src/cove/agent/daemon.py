@@ -29,7 +29,7 @@ from cove.agent.config import AgentConfig, socket_gid
 from cove.agent.faults import fault_hook
 from cove.agent.limits import raise_open_files
 from cove.agent.private import private_paths
-from cove.agent.tuning import tune_interpreter
+from cove.agent.tuning import tune_interpreter, tune_malloc
 from cove.api import consul as consul_api
 from cove.api import containers as containers_api
 from cove.api import http as web
@@ -285,6 +285,7 @@ def tls_of(config: AgentConfig) -> ReloadingTls | None:
 @contextlib.asynccontextmanager
 async def _sites(agent: Agent, tls: ReloadingTls | None) -> AsyncIterator[None]:
     config = agent.config
+    tune_malloc()  # before any request body is read
     # Sized from the limit the agent raised itself to at start.
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     limits = limits_for(
