@@ -35,10 +35,17 @@ class AgentProc:
     def env(self) -> dict[str, str]:
         return {**os.environ, "COVE_SOCKET": str(self.socket)}
 
-    def start(self, *extra: str, timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        *extra: str,
+        timeout: float = 20.0,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         """``env``: variables added to the agent's environment (a test
-        fault, say)."""
+        fault, say); ``prefix``: a command the agent runs under (``prlimit``)."""
         args = [
+            *prefix,
             *COVE,
             "agent",
             "--state-dir", str(self.state_dir),

@@ -35,6 +35,7 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -60,8 +61,9 @@ BENCH_TOKEN = "6a1f0e2c-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
 def serve(port: int, db: str) -> None:
     import uvloop
 
-    from cove.agent.tuning import tune_interpreter
+    from cove.agent.tuning import tune_interpreter, tune_malloc
     from cove.api.consul.server import ConsulServer
+    from cove.api.http import limits_for
     from cove.clock import SystemClock
     from cove.store.sqlite import SqliteStore
 
@@ -78,7 +80,12 @@ def serve(port: int, db: str) -> None:
         rules = 'service_prefix "" { policy = "write" }\nnode_prefix "" { policy = "read" }'
         acl.objects.policy_create({"Name": "bench", "Rules": rules})
         acl.objects.token_create({"SecretID": BENCH_TOKEN, "Policies": [{"Name": "bench"}]})
-    server = ConsulServer(store, SystemClock(), node_name="bench", port=port, acl=acl).start()
+    # The agent's connection caps and malloc setting, as it sizes them.
+    tune_malloc()
+    limits = limits_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    server = ConsulServer(
+        store, SystemClock(), node_name="bench", port=port, acl=acl, limits=limits
+    ).start()
     tune_interpreter()
     print("ready", flush=True)
     stop = [False]

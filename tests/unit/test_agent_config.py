@@ -80,3 +80,23 @@ def test_bad_acl_settings_are_named(tmp_path: Path, text: str, message: str) -> 
     f.write_text(text + "\n")
     with pytest.raises(InvalidArgument, match=message):
         load({}, f, {})
+
+
+def test_http_connection_caps_from_file_and_flags(tmp_path: Path) -> None:
+    default = load({}, None, {})
+    assert (default.http_max_conns, default.http_max_conns_per_client) == (0, 200)
+    f = tmp_path / "cove.toml"
+    f.write_text("http_max_conns = 300\nhttp_max_conns_per_client = 0\n")
+    cfg = load({}, f, {})
+    assert (cfg.http_max_conns, cfg.http_max_conns_per_client) == (300, 0)
+    assert load({"http_max_conns_per_client": 50}, f, {}).http_max_conns_per_client == 50
+
+
+@pytest.mark.parametrize(
+    "text", ["http_max_conns = -1", 'http_max_conns_per_client = "lots"', "http_max_conns = true"]
+)
+def test_bad_connection_caps_are_named(tmp_path: Path, text: str) -> None:
+    f = tmp_path / "cove.toml"
+    f.write_text(text + "\n")
+    with pytest.raises(InvalidArgument, match="invalid http_max_conns"):
+        load({}, f, {})

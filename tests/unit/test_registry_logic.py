@@ -9,9 +9,10 @@ import pytest
 
 from cove.errors import InvalidArgument
 from cove.registry import grpc_health
-from cove.registry.blocking import Interests, key_prefixes, parse_wait
+from cove.registry.blocking import Interests, blocking_read, key_prefixes, parse_wait
 from cove.registry.filter import apply_filter, compile_filter
 from cove.registry.probes import Tracker, cut
+from cove.registry.queries import Answer
 from cove.registry.types import Status, format_duration, parse_duration
 from cove.store.base import Event, EventType, KeyValue
 
@@ -137,6 +138,24 @@ def test_interests_wake_only_matching_prefixes() -> None:
 
     woke_web, woke_db, rev = asyncio.run(scenario())
     assert (woke_web, woke_db, rev) == (True, False, 7)
+
+
+def test_a_reclaimed_blocking_read_answers_early_with_the_current_index() -> None:
+    async def scenario() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        interests = Interests(loop)
+        reclaimed: asyncio.Future[None] = loop.create_future()
+
+        async def read() -> Answer:
+            return Answer(data=["v"], index=42, revision=42, prefixes=("registry/kv/x",))
+
+        loop.call_later(0.05, reclaimed.set_result, None)
+        start = loop.time()
+        answer = await blocking_read(interests, read, 42, 10, reclaimed=reclaimed)
+        return answer.index, loop.time() - start
+
+    index, took = asyncio.run(scenario())
+    assert index == 42 and took < 5
 
 
 def test_decode_accepts_go_and_snake_case_spellings() -> None:

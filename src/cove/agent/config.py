@@ -58,6 +58,9 @@ class AgentConfig:
     acl_initial_management: str | None = None
     socket_group: str | None = None  # None: the socket is root's alone (0600)
     http_allowed_hosts: tuple[str, ...] = ()  # names a Host header may carry besides addresses
+    # TCP/TLS connections at once; 0: sized from the open-file limit.
+    http_max_conns: int = 0
+    http_max_conns_per_client: int = 200  # per client IP address (Consul's default); 0: no cap
     https: tuple[str, int] | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -125,6 +128,10 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
             raise InvalidArgument(
                 f"invalid --http-allowed-host {h!r}: expected a host name without a port"
             )
+    for name in ("http_max_conns", "http_max_conns_per_client"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgument(f"invalid {name} {value!r}: expected a whole number, 0 or more")
     tls_cert = Path(cfg.tls_cert) if cfg.tls_cert else None
     tls_key = Path(cfg.tls_key) if cfg.tls_key else None
     tls_ca = Path(cfg.tls_ca) if cfg.tls_ca else None

@@ -16,6 +16,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -28,13 +29,14 @@ from cove.agent.config import AgentConfig, socket_gid
 from cove.agent.faults import fault_hook
 from cove.agent.limits import raise_open_files
 from cove.agent.private import private_paths
-from cove.agent.tuning import tune_interpreter
+from cove.agent.tuning import tune_interpreter, tune_malloc
 from cove.api import consul as consul_api
 from cove.api import containers as containers_api
 from cove.api import http as web
 from cove.api import networks as networks_api
 from cove.api.app import build_app
 from cove.api.guard import Guard
+from cove.api.http.limits import limits_for
 from cove.api.metrics import Metrics
 from cove.api.tls import ReloadingTls, TlsFiles
 from cove.clock import SystemClock
@@ -285,9 +287,24 @@ def tls_of(config: AgentConfig) -> ReloadingTls | None:
 @contextlib.asynccontextmanager
 async def _sites(agent: Agent, tls: ReloadingTls | None) -> AsyncIterator[None]:
     config = agent.config
+    tune_malloc()  # before any request body is read
+    # Sized from the limit the agent raised itself to at start.
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limits = limits_for(
+        open_files,
+        max_conns=config.http_max_conns,
+        per_client=config.http_max_conns_per_client,
+    )
+    log.info(
+        "HTTP connections: at most %s on TCP/TLS, %s per client, %s on the socket (%s open files)",
+        limits.tcp_total,
+        limits.tcp_per_client or "no cap",
+        limits.unix_total,
+        open_files,
+    )
     # Blocking queries may wait up to 10 minutes; do not let them hold
     # shutdown for long.
-    server = web.HttpServer(agent.app, shutdown_timeout=2)
+    server = web.HttpServer(agent.app, shutdown_timeout=2, limits=limits)
     await server.setup()
     try:
         config.socket.parent.mkdir(parents=True, exist_ok=True)

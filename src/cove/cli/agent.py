@@ -55,6 +55,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="NAME",
         help="a host name the HTTP listeners answer to besides their addresses (repeat)",
     )
+    p.add_argument(
+        "--http-max-conns",
+        type=int,
+        metavar="N",
+        help="TCP/TLS connections at once (default: sized from the open-file limit)",
+    )
+    p.add_argument(
+        "--http-max-conns-per-client",
+        type=int,
+        metavar="N",
+        help="TCP/TLS connections per client address (default 200; 0: no cap)",
+    )
     p.add_argument("--https", help="HTTPS API ADDR:PORT (Consul's is 8501; default off)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate for --https")
     p.add_argument("--tls-key", type=Path, help="PEM private key for --https")
@@ -90,6 +102,8 @@ def _run(args: argparse.Namespace) -> int:
         "acl_initial_management": args.acl_initial_management,
         "socket_group": args.socket_group,
         "http_allowed_hosts": tuple(args.http_allowed_host) if args.http_allowed_host else None,
+        "http_max_conns": args.http_max_conns,
+        "http_max_conns_per_client": args.http_max_conns_per_client,
         "https": args.https,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,

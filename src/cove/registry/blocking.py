@@ -10,6 +10,10 @@ The last-change revision also carries deletions into the index: a delete
 leaves no key whose mod revision could raise the answer's index, so the
 index of an answer is the larger of its items' revisions and its prefixes'
 last changes.
+
+A query also ends early, with the answer it has, when the server is short
+of connections and asks for the one it parks on back (``reclaimed``): as
+Consul answers at its wait limit, so the client simply asks again later.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def with_jitter(wait: float, rng: random.Random) -> float:
 @dataclass(slots=True)
 class _Interest:
     revision: int = 0
-    waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    waiters: set[asyncio.Future[bool]] = field(default_factory=set)
 
 
 def key_prefixes(key: str) -> list[str]:
@@ -114,7 +118,7 @@ class Interests:
                 found.revision = max(found.revision, rev)
                 for fut in found.waiters:
                     if not fut.done():
-                        fut.set_result(None)
+                        fut.set_result(True)
                         self.wakeups += 1
                 found.waiters.clear()
 
@@ -134,17 +138,31 @@ class Interests:
             (self._by_prefix[p].revision for p in prefixes if p in self._by_prefix), default=0
         )
 
-    async def wait(self, prefixes: Sequence[str], timeout: float) -> bool:
-        """Wait until something under ``prefixes`` changes; False on timeout."""
-        fut: asyncio.Future[None] = self._loop.create_future()
+    async def wait(
+        self,
+        prefixes: Sequence[str],
+        timeout: float,
+        reclaimed: asyncio.Future[None] | None = None,
+    ) -> bool:
+        """Wait until something under ``prefixes`` changes; False on timeout
+        or when ``reclaimed`` is done first."""
+        fut: asyncio.Future[bool] = self._loop.create_future()
+
+        def give_up(_: asyncio.Future[None]) -> None:
+            if not fut.done():
+                fut.set_result(False)
+
+        if reclaimed is not None:
+            reclaimed.add_done_callback(give_up)
         for p in prefixes:
             self._by_prefix.setdefault(p, _Interest()).waiters.add(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-            return True
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             return False
         finally:
+            if reclaimed is not None:
+                reclaimed.remove_done_callback(give_up)
             for p in prefixes:
                 found = self._by_prefix.get(p)
                 if found is not None:
@@ -161,10 +179,12 @@ async def blocking_read(
     *,
     prefixes_hint: Sequence[str] = (),
     rng: random.Random | None = None,
+    reclaimed: asyncio.Future[None] | None = None,
 ) -> Answer:
-    """Run ``read`` until its index passes ``min_index`` or ``wait`` (plus
-    jitter) runs out; the answer's index includes the last changes under its
-    prefixes. With ``min_index`` 0 this is one plain read."""
+    """Run ``read`` until its index passes ``min_index``, ``wait`` (plus
+    jitter) runs out or ``reclaimed`` is done; the answer's index includes
+    the last changes under its prefixes. With ``min_index`` 0 this is one
+    plain read."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + (with_jitter(wait, rng or random.Random()) if min_index else 0.0)
     interests.watch(prefixes_hint)
@@ -180,9 +200,11 @@ async def blocking_read(
         remaining = deadline - loop.time()
         if not min_index or index > min_index or remaining <= 0:
             return answer
+        if reclaimed is not None and reclaimed.done():
+            return answer
         if min_index > answer.revision:
             # The client's index is from the future (another store, a
             # restart): Consul answers at once so it can reset.
             return answer
-        if not await interests.wait(answer.prefixes, remaining):
+        if not await interests.wait(answer.prefixes, remaining, reclaimed):
             return answer

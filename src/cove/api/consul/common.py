@@ -170,7 +170,11 @@ async def blocking(
         answer: Answer = await run(request, read)
         return answer
 
-    return await blocking_read(interests, once, opts.index, opts.wait, prefixes_hint=hint)
+    # Only a query that may wait claims its connection's reclaim signal.
+    reclaimed = request.reclaimed() if opts.index else None
+    return await blocking_read(
+        interests, once, opts.index, opts.wait, prefixes_hint=hint, reclaimed=reclaimed
+    )
 
 
 def answer_reply(

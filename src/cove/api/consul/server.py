@@ -43,6 +43,7 @@ class ConsulServer:
         run_checks: bool = True,
         unix_path: str | None = None,
         acl: AclService | None = None,
+        limits: web.ConnectionLimits | None = None,
     ) -> None:
         self.registry = Registry(
             store,
@@ -57,6 +58,7 @@ class ConsulServer:
         self.port = port
         self._run_checks = run_checks
         self.unix_path = unix_path  # also serve here (as the agent's socket)
+        self.limits = limits or web.ConnectionLimits()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -109,7 +111,7 @@ class ConsulServer:
         app.screens.append(Guard.of(self.unix_path or "the agent's socket"))
         self.state = app[CONSUL]
         # Blocked long polls must not hold a stop for their whole wait.
-        http = web.HttpServer(app, shutdown_timeout=2.0)
+        http = web.HttpServer(app, shutdown_timeout=2.0, limits=self.limits)
         await http.setup()
         try:
             self.port = await http.start_tcp(self.host, self.port)

@@ -24,6 +24,7 @@ Handlers look like aiohttp's::
     await server.stop()
 """
 
+from cove.api.http.limits import ConnectionLimits, limits_for
 from cove.api.http.listener import Listener, Transport
 from cove.api.http.message import HttpError
 from cove.api.http.objects import Headers, Query, Request, Response, StreamResponse, json_response
@@ -33,6 +34,7 @@ from cove.api.http.server import HttpServer
 __all__ = [
     "AppKey",
     "Application",
+    "ConnectionLimits",
     "Handler",
     "Headers",
     "HttpError",
@@ -45,5 +47,6 @@ __all__ = [
     "StreamResponse",
     "Transport",
     "json_response",
+    "limits_for",
     "middleware",
 ]

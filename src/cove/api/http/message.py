@@ -132,6 +132,19 @@ class RequestParser:
                 if self._pending > MAX_HEAD:
                     self._fail(HttpError(431, "Request Header Fields Too Large"))
 
+    def close(self) -> None:
+        """Drop what is buffered and ignore what follows. The parser and
+        llhttp's refer to each other, so without this a half-read body would
+        live on until the collector found the cycle."""
+        self.done = True
+        self.out.clear()
+        self._reset()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of the body being read, so far."""
+        return len(self._body)
+
     def wants_continue(self) -> bool:
         """Whether the request being read asked for ``100 Continue`` and is
         waiting for it (its head is read, none of its body yet); true once."""

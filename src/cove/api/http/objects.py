@@ -8,6 +8,7 @@ handler reads the same; the objects themselves are plain and cheap.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
@@ -90,6 +91,8 @@ class Channel(Protocol):
     @property
     def chunked_ok(self) -> bool: ...
 
+    def reclaimed(self) -> asyncio.Future[None]: ...
+
 
 class Request:
     """One request, its body already read (within the app's size limit)."""
@@ -153,6 +156,17 @@ class Request:
     def content_length(self) -> int | None:
         raw = self.headers.get("content-length")
         return int(raw) if raw is not None else len(self._body)
+
+    @property
+    def body_size(self) -> int:
+        return len(self._body)
+
+    def reclaimed(self) -> asyncio.Future[None]:
+        """Done when the server, short of connections, wants this request's
+        connection back (the connection closes after the answer), or when
+        another request waits behind this one: a handler that waits long (a
+        blocking query) answers at once then."""
+        return self.channel.reclaimed()
 
     async def read(self) -> bytes:
         return self._body

@@ -9,6 +9,20 @@ keep-alive, or sends something malformed (answered, then closed). A client
 that goes away cancels the handler it was waiting for, so a blocking query
 of a departed client does not wait out its time.
 
+Connections are capped (``limits``): TCP and TLS in total and per client
+address, the Unix socket on a budget of its own. One beyond a cap is
+answered 503 with ``Retry-After`` and closed; and since a parked blocking
+query holds its connection for up to ten minutes, the refusal also asks the
+parked handlers in the refused scope (that client, or all TCP) to answer now
+(``Request.reclaimed``), closing their connections after the answer. A
+request pipelined behind a parked one also ends the park (answers leave in
+order, so it would wait as long), keeping the connection.
+
+Bodies are bounded per connection, pipelined ones included: once the bodies
+queued or being answered on a connection reach one body limit, the server
+stops reading it until they are answered, so a connection holds about one
+body limit (plus one read) whatever it pipelines.
+
 ``stop()`` stops listening, closes idle connections, gives requests in flight
 ``shutdown_timeout`` seconds, cancels what is left and then finishes the
 app's cleanup contexts.
@@ -19,11 +33,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
+from cove.api.http.limits import NO_LIMITS, ConnectionLimits
 from cove.api.http.listener import Listener, Transport
 from cove.api.http.message import HttpError, RequestParser
 from cove.api.http.objects import Headers, Request, Response
@@ -32,7 +49,9 @@ from cove.api.http.routing import Application
 log = logging.getLogger(__name__)
 
 MAX_PIPELINE = 16  # parsed requests queued on a connection before reading pauses
+PEER_CHECK = 1.0  # seconds between looks at a paused connection's peer
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_PEER_GONE = (7, 8)  # TCP_CLOSE, TCP_CLOSE_WAIT: the client closed or reset
 
 
 class HttpServer:
@@ -44,11 +63,19 @@ class HttpServer:
         *,
         shutdown_timeout: float = 2.0,
         keepalive_timeout: float = 75.0,
+        limits: ConnectionLimits = NO_LIMITS,
     ) -> None:
         self.app = app
         self.shutdown_timeout = shutdown_timeout
         self.keepalive_timeout = keepalive_timeout
+        self.limits = limits
         self.connections: set[_Connection] = set()
+        self.refused = 0  # connections answered 503 for a cap
+        self.reclaimed = 0  # parked handlers asked to answer early
+        self._tcp = 0
+        self._unix = 0
+        self._per_client: dict[str, int] = {}
+        self.parked: set[_Connection] = set()  # handlers waiting on ``reclaimed``
         self._listeners: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._date: tuple[int, str] = (0, "")
@@ -114,6 +141,46 @@ class HttpServer:
             self._started = False
             await self.app.cleanup()
 
+    def admit(self, conn: _Connection) -> bool:
+        """Count ``conn`` in, or refuse it (False) when it would pass a cap;
+        a refusal reclaims the parked connections of the refused scope."""
+        limits = self.limits
+        if conn.unix:
+            if limits.unix_total and self._unix >= limits.unix_total:
+                self._refuse(lambda c: c.unix)
+                return False
+            self._unix += 1
+            return True
+        client = conn.client
+        held = self._per_client.get(client, 0)
+        if limits.tcp_per_client and held >= limits.tcp_per_client:
+            self._refuse(lambda c: c.client == client)
+            return False
+        if limits.tcp_total and self._tcp >= limits.tcp_total:
+            self._refuse(lambda c: not c.unix)
+            return False
+        self._tcp += 1
+        self._per_client[client] = held + 1
+        return True
+
+    def release(self, conn: _Connection) -> None:
+        """``conn`` (admitted) has closed."""
+        if conn.unix:
+            self._unix -= 1
+            return
+        self._tcp -= 1
+        left = self._per_client[conn.client] - 1
+        if left:
+            self._per_client[conn.client] = left
+        else:
+            del self._per_client[conn.client]
+
+    def _refuse(self, scope: Callable[[_Connection], bool]) -> None:
+        self.refused += 1
+        for conn in [c for c in self.parked if scope(c)]:
+            if conn.reclaim():
+                self.reclaimed += 1
+
     def date(self) -> str:
         now = int(time.time())
         if self._date[0] != now:
@@ -146,6 +213,13 @@ class _Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
         self._chunked_ok = True
+        self._held = 0  # body bytes queued or being answered
+        self._admitted = False
+        self._reclaim: asyncio.Future[None] | None = None
+        self._reclaimed = False
+        self._peer_timer: asyncio.TimerHandle | None = None
+        self.unix = listener.transport is Transport.UNIX
+        self.client = ""  # the peer's address (TCP, TLS)
         self.last_active = self._loop.time()
 
     # -- asyncio.Protocol ----------------------------------------------------
@@ -153,6 +227,17 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self._transport = cast(asyncio.Transport, transport)
+        if not self.unix:
+            peer = transport.get_extra_info("peername")
+            self.client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not self._server.admit(self):
+            # Answered before reading anything and closed at once: its
+            # descriptor goes straight back to the process.
+            self._parsing = False
+            self._write(self._refusal_bytes())
+            self._transport.close()
+            return
+        self._admitted = True
         self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -168,6 +253,7 @@ class _Connection(asyncio.Protocol):
             if isinstance(item, HttpError):
                 queue.append(item)
                 continue
+            self._held += len(item.body)
             queue.append(
                 Request(
                     item.method,
@@ -188,9 +274,24 @@ class _Connection(asyncio.Protocol):
         if queue:
             if self._task is None:
                 self._task = self._loop.create_task(self._run())
-            if len(queue) >= MAX_PIPELINE and self._transport is not None:
-                self._transport.pause_reading()
-                self._reading_paused = True
+            elif self._reclaim is not None:
+                # Answers leave in order: a request pipelined behind a parked
+                # one (and its body) would wait out the park, minutes.
+                self._end_park()
+        # Bytes count, not only requests: while a body is queued or being
+        # answered, the next one is not read past one body limit in all.
+        if (
+            not self._reading_paused
+            and self._transport is not None
+            and (
+                len(queue) >= MAX_PIPELINE
+                or (self._held and self._held + parser.buffered >= self._app.client_max_size)
+            )
+        ):
+            self._transport.pause_reading()
+            self._reading_paused = True
+            if not self.unix and self._peer_timer is None:
+                self._peer_timer = self._loop.call_later(PEER_CHECK, self._watch_peer)
 
     def eof_received(self) -> bool:
         # A client that stops sending has gone (as aiohttp treats it): the
@@ -200,7 +301,18 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._parsing = False
+        if self._admitted:
+            self._admitted = False
+            self._server.release(self)
         self._server.connections.discard(self)
+        self._server.parked.discard(self)
+        # Their bodies go now, not when the collector finds the cycles
+        # (the connection, its requests and its parser refer to each other).
+        self._queue.clear()
+        self._parser.close()
+        if self._peer_timer is not None:
+            self._peer_timer.cancel()
+            self._peer_timer = None
         if self._task is not None:
             self._task.cancel()
         self._wake_writer()
@@ -217,6 +329,50 @@ class _Connection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return self._task is None and not self._queue
+
+    def _watch_peer(self) -> None:
+        # A paused transport reads nothing, so it would not see its client
+        # leave; the bodies it holds would wait for the handler ahead of
+        # them (a blocking query: minutes). The kernel knows.
+        self._peer_timer = None
+        if not self._reading_paused or self._lost or self._transport is None:
+            return
+        sock = self._transport.get_extra_info("socket")
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+        except (AttributeError, OSError):
+            return
+        if state in _PEER_GONE:
+            self.abort()
+            return
+        self._peer_timer = self._loop.call_later(PEER_CHECK, self._watch_peer)
+
+    def reclaimed(self) -> asyncio.Future[None]:
+        """Done when the server, short of connections, wants this one back:
+        a handler that waits long answers at once (see ``Request``)."""
+        if self._reclaim is None:
+            self._reclaim = self._loop.create_future()
+            if self._reclaimed or self._queue:
+                self._reclaim.set_result(None)
+            elif not self._lost:
+                self._server.parked.add(self)
+        return self._reclaim
+
+    def reclaim(self) -> bool:
+        """Ask a handler waiting on ``reclaimed`` to answer now; the
+        connection closes after that answer. Whether one was waiting."""
+        fut = self._reclaim
+        if fut is None or fut.done():
+            return False
+        self._reclaimed = True
+        self._end_park()
+        return True
+
+    def _end_park(self) -> None:
+        fut = self._reclaim
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        self._server.parked.discard(self)
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -235,17 +391,21 @@ class _Connection(asyncio.Protocol):
         try:
             while queue:
                 item = queue.popleft()
-                if self._reading_paused and len(queue) < MAX_PIPELINE // 2:
-                    self._reading_paused = False
-                    if self._transport is not None:
-                        self._transport.resume_reading()
                 if isinstance(item, HttpError):
                     self._write(self._error_bytes(item))
                     self.close()
                     return
-                if not await self._answer(item):
+                keep = await self._answer(item)
+                self._held -= item.body_size
+                if self._reclaim is not None:
+                    self._reclaim = None
+                    self._server.parked.discard(self)
+                if not keep or self._reclaimed:
                     self.close()
                     return
+                del item  # its body is not kept while the next one waits
+                if self._reading_paused:
+                    self._maybe_resume()
                 if self._write_paused:
                     await self._drained()
         except (asyncio.CancelledError, ConnectionError):
@@ -253,6 +413,15 @@ class _Connection(asyncio.Protocol):
         finally:
             self._task = None
             self.last_active = self._loop.time()
+
+    def _maybe_resume(self) -> None:
+        if len(self._queue) >= MAX_PIPELINE // 2 or (
+            self._held and self._held + self._parser.buffered >= self._app.client_max_size
+        ):
+            return
+        self._reading_paused = False
+        if self._transport is not None:
+            self._transport.resume_reading()
 
     async def _answer(self, request: Request) -> bool:
         """Run the handler and send its answer; whether to keep the
@@ -265,7 +434,7 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("%s %s failed", request.method, request.raw_path)
             resp = Response(status=500, text="500 Internal Server Error")
-        keep = request.keep_alive
+        keep = request.keep_alive and not self._reclaimed
         if isinstance(resp, Response) and not resp.prepared:
             headers = resp.headers
             headers["Date"] = self._server.date()
@@ -284,6 +453,17 @@ class _Connection(asyncio.Protocol):
             await resp.prepare(request)
         await resp.write_eof()
         return keep and self._chunked_ok
+
+    def _refusal_bytes(self) -> bytes:
+        retry = self._server.limits.retry_after
+        resp = Response(
+            status=503,
+            text=f"Too many connections; retry in {retry} seconds",
+            headers={"Retry-After": str(retry)},
+        )
+        resp.headers["Date"] = self._server.date()
+        resp.headers["Connection"] = "close"
+        return resp.render()
 
     def _error_bytes(self, error: HttpError) -> bytes:
         resp = Response(status=error.status, text=error.message)
