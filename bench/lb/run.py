@@ -229,7 +229,7 @@ def main_inner(quick: bool) -> None:
         lab = Lab(stack)
         store = MemoryStore(SystemClock())
         nft = open_nft()
-        lb = LbController(store, nft, DictBackends(store))  # type: ignore[arg-type]
+        lb = LbController(store, nft, DictBackends(store), clock=SystemClock())  # type: ignore[arg-type]
         lb.start()
         stack.callback(lb.stop)
         stack.callback(nft.delete_table, "inet", "cove_lb")
@@ -290,11 +290,11 @@ def main_inner(quick: bool) -> None:
                 host_veth="", mac="", ipv4=ipaddress.IPv4Address(lab.addr[name]),
             )  # fmt: skip
             store.put(f"endpoints/bn/{name}", json.dumps(ep.to_json()).encode())
-        policy = PolicyService(store)
+        policy = PolicyService(store, SystemClock())
         for i in range(99):
             policy.allow("bn", f"container:ghost{i}", "b0", [str(6000 + i)])
         policy.allow("bn", "client", "b0", ["5201"])
-        pol = PolicyController(store, nft)
+        pol = PolicyController(store, nft, clock=SystemClock())
         stack.callback(nft.delete_table, "inet", "cove_policy")
         tput: dict[str, list[float]] = {"bare": [], "vip": [], "floor": [], "policy": []}
         for _ in range(rounds):
@@ -327,7 +327,7 @@ def main_inner(quick: bool) -> None:
             store.put("b/" + name, json.dumps(lists[name]).encode())
             svcs.assign(name)
         lb.stop()
-        restart = LbController(store, nft, DictBackends(store))  # type: ignore[arg-type]
+        restart = LbController(store, nft, DictBackends(store), clock=SystemClock())  # type: ignore[arg-type]
         t0 = time.monotonic()
         restart.resync()
         resync = time.monotonic() - t0

@@ -61,7 +61,12 @@ def set_backends(store: MemoryStore, service: str, backends: list[tuple[str, int
 def lab(hostns: str) -> Iterator[tuple[Topo, MemoryStore, LbController, VipService]]:
     store = MemoryStore(SystemClock())
     nft = open_nft()
-    ctl = LbController(store, nft, MergedBackends(StoreBackends(store), EndpointBackends(store)))
+    ctl = LbController(
+        store,
+        nft,
+        MergedBackends(StoreBackends(store), EndpointBackends(store)),
+        clock=SystemClock(),
+    )
     with topology() as topo:
         # The host reaches VIPs by a route, as it would by its default route.
         sh("ip", "route", "add", "10.96.0.0/16", "dev", topo.bridge)

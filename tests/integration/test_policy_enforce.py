@@ -85,7 +85,7 @@ def probe(topo: Topo, src: str, dsts: list[str]) -> dict[str, str]:
 def lab(hostns: str) -> Iterator[tuple[Topo, MemoryStore, PolicyController, PolicyService]]:
     store = MemoryStore(SystemClock())
     nft = Nft()
-    ctl = PolicyController(store, nft)
+    ctl = PolicyController(store, nft, clock=SystemClock())
     with topology(78) as topo:
         net = Network(
             id="pn", name="pn", bridge=topo.bridge, default_deny=True,
@@ -95,7 +95,7 @@ def lab(hostns: str) -> Iterator[tuple[Topo, MemoryStore, PolicyController, Poli
         store.put("networks/pn", json.dumps(net.to_json()).encode())
         ctl.start()
         try:
-            yield topo, store, ctl, PolicyService(store)
+            yield topo, store, ctl, PolicyService(store, SystemClock())
         finally:
             ctl.stop()
             nft.delete_table("inet", "cove_policy")
@@ -200,7 +200,7 @@ def test_agent_restart_never_lets_denied_traffic_through(
     # Stop and start "the agent's" policy part a few times while it probes.
     for _ in range(4):
         ctl.stop()
-        ctl = PolicyController(store, Nft())
+        ctl = PolicyController(store, Nft(), clock=SystemClock())
         ctl.start()
     ctl.stop()
     out, _ = loop.communicate(timeout=30)
@@ -222,7 +222,7 @@ def test_policy_applies_behind_a_vip_and_a_backend_reaches_itself(
         add_container(store, topo, name)
     policy.allow("pn", "app=web", "service:api", ["8080"])
     nft = open_nft()
-    lb = LbController(store, nft, EndpointBackends(store))
+    lb = LbController(store, nft, EndpointBackends(store), clock=SystemClock())
     lb.start()
     try:
         vip = str(VipService(store).assign("api").address)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cove.clock import ManualClock
+from cove.clock import ManualClock, SystemClock
 from cove.errors import DatapathError, InvalidArgument
 from cove.lb import compile as lbc
 from cove.lb.backends import EndpointBackends
@@ -176,7 +176,7 @@ def test_controller_applies_one_small_transaction_per_change_and_resyncs_on_fail
     vips.assign("web")
     vips.assign("db")
     put_endpoint(store, "w1", "10.0.0.1", "web:80")
-    ctl = LbController(store, nft, EndpointBackends(store))
+    ctl = LbController(store, nft, EndpointBackends(store), clock=SystemClock())
     ctl.resync()
     assert len(nft.tables) == 1
     assert [len(g.backends) for g in ctl.applied["web"].groups] == [1]
@@ -217,7 +217,7 @@ def test_hairpin_entry_stays_while_any_service_lists_the_backend() -> None:
     vips.assign("web")
     vips.assign("api")
     put_endpoint(store, "shared", "10.0.0.1", "web:80", "api:81")
-    ctl = LbController(store, nft, EndpointBackends(store))
+    ctl = LbController(store, nft, EndpointBackends(store), clock=SystemClock())
     ctl.resync()
 
     def hairpin_ops() -> list[tuple[str, str, str]]:

@@ -14,7 +14,7 @@ from cove.api import http as web
 from cove.api import lb as lb_api
 from cove.api import policy as policy_api
 from cove.api.app import build_app
-from cove.clock import ManualClock
+from cove.clock import ManualClock, SystemClock
 from cove.lb.backends import EndpointBackends
 from cove.lb.controller import LbController
 from cove.lb.vips import VipService
@@ -46,11 +46,11 @@ def test_routes_answer_and_map_errors() -> None:
     )  # fmt: skip
     store.put("networks/a", json.dumps(net.to_json()).encode())
     nft = RecordingNft()
-    lb = LbController(store, nft, EndpointBackends(store))
-    pol = PolicyController(store, nft)
+    lb = LbController(store, nft, EndpointBackends(store), clock=SystemClock())
+    pol = PolicyController(store, nft, clock=SystemClock())
     app = build_app()
     lb_api.install(app, VipService(store), lb)
-    policy_api.install(app, PolicyService(store), pol)
+    policy_api.install(app, PolicyService(store, ManualClock()), pol)
 
     async def go() -> None:
         lb.start()

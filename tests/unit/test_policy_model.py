@@ -118,7 +118,7 @@ def store() -> MemoryStore:
 
 
 def test_service_refuses_bad_input_and_writes_nothing(store: MemoryStore) -> None:
-    policy = PolicyService(store)
+    policy = PolicyService(store, ManualClock())
     before = store.revision
     with pytest.raises(NotFound):
         policy.allow("nope", "web", "db")
@@ -135,7 +135,7 @@ def test_service_refuses_bad_input_and_writes_nothing(store: MemoryStore) -> Non
 
 
 def test_service_test_and_default_deny_switch(store: MemoryStore) -> None:
-    policy = PolicyService(store)
+    policy = PolicyService(store, ManualClock())
     r = policy.allow("a", "web", "app=db", ["5432"])
     (v,) = policy.test("web", "db", "5432")
     assert v.decision.allowed and v.decision.rule == r.id

@@ -26,14 +26,18 @@ from typing import IO
 from cove import __version__
 from cove.acl import AclService
 from cove.agent.config import AgentConfig, socket_gid
+from cove.agent.containers import ContainerRuntime
 from cove.agent.faults import fault_hook
 from cove.agent.limits import raise_open_files
+from cove.agent.parts import LbParts, PolicyParts
 from cove.agent.private import private_paths
 from cove.agent.tuning import tune_interpreter, tune_malloc
 from cove.api import consul as consul_api
 from cove.api import containers as containers_api
 from cove.api import http as web
+from cove.api import lb as lb_api
 from cove.api import networks as networks_api
+from cove.api import policy as policy_api
 from cove.api.app import build_app
 from cove.api.guard import Guard
 from cove.api.http.limits import limits_for
@@ -48,16 +52,13 @@ from cove.dns.registry_source import RegistryServices
 from cove.errors import CoveError, Unavailable
 from cove.ipam.allocator import Ipam
 from cove.lb.vips import parse_range
-from cove.lb.wiring import LbParts
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
-from cove.policy.wiring import PolicyParts
 from cove.registry import Registry
 from cove.registry.runner import CheckRunner
 from cove.runtime.dns_handover import SupervisorKeeper
 from cove.runtime.registration import ServiceRegistrar
-from cove.runtime.wiring import ContainerRuntime
 from cove.store import open_store
 from cove.store.hub import WatchHub
 
@@ -206,10 +207,10 @@ class Agent:
         # VIP and policy updates are frequent and small: they go through
         # libnftables in-process rather than one nft process per change.
         self.fast_nft = open_nft()
-        self.lb = LbParts(self.store, self.fast_nft, self.vip_ranges, config.datacenter)
+        self.lb = LbParts(self.store, self.fast_nft, self.clock, self.vip_ranges, config.datacenter)
         self.policy = PolicyParts(self.store, self.fast_nft, self.clock)
-        self.lb.install(self.app)
-        self.policy.install(self.app)
+        lb_api.install(self.app, self.lb.vips, self.lb.controller)
+        policy_api.install(self.app, self.policy.service, self.policy.controller)
         self.metrics.add(self.lb.metrics)
         self.metrics.add(self.policy.metrics)
 

@@ -7,5 +7,4 @@
 - ``compile``    pure compiler to nft JSON: whole table, or one service's update
 - ``controller`` LbController: watches the store, one small transaction per change
 - ``libnft``     in-process libnftables for the hot path (falls back to ``nft``)
-- ``wiring``     LbParts: what the agent adds
 """

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from cove.clock import Clock, SystemClock
+from cove.clock import Clock
 from cove.errors import CoveError, DatapathError
 from cove.lb import compile as lbc
 from cove.lb.backends import Backends
@@ -65,13 +65,13 @@ class LbController:
         nft: NftLike,
         backends: Backends,
         *,
-        clock: Clock | None = None,
+        clock: Clock,
         resync_interval: float = 60.0,
     ) -> None:
         self._store = store
         self._nft = nft
         self._backends = backends
-        self._clock = clock or SystemClock()
+        self._clock = clock
         self._resync_interval = resync_interval
         self._applied: dict[str, lbc.ServiceLb] = {}
         # How many services list each backend address: the hairpin sets hold

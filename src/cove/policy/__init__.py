@@ -6,5 +6,4 @@
                  (the same decision, explained, for ``cove policy test``)
 - ``service``    PolicyService: allow, rm, default-deny switch, test
 - ``controller`` PolicyController: recompiles on every relevant store change
-- ``wiring``     PolicyParts: what the agent adds
 """

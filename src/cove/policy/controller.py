@@ -13,7 +13,7 @@ import logging
 import threading
 from pathlib import Path
 
-from cove.clock import Clock, SystemClock
+from cove.clock import Clock
 from cove.errors import CoveError
 from cove.lb.controller import NftLike
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
@@ -53,12 +53,10 @@ class PolicyController:
     and every ``interval`` seconds, when the table is rewritten even if
     unchanged, so rules removed by hand come back."""
 
-    def __init__(
-        self, store: Store, nft: NftLike, *, clock: Clock | None = None, interval: float = 15.0
-    ) -> None:
+    def __init__(self, store: Store, nft: NftLike, *, clock: Clock, interval: float = 15.0) -> None:
         self._store = store
         self._nft = nft
-        self._clock = clock or SystemClock()
+        self._clock = clock
         self._policy = PolicyService(store, self._clock)
         self._digest: str | None = None
         self._lock = threading.Lock()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cove.clock import Clock, SystemClock
+from cove.clock import Clock
 from cove.errors import CasFailed, InvalidArgument, NotFound
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network
 from cove.policy import compile as pc
@@ -48,9 +48,9 @@ class Verdict:
 
 
 class PolicyService:
-    def __init__(self, store: Store, clock: Clock | None = None) -> None:
+    def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
-        self._clock = clock or SystemClock()
+        self._clock = clock
         # Decoded records by key, with the revision they were decoded at:
         # a recompile after one attach decodes that one record, not all.
         # Replaced whole by each reader; a race only costs a decode.

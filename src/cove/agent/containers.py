@@ -1,0 +1,86 @@
+"""The container runtime's parts, assembled by the composition root
+(``cove.agent.daemon``) from the store, clock, IPAM and nftables it owns."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from cove.clock import Clock
+from cove.datapath.libnft import open_nft
+from cove.datapath.netns import NetnsDatapath
+from cove.datapath.nftables import Nft
+from cove.ipam.allocator import Ipam
+from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
+from cove.runtime.client import SupervisorClient
+from cove.runtime.intents import IntentLog
+from cove.runtime.reconcile import ContainerReconciler
+from cove.runtime.service import ContainerService, no_fault
+from cove.store.base import Store
+from cove.store.hub import WatchHub
+from cove.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class ContainerRuntime:
+    """``state_dir/containers/<id>`` holds each container's /etc files and
+    log; ``run_dir`` the supervisor (socket, pid file, records) and
+    ``run_dir/netns`` the namespace files; ``state_dir/intents`` the runs
+    in progress or left to undo."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        ipam: Ipam,
+        nft: Nft,
+        state_dir: Path,
+        run_dir: Path,
+        resolv_conf: Path = Path("/etc/resolv.conf"),
+        interval: float = 15.0,
+        masked: tuple[Path, ...] = (),
+        fault: Callable[[str], None] = no_fault,
+    ) -> None:
+        self._resolv_conf = resolv_conf
+        self.netns = NetnsDatapath(run_dir / "netns")
+        self.supervisor = SupervisorClient(run_dir)
+        files = state_dir / "containers"
+        self.guard_nft = open_nft()
+        self.reconciler = ContainerReconciler(
+            store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft
+        )
+        self.service = ContainerService(
+            store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
+            IntentLog(state_dir / "intents"), masked=masked, fault=fault,
+        )  # fmt: skip
+        # Failed runs whose rollback could not reach the store are undone
+        # as soon as it answers again; starts that could not be finished at
+        # start-up (a full disk) are finished once they can be.
+        self._undo = Worker(
+            "cove-ctr-intents", lambda _k: self.service.retry_unfinished(), interval
+        )
+
+    def _host_resolv(self) -> str:
+        try:
+            return self._resolv_conf.read_text()
+        except OSError:
+            return ""
+
+    def start(self, hub: WatchHub) -> None:
+        """Call after the network reconciler's first pass (bridges exist).
+        Subscribes first, so no change between the first pass and the
+        subscription is missed."""
+        for prefix in (CONTAINERS, ENDPOINTS, NETWORKS):
+            hub.subscribe(prefix, self.reconciler.on_events)
+        self.reconciler.start()
+        self.service.adopt()
+        self._undo.start()
+
+    def stop(self) -> None:
+        """Stops reconciling; containers and the supervisor keep running."""
+        self._undo.stop()
+        self.reconciler.stop()
+        self.netns.close()
+        self.guard_nft.close()
