@@ -1,6 +1,6 @@
 """The Consul-compatible HTTP API (/v1/...) over the cove registry.
 
-The agent calls ``install(app, registry, runner=..., hub=...)`` once; the
+The agent calls ``install(app, registry, hub=..., runner=...)`` once; the
 routes answer in Consul's JSON shapes, status codes and headers, so Consul
 clients (py-consul, consul-template, Go's consul/api) work unchanged.
 """
@@ -35,14 +35,14 @@ def install(
     app: web.Application,
     registry: Registry,
     *,
+    hub: WatchHub,
     runner: CheckRunner | None = None,
-    hub: WatchHub | None = None,
     inline: bool | None = None,
     acl: AclService | None = None,
 ) -> None:
     """Add the /v1 routes to ``app``. Blocking queries learn of changes
-    from ``hub`` (the agent's WatchHub); without one, the app runs its own
-    for as long as it runs. ``runner`` handles TTL updates and starts new
+    from ``hub`` (the agent's WatchHub, started and stopped by its owner).
+    ``runner`` handles TTL updates and starts new
     checks at once; without one, TTL updates are plain status writes.
     ``inline`` calls the registry on the event loop instead of a thread;
     by default it does so exactly when the store is in-process (memory or
@@ -68,11 +68,7 @@ def install(
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         state.interests = Interests(loop)
-        own_hub = None
         watch_hub = hub
-        if watch_hub is None:
-            own_hub = watch_hub = WatchHub(registry.store)
-            own_hub.start()
         # Inline: a write committed on this loop wakes its blocking queries
         # right away, with no hub thread in between.
         sub = watch_hub.subscribe(t.ROOT, state.interests.on_events_threadsafe, inline=True)
@@ -84,7 +80,5 @@ def install(
             sub.cancel()
             if acl_sub is not None:
                 acl_sub.cancel()
-            if own_hub is not None:
-                own_hub.stop()
 
     app.cleanup_ctx.append(lifecycle)
