@@ -19,7 +19,17 @@ error code::
     │   ├── CasFailed        a compare-and-swap did not hold            409 / exit 9
     │   ├── StorageFull      the disk under the state is full           507 / exit 11
     │   └── WatchCompacted   a watch asked for history already gone     503 / exit 9
-    └── DatapathError        the kernel refused a change                500 / exit 10
+    ├── DatapathError        the kernel did not take a change           500 / exit 10
+    │   ├── DatapathRefused  netlink or nftables refused a change       500 / exit 10
+    │   ├── DatapathClosed   the handle asked to change it is closed    500 / exit 10
+    │   └── DatapathGone     the namespace, link or bridge is gone      500 / exit 10
+    ├── LaunchError          a container process could not be started   500 / exit 1
+    │                        (kept by the supervisor as the container's
+    │                        exit status: 126, 127 when the command is missing)
+    ├── UpstreamFailed       an upstream DNS server gave no usable      503 / exit 8
+    │                        answer (the forwarder tries the next one)
+    └── HttpError            the HTTP server refuses a request before   its status / exit 2
+                             any handler sees it (400, 413, 431, ...)
 """
 
 from __future__ import annotations
@@ -185,12 +195,71 @@ class WatchCompacted(StoreError):
 
 
 class DatapathError(CoveError):
-    """Raised when the kernel (netlink, nftables) refuses a change."""
+    """Raised when a change to the kernel (netlink, nftables) did not
+    happen, or did not converge in time; the subclasses say why when the
+    code knows."""
 
     http_status = 500
     exit_code = 10
     cni_code = 999
     kind = "datapath_error"
+
+
+class DatapathRefused(DatapathError):
+    """Raised when netlink or nftables answered a change with an error
+    (a rule nftables rejects, an address the kernel will not add)."""
+
+    kind = "datapath_refused"
+
+
+class DatapathClosed(DatapathError):
+    """Raised when a change is asked of a datapath handle (an nftables
+    context, a netlink socket) that was already closed: a shutdown race."""
+
+    kind = "datapath_closed"
+
+
+class DatapathGone(DatapathError):
+    """Raised when the namespace, link or bridge a change names no longer
+    exists (a container that exited, a bridge removed meanwhile); callers
+    that observe or repair treat it as "nothing left to do"."""
+
+    kind = "datapath_gone"
+
+
+class LaunchError(CoveError):
+    """Raised by the supervisor when a container's process could not be
+    started (setup failed or timed out in the child); ``missing`` when its
+    command does not exist. It never leaves the supervisor: the container
+    is recorded as exited with 126 (127 when ``missing``)."""
+
+    kind = "launch_error"
+
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class UpstreamFailed(Unavailable):
+    """Raised inside the DNS forwarder when one upstream gave no usable
+    answer (timeout, error rcode, garbage); the forwarder tries the next
+    upstream and answers SERVFAIL when none answered."""
+
+    kind = "upstream_failed"
+
+
+class HttpError(CoveError):
+    """Raised by the HTTP server's request parser for a request it refuses
+    before any handler sees it; ``status`` (also ``http_status``) is the
+    answer it sends before closing the connection."""
+
+    exit_code = 2
+    kind = "http_error"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.http_status = status
 
 
 _BY_KIND: dict[str, type[CoveError]] = {
@@ -211,6 +280,11 @@ _BY_KIND: dict[str, type[CoveError]] = {
         StorageFull,
         WatchCompacted,
         DatapathError,
+        DatapathRefused,
+        DatapathClosed,
+        DatapathGone,
+        LaunchError,
+        UpstreamFailed,
     )
 }
 

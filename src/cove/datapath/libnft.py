@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cove.datapath.nftables import Nft, _check_name, replace_commands
-from cove.errors import DatapathError, Unavailable
+from cove.errors import DatapathClosed, DatapathRefused, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,14 @@ class LibNft:
         payload = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
         with self._lock:
             if self._ctx is None:
-                raise DatapathError("the nftables context is closed")
+                raise DatapathClosed("the nftables context is closed")
             rc = self._lib.nft_run_cmd_from_buffer(self._ctx, payload.encode())
             if rc != 0:
                 err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(
                     errors="replace"
                 )
                 lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-                raise DatapathError(
+                raise DatapathRefused(
                     "nftables rejected the change: " + (lines[0] if lines else f"rc {rc}"),
                     stderr=err.strip()[:2000],
                 )

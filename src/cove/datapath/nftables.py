@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cove.errors import DatapathError, Unavailable
+from cove.errors import DatapathError, DatapathRefused, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Nft:
         )
         if proc.returncode != 0:
             msg = proc.stderr.strip().splitlines()
-            raise DatapathError(
+            raise DatapathRefused(
                 "nftables rejected the change: " + (msg[0] if msg else f"exit {proc.returncode}"),
                 stderr=proc.stderr.strip()[:2000],
             )

@@ -38,7 +38,7 @@ from cove.dns.wire import (
     encode_query,
     skip_name,
 )
-from cove.errors import InvalidArgument
+from cove.errors import InvalidArgument, UpstreamFailed
 from cove.model import IPAddress
 
 log = logging.getLogger(__name__)
@@ -126,10 +126,6 @@ class _Cached:
     stored: float
     expires: float
     ttls: tuple[tuple[int, int], ...]  # (offset, original TTL)
-
-
-class UpstreamFailed(Exception):
-    """Internal: one upstream gave no usable answer (try the next one)."""
 
 
 class Forwarder:

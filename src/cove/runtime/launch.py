@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from cove.errors import LaunchError as LaunchError  # raised here; defined in the one tree
 from cove.runtime import devices, fs, linux, security
 from cove.runtime.security import DEFAULT_CAPS
 
@@ -91,16 +92,6 @@ class LaunchSpec:
             seccomp=bool(data.get("seccomp", True)),
             masked=tuple(str(p) for p in data.get("masked") or ()),
         )
-
-
-class LaunchError(Exception):
-    """The container could not be started; ``missing`` when its command
-    does not exist."""
-
-    def __init__(self, message: str, missing: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.missing = missing
 
 
 def spawn(spec: LaunchSpec) -> int:

@@ -42,9 +42,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cove.errors import storage_error
+from cove.errors import LaunchError, storage_error
 from cove.runtime import linux
-from cove.runtime.launch import LaunchError, LaunchSpec, spawn
+from cove.runtime.launch import LaunchSpec, spawn
 from cove.runtime.state import (
     ProcessState,
     RestartPolicy,

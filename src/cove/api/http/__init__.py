@@ -26,10 +26,10 @@ Handlers look like aiohttp's::
 
 from cove.api.http.limits import ConnectionLimits, limits_for
 from cove.api.http.listener import Listener, Transport
-from cove.api.http.message import HttpError
 from cove.api.http.objects import Headers, Query, Request, Response, StreamResponse, json_response
 from cove.api.http.routing import AppKey, Application, Handler, Screen, middleware
 from cove.api.http.server import HttpServer
+from cove.errors import HttpError
 
 __all__ = [
     "AppKey",

@@ -23,16 +23,9 @@ from typing import NoReturn
 
 import httptools
 
+from cove.errors import HttpError as HttpError  # raised here; defined in the one tree
+
 MAX_HEAD = 64 * 1024  # request line and headers
-
-
-class HttpError(Exception):
-    """A request the server refuses before any handler sees it."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(slots=True)

@@ -42,9 +42,10 @@ from typing import cast
 
 from cove.api.http.limits import NO_LIMITS, ConnectionLimits
 from cove.api.http.listener import Listener, Transport
-from cove.api.http.message import HttpError, RequestParser
+from cove.api.http.message import RequestParser
 from cove.api.http.objects import Headers, Request, Response
 from cove.api.http.routing import Application
+from cove.errors import HttpError
 
 log = logging.getLogger(__name__)
 
