@@ -61,8 +61,8 @@ BENCH_TOKEN = "6a1f0e2c-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
 def serve(port: int, db: str) -> None:
     import uvloop
 
+    from cove.agent.consul import ConsulServer
     from cove.agent.tuning import tune_interpreter, tune_malloc
-    from cove.api.consul.server import ConsulServer
     from cove.api.http import limits_for
     from cove.clock import SystemClock
     from cove.store.sqlite import SqliteStore

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cove.api.consul.server import ConsulServer
+from cove.agent.consul import ConsulServer
 from cove.cli import registry as registry_cli
 from cove.cli.client import AgentClient
 from cove.clock import SystemClock

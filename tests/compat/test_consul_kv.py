@@ -14,7 +14,7 @@ from typing import Any
 import consul
 import pytest
 
-from cove.api.consul.server import ConsulServer
+from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.sqlite import SqliteStore
 

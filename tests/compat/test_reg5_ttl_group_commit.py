@@ -9,7 +9,7 @@ from pathlib import Path
 
 import consul
 
-from cove.api.consul.server import ConsulServer
+from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.sqlite import SqliteStore
 

@@ -9,7 +9,7 @@ import time
 
 import consul
 
-from cove.api.consul.server import ConsulServer
+from cove.agent.consul import ConsulServer
 from cove.clock import ManualClock
 from cove.store.memory import MemoryStore
 

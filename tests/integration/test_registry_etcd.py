@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import consul
 import pytest
 
-from cove.api.consul.server import ConsulServer
+from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.etcd import EtcdStore
 

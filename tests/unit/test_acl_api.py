@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cove.acl import AclService
-from cove.api.consul.server import ConsulServer
+from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.memory import MemoryStore
 

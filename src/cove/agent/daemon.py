@@ -31,8 +31,8 @@ from cove.agent.faults import fault_hook
 from cove.agent.limits import raise_open_files
 from cove.agent.parts import LbParts, PolicyParts
 from cove.agent.private import private_paths
+from cove.agent.registry import RegistryParts
 from cove.agent.tuning import tune_interpreter, tune_malloc
-from cove.api import consul as consul_api
 from cove.api import containers as containers_api
 from cove.api import http as web
 from cove.api import lb as lb_api
@@ -55,8 +55,6 @@ from cove.lb.vips import parse_range
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
-from cove.registry import Registry
-from cove.registry.runner import CheckRunner
 from cove.runtime.dns_handover import SupervisorKeeper
 from cove.runtime.registration import ServiceRegistrar
 from cove.store import open_store
@@ -167,24 +165,18 @@ class Agent:
         self.app.screens.append(self.guard)
         self.metrics = Metrics()
         self.metrics.add(self._core_metrics)
-        self.registry = Registry(
+        self.registry_parts = RegistryParts(
             self.store,
             self.clock,
-            config.node_name,
-            config.datacenter,
+            self.hub,
+            node_name=config.node_name,
+            datacenter=config.datacenter,
             node_address="127.0.0.1",
             enable_script_checks=config.enable_script_checks,
+            acl=self.acl,
         )
-        inline = consul_api.in_process(self.store)
-        self.checks = CheckRunner(
-            self.registry,
-            hub=self.hub,
-            enable_script_checks=config.enable_script_checks,
-            inline=inline,
-        )
-        consul_api.install(
-            self.app, self.registry, runner=self.checks, hub=self.hub, inline=inline, acl=self.acl
-        )
+        self.registry = self.registry_parts.registry
+        self.registry_parts.install(self.app)
         self.runtime = ContainerRuntime(
             self.store,
             self.clock,
@@ -347,7 +339,7 @@ async def _serve(config: AgentConfig) -> None:
     agent = await asyncio.to_thread(Agent, config)
     try:
         await asyncio.to_thread(agent.start)
-        await agent.checks.start()
+        await agent.registry_parts.start()
         async with _sites(agent, tls):
             tune_interpreter()  # after start-up: what it loaded is frozen
             if agent.dns is not None:
@@ -363,5 +355,5 @@ async def _serve(config: AgentConfig) -> None:
             await stop.wait()
             log.info("shutting down")
     finally:
-        await agent.checks.stop()
+        await agent.registry_parts.stop()
         await asyncio.to_thread(agent.stop)

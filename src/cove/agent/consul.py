@@ -2,7 +2,8 @@
 
 The agent serves /v1 inside its own app; this standalone server is for
 compatibility tests and benchmarks that need a real HTTP endpoint without a
-whole agent::
+whole agent (no root, no kernel). It assembles the registry part exactly as
+the agent does (``cove.agent.registry.RegistryParts``)::
 
     with ConsulServer(store, clock, node_name="n1") as server:
         consul.Consul(port=server.port)
@@ -16,12 +17,12 @@ import threading
 from types import TracebackType
 
 from cove.acl import AclService
+from cove.agent.registry import RegistryParts
 from cove.api import http as web
-from cove.api.consul import CONSUL, Consul, in_process, install
+from cove.api.consul import CONSUL, Consul
 from cove.api.guard import Guard
 from cove.clock import Clock
 from cove.errors import Unavailable
-from cove.registry import Registry
 from cove.registry.runner import CheckRunner
 from cove.store.base import Store
 from cove.store.hub import WatchHub
@@ -45,18 +46,21 @@ class ConsulServer:
         acl: AclService | None = None,
         limits: web.ConnectionLimits | None = None,
     ) -> None:
-        self.registry = Registry(
+        self.hub = WatchHub(store, poll=0.2)
+        self.parts = RegistryParts(
             store,
             clock,
-            node_name,
-            datacenter,
+            self.hub,
+            node_name=node_name,
+            datacenter=datacenter,
             node_address=host,
             enable_script_checks=enable_script_checks,
+            acl=acl,
+            run_checks=run_checks,
         )
-        self.hub = WatchHub(store, poll=0.2)
+        self.registry = self.parts.registry
         self.host = host
         self.port = port
-        self._run_checks = run_checks
         self.unix_path = unix_path  # also serve here (as the agent's socket)
         self.limits = limits or web.ConnectionLimits()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -64,7 +68,7 @@ class ConsulServer:
         self._ready = threading.Event()
         self._stopping: asyncio.Event | None = None
         self._error: BaseException | None = None
-        self.runner: CheckRunner | None = None
+        self.runner: CheckRunner | None = self.parts.checks
         self.state: Consul | None = None  # the app's Consul state, once serving
         self.acl = acl
 
@@ -94,20 +98,9 @@ class ConsulServer:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
-        runner = None
-        if self._run_checks:
-            runner = CheckRunner(
-                self.registry,
-                hub=self.hub,
-                enable_script_checks=self.registry.enable_script_checks,
-                inline=in_process(self.registry.store),
-            )
-            await runner.start()
-            self.runner = runner
-        else:
-            await asyncio.to_thread(self.registry.catalog.ensure_node)
+        await self.parts.start()
         app = web.Application(client_max_size=8 * 1024 * 1024)
-        install(app, self.registry, runner=runner, hub=self.hub, acl=self.acl)
+        self.parts.install(app)
         app.screens.append(Guard.of(self.unix_path or "the agent's socket"))
         self.state = app[CONSUL]
         # Blocked long polls must not hold a stop for their whole wait.
@@ -121,8 +114,7 @@ class ConsulServer:
             await self._stopping.wait()
         finally:
             await http.stop()
-            if runner is not None:
-                await runner.stop()
+            await self.parts.stop()
 
     def stop(self) -> None:
         if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
