@@ -14,6 +14,7 @@ import threading
 from cove.clock import SystemClock
 from cove.dns import DnsConfig, DnsService
 from cove.dns.testing import put_endpoint, put_network
+from cove.store.hub import WatchHub
 from cove.store.memory import MemoryStore
 
 
@@ -30,7 +31,9 @@ def main() -> None:
         put_endpoint(store, "bench", f"host{i}", str(ipaddress.IPv4Address("10.200.1.0") + i))
     cfg = DnsConfig(host_address=ipaddress.ip_address(args.address), host_port=args.port)
     # No upstreams: the benchmark must never send traffic off the machine.
-    svc = DnsService(store, clock, cfg, upstreams=lambda: ())
+    hub = WatchHub(store)
+    hub.start()
+    svc = DnsService(store, clock, cfg, upstreams=lambda: (), hub=hub)
     svc.start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -38,6 +41,7 @@ def main() -> None:
     print("ready", flush=True)
     done.wait()
     svc.stop()
+    hub.stop()
 
 
 if __name__ == "__main__":

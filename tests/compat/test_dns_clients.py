@@ -25,6 +25,7 @@ import pytest
 from cove.clock import SystemClock
 from cove.dns import DnsConfig, DnsService, Upstream
 from cove.dns.testing import StubUpstream, endpoint_key, put_endpoint, put_network
+from cove.store.hub import WatchHub
 from cove.store.memory import MemoryStore
 
 HOST = "127.0.0.1"
@@ -52,10 +53,13 @@ def server() -> Iterator[Server]:
         put_endpoint(store, "vnet", f"rep{i}", f"10.89.0.{100 + i}", aliases=["many"])
     up = StubUpstream("127.0.0.1", {"outside.test": [ipaddress.ip_address("192.0.2.1")]})
     cfg = DnsConfig(host_port=0, upstreams=(Upstream(up.address, up.port),), upstream_timeout=0.5)
-    svc = DnsService(store, SystemClock(), cfg)
+    hub = WatchHub(store)
+    hub.start()
+    svc = DnsService(store, SystemClock(), cfg, hub=hub)
     svc.start()
     yield Server(store, svc, up)
     svc.stop()
+    hub.stop()
     up.close()
     store.close()
 
@@ -232,7 +236,9 @@ def test_gateway_listeners_come_and_go_and_scope_by_source(tmp_path: object) -> 
     put_network(store, "vnet", "10.89.0.0/24")
     put_endpoint(store, "lo", "peer", "127.0.0.9")
     put_endpoint(store, "vnet", "redis", "10.89.0.3")
-    svc = DnsService(store, SystemClock(), DnsConfig(host_port=0, gateway_port=0))
+    hub = WatchHub(store)
+    hub.start()
+    svc = DnsService(store, SystemClock(), DnsConfig(host_port=0, gateway_port=0), hub=hub)
     svc.start()
     server = Server(store, svc, StubUpstream())
     try:
@@ -252,6 +258,7 @@ def test_gateway_listeners_come_and_go_and_scope_by_source(tmp_path: object) -> 
             dns.query.udp(q, "127.0.0.3", port=vnet_port, timeout=0.3)
     finally:
         svc.stop()
+        hub.stop()
         server.upstream.close()
         store.close()
 
@@ -259,7 +266,6 @@ def test_gateway_listeners_come_and_go_and_scope_by_source(tmp_path: object) -> 
 def test_registry_source_follows_health(tmp_path: object) -> None:
     from cove.dns.registry_source import RegistryServices
     from cove.registry import Registry, Status
-    from cove.store.hub import WatchHub
 
     store = MemoryStore(SystemClock())
     hub = WatchHub(store)
@@ -312,7 +318,9 @@ def test_listen_on_gateways_follows_networks() -> None:
     put_network(store, "lo", "127.0.0.0/8", bridge="lo")
     put_endpoint(store, "lo", "peer", "127.0.0.9")
     cfg = DnsConfig(host_port=0, gateway_port=0, listen_on_gateways=True)
-    svc = DnsService(store, SystemClock(), cfg)
+    hub = WatchHub(store)
+    hub.start()
+    svc = DnsService(store, SystemClock(), cfg, hub=hub)
     svc.start()
     server = Server(store, svc, StubUpstream())
     try:
@@ -326,6 +334,7 @@ def test_listen_on_gateways_follows_networks() -> None:
             time.sleep(0.01)
     finally:
         svc.stop()
+        hub.stop()
         server.upstream.close()
         store.close()
 
@@ -345,7 +354,9 @@ def test_ipv6_listener_over_udp_and_tcp() -> None:
     put_network(store, "vnet", "10.89.0.0/24", ipv6="fd00:89::/64")
     put_endpoint(store, "vnet", "redis", "10.89.0.3", ipv6="fd00:89::3")
     cfg = DnsConfig(host_address=ipaddress.ip_address("::1"), host_port=0)
-    svc = DnsService(store, SystemClock(), cfg, upstreams=lambda: ())
+    hub = WatchHub(store)
+    hub.start()
+    svc = DnsService(store, SystemClock(), cfg, upstreams=lambda: (), hub=hub)
     svc.start()
     try:
         q = dns.message.make_query("redis.vnet.cove", "AAAA")
@@ -356,6 +367,7 @@ def test_ipv6_listener_over_udp_and_tcp() -> None:
         assert _texts(answer) == ["redis.vnet.cove."]
     finally:
         svc.stop()
+        hub.stop()
         store.close()
 
 
@@ -363,10 +375,13 @@ def test_an_upstream_that_is_ourselves_is_skipped() -> None:
     store = MemoryStore(SystemClock())
     holder: list[DnsService] = []
     cfg = DnsConfig(host_port=0, upstream_timeout=2.0)
+    hub = WatchHub(store)
+    hub.start()
     svc = DnsService(
         store,
         SystemClock(),
         cfg,
+        hub=hub,
         upstreams=lambda: [Upstream(ipaddress.ip_address(HOST), holder[0].host_port)],
     )
     holder.append(svc)
@@ -378,6 +393,7 @@ def test_an_upstream_that_is_ourselves_is_skipped() -> None:
         assert time.monotonic() - start < 1.5  # no hop through ourselves and its timeout
     finally:
         svc.stop()
+        hub.stop()
         store.close()
 
 

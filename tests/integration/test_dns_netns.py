@@ -31,6 +31,7 @@ import pytest
 from cove.clock import SystemClock
 from cove.dns import DnsConfig, DnsService, Upstream
 from cove.dns.testing import StubUpstream, put_endpoint, put_network
+from cove.store.hub import WatchHub
 from cove.store.memory import MemoryStore
 
 pytestmark = [
@@ -137,13 +138,16 @@ def service(topo: Topo) -> Iterator[tuple[DnsService, MemoryStore]]:
     put_endpoint(store, "back", "db", "10.90.0.5")
     stub = StubUpstream("127.0.0.1", {"outside.test": [ipaddress.ip_address("192.0.2.1")]})
     cfg = DnsConfig(upstreams=(Upstream(stub.address, stub.port),), upstream_timeout=0.5)
-    svc = DnsService(store, SystemClock(), cfg)
+    hub = WatchHub(store)
+    hub.start()
+    svc = DnsService(store, SystemClock(), cfg, hub=hub)
     svc.start()  # in the test's host namespace: 127.0.0.1:8600 there
     svc.set_network_listeners(
         {"vnet": [ipaddress.ip_address("10.89.0.1")], "back": [ipaddress.ip_address("10.90.0.1")]}
     )
     yield svc, store
     svc.stop()
+    hub.stop()
     stub.close()
     store.close()
 

@@ -194,7 +194,9 @@ def test_answers_follow_the_vip_key(store: MemoryStore) -> None:
     put_endpoint(store, "vnet", "web", "10.89.0.4", services=["web:8080"])
     put_endpoint(store, "vnet", "web2", "10.89.0.5", services=["web:8081"])
     put_vip(store, "web", "10.96.0.10")  # before start: loaded, not followed
-    svc = DnsService(store, SystemClock(), DnsConfig(host_port=0), upstreams=lambda: ())
+    hub = WatchHub(store)
+    hub.start()
+    svc = DnsService(store, SystemClock(), DnsConfig(host_port=0), upstreams=lambda: (), hub=hub)
     svc.start()
     port = svc.host_port
 
@@ -229,6 +231,7 @@ def test_answers_follow_the_vip_key(store: MemoryStore) -> None:
         _until(lambda: _cache_hits(svc), hits + 1, 2, "the cache hit to be counted")
     finally:
         svc.stop()
+        hub.stop()
 
 
 def test_registry_service_names_are_case_insensitive(store: MemoryStore) -> None:

@@ -9,7 +9,7 @@ Wiring (in the agent)::
     dns.stop()
 
 It follows ``networks/``, ``endpoints/`` and ``lb/vips/`` through the
-``WatchHub`` (its own when none is given) and keeps the view, the source
+``WatchHub`` the agent passes and keeps the view, the source
 scoping and the response cache in step: every event invalidates exactly the
 cached answers that used what it touched (a VIP change: its service's).
 Without ``services`` the interim source (``EndpointServices``: ``--service
@@ -87,17 +87,17 @@ class DnsService:
         clock: Clock,
         config: DnsConfig | None = None,
         *,
-        hub: WatchHub | None = None,
+        hub: WatchHub,
         services: ServiceSource | None = None,
         upstreams: UpstreamSource | None = None,
         keeper: ListenerKeeper | None = None,
     ) -> None:
-        """``keeper`` keeps the listeners answering while the agent is away
-        (``cove.dns.standby``)."""
+        """``hub`` delivers the store's changes (its owner starts and
+        stops it); ``keeper`` keeps the listeners answering while the agent
+        is away (``cove.dns.standby``)."""
         self.config = cfg = config or DnsConfig()
         self._store = store
-        self._own_hub = hub is None
-        self._hub = hub or WatchHub(store)
+        self._hub = hub
         self._interim: EndpointServices | None = None
         if services is None:
             services = self._interim = EndpointServices(cfg.node_name, cfg.node_addresses)
@@ -157,8 +157,6 @@ class DnsService:
             self._hub.subscribe(ENDPOINTS, self._on_events),
             self._hub.subscribe(VIPS, self._on_events),
         ]
-        if self._own_hub:
-            self._hub.start()
         self._reload()
         self.host_port = self._server.add(self.config.host_address, self.config.host_port, None)
         if not self._deferred:
@@ -192,8 +190,6 @@ class DnsService:
         for sub in self._subs:
             sub.cancel()
         self._subs = []
-        if self._own_hub:
-            self._hub.stop()
         if self._feed is not None:
             self._feed.stop()
             self._feed.flush()
