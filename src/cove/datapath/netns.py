@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cove import linux
 from cove.datapath import rtnl
 from cove.errors import DatapathError, Unavailable
-from cove.runtime import linux
 
 T = TypeVar("T")
 

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from cove.runtime import devices, fs, linux, security
+from cove import linux
+from cove.runtime import devices, fs, security
 from cove.runtime.security import DEFAULT_CAPS
 
 _SETUP_TIMEOUT = 10.0
