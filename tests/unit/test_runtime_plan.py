@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from cove.datapath.netns import HostVeth, InsideLink, NetnsState, ObservedContainers
+from cove.datapath.base import HostVeth, InsideLink, NetnsState, ObservedContainers
 from cove.runtime import plan as p
 
 BR = "cv-0123456789ab"

@@ -19,10 +19,8 @@ import errno
 import ipaddress
 import logging
 import os
-import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,61 +29,26 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from cove import linux
 from cove.datapath import rtnl
+from cove.datapath.base import (
+    HostVeth,
+    InsideLink,
+    Interface,
+    NetnsState,
+    ObservedContainers,
+    is_host_veth,
+)
 from cove.errors import DatapathError, Unavailable
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-_HOST_VETH = re.compile(r"^cv[0-9a-f]{10}$")
 _AF_INET = 2
 _AF_INET6 = 10
 _IFF_UP = 1
 _IFA_F_NODAD = 0x02
 # Link group of retired host veths (ASCII "cove"), deleted together later.
 RETIRED_GROUP = 0x636F7665
-
-
-def host_veth_name(endpoint_id: str) -> str:
-    return "cv" + endpoint_id[:10]
-
-
-def is_host_veth(name: str) -> bool:
-    return bool(_HOST_VETH.match(name))
-
-
-@dataclass(frozen=True, slots=True)
-class HostVeth:
-    name: str
-    master: str | None
-    up: bool
-    mtu: int
-
-
-@dataclass(frozen=True, slots=True)
-class InsideLink:
-    name: str
-    mtu: int
-    up: bool
-    mac: str
-    addresses: frozenset[Interface] = field(default_factory=frozenset)
-
-
-@dataclass(frozen=True, slots=True)
-class NetnsState:
-    """One container namespace as the kernel has it."""
-
-    links: Mapping[str, InsideLink]
-    gateway4: ipaddress.IPv4Address | None = None
-    gateway6: ipaddress.IPv6Address | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedContainers:
-    netns: Mapping[str, NetnsState]  # container id -> namespace
-    veths: Mapping[str, HostVeth]  # host-side name -> state
 
 
 class NetnsDatapath:

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cove.datapath.netns import Interface, ObservedContainers
+from cove.datapath.base import Interface, ObservedContainers
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,9 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cove.datapath.libnft import LibNft
-from cove.datapath.netns import Interface, NetnsDatapath
-from cove.datapath.nftables import Nft
+from cove.datapath.base import ContainerDatapath, Interface, NftLister, NftTables
 from cove.errors import CoveError, storage_error
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network
 from cove.runtime import etc, ports
@@ -174,12 +172,12 @@ class ContainerReconciler:
     def __init__(
         self,
         store: Store,
-        datapath: NetnsDatapath,
-        nft: Nft,
+        datapath: ContainerDatapath,
+        nft: NftLister,
         files_dir: Path,
         host_resolv: Callable[[], str],
         interval: float = 15.0,
-        guard_nft: LibNft | Nft | None = None,
+        guard_nft: NftTables | None = None,
     ) -> None:
         self._store = store
         self._dp = datapath
