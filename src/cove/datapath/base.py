@@ -146,8 +146,10 @@ class ContainerDatapath(Protocol):
         """Ids of the containers whose namespace files cove keeps."""
         ...
 
-    def create_netns(self, container_id: str) -> Path:
-        """Create the container's namespace; an existing one is kept."""
+    def create_netns(self, container_id: str, existing: Path | None = None) -> Path:
+        """Create the container's namespace; an existing one is kept. With
+        ``existing`` (the path of a namespace another runtime owns), the
+        container's namespace is that one, addressed like any other."""
         ...
 
     def delete_netns(self, container_id: str) -> None: ...

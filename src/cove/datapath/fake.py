@@ -121,6 +121,8 @@ class FakeContainerDatapath:
         self.ops: list[tuple[Any, ...]] = []
         self.fail_on: set[str] = set()
         self.closed = False
+        # Namespaces other runtimes own, by path (``create_netns(existing=)``).
+        self.foreign: dict[Path, dict[str, InsideLink]] = {}
 
     def _record(self, *op: Any) -> None:
         if op[0] in self.fail_on:
@@ -145,8 +147,13 @@ class FakeContainerDatapath:
     def list_netns(self) -> list[str]:
         return sorted(self.namespaces)
 
-    def create_netns(self, container_id: str) -> Path:
+    def create_netns(self, container_id: str, existing: Path | None = None) -> Path:
         self._record("create_netns", container_id)
+        if container_id not in self.namespaces and existing is not None:
+            if existing not in self.foreign:
+                raise DatapathError(f"{existing} is not a network namespace")
+            self.namespaces[container_id] = self.foreign[existing]  # the same links
+            return self.netns_path(container_id)
         self.namespaces.setdefault(container_id, {})
         return self.netns_path(container_id)
 
@@ -159,7 +166,9 @@ class FakeContainerDatapath:
         self._drop_netns(container_id)
 
     def _drop_netns(self, container_id: str) -> None:
-        self.namespaces.pop(container_id, None)
+        links = self.namespaces.pop(container_id, None)
+        if any(links is ns for ns in self.foreign.values()):
+            return  # its owner keeps it, and the links in it
         self.routes.pop(container_id, None)
         for host, (cid, _inside) in list(self.peers.items()):
             if cid == container_id:

@@ -82,14 +82,26 @@ class NetnsDatapath:
     def list_netns(self) -> list[str]:
         return sorted(p.name for p in self.netns_dir.iterdir() if not p.name.startswith("."))
 
-    def create_netns(self, container_id: str) -> Path:
-        """Create the container's namespace file; an existing one is kept."""
+    def create_netns(self, container_id: str, existing: Path | None = None) -> Path:
+        """Create the container's namespace file; an existing one is kept.
+        With ``existing`` (a namespace file another runtime owns, such as
+        ``/run/netns/x``), that namespace is bind-mounted there instead, so
+        everything else addresses it the same way; ``delete_netns`` then
+        removes only cove's mount, never the other runtime's file."""
         path = self.netns_path(container_id)
         if path.exists() and _is_nsfs(path):
             return path
         # A crash between touch and mount leaves a plain file: not a
         # namespace (``_is_nsfs``), so the next call mounts over it.
         path.touch(mode=0o600)
+        if existing is not None:
+            if not _is_nsfs(existing):
+                raise DatapathError(f"{existing} is not a network namespace")
+            try:
+                linux.mount(str(existing), str(path), None, linux.MS_BIND)
+            except OSError as exc:
+                raise DatapathError(f"cannot bind namespace {existing}: {exc}") from exc
+            return path
         with _in_thread_ns():
             try:
                 linux.unshare(linux.CLONE_NEWNET)
