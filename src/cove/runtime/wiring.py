@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cove.clock import Clock
+from cove.datapath.base import NftLister
 from cove.datapath.libnft import open_nft
 from cove.datapath.netns import NetnsDatapath, remove_ns_file
-from cove.datapath.nftables import Nft
 from cove.errors import CoveError
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
@@ -40,7 +40,7 @@ class ContainerRuntime:
         store: Store,
         clock: Clock,
         ipam: Ipam,
-        nft: Nft,
+        nft: NftLister,
         state_dir: Path,
         run_dir: Path,
         resolv_conf: Path = Path("/etc/resolv.conf"),
