@@ -160,13 +160,6 @@ class ContainerDatapath(Protocol):
         """Everything cove owns, or only those namespaces and host links."""
         ...
 
-    def add_veth(
-        self, container_id: str, host: str, inside: str, mac: str, mtu: int, bridge: str
-    ) -> None:
-        """A veth pair, ``inside`` in the container, ``host`` on ``bridge``,
-        both up, ``inside`` not configured yet."""
-        ...
-
     def attach(
         self,
         container_id: str,
@@ -188,8 +181,6 @@ class ContainerDatapath(Protocol):
         name: str,
         addresses: Sequence[Interface],
         mtu: int,
-        *,
-        fresh: bool = False,
     ) -> None:
         """Make ``name`` in the container up with exactly ``addresses``."""
         ...

@@ -104,8 +104,8 @@ class FakeContainerDatapath:
     """Namespaces, veth pairs and retired pairs as ``NetnsDatapath`` keeps
     them in the kernel. ``bridges`` are those ``add_veth`` and ``attach``
     may plug into. ``attach`` fails after making the pair when
-    ``"attach.configure"`` is in ``fail_on``, and then removes it, as the
-    real one does. ``crash()`` drops namespaces without running anything,
+    ``"attach.configure"`` is in ``fail_on`` (once), and then removes it, as
+    the real one does. ``crash()`` drops namespaces without running anything,
     as a reboot or an unmount from outside would."""
 
     def __init__(self, bridges: Iterable[str] = (), netns_dir: Path = Path("/fake/netns")) -> None:
@@ -190,12 +190,6 @@ class FakeContainerDatapath:
 
     # -- change --------------------------------------------------------------
 
-    def add_veth(
-        self, container_id: str, host: str, inside: str, mac: str, mtu: int, bridge: str
-    ) -> None:
-        self._record("add_veth", container_id, host, inside, bridge)
-        self._make_pair(container_id, host, inside, mac, mtu, bridge)
-
     def attach(
         self,
         container_id: str,
@@ -210,6 +204,7 @@ class FakeContainerDatapath:
         self._record("attach", container_id, host, inside, bridge)
         self._make_pair(container_id, host, inside, mac, mtu, bridge)
         if "attach.configure" in self.fail_on:
+            self.fail_on.discard("attach.configure")  # once
             self._drop_pair(host)
             raise DatapathError(f"injected failure configuring {inside}")
         links = self.namespaces[container_id]
@@ -240,8 +235,6 @@ class FakeContainerDatapath:
         name: str,
         addresses: Sequence[Interface],
         mtu: int,
-        *,
-        fresh: bool = False,
     ) -> None:
         self._record("configure", container_id, name, tuple(addresses))
         links = self._need_netns(container_id)

@@ -216,41 +216,6 @@ class NetnsDatapath:
 
     # -- change --------------------------------------------------------------
 
-    def add_veth(
-        self, container_id: str, host: str, inside: str, mac: str, mtu: int, bridge: str
-    ) -> None:
-        """Create a veth pair with ``inside`` in the container's namespace and
-        ``host`` plugged into ``bridge``, both up."""
-        try:
-            fd = os.open(self.netns_path(container_id), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise DatapathError(f"namespace of container {container_id} is gone") from exc
-        try:
-            with self._lock:
-                found = self._ipr.link_lookup(ifname=bridge)
-                if not found:
-                    raise DatapathError(f"bridge {bridge} does not exist", bridge=bridge)
-                # One request: pair, peer moved and named, host side on the
-                # bridge and up (each netlink round trip costs about 0.5 ms).
-                self._ipr.link(
-                    "add",
-                    ifname=host,
-                    kind="veth",
-                    mtu=mtu,
-                    master=found[0],
-                    state="up",
-                    peer={"ifname": inside, "net_ns_fd": fd, "address": mac, "mtu": mtu},
-                )
-                # Hairpin: a container that is a backend of a VIP may be sent
-                # to itself; the DNATed packet must go back out its own port.
-                index = self._ipr.link_lookup(ifname=host)
-                if index:
-                    self._ipr.brport("set", index=index[0], mode=1)
-        except NetlinkError as exc:
-            raise DatapathError(f"cannot add veth {host} to {bridge}: {exc}", link=host) from exc
-        finally:
-            os.close(fd)
-
     def attach(
         self,
         container_id: str,
@@ -397,11 +362,8 @@ class NetnsDatapath:
         name: str,
         addresses: Sequence[Interface],
         mtu: int,
-        *,
-        fresh: bool = False,
     ) -> None:
-        """Make ``name`` in the container up, with exactly ``addresses``
-        (``fresh``: the link was just created, so it has none yet)."""
+        """Make ``name`` in the container up, with exactly ``addresses``."""
         with self.inside(container_id) as ipr:
             try:
                 found = ipr.link_lookup(ifname=name)
@@ -409,7 +371,7 @@ class NetnsDatapath:
                     raise DatapathError(f"{name} missing in container {container_id}")
                 index = found[0]
                 ipr.link("set", index=index, mtu=mtu, state="up")
-                have = set() if fresh else _addresses(ipr, index)
+                have = _addresses(ipr, index)
                 for addr in have - set(addresses):
                     ipr.addr(
                         "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen

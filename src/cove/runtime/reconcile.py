@@ -448,11 +448,14 @@ class ContainerReconciler:
             case planner.DeleteInside(cid, name):
                 dp.delete_inside(cid, name)
             case planner.AddVeth(cid, link):
-                dp.add_veth(cid, link.host_veth, link.interface, link.mac, link.mtu, link.bridge)
-            case planner.Configure(cid, link, fresh):
-                if not fresh:
-                    dp.set_up(link.host_veth)
-                dp.configure(cid, link.interface, link.addresses, link.mtu, fresh=fresh)
+                # The fast path's own request: one way to make a pair.
+                dp.attach(
+                    cid, link.host_veth, link.interface, link.mac, link.mtu, link.bridge,
+                    link.addresses,
+                )  # fmt: skip
+            case planner.Configure(cid, link):
+                dp.set_up(link.host_veth)
+                dp.configure(cid, link.interface, link.addresses, link.mtu)
             case planner.SetRoutes(cid, gw4, gw6):
                 dp.set_default_routes(cid, gw4, gw6)
 
