@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from cove.datapath.netns import HostVeth, InsideLink, NetnsState, ObservedContainers
+from cove.datapath.base import HostVeth, InsideLink, NetnsState, ObservedContainers
 from cove.runtime import plan as p
 
 BR = "cv-0123456789ab"
@@ -44,7 +44,6 @@ def test_new_container_gets_namespace_veth_addresses_and_route() -> None:
     assert ops == [
         p.CreateNetns("c1"),
         p.AddVeth("c1", lk),
-        p.Configure("c1", lk, fresh=True),
         p.SetRoutes("c1", GW, None),
     ]
 
@@ -61,7 +60,7 @@ def test_host_veth_without_peer_is_rebuilt() -> None:
         veths={lk.host_veth: HostVeth(lk.host_veth, BR, True, 1500)},
     )
     ops = p.plan([want(lk)], obs, ["c1"])
-    assert ops[:3] == [p.DeleteVeth(lk.host_veth), p.AddVeth("c1", lk), p.Configure("c1", lk, True)]
+    assert ops[:2] == [p.DeleteVeth(lk.host_veth), p.AddVeth("c1", lk)]
     assert ops[-1] == p.SetRoutes("c1", GW, None)
 
 

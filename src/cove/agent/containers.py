@@ -10,7 +10,7 @@ from pathlib import Path
 from cove.clock import Clock
 from cove.datapath.libnft import open_nft
 from cove.datapath.netns import NetnsDatapath
-from cove.datapath.nftables import Nft
+from cove.datapath.base import NftLister
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.runtime.client import SupervisorClient
@@ -35,7 +35,7 @@ class ContainerRuntime:
         store: Store,
         clock: Clock,
         ipam: Ipam,
-        nft: Nft,
+        nft: NftLister,
         state_dir: Path,
         run_dir: Path,
         resolv_conf: Path = Path("/etc/resolv.conf"),

@@ -19,73 +19,36 @@ import errno
 import ipaddress
 import logging
 import os
-import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cove import linux
 from cove.datapath import rtnl
+from cove.datapath.base import (
+    HostVeth,
+    InsideLink,
+    Interface,
+    NetnsState,
+    ObservedContainers,
+    is_host_veth,
+)
 from cove.errors import DatapathError, Unavailable
-from cove.runtime import linux
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-_HOST_VETH = re.compile(r"^cv[0-9a-f]{10}$")
 _AF_INET = 2
 _AF_INET6 = 10
 _IFF_UP = 1
 _IFA_F_NODAD = 0x02
 # Link group of retired host veths (ASCII "cove"), deleted together later.
 RETIRED_GROUP = 0x636F7665
-
-
-def host_veth_name(endpoint_id: str) -> str:
-    return "cv" + endpoint_id[:10]
-
-
-def is_host_veth(name: str) -> bool:
-    return bool(_HOST_VETH.match(name))
-
-
-@dataclass(frozen=True, slots=True)
-class HostVeth:
-    name: str
-    master: str | None
-    up: bool
-    mtu: int
-
-
-@dataclass(frozen=True, slots=True)
-class InsideLink:
-    name: str
-    mtu: int
-    up: bool
-    mac: str
-    addresses: frozenset[Interface] = field(default_factory=frozenset)
-
-
-@dataclass(frozen=True, slots=True)
-class NetnsState:
-    """One container namespace as the kernel has it."""
-
-    links: Mapping[str, InsideLink]
-    gateway4: ipaddress.IPv4Address | None = None
-    gateway6: ipaddress.IPv6Address | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedContainers:
-    netns: Mapping[str, NetnsState]  # container id -> namespace
-    veths: Mapping[str, HostVeth]  # host-side name -> state
 
 
 class NetnsDatapath:
@@ -119,14 +82,26 @@ class NetnsDatapath:
     def list_netns(self) -> list[str]:
         return sorted(p.name for p in self.netns_dir.iterdir() if not p.name.startswith("."))
 
-    def create_netns(self, container_id: str) -> Path:
-        """Create the container's namespace file; an existing one is kept."""
+    def create_netns(self, container_id: str, existing: Path | None = None) -> Path:
+        """Create the container's namespace file; an existing one is kept.
+        With ``existing`` (a namespace file another runtime owns, such as
+        ``/run/netns/x``), that namespace is bind-mounted there instead, so
+        everything else addresses it the same way; ``delete_netns`` then
+        removes only cove's mount, never the other runtime's file."""
         path = self.netns_path(container_id)
         if path.exists() and _is_nsfs(path):
             return path
         # A crash between touch and mount leaves a plain file: not a
         # namespace (``_is_nsfs``), so the next call mounts over it.
         path.touch(mode=0o600)
+        if existing is not None:
+            if not _is_nsfs(existing):
+                raise DatapathError(f"{existing} is not a network namespace")
+            try:
+                linux.mount(str(existing), str(path), None, linux.MS_BIND)
+            except OSError as exc:
+                raise DatapathError(f"cannot bind namespace {existing}: {exc}") from exc
+            return path
         with _in_thread_ns():
             try:
                 linux.unshare(linux.CLONE_NEWNET)
@@ -240,41 +215,6 @@ class NetnsDatapath:
             return None
 
     # -- change --------------------------------------------------------------
-
-    def add_veth(
-        self, container_id: str, host: str, inside: str, mac: str, mtu: int, bridge: str
-    ) -> None:
-        """Create a veth pair with ``inside`` in the container's namespace and
-        ``host`` plugged into ``bridge``, both up."""
-        try:
-            fd = os.open(self.netns_path(container_id), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise DatapathError(f"namespace of container {container_id} is gone") from exc
-        try:
-            with self._lock:
-                found = self._ipr.link_lookup(ifname=bridge)
-                if not found:
-                    raise DatapathError(f"bridge {bridge} does not exist", bridge=bridge)
-                # One request: pair, peer moved and named, host side on the
-                # bridge and up (each netlink round trip costs about 0.5 ms).
-                self._ipr.link(
-                    "add",
-                    ifname=host,
-                    kind="veth",
-                    mtu=mtu,
-                    master=found[0],
-                    state="up",
-                    peer={"ifname": inside, "net_ns_fd": fd, "address": mac, "mtu": mtu},
-                )
-                # Hairpin: a container that is a backend of a VIP may be sent
-                # to itself; the DNATed packet must go back out its own port.
-                index = self._ipr.link_lookup(ifname=host)
-                if index:
-                    self._ipr.brport("set", index=index[0], mode=1)
-        except NetlinkError as exc:
-            raise DatapathError(f"cannot add veth {host} to {bridge}: {exc}", link=host) from exc
-        finally:
-            os.close(fd)
 
     def attach(
         self,
@@ -422,11 +362,8 @@ class NetnsDatapath:
         name: str,
         addresses: Sequence[Interface],
         mtu: int,
-        *,
-        fresh: bool = False,
     ) -> None:
-        """Make ``name`` in the container up, with exactly ``addresses``
-        (``fresh``: the link was just created, so it has none yet)."""
+        """Make ``name`` in the container up, with exactly ``addresses``."""
         with self.inside(container_id) as ipr:
             try:
                 found = ipr.link_lookup(ifname=name)
@@ -434,7 +371,7 @@ class NetnsDatapath:
                     raise DatapathError(f"{name} missing in container {container_id}")
                 index = found[0]
                 ipr.link("set", index=index, mtu=mtu, state="up")
-                have = set() if fresh else _addresses(ipr, index)
+                have = _addresses(ipr, index)
                 for addr in have - set(addresses):
                     ipr.addr(
                         "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen

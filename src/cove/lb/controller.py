@@ -17,9 +17,10 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from cove.clock import Clock
+from cove.datapath.base import NftTables
 from cove.errors import CoveError, DatapathError
 from cove.lb import compile as lbc
 from cove.lb.backends import Backends
@@ -45,14 +46,8 @@ def _as_sets(counts: Counter[tuple[str, str]]) -> dict[str, set[str]]:
     return out
 
 
-class NftLike(Protocol):
-    def transaction(self, commands: Sequence[Mapping[str, Any]]) -> None: ...
-
-    def replace_table(
-        self, family: str, name: str, objects: Sequence[Mapping[str, Any]]
-    ) -> None: ...
-
-    def delete_table(self, family: str, name: str) -> None: ...
+# The datapath's protocol, under the name the wiring imports it by.
+NftLike = NftTables
 
 
 class LbController:

@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 
 from cove.clock import Clock
+from cove.datapath.base import NftTables
 from cove.errors import CoveError
-from cove.lb.controller import NftLike
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.policy import compile as pc
 from cove.policy.model import POLICY
@@ -53,7 +53,7 @@ class PolicyController:
     and every ``interval`` seconds, when the table is rewritten even if
     unchanged, so rules removed by hand come back."""
 
-    def __init__(self, store: Store, nft: NftLike, *, clock: Clock, interval: float = 15.0) -> None:
+    def __init__(self, store: Store, nft: NftTables, *, clock: Clock, interval: float = 15.0) -> None:
         self._store = store
         self._nft = nft
         self._clock = clock

@@ -20,7 +20,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from cove.runtime import devices, linux, security
+from cove import linux
+from cove.runtime import devices, security
 
 _NAMESPACES = (
     ("net", linux.CLONE_NEWNET),

@@ -20,7 +20,7 @@ import os
 import stat
 from collections.abc import Sequence
 
-from cove.runtime import linux
+from cove import linux
 
 ETC_FILES = ("hosts", "hostname", "resolv.conf")
 

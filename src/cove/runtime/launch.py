@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from cove import linux
 from cove.errors import LaunchError as LaunchError  # raised here; defined in the one tree
-from cove.runtime import devices, fs, linux, security
+from cove.runtime import devices, fs, security
 from cove.runtime.security import DEFAULT_CAPS
 
 _SETUP_TIMEOUT = 10.0

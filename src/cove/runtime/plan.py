@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cove.datapath.netns import Interface, ObservedContainers
+from cove.datapath.base import Interface, ObservedContainers
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,8 @@ class DeleteNetns:
 
 @dataclass(frozen=True, slots=True)
 class AddVeth:
+    """A new veth pair, configured (up, addresses) as it is made."""
+
     container_id: str
     link: WantedLink
 
@@ -66,7 +68,6 @@ class DeleteInside:
 class Configure:
     container_id: str
     link: WantedLink
-    fresh: bool = False  # right after AddVeth: up already, no addresses yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ def _container(c: WantedContainer, observed: ObservedContainers) -> list[Op]:
         for link in c.links:
             if link.host_veth in observed.veths:
                 ops.append(DeleteVeth(link.host_veth))
-            ops.extend((AddVeth(c.id, link), Configure(c.id, link, fresh=True)))
+            ops.append(AddVeth(c.id, link))
         if c.gateway4 or c.gateway6:
             ops.append(SetRoutes(c.id, c.gateway4, c.gateway6))
         return ops
@@ -133,7 +134,7 @@ def _container(c: WantedContainer, observed: ObservedContainers) -> list[Op]:
                 ops.append(DeleteVeth(link.host_veth))
             if peer is not None:
                 ops.append(DeleteInside(c.id, link.interface))
-            ops.extend((AddVeth(c.id, link), Configure(c.id, link, fresh=True)))
+            ops.append(AddVeth(c.id, link))
             continue
         assert peer is not None and host is not None
         if (

@@ -15,8 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cove.datapath.libnft import LibNft
-from cove.datapath.nftables import Nft
+from cove.datapath.base import NftLister, NftTables
 from cove.errors import CoveError
 from cove.runtime import guard
 from cove.runtime.plan import WantedContainer, WantedLink
@@ -42,8 +41,8 @@ class PortGuard:
 
     def __init__(
         self,
-        nft: LibNft | Nft,
-        lister: Nft,
+        nft: NftTables,
+        lister: NftLister,
         everything: Callable[[], Sequence[WantedContainer]],
     ) -> None:
         self._nft = nft

@@ -31,9 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cove.datapath.libnft import LibNft
-from cove.datapath.netns import Interface, NetnsDatapath
-from cove.datapath.nftables import Nft
+from cove.datapath.base import ContainerDatapath, Interface, NftLister, NftTables
 from cove.errors import CoveError, storage_error
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network
 from cove.runtime import etc, ports
@@ -174,12 +172,12 @@ class ContainerReconciler:
     def __init__(
         self,
         store: Store,
-        datapath: NetnsDatapath,
-        nft: Nft,
+        datapath: ContainerDatapath,
+        nft: NftLister,
         files_dir: Path,
         host_resolv: Callable[[], str],
         interval: float = 15.0,
-        guard_nft: LibNft | Nft | None = None,
+        guard_nft: NftTables | None = None,
     ) -> None:
         self._store = store
         self._dp = datapath
@@ -450,11 +448,14 @@ class ContainerReconciler:
             case planner.DeleteInside(cid, name):
                 dp.delete_inside(cid, name)
             case planner.AddVeth(cid, link):
-                dp.add_veth(cid, link.host_veth, link.interface, link.mac, link.mtu, link.bridge)
-            case planner.Configure(cid, link, fresh):
-                if not fresh:
-                    dp.set_up(link.host_veth)
-                dp.configure(cid, link.interface, link.addresses, link.mtu, fresh=fresh)
+                # The fast path's own request: one way to make a pair.
+                dp.attach(
+                    cid, link.host_veth, link.interface, link.mac, link.mtu, link.bridge,
+                    link.addresses,
+                )  # fmt: skip
+            case planner.Configure(cid, link):
+                dp.set_up(link.host_veth)
+                dp.configure(cid, link.interface, link.addresses, link.mtu)
             case planner.SetRoutes(cid, gw4, gw6):
                 dp.set_default_routes(cid, gw4, gw6)
 

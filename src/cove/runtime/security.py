@@ -16,8 +16,8 @@ import errno
 import os
 from collections.abc import Iterable, Sequence
 
+from cove import linux
 from cove.errors import InvalidArgument
-from cove.runtime import linux
 
 # Numbers from <linux/capability.h>, in order; the kernel's newest is 40.
 _CAP_NAMES = (

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cove.clock import Clock
-from cove.datapath.netns import NetnsDatapath, host_veth_name
+from cove.datapath.base import ContainerDatapath, host_veth_name
 from cove.errors import (
     AlreadyExists,
     Conflict,
@@ -112,7 +112,7 @@ class ContainerService:
         ipam: Ipam,
         reconciler: ContainerReconciler,
         supervisor: SupervisorClient,
-        netns: NetnsDatapath,
+        netns: ContainerDatapath,
         logs_dir: Path,
         intents: IntentLog,
         port_probe: Callable[[PortMapping], None] = probe_host_port,
