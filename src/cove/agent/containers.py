@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cove.clock import Clock
+from cove.datapath.base import NftLister
 from cove.datapath.libnft import open_nft
 from cove.datapath.netns import NetnsDatapath
-from cove.datapath.base import NftLister
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.runtime.client import SupervisorClient

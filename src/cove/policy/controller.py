@@ -53,7 +53,9 @@ class PolicyController:
     and every ``interval`` seconds, when the table is rewritten even if
     unchanged, so rules removed by hand come back."""
 
-    def __init__(self, store: Store, nft: NftTables, *, clock: Clock, interval: float = 15.0) -> None:
+    def __init__(
+        self, store: Store, nft: NftTables, *, clock: Clock, interval: float = 15.0
+    ) -> None:
         self._store = store
         self._nft = nft
         self._clock = clock
