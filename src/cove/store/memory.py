@@ -35,6 +35,7 @@ from cove.store.base import (
     EventType,
     Get,
     KeyValue,
+    Listener,
     Op,
     Put,
     RangeResult,
@@ -50,10 +51,6 @@ DEFAULT_HISTORY = 10_000
 _Comparable = TypeVar("_Comparable", bytes, int)
 
 _EXPIRY_POLL = 0.25  # seconds between lease expiry checks (real time)
-
-# A commit listener: the events of each commit, or None when the state was
-# re-read from the backend (a failed group commit) and must be re-read.
-Listener = Callable[[Sequence[Event] | None], None]
 
 
 def compare_holds(compare: Compare, kv: KeyValue | None) -> bool:
@@ -279,7 +276,11 @@ class MemoryStore:
             self._group_events.extend(events)
         return rev
 
-    # -- commit listeners ------------------------------------------------------
+    # -- the LocalStore capability --------------------------------------------
+
+    def local(self) -> MemoryStore:
+        """In process: every ``LocalStore`` ability."""
+        return self
 
     def listen(self, listener: Listener) -> int:
         """Call ``listener(events)`` after every commit from now on, in the
