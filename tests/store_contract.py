@@ -3,13 +3,18 @@
 A backend's test module subclasses ``StoreContract`` and provides a
 ``backend`` fixture yielding a ``Backend``: the store under test and a way to
 let lease time pass (a manual clock for memory/SQLite, real sleeping for etcd).
+
+The suite also checks what a backend says of its ``LocalStore`` abilities
+(``local_store``): an in-process backend must offer them and honour them (an
+exclusive transaction, group commit, commit listeners); a networked one must
+answer ``None``, so callers take the compare-and-swap and watch paths.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -26,6 +31,7 @@ from cove.store.base import (
     Put,
     Store,
     Watch,
+    local_store,
 )
 
 
@@ -36,6 +42,8 @@ class Backend:
     """Let at least this many seconds of lease time pass, and give the store
     the chance to expire leases."""
     name: str = ""
+    local: bool = True
+    """Whether the backend answers in-process, offering ``LocalStore``."""
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -361,3 +369,55 @@ class StoreContract:
         with pytest.raises(NotFound):
             s.lease_keepalive(987654321)
         assert s.get(k + "a") is None
+
+    # -- the LocalStore capability -----------------------------------------
+
+    def test_local_capability_matches_the_backend(self, backend: Backend) -> None:
+        local = local_store(backend.store)
+        assert (local is not None) == backend.local
+        if local is not None:
+            assert local.revision == backend.store.revision
+
+    def test_exclusive_block_reads_and_writes_without_compares(
+        self, backend: Backend, k: str
+    ) -> None:
+        local = local_store(backend.store)
+        if local is None:
+            pytest.skip("not an in-process backend")
+        local.put(k + "a", b"1")
+        with local.exclusive() as lookup:
+            kv = lookup(k + "a")
+            assert kv is not None and kv.value == b"1"
+            assert lookup(k + "missing") is None
+            rev = local.txn((), [Put(k + "a", b"2")]).revision  # reentrant
+            with local.exclusive() as inner:
+                kv = inner(k + "a")
+                assert kv is not None and kv.mod_revision == rev
+
+    def test_batch_commits_once_and_listeners_hear_it_once(self, backend: Backend, k: str) -> None:
+        local = local_store(backend.store)
+        if local is None:
+            pytest.skip("not an in-process backend")
+        heard: list[list[tuple[str, str, int]] | None] = []
+
+        def listener(events: Sequence[Event] | None) -> None:
+            heard.append(None if events is None else summary(list(events)))
+
+        start = local.listen(listener)
+        try:
+            assert start == local.revision
+            watch = local.watch(k)
+            with local.batch():
+                r1 = local.put(k + "a", b"1")
+                r2 = local.put(k + "b", b"2")
+                assert (r1, r2) == (start + 1, start + 2)  # a revision each
+                assert heard == []  # nothing heard before the group ends
+            assert heard == [[("put", k + "a", r1), ("put", k + "b", r2)]]
+            assert summary(drain(watch, 2)) == [("put", k + "a", r1), ("put", k + "b", r2)]
+            r3 = local.delete(k + "a")
+            assert heard[-1] == [("delete", k + "a", r3)]
+            watch.close()
+        finally:
+            local.unlisten(listener)
+        local.put(k + "c", b"3")
+        assert len(heard) == 2  # not after unlisten

@@ -10,20 +10,21 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import backends
 import consul
 import pytest
 
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
-from cove.store.memory import MemoryStore
+from cove.store.base import Store
+
+backend_store = backends.backend_store  # the fixture: SQLite, then etcd
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ConsulServer]:
-    store = MemoryStore(SystemClock())
-    with ConsulServer(store, SystemClock(), node_name="blk") as srv:
+def server(backend_store: Store) -> Iterator[ConsulServer]:
+    with ConsulServer(backend_store, SystemClock(), node_name="blk") as srv:
         yield srv
-    store.close()
 
 
 @pytest.fixture

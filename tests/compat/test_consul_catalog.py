@@ -1,6 +1,6 @@
 """The Consul agent, catalog and health endpoints, driven by py-consul (the
 real client) and raw HTTP, against cove's /v1 API served in-process on
-loopback over a SQLite store."""
+loopback over a SQLite store and an etcd one."""
 
 from __future__ import annotations
 
@@ -10,24 +10,23 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import backends
 import consul
 import pytest
 
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
-from cove.store.sqlite import SqliteStore
+from cove.store.base import Store
+
+backend_store = backends.backend_store  # the fixture: SQLite, then etcd
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsulServer]:
-    path: Path = tmp_path_factory.mktemp("consul") / "state.db"
-    store = SqliteStore(str(path), SystemClock())
-    with ConsulServer(store, SystemClock(), node_name="node-a") as srv:
+def server(backend_store: Store) -> Iterator[ConsulServer]:
+    with ConsulServer(backend_store, SystemClock(), node_name="node-a") as srv:
         yield srv
-    store.close()
 
 
 @pytest.fixture

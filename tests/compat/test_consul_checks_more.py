@@ -23,6 +23,7 @@ import test_consul_checks as base
 from test_consul_checks import register, uniq, wait_status
 
 # The same agent fixtures as the other check tests.
+backend_store = base.backend_store
 server = base.server
 c = base.c
 

@@ -1,5 +1,5 @@
 """Consul KV, sessions, locks and transactions through py-consul and raw
-HTTP, against cove's /v1 API on loopback over a SQLite store."""
+HTTP, against cove's /v1 API on loopback over a SQLite store and an etcd one."""
 
 from __future__ import annotations
 
@@ -11,21 +11,21 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import backends
 import consul
 import pytest
 
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
-from cove.store.sqlite import SqliteStore
+from cove.store.base import Store
+
+backend_store = backends.backend_store  # the fixture: SQLite, then etcd
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsulServer]:
-    path = tmp_path_factory.mktemp("consul-kv") / "state.db"
-    store = SqliteStore(str(path), SystemClock())
-    with ConsulServer(store, SystemClock(), node_name="kv-node") as srv:
+def server(backend_store: Store) -> Iterator[ConsulServer]:
+    with ConsulServer(backend_store, SystemClock(), node_name="kv-node") as srv:
         yield srv
-    store.close()
 
 
 @pytest.fixture

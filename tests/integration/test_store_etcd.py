@@ -22,7 +22,7 @@ class TestEtcdContract(StoreContract):
     @pytest.fixture
     def backend(self, etcd_server: str) -> Iterator[Backend]:
         store = EtcdStore([etcd_server], SystemClock())
-        yield Backend(store, time.sleep, "etcd")
+        yield Backend(store, time.sleep, "etcd", local=False)
         store.close()
 
 

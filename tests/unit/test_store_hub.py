@@ -9,8 +9,9 @@ import pytest
 
 from cove.clock import ManualClock
 from cove.errors import StoreError
-from cove.store import Delete, Event, EventType, MemoryStore, Put
+from cove.store import Delete, Event, EventType, KeyValue, MemoryStore, Put
 from cove.store.hub import WatchHub
+from cove.store.memory import Snapshot
 
 
 class Recorder:
@@ -197,21 +198,54 @@ def test_revision_advances_when_no_thread_subscriber_wants_a_commit(
     assert hub.wait_for(rev2, timeout=5) and threaded.events == [("put", "elsewhere/x", rev2)]
 
 
-class FailingGroups(MemoryStore):
-    """A store whose group commits fail: the state goes back to before the
-    group, as SqliteStore re-reads its file when SQLite refuses a commit."""
+class FailingGroups:
+    """A journal whose group commits fail: the store goes back to what the
+    journal kept, as SqliteStore's mirror re-reads its file when SQLite
+    refuses a commit."""
 
-    def _persist_group_begin(self) -> None:
-        self._before = (dict(self._kvs), list(self._log), self._revision)
+    def __init__(self) -> None:
+        self.kvs: dict[str, KeyValue] = {}
+        self.history: list[Event] = []
+        self.revision = 1
+        self.group: list[tuple[int, Sequence[Event]]] | None = None
 
-    def _persist_group_end(self) -> None:
-        kvs, history, revision = self._before
-        self._load(kvs.values(), history, revision, self._compacted, [])
+    def restore(self) -> Snapshot:
+        return Snapshot(list(self.kvs.values()), list(self.history), self.revision)
+
+    def events(self, revision: int, events: Sequence[Event]) -> None:
+        if self.group is not None:
+            self.group.append((revision, events))
+            return
+        for ev in events:
+            if ev.type is EventType.PUT:
+                self.kvs[ev.kv.key] = ev.kv
+            else:
+                self.kvs.pop(ev.kv.key, None)
+        self.history.extend(events)
+        self.revision = revision
+
+    def compact(self, revision: int) -> None:
+        pass
+
+    def lease(self, lease: int, ttl: int, deadline: float) -> None:
+        pass
+
+    def lease_end(self, lease: int) -> None:
+        pass
+
+    def group_begin(self) -> None:
+        self.group = []
+
+    def group_end(self) -> None:
+        self.group = None
         raise StoreError("disk full (simulated)")
+
+    def close(self) -> None:
+        pass
 
 
 def test_a_failed_group_delivers_nothing_and_later_writes_still_arrive() -> None:
-    store = FailingGroups(ManualClock())
+    store = MemoryStore(ManualClock(), journal=FailingGroups())
     hub = WatchHub(store, poll=0.05)
     try:
         hub.start()

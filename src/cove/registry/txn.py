@@ -15,8 +15,7 @@ from typing import Any, TypeVar
 
 from cove.codec import loads
 from cove.errors import Conflict
-from cove.store.base import Compare, Delete, Get, KeyValue, Op, Store
-from cove.store.memory import MemoryStore
+from cove.store.base import Compare, Delete, Get, KeyValue, Op, Store, local_store
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +92,15 @@ def transact(store: Store, plan: Callable[[Tx], T], prefetch: Sequence[str] = ()
     instead: nothing can change what it read, so it runs once and its
     commit carries no compares (building and checking them cost more than
     the rest of a registration's store work)."""
-    if isinstance(store, MemoryStore):
-        with store.exclusive() as lookup:
-            tx = Tx(store, prefetch, lookup)
+    local = local_store(store)
+    if local is not None:
+        with local.exclusive() as lookup:
+            tx = Tx(local, prefetch, lookup)
             result = plan(tx)
             ops = tx.ops
             if not ops:
-                return result, store.revision
-            return result, store.txn((), ops).revision
+                return result, local.revision
+            return result, local.txn((), ops).revision
     for attempt in range(MAX_ATTEMPTS):
         tx = Tx(store, prefetch)
         result = plan(tx)
@@ -114,8 +114,8 @@ def transact(store: Store, plan: Callable[[Tx], T], prefetch: Sequence[str] = ()
 
 
 def in_process(store: Store) -> bool:
-    """Whether ``store`` answers from this process's memory (MemoryStore,
-    and SqliteStore, which mirrors its file in memory), not over a network:
-    then a call costs microseconds, and batching reads or hopping to a
-    thread costs more than it saves."""
-    return isinstance(store, MemoryStore)
+    """Whether ``store`` answers from this process's memory (it offers the
+    ``LocalStore`` abilities: memory, and SQLite, which mirrors its file in
+    memory), not over a network: then a call costs microseconds, and
+    batching reads or hopping to a thread costs more than it saves."""
+    return local_store(store) is not None

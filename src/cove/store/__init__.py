@@ -7,6 +7,9 @@
 - ``etcd://host:port[,host:port...]``         a cluster (JSON gateway)
 
 ``WatchHub`` fans one watch over the whole keyspace out to subscribers.
+``local_store(store)`` returns a backend's ``LocalStore`` abilities (memory
+and SQLite: exclusive transaction, commit listener, group commit) or None
+(etcd); nothing above the store looks at a backend's class.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from cove.store.base import (
     EventType,
     Get,
     KeyValue,
+    LocalStore,
     Op,
     Put,
     RangeResult,
     Store,
     TxnResult,
     Watch,
+    local_store,
 )
 
 if TYPE_CHECKING:
@@ -67,6 +72,7 @@ __all__ = [
     "EventType",
     "Get",
     "KeyValue",
+    "LocalStore",
     "MemoryStore",
     "Op",
     "Put",
@@ -77,6 +83,7 @@ __all__ = [
     "TxnResult",
     "Watch",
     "WatchHub",
+    "local_store",
     "open_store",
 ]
 

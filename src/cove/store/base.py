@@ -14,11 +14,19 @@
 
 Backends: ``memory`` (tests), ``sqlite`` (default, one host) and ``etcd``
 (cluster). All are thread-safe and synchronous; async callers use a thread.
+
+What an in-process backend (memory, SQLite) can do beyond the protocol is a
+protocol of its own, ``LocalStore``: an exclusive transaction under the
+store's lock, commit listeners and group commit. Code that can use it asks
+``local_store(store)`` once, at wiring time, and keeps a second path for
+stores that answer ``None`` (etcd): no code above the store looks at a
+backend's class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -200,3 +208,55 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def local(self) -> LocalStore | None:
+        """This backend's in-process abilities (``LocalStore``), or ``None``
+        when it answers over a network. Ask through ``local_store``."""
+        ...
+
+
+# A commit listener: the events of each commit, or None when the state was
+# re-read from the backend (a failed group commit) and must be re-read.
+Listener = Callable[[Sequence[Event] | None], None]
+
+
+class LocalStore(Store, Protocol):
+    """A store that answers from this process's memory (memory, SQLite): a
+    call costs microseconds, so callers may hold its lock across a
+    read-modify-write, learn of commits from a listener instead of a watch
+    thread, and group many writes into one commit."""
+
+    def exclusive(self) -> AbstractContextManager[Callable[[str], KeyValue | None]]:
+        """Hold the store lock for the block: no other thread reads or
+        writes until it ends, so what the block reads cannot change before
+        the block writes (a read-modify-write needs no compares). Reentrant;
+        keep the block short and free of I/O. Yields a ``get`` for the block
+        that skips the lock it already holds. Raises ``StoreError`` when the
+        store is closed."""
+        ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Group the writes made inside the block into one commit (group
+        commit): other threads see all of the group's writes or none, and a
+        persistent backend writes them as one transaction when the block
+        ends. Each write still gets its own revision. Raises ``StoreError``
+        at the end of the block when that commit fails; then none of the
+        group's writes happened. Nested blocks join the outer group."""
+        ...
+
+    def listen(self, listener: Listener) -> int:
+        """Call ``listener(events)`` after every commit from now on, in the
+        committing thread with the store lock held (once per ``batch()``,
+        with all of its events). ``None`` instead of events: the state was
+        re-read from the backend. A listener must be quick and must not
+        write. Returns the revision it starts after."""
+        ...
+
+    def unlisten(self, listener: Listener) -> None: ...
+
+
+def local_store(store: Store) -> LocalStore | None:
+    """``store``'s in-process abilities, or ``None`` for a store that
+    answers over a network (etcd). The one place code asks what a backend
+    can do beyond the ``Store`` protocol."""
+    return store.local()

@@ -415,6 +415,11 @@ class EtcdStore:
 
     # -- life cycle ----------------------------------------------------------
 
+    def local(self) -> None:
+        """Over the network: no ``LocalStore`` abilities (callers take the
+        compare-and-swap and watch paths)."""
+        return None
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

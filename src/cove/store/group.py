@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cove.errors import StoreError
-from cove.store.memory import MemoryStore
+from cove.store.base import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class _Call:
 class GroupCommit:
     """Queues writes and runs them in groups on the caller's event loop."""
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: LocalStore) -> None:
         self._store = store
         self._queue: list[_Call] = []
         self._scheduled = False

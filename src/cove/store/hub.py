@@ -18,7 +18,7 @@ callback must be quick (asyncio users hand over with
 not affect other subscribers.
 
 On an in-process store (memory, SQLite) the hub does not watch: the store
-calls it after each commit (``MemoryStore.listen``), and it hands the events
+calls it after each commit (``LocalStore.listen``), and it hands the events
 to its thread only when a subscriber there wants them. A subscriber made
 with ``inline=True`` is called right there, in the committing thread with the
 store lock held, before the writer is answered: it must be quick, thread-safe
@@ -43,8 +43,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from cove.errors import StoreError, WatchCompacted
-from cove.store.base import Event, EventType, KeyValue, Store, Watch
-from cove.store.memory import DEFAULT_HISTORY, MemoryStore
+from cove.store.base import Event, EventType, KeyValue, LocalStore, Store, Watch, local_store
+from cove.store.memory import DEFAULT_HISTORY
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,11 @@ class WatchHub:
         self._thread: threading.Thread | None = None
         self._watch: Watch | None = None
         # Listening mode (in-process stores): commits waiting for the thread.
-        can_listen = isinstance(store, MemoryStore)
-        self._listening = can_listen if listen is None else (listen and can_listen)
+        local = local_store(store)
+        if listen is False:
+            local = None
+        self._local: LocalStore | None = local
+        self._listening = local is not None
         self._queue: deque[tuple[Sequence[Event], int]] = deque()
         self._queued = threading.Condition(self._lock)
 
@@ -133,9 +136,8 @@ class WatchHub:
         self._stop.set()
         with self._lock:
             self._queued.notify_all()
-        store = self._store
-        if self._listening and isinstance(store, MemoryStore):
-            store.unlisten(self._on_commit)
+        if self._local is not None:
+            self._local.unlisten(self._on_commit)
         if self._watch is not None:
             self._watch.close()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -235,8 +237,9 @@ class WatchHub:
     # -- listening to an in-process store ----------------------------------------
 
     def _listen(self) -> None:
-        store = self._store
-        assert isinstance(store, MemoryStore)
+        store = self._local
+        if store is None:
+            raise StoreError("the hub's store offers no commit listener")
         with store.exclusive():  # no commit between the read and the listening
             current = store.range("")
             with self._lock:

@@ -2,9 +2,10 @@
 
 ``MemoryStore`` keeps every key, a bounded history of events (for watches
 from a past revision) and the leases in Python objects behind one lock. It is
-also the engine of ``SqliteStore``, which mirrors the same state in memory and
-writes every change through to SQLite in the hooks ``_persist_*`` before the
-in-memory state changes (so a failed write leaves both untouched).
+also the engine of ``SqliteStore``, which owns one as the mirror of its file:
+given a ``Journal``, the store restores its state from it on opening and
+hands it every change before the in-memory state changes (so a failed write
+leaves both untouched).
 
 Lease deadlines are wall-clock times from the injected clock (``time()``), so
 a persisted lease survives a restart; a small daemon thread, started with the
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from cove.clock import Clock
 from cove.errors import InvalidArgument, NotFound, StorageFull, StoreError, WatchCompacted
@@ -35,6 +36,7 @@ from cove.store.base import (
     EventType,
     Get,
     KeyValue,
+    Listener,
     Op,
     Put,
     RangeResult,
@@ -50,10 +52,6 @@ DEFAULT_HISTORY = 10_000
 _Comparable = TypeVar("_Comparable", bytes, int)
 
 _EXPIRY_POLL = 0.25  # seconds between lease expiry checks (real time)
-
-# A commit listener: the events of each commit, or None when the state was
-# re-read from the backend (a failed group commit) and must be re-read.
-Listener = Callable[[Sequence[Event] | None], None]
 
 
 def compare_holds(compare: Compare, kv: KeyValue | None) -> bool:
@@ -107,6 +105,87 @@ def check_ops(ops: Sequence[Op]) -> None:
                 written.add(op.key)
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A store's whole state as a journal restores it: the keys, the history
+    of events kept for watches, the revision, the compaction point and the
+    leases (id, TTL, wall-clock deadline)."""
+
+    kvs: Iterable[KeyValue] = ()
+    history: Iterable[Event] = ()
+    revision: int = 1  # etcd starts at 1, so a Consul index is never 0
+    compacted: int = 1
+    leases: Iterable[tuple[int, int, float]] = ()
+
+
+class Journal(Protocol):
+    """Where a ``MemoryStore`` makes its changes durable (SQLite). Every
+    method is called with the store lock held, before the in-memory state
+    changes; a write that cannot be made durable raises ``StoreError`` and
+    the change does not happen."""
+
+    def restore(self) -> Snapshot:
+        """The durable state. Raises ``StoreError`` when it cannot be read."""
+        ...
+
+    def events(self, revision: int, events: Sequence[Event]) -> None:
+        """Make one revision durable."""
+        ...
+
+    def compact(self, revision: int) -> None:
+        """Forget the history before ``revision``."""
+        ...
+
+    def lease(self, lease: int, ttl: int, deadline: float) -> None:
+        """Store a lease or its new deadline."""
+        ...
+
+    def lease_end(self, lease: int) -> None:
+        """Forget a lease (its keys' deletion comes through ``events``)."""
+        ...
+
+    def group_begin(self) -> None:
+        """Hold back the writes until ``group_end``."""
+        ...
+
+    def group_end(self) -> None:
+        """Write what the group held back as one unit; raises ``StoreError``
+        when that fails (then the store re-reads ``restore()``)."""
+        ...
+
+    def close(self) -> None:
+        """Release the backing resources."""
+        ...
+
+
+class _NoJournal:
+    """The memory backend's journal: nothing is durable."""
+
+    def restore(self) -> Snapshot:
+        return Snapshot()
+
+    def events(self, revision: int, events: Sequence[Event]) -> None:
+        pass
+
+    def compact(self, revision: int) -> None:
+        pass
+
+    def lease(self, lease: int, ttl: int, deadline: float) -> None:
+        pass
+
+    def lease_end(self, lease: int) -> None:
+        pass
+
+    def group_begin(self) -> None:
+        pass
+
+    def group_end(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class _Lease:
     id: int
@@ -136,8 +215,14 @@ class MemoryWatch:
 class MemoryStore:
     """The Store protocol in memory; thread-safe behind one lock."""
 
-    def __init__(self, clock: Clock, *, history: int = DEFAULT_HISTORY) -> None:
+    def __init__(
+        self, clock: Clock, *, history: int = DEFAULT_HISTORY, journal: Journal | None = None
+    ) -> None:
+        """``journal``: where changes are made durable (``SqliteStore``);
+        the store starts from its ``restore()``. Raises ``StoreError`` when
+        the journal cannot be read."""
         self._clock = clock
+        self._journal: Journal = journal if journal is not None else _NoJournal()
         self._history = max(1, history)
         # Reentrant, so reads and writes work inside ``batch()``.
         self._cond = threading.Condition(threading.RLock())
@@ -158,6 +243,8 @@ class MemoryStore:
         self._closed = False
         self._expiry_thread: threading.Thread | None = None
         self._stop = threading.Event()
+        if journal is not None:
+            self._load(journal.restore())
 
     # -- reads ---------------------------------------------------------------
 
@@ -249,7 +336,7 @@ class MemoryStore:
         if not events:
             return self._revision
         rev = self._revision + 1
-        self._persist_events(rev, events)
+        self._journal.events(rev, events)
         for ev in events:
             key = ev.kv.key
             if ev.prev is not None and ev.prev.lease:
@@ -279,7 +366,11 @@ class MemoryStore:
             self._group_events.extend(events)
         return rev
 
-    # -- commit listeners ------------------------------------------------------
+    # -- the LocalStore capability --------------------------------------------
+
+    def local(self) -> MemoryStore:
+        """In process: every ``LocalStore`` ability."""
+        return self
 
     def listen(self, listener: Listener) -> int:
         """Call ``listener(events)`` after every commit from now on, in the
@@ -331,14 +422,22 @@ class MemoryStore:
                 return
             self._batching = True
             self._group_events = []
-            self._persist_group_begin()
+            self._journal.group_begin()
             try:
                 yield
             finally:
                 self._batching = False
                 events, self._group_events = self._group_events, []
                 try:
-                    self._persist_group_end()
+                    try:
+                        self._journal.group_end()
+                    except StoreError:
+                        # The state holds the group's writes (no other
+                        # thread saw them: the group held the lock): go back
+                        # to what the journal kept.
+                        log.error("a group commit failed; re-reading the store")
+                        self._load(self._journal.restore())
+                        raise
                 except BaseException:
                     if self._listeners:
                         self._emit(None)
@@ -428,7 +527,7 @@ class MemoryStore:
     def _compact_locked(self, revision: int) -> None:
         if revision <= self._compacted:
             return
-        self._persist_compact(revision)
+        self._journal.compact(revision)
         del self._log[: bisect.bisect_left(self._log, revision, key=_event_revision)]
         self._compacted = revision
         self._cond.notify_all()  # lagging watches must learn they are compacted
@@ -444,7 +543,7 @@ class MemoryStore:
             while lease_id in self._leases:
                 lease_id = secrets.randbits(62) + 1
             lease = _Lease(lease_id, ttl, self._clock.time() + ttl)
-            self._persist_lease(lease.id, lease.ttl, lease.deadline)
+            self._journal.lease(lease.id, lease.ttl, lease.deadline)
             self._leases[lease_id] = lease
             self._start_expiry()
             return lease_id
@@ -454,7 +553,7 @@ class MemoryStore:
             self._check_open()
             found = self._live_lease(lease)
             deadline = self._clock.time() + found.ttl
-            self._persist_lease(found.id, found.ttl, deadline)
+            self._journal.lease(found.id, found.ttl, deadline)
             found.deadline = deadline
             return found.ttl
 
@@ -496,7 +595,7 @@ class MemoryStore:
         # Keys first: a crash in between leaves a lease without keys, which
         # simply expires again, never keys without their lease.
         self._apply(events)
-        self._persist_lease_end(lease.id)
+        self._journal.lease_end(lease.id)
         self._leases.pop(lease.id, None)
 
     def _start_expiry(self) -> None:
@@ -535,55 +634,24 @@ class MemoryStore:
             and self._expiry_thread is not threading.current_thread()
         ):
             self._expiry_thread.join(timeout=5)
-        self._persist_close()
+        self._journal.close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("the store is closed")
 
-    # -- persistence hooks (no-ops here; SqliteStore writes through) ---------
-
-    def _persist_events(self, revision: int, events: Sequence[Event]) -> None:
-        """Make one revision durable; raise StoreError to abort it."""
-
-    def _persist_compact(self, revision: int) -> None:
-        """Forget persisted history before ``revision``."""
-
-    def _persist_lease(self, lease: int, ttl: int, deadline: float) -> None:
-        """Store a lease or its new deadline."""
-
-    def _persist_lease_end(self, lease: int) -> None:
-        """Forget a lease (its keys' deletion comes via _persist_events)."""
-
-    def _persist_close(self) -> None:
-        """Release backing resources."""
-
-    def _persist_group_begin(self) -> None:
-        """Hold back the hooks' writes until ``_persist_group_end``."""
-
-    def _persist_group_end(self) -> None:
-        """Write what the group held back as one unit; on failure restore
-        the state from before the group and raise StoreError."""
-
     # -- loading (for backends that restore state) ---------------------------
 
-    def _load(
-        self,
-        kvs: Iterable[KeyValue],
-        history: Iterable[Event],
-        revision: int,
-        compacted: int,
-        leases: Iterable[tuple[int, int, float]],
-    ) -> None:
-        """Replace the state with what a backend restored from disk."""
+    def _load(self, snapshot: Snapshot) -> None:
+        """Replace the state with what the journal restored."""
         with self._cond:
-            self._kvs = {kv.key: kv for kv in kvs}
+            self._kvs = {kv.key: kv for kv in snapshot.kvs}
             self._keys = sorted(self._kvs)
             self._fresh = set()
-            self._log = sorted(history, key=_event_revision)
-            self._revision = revision
-            self._compacted = compacted
-            self._leases = {i: _Lease(i, ttl, deadline) for i, ttl, deadline in leases}
+            self._log = sorted(snapshot.history, key=_event_revision)
+            self._revision = snapshot.revision
+            self._compacted = snapshot.compacted
+            self._leases = {i: _Lease(i, ttl, deadline) for i, ttl, deadline in snapshot.leases}
             for kv in self._kvs.values():
                 if kv.lease in self._leases:
                     self._leases[kv.lease].keys.add(kv.key)

@@ -1,10 +1,12 @@
 """The default store: one SQLite file, owned by one process (the agent).
 
-``SqliteStore`` is ``MemoryStore`` with write-through persistence: reads,
-watches and lease bookkeeping run on the in-memory mirror, and every write
-transaction of the store is first committed as exactly one SQLite transaction
-(its event rows and the revision together) before the mirror changes. A
-write that SQLite refuses raises ``StoreError`` and changes nothing.
+``SqliteStore`` composes a ``MemoryStore`` (the mirror) with a journal on
+the file (``_SqliteJournal``): reads, watches and lease bookkeeping run on
+the in-memory mirror, and every write transaction of the store is first
+committed as exactly one SQLite transaction (its event rows and the revision
+together) before the mirror changes. A write that SQLite refuses raises
+``StoreError`` and changes nothing. Like the memory store it is in-process,
+so it offers the ``LocalStore`` abilities (``local()``).
 
 The file is a log plus a snapshot: the ``events`` table holds every change
 since the compaction point (each row carries the key's whole new state), and
@@ -53,12 +55,22 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from cove.clock import Clock
 from cove.errors import StoreError, storage_error
-from cove.store.base import Event, EventType, KeyValue
-from cove.store.memory import DEFAULT_HISTORY, MemoryStore
+from cove.store.base import (
+    Compare,
+    Event,
+    EventType,
+    KeyValue,
+    Listener,
+    Op,
+    RangeResult,
+    TxnResult,
+)
+from cove.store.memory import DEFAULT_HISTORY, MemoryStore, MemoryWatch, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +129,97 @@ _FOLD_PUTS = (
 )
 
 
-class SqliteStore(MemoryStore):
-    """The Store protocol on one SQLite file (see the module docstring)."""
+class SqliteStore:
+    """The Store protocol on one SQLite file (see the module docstring).
+    Raises ``StoreError`` (``StorageFull`` on a full disk) when the file
+    cannot be opened or read, or another process holds it."""
 
     def __init__(self, path: str, clock: Clock, *, history: int = DEFAULT_HISTORY) -> None:
-        super().__init__(clock, history=history)
+        self._file = _SqliteJournal(path)
+        try:
+            self._mirror = MemoryStore(clock, history=history, journal=self._file)
+        except BaseException:
+            self._file.close()
+            raise
+        self._file.start_checkpoints()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The file's connection (for tests that provoke SQLite errors)."""
+        return self._file.db
+
+    # -- the Store protocol, on the mirror ----------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        return self._mirror.get(key)
+
+    def range(self, prefix: str) -> RangeResult:
+        return self._mirror.range(prefix)
+
+    @property
+    def revision(self) -> int:
+        return self._mirror.revision
+
+    def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        return self._mirror.put(key, value, lease=lease)
+
+    def delete(self, key: str, *, prefix: bool = False) -> int:
+        return self._mirror.delete(key, prefix=prefix)
+
+    def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+    ) -> TxnResult:
+        return self._mirror.txn(compares, success, failure)
+
+    def watch(self, prefix: str, start_revision: int | None = None) -> MemoryWatch:
+        return self._mirror.watch(prefix, start_revision)
+
+    def lease_grant(self, ttl: int) -> int:
+        return self._mirror.lease_grant(ttl)
+
+    def lease_keepalive(self, lease: int) -> int:
+        return self._mirror.lease_keepalive(lease)
+
+    def lease_revoke(self, lease: int) -> None:
+        self._mirror.lease_revoke(lease)
+
+    def expire_leases(self) -> int:
+        """End every lease whose deadline has passed; returns how many."""
+        return self._mirror.expire_leases()
+
+    def compact(self, revision: int) -> None:
+        self._mirror.compact(revision)
+
+    def close(self) -> None:
+        self._mirror.close()  # closes the journal too
+
+    # -- the LocalStore capability -------------------------------------------
+
+    def local(self) -> SqliteStore:
+        """In process (the mirror): every ``LocalStore`` ability."""
+        return self
+
+    def exclusive(self) -> AbstractContextManager[Callable[[str], KeyValue | None]]:
+        return self._mirror.exclusive()
+
+    def batch(self) -> AbstractContextManager[None]:
+        return self._mirror.batch()
+
+    def listen(self, listener: Listener) -> int:
+        return self._mirror.listen(listener)
+
+    def unlisten(self, listener: Listener) -> None:
+        self._mirror.unlisten(listener)
+
+
+class _SqliteJournal:
+    """The file under a ``SqliteStore``'s mirror: the ``Journal`` that makes
+    its changes durable and restores them on opening."""
+
+    def __init__(self, path: str) -> None:
         self._path = path
         self._group: _Pending | None = None  # writes held back by batch()
         self._lock_fd = self._take_file_lock(path)
@@ -131,21 +229,20 @@ class SqliteStore(MemoryStore):
             # The state may hold tokens and KV secrets: owner-only from birth.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             try:
-                self._db = self._connect(exclusive=False)
+                self.db = self._connect(exclusive=False)
             except sqlite3.Error as exc:
                 if not _disk_full(exc, path):
                     raise
                 # The shared WAL index cannot be created on a full disk; in
                 # exclusive mode SQLite keeps it in memory (no checkpoint
                 # thread then, the connection checkpoints by itself).
-                self._db = self._connect(exclusive=True)
+                self.db = self._connect(exclusive=True)
             if self._exclusive or _no_space(path):
                 log.warning(
                     "no space left on the disk holding %s: the store is read-only until space"
                     " is freed (writes are refused with 507)",
                     os.path.dirname(os.path.abspath(path)),
                 )
-            self._restore()
         except (sqlite3.Error, OSError) as exc:
             os.close(self._lock_fd)
             if isinstance(exc, sqlite3.Error) and _disk_full(exc, path):
@@ -153,7 +250,9 @@ class SqliteStore(MemoryStore):
             raise StoreError(
                 f"cannot open the SQLite store {path}: {exc}", path=path, error=exc
             ) from exc
-        if not self._exclusive:
+
+    def start_checkpoints(self) -> None:
+        if not self._exclusive and self._checkpointer is None:
             self._checkpointer = threading.Thread(
                 target=self._checkpoint_loop, name="cove-sqlite-checkpoint", daemon=True
             )
@@ -218,14 +317,24 @@ class SqliteStore(MemoryStore):
             raise StoreError("the store is in use by another process", path=path) from exc
         return fd
 
-    def _restore(self) -> None:
-        meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+    def restore(self) -> Snapshot:
+        try:
+            return self._read()
+        except sqlite3.Error as exc:
+            if _disk_full(exc, self._path):
+                raise self._write_error(exc) from exc
+            raise StoreError(
+                f"cannot read the SQLite store {self._path}: {exc}", path=self._path, error=exc
+            ) from exc
+
+    def _read(self) -> Snapshot:
+        meta = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
         revision = int(meta.get("revision", 1))
         compacted = int(meta.get("compacted", 1))
-        kvs = {row[0]: KeyValue(*row) for row in self._db.execute("SELECT * FROM kv")}
+        kvs = {row[0]: KeyValue(*row) for row in self.db.execute("SELECT * FROM kv")}
         history = [
             _event_from_row(row)
-            for row in self._db.execute("SELECT * FROM events ORDER BY revision, seq")
+            for row in self.db.execute("SELECT * FROM events ORDER BY revision, seq")
         ]
         for ev in history:  # the log after the snapshot in ``kv``
             if ev.type is EventType.PUT:
@@ -235,12 +344,12 @@ class SqliteStore(MemoryStore):
         history = [ev for ev in history if ev.kv.mod_revision >= compacted]
         leases = [
             (int(i), int(ttl), float(deadline))
-            for i, ttl, deadline in self._db.execute("SELECT id, ttl, deadline FROM leases")
+            for i, ttl, deadline in self.db.execute("SELECT id, ttl, deadline FROM leases")
         ]
-        self._load(kvs.values(), history, revision, compacted, leases)
-        log.debug("opened %s at revision %s with %s keys", self._path, revision, len(kvs))
+        log.debug("read %s at revision %s with %s keys", self._path, revision, len(kvs))
+        return Snapshot(kvs.values(), history, revision, compacted, leases)
 
-    # -- write-through hooks (called with the store lock held) -------------
+    # -- the Journal (called with the store lock held) ----------------------
     #
     # Each hook records its writes in a ``_Pending``; outside a group it is
     # committed at once, inside ``batch()`` the whole group's writes are
@@ -253,51 +362,41 @@ class SqliteStore(MemoryStore):
         if pending is not self._group:
             self._transaction(pending.write)
 
-    def _persist_events(self, revision: int, events: Sequence[Event]) -> None:
+    def events(self, revision: int, events: Sequence[Event]) -> None:
         pending = self._pending_writes()
         pending.add_events(revision, events)
         self._flush(pending)
 
-    def _persist_compact(self, revision: int) -> None:
+    def compact(self, revision: int) -> None:
         pending = self._pending_writes()
         pending.compacted = revision
         self._flush(pending)
 
-    def _persist_lease(self, lease: int, ttl: int, deadline: float) -> None:
+    def lease(self, lease: int, ttl: int, deadline: float) -> None:
         pending = self._pending_writes()
         pending.leases[lease] = (ttl, deadline)
         self._flush(pending)
 
-    def _persist_lease_end(self, lease: int) -> None:
+    def lease_end(self, lease: int) -> None:
         pending = self._pending_writes()
         pending.leases[lease] = None
         self._flush(pending)
 
-    def _persist_group_begin(self) -> None:
+    def group_begin(self) -> None:
         self._group = _Pending()
 
-    def _persist_group_end(self) -> None:
+    def group_end(self) -> None:
         group, self._group = self._group, None
         if group is None or group.empty:
             return
-        try:
-            self._transaction(group.write)
-        except StoreError:
-            # The mirror already holds the group's writes (no other thread
-            # saw them: the group held the lock): go back to the file.
-            log.error("a group commit to %s failed; re-reading the store", self._path)
-            try:
-                self._restore()
-            except sqlite3.Error as exc:
-                raise StoreError("cannot re-read the SQLite store", path=self._path) from exc
-            raise
+        self._transaction(group.write)  # on failure the mirror re-reads restore()
 
-    def _persist_close(self) -> None:
+    def close(self) -> None:
         self._checkpoint_stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join(timeout=5)
         try:
-            self._db.close()
+            self.db.close()
         except sqlite3.Error:
             log.exception("closing %s failed", self._path)
         finally:
@@ -306,16 +405,16 @@ class SqliteStore(MemoryStore):
     def _transaction(self, write: Callable[[sqlite3.Connection], object]) -> None:
         """Run ``write(db)`` as one SQLite transaction; all or nothing."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            self.db.execute("BEGIN IMMEDIATE")
             try:
-                write(self._db)
-                self._db.execute("COMMIT")
+                write(self.db)
+                self.db.execute("COMMIT")
             except BaseException:
                 # SQLite has rolled back already on some errors (a full
                 # disk): the original error is the one to report.
-                if self._db.in_transaction:
+                if self.db.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
+                        self.db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise self._write_error(exc) from exc

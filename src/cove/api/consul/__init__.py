@@ -22,9 +22,9 @@ from cove.registry import types as t
 from cove.registry.blocking import Interests
 from cove.registry.runner import CheckRunner
 from cove.registry.txn import in_process
+from cove.store.base import local_store
 from cove.store.group import GroupCommit
 from cove.store.hub import WatchHub
-from cove.store.memory import MemoryStore
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,9 @@ def install(
     state = Consul(registry, runner, inline)
     if acl is not None and acl.enabled:
         state.acl = acl
-    if inline and isinstance(registry.store, MemoryStore):
-        state.commits = GroupCommit(registry.store)
+    local = local_store(registry.store)
+    if inline and local is not None:
+        state.commits = GroupCommit(local)
         if runner is not None:  # TTL updates and probe results join the groups
             runner.use_group_commit(state.commits)
     app[CONSUL] = state

@@ -1,0 +1,48 @@
+"""The store under the compat tests: ``backend_store`` is one fixture
+parametrized over SQLite (the default, one host) and etcd (a cluster), so the
+same Consul client tests cover the registry's in-process write path (an
+exclusive local transaction, group commit, a commit listener) and its etcd
+path (compare-and-swap retries, a watch thread).
+
+A module opts in with ``backend_store = backends.backend_store`` and builds
+its server over that fixture; each module
+gets a fresh store (on etcd, a private etcd of its own, stopped by PID), so
+modules never see each other's keys. Tests marked ``etcd`` are the etcd runs;
+``-m "not etcd"`` leaves them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cove.clock import SystemClock
+from cove.store.base import Store
+from cove.store.etcd import EtcdStore
+from cove.store.sqlite import SqliteStore
+from etcd_fixture import run_etcd
+
+
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)],
+)
+def backend_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
+    """A fresh store of each backend, for one test module."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("compat-store") / "state.db"
+        sqlite = SqliteStore(str(path), SystemClock())
+        try:
+            yield sqlite
+        finally:
+            sqlite.close()
+        return
+    with run_etcd() as url:
+        etcd = EtcdStore([url], SystemClock())
+        try:
+            yield etcd
+        finally:
+            etcd.close()
