@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cove.runtime.wiring import teardown
+from cove.agent.teardown import teardown
 
 ROOT = Path(__file__).resolve().parent.parent
 COVE = [sys.executable, "-m", "cove.cli.main"]

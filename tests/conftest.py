@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import nsutil
 from agentproc import AgentProc
-from cove.runtime.wiring import teardown
+from cove.agent.teardown import teardown
 
 
 def _need_root() -> None:

@@ -36,8 +36,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cove.agent.teardown import teardown
 from cove.cli.client import AgentClient
-from cove.runtime.wiring import teardown
 
 CLONE_NEWNET = 0x40000000
 CNI_BIN = Path("/usr/lib/cni")

@@ -30,10 +30,10 @@ from test_containers_helpers import (  # noqa: F401 - fixtures
 )
 
 from agentproc import AgentProc
+from cove.agent.teardown import teardown
 from cove.runtime.launch import LaunchSpec
 from cove.runtime.state import read_json
 from cove.runtime.supervisor import Supervisor
-from cove.runtime.wiring import teardown
 
 pytestmark = [pytest.mark.root]
 

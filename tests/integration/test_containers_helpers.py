@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cove.runtime.wiring import teardown
+from cove.agent.teardown import teardown
 
 ECHO = """\
 import selectors, socket, sys

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from agentproc import AgentProc
+from cove.agent.teardown import teardown
 from cove.clock import SystemClock
-from cove.runtime.wiring import teardown
 from cove.store import EtcdStore
 from etcd_fixture import run_etcd
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cove.clock import Clock
+from cove.datapath.sysctl import bridge_filtering_problem
 from cove.lb.controller import LbController, NftLike
 from cove.lb.registry import RegistryBackends
 from cove.lb.vips import VipService
@@ -66,7 +67,9 @@ class PolicyParts:
 
     def __init__(self, store: Store, nft: NftLike, clock: Clock) -> None:
         self.service = PolicyService(store, clock)
-        self.controller = PolicyController(store, nft, clock=clock)
+        self.controller = PolicyController(
+            store, nft, clock=clock, bridge_check=bridge_filtering_problem
+        )
 
     def start(self, hub: WatchHub) -> None:
         self.controller.start(hub)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
+from collections.abc import Callable
 
 from cove.clock import Clock
 from cove.datapath.base import NftTables
@@ -27,24 +27,12 @@ from cove.worker import Progress, Worker
 log = logging.getLogger(__name__)
 
 PREFIXES = (NETWORKS, ENDPOINTS, CONTAINERS, POLICY)
-BR_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+BridgeCheck = Callable[[], str | None]
+"""Why traffic inside one bridge would bypass policy, or None (the agent
+passes ``cove.datapath.sysctl.bridge_filtering_problem``)."""
 
 
-def bridge_filtering_problem(path: Path = BR_NF) -> str | None:
-    """Why traffic inside one bridge would bypass policy, or None when
-    br_netfilter hands it to the inet forward hook as needed."""
-    try:
-        value = path.read_text().strip()
-    except OSError:
-        return (
-            "br_netfilter is not loaded: policy cannot filter traffic between containers "
-            "of the same network (run `modprobe br_netfilter`)"
-        )
-    if value != "1":
-        return (
-            "net.bridge.bridge-nf-call-iptables is 0: policy cannot filter traffic between "
-            "containers of the same network (set it to 1)"
-        )
+def _no_check() -> str | None:
     return None
 
 
@@ -54,11 +42,18 @@ class PolicyController:
     unchanged, so rules removed by hand come back."""
 
     def __init__(
-        self, store: Store, nft: NftTables, *, clock: Clock, interval: float = 15.0
+        self,
+        store: Store,
+        nft: NftTables,
+        *,
+        clock: Clock,
+        interval: float = 15.0,
+        bridge_check: BridgeCheck = _no_check,
     ) -> None:
         self._store = store
         self._nft = nft
         self._clock = clock
+        self._bridge_check = bridge_check
         self._policy = PolicyService(store, self._clock)
         self._digest: str | None = None
         self._lock = threading.Lock()
@@ -102,7 +97,7 @@ class PolicyController:
     def start(self, hub: WatchHub | None = None) -> None:
         """Program the table now, then follow ``hub`` (a private one over
         the store when None)."""
-        self.warning = bridge_filtering_problem()
+        self.warning = self._bridge_check()
         if self.warning:
             log.error("%s", self.warning)
         try:

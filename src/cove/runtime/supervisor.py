@@ -42,8 +42,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cove import linux
 from cove.errors import LaunchError, storage_error
-from cove.runtime import linux
 from cove.runtime.launch import LaunchSpec, spawn
 from cove.runtime.state import (
     ProcessState,

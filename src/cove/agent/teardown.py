@@ -1,6 +1,5 @@
 """Clean-up of a container run directory: every container, the supervisor
-and the namespace files (tests, the demo, uninstall). The agent assembles
-the runtime itself (``cove.agent.containers``)."""
+and the namespace files (tests, the demo, uninstall)."""
 
 from __future__ import annotations
 
