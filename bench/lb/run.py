@@ -222,6 +222,7 @@ def main_inner(quick: bool) -> None:
     from cove.policy.controller import PolicyController
     from cove.policy.service import PolicyService
     from cove.store import MemoryStore
+    from cove.store.hub import WatchHub
 
     seconds = 1.0 if quick else 2.0
     rounds = 2 if quick else 3
@@ -230,7 +231,10 @@ def main_inner(quick: bool) -> None:
         store = MemoryStore(SystemClock())
         nft = open_nft()
         lb = LbController(store, nft, DictBackends(store), clock=SystemClock())  # type: ignore[arg-type]
-        lb.start()
+        hub = WatchHub(store)
+        hub.start()
+        stack.callback(hub.stop)
+        lb.start(hub)
         stack.callback(lb.stop)
         stack.callback(nft.delete_table, "inet", "cove_lb")
         lab.add("client", 2)
@@ -331,7 +335,7 @@ def main_inner(quick: bool) -> None:
         t0 = time.monotonic()
         restart.resync()
         resync = time.monotonic() - t0
-        restart.start()
+        restart.start(hub)
         stack.callback(restart.stop)
         lat: list[float] = []
         changes = 60 if quick else 200

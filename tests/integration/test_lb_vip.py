@@ -21,6 +21,7 @@ from cove.lb.vips import VipService
 from cove.model import Endpoint
 from cove.store import MemoryStore
 from cove.store.base import Event
+from cove.store.hub import WatchHub
 from netutil import sh
 
 pytestmark = pytest.mark.root
@@ -70,11 +71,14 @@ def lab(hostns: str) -> Iterator[tuple[Topo, MemoryStore, LbController, VipServi
     with topology() as topo:
         # The host reaches VIPs by a route, as it would by its default route.
         sh("ip", "route", "add", "10.96.0.0/16", "dev", topo.bridge)
-        ctl.start()
+        hub = WatchHub(store)
+        hub.start()
+        ctl.start(hub)
         try:
             yield topo, store, ctl, VipService(store)
         finally:
             ctl.stop()
+            hub.stop()
             nft.delete_table("inet", "cove_lb")
             store.close()
 

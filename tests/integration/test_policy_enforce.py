@@ -19,6 +19,7 @@ from cove.model import Endpoint, Network, Subnet
 from cove.policy.controller import PolicyController
 from cove.policy.service import PolicyService
 from cove.store import MemoryStore
+from cove.store.hub import WatchHub
 
 pytestmark = pytest.mark.root
 
@@ -93,11 +94,14 @@ def lab(hostns: str) -> Iterator[tuple[Topo, MemoryStore, PolicyController, Poli
                             ipaddress.ip_address("10.78.0.1")),),
         )  # fmt: skip
         store.put("networks/pn", json.dumps(net.to_json()).encode())
-        ctl.start()
+        hub = WatchHub(store)
+        hub.start()
+        ctl.start(hub)
         try:
             yield topo, store, ctl, PolicyService(store, SystemClock())
         finally:
             ctl.stop()
+            hub.stop()
             nft.delete_table("inet", "cove_policy")
             store.close()
 
@@ -198,11 +202,14 @@ def test_agent_restart_never_lets_denied_traffic_through(
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     # Stop and start "the agent's" policy part a few times while it probes.
+    hub = WatchHub(store)
+    hub.start()
     for _ in range(4):
         ctl.stop()
         ctl = PolicyController(store, Nft(), clock=SystemClock())
-        ctl.start()
+        ctl.start(hub)
     ctl.stop()
+    hub.stop()
     out, _ = loop.communicate(timeout=30)
     ok, tries = map(int, out.split())
     assert tries > 50 and ok == 0
@@ -223,7 +230,9 @@ def test_policy_applies_behind_a_vip_and_a_backend_reaches_itself(
     policy.allow("pn", "app=web", "service:api", ["8080"])
     nft = open_nft()
     lb = LbController(store, nft, EndpointBackends(store), clock=SystemClock())
-    lb.start()
+    hub = WatchHub(store)
+    hub.start()
+    lb.start(hub)
     try:
         vip = str(VipService(store).assign("api").address)
         assert lb.wait_applied(store.revision, 5) and ctl.wait_applied(store.revision, 5)
@@ -243,4 +252,5 @@ def test_policy_applies_behind_a_vip_and_a_backend_reaches_itself(
             assert json.loads(res.stdout)[target].startswith(want), src
     finally:
         lb.stop()
+        hub.stop()
         nft.delete_table("inet", "cove_lb")

@@ -22,6 +22,7 @@ from cove.model import Network, Subnet
 from cove.policy.controller import PolicyController
 from cove.policy.service import PolicyService
 from cove.store import MemoryStore
+from cove.store.hub import WatchHub
 
 
 class RecordingNft:
@@ -52,9 +53,12 @@ def test_routes_answer_and_map_errors() -> None:
     lb_api.install(app, VipService(store), lb)
     policy_api.install(app, PolicyService(store, ManualClock()), pol)
 
+    hub = WatchHub(store)
+    hub.start()
+
     async def go() -> None:
-        lb.start()
-        pol.start()
+        lb.start(hub)
+        pol.start(hub)
         server = web.HttpServer(app)
         await server.setup()
         try:
@@ -95,4 +99,7 @@ def test_routes_answer_and_map_errors() -> None:
             lb.stop()
             pol.stop()
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    finally:
+        hub.stop()

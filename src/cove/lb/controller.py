@@ -252,14 +252,14 @@ class LbController:
             raise
         self._mark_applied(covered)
 
-    def start(self, hub: WatchHub | None = None) -> None:
+    def start(self, hub: WatchHub) -> None:
         """Resync now, then follow ``hub`` (a private one over the store
         when None). A failing first resync (nftables missing a feature, say)
         is logged and retried by the worker, so the rest of the agent still
         comes up."""
         prefixes = (VIPS, *self._backends.prefixes())
         # Events from here on are queued; the resync covers what came before.
-        self._follower = Follower(self._store, hub, prefixes, self._queue)
+        self._follower = Follower(hub, prefixes, self._queue)
         try:
             self.resync()
         except CoveError as exc:

@@ -94,7 +94,7 @@ class PolicyController:
     def wait_applied(self, revision: int, timeout: float) -> bool:
         return self._progress.wait(revision, timeout, lambda: self._worker.kick(now=True))
 
-    def start(self, hub: WatchHub | None = None) -> None:
+    def start(self, hub: WatchHub) -> None:
         """Program the table now, then follow ``hub`` (a private one over
         the store when None)."""
         self.warning = self._bridge_check()
@@ -106,7 +106,7 @@ class PolicyController:
             # Logged and retried by the worker; the old table (if any) stays.
             self.last_error = exc.message
             log.error("cannot program network policy: %s", exc.message)
-        self._follower = Follower(self._store, hub, PREFIXES, lambda _e: self._worker.kick())
+        self._follower = Follower(hub, PREFIXES, lambda _e: self._worker.kick())
         self._worker.start()
 
     def stop(self) -> None:

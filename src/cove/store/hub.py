@@ -299,24 +299,13 @@ class WatchHub:
 
 
 class Follower:
-    """Subscriptions of one consumer to ``prefixes`` of ``hub``, or of a
-    private hub over ``store`` when no shared one is given (tests, tools)."""
+    """Subscriptions of one consumer to ``prefixes`` of the agent's ``hub``
+    (tests and tools that run a consumer alone start a hub of their own)."""
 
-    def __init__(
-        self,
-        store: Store,
-        hub: WatchHub | None,
-        prefixes: Sequence[str],
-        callback: Callback,
-    ) -> None:
-        self._own = hub is None
-        self.hub = hub or WatchHub(store)
-        self._subs = [self.hub.subscribe(p, callback) for p in prefixes]
-        if self._own:
-            self.hub.start()
+    def __init__(self, hub: WatchHub, prefixes: Sequence[str], callback: Callback) -> None:
+        self.hub = hub
+        self._subs = [hub.subscribe(p, callback) for p in prefixes]
 
     def stop(self) -> None:
         for sub in self._subs:
             sub.cancel()
-        if self._own:
-            self.hub.stop()
