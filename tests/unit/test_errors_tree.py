@@ -78,3 +78,16 @@ def test_importing_cove_configures_no_handler_and_stays_silent() -> None:
 
 def test_the_library_logger_has_a_null_handler() -> None:
     assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("cove").handlers)
+
+
+def test_a_vanished_link_is_gone_not_refused() -> None:
+    import ipaddress
+
+    from cove.datapath.fake import FakeDatapath
+    from cove.errors import DatapathError, DatapathGone
+
+    dp = FakeDatapath()
+    with pytest.raises(DatapathGone) as caught:
+        dp.add_address("cv-nothere", ipaddress.ip_interface("10.9.0.1/24"))
+    assert isinstance(caught.value, DatapathError)  # callers of the old name still catch it
+    assert caught.value.kind == "datapath_gone"

@@ -29,7 +29,7 @@ from cove.datapath.base import (
     Observed,
     ObservedContainers,
 )
-from cove.errors import DatapathError
+from cove.errors import DatapathError, DatapathGone
 from cove.model import IPNetwork
 
 
@@ -97,7 +97,7 @@ class FakeDatapath:
         try:
             return self.bridges[name]
         except KeyError:
-            raise DatapathError(f"link {name} does not exist") from None
+            raise DatapathGone(f"link {name} does not exist") from None
 
 
 class FakeContainerDatapath:
@@ -222,7 +222,7 @@ class FakeContainerDatapath:
     ) -> None:
         links = self._need_netns(container_id)
         if bridge not in self.bridges:
-            raise DatapathError(f"bridge {bridge} does not exist", bridge=bridge)
+            raise DatapathGone(f"bridge {bridge} does not exist", bridge=bridge)
         if host in self.veths or inside in links:
             raise DatapathError(f"link {host} or {inside} exists", link=host)
         self.veths[host] = HostVeth(name=host, master=bridge, up=True, mtu=mtu)
@@ -239,7 +239,7 @@ class FakeContainerDatapath:
         self._record("configure", container_id, name, tuple(addresses))
         links = self._need_netns(container_id)
         if name not in links:
-            raise DatapathError(f"{name} missing in container {container_id}")
+            raise DatapathGone(f"{name} missing in container {container_id}")
         links[name] = replace(links[name], mtu=mtu, up=True, addresses=frozenset(addresses))
 
     def set_default_routes(
@@ -255,7 +255,7 @@ class FakeContainerDatapath:
     def set_up(self, name: str) -> None:
         self._record("set_up", name)
         if name not in self.veths:
-            raise DatapathError(f"cannot set {name} up: no such link", link=name)
+            raise DatapathGone(f"cannot set {name} up: no such link", link=name)
         self.veths[name] = replace(self.veths[name], up=True)
 
     def delete_inside(self, container_id: str, name: str) -> None:
@@ -305,7 +305,7 @@ class FakeContainerDatapath:
         try:
             return self.namespaces[container_id]
         except KeyError:
-            raise DatapathError(f"namespace of container {container_id} is gone") from None
+            raise DatapathGone(f"namespace of container {container_id} is gone") from None
 
 
 class FakeNft:

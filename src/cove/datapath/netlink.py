@@ -19,7 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from cove.datapath.base import BRIDGE_PREFIX, BridgeState, Interface, Observed
 from cove.datapath.nftables import Nft
-from cove.errors import DatapathError, Unavailable
+from cove.errors import DatapathError, DatapathGone, Unavailable
 from cove.model import IPNetwork
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class NetlinkDatapath:
     def _need(self, name: str) -> int:
         idx = self._index(name)
         if idx is None:
-            raise DatapathError(f"link {name} does not exist")
+            raise DatapathGone(f"link {name} does not exist")
         return idx
 
     def _call(self, what: str, cmd: str, ignore: tuple[int, ...] = (), **kw: Any) -> None:

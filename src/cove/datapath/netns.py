@@ -37,7 +37,7 @@ from cove.datapath.base import (
     ObservedContainers,
     is_host_veth,
 )
-from cove.errors import DatapathError, Unavailable
+from cove.errors import DatapathError, DatapathGone, Unavailable
 
 T = TypeVar("T")
 
@@ -155,7 +155,7 @@ class NetnsDatapath:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise DatapathError(f"namespace of container {container_id} is gone") from exc
+            raise DatapathGone(f"namespace of container {container_id} is gone") from exc
         try:
             with _in_thread_ns():
                 try:
@@ -236,7 +236,7 @@ class NetnsDatapath:
         try:
             fd = os.open(self.netns_path(container_id), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise DatapathError(f"namespace of container {container_id} is gone") from exc
+            raise DatapathGone(f"namespace of container {container_id} is gone") from exc
         created = False
         try:
             with self._rtnl_lock:
@@ -277,7 +277,7 @@ class NetnsDatapath:
             reply = self._rtnl.request([rtnl.get_link(name)])[0]
             if reply.error:
                 self._bridges.pop(name, None)
-                raise DatapathError(f"bridge {name} does not exist", bridge=name)
+                raise DatapathGone(f"bridge {name} does not exist", bridge=name)
             self._bridges[name] = reply.index
         return self._bridges[name]
 
@@ -368,7 +368,7 @@ class NetnsDatapath:
             try:
                 found = ipr.link_lookup(ifname=name)
                 if not found:
-                    raise DatapathError(f"{name} missing in container {container_id}")
+                    raise DatapathGone(f"{name} missing in container {container_id}")
                 index = found[0]
                 ipr.link("set", index=index, mtu=mtu, state="up")
                 have = _addresses(ipr, index)
