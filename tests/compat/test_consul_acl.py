@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from agentproc import COVE, AgentProc
 from conftest import cleanup_agent
+from etcd_fixture import etcd_process
 
 consul = pytest.importorskip("consul")
 dns_message = pytest.importorskip("dns.message")
@@ -43,8 +45,34 @@ def http(
         return err.code, dict(err.headers), err.read()
 
 
-def _agent(hostns: str, workdir: Path, *flags: str) -> Iterator[AgentProc]:
-    proc = AgentProc(hostns, workdir, *flags)
+@dataclass(frozen=True)
+class Backend:
+    """Where the ACL agents keep their state: flags for the agent, and the
+    files a secret must never appear in."""
+
+    flags: tuple[str, ...]
+    data_dir: Path | None  # etcd's; None: the agent's own SQLite files
+
+    def files(self, agent: AgentProc) -> list[Path]:
+        if self.data_dir is None:
+            return sorted(agent.state_dir.glob("state.db*"))
+        return sorted(p for p in self.data_dir.rglob("*") if p.is_file())
+
+
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+def backend(request: pytest.FixtureRequest, hostns: str) -> Iterator[Backend]:
+    """The ACL agents run on SQLite and on etcd (started in the test's host
+    namespace, after ``hostns``, so the agent reaches it on loopback)."""
+    if request.param == "sqlite":
+        yield Backend((), None)
+        return
+    with etcd_process() as member:
+        url = "etcd://" + member.url.removeprefix("http://")
+        yield Backend(("--store", url), Path(member.data_dir))
+
+
+def _agent(hostns: str, workdir: Path, backend: Backend, *flags: str) -> Iterator[AgentProc]:
+    proc = AgentProc(hostns, workdir, *backend.flags, *flags)
     proc.start()
     try:
         yield proc
@@ -53,15 +81,16 @@ def _agent(hostns: str, workdir: Path, *flags: str) -> Iterator[AgentProc]:
 
 
 @pytest.fixture
-def deny_agent(hostns: str, tmp_path: Path) -> Iterator[AgentProc]:
-    yield from _agent(hostns, tmp_path, "--acl-enabled", "--acl-default-policy", "deny")
+def deny_agent(hostns: str, tmp_path: Path, backend: Backend) -> Iterator[AgentProc]:
+    yield from _agent(hostns, tmp_path, backend, "--acl-enabled", "--acl-default-policy", "deny")
 
 
 @pytest.fixture
-def managed_agent(hostns: str, tmp_path: Path) -> Iterator[AgentProc]:
+def managed_agent(hostns: str, tmp_path: Path, backend: Backend) -> Iterator[AgentProc]:
     yield from _agent(
         hostns,
         tmp_path,
+        backend,
         "--acl-enabled",
         "--acl-default-policy",
         "deny",
@@ -172,7 +201,9 @@ def test_malformed_policy_is_400_and_creates_nothing(managed_agent: AgentProc) -
     assert mgmt.acl.policy.list() == before
 
 
-def test_secrets_are_not_in_the_log_or_the_store(managed_agent: AgentProc) -> None:
+def test_secrets_are_not_in_the_log_or_the_store(
+    managed_agent: AgentProc, backend: Backend
+) -> None:
     mgmt = client(managed_agent, token=ROOT)
     pol = mgmt.acl.policy.create(name="kv", rules={"key_prefix": {"": {"policy": "write"}}})
     tok = mgmt.acl.token.create(policies_id=[pol["ID"]])
@@ -180,7 +211,7 @@ def test_secrets_are_not_in_the_log_or_the_store(managed_agent: AgentProc) -> No
     assert http(managed_agent, "PUT", "/v1/kv/k", "v", token="wrong-secret")[0] == 403
     managed_agent.stop()
     log = managed_agent.log.read_bytes()
-    stored = b"".join(p.read_bytes() for p in managed_agent.state_dir.glob("state.db*"))
+    stored = b"".join(p.read_bytes() for p in backend.files(managed_agent))
     assert b"kv" in stored  # the store was read: the policy's name is there
     for secret in (ROOT, tok["SecretID"], "wrong-secret"):
         assert secret.encode() not in log
