@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import backends
 import pytest
 
 from cove.agent.consul import ConsulServer
@@ -15,16 +16,16 @@ from cove.cli import registry as registry_cli
 from cove.cli.client import AgentClient
 from cove.clock import SystemClock
 from cove.errors import NotFound
-from cove.store.memory import MemoryStore
+from cove.store.base import Store
+
+backend_store = backends.backend_store  # the fixture: SQLite, then etcd
 
 
 @pytest.fixture(scope="module")
-def sock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def sock(tmp_path_factory: pytest.TempPathFactory, backend_store: Store) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("cli") / "agent.sock"
-    store = MemoryStore(SystemClock())
-    with ConsulServer(store, SystemClock(), node_name="cli-node", unix_path=str(path)):
+    with ConsulServer(backend_store, SystemClock(), node_name="cli-node", unix_path=str(path)):
         yield path
-    store.close()
 
 
 def cove(sock: Path, *argv: str) -> int:
