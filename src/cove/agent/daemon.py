@@ -195,7 +195,7 @@ class Agent:
         if self.dns is not None:
             self.metrics.add(self.dns.metrics)
         self.metrics.install(self.app)
-        networks_api.install(self.app, self.store, self.networks, self.reconciler)
+        networks_api.install(self.app, self.networks, self.reconciler)
         # VIP and policy updates are frequent and small: they go through
         # libnftables in-process rather than one nft process per change.
         self.fast_nft = open_nft()

@@ -2,6 +2,8 @@
 
 Handlers run the blocking service calls in threads; ``logs?follow=1``
 streams the log file until the container stops or the client goes away.
+The service answers with records (``cove.runtime.view``); ``container_json``
+and ``exec_json`` are the only places they become the JSON the CLI reads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from cove.api.app import json_body, query_bool
 from cove.errors import InvalidArgument, NotFound
 from cove.runtime.service import ContainerService
 from cove.runtime.spec import RunSpec
+from cove.runtime.state import Status
+from cove.runtime.view import ContainerView, ExecInfo
 
 _FOLLOW_POLL = 0.1
 _CHUNK = 65536
@@ -23,25 +27,25 @@ _CHUNK = 65536
 def install(app: web.Application, service: ContainerService) -> None:
     async def run(request: web.Request) -> web.Response:
         spec = RunSpec.from_json(await json_body(request))
-        body = await asyncio.to_thread(service.run, spec)
-        return web.json_response(body, status=201)
+        view = await asyncio.to_thread(service.run, spec)
+        return web.json_response(container_json(view), status=201)
 
     async def list_(request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(service.list_all, query_bool(request, "all"))
-        return web.json_response(body)
+        views = await asyncio.to_thread(service.list_all, query_bool(request, "all"))
+        return web.json_response([container_json(v) for v in views])
 
     async def inspect(request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(service.inspect, request.match_info["name"])
-        return web.json_response(body)
+        view = await asyncio.to_thread(service.inspect, request.match_info["name"])
+        return web.json_response(container_json(view))
 
     async def stop(request: web.Request) -> web.Response:
         timeout = _float(request.query.get("timeout", "10"), "timeout")
-        body = await asyncio.to_thread(service.stop, request.match_info["name"], timeout)
-        return web.json_response(body)
+        view = await asyncio.to_thread(service.stop, request.match_info["name"], timeout)
+        return web.json_response(container_json(view))
 
     async def start(request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(service.start, request.match_info["name"])
-        return web.json_response(body)
+        view = await asyncio.to_thread(service.start, request.match_info["name"])
+        return web.json_response(container_json(view))
 
     async def remove(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -49,8 +53,8 @@ def install(app: web.Application, service: ContainerService) -> None:
         return web.json_response({"removed": name})
 
     async def exec_info(request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(service.exec_info, request.match_info["name"])
-        return web.json_response(body)
+        info = await asyncio.to_thread(service.exec_info, request.match_info["name"])
+        return web.json_response(exec_json(info))
 
     async def logs(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -59,7 +63,7 @@ def install(app: web.Application, service: ContainerService) -> None:
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await resp.prepare(request)
         try:
-            f = open(info["log_path"], "rb")  # noqa: SIM115 - closed below, across awaits
+            f = open(info.log_path, "rb")  # noqa: SIM115 - closed below, across awaits
         except FileNotFoundError:
             await resp.write_eof()
             return resp
@@ -72,10 +76,10 @@ def install(app: web.Application, service: ContainerService) -> None:
                 if not follow:
                     break
                 try:
-                    status = (await asyncio.to_thread(service.inspect, name))["state"]["status"]
+                    status = (await asyncio.to_thread(service.inspect, name)).state.status
                 except NotFound:
                     break
-                if status not in ("running", "restarting"):
+                if status not in (Status.RUNNING, Status.RESTARTING):
                     rest = await asyncio.to_thread(f.read)
                     if rest:
                         await resp.write(rest)
@@ -92,15 +96,15 @@ def install(app: web.Application, service: ContainerService) -> None:
     async def connect(request: web.Request) -> web.Response:
         data = await json_body(request)
         container, aliases, ip = _connect_args(data)
-        body = await asyncio.to_thread(
+        view = await asyncio.to_thread(
             service.connect, request.match_info["network"], container, aliases, ip
         )
-        return web.json_response(body)
+        return web.json_response(container_json(view))
 
     async def disconnect(request: web.Request) -> web.Response:
         container, _, _ = _connect_args(await json_body(request))
-        body = await asyncio.to_thread(service.disconnect, request.match_info["network"], container)
-        return web.json_response(body)
+        view = await asyncio.to_thread(service.disconnect, request.match_info["network"], container)
+        return web.json_response(container_json(view))
 
     r = app.router
     r.add_post("/api/containers", run)
@@ -113,6 +117,52 @@ def install(app: web.Application, service: ContainerService) -> None:
     r.add_get("/api/containers/{name}/exec", exec_info)
     r.add_post("/api/networks/{network}/connect", connect)
     r.add_post("/api/networks/{network}/disconnect", disconnect)
+
+
+def container_json(view: ContainerView) -> dict[str, Any]:
+    """What ``inspect``, ``ps`` and the answers to run, stop, start, connect
+    and disconnect send: the stored container and, after it, its state."""
+    c = view.container
+    body = c.to_json()
+    body["short_id"] = view.short_id
+    body["capabilities"] = sorted(f"CAP_{name}" for name in c.capabilities)
+    state = view.state
+    body["state"] = {
+        "status": state.status.value,
+        "pid": state.pid,
+        "exit_code": state.exit_code,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "restart_count": state.restart_count,
+        "error": state.error,
+    }
+    body["endpoints"] = {
+        ep.network: {
+            "endpoint_id": ep.id,
+            "interface": ep.interface,
+            "host_veth": ep.host_veth,
+            "mac": ep.mac,
+            "ipv4": str(ep.ipv4) if ep.ipv4 else None,
+            "ipv6": str(ep.ipv6) if ep.ipv6 else None,
+            "aliases": list(ep.aliases),
+        }
+        for ep in view.endpoints
+    }
+    body["netns"] = view.netns
+    body["log_path"] = str(view.log_path)
+    return body
+
+
+def exec_json(info: ExecInfo) -> dict[str, Any]:
+    """What ``GET /api/containers/{name}/exec`` sends ``cove exec``."""
+    return {
+        "pid": info.pid,
+        "env": dict(info.env),
+        "workdir": info.workdir,
+        "id": info.id,
+        "capabilities": list(info.capabilities),
+        "seccomp": info.seccomp,
+    }
 
 
 def _float(text: str, what: str) -> float:

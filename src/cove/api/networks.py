@@ -8,31 +8,34 @@ the bridge at once.
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Sequence
 from typing import Any
 
 from cove.api import http as web
 from cove.api.app import json_body
 from cove.errors import DatapathError
-from cove.model import ENDPOINTS, Network
+from cove.model import Endpoint, Network
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
 from cove.network.spec import NetworkSpec
-from cove.store.base import Store
 
 APPLY_TIMEOUT = 10.0
 
 
-def network_json(network: Network, endpoints: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def network_json(network: Network, endpoints: Sequence[Endpoint] | None = None) -> dict[str, Any]:
+    """A network as create, ls and inspect send it; inspect adds its endpoints."""
     out = network.to_json()
     if endpoints is not None:
-        out["endpoints"] = endpoints
+        out["endpoints"] = [endpoint_json(ep) for ep in endpoints]
     return out
 
 
-def install(
-    app: web.Application, store: Store, networks: NetworkService, reconciler: NetworkReconciler
-) -> None:
+def endpoint_json(ep: Endpoint) -> dict[str, Any]:
+    # Keys sorted: inspect sent the stored JSON as it was, written with sort_keys.
+    return dict(sorted(ep.to_json().items()))
+
+
+def install(app: web.Application, networks: NetworkService, reconciler: NetworkReconciler) -> None:
     async def settle(revision: int, bridge: str) -> None:
         ok = await asyncio.to_thread(reconciler.wait_applied, revision, APPLY_TIMEOUT)
         if not ok:
@@ -54,8 +57,7 @@ def install(
     async def inspect(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         network = await asyncio.to_thread(networks.get, name)
-        kvs = (await asyncio.to_thread(store.range, f"{ENDPOINTS}{name}/")).kvs
-        endpoints = [json.loads(kv.value) for kv in kvs]
+        endpoints = await asyncio.to_thread(networks.endpoints, name)
         return web.json_response(network_json(network, endpoints))
 
     async def remove(request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from cove.clock import Clock
 from cove.errors import AlreadyExists, Conflict, InUse, NotFound
-from cove.model import ENDPOINTS, IPAM, NETWORKS, IPNetwork, Network
+from cove.model import ENDPOINTS, IPAM, NETWORKS, Endpoint, IPNetwork, Network
 from cove.network.spec import NetworkSpec, build_network, check_name
 from cove.store.base import Compare, Delete, Put, Store
 
@@ -71,6 +71,11 @@ class NetworkService:
 
     def list(self) -> builtins.list[Network]:
         return [Network.from_json(json.loads(kv.value)) for kv in self._store.range(NETWORKS).kvs]
+
+    def endpoints(self, name: str) -> builtins.list[Endpoint]:
+        """The endpoints on network ``name``, by id (none for an unknown network)."""
+        kvs = self._store.range(f"{ENDPOINTS}{name}/").kvs
+        return [Endpoint.from_json(json.loads(kv.value)) for kv in kvs]
 
     def endpoints_of(self, name: str) -> builtins.list[str]:
         return [kv.key.rsplit("/", 1)[1] for kv in self._store.range(f"{ENDPOINTS}{name}/").kvs]

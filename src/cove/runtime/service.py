@@ -39,7 +39,6 @@ from cove.errors import (
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, IPAM, NETWORKS, Endpoint, IPAddress, Network
 from cove.network.spec import check_name
-from cove.runtime import view
 from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import Intent, IntentLog, Phase
 from cove.runtime.launch import LaunchSpec
@@ -53,6 +52,7 @@ from cove.runtime.spec import (
     check_port_families,
 )
 from cove.runtime.state import ProcessState, Status
+from cove.runtime.view import ContainerView, ExecInfo
 from cove.store.base import Compare, Delete, Put, Store
 
 log = logging.getLogger(__name__)
@@ -144,15 +144,15 @@ class ContainerService:
     def endpoints(self, c: Container) -> list[Endpoint]:
         return container_endpoints(self._store, c)
 
-    def inspect(self, name: str) -> dict[str, Any]:
+    def inspect(self, name: str) -> ContainerView:
         return self._inspect(self.get(name))
 
-    def _inspect(self, c: Container, endpoints: list[Endpoint] | None = None) -> dict[str, Any]:
+    def _inspect(self, c: Container, endpoints: list[Endpoint] | None = None) -> ContainerView:
         state = self._sup.state(c.id) or ProcessState(c.id)
         eps = self.endpoints(c) if endpoints is None else endpoints
-        return view.inspect(c, eps, state, self.log_path(c.id))
+        return ContainerView(c, tuple(eps), state, self.log_path(c.id))
 
-    def list_all(self, all_: bool = False) -> list[dict[str, Any]]:
+    def list_all(self, all_: bool = False) -> list[ContainerView]:
         snap = read_snapshot(self._store)
         states = self._sup.states()
         out = []
@@ -161,25 +161,25 @@ class ContainerService:
             if not all_ and state.status not in (Status.RUNNING, Status.RESTARTING):
                 continue
             eps = snap.endpoints.get(c.id, [])
-            out.append(view.inspect(c, eps, state, self.log_path(c.id)))
+            out.append(ContainerView(c, tuple(eps), state, self.log_path(c.id)))
         return out
 
     def log_path(self, cid: str) -> Path:
         return self._logs / cid / "log"
 
-    def exec_info(self, name: str) -> dict[str, Any]:
+    def exec_info(self, name: str) -> ExecInfo:
         c = self.get(name)
         state = self._sup.states().get(c.id)
         if state is None or state.status is not Status.RUNNING:
             raise Conflict(f"container {name} is not running", container=name)
-        return {
-            "pid": state.pid, "env": dict(c.env), "workdir": c.workdir, "id": c.id,
-            "capabilities": sorted(c.capabilities), "seccomp": c.seccomp,
-        }  # fmt: skip
+        return ExecInfo(
+            id=c.id, pid=state.pid, env=dict(c.env), workdir=c.workdir,
+            capabilities=tuple(sorted(c.capabilities)), seccomp=c.seccomp,
+        )  # fmt: skip
 
     # -- run -----------------------------------------------------------------
 
-    def run(self, spec: RunSpec) -> dict[str, Any]:
+    def run(self, spec: RunSpec) -> ContainerView:
         name = spec.name or f"c{secrets.token_hex(5)}"
         if self._store.get(CONTAINERS + name) is not None:
             raise AlreadyExists(f"container {name} already exists", container=name)
@@ -349,14 +349,14 @@ class ContainerService:
     # store: a store that fails then must not turn a change that happened
     # into an error.
 
-    def stop(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
+    def stop(self, name: str, timeout: float = 10.0) -> ContainerView:
         c = self._set_desired(name, Desired.STOPPED)
         endpoints = self.endpoints(c)
         self._sup.stop(c.id, timeout)
         self._fault("stop:stopped")
         return self._inspect(c, endpoints)
 
-    def start(self, name: str) -> dict[str, Any]:
+    def start(self, name: str) -> ContainerView:
         c = self._set_desired(name, Desired.RUNNING)
         self._rec.sync(only=c.id, name=name)
         endpoints = self.endpoints(c)
@@ -426,7 +426,7 @@ class ContainerService:
 
     def connect(
         self, network: str, name: str, aliases: tuple[str, ...] = (), ip: str = ""
-    ) -> dict[str, Any]:
+    ) -> ContainerView:
         for a in aliases:
             check_name(a, "alias")
         requested = _parse_ip(ip) if ip else None
@@ -466,7 +466,7 @@ class ContainerService:
             return self._inspect(c2, [*current, ep])
         raise Conflict(f"container {name} is changing too fast")
 
-    def disconnect(self, network: str, name: str) -> dict[str, Any]:
+    def disconnect(self, network: str, name: str) -> ContainerView:
         c = self.get(name)
         if network not in c.networks:
             raise NotFound(f"container {name} is not on network {network}")

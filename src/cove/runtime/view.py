@@ -1,8 +1,12 @@
-"""How a container looks to API clients (``inspect`` and ``ps``)."""
+"""How a container looks to API clients: the records ``ContainerService``
+returns (``inspect``, ``ps``, the answers to run, stop, start, connect and
+disconnect, and what ``exec`` needs). The API layer encodes them to JSON
+(``cove.api.containers``); the CLI reads that JSON."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,39 +15,39 @@ from cove.runtime.spec import Container
 from cove.runtime.state import ProcessState
 
 
-def inspect(
-    c: Container, endpoints: Sequence[Endpoint], state: ProcessState, log_path: Path
-) -> dict[str, Any]:
-    body = c.to_json()
-    body["short_id"] = c.id[:12]
-    body["capabilities"] = sorted(f"CAP_{name}" for name in c.capabilities)
-    body["state"] = {
-        "status": state.status.value,
-        "pid": state.pid,
-        "exit_code": state.exit_code,
-        "started_at": state.started_at,
-        "finished_at": state.finished_at,
-        "restart_count": state.restart_count,
-        "error": state.error,
-    }
-    body["endpoints"] = {
-        ep.network: {
-            "endpoint_id": ep.id,
-            "interface": ep.interface,
-            "host_veth": ep.host_veth,
-            "mac": ep.mac,
-            "ipv4": str(ep.ipv4) if ep.ipv4 else None,
-            "ipv6": str(ep.ipv6) if ep.ipv6 else None,
-            "aliases": list(ep.aliases),
-        }
-        for ep in endpoints
-    }
-    body["netns"] = endpoints[0].netns if endpoints else ""
-    body["log_path"] = str(log_path)
-    return body
+@dataclass(frozen=True, slots=True)
+class ContainerView:
+    """A container as stored, with its endpoints and its process's state."""
+
+    container: Container
+    endpoints: tuple[Endpoint, ...]
+    state: ProcessState
+    log_path: Path
+
+    @property
+    def short_id(self) -> str:
+        return self.container.id[:12]
+
+    @property
+    def netns(self) -> str:
+        """The network namespace's path; empty while on no network."""
+        return self.endpoints[0].netns if self.endpoints else ""
 
 
-def status_text(state: dict[str, Any]) -> str:
+@dataclass(frozen=True, slots=True)
+class ExecInfo:
+    """What ``cove exec`` needs to enter a running container."""
+
+    id: str
+    pid: int
+    env: Mapping[str, str]
+    workdir: str
+    capabilities: tuple[str, ...]  # sorted, without the CAP_ prefix
+    seccomp: bool
+
+
+def status_text(state: Mapping[str, Any]) -> str:
+    """The STATUS column of ``cove ps`` for a state as the API sends it."""
     status = str(state.get("status", "?"))
     if status == "exited":
         return f"exited ({state.get('exit_code')})"
