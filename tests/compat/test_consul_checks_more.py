@@ -28,6 +28,17 @@ server = base.server
 c = base.c
 
 
+def wait_probed(c: consul.Consul, check_id: str, want: str) -> dict[str, Any]:
+    """``wait_status`` once a probe has run: a check starts critical with no
+    output, so waiting for "critical" alone can return before its first probe."""
+    end = time.monotonic() + 15.0
+    got = wait_status(c, check_id, want)
+    while not got.get("Output") and time.monotonic() < end:
+        time.sleep(0.05)
+        got = wait_status(c, check_id, want)
+    return got
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -65,7 +76,7 @@ def test_udp_check_passes_on_a_reply_or_silence_and_fails_on_port_unreachable(
         got = wait_status(c, answering, "passing")
         assert "Success" in got["Output"] and seen
         wait_status(c, quiet, "passing")
-        got = wait_status(c, refused, "critical")
+        got = wait_probed(c, refused, "critical")
         assert "refused" in got["Output"].lower()
         # The server goes away: its port now answers with ICMP unreachable.
         echo.close()
@@ -120,7 +131,7 @@ def test_h2ping_check_over_h2c_and_tls(c: consul.Consul, h2_servers: tuple[int, 
     got = wait_status(c, h2c, "passing")
     assert "success" in got["Output"]
     wait_status(c, tls, "passing")
-    got = wait_status(c, unverified, "critical")
+    got = wait_probed(c, unverified, "critical")
     assert "certificate" in got["Output"].lower()
     wait_status(c, mismatch, "critical")
     plain.stop(grace=None)

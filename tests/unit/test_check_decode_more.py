@@ -6,22 +6,30 @@ import pytest
 
 from cove.errors import InvalidArgument
 from cove.registry.decode import check_from_json
-from cove.registry.types import CheckDefinition, CheckKind, ServiceInstance
+from cove.registry.types import (
+    AliasTarget,
+    CheckDefinition,
+    CheckKind,
+    H2PingProbe,
+    ServiceInstance,
+    UdpProbe,
+)
 
 
 def test_h2ping_speaks_tls_unless_told_otherwise_and_round_trips() -> None:
     d, _ = check_from_json({"Name": "h", "H2PING": "127.0.0.1:8443", "Interval": "5s"})
-    assert d.kind is CheckKind.H2PING and d.h2ping_use_tls and d.interval == 5.0
+    assert d.kind is CheckKind.H2PING and d.spec == H2PingProbe("127.0.0.1:8443")
+    assert d.interval == 5.0
     plain, _ = check_from_json(
         {"name": "h", "h2ping": "[::1]:8080", "h2ping_use_tls": False, "interval": "1s"}
     )
-    assert plain.h2ping == "[::1]:8080" and not plain.h2ping_use_tls
+    assert plain.spec == H2PingProbe("[::1]:8080", use_tls=False)
     assert CheckDefinition.from_json(plain.to_json()) == plain
 
 
 def test_udp_check_decodes_and_round_trips() -> None:
     d, _ = check_from_json({"Name": "u", "UDP": "localhost:53", "Interval": "2s", "Timeout": "1s"})
-    assert (d.kind, d.udp, d.timeout) == (CheckKind.UDP, "localhost:53", 1.0)
+    assert (d.kind, d.spec, d.timeout) == (CheckKind.UDP, UdpProbe("localhost:53"), 1.0)
     assert CheckDefinition.from_json(d.to_json()) == d
 
 
@@ -44,7 +52,7 @@ def test_bad_definitions_name_the_problem(check: dict[str, object]) -> None:
 
 def test_alias_check_decodes_and_a_service_cannot_alias_itself() -> None:
     d, _ = check_from_json({"Name": "a", "AliasService": "web", "AliasNode": "n1"})
-    assert (d.kind, d.alias_service, d.alias_node) == (CheckKind.ALIAS, "web", "n1")
+    assert (d.kind, d.spec) == (CheckKind.ALIAS, AliasTarget(node="n1", service="web"))
     assert CheckDefinition.from_json(d.to_json()) == d
     own = ServiceInstance(id="web", name="web", node="n1")
     with pytest.raises(InvalidArgument) as err:

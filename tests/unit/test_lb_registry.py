@@ -18,7 +18,7 @@ def test_passing_weighted_instances_and_the_services_a_check_touches() -> None:
         store, ManualClock(), rt.Node(name="n1", address="10.0.0.9", datacenter="dc1")
     )
     catalog.ensure_node()
-    ttl = rt.CheckDefinition(id="c2", name="c2", kind=rt.CheckKind.TTL, service_id="w2", ttl=30)
+    ttl = rt.CheckDefinition(id="c2", name="c2", spec=rt.Ttl(30.0), service_id="w2")
     catalog.register_service(
         rt.ServiceInstance(
             id="w1", name="web", node="n1", address="10.0.0.1", port=80, weights=(3, 1)

@@ -13,7 +13,7 @@ from cove.errors import Conflict, InvalidArgument, NotFound
 from cove.registry import Registry
 from cove.registry.decode import service_from_json
 from cove.registry.kv import KVOp, TxnAborted
-from cove.registry.types import Status
+from cove.registry.types import Status, TcpProbe
 from cove.store.memory import MemoryStore
 
 
@@ -140,7 +140,7 @@ def test_register_container_helper(reg: Registry) -> None:
     check = next(c for c in entry["Checks"] if c["CheckID"] == "service:ctr-1")
     assert check["Type"] == "tcp" and check["Status"] == "critical"
     defs = {d.id: d for d in reg.catalog.check_definitions()}
-    assert defs["service:ctr-1"].tcp == "10.89.0.5:6379"
+    assert defs["service:ctr-1"].spec == TcpProbe("10.89.0.5:6379")
     assert reg.deregister_container("ctr-1")
     assert not reg.deregister_container("ctr-1")
 

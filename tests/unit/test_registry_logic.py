@@ -13,7 +13,7 @@ from cove.registry.blocking import Interests, blocking_read, key_prefixes, parse
 from cove.registry.filter import apply_filter, compile_filter
 from cove.registry.probes import Tracker, cut
 from cove.registry.queries import Answer
-from cove.registry.types import Status, format_duration, parse_duration
+from cove.registry.types import GrpcProbe, Status, format_duration, parse_duration
 from cove.store.base import Event, EventType, KeyValue
 
 ENTRY = {
@@ -174,9 +174,9 @@ def test_decode_accepts_go_and_snake_case_spellings() -> None:
         "service:w1",
         "critical",
     )
-    snake = {"name": "db", "check": {"tcp": "h:1", "interval": "500ms", "tls_skip_verify": True}}
+    snake = {"name": "db", "check": {"grpc": "h:1", "interval": "500ms", "tls_skip_verify": True}}
     _, [(check, _)] = service_from_json(snake, "n1")
-    assert (check.kind, check.interval, check.tls_skip_verify) == (CheckKind.TCP, 1.0, True)
+    assert (check.interval, check.spec) == (1.0, GrpcProbe("h:1", tls_skip_verify=True))
     two = {"Name": "x", "Checks": [{"TTL": "5s"}, {"TTL": "6s", "Status": "passing"}]}
     _, checks = service_from_json(two, "n1")
     assert [(c.id, s) for c, s in checks] == [

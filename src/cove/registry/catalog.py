@@ -286,7 +286,6 @@ class Catalog:
             definition = t.CheckDefinition(
                 id=cid,
                 name="Service Maintenance Mode",
-                kind=t.CheckKind.NONE,
                 service_id=service_id,
                 service_name=name,
                 notes=notes,

@@ -12,17 +12,24 @@ from collections.abc import Mapping
 from typing import Any
 
 from cove.errors import InvalidArgument
-from cove.registry.types import (
+from cove.registry.checks import (
+    DEFAULT_TIMEOUT,
+    AliasTarget,
     CheckDefinition,
     CheckKind,
-    ServiceInstance,
-    Status,
-    parse_duration,
+    CheckSpec,
+    GrpcProbe,
+    H2PingProbe,
+    HttpProbe,
+    ScriptArgs,
+    TcpProbe,
+    Ttl,
+    UdpProbe,
 )
+from cove.registry.types import ServiceInstance, Status, parse_duration
 
 MIN_INTERVAL = 1.0  # Consul raises shorter intervals to one second
 MAX_INTERVAL = 86_400.0  # a day; longer is a mistake, not a health check
-DEFAULT_TIMEOUT = 10.0
 
 _UNSUPPORTED = ("dockercontainerid", "osservice")
 
@@ -256,30 +263,42 @@ def check_from_json(
     if dereg < 0:
         raise InvalidArgument("Invalid check: DeregisterCriticalServiceAfter must not be negative")
     service_id = service.id if service else text(d, "serviceid", "ServiceID")
+    # Every field is validated whatever the kind (a malformed one is refused
+    # as before), but a check keeps only its own kind's.
+    method = text(d, "method", "Method") or "GET"
+    body = text(d, "body", "Body")
+    tls_skip_verify = flag(d, "tlsskipverify", "TLSSkipVerify")
+    grpc_use_tls = flag(d, "grpcusetls", "GRPCUseTLS")
+    # Consul's default: H2PING speaks TLS unless told otherwise.
+    h2ping_use_tls = d.get("h2pingusetls") is None or flag(d, "h2pingusetls", "H2PingUseTLS")
+    spec: CheckSpec | None
+    match kind:
+        case CheckKind.HTTP:
+            spec = HttpProbe(http, method, header, body, tls_skip_verify)
+        case CheckKind.TCP:
+            spec = TcpProbe(tcp)
+        case CheckKind.GRPC:
+            spec = GrpcProbe(grpc, grpc_use_tls, tls_skip_verify)
+        case CheckKind.UDP:
+            spec = UdpProbe(udp)
+        case CheckKind.H2PING:
+            spec = H2PingProbe(h2ping, h2ping_use_tls, tls_skip_verify)
+        case CheckKind.ALIAS:
+            spec = AliasTarget(alias_node, alias_service)
+        case CheckKind.SCRIPT:
+            spec = ScriptArgs(args)
+        case CheckKind.TTL:
+            spec = Ttl(ttl)
+        case _:
+            spec = None
     definition = CheckDefinition(
         id=cid,
         name=name,
-        kind=kind,
+        spec=spec,
         service_id=service_id,
         service_name=service.name if service else "",
         interval=interval,
         timeout=timeout,
-        ttl=ttl,
-        http=http,
-        method=text(d, "method", "Method") or "GET",
-        header=header,
-        body=text(d, "body", "Body"),
-        tls_skip_verify=flag(d, "tlsskipverify", "TLSSkipVerify"),
-        tcp=tcp,
-        grpc=grpc,
-        grpc_use_tls=flag(d, "grpcusetls", "GRPCUseTLS"),
-        udp=udp,
-        h2ping=h2ping,
-        alias_node=alias_node,
-        alias_service=alias_service,
-        # Consul's default: H2PING speaks TLS unless told otherwise.
-        h2ping_use_tls=d.get("h2pingusetls") is None or flag(d, "h2pingusetls", "H2PingUseTLS"),
-        args=args,
         success_before_passing=sbp,
         failures_before_critical=fbc,
         deregister_after=dereg,

@@ -16,9 +16,18 @@ from typing import Any
 
 import aiohttp
 
+from cove.registry.checks import (
+    CheckDefinition,
+    GrpcProbe,
+    H2PingProbe,
+    HttpProbe,
+    ScriptArgs,
+    TcpProbe,
+    UdpProbe,
+)
 from cove.registry.grpc_health import grpc_health_check
 from cove.registry.h2ping import h2_ping
-from cove.registry.types import OUTPUT_LIMIT, CheckDefinition, CheckKind, Status
+from cove.registry.types import OUTPUT_LIMIT, Status
 
 log = logging.getLogger(__name__)
 
@@ -62,37 +71,34 @@ async def probe(
     check: CheckDefinition, session: aiohttp.ClientSession | None = None
 ) -> tuple[Status, str]:
     """Run one probe of ``check`` within its timeout."""
+    spec = check.spec
     try:
-        if check.kind is CheckKind.HTTP:
-            return await asyncio.wait_for(_http(check, session), check.timeout)
-        if check.kind is CheckKind.TCP:
-            return await asyncio.wait_for(_tcp(check.tcp), check.timeout)
-        if check.kind is CheckKind.GRPC:
+        if isinstance(spec, HttpProbe):
+            return await asyncio.wait_for(_http(spec, session), check.timeout)
+        if isinstance(spec, TcpProbe):
+            return await asyncio.wait_for(_tcp(spec.address), check.timeout)
+        if isinstance(spec, GrpcProbe):
             return await asyncio.wait_for(
                 grpc_health_check(
-                    check.grpc, use_tls=check.grpc_use_tls, skip_verify=check.tls_skip_verify
+                    spec.target, use_tls=spec.use_tls, skip_verify=spec.tls_skip_verify
                 ),
                 check.timeout,
             )
-        if check.kind is CheckKind.UDP:
-            return await _udp(check.udp, check.timeout)
-        if check.kind is CheckKind.H2PING:
+        if isinstance(spec, UdpProbe):
+            return await _udp(spec.address, check.timeout)
+        if isinstance(spec, H2PingProbe):
             return await asyncio.wait_for(
-                h2_ping(
-                    check.h2ping, use_tls=check.h2ping_use_tls, skip_verify=check.tls_skip_verify
-                ),
+                h2_ping(spec.address, use_tls=spec.use_tls, skip_verify=spec.tls_skip_verify),
                 check.timeout,
             )
-        if check.kind is CheckKind.SCRIPT:
-            return await _script(check)
+        if isinstance(spec, ScriptArgs):
+            return await _script(spec, check.timeout)
     except TimeoutError:
         return Status.CRITICAL, f"{check.kind.value} check timed out after {check.timeout:g}s"
     return Status.CRITICAL, f"cove cannot probe {check.kind.value!r} checks"
 
 
-async def _http(
-    check: CheckDefinition, session: aiohttp.ClientSession | None
-) -> tuple[Status, str]:
+async def _http(check: HttpProbe, session: aiohttp.ClientSession | None) -> tuple[Status, str]:
     own = session is None
     client = session or aiohttp.ClientSession()
     headers: list[tuple[str, str]] = [(k, v) for k, vs in check.header.items() for v in vs]
@@ -105,7 +111,7 @@ async def _http(
     try:
         async with client.request(
             check.method,
-            check.http,
+            check.url,
             headers=headers,
             data=check.body.encode() if check.body else None,
             ssl=ssl_ctx,
@@ -113,14 +119,14 @@ async def _http(
         ) as resp:
             body = await resp.content.read(OUTPUT_LIMIT)
             text = body.decode(errors="replace")
-            output = f"HTTP {check.method} {check.http}: {resp.status} {resp.reason} Output: {text}"
+            output = f"HTTP {check.method} {check.url}: {resp.status} {resp.reason} Output: {text}"
             if 200 <= resp.status < 300:
                 return Status.PASSING, cut(output)
             if resp.status == 429:
                 return Status.WARNING, cut(output)
             return Status.CRITICAL, cut(output)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        return Status.CRITICAL, cut(f"Get {check.http!r}: {exc}")
+        return Status.CRITICAL, cut(f"Get {check.url!r}: {exc}")
     finally:
         if own:
             await client.close()
@@ -180,7 +186,7 @@ async def _udp(target: str, timeout: float) -> tuple[Status, str]:
     return Status.PASSING, f"UDP connect {target}: Success"
 
 
-async def _script(check: CheckDefinition) -> tuple[Status, str]:
+async def _script(check: ScriptArgs, timeout: float) -> tuple[Status, str]:
     try:
         proc = await asyncio.create_subprocess_exec(
             *check.args,
@@ -191,11 +197,11 @@ async def _script(check: CheckDefinition) -> tuple[Status, str]:
     except OSError as exc:
         return Status.CRITICAL, f"cannot run {check.args[0]!r}: {exc}"
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), check.timeout)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        return Status.CRITICAL, f"Timed out ({check.timeout:g}s) running check"
+        return Status.CRITICAL, f"Timed out ({timeout:g}s) running check"
     text = cut(out.decode(errors="replace"))
     if proc.returncode == 0:
         return Status.PASSING, text

@@ -25,6 +25,7 @@ import aiohttp
 
 from cove.codec import loads
 from cove.errors import CoveError, InvalidArgument, NotFound, StorageFull
+from cove.registry.checks import AliasTarget, Ttl
 from cove.registry.probes import Tracker, cut, probe
 from cove.registry.types import NODE_CHECKS, CheckDefinition, CheckKind, Status, node_key, seg
 from cove.store.base import Event, EventType
@@ -255,7 +256,8 @@ class CheckRunner:
         """An alias check mirrors another service's (or node's) health; it
         follows the store's revision, so it re-reads only after a write."""
         d = running.definition
-        node = d.alias_node or self._registry.node_name
+        target = d.spec if isinstance(d.spec, AliasTarget) else AliasTarget()
+        node = target.node or self._registry.node_name
         store = self._registry.store
         seen = -1
         while True:
@@ -263,7 +265,7 @@ class CheckRunner:
             if revision != seen:
                 seen = revision
                 status, output = await asyncio.to_thread(
-                    alias_health, self._registry, node, d.alias_service, d.id
+                    alias_health, self._registry, node, target.service, d.id
                 )
                 await self._publish(running, status, output)
             await asyncio.sleep(ALIAS_POLL)
@@ -314,7 +316,9 @@ class CheckRunner:
         # One heap entry per check: a renewal only moves the deadline, and
         # the sweep re-queues an entry that comes due early. Pushing on every
         # renewal would grow the heap by each TTL update for a whole TTL.
-        running.ttl_deadline = self._clock.monotonic() + running.definition.ttl
+        spec = running.definition.spec
+        ttl = spec.seconds if isinstance(spec, Ttl) else 0.0
+        running.ttl_deadline = self._clock.monotonic() + ttl
         if not running.ttl_entry:
             self._ttl_seq += 1
             running.ttl_entry = self._ttl_seq

@@ -3,14 +3,28 @@
 - ``keys``       the store key layout under ``registry/``
 - ``durations``  Go-style durations (``parse_duration``, ``format_duration``)
 - ``records``    Node, ServiceInstance, HealthCheck, KVEntry, Session
-- ``checks``     Status, CheckKind and CheckDefinition (what an agent runs)
+- ``checks``     Status, CheckKind and CheckDefinition (what an agent runs),
+                 with one record per kind for that kind's own fields
 
 New code may import from those modules directly.
 """
 
 from __future__ import annotations
 
-from cove.registry.checks import CheckDefinition, CheckKind, Status
+from cove.registry.checks import (
+    AliasTarget,
+    CheckDefinition,
+    CheckKind,
+    CheckSpec,
+    GrpcProbe,
+    H2PingProbe,
+    HttpProbe,
+    ScriptArgs,
+    Status,
+    TcpProbe,
+    Ttl,
+    UdpProbe,
+)
 from cove.registry.durations import format_duration, parse_duration
 from cove.registry.keys import (
     AGENT,
@@ -54,15 +68,24 @@ __all__ = [
     "SERF_CHECK",
     "SERVICES",
     "SESSIONS",
+    "AliasTarget",
     "Behavior",
     "CheckDefinition",
     "CheckKind",
+    "CheckSpec",
+    "GrpcProbe",
+    "H2PingProbe",
     "HealthCheck",
+    "HttpProbe",
     "KVEntry",
     "Node",
+    "ScriptArgs",
     "ServiceInstance",
     "Session",
     "Status",
+    "TcpProbe",
+    "Ttl",
+    "UdpProbe",
     "agent_check_key",
     "agent_service_key",
     "check_key",
