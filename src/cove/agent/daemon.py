@@ -16,7 +16,6 @@ import fcntl
 import ipaddress
 import logging
 import os
-import resource
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -97,7 +96,7 @@ def _lock_state_dir(state_dir: Path) -> int:
 def run(config: AgentConfig) -> int:
     """Run the agent until SIGTERM or SIGINT; returns the exit status."""
     setup_logging(config)
-    raise_open_files()
+    open_files = raise_open_files()
     try:
         lock = _lock_state_dir(config.state_dir)
     except CoveError as exc:
@@ -110,7 +109,7 @@ def run(config: AgentConfig) -> int:
     except ImportError:
         runner = asyncio.run
     try:
-        runner(_serve(config))
+        runner(_serve(config, open_files))
     except CoveError as exc:
         log.error("agent failed: %s", exc.message)
         return exc.exit_code
@@ -278,11 +277,11 @@ def tls_of(config: AgentConfig) -> ReloadingTls | None:
 
 
 @contextlib.asynccontextmanager
-async def _sites(agent: Agent, tls: ReloadingTls | None) -> AsyncIterator[None]:
+async def _sites(agent: Agent, tls: ReloadingTls | None, open_files: int) -> AsyncIterator[None]:
+    """``open_files``: the soft limit the agent raised itself to at start,
+    which sizes the connection caps."""
     config = agent.config
     tune_malloc()  # before any request body is read
-    # Sized from the limit the agent raised itself to at start.
-    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     limits = limits_for(
         open_files,
         max_conns=config.http_max_conns,
@@ -328,7 +327,7 @@ async def _sites(agent: Agent, tls: ReloadingTls | None) -> AsyncIterator[None]:
             config.socket.unlink()
 
 
-async def _serve(config: AgentConfig) -> None:
+async def _serve(config: AgentConfig, open_files: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -340,7 +339,7 @@ async def _serve(config: AgentConfig) -> None:
     try:
         await asyncio.to_thread(agent.start)
         await agent.registry_parts.start()
-        async with _sites(agent, tls):
+        async with _sites(agent, tls, open_files):
             tune_interpreter()  # after start-up: what it loaded is frozen
             if agent.dns is not None:
                 agent.dns.serve()  # from the supervisor, which answered meanwhile

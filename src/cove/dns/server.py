@@ -365,7 +365,11 @@ class DnsServer:
             name="cove-dns-tcp",
             daemon=True,
         )
-        t.start()
+        try:
+            t.start()
+        except RuntimeError:  # no thread to be had: neither slot nor socket may leak
+            conn.close()
+            self._tcp_slots.give_back(key, peer[0])
 
     def _serve_tcp(
         self, conn: socket.socket, peer: tuple[str, int], network: str | None, key: int
