@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -33,42 +32,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from cove.agent.teardown import teardown
 from cove.cli.client import AgentClient
 
-CLONE_NEWNET = 0x40000000
+# bench/ is not a package: its shared helpers are found by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hostns import host_namespace, ip
+
 CNI_BIN = Path("/usr/lib/cni")
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
-
-
-def ip(*args: str, check: bool = True) -> None:
-    subprocess.run(["ip", *args], check=check, capture_output=True)
-
-
-@contextlib.contextmanager
-def host_namespace() -> Iterator[str]:
-    """A fresh namespace that plays the host for this thread and its children."""
-    name = "cvb" + secrets.token_hex(4)
-    ip("netns", "add", name)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        setns(target)
-        ip("link", "set", "lo", "up")
-        yield name
-    finally:
-        setns(home)
-        os.close(home)
-        os.close(target)
-        ip("netns", "del", name, check=False)
 
 
 def pct(values: list[float], q: float) -> float:

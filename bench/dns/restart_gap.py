@@ -29,23 +29,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
-import secrets
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from cove.agent.teardown import teardown
 from cove.cli.client import AgentClient
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+# bench/ is not a package: its shared helpers are found by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hostns import host_namespace
+
 COVE = [sys.executable, "-m", "cove.cli.main"]
 
 RESOLVER = """\
@@ -89,45 +88,6 @@ while not os.path.exists(stopfile):
     time.sleep(0.005)
 print("done", answers, unanswered, wrong, refused, flush=True)
 """
-
-
-def setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
-
-
-def ip(*args: str, check: bool = True) -> None:
-    subprocess.run(["ip", *args], check=check, capture_output=True)
-
-
-def kill_processes_in(name: str) -> None:
-    ino = os.stat(f"/run/netns/{name}").st_ino
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if os.stat(entry / "ns" / "net").st_ino == ino:
-                os.kill(int(entry.name), signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def host_namespace() -> Iterator[str]:
-    """A fresh namespace that plays the host for this thread and its children."""
-    name = "cvb" + secrets.token_hex(4)
-    ip("netns", "add", name)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        setns(target)
-        ip("link", "set", "lo", "up")
-        yield name
-    finally:
-        setns(home)
-        os.close(home)
-        os.close(target)
-        with contextlib.suppress(OSError):
-            kill_processes_in(name)
-        ip("netns", "del", name, check=False)
 
 
 class Agent:
