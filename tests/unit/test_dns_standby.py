@@ -370,3 +370,58 @@ def test_keeper_answers_tcp_and_lets_idle_connections_go(tmp_path: Path) -> None
             c.close()
         udp.close()
         tcp.close()
+
+
+def test_standing_in_one_clients_slow_connections_use_its_own_share(tmp_path: Path) -> None:
+    write_atomically(tmp_path / SNAPSHOT, _snapshot())
+    loop = _Loop(tmp_path)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    port = udp.getsockname()[1]
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", port))
+    tcp.listen(128)
+    clients: list[socket.socket] = []
+    try:
+        ch, _ = loop.connect_agent()
+        ch.send({"op": "keep", "address": "127.0.0.1", "port": port, "network": None},
+                [udp.fileno(), tcp.fileno()])  # fmt: skip
+        loop.spin()
+        ch.close()
+        loop.spin()
+        # One client opens 80 connections (more than the stand-in's old
+        # single cap of 64) and sends one byte on each.
+        for _ in range(80):
+            hog = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            hog.bind(("127.0.0.9", 0))
+            hog.connect(("127.0.0.1", port))
+            hog.send(b"\x00")
+            clients.append(hog)
+            loop.spin(0)
+        for _ in range(20):
+            loop.spin(0.01)
+        assert len(loop.keeper.conns) == 8  # its share; the rest were closed
+        asker = socket.create_connection(("127.0.0.1", port))
+        clients.append(asker)
+        query = dns.message.make_query("redis.vnet.cove", "A").to_wire()
+        asker.sendall(len(query).to_bytes(2, "big") + query)
+        asker.setblocking(False)
+        got = b""
+        deadline = time.monotonic() + 2
+        while len(got) < 2 or len(got) < 2 + int.from_bytes(got[:2], "big"):
+            assert time.monotonic() < deadline, "another client got no TCP answer"
+            loop.spin()
+            with contextlib.suppress(BlockingIOError):
+                got += asker.recv(4096)
+        assert _addrs(dns.message.from_wire(got[2:])) == ["10.89.0.3"]
+        for c in clients:
+            c.close()
+        clients.clear()
+        for _ in range(20):
+            loop.spin(0.01)
+        assert loop.keeper.slots.held == 0  # every share given back
+    finally:
+        for c in clients:
+            c.close()
+        udp.close()
+        tcp.close()

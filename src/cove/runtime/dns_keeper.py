@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from cove.dns.responder import ForwardJob
+from cove.dns.slots import SlotLimits, TcpSlots
 from cove.dns.standby import Standby, forward_query, relay
 from cove.dns.wire import QueryRejected, Rcode, build_status, parse_query
 
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT = "dns-snapshot.json"
 _MAX_FDS = 16  # per message; every message carries 0 or 2
-_MAX_TCP = 64  # connections answered at once while standing in
 _BATCH = 64  # datagrams per readiness before looking at other sockets
 _MAX_FORWARDS = 256  # upstream queries pending at once
 _FORWARD_TIMEOUT = 1.0
@@ -147,6 +147,7 @@ class _Conn:
     network: str | None
     peer: str
     since: float  # when the current query's first bytes were awaited
+    listener: int  # the listening socket's fd: its share in ``DnsKeeper.slots``
     buf: bytes = b""
 
 
@@ -162,6 +163,10 @@ class DnsKeeper:
         self.answering = False
         self.standby: Standby | None = None
         self.conns: dict[int, _Conn] = {}
+        # The agent's own shares (per listener, per client, in all): standing
+        # in, one container's slow connections must not take TCP DNS from
+        # the others either.
+        self.slots = TcpSlots(SlotLimits())
         self.forwards: dict[int, _Forward] = {}
 
     # -- the agent's connection ----------------------------------------------
@@ -401,11 +406,12 @@ class DnsKeeper:
             conn, peer = h.tcp.accept()
         except OSError:
             return
-        if len(self.conns) >= _MAX_TCP:
+        listener = h.tcp.fileno()
+        if not self.slots.take(listener, str(peer[0])):
             conn.close()
             return
         conn.setblocking(False)
-        c = _Conn(conn, h.network, str(peer[0]), time.monotonic())
+        c = _Conn(conn, h.network, str(peer[0]), time.monotonic(), listener)
         self.conns[conn.fileno()] = c
         self.sel.register(conn, selectors.EVENT_READ, ("dns-conn", c))
 
@@ -438,7 +444,8 @@ class DnsKeeper:
                 return
 
     def _tcp_close(self, c: _Conn) -> None:
-        self.conns.pop(c.sock.fileno(), None)
+        if self.conns.pop(c.sock.fileno(), None) is not None:
+            self.slots.give_back(c.listener, c.peer)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(c.sock)
         c.sock.close()
