@@ -175,7 +175,9 @@ def test_services_register_once_and_a_dead_node_goes_critical_then_adopts(
             "run", "-d", "--name", "web", "--network", "vnet", "--service", "web:8080",
             "--", sys.executable, "-m", "http.server", "8080",
         )  # fmt: skip
+        h2.ok("run", "-d", "--name", "other", "--network", "vnet", "--", "sleep", "600")
         web = inspect(h2, "web")
+        other = inspect(h2, "other")
         # One instance, under h2 (at its advertise address), its check
         # run by h2 (the only host that reaches the container): passing.
         want = [("h2", "192.0.2.12", "passing")]
@@ -199,6 +201,10 @@ def test_services_register_once_and_a_dead_node_goes_critical_then_adopts(
         # rm from another host while h2 is down: a clear error naming h2.
         res = h1.cli("stop", "web")
         assert res.returncode != 0 and "h2" in res.stderr and "down" in res.stderr, res.stderr
+        # A removal is kept as a mark, carried out when h2 is back.
+        res = h1.cli("rm", "-f", "other")
+        assert res.returncode != 0 and "marked for removal" in res.stderr, res.stderr
+        assert pid_alive(other["state"]["pid"])
 
         # Back: h2 adopts its container (same process, same namespace) and
         # its instance passes again.
@@ -207,6 +213,10 @@ def test_services_register_once_and_a_dead_node_goes_critical_then_adopts(
         assert h2.container_netns() == [web["id"]]
         wait_for(lambda: _statuses(_health(h1, "web")) == want, 30, "passing again")
         assert members(h1)["h2"]["status"] == "alive"
+        wait_for(lambda: "other" not in ps(h3, "-a"), 15, "the marked container removed")
+        assert not pid_alive(other["state"]["pid"])
+        assert h2.container_netns() == [web["id"]]
+        assert cluster.etcd_get("containers/other") is None
 
 
 def _agent_cmd(host: Host, workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
