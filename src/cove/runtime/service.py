@@ -239,15 +239,11 @@ class ContainerService:
                     if data.get("node") == self._node:
                         published[str(data["id"])] = data
             self._published = published
+        # The supervisor holds this node's containers only: no store read.
         states = self._sup.states()
-        if only is not None:
-            mine = {only} if only in states else set()
-        else:
-            mine = {c.id for c in read_snapshot(self._store).containers.values() if self.owns(c)}
+        mine = ({only} & set(states)) if only is not None else set(states)
         for cid in sorted(mine):
-            state = states.get(cid)
-            if state is None:
-                continue
+            state = states[cid]
             data = {**state.to_json(), "node": self._node}
             if self._published.get(cid) != data:
                 self._store.put(CLUSTER_STATUS + cid, _encode(data))
