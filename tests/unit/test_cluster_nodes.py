@@ -197,3 +197,33 @@ def test_advertise_must_be_an_address_of_this_host() -> None:
     with pytest.raises(InvalidArgument, match="one address of this host"):
         check_local("0.0.0.0")
     assert resolve(None, shared_store=False) == "127.0.0.1"
+
+
+def test_a_malformed_request_is_refused_and_does_not_block_the_others(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = MemoryStore(clock)
+    seen: list[str] = []
+
+    def stop(name: str, cid: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        seen.append(name)
+        return {"timeout": float(args.get("timeout", 1))}
+
+    server = RequestServer(store, clock, "h2", {STOP: stop})
+    store.put("cluster/requests/h2/a", b"not json")
+    store.put("cluster/requests/h2/b", json.dumps(["a", "list"]).encode())
+    store.put("cluster/requests/h2/c", json.dumps({"op": STOP, "name": "x", "args": [1]}).encode())
+    bad_timeout = {"op": STOP, "name": "y", "id": "1", "args": {"timeout": "soon"}}
+    store.put("cluster/requests/h2/d", json.dumps(bad_timeout).encode())
+    good = {"op": STOP, "name": "z", "id": "2", "args": {}}
+    store.put("cluster/requests/h2/e", json.dumps(good).encode())
+    server.run_once()
+    assert store.get("cluster/requests/h2/a") is None
+    assert store.get("cluster/requests/h2/b") is None
+    answers = {
+        kv.key.rsplit("/", 1)[1]: json.loads(kv.value)
+        for kv in store.range("cluster/requests/h2/").kvs
+    }
+    assert answers["c"]["error"]["kind"] == "invalid_argument"
+    assert answers["d"]["error"]["kind"] == "invalid_argument"
+    assert answers["e"]["result"] == {"timeout": 1.0}
+    assert seen == ["y", "z"]
