@@ -283,3 +283,21 @@ def test_concurrent_runs_on_three_hosts_get_distinct_addresses(cluster3: Cluster
     assert len(set(addrs)) == 12, addrs
     for host in cluster3.hosts:
         assert len(host.container_netns()) == 4
+
+
+def test_each_host_has_its_own_host_ports(cluster3: Cluster) -> None:
+    h1, h2, _ = cluster3.hosts
+    h1.ok("network", "create", "vnet", "--subnet", SUBNET)
+    for host in (h1, h2):
+        host.ok("run", "-d", "--name", f"p{host.number}", "--network", "vnet",
+                "-p", "18080:80", "--", "sleep", "600")  # fmt: skip
+    res = h1.cli("run", "-d", "--name", "p3", "--network", "vnet", "-p", "18080:80",
+                 "--", "sleep", "600")  # fmt: skip
+    assert res.returncode != 0 and "already published by p1" in res.stderr, res.stderr
+    # Removed from another host, p1 frees h1's port (and only that one).
+    h2.ok("rm", "-f", "p1")
+    h1.ok("run", "-d", "--name", "p3", "--network", "vnet", "-p", "18080:80",
+          "--", "sleep", "600")  # fmt: skip
+    res = h2.cli("run", "-d", "--name", "p4", "--network", "vnet", "-p", "18080:80",
+                 "--", "sleep", "600")  # fmt: skip
+    assert res.returncode != 0 and "already published by p2" in res.stderr, res.stderr
