@@ -147,6 +147,15 @@ def test_containers_are_built_run_and_removed_only_on_their_node(cluster3: Clust
     assert h1.container_netns() == [ids["h1"]]
     assert h3.container_netns() == [ids["h3"]]
 
+    # connect and disconnect from another host: the owner builds the link.
+    h1.ok("network", "create", "back", "--subnet", "10.89.71.0/24")
+    h1.ok("network", "connect", "back", "c3")
+    wait_for(lambda: len(h3.veths()) == 2, 15, "the new link on h3")
+    assert len(h1.veths()) == 1
+    assert h3.cli("exec", "c3", "--", "ip", "-4", "addr", "show", "eth1").returncode == 0
+    h1.ok("network", "disconnect", "back", "c3")
+    wait_for(lambda: len(h3.veths()) == 1, 15, "the link gone from h3")
+
 
 def _health(host: Host, service: str) -> list[dict[str, Any]]:
     status, body = host.api("GET", f"/v1/health/service/{service}")
