@@ -158,8 +158,10 @@ class ContainerService:
         return Container.from_json(json.loads(kv.value))
 
     def owns(self, c: Container) -> bool:
-        """Whether this agent runs ``c`` (an empty node: a single-host record)."""
-        return owned(c.node, self._node)
+        """Whether this agent runs ``c`` (an empty node: a single-host record).
+        On a store of this host alone (SQLite, memory) every container is
+        this agent's, whatever node it was made under (the host was renamed)."""
+        return not self._shared or owned(c.node, self._node)
 
     def node_of(self, c: Container) -> str:
         return c.node or self._node
