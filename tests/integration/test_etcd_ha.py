@@ -1,0 +1,349 @@
+"""etcd failure handling and security, against real etcd processes.
+
+The client side (``EtcdStore``): a three-member cluster that loses its
+leader in the middle of a stream of writes loses no acknowledged write and
+raises nothing; a hub watching through it delivers every change once; TLS
+with client certificates works, and a client without one is refused.
+
+The agent side (real agents in a host namespace, ``--store etcd://a,b,c``):
+the same member failure under writes through the HTTP API, an agent started
+while etcd is down, and an agent whose etcd stops and comes back.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from agentproc import AgentProc
+from conftest import cleanup_agent
+from cove.clock import SystemClock
+from cove.errors import InvalidArgument, StoreError
+from cove.store import Compare, EtcdStore, Event, Put, WatchHub, open_store
+from cove.store.etcd_transport import TlsRefused
+from etcd_fixture import EtcdProcess, etcd_cluster, etcd_tls
+
+pytestmark = pytest.mark.etcd
+
+
+# -- the client --------------------------------------------------------------
+
+
+def test_cluster_member_killed_during_writes_loses_nothing() -> None:
+    with etcd_cluster(3) as cluster:
+        # The client starts on the leader, so killing it takes away both
+        # the member the client talks to (and watches) and the leader.
+        leader = cluster.leader()
+        urls = sorted(cluster.urls, key=lambda u: u != leader.url)
+        store = EtcdStore(urls, SystemClock())
+        hub = WatchHub(store, poll=0.1)
+        hub.start()
+        seen: list[Event] = []
+        hub.subscribe("ha/", seen.extend)
+        acked: dict[str, bytes] = {}
+        errors: list[BaseException] = []
+        killed = threading.Event()
+
+        def writer() -> None:
+            for i in range(400):
+                key, value = f"ha/{i:04d}", str(i).encode()
+                try:
+                    if i % 2:
+                        store.put(key, value)
+                    else:  # a compare-and-swap, as the registry and IPAM write
+                        res = store.txn([Compare.absent(key)], [Put(key, value)])
+                        assert res.succeeded, f"txn for {key} did not succeed"
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+                acked[key] = value
+                if i == 100:
+                    killed.wait(10)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        while len(acked) < 100 and thread.is_alive():
+            time.sleep(0.01)
+        leader.kill()
+        killed.set()
+        thread.join(60)
+        assert not errors, f"a write failed while one member of three died: {errors[0]!r}"
+        assert len(acked) == 400
+        survivor = next(m for m in cluster.members if m is not leader)
+        check = EtcdStore([survivor.url], SystemClock())
+        stored = {kv.key: kv.value for kv in check.range("ha/").kvs}
+        check.close()
+        assert stored == acked
+        # The hub's watch moved to a surviving member from where it stopped:
+        # every write once, in order.
+        assert hub.wait_for(store.revision, timeout=15)
+        keys = [e.kv.key for e in seen]
+        assert keys == sorted(acked), "the hub lost or repeated events across the failover"
+        hub.stop()
+        store.close()
+
+
+def test_a_member_that_is_down_is_skipped() -> None:
+    with etcd_cluster(3) as cluster:
+        cluster.members[0].kill()
+        store = EtcdStore(cluster.urls, SystemClock(), timeout=5)
+        start = time.monotonic()
+        for i in range(20):
+            store.put(f"skip/{i}", b"x")
+        # The dead first member is set aside after one refused connection,
+        # not asked again for every request.
+        assert time.monotonic() - start < 3
+        assert len(store.range("skip/").kvs) == 20
+        store.close()
+
+
+def test_unreachable_store_fails_within_the_bound_and_names_it() -> None:
+    port = _closed_port()
+    store = open_store(f"etcd://127.0.0.1:{port}", SystemClock(), timeout=1.5)
+    start = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        store.put("x", b"1")
+    took = time.monotonic() - start
+    assert 1.0 <= took < 4, took
+    assert f"etcd at http://127.0.0.1:{port}" in info.value.message
+    assert "unavailable" in info.value.message
+    store.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- TLS ---------------------------------------------------------------------
+
+
+def test_tls_with_client_certificates() -> None:
+    with etcd_tls() as member:
+        certs = member.certs
+        assert certs is not None
+        url = f"etcds://{member.hostport}"
+        store = open_store(
+            url, SystemClock(), ca=certs.ca, cert=certs.client_cert, key=certs.client_key
+        )
+        store.put("tls/a", b"1")
+        watch = store.watch("tls/", store.revision)
+        assert [e.kv.key for e in watch.next(timeout=5)] == ["tls/a"]
+        watch.close()
+        store.close()
+
+        # Without a client certificate, or with one from another CA: refused,
+        # at once, as something waiting will not mend.
+        for cert, key in ((None, None), (certs.rogue_cert, certs.rogue_key)):
+            bare = open_store(url, SystemClock(), ca=certs.ca, cert=cert, key=key, timeout=5)
+            start = time.monotonic()
+            with pytest.raises(TlsRefused, match="refused the TLS connection"):
+                bare.get("tls/a")
+            assert time.monotonic() - start < 2
+            bare.close()
+        # A plain-HTTP client gets nothing either.
+        plain = open_store(f"etcd://{member.hostport}", SystemClock(), timeout=1)
+        with pytest.raises(StoreError):
+            plain.get("tls/a")
+        plain.close()
+
+
+def test_tls_files_are_checked_when_the_store_opens(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    clock = SystemClock()
+    with pytest.raises(InvalidArgument, match="cannot read --store-ca"):
+        open_store("etcds://127.0.0.1:2379", clock, ca=missing)
+    with pytest.raises(InvalidArgument, match="--store-ca .* is not a PEM CA"):
+        open_store("etcds://127.0.0.1:2379", clock, ca=junk)
+    with pytest.raises(InvalidArgument, match="go together"):
+        open_store("etcds://127.0.0.1:2379", clock, cert=junk)
+    with pytest.raises(InvalidArgument, match="not a matching"):
+        open_store("etcds://127.0.0.1:2379", clock, cert=junk, key=junk)
+    with pytest.raises(InvalidArgument, match="etcds://"):
+        open_store("etcd://127.0.0.1:2379", clock, ca=junk)
+
+
+# -- the agent ---------------------------------------------------------------
+
+
+def _kv_put(port: int, key: str, value: str, timeout: float = 30) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("PUT", f"/v1/kv/{key}", body=value.encode())
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def _kv_get(port: int, key: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/kv/{key}?raw", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+@pytest.mark.root
+def test_agent_keeps_every_acknowledged_write_when_a_member_dies(
+    hostns: str, tmp_path: Path
+) -> None:
+    with etcd_cluster(3) as cluster:
+        agent = AgentProc(hostns, tmp_path, "--store", cluster.store_url)
+        try:
+            agent.start()
+            statuses: list[tuple[str, int]] = []
+            leader = cluster.leader()
+            for i in range(150):
+                if i == 50:
+                    leader.kill()
+                key = f"ha/{i:04d}"
+                statuses.append((key, _kv_put(agent.http_port, key, str(i))))
+            failed = [(k, s) for k, s in statuses if s != 200]
+            assert not failed, f"writes failed while one member of three died: {failed[:5]}"
+            survivor = next(m for m in cluster.members if m is not leader)
+            check = EtcdStore([survivor.url], SystemClock())
+            stored = {kv.key for kv in check.range("kv/ha/").kvs} | {
+                kv.key for kv in check.range("registry/kv/ha/").kvs
+            }
+            check.close()
+            got = {k.rsplit("/", 1)[-1] for k in stored}
+            assert got == {k.rsplit("/", 1)[-1] for k, _ in statuses}
+            # The agent keeps serving reads and writes on two members.
+            assert _kv_get(agent.http_port, "ha/0149") == (200, "149")
+            assert "leader changed" not in agent.log_text()
+        finally:
+            cleanup_agent(agent)
+
+
+@pytest.mark.root
+def test_agent_started_while_etcd_is_down_waits_for_it(hostns: str, tmp_path: Path) -> None:
+    member = EtcdProcess()
+    store_url = f"etcd://{member.hostport}"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    # SIGTERM while waiting: a clean exit, nothing started.
+    quitter = AgentProc(hostns, tmp_path / "a", "--store", store_url)
+    waiter = AgentProc(hostns, tmp_path / "b", "--store", store_url)
+    waiter.http_port, waiter.dns_port = 8510, 8610
+    try:
+        for proc in (quitter, waiter):
+            _spawn(proc)
+        _wait_for_log(quitter, f"waiting for etcd at {member.hostport}")
+        _wait_for_log(waiter, f"waiting for etcd at {member.hostport}")
+        assert quitter.stop(timeout=10) == 0
+        assert waiter.proc is not None and waiter.proc.poll() is None
+        member.start()
+        deadline = time.monotonic() + 20
+        while waiter.cli("network", "ls", "-q").returncode != 0:
+            assert waiter.proc.poll() is None, waiter.log_text()
+            assert time.monotonic() < deadline, waiter.log_text()
+            time.sleep(0.2)
+        assert _kv_put(waiter.http_port, "late", "1") == 200
+        assert "answers; starting" in waiter.log_text()
+    finally:
+        cleanup_agent(waiter)
+        quitter.stop()
+        member.stop()
+        import shutil
+
+        shutil.rmtree(member.data_dir, ignore_errors=True)
+
+
+def _spawn(proc: AgentProc) -> None:
+    """Start an agent process without waiting for it to be ready."""
+    proc.start_args = ()  # type: ignore[attr-defined]
+    args = [
+        *__import__("agentproc").COVE,
+        "agent",
+        "--state-dir", str(proc.state_dir),
+        "--socket", str(proc.socket),
+        "--http", f"127.0.0.1:{proc.http_port}",
+        "--dns", f"127.0.0.1:{proc.dns_port}",
+        "--upstream", "127.0.0.1:5399",
+        "--log-level", "debug",
+        *proc.extra,
+    ]  # fmt: skip
+    with open(proc.log, "ab") as log:
+        proc.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+
+
+def _wait_for_log(proc: AgentProc, text: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proc.log_text():
+        assert proc.proc is not None and proc.proc.poll() is None, proc.log_text()
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{proc.log_text()}"
+        time.sleep(0.1)
+
+
+@pytest.mark.root
+def test_agent_without_etcd_answers_dns_and_fails_writes_in_bound(
+    hostns: str, tmp_path: Path
+) -> None:
+    member = EtcdProcess()
+    member.start()
+    agent = AgentProc(
+        hostns, tmp_path, "--store", f"etcd://{member.hostport}", "--store-timeout", "2"
+    )
+    try:
+        agent.start()
+        body = {"Name": "web", "ID": "web1", "Address": "10.1.2.3", "Port": 80}
+        status, _ = agent.api("PUT", "/v1/agent/service/register", body)
+        assert status == 200
+        assert _dig(agent, "web.service.cove") == ["10.1.2.3"]
+
+        member.stop()
+        # Reads served from the agent's caches keep working.
+        for _ in range(3):
+            assert _dig(agent, "web.service.cove") == ["10.1.2.3"]
+        # A write fails with a 503 that names the store, within the bound.
+        start = time.monotonic()
+        status, answer = agent.api("PUT", "/api/networks", {"name": "n1"})
+        took = time.monotonic() - start
+        assert status == 503, answer
+        assert took < 5, took
+        assert f"etcd at http://{member.hostport}" in json.dumps(answer)
+        res = agent.cli("network", "create", "n2", "--subnet", "10.89.77.0/24")
+        assert res.returncode != 0 and "etcd at" in res.stderr, res.stderr
+
+        member.start()
+        # Everything converges within seconds of etcd's return.
+        deadline = time.monotonic() + 10
+        while _kv_put(agent.http_port, "back", "1", timeout=10) != 200:
+            assert time.monotonic() < deadline, agent.log_text()
+            time.sleep(0.2)
+        body = {"Name": "api", "ID": "api1", "Address": "10.1.2.4", "Port": 80}
+        status, _ = agent.api("PUT", "/v1/agent/service/register", body)
+        assert status == 200
+        deadline = time.monotonic() + 5
+        while _dig(agent, "api.service.cove") != ["10.1.2.4"]:
+            assert time.monotonic() < deadline, agent.log_text()
+            time.sleep(0.2)
+    finally:
+        cleanup_agent(agent)
+        member.stop()
+        import shutil
+
+        shutil.rmtree(member.data_dir, ignore_errors=True)
+
+
+def _dig(agent: AgentProc, name: str) -> list[str]:
+    res = subprocess.run(
+        ["dig", "+short", "+time=2", "+tries=1", "-p", str(agent.dns_port), "@127.0.0.1", name],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return sorted(res.stdout.split())
