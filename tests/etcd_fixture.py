@@ -121,6 +121,47 @@ def make_certs(directory: Path) -> EtcdCerts:
     )
 
 
+@dataclass(frozen=True)
+class EtcdLoad:
+    """Counters from an etcd member's /metrics: gRPC calls started, by method
+    (the JSON gateway's requests land there too: it is a gRPC client of its
+    own member) and the bytes its client gRPC traffic carried."""
+
+    calls: dict[str, float]
+    received: float
+    sent: float
+
+    @classmethod
+    def parse(cls, text: str) -> EtcdLoad:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        calls: dict[str, float] = {}
+        received = sent = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "grpc_server_started_total":
+                    method = sample.labels.get("grpc_method", "?")
+                    calls[method] = calls.get(method, 0.0) + sample.value
+                elif sample.name == "etcd_network_client_grpc_received_bytes_total":
+                    received += sample.value
+                elif sample.name == "etcd_network_client_grpc_sent_bytes_total":
+                    sent += sample.value
+        return cls(calls, received, sent)
+
+    def __sub__(self, other: EtcdLoad) -> EtcdLoad:
+        keys = set(self.calls) | set(other.calls)
+        calls = {k: self.calls.get(k, 0.0) - other.calls.get(k, 0.0) for k in keys}
+        return EtcdLoad(
+            {k: v for k, v in calls.items() if v},
+            self.received - other.received,
+            self.sent - other.sent,
+        )
+
+    @property
+    def requests(self) -> float:
+        return sum(self.calls.values())
+
+
 class EtcdProcess:
     """One private etcd member that a test may kill (by the PID this
     started) and start again on the same ports and data."""
@@ -185,6 +226,21 @@ class EtcdProcess:
     def start(self, timeout: float = 20.0) -> None:
         self.spawn()
         self.wait_healthy(timeout)
+
+    def metrics(self) -> EtcdLoad:
+        """What this member has served so far (its /metrics counters)."""
+        ctx = self.certs.client_context() if self.certs is not None else None
+        conn: http.client.HTTPConnection
+        if ctx is not None:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.client, timeout=5, context=ctx)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.client, timeout=5)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        return EtcdLoad.parse(text)
 
     @property
     def running(self) -> bool:

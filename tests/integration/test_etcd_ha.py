@@ -29,7 +29,7 @@ from cove.clock import SystemClock
 from cove.errors import InvalidArgument, StoreError
 from cove.store import Compare, EtcdStore, Event, Put, WatchHub, open_store
 from cove.store.etcd_transport import TlsRefused
-from etcd_fixture import EtcdProcess, etcd_cluster, etcd_tls
+from etcd_fixture import EtcdProcess, etcd_cluster, etcd_process, etcd_tls
 
 pytestmark = pytest.mark.etcd
 
@@ -309,7 +309,9 @@ def test_agent_without_etcd_answers_dns_and_fails_writes_in_bound(
             assert _dig(agent, "web.service.cove") == ["10.1.2.3"]
         # A write fails with a 503 that names the store, within the bound.
         start = time.monotonic()
-        status, answer = agent.api("POST", "/api/networks", {"name": "n1", "subnet": "10.89.76.0/24"})
+        status, answer = agent.api(
+            "POST", "/api/networks", {"name": "n1", "subnet": "10.89.76.0/24"}
+        )
         took = time.monotonic() - start
         assert status == 503, answer
         assert took < 5, took
@@ -346,3 +348,45 @@ def _dig(agent: AgentProc, name: str) -> list[str]:
         timeout=10,
     )
     return sorted(res.stdout.split())
+
+
+# -- scale: a steady health check costs etcd nothing ---------------------------
+
+
+def test_a_steady_health_check_costs_no_etcd_traffic() -> None:
+    import consul
+
+    from cove.agent.consul import ConsulServer
+
+    with etcd_process() as member, socket.socket() as target:
+        target.bind(("127.0.0.1", 0))
+        target.listen(64)
+        store = EtcdStore([member.url], SystemClock())
+        server = ConsulServer(store, SystemClock(), node_name="steady")
+        server.start()
+        try:
+            client = consul.Consul(port=server.port)
+            time.sleep(0.5)
+            before = member.metrics()
+            time.sleep(3)  # the agent's own background reads, without a check
+            baseline = member.metrics() - before
+            port = target.getsockname()[1]
+            check = {"TCP": f"127.0.0.1:{port}", "Interval": "100ms"}
+            client.agent.service.register("db", service_id="db1", port=port, check=check)
+            deadline = time.monotonic() + 10
+            while not client.health.service("db", passing=True)[1]:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            time.sleep(0.5)
+            before = member.metrics()
+            time.sleep(3)  # about 30 probes, every one passing
+            load = member.metrics() - before
+            # Nothing beyond the agent's background (its session sweep, the
+            # node's lease keep-alive); before, every probe read its check.
+            for method in ("Range", "Txn", "Put"):
+                extra = load.calls.get(method, 0) - baseline.calls.get(method, 0)
+                assert extra <= 2, f"a steady check costs etcd {method}s: {load.calls} {baseline}"
+            assert client.health.service("db", passing=True)[1]
+        finally:
+            server.stop()
+            store.close()
