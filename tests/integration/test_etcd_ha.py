@@ -390,3 +390,86 @@ def test_a_steady_health_check_costs_no_etcd_traffic() -> None:
         finally:
             server.stop()
             store.close()
+
+
+def test_a_hung_member_is_skipped_within_the_bound() -> None:
+    """A member that accepts connections but answers nothing (stopped, or cut
+    off): requests move on to the others instead of waiting on it."""
+    import signal
+
+    with etcd_cluster(3) as cluster:
+        leader = cluster.leader()
+        urls = sorted(cluster.urls, key=lambda u: u != leader.url)
+        store = EtcdStore(urls, SystemClock(), timeout=5)
+        store.put("hung/before", b"1")
+        assert leader.proc is not None
+        leader.proc.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            for i in range(10):
+                store.put(f"hung/{i}", b"x")
+            took = time.monotonic() - start
+            assert took < 10, took
+            assert len(store.range("hung/").kvs) == 11
+        finally:
+            leader.proc.send_signal(signal.SIGCONT)
+            store.close()
+
+
+@pytest.mark.root
+def test_agent_over_tls_with_client_certificates(hostns: str, tmp_path: Path) -> None:
+    with etcd_tls() as member:
+        certs = member.certs
+        assert certs is not None
+        url = f"etcds://{member.hostport}"
+        (tmp_path / "good").mkdir()
+        agent = AgentProc(
+            hostns, tmp_path / "good", "--store", url, "--store-ca", str(certs.ca),
+            "--store-cert", str(certs.client_cert), "--store-key", str(certs.client_key),
+        )  # fmt: skip
+        try:
+            agent.start()
+            agent.ok("network", "create", "tlsnet", "--subnet", "10.89.78.0/24")
+            store = open_store(
+                url, SystemClock(), ca=certs.ca, cert=certs.client_cert, key=certs.client_key
+            )
+            assert store.get("networks/tlsnet") is not None
+            store.close()
+        finally:
+            cleanup_agent(agent)
+        # Refused without a client certificate: the agent says so and exits
+        # (waiting would not mend it) instead of waiting forever.
+        res = _agent_run(tmp_path / "bare", "--store", url, "--store-ca", str(certs.ca))
+        assert res.returncode == 9, res.stderr
+        assert f"etcd at https://{member.hostport} refused the TLS connection" in res.stderr
+
+
+@pytest.mark.root
+def test_agent_with_bad_store_files_exits_2(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("junk\n")
+    cases = [
+        (("--store-ca", str(tmp_path / "missing.pem")), "cannot read --store-ca"),
+        (("--store-ca", str(junk)), "is not a PEM CA certificate"),
+        (("--store-cert", str(junk)), "--store-cert and --store-key go together"),
+    ]
+    for i, (flags, message) in enumerate(cases):
+        res = _agent_run(tmp_path / str(i), "--store", "etcds://127.0.0.1:1", *flags)
+        assert res.returncode == 2, res.stderr
+        assert message in res.stderr
+    res = _agent_run(tmp_path / "plain", "--store", "etcd://127.0.0.1:1", "--store-ca", str(junk))
+    assert res.returncode == 2 and "etcds://" in res.stderr, res.stderr
+
+
+def _agent_run(work: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Run `cove agent` to its exit (it must exit by itself, quickly)."""
+    work.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [
+            *__import__("agentproc").COVE, "agent", "--state-dir", str(work / "state"),
+            "--socket", str(work / "agent.sock"), "--http", "off", "--dns", "off", *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
