@@ -473,3 +473,107 @@ def _agent_run(work: Path, *flags: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
     )  # fmt: skip
+
+
+# -- a transaction whose answer is lost ----------------------------------------
+
+
+class _LossyProxy:
+    """An HTTP proxy in front of one etcd member that, for the next
+    ``drops`` transactions, either forwards the request and loses the answer
+    (``after=True``: applied, outcome unknown to the client) or loses the
+    request itself (``after=False``)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.drops = 0
+        self.after = True
+        self.txns = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=10)
+        reader = conn.makefile("rb")
+        try:
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                method, path, _ = line.decode().split(" ", 2)
+                headers: dict[str, str] = {}
+                while (h := reader.readline()) not in (b"\r\n", b""):
+                    name, value = h.decode().split(":", 1)
+                    headers[name.strip()] = value.strip()
+                body = reader.read(int(headers.get("Content-Length", "0")))
+                drop = path == "/v3/kv/txn" and self.drops > 0
+                if path == "/v3/kv/txn":
+                    self.txns += 1
+                if drop:
+                    self.drops -= 1
+                    if not self.after:
+                        return  # the request never reaches etcd
+                upstream.request(method, path, body=body, headers=headers)
+                resp = upstream.getresponse()
+                data = resp.read()
+                if drop:
+                    return  # applied, and the answer is lost
+                head = (
+                    f"HTTP/1.1 {resp.status} {resp.reason}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+                )
+                conn.sendall(head.encode() + data)
+        except OSError:
+            return
+        finally:
+            reader.close()
+            conn.close()
+            upstream.close()
+
+
+def test_a_transaction_whose_answer_is_lost_is_checked_not_repeated() -> None:
+    with etcd_process() as member:
+        proxy = _LossyProxy(member.client)
+        store = EtcdStore([f"http://127.0.0.1:{proxy.port}"], SystemClock(), timeout=5)
+        try:
+            store.put("lost/seen", b"0")  # the client knows a revision
+            # Applied, answer lost: the client finds its write and says so,
+            # where sending it again would fail its compare.
+            proxy.drops, proxy.after = 1, True
+            res = store.txn([Compare.absent("lost/a")], [Put("lost/a", b"1")])
+            assert res.succeeded
+            kv = store.get("lost/a")
+            assert kv is not None and kv.value == b"1" and kv.version == 1
+            assert res.revision == kv.mod_revision
+            assert proxy.txns == 1  # checked, not sent again
+            # Lost before etcd saw it: the client finds nothing and sends it again.
+            proxy.drops, proxy.after = 1, False
+            res = store.txn([Compare.absent("lost/b")], [Put("lost/b", b"2")])
+            assert res.succeeded
+            kv = store.get("lost/b")
+            assert kv is not None and kv.version == 1
+            assert proxy.txns == 3
+            # A compare that fails stays a failure, answer lost or not.
+            proxy.drops, proxy.after = 1, True
+            res = store.txn([Compare.absent("lost/a")], [Put("lost/a", b"3")])
+            assert not res.succeeded
+            assert store.get("lost/a").value == b"1"  # type: ignore[union-attr]
+        finally:
+            store.close()
+            proxy.close()
