@@ -394,13 +394,18 @@ def test_a_steady_health_check_costs_no_etcd_traffic() -> None:
 
 def test_a_hung_member_is_skipped_within_the_bound() -> None:
     """A member that accepts connections but answers nothing (stopped, or cut
-    off): requests move on to the others instead of waiting on it."""
+    off): requests move on to the others instead of waiting on it, and so
+    does a watch, whose stream on it just goes silent."""
     import signal
 
     with etcd_cluster(3) as cluster:
         leader = cluster.leader()
         urls = sorted(cluster.urls, key=lambda u: u != leader.url)
         store = EtcdStore(urls, SystemClock(), timeout=5)
+        hub = WatchHub(store, poll=0.1)
+        hub.start()
+        seen: list[str] = []
+        hub.subscribe("hung/", lambda events: seen.extend(e.kv.key for e in events))
         store.put("hung/before", b"1")
         assert leader.proc is not None
         leader.proc.send_signal(signal.SIGSTOP)
@@ -411,8 +416,13 @@ def test_a_hung_member_is_skipped_within_the_bound() -> None:
             took = time.monotonic() - start
             assert took < 10, took
             assert len(store.range("hung/").kvs) == 11
+            assert hub.wait_for(store.revision, timeout=10), (
+                "the hub's watch stayed on the hung member"
+            )
+            assert seen == ["hung/before", *(f"hung/{i}" for i in range(10))]
         finally:
             leader.proc.send_signal(signal.SIGCONT)
+            hub.stop()
             store.close()
 
 

@@ -162,6 +162,12 @@ class EtcdWatch:
         self._closed = False
         self._endpoint = endpoint
         self._members = members
+        # The member's failures when the watch started: when a request of
+        # the store sets that member aside (it stopped answering, lost its
+        # leader), the watch stops too and the hub watches on another one.
+        # A stream stays silent on a member that hangs, so this is how it
+        # learns.
+        self._failures = endpoint.failures
         request: dict[str, Any] = {**_key_range(prefix), "prev_kv": True}
         if start_revision is not None and start_revision > 0:
             request["start_revision"] = str(start_revision)
@@ -232,6 +238,8 @@ class EtcdWatch:
     def next(self, timeout: float | None = None) -> list[Event]:
         if self._closed:
             raise StoreError("the watch is closed")
+        if self._endpoint.failures != self._failures and self._queue.empty():
+            raise StoreError("the watch's etcd member was set aside", endpoint=self._endpoint.url)
         try:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:

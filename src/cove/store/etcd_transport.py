@@ -156,6 +156,7 @@ class Endpoint:
         self.port = port
         self.url = f"{parts.scheme}://{self.host}:{self.port}"
         self.down_until = 0.0
+        self.failures = 0  # times set aside: a watch on it moves when this grows
 
     def connect(self, timeout: float | None) -> http.client.HTTPConnection:
         """A connected HTTP(S) connection; raises ``OSError`` (an
@@ -175,6 +176,12 @@ class Endpoint:
         if conn.sock is not None:
             with contextlib.suppress(OSError):
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # A member whose host vanished (no reset ever comes) is
+                # noticed on a quiet watch stream within about 10 s.
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 4)
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
         return conn
 
 
@@ -217,6 +224,7 @@ class Members:
         """Set ``endpoint`` aside and move on to the next member."""
         with self._lock:
             endpoint.down_until = time.monotonic() + COOLDOWN
+            endpoint.failures += 1
             if len(self.endpoints) > 1 and self.endpoints[self._current] is endpoint:
                 self._current = (self._current + 1) % len(self.endpoints)
 
