@@ -201,11 +201,15 @@ def test_agent_keeps_every_acknowledged_write_when_a_member_dies(
     hostns: str, tmp_path: Path
 ) -> None:
     with etcd_cluster(3) as cluster:
-        agent = AgentProc(hostns, tmp_path, "--store", cluster.store_url)
+        # The agent starts on the leader: killing it takes the member the
+        # agent talks to and watches, and the cluster's leader.
+        leader = cluster.leader()
+        members = sorted(cluster.members, key=lambda m: m is not leader)
+        store_url = "etcd://" + ",".join(m.hostport for m in members)
+        agent = AgentProc(hostns, tmp_path, "--store", store_url)
         try:
             agent.start()
             statuses: list[tuple[str, int]] = []
-            leader = cluster.leader()
             for i in range(150):
                 if i == 50:
                     leader.kill()
@@ -221,8 +225,15 @@ def test_agent_keeps_every_acknowledged_write_when_a_member_dies(
             check.close()
             got = {k.rsplit("/", 1)[-1] for k in stored}
             assert got == {k.rsplit("/", 1)[-1] for k, _ in statuses}
-            # The agent keeps serving reads and writes on two members.
+            # The agent keeps serving reads and writes on two members, and
+            # its watch moved: a new service reaches DNS.
             assert _kv_get(agent.http_port, "ha/0149") == (200, "149")
+            body = {"Name": "after", "ID": "after1", "Address": "10.1.2.9", "Port": 80}
+            assert agent.api("PUT", "/v1/agent/service/register", body)[0] == 200
+            deadline = time.monotonic() + 5
+            while _dig(agent, "after.service.cove") != ["10.1.2.9"]:
+                assert time.monotonic() < deadline, agent.log_text()
+                time.sleep(0.2)
         finally:
             cleanup_agent(agent)
 
