@@ -437,6 +437,46 @@ def test_a_hung_member_is_skipped_within_the_bound() -> None:
             store.close()
 
 
+def test_a_watch_that_moves_past_a_compaction_rereads() -> None:
+    """The hub's member hangs while the others change and compact the
+    history it would resume from: it re-reads and delivers the difference."""
+    import signal
+
+    with etcd_cluster(3) as cluster:
+        leader = cluster.leader()
+        others = [m.url for m in cluster.members if m is not leader]
+        store = EtcdStore([leader.url, *others], SystemClock(), timeout=5)
+        writer = EtcdStore(others, SystemClock(), timeout=5)
+        hub = WatchHub(store, poll=0.1)
+        hub.start()
+        state: dict[str, bytes] = {}
+
+        def follow(events: list[Event]) -> None:
+            for e in events:
+                if e.type.value == "put":
+                    state[e.kv.key] = e.kv.value
+                else:
+                    state.pop(e.kv.key, None)
+
+        hub.subscribe("comp/", follow)
+        assert hub.wait_for(writer.put("comp/a", b"1"), timeout=10)
+        assert leader.proc is not None
+        leader.proc.send_signal(signal.SIGSTOP)
+        try:
+            writer.put("comp/b", b"2")
+            writer.delete("comp/a")
+            writer.compact(writer.put("comp/c", b"3"))
+            # The next request of the hub's store finds the member hung.
+            assert store.get("comp/c") is not None
+            assert hub.wait_for(writer.revision, timeout=15)
+            assert state == {"comp/b": b"2", "comp/c": b"3"}
+        finally:
+            leader.proc.send_signal(signal.SIGCONT)
+            hub.stop()
+            store.close()
+            writer.close()
+
+
 @pytest.mark.root
 def test_agent_over_tls_with_client_certificates(hostns: str, tmp_path: Path) -> None:
     with etcd_tls() as member:
