@@ -638,3 +638,24 @@ def test_a_transaction_whose_answer_is_lost_is_checked_not_repeated() -> None:
         finally:
             store.close()
             proxy.close()
+
+
+@pytest.mark.root
+def test_agent_stops_promptly_while_etcd_is_down(hostns: str, tmp_path: Path) -> None:
+    member = EtcdProcess()
+    member.start()
+    agent = AgentProc(hostns, tmp_path, "--store", f"etcd://{member.hostport}")
+    try:
+        agent.start()
+        member.stop()
+        time.sleep(1)
+        start = time.monotonic()
+        assert agent.stop(timeout=30) == 0, agent.log_text()
+        # At most a store timeout or two (5 s each) for what shutdown writes.
+        assert time.monotonic() - start < 12, agent.log_text()
+    finally:
+        cleanup_agent(agent)
+        member.stop()
+        import shutil
+
+        shutil.rmtree(member.data_dir, ignore_errors=True)
