@@ -458,6 +458,10 @@ class EtcdStore:
         answer = self._call("/v3/kv/range", _key_range(prefix))
         return RangeResult(tuple(_kv(kv) for kv in answer.get("kvs", ())), _revision(answer))
 
+    def keys(self, prefix: str) -> RangeResult:
+        answer = self._call("/v3/kv/range", {**_key_range(prefix), "keys_only": True})
+        return RangeResult(tuple(_kv(kv) for kv in answer.get("kvs", ())), _revision(answer))
+
     @property
     def revision(self) -> int:
         # A point read of a key that cannot exist costs etcd nothing and

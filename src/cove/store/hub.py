@@ -161,8 +161,9 @@ class WatchHub:
     # -- the hub thread ------------------------------------------------------
 
     def _snapshot(self) -> Watch:
-        """Read every key, remember its mod revision, and watch what follows."""
-        current = self._store.range("")
+        """Read every key (not its value), remember its mod revision, and
+        watch what follows."""
+        current = self._store.keys("")
         with self._lock:
             self._mod_revisions = {kv.key: kv.mod_revision for kv in current.kvs}
             self._revision = max(self._revision, current.revision)
