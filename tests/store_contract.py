@@ -122,6 +122,19 @@ class StoreContract:
         assert [kv.value for kv in s.range(k).kvs] == [b"a", b"b", b"b/1", b"b/10", b"b/2", b"c"]
         assert s.range(k + "zzz").kvs == ()
 
+    def test_keys_are_a_range_without_values(self, backend: Backend, k: str) -> None:
+        s = backend.store
+        s.put(k + "a", b"1")
+        s.put(k + "b", b"22")
+        s.put(k + "a", b"333")
+        full, keys = s.range(k), s.keys(k)
+        assert [kv.key for kv in keys.kvs] == [k + "a", k + "b"]
+        assert all(kv.value == b"" for kv in keys.kvs)
+        assert [(kv.mod_revision, kv.version) for kv in keys.kvs] == [
+            (kv.mod_revision, kv.version) for kv in full.kvs
+        ]
+        assert keys.revision == s.revision
+
     def test_delete_prefix_reports_previous_values(self, backend: Backend, k: str) -> None:
         s = backend.store
         s.put(k + "x/1", b"one")

@@ -162,6 +162,12 @@ class Store(Protocol):
         revision at the time of the read."""
         ...
 
+    def keys(self, prefix: str) -> RangeResult:
+        """As ``range``, with every value left empty (``b""``): what a
+        caller needs that only follows keys and revisions, for a fraction
+        of the bytes over a network."""
+        ...
+
     def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write one key; returns the new revision. Raises ``NotFound`` for an
         unknown or expired lease."""

@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from cove.clock import Clock
@@ -257,6 +257,10 @@ class MemoryStore:
         with self._cond:
             self._check_open()
             return RangeResult(tuple(self._scan(prefix, {})), self._revision)
+
+    def keys(self, prefix: str) -> RangeResult:
+        found = self.range(prefix)
+        return RangeResult(tuple(replace(kv, value=b"") for kv in found.kvs), found.revision)
 
     @property
     def revision(self) -> int:

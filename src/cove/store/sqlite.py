@@ -156,6 +156,9 @@ class SqliteStore:
     def range(self, prefix: str) -> RangeResult:
         return self._mirror.range(prefix)
 
+    def keys(self, prefix: str) -> RangeResult:
+        return self._mirror.keys(prefix)
+
     @property
     def revision(self) -> int:
         return self._mirror.revision
