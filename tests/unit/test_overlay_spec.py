@@ -108,7 +108,7 @@ def test_concurrent_creates_get_distinct_vnis(store: MemoryStore) -> None:
             net, _ = services[i].create(overlay(f"ov{i}"))
             assert net.vni is not None
             out.append(net.vni)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=make, args=(i,)) for i in range(8)]
