@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import nsutil
 from agentproc import AgentProc
+from cluster import cluster3  # noqa: F401 - the three-host fixture (tests/cluster.py)
 from cove.agent.teardown import teardown
 
 

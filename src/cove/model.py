@@ -130,6 +130,7 @@ class Endpoint:
     hostname: str = ""
     netns: str = ""  # path of the container's network namespace
     services: tuple[str, ...] = ()  # "name:port" given with --service
+    node: str = ""  # the node whose agent built it; empty: a single-host record
 
     @property
     def addresses(self) -> tuple[IPAddress, ...]:
@@ -159,6 +160,7 @@ class Endpoint:
             "hostname": self.hostname,
             "netns": self.netns,
             "services": list(self.services),
+            "node": self.node,
         }
 
     @classmethod
@@ -179,6 +181,7 @@ class Endpoint:
             hostname=data.get("hostname", ""),
             netns=data.get("netns", ""),
             services=tuple(data.get("services") or ()),
+            node=str(data.get("node") or ""),
         )
 
 

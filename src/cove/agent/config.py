@@ -45,6 +45,8 @@ class AgentConfig:
     upstreams: tuple[str, ...] | None = None  # None: from /etc/resolv.conf
     resolv_conf: Path = Path("/etc/resolv.conf")
     node_name: str = field(default_factory=socketlib.gethostname)
+    advertise: str | None = None  # None: found at start (see cove.cluster.advertise)
+    node_ttl: int = 10  # seconds a dead agent's node stays alive
     datacenter: str = "dc1"
     log_level: str = "info"
     log_file: Path | None = None
@@ -132,6 +134,11 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidArgument(f"invalid {name} {value!r}: expected a whole number, 0 or more")
+    node_ttl = cfg.node_ttl
+    if isinstance(node_ttl, bool) or not isinstance(node_ttl, int) or not 2 <= node_ttl <= 3600:
+        raise InvalidArgument(
+            f"invalid node_ttl {node_ttl!r}: expected whole seconds from 2 to 3600"
+        )
     tls_cert = Path(cfg.tls_cert) if cfg.tls_cert else None
     tls_key = Path(cfg.tls_key) if cfg.tls_key else None
     tls_ca = Path(cfg.tls_ca) if cfg.tls_ca else None
@@ -159,6 +166,7 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
         tls_key=tls_key,
         tls_ca=tls_ca,
         tls_verify_incoming=bool(cfg.tls_verify_incoming),
+        advertise=str(cfg.advertise) if cfg.advertise else None,
     )
 
 

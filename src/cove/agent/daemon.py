@@ -43,6 +43,8 @@ from cove.api.http.limits import limits_for
 from cove.api.metrics import Metrics
 from cove.api.tls import ReloadingTls, TlsFiles
 from cove.clock import SystemClock
+from cove.cluster.advertise import resolve as resolve_advertise
+from cove.cluster.nodes import NodeLease, NodeRecord, now_rfc3339
 from cove.datapath.libnft import open_nft
 from cove.datapath.netlink import NetlinkDatapath
 from cove.datapath.nftables import Nft
@@ -57,9 +59,13 @@ from cove.network.service import NetworkService
 from cove.runtime.dns_handover import SupervisorKeeper
 from cove.runtime.registration import ServiceRegistrar
 from cove.store import open_store
+from cove.store.base import local_store
 from cove.store.hub import WatchHub
 
 log = logging.getLogger("cove.agent")
+
+# What this agent can do, in its node record (other nodes may ask).
+FEATURES = ("containers", "consul", "dns", "policy", "vips")
 
 
 def setup_logging(config: AgentConfig) -> None:
@@ -134,6 +140,18 @@ class Agent:
         self.config = config
         self.clock = SystemClock()
         self.store = open_store(config.store_url, self.clock)
+        # Before anything is written: a taken node name or an address this
+        # host does not have stops the agent with nothing changed.
+        self.advertise = resolve_advertise(
+            config.advertise, shared_store=local_store(self.store) is None
+        )
+        self.node = NodeLease(
+            self.store,
+            NodeRecord(config.node_name, self.advertise, __version__, FEATURES, now_rfc3339()),
+            config.node_ttl,
+            config.state_dir / "node.lease",
+        )
+        self.node.join()
         self.hub = WatchHub(self.store)
         self.nft = Nft()
         self.datapath = NetlinkDatapath(self.nft)
@@ -170,7 +188,8 @@ class Agent:
             self.hub,
             node_name=config.node_name,
             datacenter=config.datacenter,
-            node_address="127.0.0.1",
+            node_address=self.advertise,
+            lease_ttl=config.node_ttl,
             enable_script_checks=config.enable_script_checks,
             acl=self.acl,
         )
@@ -240,6 +259,7 @@ class Agent:
         ]
 
     def start(self) -> None:
+        self.node.start()
         self.hub.subscribe(NETWORKS, lambda _events: self.reconciler.kick())
         self.hub.start()
         self.reconciler.start()
@@ -263,6 +283,7 @@ class Agent:
         self.reconciler.stop()
         self.hub.stop()
         self.datapath.close()
+        self.node.stop(leave=True)
         self.store.close()
 
 

@@ -12,7 +12,7 @@ from cove.api import consul as consul_api
 from cove.api import http as web
 from cove.clock import Clock
 from cove.registry import Registry
-from cove.registry.runner import CheckRunner
+from cove.registry.runner import LEASE_TTL, CheckRunner
 from cove.registry.txn import in_process
 from cove.store.base import Store
 from cove.store.hub import WatchHub
@@ -34,6 +34,7 @@ class RegistryParts:
         enable_script_checks: bool,
         acl: AclService | None,
         run_checks: bool = True,
+        lease_ttl: int = LEASE_TTL,
     ) -> None:
         self.registry = Registry(
             store,
@@ -55,6 +56,7 @@ class RegistryParts:
                 hub=hub,
                 enable_script_checks=enable_script_checks,
                 inline=self.inline,
+                lease_ttl=lease_ttl,
             )
 
     def install(self, app: web.Application) -> None:

@@ -77,6 +77,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=None,
         help="require client certificates signed by --tls-ca on --https",
     )
+    p.add_argument(
+        "--advertise",
+        metavar="ADDR",
+        help="this host's address for the other hosts (default: the default route's source"
+        " address with etcd, 127.0.0.1 otherwise)",
+    )
+    p.add_argument(
+        "--node-ttl",
+        type=int,
+        metavar="SECONDS",
+        help="how long a dead agent's node and services stay alive (default 10)",
+    )
     p.set_defaults(func=_run, no_client=True)
 
 
@@ -109,6 +121,8 @@ def _run(args: argparse.Namespace) -> int:
         "tls_key": args.tls_key,
         "tls_ca": args.tls_ca,
         "tls_verify_incoming": args.tls_verify_incoming,
+        "advertise": args.advertise,
+        "node_ttl": args.node_ttl,
     }
     cfg = agent_config.load(flags, args.config, os.environ)
     return run(cfg)

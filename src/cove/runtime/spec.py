@@ -165,6 +165,7 @@ class Container:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     seccomp: bool = True
+    node: str = ""  # the node whose agent runs it; empty: a single-host record
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -189,6 +190,7 @@ class Container:
             "cap_add": list(self.cap_add),
             "cap_drop": list(self.cap_drop),
             "seccomp": "default" if self.seccomp else "unconfined",
+            "node": self.node,
         }
 
     @classmethod
@@ -211,6 +213,7 @@ class Container:
             cap_add=tuple(data.get("cap_add") or ()),
             cap_drop=tuple(data.get("cap_drop") or ()),
             seccomp=data.get("seccomp", "default") != "unconfined",
+            node=str(data.get("node") or ""),
         )
 
 

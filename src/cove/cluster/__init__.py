@@ -1,0 +1,1 @@
+"""The cluster: hosts (nodes) that share one store, each with its own agent."""

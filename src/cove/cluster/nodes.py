@@ -1,0 +1,302 @@
+"""Nodes are first-class: each agent keeps a ``NodeRecord`` under
+``cluster/nodes/<name>`` alive through a store lease (TTL ``node_ttl``), so
+a live node is a present key and a dead agent's node vanishes within its TTL.
+
+A second, lease-free record under ``cluster/known/<name>`` remembers every
+node that ever joined and whether it left cleanly, so ``cove members`` can
+tell a node that left (``left``) from one whose lease ran out (``failed``).
+
+Two live agents cannot claim one name: joining is a compare-and-swap on the
+absent key. An agent restarted after a crash finds its own previous record
+(the lease id it saved in its state directory) and takes it over instead of
+waiting for the lease to run out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cove.errors import CoveError, InvalidArgument, NotFound
+from cove.model import CONTAINERS
+from cove.store.base import Compare, Put, Store
+
+log = logging.getLogger(__name__)
+
+CLUSTER_NODES = "cluster/nodes/"
+CLUSTER_KNOWN = "cluster/known/"
+
+ALIVE = "alive"
+LEFT = "left"
+FAILED = "failed"
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    name: str
+    advertise: str
+    version: str
+    features: tuple[str, ...] = ()
+    started: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "advertise": self.advertise,
+            "version": self.version,
+            "features": list(self.features),
+            "started": self.started,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NodeRecord:
+        return cls(
+            name=str(data["name"]),
+            advertise=str(data.get("advertise") or ""),
+            version=str(data.get("version") or ""),
+            features=tuple(str(f) for f in data.get("features") or ()),
+            started=str(data.get("started") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One row of ``cove members``."""
+
+    name: str
+    advertise: str
+    status: str  # alive | left | failed
+    version: str = ""
+    containers: int = 0
+    features: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "advertise": self.advertise,
+            "status": self.status,
+            "version": self.version,
+            "containers": self.containers,
+            "features": list(self.features),
+        }
+
+
+def _encode(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def live_nodes(store: Store) -> dict[str, NodeRecord]:
+    """The nodes whose agent is alive, by name."""
+    out: dict[str, NodeRecord] = {}
+    for kv in store.range(CLUSTER_NODES).kvs:
+        try:
+            rec = NodeRecord.from_json(json.loads(kv.value))
+        except (ValueError, KeyError):
+            continue
+        out[rec.name] = rec
+    return out
+
+
+def is_alive(store: Store, name: str) -> bool:
+    return store.get(CLUSTER_NODES + name) is not None
+
+
+def members(store: Store, local_node: str = "") -> list[Member]:
+    """Every node that ever joined, with its status and container count.
+    Containers without a node (older records) count for ``local_node``."""
+    live = live_nodes(store)
+    known: dict[str, Mapping[str, Any]] = {}
+    for kv in store.range(CLUSTER_KNOWN).kvs:
+        try:
+            data = json.loads(kv.value)
+            known[str(data["name"])] = data
+        except (ValueError, KeyError):
+            continue
+    counts: dict[str, int] = {}
+    for kv in store.range(CONTAINERS).kvs:
+        try:
+            node = json.loads(kv.value).get("node") or local_node
+        except ValueError:
+            continue
+        counts[node] = counts.get(node, 0) + 1
+    out: list[Member] = []
+    for name in sorted(set(live) | set(known)):
+        rec = live.get(name)
+        if rec is not None:
+            status, advertise, version, features = ALIVE, rec.advertise, rec.version, rec.features
+        else:
+            data = known[name]
+            status = LEFT if data.get("left") else FAILED
+            advertise = str(data.get("advertise") or "")
+            version = str(data.get("version") or "")
+            features = tuple(data.get("features") or ())
+        out.append(Member(name, advertise, status, version, counts.get(name, 0), features))
+    return out
+
+
+class NodeLease:
+    """This agent's node record and the lease that keeps it alive.
+
+    ``join`` claims the name (``InvalidArgument``, exit 2, when a live agent
+    holds it; nothing is written then); a thread renews the lease every
+    third of the TTL, and joins again if the lease was lost (the store was
+    unreachable for longer than the TTL); ``leave`` marks the node as left
+    and ends the lease."""
+
+    def __init__(
+        self,
+        store: Store,
+        record: NodeRecord,
+        ttl: int,
+        lease_file: Path,
+    ) -> None:
+        self._store = store
+        self.record = record
+        self.ttl = ttl
+        self._lease_file = lease_file
+        self.lease = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def key(self) -> str:
+        return CLUSTER_NODES + self.record.name
+
+    def _saved_lease(self) -> int:
+        try:
+            return int(self._lease_file.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def join(self) -> None:
+        key = self.key
+        lease = self._store.lease_grant(self.ttl)
+        value = _encode(self.record.to_json())
+        try:
+            current = self._store.get(key)
+            compares = [Compare.absent(key)]
+            if current is not None:
+                previous = self._saved_lease()
+                if not previous or current.lease != previous:
+                    raise InvalidArgument(
+                        f"node name {self.record.name!r} is taken by a live agent"
+                        f" (advertising {_advertise_of(current.value)}): give this agent"
+                        " another --node-name, or stop the other agent first",
+                        node=self.record.name,
+                    )
+                # Our own record from before a crash: take it over.
+                compares = [Compare.mod_is(key, current.mod_revision)]
+            ok = self._store.txn(
+                compares,
+                [
+                    Put(key, value, lease),
+                    Put(CLUSTER_KNOWN + self.record.name, _encode(self._known(left=False))),
+                ],
+            ).succeeded
+            if not ok:
+                raise InvalidArgument(
+                    f"node name {self.record.name!r} was just claimed by another agent:"
+                    " give this agent another --node-name",
+                    node=self.record.name,
+                )
+        except BaseException:
+            self._revoke(lease)
+            raise
+        if current is not None and current.lease:
+            self._revoke(current.lease)
+        self.lease = lease
+        self._save(lease)
+        log.info(
+            "joined the cluster as node %s (advertise %s, node TTL %ss)",
+            self.record.name,
+            self.record.advertise,
+            self.ttl,
+        )
+
+    def _known(self, *, left: bool) -> dict[str, Any]:
+        return {**self.record.to_json(), "left": left}
+
+    def _save(self, lease: int) -> None:
+        try:
+            self._lease_file.write_text(f"{lease}\n")
+        except OSError as exc:
+            log.warning("cannot save the node lease to %s: %s", self._lease_file, exc)
+
+    def _revoke(self, lease: int) -> None:
+        try:
+            self._store.lease_revoke(lease)
+        except CoveError as exc:
+            log.debug("cannot revoke lease %s: %s", lease, exc.message)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="cove-node-lease", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        period = max(self.ttl / 3.0, 0.5)
+        while not self._stop.wait(period):
+            try:
+                self._store.lease_keepalive(self.lease)
+            except NotFound:
+                log.warning("node %s: its lease ran out; joining again", self.record.name)
+                try:
+                    self._rejoin()
+                except CoveError as exc:
+                    log.error("node %s cannot rejoin: %s", self.record.name, exc.message)
+            except CoveError as exc:
+                log.warning("node %s: cannot renew its lease: %s", self.record.name, exc.message)
+
+    def _rejoin(self) -> None:
+        lease = self._store.lease_grant(self.ttl)
+        ok = self._store.txn(
+            [Compare.absent(self.key)],
+            [Put(self.key, _encode(self.record.to_json()), lease)],
+        ).succeeded
+        if not ok:
+            self._revoke(lease)
+            raise InvalidArgument(f"node name {self.record.name!r} was taken meanwhile")
+        self.lease = lease
+        self._save(lease)
+
+    def stop(self, *, leave: bool = True) -> None:
+        """Stop renewing; with ``leave``, mark the node as left and end the
+        lease now (a clean shutdown), else let it run out."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if not leave or not self.lease:
+            return
+        try:
+            self._store.put(CLUSTER_KNOWN + self.record.name, _encode(self._known(left=True)))
+        except CoveError as exc:
+            log.warning("cannot record that node %s left: %s", self.record.name, exc.message)
+        self._revoke(self.lease)
+        self.lease = 0
+
+
+def _advertise_of(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw).get("advertise") or "?")
+    except ValueError:
+        return "?"
+
+
+def owned(node: str, local_node: str) -> bool:
+    """Whether a record with ``node`` belongs to the agent of
+    ``local_node`` (an empty node is an older, single-host record)."""
+    return not node or node == local_node
+
+
+def features_of(names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(names)))
