@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cove.cluster.nodes import CLUSTER_NODES
 from cove.datapath.base import (
     VXLAN_PORT,
     FdbEntry,
@@ -51,7 +52,6 @@ from cove.worker import Worker
 
 log = logging.getLogger(__name__)
 
-CLUSTER_NODES = "cluster/nodes/"
 FAMILY = "inet"
 TABLE = "cove_overlay"
 
