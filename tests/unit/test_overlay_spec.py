@@ -120,3 +120,18 @@ def test_concurrent_creates_get_distinct_vnis(store: MemoryStore) -> None:
     assert len(set(out)) == 8
     stored = [n.vni for n in services[0].list()]
     assert sorted(stored) == sorted(out)  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize("port", [0, 70000, True, "4789"])
+def test_agent_refuses_a_bad_vxlan_port(port: object) -> None:
+    from cove.agent import config as agent_config
+
+    with pytest.raises(InvalidArgument, match="invalid vxlan_port"):
+        agent_config.load({"vxlan_port": port}, None, {})
+
+
+def test_agent_vxlan_port_default_and_flag() -> None:
+    from cove.agent import config as agent_config
+
+    assert agent_config.load({}, None, {}).vxlan_port == 4789
+    assert agent_config.load({"vxlan_port": 8472}, None, {}).vxlan_port == 8472

@@ -171,6 +171,7 @@ class Agent:
             self.datapath,
             config.node_name,
             self.advertise,
+            port=config.vxlan_port,
             interval=config.reconcile_interval,
         )
         self.app = build_app()
