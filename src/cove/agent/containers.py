@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cove.clock import Clock
+from cove.cluster.requests import RequestServer
 from cove.datapath.base import NftLister
 from cove.datapath.libnft import open_nft
 from cove.datapath.netns import NetnsDatapath
@@ -42,6 +43,7 @@ class ContainerRuntime:
         interval: float = 15.0,
         masked: tuple[Path, ...] = (),
         fault: Callable[[str], None] = no_fault,
+        node: str = "",
         prepare_bridge: Callable[[str], None] | None = None,
     ) -> None:
         self._resolv_conf = resolv_conf
@@ -50,12 +52,18 @@ class ContainerRuntime:
         files = state_dir / "containers"
         self.guard_nft = open_nft()
         self.reconciler = ContainerReconciler(
-            store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft
+            store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft, node
         )
         self.service = ContainerService(
             store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
-            IntentLog(state_dir / "intents"), masked=masked, fault=fault,
+            IntentLog(state_dir / "intents"), masked=masked, fault=fault, node=node,
         )  # fmt: skip
+        # Changes other hosts ask of this node's containers (cove rm on h1
+        # of a container on h2), carried out here as if asked here.
+        self.requests = RequestServer(store, clock, node, self.service.handlers())
+        self._requests = Worker(
+            "cove-ctr-requests", lambda _k: self.requests.run_once(), interval, retry=1.0
+        )
         # Failed runs whose rollback could not reach the store are undone
         # as soon as it answers again; starts that could not be finished at
         # start-up (a full disk) are finished once they can be.
@@ -78,9 +86,13 @@ class ContainerRuntime:
         self.reconciler.start()
         self.service.adopt()
         self._undo.start()
+        hub.subscribe(self.requests.prefix, lambda _events: self._requests.kick())
+        self._requests.start()
+        self._requests.kick()  # what other nodes asked while this agent was down
 
     def stop(self) -> None:
         """Stops reconciling; containers and the supervisor keep running."""
+        self._requests.stop()
         self._undo.stop()
         self.reconciler.stop()
         self.netns.close()

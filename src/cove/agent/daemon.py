@@ -35,6 +35,7 @@ from cove.agent.tuning import tune_interpreter, tune_malloc
 from cove.api import containers as containers_api
 from cove.api import http as web
 from cove.api import lb as lb_api
+from cove.api import members as members_api
 from cove.api import networks as networks_api
 from cove.api import policy as policy_api
 from cove.api.app import build_app
@@ -44,7 +45,7 @@ from cove.api.metrics import Metrics
 from cove.api.tls import ReloadingTls, TlsFiles
 from cove.clock import SystemClock
 from cove.cluster.advertise import resolve as resolve_advertise
-from cove.cluster.nodes import CLUSTER_NODES, NodeLease, NodeRecord, now_rfc3339
+from cove.cluster.nodes import CLUSTER_NODES, NodeLease, NodeRecord, members, now_rfc3339
 from cove.datapath.libnft import open_nft
 from cove.datapath.netlink import NetlinkDatapath
 from cove.datapath.nftables import Nft
@@ -217,10 +218,14 @@ class Agent:
             config.reconcile_interval,
             masked=private_paths(config, _secret_files(config)),
             fault=fault_hook(os.environ),
+            node=config.node_name,
             prepare_bridge=self.overlay.prepare_bridge,
         )
         containers_api.install(self.app, self.runtime.service)
-        self.registrar = ServiceRegistrar(self.store, self.registry, config.reconcile_interval)
+        members_api.install(self.app, lambda: members(self.store, config.node_name))
+        self.registrar = ServiceRegistrar(
+            self.store, self.registry, config.reconcile_interval, node=config.node_name
+        )
         self.dns = self._dns_service()
         if self.dns is not None:
             self.metrics.add(self.dns.metrics)

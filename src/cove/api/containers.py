@@ -58,6 +58,7 @@ def install(app: web.Application, service: ContainerService) -> None:
 
     async def logs(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
+        await asyncio.to_thread(service.check_local, name, "logs")
         info = await asyncio.to_thread(service.inspect, name)
         follow = query_bool(request, "follow")
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})

@@ -173,9 +173,9 @@ def _ps(args: argparse.Namespace, client: AgentClient) -> int:
         addrs = ",".join(f"{net}:{ep['ipv4'] or ep['ipv6']}" for net, ep in c["endpoints"].items())
         rows.append(
             (c["short_id"], c["name"], status_text(c["state"]), addrs, ",".join(c["ports"]),
-             " ".join(c["argv"])[:40])
+             " ".join(c["argv"])[:40], c.get("node", ""))
         )  # fmt: skip
-    print_table(("ID", "NAME", "STATUS", "NETWORKS", "PORTS", "COMMAND"), rows)
+    print_table(("ID", "NAME", "STATUS", "NETWORKS", "PORTS", "COMMAND", "NODE"), rows)
     return 0
 
 

@@ -179,6 +179,22 @@ def _kv_ls(args: argparse.Namespace, client: AgentClient) -> int:
 
 
 def _members(args: argparse.Namespace, client: AgentClient) -> int:
+    # A cove agent: its nodes (cove.cluster.nodes), with container counts;
+    # a bare Consul API (no /api): the Consul members.
+    code, body = client.request_raw("GET", "/api/members")
+    if code == 200:
+        nodes = json.loads(body)
+        if args.format == "json":
+            print(json.dumps(nodes, indent=2))
+            return 0
+        print_table(
+            ("NODE", "ADDRESS", "STATUS", "CONTAINERS", "VERSION"),
+            [
+                (m["name"], m["advertise"], m["status"], m["containers"], m["version"])
+                for m in nodes
+            ],
+        )
+        return 0
     members = client.request("GET", "/v1/agent/members")
     if args.format == "json":
         print(json.dumps(members, indent=2))

@@ -300,3 +300,8 @@ def owned(node: str, local_node: str) -> bool:
 
 def features_of(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(set(names)))
+
+
+# cluster/status/<container id>: the owner's last word on a container's
+# process ({"node": ..., **ProcessState}), so every host can show it.
+CLUSTER_STATUS = "cluster/status/"

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cove.cluster.nodes import owned
 from cove.datapath.base import ContainerDatapath, Interface, NftLister, NftTables
 from cove.errors import CoveError, storage_error
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network
@@ -58,6 +59,20 @@ class Snapshot:
     networks: dict[str, Network]
     revision: int = 0
     by_name: dict[str, Container] = field(default_factory=dict)
+
+    def owned_by(self, node: str) -> Snapshot:
+        """Only the containers (and their endpoints) ``node``'s agent runs:
+        the kernel of one host holds nothing of another host's containers."""
+        if not node or all(owned(c.node, node) for c in self.containers.values()):
+            return self
+        keep = {cid: c for cid, c in self.containers.items() if owned(c.node, node)}
+        return Snapshot(
+            containers=keep,
+            endpoints={cid: eps for cid, eps in self.endpoints.items() if cid in keep},
+            networks=self.networks,
+            revision=self.revision,
+            by_name={c.name: c for c in keep.values()},
+        )
 
 
 def read_container(store: Store, name: str) -> Snapshot:
@@ -178,13 +193,15 @@ class ContainerReconciler:
         host_resolv: Callable[[], str],
         interval: float = 15.0,
         guard_nft: NftTables | None = None,
+        node: str = "",
     ) -> None:
         self._store = store
+        self._node = node
         self._dp = datapath
         self._nft = nft
         # Guard entries change on every attach and detach: in-process when
         # the library is there (an nft process costs ~20 ms).
-        self.guard = PortGuard(guard_nft or nft, nft, lambda: wanted(read_snapshot(store)))
+        self.guard = PortGuard(guard_nft or nft, nft, lambda: wanted(self._read()))
         self._files = files_dir
         self._host_resolv = host_resolv
         self._interval = interval
@@ -208,6 +225,13 @@ class ContainerReconciler:
         # answers without waiting for nft.
         self._unguard: list[str] = []
         self._reaper = Worker("cove-veth-reaper", self._reap, interval)
+
+    def _read(self) -> Snapshot:
+        """The store's containers that run on this node."""
+        return read_snapshot(self._store).owned_by(self._node)
+
+    def _read_one(self, name: str) -> Snapshot:
+        return read_container(self._store, name).owned_by(self._node)
 
     def etc_dir(self, cid: str) -> Path:
         return self._files / cid / "etc"
@@ -295,6 +319,8 @@ class ContainerReconciler:
             cid = data.get("container_id") or data.get("id")
             if not isinstance(cid, str) or ev.type is not EventType.PUT:
                 continue
+            if not owned(str(data.get("node") or ""), self._node):
+                continue  # another host's: its agent builds it
             name = data.get("container_name") or data.get("name")
             with self._state:
                 if cid in self._claimed:
@@ -312,10 +338,8 @@ class ContainerReconciler:
         nothing changed). Raises the first ``CoveError`` of an ``only``
         pass; a full pass logs and goes on."""
         with self.lock, self._dp.session():
-            if only is not None and name is not None:
-                snap = read_container(self._store, name)
-            else:
-                snap = read_snapshot(self._store)
+            one = only is not None and name is not None
+            snap = self._read_one(name) if one and name is not None else self._read()
             want = wanted(snap)
             errors: list[CoveError] = []
             # Before any link comes up, so a new port is never unguarded.
@@ -356,7 +380,7 @@ class ContainerReconciler:
                         shutil.rmtree(folder, ignore_errors=True)
             try:
                 if only is None or snap.containers.get(only, _NO_PORTS).ports:
-                    self._sync_ports(read_snapshot(self._store) if name else snap, only is None)
+                    self._sync_ports(self._read() if name else snap, only is None)
             except CoveError as exc:
                 log.error("published ports: %s", exc.message)
                 errors.append(exc)
@@ -378,7 +402,7 @@ class ContainerReconciler:
         back to a full pass of the container, which raises what it cannot
         repair."""
         with self.lock:
-            snap = read_container(self._store, name)
+            snap = self._read_one(name)
             c = snap.containers.get(cid)
             mine = [w for w in wanted(snap) if w.id == cid]
             link = next((k for w in mine for k in w.links if k.endpoint_id == endpoint_id), None)
@@ -415,7 +439,7 @@ class ContainerReconciler:
         container at once, deleted in the background) and rewrite the
         container's /etc files."""
         with self.lock:
-            snap = read_container(self._store, name)
+            snap = self._read_one(name)
             c = snap.containers.get(cid)
             if c is None or c.ports:
                 self.sync(only=cid, name=name)
@@ -500,7 +524,7 @@ class ContainerReconciler:
         """Recompile the published-port table (after a container with
         published ports is removed)."""
         with self.lock:
-            self._sync_ports(read_snapshot(self._store), force=False)
+            self._sync_ports(self._read(), force=False)
 
     def remove_files(self, cid: str) -> None:
         shutil.rmtree(self._files / cid, ignore_errors=True)

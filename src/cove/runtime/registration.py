@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cove.cluster.nodes import owned
 from cove.errors import CoveError
 from cove.model import CONTAINERS, ENDPOINTS, Endpoint, ServiceSpec
 from cove.registry import Registry
@@ -43,15 +44,21 @@ class Wanted:
     container: str
 
 
-def wanted(containers: Iterable[Container], endpoints: Iterable[Endpoint]) -> dict[str, Wanted]:
+def wanted(
+    containers: Iterable[Container], endpoints: Iterable[Endpoint], node: str = ""
+) -> dict[str, Wanted]:
     """Instances that should exist: one per service of each container that
-    should run, on the address of its first network that has one."""
+    should run, on the address of its first network that has one. With
+    ``node``, only the containers that run on that node: each agent
+    registers its own, under its own node, and checks them where they run."""
     by_container: dict[str, dict[str, Endpoint]] = {}
     for ep in endpoints:
         by_container.setdefault(ep.container_id, {})[ep.network] = ep
     out: dict[str, Wanted] = {}
     for c in containers:
         if c.desired is not Desired.RUNNING or not c.services:
+            continue
+        if node and not owned(c.node, node):
             continue
         eps = by_container.get(c.id, {})
         address = next(
@@ -109,8 +116,11 @@ def _same(w: Wanted, svc: Mapping[str, Any]) -> bool:
 class ServiceRegistrar:
     """Runs ``plan`` on its own thread, on store events and periodically."""
 
-    def __init__(self, store: Store, registry: Registry, interval: float = 15.0) -> None:
+    def __init__(
+        self, store: Store, registry: Registry, interval: float = 15.0, node: str = ""
+    ) -> None:
         self._store = store
+        self._node = node
         self._registry = registry
         self._worker = Worker("cove-registrar", lambda _kicked: self.run_once(), interval)
 
@@ -134,7 +144,7 @@ class ServiceRegistrar:
             Endpoint.from_json(json.loads(kv.value)) for kv in self._store.range(ENDPOINTS).kvs
         ]
         registered = self._registry.queries.agent_services(self._registry.node_name)
-        add, drop = plan(wanted(containers, endpoints), registered)
+        add, drop = plan(wanted(containers, endpoints, self._node), registered)
         for w in add:
             try:
                 self._registry.register_container(

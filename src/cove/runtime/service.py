@@ -20,12 +20,15 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cove.clock import Clock
+from cove.cluster.nodes import CLUSTER_STATUS, owned
+from cove.cluster.requests import REMOVE, START, STOP, RemoteRequests
 from cove.datapath.base import ContainerDatapath, host_veth_name
 from cove.errors import (
     AlreadyExists,
@@ -53,12 +56,15 @@ from cove.runtime.spec import (
 )
 from cove.runtime.state import ProcessState, Status
 from cove.runtime.view import ContainerView, ExecInfo
-from cove.store.base import Compare, Delete, Put, Store
+from cove.store.base import Compare, Delete, Put, Store, local_store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ATTEMPTS = 16
+# On a shared store, an address whose owner is not (yet) a container is
+# released only after this long: another host may be in the middle of a run.
+_ORPHAN_GRACE = 30.0
 
 
 def no_fault(point: str) -> None:
@@ -118,8 +124,18 @@ class ContainerService:
         port_probe: Callable[[PortMapping], None] = probe_host_port,
         masked: tuple[Path, ...] = (),
         fault: Callable[[str], None] = no_fault,
+        node: str = "",
+        remote: RemoteRequests | None = None,
     ) -> None:
         self._store = store
+        self._node = node
+        self._remote = remote or RemoteRequests(store, clock, node)
+        self._shared = local_store(store) is None
+        # Addresses without a container, seen at start-up: key -> (mod
+        # revision, when seen); released after _ORPHAN_GRACE if still so.
+        self._orphans: dict[str, tuple[int, float]] = {}
+        # The process states this node last published (container id -> JSON).
+        self._published: dict[str, dict[str, Any]] | None = None
         self._clock = clock
         self._ipam = ipam
         self._rec = reconciler
@@ -141,6 +157,26 @@ class ContainerService:
             raise NotFound(f"container {name} not found", container=name)
         return Container.from_json(json.loads(kv.value))
 
+    def owns(self, c: Container) -> bool:
+        """Whether this agent runs ``c`` (an empty node: a single-host record)."""
+        return owned(c.node, self._node)
+
+    def node_of(self, c: Container) -> str:
+        return c.node or self._node
+
+    def check_local(self, name: str, what: str) -> Container:
+        """``c`` if it runs on this node; ``Conflict`` naming its node otherwise
+        (``exec`` and ``logs`` work only where the container runs)."""
+        c = self.get(name)
+        if not self.owns(c):
+            raise Conflict(
+                f"container {name} runs on node {c.node}: run `cove {what}` on {c.node}"
+                f" (with its agent's socket)",
+                container=name,
+                node=c.node,
+            )
+        return c
+
     def endpoints(self, c: Container) -> list[Endpoint]:
         return container_endpoints(self._store, c)
 
@@ -148,27 +184,87 @@ class ContainerService:
         return self._inspect(self.get(name))
 
     def _inspect(self, c: Container, endpoints: list[Endpoint] | None = None) -> ContainerView:
-        state = self._sup.state(c.id) or ProcessState(c.id)
+        state = self._sup.state(c.id) if self.owns(c) else self._remote_state(c)
+        state = state or ProcessState(c.id)
+        c = c if c.node else replace(c, node=self._node)
         eps = self.endpoints(c) if endpoints is None else endpoints
         return ContainerView(c, tuple(eps), state, self.log_path(c.id))
 
     def list_all(self, all_: bool = False) -> list[ContainerView]:
         snap = read_snapshot(self._store)
         states = self._sup.states()
+        remote: dict[str, ProcessState] = {}
+        if any(not self.owns(c) for c in snap.containers.values()):
+            remote = self._remote_states()
         out = []
         for c in sorted(snap.containers.values(), key=lambda c: c.name):
-            state = states.get(c.id) or ProcessState(c.id)
+            state = (states if self.owns(c) else remote).get(c.id) or ProcessState(c.id)
             if not all_ and state.status not in (Status.RUNNING, Status.RESTARTING):
                 continue
             eps = snap.endpoints.get(c.id, [])
+            c = c if c.node else replace(c, node=self._node)
             out.append(ContainerView(c, tuple(eps), state, self.log_path(c.id)))
         return out
 
     def log_path(self, cid: str) -> Path:
         return self._logs / cid / "log"
 
+    def _remote_state(self, c: Container) -> ProcessState | None:
+        kv = self._store.get(CLUSTER_STATUS + c.id)
+        if kv is None:
+            return None
+        return ProcessState.from_json(json.loads(kv.value))
+
+    def _remote_states(self) -> dict[str, ProcessState]:
+        out: dict[str, ProcessState] = {}
+        for kv in self._store.range(CLUSTER_STATUS).kvs:
+            try:
+                state = ProcessState.from_json(json.loads(kv.value))
+            except (ValueError, KeyError):
+                continue
+            out[state.id] = state
+        return out
+
+    def publish_states(self, only: str | None = None) -> None:
+        """Write this node's containers' process states that changed since
+        the last call to ``cluster/status/`` (unchanged ones cost nothing),
+        so other hosts show them; ``only``: just that container."""
+        if not self._node:
+            return
+        if self._published is None:
+            published: dict[str, dict[str, Any]] = {}
+            for kv in self._store.range(CLUSTER_STATUS).kvs:
+                with contextlib.suppress(ValueError, KeyError):
+                    data = json.loads(kv.value)
+                    if data.get("node") == self._node:
+                        published[str(data["id"])] = data
+            self._published = published
+        states = self._sup.states()
+        if only is not None:
+            mine = {only} if only in states else set()
+        else:
+            mine = {c.id for c in read_snapshot(self._store).containers.values() if self.owns(c)}
+        for cid in sorted(mine):
+            state = states.get(cid)
+            if state is None:
+                continue
+            data = {**state.to_json(), "node": self._node}
+            if self._published.get(cid) != data:
+                self._store.put(CLUSTER_STATUS + cid, _encode(data))
+                self._published[cid] = data
+        if only is None:
+            for cid in sorted(set(self._published) - mine):
+                self._store.delete(CLUSTER_STATUS + cid)
+                del self._published[cid]
+
+    def _publish_one(self, cid: str) -> None:
+        try:
+            self.publish_states(only=cid)
+        except CoveError as exc:  # the periodic pass publishes it later
+            log.debug("cannot publish the state of %s yet: %s", cid[:12], exc.message)
+
     def exec_info(self, name: str) -> ExecInfo:
-        c = self.get(name)
+        c = self.check_local(name, "exec")
         state = self._sup.states().get(c.id)
         if state is None or state.status is not Status.RUNNING:
             raise Conflict(f"container {name} is not running", container=name)
@@ -197,7 +293,7 @@ class ContainerService:
             labels=dict(spec.labels), rootfs=spec.rootfs, workdir=spec.workdir,
             restart=spec.restart, ports=spec.ports, networks=tuple(n.name for n in networks),
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
-            cap_drop=spec.cap_drop, seccomp=spec.seccomp,
+            cap_drop=spec.cap_drop, seccomp=spec.seccomp, node=self._node,
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails
@@ -228,6 +324,7 @@ class ContainerService:
             raise
         self._intents.done(cid)
         self._fault("run:started")
+        self._publish_one(cid)
         log.info("container %s (%s) running", name, cid[:12])
         # From what is in hand, not from the store: the container runs, and
         # a store that just became unreachable must not turn that into an
@@ -291,7 +388,9 @@ class ContainerService:
                 )
             self._probe(p)
 
-    def _endpoint(self, c: Container, net: Network, att: Attachment, iface: str) -> Endpoint:
+    def _endpoint(
+        self, c: Container, net: Network, att: Attachment, iface: str, netns: str = ""
+    ) -> Endpoint:
         owner = owner_of(c.id)
         v4 = v6 = None
         if net.ipv4 is not None or att.ipv4 is not None:
@@ -309,7 +408,8 @@ class ContainerService:
             id=eid, network=net.name, container_id=c.id, container_name=c.name,
             interface=iface, host_veth=host_veth_name(eid), mac=mac,
             ipv4=v4, ipv6=v6, aliases=att.aliases, hostname=c.hostname,  # type: ignore[arg-type]
-            netns=str(self._netns.netns_path(c.id)), services=c.services,
+            netns=netns or str(self._netns.netns_path(c.id)), services=c.services,
+            node=c.node,
         )  # fmt: skip
 
     def _write_new(self, c: Container, endpoints: list[Endpoint]) -> None:
@@ -349,14 +449,69 @@ class ContainerService:
     # store: a store that fails then must not turn a change that happened
     # into an error.
 
+    def _ask_owner(
+        self, op: str, name: str, args: dict[str, Any] | None = None
+    ) -> ContainerView | None:
+        """Carry out ``op`` through the owner's agent when ``name`` runs on
+        another node (its view afterwards); None when it runs here."""
+        c = self.get(name)
+        if self.owns(c):
+            return None
+        answer = self._remote.ask(c.node, op, name, c.id, args)
+        if op == REMOVE:
+            return self._inspect(c, [])
+        c = self.get(name)
+        state = answer.get("state")
+        view = self._inspect(c)
+        if isinstance(state, dict):
+            view = replace(view, state=ProcessState.from_json(state))
+        return view
+
+    def _own(self, name: str, cid: str) -> Container:
+        """The container a request from another node names, if it is still
+        the one it meant and runs here."""
+        c = self.get(name)
+        if c.id != cid:
+            raise NotFound(f"container {name} not found", container=name)
+        if not self.owns(c):
+            raise Conflict(f"container {name} runs on node {c.node}, not here", container=name)
+        return c
+
+    def handlers(self) -> dict[str, Callable[[str, str, Any], dict[str, Any]]]:
+        """What this node does for requests from other nodes
+        (``cove.cluster.requests.RequestServer``)."""
+
+        def stop(name: str, cid: str, args: Any) -> dict[str, Any]:
+            self._own(name, cid)
+            view = self.stop(name, float(args.get("timeout", 10.0)))
+            return {"state": view.state.to_json()}
+
+        def start(name: str, cid: str, args: Any) -> dict[str, Any]:
+            self._own(name, cid)
+            return {"state": self.start(name).state.to_json()}
+
+        def remove(name: str, cid: str, args: Any) -> dict[str, Any]:
+            self._own(name, cid)
+            self.remove(name, force=bool(args.get("force", False)))
+            return {}
+
+        return {STOP: stop, START: start, REMOVE: remove}
+
     def stop(self, name: str, timeout: float = 10.0) -> ContainerView:
+        remote = self._ask_owner(STOP, name, {"timeout": timeout})
+        if remote is not None:
+            return remote
         c = self._set_desired(name, Desired.STOPPED)
         endpoints = self.endpoints(c)
         self._sup.stop(c.id, timeout)
         self._fault("stop:stopped")
+        self._publish_one(c.id)
         return self._inspect(c, endpoints)
 
     def start(self, name: str) -> ContainerView:
+        remote = self._ask_owner(START, name)
+        if remote is not None:
+            return remote
         c = self._set_desired(name, Desired.RUNNING)
         self._rec.sync(only=c.id, name=name)
         endpoints = self.endpoints(c)
@@ -365,9 +520,13 @@ class ContainerService:
             self._sup.create(self._launch_spec(c))
         self._sup.start(c.id)
         self._fault("start:started")
+        self._publish_one(c.id)
         return self._inspect(c, endpoints)
 
     def remove(self, name: str, force: bool = False) -> None:
+        if self._ask_owner(REMOVE, name, {"force": force}) is not None:
+            log.info("container %s removed by its node", name)
+            return
         c = self.get(name)
         state = self._sup.states().get(c.id)
         if not force and state is not None and state.status is Status.RUNNING:
@@ -386,12 +545,15 @@ class ContainerService:
         # Only its own claims: a run that failed on a taken port must not
         # free it for the container that holds it.
         ops += [Delete(p.claim_key) for p in c.ports if self._claimed_by(p, c.id)]
+        ops.append(Delete(CLUSTER_STATUS + c.id))
         kv = self._store.get(CONTAINERS + c.name)
         if kv is not None and Container.from_json(json.loads(kv.value)).id == c.id:
             ops.append(Delete(CONTAINERS + c.name))
         self._store.txn([], ops)
         for net in {ep.network for ep in endpoints} | set(c.networks):
             self._ipam.release_owner(net, owner_of(c.id))
+        if self._published is not None:
+            self._published.pop(c.id, None)
         if not process_gone:
             with contextlib.suppress(CoveError):
                 self._sup.remove(c.id)
@@ -445,7 +607,8 @@ class ContainerService:
             v6 = requested if isinstance(requested, ipaddress.IPv6Address) else None
             att = Attachment(network, ipv4=v4, ipv6=v6, aliases=aliases)
             with self._rec.claim(c.id, name):
-                ep = self._endpoint(c, net, att, iface)
+                netns = current[0].netns if current and not self.owns(c) else ""
+                ep = self._endpoint(c, net, att, iface, netns)
                 c2 = replace(c, networks=(*c.networks, network))
                 key = CONTAINERS + name
                 ok = self._store.txn(
@@ -509,6 +672,8 @@ class ContainerService:
         the starts ``adopt`` could not finish."""
         self.finish_intents()
         self._finish_starts()
+        self._release_orphans()
+        self.publish_states()
 
     def _finish_starts(self) -> None:
         # No lock against ``rm`` and ``stop``: both change the store before
@@ -565,6 +730,8 @@ class ContainerService:
             log.info("removing leftover container %s", cid[:12])
             self._sup.remove(cid)
         for c in snap.containers.values():
+            if not self.owns(c):
+                continue  # its own node's agent runs it
             state = states.get(c.id)
             try:
                 if c.id in aborting:
@@ -585,10 +752,32 @@ class ContainerService:
                     self._sup.stop(c.id, 10.0)
             except CoveError as exc:
                 log.error("cannot bring container %s to %s yet: %s", c.name, c.desired, exc.message)
+        now = time.monotonic()
         for kv in self._store.range(IPAM).kvs:
             owner = json.loads(kv.value).get("owner", "")
             if owner.startswith("container:") and owner[10:] not in snap.containers:
-                self._store.delete(kv.key)
+                if self._shared:
+                    self._orphans[kv.key] = (kv.mod_revision, now)
+                else:
+                    self._store.delete(kv.key)
+
+    def _release_orphans(self) -> None:
+        """Release the addresses ``adopt`` found without a container, once
+        they have stayed so for ``_ORPHAN_GRACE`` (a shared store: a run on
+        another host allocates before it writes its container)."""
+        now = time.monotonic()
+        for key, (rev, seen) in list(self._orphans.items()):
+            if now - seen < _ORPHAN_GRACE:
+                continue
+            del self._orphans[key]
+            kv = self._store.get(key)
+            if kv is None or kv.mod_revision != rev:
+                continue
+            owner = str(json.loads(kv.value).get("owner", ""))
+            cid = owner.removeprefix("container:")
+            if any(c.id == cid for c in read_snapshot(self._store).containers.values()):
+                continue
+            self._store.txn([Compare.mod_is(key, rev)], [Delete(key)])
 
 
 def _ep_key(ep: Endpoint) -> str:
