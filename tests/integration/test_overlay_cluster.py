@@ -134,3 +134,36 @@ def test_networks_stay_isolated_across_hosts(cluster3: Cluster) -> None:
     )
     assert h2.cli("exec", "i2", "--", "ping", "-c2", "-W1", a1).returncode != 0
     assert h2.cli("exec", "i2", "--", "ping", "-c2", "-W1", "192.0.2.1").returncode != 0
+
+
+_CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], 8080), timeout=2).close(); print("open")
+except OSError as e:
+    print("closed", type(e).__name__)
+"""
+
+
+def test_policy_applies_to_traffic_between_hosts(cluster3: Cluster) -> None:
+    h1, h2, h3 = cluster3.hosts
+    h1.ok("network", "create", "ovp", "--driver", "overlay", "--default-deny",
+          "--subnet", "10.207.0.0/24")  # fmt: skip
+    h1.ok("run", "-d", "--name", "api", "--network", "ovp", "--", sys.executable, "-c", _SERVER)
+    h2.ok("run", "-d", "--name", "web", "--network", "ovp", "--", "sleep", "600")
+    h3.ok("run", "-d", "--name", "other", "--network", "ovp", "--", "sleep", "600")
+    api = address(h1, "api")
+
+    def reaches(host: Host, name: str) -> str:
+        out = host.ok("exec", name, "--", sys.executable, "-c", _CONNECT, api)
+        return out.split()[0]
+
+    # Default deny: nobody reaches api, from any host.
+    wait_for("web got the name", lambda: h2.cli("exec", "web", "--", "getent", "hosts", "api")
+             .stdout.split()[:1] == [api])  # fmt: skip
+    assert reaches(h2, "web") == "closed"
+    assert reaches(h3, "other") == "closed"
+    h2.ok("policy", "allow", "--network", "ovp", "--from", "web", "--to", "api",
+          "--port", "8080/tcp")  # fmt: skip
+    wait_for("the rule never let web in", lambda: reaches(h2, "web") == "open")
+    assert reaches(h3, "other") == "closed"
