@@ -226,3 +226,30 @@ def test_a_failing_entry_update_is_reported_and_retried(c: Cluster) -> None:
     c.recs["h1"].run_once()
     assert c.recs["h1"].errors == {}
     assert h1.vxlans[vxlan_name(net.id)].fdb == {fdb(b, "h2")}
+
+
+def test_only_overlay_endpoint_events_wake_the_reconciler(c: Cluster) -> None:
+    from cove.store.base import Event, EventType, KeyValue
+
+    net = c.network()
+    lan, _ = c.svc.create(NetworkSpec(name="lan", subnets=["10.77.0.0/24"]))
+    rec = c.recs["h1"]
+    rec.run_once()
+    kicks: list[int] = []
+    rec.kick = lambda: kicks.append(1)  # type: ignore[method-assign]
+
+    def ev(key: str) -> Event:
+        return Event(EventType.PUT, KeyValue(key, b"{}", 1, 1, 1))
+
+    rec.on_events([ev(f"{ENDPOINTS}lan/abc")])
+    assert kicks == []  # a bridge network's endpoint
+    rec.on_events([ev(f"{ENDPOINTS}{net.name}/abc")])
+    rec.on_events([ev(f"{ENDPOINTS}brandnew/abc")])  # a network not seen yet
+    rec.on_events([ev(f"{CLUSTER_NODES}h9")])
+    rec.on_events([ev("networks/x")])
+    assert kicks == [1, 1, 1, 1]
+    assert lan.bridge not in c.dps["h1"].bridges
+    # prepare_bridge of a bridge network's bridge does nothing.
+    c.dps["h1"].ops.clear()
+    rec.prepare_bridge(lan.bridge)
+    assert c.dps["h1"].ops == []

@@ -281,7 +281,7 @@ class Agent:
         self.hub.start()
         self.reconciler.start()
         for prefix in (NETWORKS, ENDPOINTS, CLUSTER_NODES):
-            self.hub.subscribe(prefix, lambda _events: self.overlay.kick())
+            self.hub.subscribe(prefix, self.overlay.on_events)
         self.overlay.start()
         self.runtime.start(self.hub)  # after the first network pass: bridges exist
         for prefix in (CONTAINERS, ENDPOINTS):

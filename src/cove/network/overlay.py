@@ -30,7 +30,7 @@ import ipaddress
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ from cove.errors import CoveError
 from cove.model import ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network, NetworkDriver
 from cove.network import firewall
 from cove.network import reconcile as bridges
-from cove.store.base import Store
+from cove.store.base import Event, Store
 from cove.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -340,15 +340,12 @@ def apply(datapath: OverlayDatapath, op: Op) -> None:
 
 def read_desired(
     store: Store, local_node: str, advertise: str, port: int = VXLAN_PORT
-) -> tuple[Desired, int]:
-    """The overlay networks, their endpoints and the live nodes, and the
-    newest revision of the three reads."""
+) -> tuple[Desired, int, list[Network]]:
+    """The overlay networks, their endpoints and the live nodes; the
+    newest revision of the reads; and every network."""
     nets_r = store.range(NETWORKS)
-    nets = tuple(
-        n
-        for n in (Network.from_json(json.loads(kv.value)) for kv in nets_r.kvs)
-        if n.driver is NetworkDriver.OVERLAY and n.vni is not None
-    )
+    every = [Network.from_json(json.loads(kv.value)) for kv in nets_r.kvs]
+    nets = tuple(n for n in every if n.driver is NetworkDriver.OVERLAY and n.vni is not None)
     eps: list[RemoteEndpoint] = []
     revision = nets_r.revision
     for net in nets:
@@ -368,7 +365,7 @@ def read_desired(
             nodes[kv.key[len(CLUSTER_NODES) :]] = data["advertise"]
     revision = max(revision, nodes_r.revision)
     desired = Desired(nets, tuple(eps), nodes, local_node, advertise, port)
-    return desired, revision
+    return desired, revision, every
 
 
 class OverlayReconciler:
@@ -393,7 +390,9 @@ class OverlayReconciler:
         self._port = port
         self._lock = threading.Lock()
         self._digest: str | None = None
-        self._overlay_bridges: frozenset[str] = frozenset()
+        self._bridges: dict[str, bool] = {}  # bridge -> of an overlay network?
+        self._overlay_networks: frozenset[str] = frozenset()
+        self._known_networks: frozenset[str] = frozenset()
         self._applied = 0
         self._cond = threading.Condition()
         self._worker = Worker(
@@ -425,26 +424,43 @@ class OverlayReconciler:
 
     def prepare_bridge(self, bridge: str) -> None:
         """Before a veth goes into ``bridge``: if it is an overlay network's,
-        make sure it (and its VXLAN device) exist. Other bridges cost a set
-        lookup, or one read of the networks when the name is new."""
-        if not bridge.startswith("cv-"):
-            return
-        if bridge not in self._overlay_bridges:
-            nets = self._store.range(NETWORKS).kvs
-            known = {
-                n.bridge
-                for n in (Network.from_json(json.loads(kv.value)) for kv in nets)
-                if n.driver is NetworkDriver.OVERLAY
-            }
-            self._overlay_bridges = frozenset(known)
-            if bridge not in known:
+        make sure it (and its VXLAN device) exist. A bridge network's costs
+        a dictionary lookup; one not seen before, a read of the networks."""
+        overlay = self._bridges.get(bridge)
+        if overlay is None:
+            self._learn_bridges(
+                Network.from_json(json.loads(kv.value)) for kv in self._store.range(NETWORKS).kvs
+            )
+            overlay = self._bridges.get(bridge, False)
+        if overlay:
+            self.run_once()
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        """Store events: a pass for a change of networks or nodes, or of an
+        endpoint on an overlay network or one this has not seen yet (the
+        endpoints of bridge networks are no concern of this)."""
+        overlays, known = self._overlay_networks, self._known_networks
+        for ev in events:
+            key = ev.kv.key
+            network = key[len(ENDPOINTS) :].split("/", 1)[0]
+            if not key.startswith(ENDPOINTS) or network in overlays or network not in known:
+                self.kick()
                 return
-        self.run_once()
+
+    def _learn_bridges(self, networks: Iterable[Network]) -> None:
+        nets = list(networks)
+        self._bridges = {n.bridge: n.driver is NetworkDriver.OVERLAY for n in nets}
+        self._overlay_networks = frozenset(
+            n.name for n in nets if n.driver is NetworkDriver.OVERLAY
+        )
+        self._known_networks = frozenset(n.name for n in nets)
 
     def run_once(self, force: bool = False) -> list[Op]:
         with self._lock:
-            desired, revision = read_desired(self._store, self._node, self._advertise, self._port)
-            self._overlay_bridges = frozenset(n.bridge for n in desired.networks)
+            desired, revision, networks = read_desired(
+                self._store, self._node, self._advertise, self._port
+            )
+            self._learn_bridges(networks)
             observed = self._dp.observe_overlay()
             ops = plan(desired, observed, None if force else self._digest)
             errors: dict[str, str] = {}
