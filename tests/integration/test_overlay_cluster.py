@@ -68,6 +68,14 @@ def test_containers_on_two_hosts_reach_each_other_by_name(cluster3: Cluster) -> 
     h1.ok("network", "create", "ov", "--driver", "overlay", "--subnet", "10.203.0.0/24")
     net = json.loads(h2.ok("network", "inspect", "ov"))[0]
     assert net["driver"] == "overlay" and net["mtu"] == 1450 and net["vni"] >= 1
+    # Bad input on another host: a clear error, exit 5 (conflict), nothing written.
+    clash = h2.cli("network", "create", "ov2", "--driver", "overlay", "--subnet", "10.203.0.0/16")
+    assert clash.returncode == 5 and "overlaps network ov" in clash.stderr, clash.stderr
+    taken = h3.cli("network", "create", "ov3", "--driver", "overlay", "--vni", str(net["vni"]))
+    assert taken.returncode == 5 and f"vni {net['vni']} is already used" in taken.stderr
+    bad = h3.cli("network", "create", "ov4", "--driver", "overlay", "--vni", "16777216")
+    assert bad.returncode == 2 and "out of range" in bad.stderr, bad.stderr
+    assert h1.ok("network", "ls", "-q").split() == ["ov"]
     # Nothing on any host before a container is there.
     assert vxlans(h1) == vxlans(h2) == vxlans(h3) == []
     h1.ok("run", "-d", "--name", "api", "--network", "ov", "--", sys.executable, "-c", _SERVER)
