@@ -147,6 +147,15 @@ def test_containers_are_built_run_and_removed_only_on_their_node(cluster3: Clust
     assert h1.container_netns() == [ids["h1"]]
     assert h3.container_netns() == [ids["h3"]]
 
+    # connect and disconnect from another host: the owner builds the link.
+    h1.ok("network", "create", "back", "--subnet", "10.89.71.0/24")
+    h1.ok("network", "connect", "back", "c3")
+    wait_for(lambda: len(h3.veths()) == 2, 15, "the new link on h3")
+    assert len(h1.veths()) == 1
+    assert h3.cli("exec", "c3", "--", "ip", "-4", "addr", "show", "eth1").returncode == 0
+    h1.ok("network", "disconnect", "back", "c3")
+    wait_for(lambda: len(h3.veths()) == 1, 15, "the link gone from h3")
+
 
 def _health(host: Host, service: str) -> list[dict[str, Any]]:
     status, body = host.api("GET", f"/v1/health/service/{service}")
@@ -175,7 +184,9 @@ def test_services_register_once_and_a_dead_node_goes_critical_then_adopts(
             "run", "-d", "--name", "web", "--network", "vnet", "--service", "web:8080",
             "--", sys.executable, "-m", "http.server", "8080",
         )  # fmt: skip
+        h2.ok("run", "-d", "--name", "other", "--network", "vnet", "--", "sleep", "600")
         web = inspect(h2, "web")
+        other = inspect(h2, "other")
         # One instance, under h2 (at its advertise address), its check
         # run by h2 (the only host that reaches the container): passing.
         want = [("h2", "192.0.2.12", "passing")]
@@ -199,6 +210,10 @@ def test_services_register_once_and_a_dead_node_goes_critical_then_adopts(
         # rm from another host while h2 is down: a clear error naming h2.
         res = h1.cli("stop", "web")
         assert res.returncode != 0 and "h2" in res.stderr and "down" in res.stderr, res.stderr
+        # A removal is kept as a mark, carried out when h2 is back.
+        res = h1.cli("rm", "-f", "other")
+        assert res.returncode != 0 and "marked for removal" in res.stderr, res.stderr
+        assert pid_alive(other["state"]["pid"])
 
         # Back: h2 adopts its container (same process, same namespace) and
         # its instance passes again.
@@ -207,6 +222,10 @@ def test_services_register_once_and_a_dead_node_goes_critical_then_adopts(
         assert h2.container_netns() == [web["id"]]
         wait_for(lambda: _statuses(_health(h1, "web")) == want, 30, "passing again")
         assert members(h1)["h2"]["status"] == "alive"
+        wait_for(lambda: "other" not in ps(h3, "-a"), 15, "the marked container removed")
+        assert not pid_alive(other["state"]["pid"])
+        assert h2.container_netns() == [web["id"]]
+        assert cluster.etcd_get("containers/other") is None
 
 
 def _agent_cmd(host: Host, workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -273,3 +292,21 @@ def test_concurrent_runs_on_three_hosts_get_distinct_addresses(cluster3: Cluster
     assert len(set(addrs)) == 12, addrs
     for host in cluster3.hosts:
         assert len(host.container_netns()) == 4
+
+
+def test_each_host_has_its_own_host_ports(cluster3: Cluster) -> None:
+    h1, h2, _ = cluster3.hosts
+    h1.ok("network", "create", "vnet", "--subnet", SUBNET)
+    for host in (h1, h2):
+        host.ok("run", "-d", "--name", f"p{host.number}", "--network", "vnet",
+                "-p", "18080:80", "--", "sleep", "600")  # fmt: skip
+    res = h1.cli("run", "-d", "--name", "p3", "--network", "vnet", "-p", "18080:80",
+                 "--", "sleep", "600")  # fmt: skip
+    assert res.returncode != 0 and "already published by p1" in res.stderr, res.stderr
+    # Removed from another host, p1 frees h1's port (and only that one).
+    h2.ok("rm", "-f", "p1")
+    h1.ok("run", "-d", "--name", "p3", "--network", "vnet", "-p", "18080:80",
+          "--", "sleep", "600")  # fmt: skip
+    res = h2.cli("run", "-d", "--name", "p4", "--network", "vnet", "-p", "18080:80",
+                 "--", "sleep", "600")  # fmt: skip
+    assert res.returncode != 0 and "already published by p2" in res.stderr, res.stderr

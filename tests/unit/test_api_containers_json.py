@@ -96,6 +96,7 @@ STORED = {
     "cap_add": ["NET_ADMIN"],
     "cap_drop": ["CHOWN"],
     "seccomp": "default",
+    "node": "",  # the node that runs it (empty: a single-host record)
 }
 
 INSPECT = {

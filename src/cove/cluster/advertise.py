@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 
 from cove.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
 
 # Documentation addresses (RFC 5737, RFC 3849): a UDP connect to them only
 # asks the kernel for a route; no packet is sent.
@@ -88,8 +91,10 @@ def resolve(advertise: str | None, *, shared_store: bool) -> str:
         return "127.0.0.1"
     found = default_address() or first_global_address()
     if found is None:
-        raise InvalidArgument(
-            "cannot find an address to advertise (no default route, no global address):"
-            " give one with --advertise ADDR"
+        # A host with no network but loopback can only be a one-host cluster.
+        log.warning(
+            "no default route and no global address: advertising 127.0.0.1, which other"
+            " hosts cannot reach (give --advertise ADDR)"
         )
+        return "127.0.0.1"
     return found
