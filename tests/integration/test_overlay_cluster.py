@@ -142,6 +142,9 @@ def test_networks_stay_isolated_across_hosts(cluster3: Cluster) -> None:
     )
     assert h2.cli("exec", "i2", "--", "ping", "-c2", "-W1", a1).returncode != 0
     assert h2.cli("exec", "i2", "--", "ping", "-c2", "-W1", "192.0.2.1").returncode != 0
+    # A non-internal overlay network leaves through its own host, masqueraded
+    # there (the fabric's address, outside every cove network).
+    assert h2.cli("exec", "a2", "--", "ping", "-c1", "-W2", "192.0.2.1").returncode == 0
 
 
 _CONNECT = """
