@@ -36,8 +36,8 @@ from cove.network.service import NetworkService
 from cove.network.spec import NetworkSpec
 from cove.store.memory import MemoryStore
 
-ROUNDS = 3
-SECONDS = 3
+ROUNDS = 5
+SECONDS = 2
 NAME_RUNS = 50  # cove run on h1 -> the name answers on h3, three agents on etcd
 FABRIC = "198.51.100."
 
