@@ -10,7 +10,8 @@ by cove's own overlay reconciler and datapath (``cove.network.overlay`` on a
 its port filter; the peer is made with ``ip`` commands: a VXLAN device with
 the same settings (learning off, MTU 1450) plugged into a bridge. Each
 figure is the median of ROUNDS iperf3 runs of SECONDS seconds, taken in turn
-so that noise from other work on the machine falls on all three alike.
+(each first in turn) so that noise from other work on the machine falls on
+all three alike.
 """
 
 from __future__ import annotations
@@ -182,10 +183,15 @@ def name_latency(tmp: Path) -> tuple[list[float], list[float]]:
 def main() -> int:
     with world() as ns:
         runs: dict[str, list[float]] = {"cove": [], "peer": [], "bridge": []}
-        for _ in range(ROUNDS):
-            runs["cove"].append(iperf(ns["c2"], ns["c1"], "10.203.0.3"))
-            runs["peer"].append(iperf(ns["p2"], ns["p1"], "10.204.0.3"))
-            runs["bridge"].append(iperf(ns["c3"], ns["c1"], "10.203.0.4"))
+        pairs = {
+            "cove": (ns["c2"], ns["c1"], "10.203.0.3"),
+            "peer": (ns["p2"], ns["p1"], "10.204.0.3"),
+            "bridge": (ns["c3"], ns["c1"], "10.203.0.4"),
+        }
+        order = list(pairs)
+        for r in range(ROUNDS):  # each goes first in turn: no order bias
+            for kind in order[r % 3 :] + order[: r % 3]:
+                runs[kind].append(iperf(*pairs[kind]))
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"iperf3 TCP, 1 stream, {SECONDS} s, median of {ROUNDS} (Gbit/s)")
     print(f"  cove overlay, h1 -> h2        {med['cove']:7.2f}   runs {_fmt(runs['cove'])}")
