@@ -253,3 +253,32 @@ def test_only_overlay_endpoint_events_wake_the_reconciler(c: Cluster) -> None:
     c.dps["h1"].ops.clear()
     rec.prepare_bridge(lan.bridge)
     assert c.dps["h1"].ops == []
+
+
+def test_periodic_passes_repair_the_kernel_without_reading_the_store(c: Cluster) -> None:
+    from cove.network.overlay import REREAD_EVERY
+
+    net = c.network()
+    c.endpoint("ov", 2, "h1")
+    b = c.endpoint("ov", 3, "h2")
+    rec = c.recs["h1"]
+    rec.run_once()
+    reads: list[str] = []
+    real_range = c.store.range
+
+    def counting(prefix: str, *args: object, **kw: object) -> object:
+        reads.append(prefix)
+        return real_range(prefix, *args, **kw)  # type: ignore[arg-type]
+
+    c.store.range = counting  # type: ignore[assignment,method-assign]
+    vx = vxlan_name(net.id)
+    c.dps["h1"].update_fdb(vx, [], [fdb(b, "h2")])  # someone deletes an entry
+    rec._pass(False)  # the periodic pass puts it back from what it knows
+    assert c.dps["h1"].vxlans[vx].fdb == {fdb(b, "h2")}
+    assert reads == []
+    for _ in range(REREAD_EVERY - 1):
+        rec._pass(False)
+    assert reads != []  # now and then it reads the store anyway
+    reads.clear()
+    rec._pass(True)  # a store event's pass always reads
+    assert reads != []

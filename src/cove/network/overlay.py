@@ -56,6 +56,7 @@ FAMILY = "inet"
 TABLE = "cove_overlay"
 
 Obj = dict[str, Any]
+REREAD_EVERY = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,10 +396,13 @@ class OverlayReconciler:
         self._known_networks: frozenset[str] = frozenset()
         self._applied = 0
         self._cond = threading.Condition()
-        self._worker = Worker(
-            "cove-overlay", lambda kicked: self.run_once(force=not kicked), interval
-        )
+        self._worker = Worker("cove-overlay", self._pass, interval)
         self.errors: dict[str, str] = {}
+        # The store's side of the last pass; periodic passes (which repair
+        # the kernel) reuse it, and read the store again only every
+        # REREAD_EVERY-th time: every change of it wakes a pass of its own.
+        self._desired: tuple[Desired, int] | None = None
+        self._periodic = 0
 
     def start(self) -> None:
         try:
@@ -455,12 +459,24 @@ class OverlayReconciler:
         )
         self._known_networks = frozenset(n.name for n in nets)
 
-    def run_once(self, force: bool = False) -> list[Op]:
+    def _pass(self, kicked: bool) -> None:
+        if kicked:
+            self.run_once()
+            return
+        self._periodic += 1
+        self.run_once(force=True, reread=self._periodic % REREAD_EVERY == 0)
+
+    def run_once(self, force: bool = False, reread: bool = True) -> list[Op]:
+        """One pass. ``force`` rewrites the port filter even if unchanged;
+        without ``reread`` the store's state of the last pass is used."""
         with self._lock:
-            desired, revision, networks = read_desired(
-                self._store, self._node, self._advertise, self._port
-            )
-            self._learn_bridges(networks)
+            if reread or self._desired is None:
+                desired, revision, networks = read_desired(
+                    self._store, self._node, self._advertise, self._port
+                )
+                self._learn_bridges(networks)
+                self._desired = (desired, revision)
+            desired, revision = self._desired
             observed = self._dp.observe_overlay()
             ops = plan(desired, observed, None if force else self._digest)
             errors: dict[str, str] = {}
