@@ -282,3 +282,16 @@ def test_periodic_passes_repair_the_kernel_without_reading_the_store(c: Cluster)
     reads.clear()
     rec._pass(True)  # a store event's pass always reads
     assert reads != []
+
+
+def test_a_malformed_mac_in_the_store_programs_nothing(c: Cluster) -> None:
+    net = c.network()
+    c.endpoint("ov", 2, "h1")
+    bad = c.endpoint("ov", 3, "h2")
+    key = f"{ENDPOINTS}ov/{bad.id}"
+    data = json.loads(c.store.get(key).value)  # type: ignore[union-attr]
+    data["mac"] = "02:42:00:00:00:03 dev lo"
+    c.store.put(key, json.dumps(data))
+    good = c.endpoint("ov", 4, "h2")
+    c.recs["h1"].run_once()
+    assert c.dps["h1"].vxlans[vxlan_name(net.id)].fdb == {fdb(good, "h2")}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ TABLE = "cove_overlay"
 
 Obj = dict[str, Any]
 REREAD_EVERY = 10
+MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +244,8 @@ def _entries(
         if ep.network != net.name or desired.is_local(r.node):
             continue
         mac = ep.mac.lower()
+        if not MAC.match(mac):
+            continue  # never a cove-made record; nothing of it reaches a command line
         addr = desired.nodes.get(r.node)
         if addr is not None and _is_ip(addr):
             entry: FdbEntry | None = FdbEntry(mac, ipaddress.ip_address(addr))
