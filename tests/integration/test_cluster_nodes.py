@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agentproc import COVE
+from agentproc import COVE, AgentProc
 from cluster import Cluster, Host, make_cluster
+from cove.agent.teardown import teardown
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -86,6 +87,11 @@ def test_each_node_is_recorded_with_its_advertise_address(cluster3: Cluster) -> 
     assert {m["Name"]: m["Addr"] for m in found_members} == {
         h.name: h.address for h in cluster3.hosts
     }
+    # A clean stop is "left" (a lease that runs out is "failed", below).
+    cluster3.host(3).stop()
+    assert members(cluster3.host(1))["h3"]["status"] == "left"
+    cluster3.host(3).start()
+    assert members(cluster3.host(1))["h3"]["status"] == "alive"
 
 
 def test_containers_are_built_run_and_removed_only_on_their_node(cluster3: Cluster) -> None:
@@ -203,7 +209,9 @@ def test_services_register_once_and_a_dead_node_goes_critical_then_adopts(
             lambda: [s for *_, s in _statuses(_health(h1, "web"))] == ["critical"], 15, "critical"
         )
         assert time.monotonic() - died <= 4 + 4 / 3 + 2
-        assert members(h3)["h2"]["status"] == "failed"
+        # The node record's own lease runs out within the TTL too.
+        wait_for(lambda: members(h3)["h2"]["status"] == "failed", 8, "h2 failed")
+        assert time.monotonic() - died <= 4 + 4 / 3 + 2
         # Its container keeps running.
         pid = web["state"]["pid"]
         assert pid_alive(pid)
@@ -265,6 +273,19 @@ def test_a_taken_node_name_or_a_foreign_address_is_refused(
     assert "--advertise 192.0.2.11 is not an address of this host" in res.stderr
     assert cluster3.etcd_get("cluster/nodes/h9") is None
     assert cluster3.etcd_get("cluster/known/h9") is None
+
+    # Without --advertise: the source address of the host's default route.
+    (tmp_path / "z").mkdir()
+    extra = AgentProc(h2.netns, tmp_path / "z", "--store", cluster3.store_url,
+                      "--node-name", "h9")  # fmt: skip
+    extra.http_port, extra.dns_port = 8510, 8610
+    try:
+        extra.start(prefix=("nsenter", f"--net=/run/netns/{h2.netns}"))
+        assert members(h1)["h9"]["advertise"] == h2.address
+    finally:
+        extra.stop()
+        teardown(extra.state_dir / "run")
+    assert members(h1)["h9"]["status"] == "left"
 
 
 def test_concurrent_runs_on_three_hosts_get_distinct_addresses(cluster3: Cluster) -> None:

@@ -59,11 +59,19 @@ class RemoteRequests:
         self.timeout = timeout
 
     def ask(
-        self, owner: str, op: str, name: str, cid: str, args: Mapping[str, Any] | None = None
+        self,
+        owner: str,
+        op: str,
+        name: str,
+        cid: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        extra_wait: float = 0.0,
     ) -> Mapping[str, Any]:
         """Have ``owner``'s agent do ``op`` on container ``name`` (id ``cid``)
         and return its answer; raises the owner's error, or ``Unavailable``
-        when the owner's agent is down or does not answer in time."""
+        when the owner's agent is down or does not answer within the
+        timeout (plus ``extra_wait``: a stop's grace period, say)."""
         alive = is_alive(self._store, owner)
         if not alive and op != REMOVE:
             raise Unavailable(
@@ -90,7 +98,8 @@ class RemoteRequests:
                 container=name,
                 node=owner,
             )
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout + max(extra_wait, 0.0)
+        deadline = time.monotonic() + timeout
         pause = 0.02
         while True:
             kv = self._store.get(key)
@@ -115,7 +124,7 @@ class RemoteRequests:
                 return self.ask_again(key, owner)
         raise Unavailable(
             f"node {owner} did not carry out {op} of container {name} within"
-            f" {self.timeout:g} s: is its agent stuck? (see cove members; its log)"
+            f" {timeout:g} s: is its agent stuck? (see cove members; its log)"
             + (" The container stays marked for removal." if op == REMOVE else ""),
             container=name,
             node=owner,

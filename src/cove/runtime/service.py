@@ -459,14 +459,14 @@ class ContainerService:
     # into an error.
 
     def _ask_owner(
-        self, op: str, name: str, args: dict[str, Any] | None = None
+        self, op: str, name: str, args: dict[str, Any] | None = None, wait: float = 0.0
     ) -> ContainerView | None:
         """Carry out ``op`` through the owner's agent when ``name`` runs on
         another node (its view afterwards); None when it runs here."""
         c = self.get(name)
         if self.owns(c):
             return None
-        answer = self._remote.ask(c.node, op, name, c.id, args)
+        answer = self._remote.ask(c.node, op, name, c.id, args, extra_wait=wait)
         if op == REMOVE:
             return self._inspect(c, [])
         c = self.get(name)
@@ -507,7 +507,7 @@ class ContainerService:
         return {STOP: stop, START: start, REMOVE: remove}
 
     def stop(self, name: str, timeout: float = 10.0) -> ContainerView:
-        remote = self._ask_owner(STOP, name, {"timeout": timeout})
+        remote = self._ask_owner(STOP, name, {"timeout": timeout}, wait=timeout)
         if remote is not None:
             return remote
         c = self._set_desired(name, Desired.STOPPED)
