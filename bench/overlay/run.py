@@ -110,7 +110,7 @@ def world() -> Iterator[dict[str, str]]:
                 dp = NetlinkDatapath()
                 stack.callback(dp.close)
                 dp.enable_forwarding()
-                OverlayReconciler(store, dp, h, f"{FABRIC}{10 + i}").run_once()
+                OverlayReconciler(store, dp, h, f"{FABRIC}{10 + i}", shared=True).run_once()
         out = {
             name: container(stack, hosts[host], net.bridge, eps[name].mac, f"{eps[name].ipv4}/24")
             for name, host in (("c1", "h1"), ("c2", "h2"), ("c3", "h1"))

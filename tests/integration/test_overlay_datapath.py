@@ -75,7 +75,7 @@ class World:
             host.dp = NetlinkDatapath()
             host.dp.enable_forwarding()
         self.stack.callback(host.dp.close)
-        host.rec = OverlayReconciler(self.store, host.dp, f"h{i}", addr, interval=3600)
+        host.rec = OverlayReconciler(self.store, host.dp, f"h{i}", addr, interval=3600, shared=True)
         self.hosts[f"h{i}"] = host
         return host
 
@@ -328,7 +328,7 @@ def test_last_endpoint_gone_removes_everything_and_restart_leaks_nothing(world: 
     vx = vxlan_name(net.id)
     # A restarted agent (a new reconciler, same kernel) changes nothing.
     assert h1.dp is not None
-    fresh = OverlayReconciler(world.store, h1.dp, "h1", h1.address, interval=3600)
+    fresh = OverlayReconciler(world.store, h1.dp, "h1", h1.address, interval=3600, shared=True)
     with nsutil.entered(h1.name):
         assert fresh.run_once() != []  # only the port filter's digest is new to it
         assert fresh.run_once() == []

@@ -26,7 +26,8 @@ class Cluster:
         self.svc = NetworkService(self.store, ManualClock())
         self.dps = {h: FakeDatapath() for h in ADDR}
         self.recs = {
-            h: OverlayReconciler(self.store, self.dps[h], h, ADDR[h], interval=3600) for h in ADDR
+            h: OverlayReconciler(self.store, self.dps[h], h, ADDR[h], interval=3600, shared=True)
+            for h in ADDR
         }
         for h in ADDR:
             self.node_up(h)
@@ -178,7 +179,9 @@ def test_converges_after_restart_and_from_a_tampered_kernel(c: Cluster) -> None:
     h1.update_neigh(vx, [], [neigh(b)])
     h1.vxlans["cvxdeadbeef0000"] = h1.vxlans[vx]  # a network that is gone
     h1.tables.pop((FAMILY, TABLE))
-    fresh = OverlayReconciler(c.store, h1, "h1", ADDR["h1"], interval=3600)  # a restarted agent
+    fresh = OverlayReconciler(
+        c.store, h1, "h1", ADDR["h1"], interval=3600, shared=True
+    )  # a restarted agent
     fresh.run_once()
     assert set(h1.vxlans) == {vx}
     assert h1.vxlans[vx].fdb == {fdb(b, "h2")}
@@ -295,3 +298,21 @@ def test_a_malformed_mac_in_the_store_programs_nothing(c: Cluster) -> None:
     good = c.endpoint("ov", 4, "h2")
     c.recs["h1"].run_once()
     assert c.dps["h1"].vxlans[vxlan_name(net.id)].fdb == {fdb(good, "h2")}
+
+
+def test_on_a_store_of_its_own_every_endpoint_is_the_hosts() -> None:
+    """SQLite or memory: one host, renamed since its containers were made."""
+    store = MemoryStore(ManualClock())
+    svc = NetworkService(store, ManualClock())
+    spec = NetworkSpec.from_json({"name": "ov", "driver": "overlay"})
+    net, _ = svc.create(spec)
+    ep = Endpoint(
+        id="0123456789ab", network="ov", container_id="c", container_name="c",
+        interface="eth0", host_veth="cv0123456789", mac="02:42:00:00:00:09",
+        ipv4=ipaddress.IPv4Address("10.89.0.9"),
+    )  # fmt: skip
+    store.put(f"{ENDPOINTS}ov/{ep.id}", json.dumps({**ep.to_json(), "node": "oldname"}))
+    dp = FakeDatapath()
+    OverlayReconciler(store, dp, "newname", "127.0.0.1").run_once()
+    assert vxlan_name(net.id) in dp.vxlans
+    assert dp.vxlans[vxlan_name(net.id)].fdb == frozenset()

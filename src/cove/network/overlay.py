@@ -48,7 +48,7 @@ from cove.errors import CoveError
 from cove.model import ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network, NetworkDriver
 from cove.network import firewall
 from cove.network import reconcile as bridges
-from cove.store.base import Event, Store
+from cove.store.base import Event, Store, local_store
 from cove.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,10 @@ class Desired:
     local_node: str
     advertise: str
     port: int = VXLAN_PORT
+    single_host: bool = False  # a store of this host alone: every endpoint is local
 
     def is_local(self, node: str) -> bool:
-        return node in ("", self.local_node)
+        return self.single_host or node in ("", self.local_node)
 
 
 def active(desired: Desired) -> list[Network]:
@@ -344,7 +345,11 @@ def apply(datapath: OverlayDatapath, op: Op) -> None:
 
 
 def read_desired(
-    store: Store, local_node: str, advertise: str, port: int = VXLAN_PORT
+    store: Store,
+    local_node: str,
+    advertise: str,
+    port: int = VXLAN_PORT,
+    single_host: bool = False,
 ) -> tuple[Desired, int, list[Network]]:
     """The overlay networks, their endpoints and the live nodes; the
     newest revision of the reads; and every network."""
@@ -369,7 +374,7 @@ def read_desired(
         if isinstance(data, dict) and isinstance(data.get("advertise"), str):
             nodes[kv.key[len(CLUSTER_NODES) :]] = data["advertise"]
     revision = max(revision, nodes_r.revision)
-    desired = Desired(nets, tuple(eps), nodes, local_node, advertise, port)
+    desired = Desired(nets, tuple(eps), nodes, local_node, advertise, port, single_host)
     return desired, revision, every
 
 
@@ -387,7 +392,12 @@ class OverlayReconciler:
         advertise: str,
         port: int = VXLAN_PORT,
         interval: float = 15.0,
+        shared: bool | None = None,
     ) -> None:
+        """``shared``: whether other hosts use ``store`` (default: unless it
+        is a store of this host alone, SQLite or memory, where every
+        endpoint is this host's whatever node it was made under)."""
+        self._single = not shared if shared is not None else local_store(store) is not None
         self._store = store
         self._dp = datapath
         self._node = local_node
@@ -476,7 +486,7 @@ class OverlayReconciler:
         with self._lock:
             if reread or self._desired is None:
                 desired, revision, networks = read_desired(
-                    self._store, self._node, self._advertise, self._port
+                    self._store, self._node, self._advertise, self._port, self._single
                 )
                 self._learn_bridges(networks)
                 self._desired = (desired, revision)
