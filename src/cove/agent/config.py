@@ -66,6 +66,9 @@ class AgentConfig:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_verify_incoming: bool = False
+    # CNI: the directory whose cove conflists the agent keeps in sync with
+    # its networks (e.g. /etc/cni/net.d); None: off.
+    cni_conf_dir: Path | None = None
 
     @property
     def store_url(self) -> str:
@@ -158,6 +161,7 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_ca=tls_ca,
+        cni_conf_dir=Path(cfg.cni_conf_dir) if cfg.cni_conf_dir else None,
         tls_verify_incoming=bool(cfg.tls_verify_incoming),
     )
 

@@ -24,6 +24,7 @@ from typing import IO
 
 from cove import __version__
 from cove.acl import AclService
+from cove.agent.cni import CniParts
 from cove.agent.config import AgentConfig, socket_gid
 from cove.agent.containers import ContainerRuntime
 from cove.agent.faults import fault_hook
@@ -32,6 +33,7 @@ from cove.agent.parts import LbParts, PolicyParts
 from cove.agent.private import private_paths
 from cove.agent.registry import RegistryParts
 from cove.agent.tuning import tune_interpreter, tune_malloc
+from cove.api import cni as cni_api
 from cove.api import containers as containers_api
 from cove.api import http as web
 from cove.api import lb as lb_api
@@ -189,6 +191,19 @@ class Agent:
             fault=fault_hook(os.environ),
         )
         containers_api.install(self.app, self.runtime.service)
+        self.cni = CniParts(
+            self.store,
+            self.clock,
+            self.ipam,
+            config.run_dir,
+            config.node_name,
+            self.runtime.reconciler,
+            config.socket,
+            config.cni_conf_dir,
+            lambda: self.reconciler.last_error,
+            config.reconcile_interval,
+        )
+        cni_api.install(self.app, self.cni.service, config.dns_domain)
         self.registrar = ServiceRegistrar(self.store, self.registry, config.reconcile_interval)
         self.dns = self._dns_service()
         if self.dns is not None:
@@ -251,10 +266,12 @@ class Agent:
             self.dns.start()
         self.lb.start(self.hub)
         self.policy.start(self.hub)
+        self.cni.start(self.hub)
 
     def stop(self) -> None:
         # Containers and their supervisor keep running: live restore.
         self.registrar.stop()
+        self.cni.stop()
         self.runtime.stop()
         self.policy.stop()
         self.lb.stop()

@@ -77,6 +77,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=None,
         help="require client certificates signed by --tls-ca on --https",
     )
+    p.add_argument(
+        "--cni-conf-dir",
+        type=Path,
+        help="keep one cove-cni .conflist per network in this directory (default off)",
+    )
     p.set_defaults(func=_run, no_client=True)
 
 
@@ -109,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         "tls_key": args.tls_key,
         "tls_ca": args.tls_ca,
         "tls_verify_incoming": args.tls_verify_incoming,
+        "cni_conf_dir": args.cni_conf_dir,
     }
     cfg = agent_config.load(flags, args.config, os.environ)
     return run(cfg)
