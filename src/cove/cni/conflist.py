@@ -115,11 +115,12 @@ def plugin_source() -> str:
 
 def install_plugin(bin_dir: Path, python: str = "/usr/bin/python3") -> Path:
     """Write ``bin_dir/cove-cni``: the stdlib-only plugin, run by
-    ``python -I -S`` (isolated, no site-packages: the fastest start)."""
+    ``python -IS`` (isolated, no site-packages: the fastest start; one
+    shebang argument, as Linux passes only one)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     source = plugin_source()
     lines = source.splitlines(keepends=True)
-    text = f"#!{python} -I -S\n" + "".join(lines)
+    text = f"#!{python} -IS\n" + "".join(lines)
     path = bin_dir / PLUGIN
     tmp = bin_dir / f".{PLUGIN}.tmp"
     tmp.write_text(text)
