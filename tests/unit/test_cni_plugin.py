@@ -91,6 +91,18 @@ def test_the_plugin_imports_only_the_standard_library() -> None:
     cove_mods = {m for m in mods if m == "cove" or m.startswith("cove.")}
     assert cove_mods == {"cove", "cove.cni", "cove.cni.plugin"}
     assert not {"pyroute2", "aiohttp", "orjson", "http.client"} & set(mods)
+    # Run as the runtime runs it, VERSION imports no module beyond the
+    # interpreter's own start (json, socket and re cost most of a start).
+    res = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", str(PLUGIN)],
+        input='{"cniVersion": "1.0.0"}',
+        env={"CNI_COMMAND": "VERSION"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if "|" in line}
+    assert not {"json", "socket", "re", "typing", "http.client", "enum"} & loaded
 
 
 def test_version_answers_without_an_agent() -> None:

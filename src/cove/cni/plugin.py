@@ -19,7 +19,6 @@ down), 50/51 from STATUS, 999 anything else the agent refused.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -177,52 +176,142 @@ def _runtime_config(conf: dict[str, Any], network: str) -> dict[str, Any]:
 # -- the agent ---------------------------------------------------------------
 
 
-def _call(sock_path: str, method: str, path: str, body: Any = None) -> Any:
-    """One request to the agent's native API; its JSON answer. Raises
-    ``CniError`` 11 when the agent cannot be reached, and the code the
-    agent gives when it refuses."""
-    import http.client
-    import socket
+class _JsonContext:
+    """What ``_json``'s scanner reads from ``json.JSONDecoder``."""
 
-    class _Conn(http.client.HTTPConnection):
-        def connect(self) -> None:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(TIMEOUT)
-            try:
-                s.connect(sock_path)
-            except OSError:
-                s.close()
-                raise
-            self.sock = s
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
 
-    conn = _Conn("localhost", timeout=TIMEOUT)
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if data is not None else {}
+    @staticmethod
+    def parse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads``, through ``_json``'s C scanner (the one ``json``
+    itself uses) without importing ``json``: that import (``re``, ``enum``)
+    costs 10 ms of every start. Anything the scanner does not take whole
+    goes to ``json.loads``, for its error message."""
+    s = text.decode() if isinstance(text, bytes) else text
+    stripped = s.strip(" \t\n\r")
     try:
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        raw = resp.read()
-    except (OSError, http.client.HTTPException) as exc:
+        from _json import make_scanner
+
+        obj, end = make_scanner(_JsonContext)(stripped, 0)  # type: ignore[arg-type]
+        if end == len(stripped):
+            return obj
+    except Exception:  # json.loads below says what is wrong
+        pass
+    import json
+
+    return json.loads(s)
+
+
+def _unencodable(obj: Any) -> Any:
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def dumps(obj: Any) -> str:
+    """``json.dumps(obj)``, by ``_json``'s C encoder when it is there."""
+    try:
+        from _json import encode_basestring_ascii, make_encoder
+    except ImportError:
+        import json
+
+        return json.dumps(obj)
+    enc = make_encoder(
+        None, _unencodable, encode_basestring_ascii, None, ": ", ", ", False, False, True
+    )
+    return "".join(enc(obj, 0))
+
+
+def _call(sock_path: str, method: str, path: str, body: Any = None) -> Any:
+    """One request to the agent's native API (HTTP/1.1 over its Unix
+    socket); its JSON answer. Raises ``CniError`` 11 when the agent cannot
+    be reached, and the code the agent gives when it refuses.
+
+    A plain request on ``_socket`` rather than ``http.client``, whose
+    import (``email``, ``ssl``...) would triple the plugin's start."""
+    import _socket
+
+    data = dumps(body).encode() if body is not None else b""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(TIMEOUT)
+        sock.connect(sock_path)
+        sock.sendall(head.encode() + data)
+        status, raw = _read_response(sock)
+    except OSError as exc:
         raise CniError(
             11,
             f"the cove agent is not reachable on {sock_path}: {exc}",
             "start it (cove agent) or fix agentSocket; try again later",
         ) from exc
     finally:
-        conn.close()
+        sock.close()
     try:
-        answer = json.loads(raw) if raw else None
+        answer = loads(raw) if raw.strip() else None
     except ValueError as exc:
-        raise CniError(999, f"the cove agent answered {resp.status} with no JSON") from exc
-    if resp.status >= 400:
+        raise CniError(999, f"the cove agent answered {status} with no JSON") from exc
+    if status >= 400:
         answer = answer if isinstance(answer, dict) else {}
         code = answer.get("cni_code")
         raise CniError(
             int(code) if isinstance(code, int) else 999,
-            str(answer.get("error") or f"the cove agent answered {resp.status}"),
+            str(answer.get("error") or f"the cove agent answered {status}"),
             str(answer.get("kind") or ""),
         )
     return answer
+
+
+def _read_response(sock: Any) -> tuple[int, bytes]:
+    """(status, body) of one HTTP/1.1 response: ``Content-Length`` or
+    chunked framing, or up to the end of the connection."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        more = sock.recv(65536)
+        if not more:
+            raise OSError("the connection closed before the response's headers")
+        buf += more
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise OSError(f"not an HTTP response: {lines[0][:60]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = headers.get("content-length")
+    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    while True:
+        if length is not None and length.isdigit() and len(rest) >= int(length):
+            return int(parts[1]), rest[: int(length)]
+        if chunked and (rest.endswith(b"0\r\n\r\n")):
+            return int(parts[1]), _dechunk(rest)
+        more = sock.recv(65536)
+        if not more:
+            return int(parts[1]), _dechunk(rest) if chunked else rest
+        rest += more
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2 :]
+    return out
 
 
 # -- results -----------------------------------------------------------------
@@ -359,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CniError(4, "environment variable CNI_COMMAND is not set", "run by a runtime")
         raw = sys.stdin.buffer.read()
         try:
-            conf = json.loads(raw) if raw.strip() else {}
+            conf = loads(raw) if raw.strip() else {}
         except ValueError as exc:
             raise CniError(6, f"the network configuration on stdin is not JSON: {exc}") from exc
         if not isinstance(conf, dict):
@@ -369,18 +458,18 @@ def main(argv: list[str] | None = None) -> int:
             version = asked
         if command == "VERSION":
             stdout.write(
-                json.dumps({"cniVersion": asked or "1.1.0", "supportedVersions": list(SUPPORTED)})
+                dumps({"cniVersion": asked or "1.1.0", "supportedVersions": list(SUPPORTED)})
             )
             return 0
         result = run(command, conf, environ)
         if result is not None:
-            stdout.write(json.dumps(result))
+            stdout.write(dumps(result))
         return 0
     except CniError as exc:
         err: dict[str, Any] = {"cniVersion": version, "code": exc.code, "msg": exc.msg}
         if exc.details:
             err["details"] = exc.details
-        stdout.write(json.dumps(err))
+        stdout.write(dumps(err))
         sys.stderr.write(f"cove-cni: {exc.msg}\n")
         return 1
 
