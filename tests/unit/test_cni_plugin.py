@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -464,3 +465,41 @@ def test_del_after_the_agent_was_killed(cnienv: dict[str, Any]) -> None:
     rc, out = cni("DEL", _conf(cnienv), env)
     assert rc == 0, out
     assert _endpoints(agent) == [] and _ip(ns) == []
+
+
+@root
+def test_an_opt_in_label_registers_a_consul_service(cnienv: dict[str, Any]) -> None:
+    agent = cnienv["agent"]
+    ns = cnienv["netns"][0]
+    env = {
+        "CNI_IFNAME": "eth0",
+        "CNI_CONTAINERID": "svc1",
+        "CNI_NETNS": f"/run/netns/{ns}",
+        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=api;COVE_SERVICE=api:8080",
+    }
+    bad = {**env, "CNI_ARGS": "COVE_SERVICE=api"}
+    rc, out = cni("ADD", _conf(cnienv), bad)
+    assert rc != 0 and out["code"] == 7 and "NAME:PORT" in out["msg"]
+    rc, out = cni("ADD", _conf(cnienv), env)
+    assert rc == 0, out
+    addr = out["ips"][0]["address"].split("/")[0]
+
+    def instances() -> list[Any]:
+        status, body = agent.api("GET", "/v1/catalog/service/api")
+        assert status == 200
+        return list(body)
+
+    deadline = time.monotonic() + 15
+    while not instances():
+        assert time.monotonic() < deadline, "api was never registered"
+        time.sleep(0.2)
+    (svc,) = instances()
+    assert svc["ServiceAddress"] == addr and svc["ServicePort"] == 8080
+    status, checks = agent.api("GET", "/v1/health/checks/api")
+    assert status == 200 and checks and checks[0]["Type"] == "tcp"
+    rc, _ = cni("DEL", _conf(cnienv), env)
+    assert rc == 0
+    deadline = time.monotonic() + 15
+    while instances():
+        assert time.monotonic() < deadline, "api stayed registered after DEL"
+        time.sleep(0.2)

@@ -431,7 +431,7 @@ class AttachmentService:
         if att.ipv6 is not None and net.ipv6 is not None:
             addrs.append(ipaddress.IPv6Interface(f"{att.ipv6}/{net.ipv6.cidr.prefixlen}"))
             gateways.append(net.ipv6.gateway)
-        with self._bound(att.container_id, att.netns) as ref:
+        with self._bound(att.container_id, att.netns) as ref, self._dp.session():
             inside = self._dp.observe([ref], []).netns.get(ref)
             if inside is not None and att.ifname in inside.links:
                 raise AlreadyExists(

@@ -150,6 +150,18 @@ def _requested_ips(conf: dict[str, Any], args: dict[str, str]) -> list[str]:
     return found
 
 
+def _label_services(conf: dict[str, Any]) -> list[str]:
+    """``cove.service`` labels from ``args.cni.labels`` (CONVENTIONS.md)."""
+    cni_args = conf.get("args")
+    cni = cni_args.get("cni") if isinstance(cni_args, dict) else None
+    labels = cni.get("labels") if isinstance(cni, dict) else None
+    out: list[str] = []
+    for label in labels if isinstance(labels, list) else []:
+        if isinstance(label, dict) and label.get("key") == SERVICE_ANNOTATION:
+            out.extend(s for s in str(label.get("value", "")).split(",") if s)
+    return out
+
+
 def _runtime_config(conf: dict[str, Any], network: str) -> dict[str, Any]:
     rc = conf.get("runtimeConfig")
     if rc is None:
@@ -392,8 +404,11 @@ def run(
         body["podName"] = args.get("K8S_POD_NAME", "")
         body["podNamespace"] = args.get("K8S_POD_NAMESPACE", "")
         body.update(_runtime_config(conf, network))
+        services = [*body.get("services", []), *_label_services(conf)]
         if args.get("COVE_SERVICE"):
-            body["services"] = [*body.get("services", []), *args["COVE_SERVICE"].split(",")]
+            services += args["COVE_SERVICE"].split(",")
+        if services:
+            body["services"] = list(dict.fromkeys(services))
         result = _call(sock, "POST", "/api/cni/attach", body)
         return convert(_chain(conf.get("prevResult"), result), version)
     if command == "DEL":
