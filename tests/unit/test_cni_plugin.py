@@ -339,6 +339,17 @@ def test_replay_of_podman_calls(cnienv: dict[str, Any]) -> None:
             # Repeatable.
             rc, out = cni("DEL", stdin, env)
             assert rc == 0 and out is None
+    # The retired veth pairs are deleted soon after, in a batch.
+    deadline = time.monotonic() + 10
+    while _host_cni_veths():
+        assert time.monotonic() < deadline, f"veths left: {_host_cni_veths()}"
+        time.sleep(0.1)
+
+
+def _host_cni_veths() -> list[str]:
+    res = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True)
+    names = [str(link["ifname"]) for link in json.loads(res.stdout)]
+    return [n for n in names if n.startswith("cn") and len(n) == 12]
 
 
 @root

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from cove.clock import Clock
 from cove.cni import attachments, conflist
 from cove.cni.attachments import AttachmentService
 from cove.datapath.netns import NetnsDatapath
+from cove.errors import CoveError
 from cove.ipam.allocator import Ipam
 from cove.model import NETWORKS, Network
 from cove.runtime.ports import Published
@@ -24,6 +26,8 @@ from cove.store.hub import WatchHub
 from cove.worker import Worker
 
 log = logging.getLogger(__name__)
+
+_REAP_QUIET = 0.05
 
 
 class CniParts:
@@ -53,11 +57,22 @@ class CniParts:
             ports_changed=containers.sync_ports,
             port_probe=probe_host_port,
             datapath_problem=datapath_problem,
+            retired=lambda: self._reaper.kick(),
         )
+        # Retired veth pairs are deleted in batches (the kernel takes
+        # 15-40 ms per deletion, about as long for many).
+        self._reaper = Worker("cove-cni-reaper", lambda _k: self._reap(), interval)
         containers.add_published(self._published)
         self._conf_dir = conf_dir
         self._socket = socket
         self._worker = Worker("cove-cni-conf", lambda _k: self.sync_conflists(), interval)
+
+    def _reap(self) -> None:
+        time.sleep(_REAP_QUIET)  # let a burst of DELs retire first
+        try:
+            self.netns.reap()
+        except CoveError as exc:
+            log.warning("deleting retired CNI veths: %s", exc.message)
 
     def _clean_binds(self) -> None:
         for ref in self.netns.list_netns():
@@ -82,11 +97,13 @@ class CniParts:
         self._worker.kick()
 
     def start(self, hub: WatchHub) -> None:
+        self._reaper.start()
         if self._conf_dir is not None:
             hub.subscribe(NETWORKS, self._on_networks)
             self._worker.start()
 
     def stop(self) -> None:
+        self._reaper.stop()
         if self._conf_dir is not None:
             self._worker.stop()
         self.netns.close()

@@ -65,7 +65,10 @@ def install(app: web.Application, service: AttachmentService, domain: str = "cov
         data = _obj(await json_body(request))
         cid, ifname = _str(data, "containerID"), _str(data, "ifname")
         network = data.get("network") if isinstance(data.get("network"), str) else ""
-        gone = await asyncio.to_thread(service.detach, cid, ifname, str(network or ""))
+        netns = data.get("netns") if isinstance(data.get("netns"), str) else ""
+        gone = await asyncio.to_thread(
+            service.detach, cid, ifname, str(network or ""), str(netns or "")
+        )
         return web.json_response({"removed": attachment_json(gone) if gone else None})
 
     async def check(request: web.Request) -> web.Response:

@@ -249,6 +249,7 @@ class AttachmentService:
         ports_changed: Callable[[], None] = lambda: None,
         port_probe: Callable[[PortMapping], None] = lambda _m: None,
         datapath_problem: Callable[[], str | None] = lambda: None,
+        retired: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._ipam = ipam
@@ -258,6 +259,7 @@ class AttachmentService:
         self._ports_changed = ports_changed
         self._probe = port_probe
         self._problem = datapath_problem
+        self._retired = retired  # veths were retired: reap them soon
         # One operation at a time per (container, interface): the runtime
         # may run ADDs for different containers in parallel.
         self._locks: dict[tuple[str, str], threading.Lock] = {}
@@ -461,14 +463,16 @@ class AttachmentService:
 
     # -- detach ----------------------------------------------------------------
 
-    def detach(self, cid: str, ifname: str, network: str = "") -> Attachment | None:
+    def detach(
+        self, cid: str, ifname: str, network: str = "", netns: str = ""
+    ) -> Attachment | None:
         """Remove an attachment: veth, records, addresses. Fine when any
         of them (or the runtime's namespace) is gone already; the
         namespace itself is never deleted. The attachment removed, if any."""
         with self._locked(cid, ifname):
             att = self.get(cid, ifname)
             if att is not None:
-                self._dp.delete_link(att.host_veth)  # the peer in the namespace goes too
+                self._unplug(att, netns)
                 self._delete_records(att)
                 self._ipam.release_owner(att.network, owner(self.node, cid, ifname))
                 if att.ports:
@@ -479,6 +483,22 @@ class AttachmentService:
                 with contextlib.suppress(CoveError):
                     self._ipam.release_owner(network, owner(self.node, cid, ifname))
             return att
+
+    def _unplug(self, att: Attachment, netns: str) -> None:
+        """Take the veth pair out of service: retired at once (down, the
+        container's end renamed so ``ifname`` is free again) and deleted
+        in a batch later, as ``disconnect`` does, when the namespace is
+        known and there; else deleted now (the peer goes with it)."""
+        path = netns or att.netns
+        if path and Path(path).exists():
+            try:
+                with self._bound(att.container_id, path) as ref:
+                    self._dp.retire_veth(ref, att.host_veth)
+                self._retired()
+                return
+            except CoveError as exc:
+                log.info("retire %s: %s; deleting it now", att.host_veth, exc.message)
+        self._dp.delete_link(att.host_veth)
 
     # -- check -----------------------------------------------------------------
 
