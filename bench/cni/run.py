@@ -1,7 +1,8 @@
 """cove-cni against the reference CNI plugins, as a runtime drives them.
 
 In a namespace that plays the host: N container namespaces (default 100),
-each ADDed then DELed through (a) ``cove-cni`` as ``cove cni install``
+each ADDed then DELed (interleaved call by call, so both see the same
+load) through (a) ``cove-cni`` as ``cove cni install``
 writes it (``python3 -I -S``, one fresh process per call, asking a real
 cove agent) and (b) the reference ``bridge`` + ``host-local`` plugins from
 /usr/lib/cni (one process per call, the way libcni runs them). Each side
@@ -73,30 +74,33 @@ def call(plugin: Path, command: str, conf: dict[str, object], env: dict[str, str
     return took
 
 
-def run_side(
-    plugin: Path, conf: dict[str, object], namespaces: list[str]
-) -> tuple[list[float], list[float], list[float]]:
-    versions: list[float] = []
-    adds: list[float] = []
-    dels: list[float] = []
-    for i, ns in enumerate(namespaces):
-        env = {
+Times = tuple[list[float], list[float], list[float]]
+
+
+def run_both(
+    sides: list[tuple[Path, dict[str, object], str]], namespaces: list[str]
+) -> list[Times]:
+    """VERSION + ADD for every namespace, then DEL for every one, the
+    sides interleaved call by call (each its own interface in the same
+    namespace) so that both see the same machine load."""
+    out: list[Times] = [([], [], []) for _ in sides]
+
+    def env(i: int, ns: str, ifname: str) -> dict[str, str]:
+        return {
             "CNI_CONTAINERID": f"bench{i:04d}",
-            "CNI_IFNAME": "eth0",
+            "CNI_IFNAME": ifname,
             "CNI_NETNS": f"/run/netns/{ns}",
             "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME=bench{i}",
         }
-        versions.append(call(plugin, "VERSION", {"cniVersion": "1.0.0"}, {}))
-        adds.append(call(plugin, "ADD", conf, env))
+
     for i, ns in enumerate(namespaces):
-        env = {
-            "CNI_CONTAINERID": f"bench{i:04d}",
-            "CNI_IFNAME": "eth0",
-            "CNI_NETNS": f"/run/netns/{ns}",
-            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME=bench{i}",
-        }
-        dels.append(call(plugin, "DEL", conf, env))
-    return versions, adds, dels
+        for (plugin, conf, ifname), times in zip(sides, out, strict=True):
+            times[0].append(call(plugin, "VERSION", {"cniVersion": "1.0.0"}, {}))
+            times[1].append(call(plugin, "ADD", conf, env(i, ns, ifname)))
+    for i, ns in enumerate(namespaces):
+        for (plugin, conf, ifname), times in zip(sides, out, strict=True):
+            times[2].append(call(plugin, "DEL", conf, env(i, ns, ifname)))
+    return out
 
 
 def main() -> None:
@@ -139,13 +143,14 @@ def main() -> None:
                     "routes": [{"dst": "0.0.0.0/0"}],
                 },
             }
+            sides = [
+                (CNI_BIN / "bridge", ref_conf, "eth0"),
+                (plugin, cove_plugin_conf, "eth1"),
+            ]
             # One warm-up attach each (bridge creation, the agent's first request).
-            warm = [f"{host}w"]
-            ip("netns", "add", warm[0])
-            run_side(CNI_BIN / "bridge", ref_conf, warm)
-            run_side(plugin, cove_plugin_conf, warm)
-            ref = run_side(CNI_BIN / "bridge", ref_conf, namespaces)
-            cove = run_side(plugin, cove_plugin_conf, namespaces)
+            ip("netns", "add", f"{host}w")
+            run_both(sides, [f"{host}w"])
+            ref, cove = run_both(sides, namespaces)
         finally:
             for ns in [*namespaces, f"{host}w"]:
                 ip("netns", "del", ns, check=False)

@@ -24,6 +24,7 @@ import sys
 
 TYPE_CHECKING = False  # typing itself costs 3 ms of every start
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from typing import Any
 
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -55,7 +56,7 @@ class CniError(Exception):
         self.details = details
 
 
-def _env(name: str, environ: dict[str, str] | os._Environ[str]) -> str:
+def _env(name: str, environ: Mapping[str, str]) -> str:
     value = environ.get(name, "")
     if not value:
         raise CniError(4, f"environment variable {name} is not set", f"the runtime must set {name}")
@@ -240,7 +241,7 @@ def dumps(obj: Any) -> str:
     return "".join(enc(obj, 0))
 
 
-def _call(sock_path: str, method: str, path: str, body: Any = None) -> Any:
+def _call_socket(sock_path: str, method: str, path: str, body: Any = None) -> Any:
     """One request to the agent's native API (HTTP/1.1 over its Unix
     socket); its JSON answer. Raises ``CniError`` 11 when the agent cannot
     be reached, and the code the agent gives when it refuses.
@@ -368,9 +369,7 @@ def _chain(prev: Any, ours: dict[str, Any]) -> dict[str, Any]:
 # -- verbs -------------------------------------------------------------------
 
 
-def _attachment(
-    conf: dict[str, Any], environ: dict[str, str] | os._Environ[str], netns: bool
-) -> dict[str, Any]:
+def _attachment(conf: dict[str, Any], environ: Mapping[str, str], netns: bool) -> dict[str, Any]:
     cid = _env("CNI_CONTAINERID", environ)
     if not _valid_container_id(cid):
         raise CniError(4, f"CNI_CONTAINERID {cid!r} is not a valid container id")
@@ -389,9 +388,15 @@ def _attachment(
 
 
 def run(
-    command: str, conf: dict[str, Any], environ: dict[str, str] | os._Environ[str]
+    command: str,
+    conf: dict[str, Any],
+    environ: Mapping[str, str],
+    call: Callable[[str, str, str, Any], Any] | None = None,
 ) -> dict[str, Any] | None:
-    """One verb; its result (None for verbs without output)."""
+    """One verb; its result (None for verbs without output). ``call``
+    reaches the agent (``_call``: over its socket; the agent passes its
+    own when the compiled shim hands it a whole call)."""
+    _call = call or _call_socket
     version = _version(conf)
     network, sock = _netconf(conf)
     if command == "ADD":
@@ -453,15 +458,17 @@ def run(
     raise CniError(4, f"CNI_COMMAND {command!r} is not a CNI verb", "ADD, DEL, CHECK, GC, STATUS")
 
 
-def main(argv: list[str] | None = None) -> int:
-    environ = os.environ
-    stdout = sys.stdout
+def execute(
+    raw: bytes,
+    environ: Mapping[str, str],
+    call: Callable[[str, str, str, Any], Any] | None = None,
+) -> tuple[int, str]:
+    """One whole plugin call: (exit status, what goes to stdout)."""
     version = "1.1.0"
     try:
         command = environ.get("CNI_COMMAND", "")
         if not command:
             raise CniError(4, "environment variable CNI_COMMAND is not set", "run by a runtime")
-        raw = sys.stdin.buffer.read()
         try:
             conf = loads(raw) if raw.strip() else {}
         except ValueError as exc:
@@ -472,21 +479,22 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(asked, str) and asked in SUPPORTED:
             version = asked
         if command == "VERSION":
-            stdout.write(
-                dumps({"cniVersion": asked or "1.1.0", "supportedVersions": list(SUPPORTED)})
-            )
-            return 0
-        result = run(command, conf, environ)
-        if result is not None:
-            stdout.write(dumps(result))
-        return 0
+            return 0, dumps({"cniVersion": asked or "1.1.0", "supportedVersions": list(SUPPORTED)})
+        result = run(command, conf, environ, call)
+        return 0, dumps(result) if result is not None else ""
     except CniError as exc:
         err: dict[str, Any] = {"cniVersion": version, "code": exc.code, "msg": exc.msg}
         if exc.details:
             err["details"] = exc.details
-        stdout.write(dumps(err))
-        sys.stderr.write(f"cove-cni: {exc.msg}\n")
-        return 1
+        return 1, dumps(err)
+
+
+def main(argv: list[str] | None = None) -> int:
+    rc, out = execute(sys.stdin.buffer.read(), os.environ)
+    sys.stdout.write(out)
+    if rc:
+        sys.stderr.write(f"cove-cni: {loads(out).get('msg')}\n")
+    return rc
 
 
 if __name__ == "__main__":
