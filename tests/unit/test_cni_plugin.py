@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,10 +20,37 @@ from typing import Any
 import pytest
 
 import cove.cni.plugin as plugin_mod
+from cove.cni import conflist
 
 PLUGIN = Path(plugin_mod.__file__)
 LOG = Path(__file__).parent.parent / "data" / "podman-4.3-calls.log"
 VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+
+
+# How the plugin is run: the Python plugin (``python3 -I -S plugin.py``)
+# or, set by the ``runner`` fixture, the compiled shim ``cove cni install``
+# builds in front of it.
+_RUNNER: list[list[str]] = [[sys.executable, "-I", "-S", str(PLUGIN)]]
+
+
+@pytest.fixture(scope="session")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler for the shim")
+    path = conflist.install_plugin(tmp_path_factory.mktemp("cnibin"), sys.executable)
+    assert (path.parent / "cove-cni.py").exists(), "the shim was not built"
+    return path
+
+
+@pytest.fixture(params=["python", "shim"])
+def runner(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "shim":
+        _RUNNER.insert(0, [str(request.getfixturevalue("shim"))])
+    try:
+        yield str(request.param)
+    finally:
+        if request.param == "shim":
+            _RUNNER.pop(0)
 
 
 def cni(
@@ -30,13 +58,13 @@ def cni(
     conf: dict[str, Any] | str,
     env: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    """One plugin call, as a runtime makes it: ``python3 -I -S plugin.py``."""
+    """One plugin call, as a runtime makes it: a fresh process."""
     stdin = conf if isinstance(conf, str) else json.dumps(conf)
     full = {"PATH": "/usr/bin:/bin", **(env or {})}
     if command:
         full["CNI_COMMAND"] = command
     res = subprocess.run(
-        [sys.executable, "-I", "-S", str(PLUGIN)],
+        _RUNNER[0],
         input=stdin,
         env=full,
         capture_output=True,
@@ -106,6 +134,7 @@ def test_the_plugin_imports_only_the_standard_library() -> None:
     assert not {"json", "socket", "re", "typing", "http.client", "enum"} & loaded
 
 
+@pytest.mark.usefixtures("runner")
 def test_version_answers_without_an_agent() -> None:
     for asked in VERSIONS:
         rc, out = cni("VERSION", {"cniVersion": asked}, {"CNI_IFNAME": "dummy"})
@@ -186,6 +215,7 @@ def test_version_answers_without_an_agent() -> None:
         ),
     ],
 )
+@pytest.mark.usefixtures("runner")
 def test_bad_input_is_a_cni_error_naming_it(
     command: str, stdin: Any, env: dict[str, str], code: int, words: str
 ) -> None:
@@ -196,6 +226,7 @@ def test_bad_input_is_a_cni_error_naming_it(
     assert set(out) <= {"cniVersion", "code", "msg", "details"}
 
 
+@pytest.mark.usefixtures("runner")
 def test_an_agent_that_is_down_is_try_again_later(tmp_path: Path) -> None:
     conf = {"cniVersion": "1.0.0", "name": "n", "agentSocket": str(tmp_path / "none.sock")}
     env = {"CNI_CONTAINERID": "abc", "CNI_IFNAME": "eth0", "CNI_NETNS": "/x"}
@@ -250,13 +281,13 @@ root = pytest.mark.root
 
 
 @pytest.fixture
-def cnienv(agent: Any) -> Iterator[dict[str, Any]]:
+def cnienv(agent: Any, runner: str) -> Iterator[dict[str, Any]]:
     agent.ok("network", "create", "--subnet", "10.89.55.0/24", "vnet")
     sys.path.insert(0, str(Path(__file__).parent.parent))
     import nsutil
 
     with nsutil.namespace("cvc") as ns1, nsutil.namespace("cvc") as ns2:
-        yield {"agent": agent, "sock": str(agent.socket), "netns": [ns1, ns2]}
+        yield {"agent": agent, "sock": str(agent.socket), "netns": [ns1, ns2], "runner": runner}
 
 
 def _conf(env: dict[str, Any], version: str = "1.0.0", **extra: Any) -> dict[str, Any]:
@@ -514,3 +545,33 @@ def test_an_opt_in_label_registers_a_consul_service(cnienv: dict[str, Any]) -> N
     while instances():
         assert time.monotonic() < deadline, "api stayed registered after DEL"
         time.sleep(0.2)
+
+
+@root
+def test_the_shim_attaches_without_starting_python(cnienv: dict[str, Any], tmp_path: Path) -> None:
+    if cnienv.get("runner") == "python" or shutil.which("cc") is None:
+        pytest.skip("the shim's own test")
+    shim = conflist.install_plugin(tmp_path / "bin", sys.executable)
+    (tmp_path / "bin" / "cove-cni.py").unlink()  # no fallback: the fast path alone
+    ns = cnienv["netns"][0]
+    env = {"CNI_IFNAME": "eth0", "CNI_CONTAINERID": "fast", "CNI_NETNS": f"/run/netns/{ns}"}
+    for command in ("VERSION", "ADD", "DEL"):
+        res = subprocess.run(
+            [str(shim)],
+            input=json.dumps(_conf(cnienv)),
+            env={**env, "CNI_COMMAND": command},
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, (command, res.stdout, res.stderr)
+        if command == "ADD":
+            assert json.loads(res.stdout)["ips"][0]["address"].startswith("10.89.55.")
+    # A refusal comes back as the plugin's error, with a non-zero exit.
+    res = subprocess.run(
+        [str(shim)],
+        input=json.dumps(dict(_conf(cnienv), network="nope")),
+        env={**env, "CNI_COMMAND": "ADD"},
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1 and json.loads(res.stdout)["code"] == 7

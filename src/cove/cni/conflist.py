@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -113,17 +115,45 @@ def plugin_source() -> str:
     return Path(plugin.__file__).read_text()
 
 
-def install_plugin(bin_dir: Path, python: str = "/usr/bin/python3") -> Path:
-    """Write ``bin_dir/cove-cni``: the stdlib-only plugin, run by
-    ``python -IS`` (isolated, no site-packages: the fastest start; one
-    shebang argument, as Linux passes only one)."""
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    source = plugin_source()
-    lines = source.splitlines(keepends=True)
-    text = f"#!{python} -IS\n" + "".join(lines)
-    path = bin_dir / PLUGIN
-    tmp = bin_dir / f".{PLUGIN}.tmp"
-    tmp.write_text(text)
-    os.chmod(tmp, 0o755)
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
-    return path
+
+
+def install_plugin(
+    bin_dir: Path, python: str = "/usr/bin/python3", compiler: str | None = "auto"
+) -> Path:
+    """Write ``bin_dir/cove-cni``. The plugin proper is ``cove-cni.py``,
+    standard library only, run by ``python -IS`` (isolated, no
+    site-packages; one shebang argument, as Linux passes only one). With a
+    C compiler (``auto``: ``cc`` if there is one; None: never),
+    ``cove-cni`` is the compiled shim (``shim.c``), which answers VERSION
+    itself, hands other calls whole to the agent and runs ``cove-cni.py``
+    for anything else; without one, ``cove-cni`` is the Python plugin."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = f"#!{python} -IS\n" + plugin_source()
+    target = bin_dir / PLUGIN
+    if compiler == "auto":
+        compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        _replace(target, script.encode(), 0o755)
+        return target
+    py = bin_dir / f"{PLUGIN}.py"
+    _replace(py, script.encode(), 0o755)
+    source = Path(__file__).with_name("shim.c")
+    out = bin_dir / f".{PLUGIN}.build"
+    define = "-DCOVE_CNI_PY=" + json.dumps(str(py.absolute()))
+    res = subprocess.run(
+        [compiler, "-O2", "-Wall", "-o", str(out), define, str(source)],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        log.warning("cannot build the cove-cni shim (%s); the Python plugin it is", res.stderr)
+        _replace(target, script.encode(), 0o755)
+        return target
+    os.chmod(out, 0o755)
+    os.replace(out, target)
+    return target
