@@ -2,9 +2,10 @@
 
 In a namespace that plays the host: N container namespaces (default 100),
 each ADDed then DELed (interleaved call by call, so both see the same
-load) through (a) ``cove-cni`` as ``cove cni install``
-writes it (``python3 -I -S``, one fresh process per call, asking a real
-cove agent) and (b) the reference ``bridge`` + ``host-local`` plugins from
+load) through (a) ``cove-cni`` as ``cove cni install`` writes it (the
+compiled shim when a C compiler is there, else the Python plugin run by
+``python3 -IS``; one fresh process per call, asking a real cove agent) and
+(b) the reference ``bridge`` + ``host-local`` plugins from
 /usr/lib/cni (one process per call, the way libcni runs them). Each side
 is also preceded by the VERSION call a runtime makes first. Prints the
 median and p90 per call and the ratio cove / reference (goal <= 0.5).
@@ -106,6 +107,7 @@ def run_both(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=100, help="container namespaces (max 200)")
+    parser.add_argument("--no-shim", action="store_true", help="the Python plugin alone")
     args = parser.parse_args()
     count = max(1, min(args.n, 200))
     if not (CNI_BIN / "bridge").exists():
@@ -122,7 +124,10 @@ def main() -> None:
             )
             for ns in namespaces:
                 ip("netns", "add", ns)
-            plugin = conflist.install_plugin(work / "bin")
+            plugin = conflist.install_plugin(
+                work / "bin", compiler=None if args.no_shim else "auto"
+            )
+            kind = "compiled shim" if (work / "bin" / "cove-cni.py").exists() else "Python plugin"
             net = Network.from_json(client.request("GET", "/api/networks/benchnet"))
             cove_conf = conflist.conflist(net, work / "agent.sock")
             cove_plugin_conf = {
@@ -160,7 +165,7 @@ def main() -> None:
             if proc.poll() is None:
                 proc.kill()
             teardown(work / "state" / "run")
-    print(f"cove-cni vs bridge+host-local, {count} namespaces, one process per call (ms)")
+    print(f"cove-cni ({kind}) vs bridge+host-local, {count} namespaces, one process per call (ms)")
     print(f"{'call':8} {'cove p50':>9} {'cove p90':>9} {'ref p50':>9} {'ref p90':>9} {'ratio':>6}")
     for name, c, r in zip(("VERSION", "ADD", "DEL"), cove, ref, strict=True):
         ratio = pct(c, 0.5) / pct(r, 0.5)

@@ -101,6 +101,7 @@ class CniParts:
         if self._conf_dir is not None:
             hub.subscribe(NETWORKS, self._on_networks)
             self._worker.start()
+            self._worker.kick()  # the networks there are already
 
     def stop(self) -> None:
         self._reaper.stop()
