@@ -8,9 +8,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from cove.cni import conflist
 from cove.cni.attachments import AttachRequest
@@ -55,19 +58,26 @@ def test_one_conflist_per_network_and_priority_sorts_first(tmp_path: Path) -> No
     assert conflist.file_name(_net("n", **{"cni.priority": "1; rm"})) == "50-cove-n.conflist"
 
 
-def test_installed_plugin_runs_alone(tmp_path: Path) -> None:
-    path = conflist.install_plugin(tmp_path / "bin", sys.executable)
+@pytest.mark.parametrize("compiler", [None, "auto"])
+def test_installed_plugin_runs_alone(tmp_path: Path, compiler: str | None) -> None:
+    if compiler == "auto" and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    path = conflist.install_plugin(tmp_path / "bin", sys.executable, compiler)
     assert os.access(path, os.X_OK)
-    assert path.read_text().startswith(f"#!{sys.executable} -IS\n")
-    res = subprocess.run(
-        [str(path)],
-        input='{"cniVersion": "0.4.0"}',
-        env={"CNI_COMMAND": "VERSION"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(res.stdout)["cniVersion"] == "0.4.0"
+    script = path if compiler is None else path.with_name("cove-cni.py")
+    assert script.read_text().startswith(f"#!{sys.executable} -IS\n")
+    if compiler == "auto":
+        assert path.read_bytes()[:4] == b"\x7fELF"  # the shim, in front of the script
+    for version in ("0.4.0", "1.1.0"):
+        res = subprocess.run(
+            [str(path)],
+            input=json.dumps({"cniVersion": version}),
+            env={"CNI_COMMAND": "VERSION"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(res.stdout)["cniVersion"] == version
 
 
 def test_attach_requests_are_checked() -> None:
