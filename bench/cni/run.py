@@ -20,8 +20,10 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -104,10 +106,75 @@ def run_both(
     return out
 
 
+def bench_podman(
+    work: Path, host: str, plugin_dir: Path, net: Network, count: int
+) -> tuple[list[float], list[float]]:
+    """``podman run --rm`` (CNI backend, runc, a busybox image imported
+    from a tarball) on the cove network and on a reference bridge +
+    host-local network, interleaved; all of podman's state in ``work``."""
+    conf_dir = work / "net.d"
+    conflist.sync(conf_dir, [net], work / "agent.sock")
+    ref = {
+        "cniVersion": "1.0.0",
+        "name": "refpod",
+        "plugins": [
+            {
+                "type": "bridge", "bridge": "cvbpod0", "isGateway": True, "ipMasq": False,
+                "ipam": {
+                    "type": "host-local", "dataDir": str(work / "host-local-pod"),
+                    "ranges": [[{"subnet": "10.125.0.0/16", "gateway": "10.125.0.1"}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            }
+        ],
+    }  # fmt: skip
+    (conf_dir / "60-refpod.conflist").write_text(json.dumps(ref))
+    (work / "containers.conf").write_text(
+        f'[network]\nnetwork_backend = "cni"\ncni_plugin_dirs = ["{plugin_dir}", "{CNI_BIN}"]\n'
+        f'network_config_dir = "{conf_dir}"\n[containers]\ndefault_ulimits = []\n'
+        f'[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+        f'events_logfile_path = "{work}/events.log"\n'
+    )
+    runroot = Path(tempfile.mkdtemp(prefix="cvbp", dir="/tmp"))  # podman: at most 50 chars
+    env = {**os.environ, "CONTAINERS_CONF": str(work / "containers.conf")}
+    base = [
+        "nsenter", f"--net=/run/netns/{host}", "podman", "--root", str(work / "proot"),
+        "--runroot", str(runroot), "--storage-driver", "vfs", "--cni-config-dir", str(conf_dir),
+    ]  # fmt: skip
+    try:
+        rootfs = work / "rootfs.tar"
+        with tarfile.open(rootfs, "w") as tar:
+            tar.add("/bin/busybox", "bin/busybox")
+            link = tarfile.TarInfo("bin/true")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+        subprocess.run([*base, "import", str(rootfs), "localhost/cvbench"], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        times: dict[str, list[float]] = {"benchnet": [], "refpod": []}
+        for i in range(count + 1):
+            for name, out in times.items():
+                t = time.perf_counter()
+                subprocess.run(
+                    [*base, "run", "--rm", "--ulimit", "host", "--network", name,
+                     "localhost/cvbench", "true"],
+                    env=env, check=True, capture_output=True,
+                )  # fmt: skip
+                if i:  # the first of each: a warm-up
+                    out.append(time.perf_counter() - t)
+        return times["benchnet"], times["refpod"]
+    finally:
+        subprocess.run([*base, "rm", "-af"], env=env, capture_output=True)
+        subprocess.run([*base, "system", "reset", "-f"], env=env, capture_output=True)
+        shutil.rmtree(runroot, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=100, help="container namespaces (max 200)")
     parser.add_argument("--no-shim", action="store_true", help="the Python plugin alone")
+    parser.add_argument(
+        "--podman", type=int, default=10, help="podman run --rm per network (max 50; 0: skip)"
+    )
     args = parser.parse_args()
     count = max(1, min(args.n, 200))
     if not (CNI_BIN / "bridge").exists():
@@ -156,6 +223,9 @@ def main() -> None:
             ip("netns", "add", f"{host}w")
             run_both(sides, [f"{host}w"])
             ref, cove = run_both(sides, namespaces)
+            pod: tuple[list[float], list[float]] | None = None
+            if args.podman > 0 and shutil.which("podman") and shutil.which("runc"):
+                pod = bench_podman(work, host, plugin.parent, net, min(args.podman, 50))
         finally:
             for ns in [*namespaces, f"{host}w"]:
                 ip("netns", "del", ns, check=False)
@@ -177,6 +247,12 @@ def main() -> None:
     total_r = sum(ref[1]) + sum(ref[2])
     print(f"ADD+DEL total: cove {total_c:.2f} s, reference {total_r:.2f} s, "
           f"ratio {total_c / total_r:.2f} (goal <= 0.5)")  # fmt: skip
+    if pod is not None:
+        c, r = pod
+        print(
+            f"podman run --rm ({len(c)} each): cove network p50 {pct(c, 0.5):.0f} ms, "
+            f"bridge network p50 {pct(r, 0.5):.0f} ms, ratio {pct(c, 0.5) / pct(r, 0.5):.2f}"
+        )
 
 
 if __name__ == "__main__":

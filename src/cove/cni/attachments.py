@@ -59,6 +59,7 @@ _CID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$")
 _IFNAME = re.compile(r"^[^/:\s]{1,15}$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
+_POD = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,251}[a-z0-9])?$")
 _ATTEMPTS = 16
 
 
@@ -396,7 +397,9 @@ class AttachmentService:
         )  # fmt: skip
 
     def _endpoint(self, att: Attachment, req: AttachRequest) -> Endpoint:
-        name = att.pod_name.lower() or att.container_id[:12]
+        name = att.pod_name.lower()
+        if not _POD.match(name):  # not a name DNS can carry: the short id
+            name = att.container_id[:12].lower()
         aliases = list(req.aliases)
         dns_name = name.replace("_", "-")
         if dns_name != name and dns_name not in aliases:
