@@ -309,10 +309,12 @@ class AttachmentService:
                     self._locks.pop((cid, ifname), None)
 
     @contextlib.contextmanager
-    def _bound(self, cid: str, netns: str) -> Any:
+    def _bound(self, cid: str, ifname: str, netns: str) -> Any:
         """The runtime's namespace bound under cove's directory for the
         block; the bind (never the runtime's file) is removed after."""
-        ref = hashlib.sha256(f"{self.node}/{cid}".encode()).hexdigest()[:32]
+        # One bind per operation: operations on other interfaces of the
+        # same container may run meanwhile.
+        ref = hashlib.sha256(f"{self.node}/{cid}/{ifname}".encode()).hexdigest()[:32]
         with contextlib.suppress(CoveError, OSError):
             self._dp.delete_netns(ref)  # a stale bind from a crash
         try:
@@ -436,7 +438,7 @@ class AttachmentService:
         if att.ipv6 is not None and net.ipv6 is not None:
             addrs.append(ipaddress.IPv6Interface(f"{att.ipv6}/{net.ipv6.cidr.prefixlen}"))
             gateways.append(net.ipv6.gateway)
-        with self._bound(att.container_id, att.netns) as ref, self._dp.session():
+        with self._bound(att.container_id, att.ifname, att.netns) as ref, self._dp.session():
             inside = self._dp.observe([ref], []).netns.get(ref)
             if inside is not None and att.ifname in inside.links:
                 raise AlreadyExists(
@@ -495,7 +497,7 @@ class AttachmentService:
         path = netns or att.netns
         if path and Path(path).exists():
             try:
-                with self._bound(att.container_id, path) as ref:
+                with self._bound(att.container_id, att.ifname, path) as ref:
                     self._dp.retire_veth(ref, att.host_veth)
                 self._retired()
                 return
@@ -516,7 +518,7 @@ class AttachmentService:
             kv = self._store.get(f"{IPAM}{att.network}/{addr}")
             if kv is None or json.loads(kv.value).get("owner") != owner(self.node, cid, ifname):
                 raise Conflict(f"address {addr} is no longer held for {cid[:12]}/{ifname}")
-        with self._bound(cid, netns) as ref:
+        with self._bound(cid, ifname, netns) as ref:
             inside = self._dp.observe([ref], []).netns.get(ref)
         link = inside.links.get(ifname) if inside is not None else None
         if link is None:
