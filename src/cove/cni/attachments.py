@@ -513,7 +513,7 @@ class AttachmentService:
         att = self.get(cid, ifname)
         if att is None:
             raise NotFound(f"no attachment {cid[:12]}/{ifname}", container=cid)
-        net = self._network(att.network)
+        self._network(att.network)  # still there
         for addr in att.addresses:
             kv = self._store.get(f"{IPAM}{att.network}/{addr}")
             if kv is None or json.loads(kv.value).get("owner") != owner(self.node, cid, ifname):
@@ -543,7 +543,6 @@ class AttachmentService:
                 and str(iface.get("mac", "")).lower() not in ("", link.mac.lower())
             ):
                 raise Conflict(f"{ifname} has MAC {link.mac}, not {iface.get('mac')}")
-        del net
 
     # -- gc and status ---------------------------------------------------------
 
