@@ -439,16 +439,21 @@ class AttachmentService:
             addrs.append(ipaddress.IPv6Interface(f"{att.ipv6}/{net.ipv6.cidr.prefixlen}"))
             gateways.append(net.ipv6.gateway)
         with self._bound(att.container_id, att.ifname, att.netns) as ref, self._dp.session():
-            inside = self._dp.observe([ref], []).netns.get(ref)
-            if inside is not None and att.ifname in inside.links:
-                raise AlreadyExists(
-                    f"an interface {att.ifname} already exists in {att.netns}",
-                    ifname=att.ifname,
+            try:
+                # The same request ``cove run`` and ``connect`` make; it
+                # leaves nothing behind when it fails.
+                self._dp.attach(
+                    ref, att.host_veth, att.ifname, att.mac, net.mtu, net.bridge, addrs, gateways
                 )
-            # The same request ``cove run`` and ``connect`` make.
-            self._dp.attach(
-                ref, att.host_veth, att.ifname, att.mac, net.mtu, net.bridge, addrs, gateways
-            )
+            except DatapathError:
+                # Only now look why: the namespace is read on failure alone.
+                inside = self._dp.observe([ref], []).netns.get(ref)
+                if inside is not None and att.ifname in inside.links:
+                    raise AlreadyExists(
+                        f"an interface {att.ifname} already exists in {att.netns}",
+                        ifname=att.ifname,
+                    ) from None
+                raise
 
     def _undo(self, network: str, who: str, att: Attachment | None) -> None:
         """Take back everything an attach made (its error is raised after)."""
