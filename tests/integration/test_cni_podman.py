@@ -194,6 +194,9 @@ def test_podman_containers_join_cove_networks(setup: tuple[AgentProc, Podman, st
     net = json.loads(agent.ok("network", "inspect", "vnet"))[0]
     assert [a["pod_name"] for a in net["cni_attachments"]] == ["web"]
     assert {e["container_name"] for e in net["endpoints"]} == {"cc", "web"}
+    listed = agent.ok("cni", "ls").splitlines()
+    assert listed[0].split()[:3] == ["CONTAINER", "IFNAME", "NETWORK"]
+    assert listed[1].split()[1:4] == ["eth0", "vnet", "web"] and addr in listed[1]
 
     # `podman rm` gives the address, the name and the port back.
     podman.run("rm", "-f", "-t", "0", "web")
