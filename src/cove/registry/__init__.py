@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Answer", "Registry", "Status"]
 
-VERSION = "1.17.0"  # the Consul version whose API we answer as
+VERSION = types.CONSUL_VERSION  # the Consul version whose API we answer as
 
 
 class Registry:
@@ -45,6 +45,7 @@ class Registry:
         node_id: str = "",
         node_meta: dict[str, str] | None = None,
         enable_script_checks: bool = False,
+        consul_service: bool = True,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -58,7 +59,8 @@ class Registry:
             tagged_addresses={"lan": node_address, "wan": node_address},
             meta=dict(node_meta or {}),
         )
-        self.catalog = Catalog(store, clock, self.node)
+        # The agent shows itself in the catalog as Consul's `consul` service.
+        self.catalog = Catalog(store, clock, self.node, consul_service=consul_service)
         self.queries = Queries(store, datacenter)
         self.kv = KV(store, clock)
         self.sessions = Sessions(store, clock, self.kv, node_name)

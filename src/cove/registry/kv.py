@@ -177,7 +177,13 @@ class KV:
         if acquire:
             op = KVOp("lock", key, value, flags, session=acquire)
         elif release:
-            op = KVOp("unlock", key, value, flags, session=release)
+            # Consul's unlock never checks that the session still exists
+            # (agent/consul/state/kvs.go, kvsUnlockTxn): a vanished one
+            # holds nothing, so the answer is a plain false.
+            try:
+                return self._single(KVOp("unlock", key, value, flags, session=release))
+            except NotFound:
+                return False
         elif cas is not None:
             op = KVOp("cas", key, value, flags, index=cas)
         else:
