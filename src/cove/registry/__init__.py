@@ -20,6 +20,7 @@ from cove.errors import NotFound
 from cove.registry import types
 from cove.registry.catalog import Catalog
 from cove.registry.decode import check_from_json
+from cove.registry.events import Events
 from cove.registry.kv import KV
 from cove.registry.queries import Answer, Queries
 from cove.registry.sessions import Sessions
@@ -64,6 +65,7 @@ class Registry:
         self.queries = Queries(store, datacenter)
         self.kv = KV(store, clock)
         self.sessions = Sessions(store, clock, self.kv, node_name)
+        self.events = Events(store, clock)
 
     @property
     def node_name(self) -> str:
