@@ -19,6 +19,7 @@ from cove.clock import Clock
 from cove.errors import NotFound
 from cove.registry import types
 from cove.registry.catalog import Catalog
+from cove.registry.config_entries import ConfigEntries
 from cove.registry.decode import check_from_json
 from cove.registry.events import Events
 from cove.registry.kv import KV
@@ -66,6 +67,7 @@ class Registry:
         self.kv = KV(store, clock)
         self.sessions = Sessions(store, clock, self.kv, node_name)
         self.events = Events(store, clock)
+        self.config = ConfigEntries(store)
 
     @property
     def node_name(self) -> str:

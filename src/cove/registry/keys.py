@@ -13,6 +13,7 @@ Store keys (all under ``registry/``; path segments are percent-quoted so a
 - ``registry/kv/<key>``                              KVEntry
 - ``registry/sessions/<id>``                         Session
 - ``registry/events/<ns since epoch>-<id>``          a user event (the last 256)
+- ``registry/config/<kind>/<name>``                  a config entry
 
 Keeping a service's instances and checks under one name lets a blocking query
 on that service watch only its own prefixes.
@@ -29,6 +30,7 @@ AGENT = "registry/agent/"
 KV = "registry/kv/"
 SESSIONS = "registry/sessions/"
 EVENTS = "registry/events/"
+CONFIG = "registry/config/"
 
 
 def seg(name: str) -> str:
