@@ -20,6 +20,7 @@ from cove.errors import NotFound
 from cove.registry import types
 from cove.registry.catalog import Catalog
 from cove.registry.config_entries import ConfigEntries
+from cove.registry.coordinates import Coordinates
 from cove.registry.decode import check_from_json
 from cove.registry.events import Events
 from cove.registry.kv import KV
@@ -68,6 +69,7 @@ class Registry:
         self.sessions = Sessions(store, clock, self.kv, node_name)
         self.events = Events(store, clock)
         self.config = ConfigEntries(store)
+        self.coordinates = Coordinates(store)
 
     @property
     def node_name(self) -> str:

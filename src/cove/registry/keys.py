@@ -14,6 +14,7 @@ Store keys (all under ``registry/``; path segments are percent-quoted so a
 - ``registry/sessions/<id>``                         Session
 - ``registry/events/<ns since epoch>-<id>``          a user event (the last 256)
 - ``registry/config/<kind>/<name>``                  a config entry
+- ``registry/coord/<node>/<segment>``                a node's network coordinate
 
 Keeping a service's instances and checks under one name lets a blocking query
 on that service watch only its own prefixes.
@@ -31,6 +32,7 @@ KV = "registry/kv/"
 SESSIONS = "registry/sessions/"
 EVENTS = "registry/events/"
 CONFIG = "registry/config/"
+COORDS = "registry/coord/"
 
 
 def seg(name: str) -> str:

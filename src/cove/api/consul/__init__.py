@@ -15,7 +15,17 @@ from cove.acl import AclService
 from cove.acl.model import ROOT as ACL_ROOT
 from cove.api import http as web
 from cove.api.consul import acl as acl_routes
-from cove.api.consul import agent, agent_ops, catalog, config, events, kv, operator, snapshot
+from cove.api.consul import (
+    agent,
+    agent_ops,
+    catalog,
+    config,
+    coordinates,
+    events,
+    kv,
+    operator,
+    snapshot,
+)
 from cove.api.consul.common import CONSUL, Consul
 from cove.registry import Registry
 from cove.registry import types as t
@@ -67,6 +77,7 @@ def install(
     snapshot.add_routes(app)
     operator.add_routes(app)
     config.add_routes(app)
+    coordinates.add_routes(app)
     catalog.add_routes(app)
     kv.add_routes(app)
     acl_routes.add_routes(app)

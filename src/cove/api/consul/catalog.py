@@ -23,6 +23,7 @@ from cove.api.consul.common import (
     run,
     write,
 )
+from cove.api.consul.coordinates import near
 from cove.errors import CoveError, InvalidArgument
 from cove.registry import filter_schema as fs
 from cove.registry import types as t
@@ -161,6 +162,7 @@ async def service(request: web.Request) -> web.Response:
     answer = await blocking(
         request, opts, lambda: q.service_nodes(name, tags), (t.service_prefix(name),)
     )
+    answer = await near(request, answer, lambda e: str(e["Node"]))
     return _filtered(answer, opts, authz, lambda e: _entry_allowed(authz, e))
 
 
@@ -171,6 +173,7 @@ async def nodes(request: web.Request) -> web.Response:
     q = ctx(request).registry.queries
     authz = await authorize(request, opts)
     answer = await blocking(request, opts, q.nodes, (t.NODES,))
+    answer = await near(request, answer, lambda n: str(n["Node"]))
     return _filtered(answer, opts, authz, lambda n: authz.allowed("node", n["Node"], Access.READ))
 
 
@@ -212,6 +215,7 @@ async def health_service(request: web.Request) -> web.Response:
         lambda: q.health_service(name, tags, passing),
         (t.service_prefix(name), t.check_prefix(name)),
     )
+    answer = await near(request, answer, lambda e: str(e["Node"]["Node"]))
     return _filtered(answer, opts, authz, lambda e: _health_allowed(authz, e))
 
 
