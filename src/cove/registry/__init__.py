@@ -24,6 +24,7 @@ from cove.registry.coordinates import Coordinates
 from cove.registry.decode import check_from_json
 from cove.registry.events import Events
 from cove.registry.kv import KV
+from cove.registry.prepared import PreparedQueries
 from cove.registry.queries import Answer, Queries
 from cove.registry.sessions import Sessions
 from cove.registry.types import Node, ServiceInstance, Status
@@ -70,6 +71,7 @@ class Registry:
         self.events = Events(store, clock)
         self.config = ConfigEntries(store)
         self.coordinates = Coordinates(store)
+        self.prepared = PreparedQueries(store)
 
     @property
     def node_name(self) -> str:

@@ -15,6 +15,7 @@ Store keys (all under ``registry/``; path segments are percent-quoted so a
 - ``registry/events/<ns since epoch>-<id>``          a user event (the last 256)
 - ``registry/config/<kind>/<name>``                  a config entry
 - ``registry/coord/<node>/<segment>``                a node's network coordinate
+- ``registry/query/<id>``                            a prepared query
 
 Keeping a service's instances and checks under one name lets a blocking query
 on that service watch only its own prefixes.
@@ -33,6 +34,7 @@ SESSIONS = "registry/sessions/"
 EVENTS = "registry/events/"
 CONFIG = "registry/config/"
 COORDS = "registry/coord/"
+QUERIES = "registry/query/"
 
 
 def seg(name: str) -> str:

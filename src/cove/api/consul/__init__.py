@@ -24,6 +24,7 @@ from cove.api.consul import (
     events,
     kv,
     operator,
+    query,
     snapshot,
 )
 from cove.api.consul.common import CONSUL, Consul
@@ -78,6 +79,7 @@ def install(
     operator.add_routes(app)
     config.add_routes(app)
     coordinates.add_routes(app)
+    query.add_routes(app)
     catalog.add_routes(app)
     kv.add_routes(app)
     acl_routes.add_routes(app)
