@@ -225,7 +225,9 @@ class Agent:
                 listen_on_gateways=True,
             ),
             hub=self.hub,
-            services=RegistryServices(self.registry.queries, self.hub, acl=self.acl),
+            services=RegistryServices(
+                self.registry.queries, self.hub, acl=self.acl, prepared=self.registry.prepared
+            ),
             keeper=SupervisorKeeper(config.run_dir),
         )
 
