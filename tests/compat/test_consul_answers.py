@@ -247,5 +247,10 @@ def test_root_says_what_this_is(server: ConsulServer) -> None:
 
 
 def test_404s_of_indexed_routes_carry_the_index(server: ConsulServer) -> None:
-    status, headers, _ = http(server, "GET", f"/v1/kv/{uniq('missing')}")
-    assert status == 404 and int(headers["X-Consul-Index"]) >= 1
+    for path in (
+        f"/v1/kv/{uniq('missing')}",
+        f"/v1/config/service-defaults/{uniq('missing')}",
+        f"/v1/coordinate/node/{uniq('missing')}",
+    ):
+        status, headers, _ = http(server, "GET", path)
+        assert status == 404 and int(headers["X-Consul-Index"]) >= 1, path

@@ -18,6 +18,7 @@ from cove.api.consul.common import (
     consul_errors,
     ctx,
     json_body,
+    meta_headers,
     options,
     reply,
     write,
@@ -68,7 +69,13 @@ async def get_one(request: web.Request) -> web.Response:
     config = ctx(request).registry.config
     answer = await blocking(request, opts, lambda: config.get(kind, name))
     if not answer.found:
-        raise ce.not_found(kind, name)
+        # Consul sets the query meta (X-Consul-Index) before its 404
+        # (agent/config_endpoint.go, configGet).
+        return web.Response(
+            status=404,
+            text=ce.not_found(kind, name).message,
+            headers=meta_headers(answer.index),
+        )
     return reply(answer.data, answer.index)
 
 
