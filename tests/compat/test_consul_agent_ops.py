@@ -202,6 +202,7 @@ def _monitor_lines(server: ConsulServer, query: str, emit: Any, want: int) -> li
 
 def test_monitor_streams_log_lines_at_the_level_asked(server: ConsulServer) -> None:
     log = logging.getLogger("cove.monitor-test")
+    level_before = logging.getLogger("cove").level
     tag = uniq("mark")
 
     def emit() -> None:
@@ -217,8 +218,10 @@ def test_monitor_streams_log_lines_at_the_level_asked(server: ConsulServer) -> N
     status, _, body = http(server, "GET", "/v1/agent/monitor?loglevel=loud")
     assert status == 400 and b"loud" in body
     time.sleep(0.1)
-    # The monitors are gone: no handler of theirs is left on the logger.
+    # The monitors are gone: no handler of theirs is left on the logger,
+    # and the logger has its own level back.
     assert not [h for h in logging.getLogger("cove").handlers if "Queue" in type(h).__name__]
+    assert logging.getLogger("cove").level == level_before
 
 
 # -- Connect -------------------------------------------------------------------------
@@ -264,3 +267,22 @@ def test_agent_operations_need_their_acl_rules(deny_server: ConsulServer) -> Non
         deny_server, "GET", "/v1/agent/health/service/id/web1", headers={"X-Consul-Token": ROOT}
     )
     assert status == 200  # no checks: passing
+
+
+def test_overlapping_monitors_give_the_logger_its_level_back(server: ConsulServer) -> None:
+    logger = logging.getLogger("cove")
+    before = logger.level
+    conns = []
+    for level in ("debug", "warn"):
+        conn = HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", f"/v1/agent/monitor?loglevel={level}")
+        assert conn.getresponse().status == 200
+        conns.append(conn)
+    assert logger.getEffectiveLevel() == logging.DEBUG  # the lowest asked for
+    for conn in conns:  # the debug one leaves first
+        conn.close()
+    end = time.monotonic() + 5
+    while [h for h in logger.handlers if "Queue" in type(h).__name__]:
+        assert time.monotonic() < end, "a monitor outlived its connection"
+        time.sleep(0.02)
+    assert logger.level == before

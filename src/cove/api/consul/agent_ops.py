@@ -311,6 +311,7 @@ _MONITOR_QUEUE = 512  # lines held for a slow reader; past that they are dropped
 class _QueueHandler(logging.Handler):
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str], js: bool):
         super().__init__()
+        self.base_level = logging.NOTSET  # the logger's own level, before any monitor
         self._loop = loop
         self._queue = queue
         self._json = js
@@ -356,28 +357,52 @@ async def monitor(request: web.Request) -> web.StreamResponse:
     logger = logging.getLogger("cove")
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
-    old_level = logger.level
-    if logger.getEffectiveLevel() > _LEVELS[level_name]:
-        logger.setLevel(_LEVELS[level_name])  # let the asked-for level through
-    logger.addHandler(handler)
+    _attach(logger, handler)
     reclaimed = request.reclaimed()
+    get: asyncio.Future[str] | None = None
     try:
         while not reclaimed.done():
             get = asyncio.ensure_future(queue.get())
             waits: set[asyncio.Future[Any]] = {get, reclaimed}
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if get not in done:
-                get.cancel()
                 break
             await response.write((get.result() + "\n").encode())
     except (ConnectionError, RuntimeError):
         pass  # the client went away
     finally:
-        logger.removeHandler(handler)
-        if not any(isinstance(h, _QueueHandler) for h in logger.handlers):
-            logger.setLevel(old_level)
+        if get is not None and not get.done():
+            get.cancel()  # also when this handler is cancelled (connection lost)
+        _detach(logger, handler)
     await response.write_eof()
     return response
+
+
+def _monitors(logger: logging.Logger) -> list[_QueueHandler]:
+    return [h for h in logger.handlers if isinstance(h, _QueueHandler)]
+
+
+def _attach(logger: logging.Logger, handler: _QueueHandler) -> None:
+    """Add a monitor; the logger lets through the lowest level any monitor
+    asks for, and gets its own level back when the last one leaves."""
+    if not _monitors(logger):
+        handler.base_level = logger.level
+    else:
+        handler.base_level = _monitors(logger)[0].base_level
+    logger.addHandler(handler)
+    _relevel(logger, handler.base_level)
+
+
+def _detach(logger: logging.Logger, handler: _QueueHandler) -> None:
+    logger.removeHandler(handler)
+    _relevel(logger, handler.base_level)
+
+
+def _relevel(logger: logging.Logger, base: int) -> None:
+    logger.setLevel(base)
+    wanted = min((h.level for h in _monitors(logger)), default=None)
+    if wanted is not None and logger.getEffectiveLevel() > wanted:
+        logger.setLevel(wanted)
 
 
 def _truthy(request: web.Request, name: str) -> bool:
