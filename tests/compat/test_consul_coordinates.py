@@ -69,6 +69,7 @@ def test_update_read_and_sort_near(c: consul.Consul, server: ConsulServer) -> No
     status, body = http(server, "GET", f"/v1/catalog/nodes?near={far}")
     order = [n["Node"] for n in json.loads(body) if n["Node"].startswith(svc)]
     assert order[:3] == [far, close, mid]
+    assert c.agent.self()["Coord"] == coord(0.0)
     dcs = c.coordinate.datacenters()
     assert dcs[0]["Datacenter"] == "dc1" and dcs[0]["AreaID"] == "wan"
     assert "co-a.dc1" in {e["Node"] for e in dcs[0]["Coordinates"]}

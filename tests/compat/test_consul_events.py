@@ -91,6 +91,9 @@ def test_filters_pick_the_agents_that_receive(
     a.event.fire(name, "w", service=svc, tag="can")
     assert [e["Payload"] for e in b.event.list(name=name)[1]] == [b"x", b"y", b"w"]
     assert a.event.list(name=name)[1] == []
+    # ?node / ?service / ?tag keep the events fired with those filters.
+    assert [e["Payload"] for e in b.event.list(name=name, node="^ev-b$")[1]] == [b"x"]
+    assert [e["Payload"] for e in b.event.list(name=name, service=svc, tag="can")[1]] == [b"w"]
 
 
 def test_bad_events_are_refused_and_nothing_is_stored(

@@ -105,10 +105,13 @@ class Events:
         node: str,
         services: Mapping[str, Sequence[str]],
         name: str = "",
+        filters: Mapping[str, str] | None = None,
     ) -> Answer:
         """The events this agent received (their filters match ``node``
         and, for service and tag filters, one of its ``services`` — name to
-        tags), oldest first; ``name`` keeps only those of that name. The
+        tags), oldest first; ``name`` keeps only those of that name, and
+        ``filters`` (NodeFilter, ServiceFilter, TagFilter) those fired with
+        exactly these filters (Consul's ?node, ?service, ?tag). The
         answer's index is the store's; ``uuid_index`` of the last is what
         a client sees."""
         rr = self._store.range(EVENTS)
@@ -116,6 +119,8 @@ class Events:
         for kv in rr.kvs:
             d = self._decode(kv)
             if name and d["Name"] != name:
+                continue
+            if filters and any(d.get(k, "") != v for k, v in filters.items()):
                 continue
             if not _matches(d, node, services):
                 continue

@@ -210,6 +210,8 @@ async def self_info(request: web.Request) -> web.Response:
     reg = ctx(request).registry
     authz.need("agent", reg.node_name, Access.READ)
     leader = leader_address(request)
+    # This node's coordinate, when a client has given it one (cove computes none).
+    coord = (await run(request, reg.coordinates.of)).get(reg.node_name)
     # The same entry /v1/agent/members lists for this node.
     member = await run(request, reg.queries.member, reg.node_name)
     if member is None:  # not (yet, or no longer) registered
@@ -227,7 +229,7 @@ async def self_info(request: web.Request) -> web.Response:
                 "BuildDate": "2023-11-01T00:00:00Z",
             },
             "DebugConfig": {},
-            "Coord": None,
+            "Coord": coord,
             "Member": member,
             "Meta": dict(reg.node.meta),
             "Stats": {

@@ -45,13 +45,19 @@ async def fire(request: web.Request) -> web.Response:
     return reply(event)
 
 
+_FILTERS = (("node", "NodeFilter"), ("service", "ServiceFilter"), ("tag", "TagFilter"))
+
+
 def _read(request: web.Request, name: str) -> Answer:
     reg = ctx(request).registry
     services: dict[str, list[str]] = {}
     for svc in reg.queries.agent_services(reg.node_name).values():
         have = services.setdefault(svc["Service"], [])
         have.extend(svc.get("Tags") or ())
-    return reg.events.list(reg.node_name, services, name)
+    # ?node, ?service, ?tag keep the events fired with those filters
+    # (agent/event_endpoint.go, EventList).
+    filters = {field: request.query[q] for q, field in _FILTERS if request.query.get(q)}
+    return reg.events.list(reg.node_name, services, name, filters)
 
 
 def _hashed(answer: Answer) -> int:
