@@ -71,6 +71,10 @@ def test_autopilot_health_state_and_configuration(c: consul.Consul, server: Cons
     assert config["CleanupDeadServers"] is True
     # Nothing to configure: refused, not stored and ignored.
     assert status_of(server, "PUT", "/v1/operator/autopilot/configuration") == 400
+    with pytest.raises(consul.exceptions.BadRequest, match="no raft of its own"):
+        c.operator.raft_transfer_leader()
+    with pytest.raises(consul.exceptions.BadRequest, match="no gossip keyring"):
+        c.operator.keyring_list()
 
 
 def test_usage_counts_the_catalog(c: consul.Consul) -> None:

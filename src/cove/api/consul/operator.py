@@ -77,6 +77,26 @@ async def raft_peer(request: web.Request) -> web.Response:
     )
 
 
+@consul_errors
+async def transfer_leader(request: web.Request) -> web.Response:
+    authz = await authorize(request, options(request))
+    authz.need_scalar("operator", Access.WRITE)
+    raise InvalidArgument(
+        "cove runs no raft of its own: etcd elects its leader (etcdctl move-leader);"
+        " with SQLite there is only this agent"
+    )
+
+
+@consul_errors
+async def keyring(request: web.Request) -> web.Response:
+    authz = await authorize(request, options(request))
+    authz.need_scalar("keyring", Access.READ if request.method == "GET" else Access.WRITE)
+    raise InvalidArgument(
+        "cove has no gossip keyring: its agents do not gossip (they share the store);"
+        " secure the store's own transport instead"
+    )
+
+
 _AUTOPILOT = {
     "CleanupDeadServers": True,
     "LastContactThreshold": "200ms",
@@ -220,3 +240,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/operator/autopilot/health", autopilot_health)
     r.add_get("/v1/operator/autopilot/state", autopilot_state)
     r.add_get("/v1/operator/usage", usage)
+    r.add_post("/v1/operator/raft/transfer-leader", transfer_leader)
+    for method in ("GET", "POST", "PUT", "DELETE"):
+        r.add_route(method, "/v1/operator/keyring", keyring)
