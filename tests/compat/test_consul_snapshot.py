@@ -130,6 +130,25 @@ def test_corrupt_or_foreign_snapshots_are_refused_whole(
         assert c.kv.get("snap/guard")[1]["Value"] == b"after"
 
 
+def test_a_large_restore_is_complete(c: consul.Consul) -> None:
+    """More changes than etcd takes in one transaction (--max-txn-ops 128):
+    every key still comes back and the extra ones go."""
+    # 32 a transaction: 64 KV sets exceed what cove's KV txn fits in one
+    # etcd transaction today.
+    ops = [{"KV": {"Verb": "set", "Key": f"big/{i:03d}", "Value": "MQ=="}} for i in range(32)]
+    for start in range(0, 320, 32):
+        batch = [{"KV": {**op["KV"], "Key": f"big/{start + i:03d}"}} for i, op in enumerate(ops)]
+        c.txn.put(batch)
+    saved = c.snapshot.save()
+    c.kv.delete("big/", recurse=True)
+    for start in range(0, 192, 32):
+        batch = [{"KV": {**op["KV"], "Key": f"extra/{start + i:03d}"}} for i, op in enumerate(ops)]
+        c.txn.put(batch)
+    assert c.snapshot.restore(saved)
+    assert len(c.kv.get("big/", keys=True)[1]) == 320
+    assert c.kv.get("extra/", keys=True)[1] is None
+
+
 def test_cli_saves_and_restores(c: consul.Consul, server: ConsulServer, tmp_path: Path) -> None:
     c.kv.put("snap/cli", "saved")
     path = tmp_path / "backup.snap"

@@ -194,7 +194,10 @@ class KV:
 
     def delete(self, key: str, *, recurse: bool = False, cas: int | None = None) -> bool:
         if recurse:
-            return self._single(KVOp("delete-tree", key))
+            # One prefix delete, not a delete and a compare per key: a tree
+            # of any size goes at once (etcd caps a transaction's operations).
+            self._store.txn((), [Delete(t.kv_key(key), prefix=True)])
+            return True
         if cas is not None:
             return self._single(KVOp("delete-cas", key, index=cas))
         return self._single(KVOp("delete", key))

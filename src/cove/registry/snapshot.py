@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import tarfile
 import time
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from typing import Any
 
 from cove.errors import CoveError, InvalidArgument
 from cove.store.base import Delete, Op, Put, Store
+
+log = logging.getLogger(__name__)
 
 FORMAT = "cove-snapshot"
 VERSION = 1
@@ -169,6 +172,11 @@ def restore(store: Store, data: bytes) -> Restored:
     except CoveError as exc:
         if "too many operations" not in exc.message:
             raise
+    log.warning(
+        "snapshot restore: %d changes exceed the store's transaction limit; applying them"
+        " in batches (readers may see a mix until it ends)",
+        len(ops),
+    )
     revision = 0
     for i in range(0, len(ops), 100):  # etcd's default --max-txn-ops is 128
         revision = store.txn((), ops[i : i + 100]).revision
