@@ -133,15 +133,13 @@ def test_corrupt_or_foreign_snapshots_are_refused_whole(
 def test_a_large_restore_is_complete(c: consul.Consul) -> None:
     """More changes than etcd takes in one transaction (--max-txn-ops 128):
     every key still comes back and the extra ones go."""
-    # 32 a transaction: 64 KV sets exceed what cove's KV txn fits in one
-    # etcd transaction today.
-    ops = [{"KV": {"Verb": "set", "Key": f"big/{i:03d}", "Value": "MQ=="}} for i in range(32)]
-    for start in range(0, 320, 32):
+    ops = [{"KV": {"Verb": "set", "Key": f"big/{i:03d}", "Value": "MQ=="}} for i in range(64)]
+    for start in range(0, 320, 64):
         batch = [{"KV": {**op["KV"], "Key": f"big/{start + i:03d}"}} for i, op in enumerate(ops)]
         c.txn.put(batch)
     saved = c.snapshot.save()
-    c.kv.delete("big/", recurse=True)
-    for start in range(0, 192, 32):
+    assert c.kv.delete("big/", recurse=True)  # 320 keys: one prefix delete, on etcd too
+    for start in range(0, 192, 64):
         batch = [{"KV": {**op["KV"], "Key": f"extra/{start + i:03d}"}} for i, op in enumerate(ops)]
         c.txn.put(batch)
     assert c.snapshot.restore(saved)
