@@ -106,6 +106,9 @@ def test_bad_events_are_refused_and_nothing_is_stored(
     assert (status, body) == (500, b"Cannot provide tag filter without service filter")
     status, _, body = http(a, "PUT", f"/v1/event/fire/{name}?node=(")
     assert status == 500 and b"Failed to parse node filter" in body
+    # RE2, as Consul's Go regexps: a backreference is refused.
+    status, _, body = http(a, "PUT", f"/v1/event/fire/{name}?service=(a)%5C1")
+    assert status == 500 and b"Failed to parse service filter" in body
     status, _, body = http(a, "PUT", f"/v1/event/fire/{name}", raw=b"x" * 600)
     assert status == 500 and b"exceeds configured limit of 512 bytes" in body
     assert client(a).event.list(name=name)[1] == []

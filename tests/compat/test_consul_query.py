@@ -129,6 +129,8 @@ def test_bad_queries_are_refused(c: consul.Consul, server: ConsulServer) -> None
         ({"Service": {"Service": "x", "Failover": {"NearestN": -1}}}, b"Bad NearestN"),
         ({"Service": {"Service": "x"}, "DNS": {"TTL": "soon"}}, b"Bad DNS TTL"),
         ({"Service": {"Service": "x"}, "Session": "nope"}, b"invalid session"),
+        # RE2, as Consul's Go regexps: no backreferences.
+        ({"Service": {"Service": "x"}, "Template": {"Regexp": "(a)\\1"}}, b"Bad Regexp"),
     ):
         status, text = http(server, "POST", "/v1/query", body)
         assert status == 500 and why in text, (body, text)

@@ -13,7 +13,6 @@ waits until that changes.
 from __future__ import annotations
 
 import base64
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,6 +22,7 @@ from cove.codec import dumps
 from cove.errors import CoveError, InvalidArgument
 from cove.registry.keys import EVENTS
 from cove.registry.queries import Answer, Decoded
+from cove.registry.regex import compile_re2
 from cove.store.base import Delete, Put, Store
 
 EVENT_LIMIT = 256  # events kept, as a Consul agent's buffer
@@ -40,12 +40,12 @@ def uuid_index(event_id: str) -> int:
     return (low ^ high) or 1
 
 
-def _regex(pattern: str, what: str) -> re.Pattern[str] | None:
+def _regex(pattern: str, what: str) -> Any:
     if not pattern:
         return None
     try:
-        return re.compile(pattern)
-    except re.error as exc:
+        return compile_re2(pattern)
+    except ValueError as exc:
         # Consul answers a bad filter with 500 (agent/user_event.go).
         raise CoveError(f"Failed to parse {what} filter: {exc}") from exc
 
@@ -145,8 +145,18 @@ def _matches(event: Mapping[str, Any], node: str, services: Mapping[str, Sequenc
     return False
 
 
-def _safe(pattern: str) -> re.Pattern[str] | None:
+def _safe(pattern: str) -> Any:
+    if not pattern:
+        return None
     try:
-        return re.compile(pattern) if pattern else None
-    except re.error:  # validated when fired; never match a broken one
-        return re.compile(r"(?!)")
+        return compile_re2(pattern)
+    except ValueError:  # validated when fired; a broken one matches nothing
+        return _NOTHING
+
+
+class _Nothing:
+    def search(self, _: str) -> None:
+        return None
+
+
+_NOTHING = _Nothing()

@@ -40,6 +40,7 @@ from cove.registry.decode import fold, integer, string_map, strings, text
 from cove.registry.durations import parse_duration
 from cove.registry.keys import QUERIES, seg
 from cove.registry.queries import Answer, Decoded
+from cove.registry.regex import compile_re2
 from cove.registry.txn import Tx, transact
 from cove.store.base import Delete, Put, Store
 
@@ -81,8 +82,8 @@ def parse(body: Any, *, sessions_exist: Callable[[str], bool]) -> dict[str, Any]
         raise QueryError(f"Bad Template.Type '{kind}'")
     if regexp:
         try:
-            re.compile(regexp)
-        except re.error as exc:
+            compile_re2(regexp)
+        except ValueError as exc:
             raise QueryError(f"Bad Regexp: {exc}") from exc
     name = text(d, "name", "Name")
     if _UUID.match(name):
@@ -123,7 +124,7 @@ def render(query: Mapping[str, Any], name: str) -> dict[str, Any]:
     prefix = str(query["Name"])
     groups: list[str] = []
     if query["Template"]["Regexp"]:
-        m = re.search(query["Template"]["Regexp"], name)
+        m = compile_re2(query["Template"]["Regexp"]).search(name)
         groups = [m.group(0), *(g or "" for g in m.groups())] if m else []
     values = {"name.full": name, "name.prefix": prefix, "name.suffix": name[len(prefix) :]}
 

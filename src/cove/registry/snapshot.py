@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "cove-snapshot"
 VERSION = 1
-MAX_MEMBER = 512 * 1024 * 1024  # a member larger than this is not ours
+MAX_UNPACKED = 256 * 1024 * 1024  # all members together; more is not ours (or a bomb)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +95,15 @@ def read(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The snapshot's meta data and its keys; ``InvalidArgument`` naming
     what is wrong with a corrupt, foreign or tampered one."""
     members: dict[str, bytes] = {}
+    unpacked = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             for info in tar:
-                if not info.isfile() or info.size > MAX_MEMBER:
+                if info.name not in ("meta.json", "state.json", "SHA256SUMS", "state.bin"):
                     raise _bad(f"unexpected archive member {info.name!r}")
+                unpacked += info.size
+                if not info.isfile() or unpacked > MAX_UNPACKED:
+                    raise _bad(f"archive member {info.name!r} is not a file of a sane size")
                 if info.name in members:
                     raise _bad(f"archive member {info.name!r} appears twice")
                 f = tar.extractfile(info)
