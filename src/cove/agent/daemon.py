@@ -33,10 +33,12 @@ from cove.agent.private import private_paths
 from cove.agent.registry import RegistryParts
 from cove.agent.tuning import tune_interpreter, tune_malloc
 from cove.api import containers as containers_api
+from cove.api import events as events_api
 from cove.api import http as web
 from cove.api import lb as lb_api
 from cove.api import networks as networks_api
 from cove.api import policy as policy_api
+from cove.api import ui as ui_api
 from cove.api.app import build_app
 from cove.api.guard import Guard
 from cove.api.http.limits import limits_for
@@ -49,6 +51,7 @@ from cove.datapath.nftables import Nft
 from cove.dns import DnsConfig, DnsService, Upstream
 from cove.dns.registry_source import RegistryServices
 from cove.errors import CoveError, Unavailable
+from cove.events.log import EventLog
 from cove.ipam.allocator import Ipam
 from cove.lb.vips import parse_range
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
@@ -58,6 +61,7 @@ from cove.runtime.dns_handover import SupervisorKeeper
 from cove.runtime.registration import ServiceRegistrar
 from cove.store import open_store
 from cove.store.hub import WatchHub
+from cove.ui import assets as ui_assets
 
 log = logging.getLogger("cove.agent")
 
@@ -204,6 +208,20 @@ class Agent:
         policy_api.install(self.app, self.policy.service, self.policy.controller)
         self.metrics.add(self.lb.metrics)
         self.metrics.add(self.policy.metrics)
+        self.events = EventLog(self.store)
+        events_api.install(self.app, self.events)
+        ui_api.install_static(self.app, ui_assets())
+        ui_api.install(
+            self.app,
+            ui_api.UiSources(
+                self.acl,
+                self.events,
+                self.networks,
+                self.runtime.service,
+                self.lb.vips,
+                self.policy.service,
+            ),
+        )
 
     def _dns_service(self) -> DnsService | None:
         config = self.config
@@ -242,6 +260,7 @@ class Agent:
     def start(self) -> None:
         self.hub.subscribe(NETWORKS, lambda _events: self.reconciler.kick())
         self.hub.start()
+        self.events.start(self.hub)
         self.reconciler.start()
         self.runtime.start(self.hub)  # after the first network pass: bridges exist
         for prefix in (CONTAINERS, ENDPOINTS):
@@ -261,6 +280,7 @@ class Agent:
         if self.dns is not None:
             self.dns.stop()
         self.reconciler.stop()
+        self.events.stop()
         self.hub.stop()
         self.datapath.close()
         self.store.close()
