@@ -90,9 +90,11 @@ def install_static(app: web.Application, files: Mapping[str, bytes]) -> None:
         if body is None:
             raise NotFound(f"no UI file {name[:80]!r}: the UI starts at /ui/")
         ext = name[name.rfind(".") :] if "." in name else ""
-        headers = dict(_SECURITY_HEADERS)
-        headers["Content-Type"] = _TYPES.get(ext, "application/octet-stream")
-        return web.Response(body=body, headers=headers)
+        return web.Response(
+            body=body,
+            headers=_SECURITY_HEADERS,
+            content_type=_TYPES.get(ext, "application/octet-stream"),
+        )
 
     async def index(_: web.Request) -> web.Response:
         return page("index.html")
