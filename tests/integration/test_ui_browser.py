@@ -72,7 +72,8 @@ def _shot(page: Any, name: str) -> None:
 
 def test_the_ui_shows_what_exists_and_follows_changes_live(agent: AgentProc, page: Any) -> None:
     agent.ok("network", "create", "uinet", "--subnet", "10.93.0.0/24")
-    agent.ok("run", "-d", "--name", "web", "--network", "uinet", "-p", "18080:80", "--", "sleep", "600")
+    sleeper = ("--", "sleep", "600")
+    agent.ok("run", "-d", "--name", "web", "--network", "uinet", "-p", "18080:80", *sleeper)
     agent.ok("run", "-d", "--name", "db", "--network", "uinet", "--", "sleep", "600")
     reg = {
         "Name": "api",
