@@ -24,6 +24,7 @@ from typing import IO
 
 from cove import __version__
 from cove.acl import AclService
+from cove.agent import observe
 from cove.agent.config import AgentConfig, socket_gid
 from cove.agent.containers import ContainerRuntime
 from cove.agent.faults import fault_hook
@@ -36,6 +37,7 @@ from cove.api import containers as containers_api
 from cove.api import events as events_api
 from cove.api import http as web
 from cove.api import lb as lb_api
+from cove.api import metrics as metrics_api
 from cove.api import networks as networks_api
 from cove.api import policy as policy_api
 from cove.api import ui as ui_api
@@ -208,7 +210,16 @@ class Agent:
         policy_api.install(self.app, self.policy.service, self.policy.controller)
         self.metrics.add(self.lb.metrics)
         self.metrics.add(self.policy.metrics)
+        self.metrics.add(lambda: observe.series(self.store))
+        metrics_api.install_stats(
+            self.app,
+            lambda: observe.endpoint_traffic(self.store),
+            lambda: observe.check_states(self.store),
+        )
         self.events = EventLog(self.store)
+        self.metrics.add(
+            lambda: [("cove_events_index", "The event stream's newest index.", self.events.head)]
+        )
         events_api.install(self.app, self.events)
         ui_api.install_static(self.app, ui_assets())
         ui_api.install(
