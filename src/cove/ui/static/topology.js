@@ -6,7 +6,7 @@
 import { stateOf } from "/ui/state.js";
 
 const NS = "http://www.w3.org/2000/svg";
-const BOX_W = 160, BOX_H = 64, GAP = 18, BAND_H = 118, PAD = 16, VIP_H = 54;
+const BOX_W = 160, BOX_H = 64, GAP = 18, PAD = 16, VIP_H = 54, COLS = 7;
 
 function s(tag, attrs = {}, ...children) {
   const el = document.createElementNS(NS, tag);
@@ -36,10 +36,15 @@ export function drawTopology(topo, open) {
     net: n,
     members: n.endpoints.map((e) => ({ ep: e, c: byName[e.container_name] || { name: e.container_name } })),
   }));
-  const perRow = Math.max(3, ...rows.map((r) => r.members.length));
-  const width = PAD * 2 + perRow * (BOX_W + GAP);
-  const top = topo.vips.length ? VIP_H + PAD : PAD;
-  const height = top + rows.length * (BAND_H + GAP) + PAD;
+  const loose = topo.containers.filter((c) => !Object.keys(c.endpoints || {}).length);
+  if (loose.length) {
+    rows.push({ net: { name: "(no network)", subnets: [], endpoints: [] }, members: loose.map((c) => ({ ep: {}, c })) });
+  }
+  const cols = Math.max(3, Math.min(COLS, ...rows.map((r) => r.members.length)));
+  const width = PAD * 2 + cols * (BOX_W + GAP);
+  const top = topo.vips.length ? VIP_H * Math.ceil(topo.vips.length / cols) + PAD : PAD;
+  const heights = rows.map((r) => 40 + Math.max(1, Math.ceil(r.members.length / cols)) * (BOX_H + GAP));
+  const height = top + heights.reduce((a, b) => a + b + GAP, 0) + PAD;
   const svg = s("svg", {
     class: "topology", viewBox: `0 0 ${width} ${Math.max(height, 120)}`, role: "group",
     width, height: Math.max(height, 120),
@@ -51,18 +56,18 @@ export function drawTopology(topo, open) {
   const boxes = []; // {c, x, y, net}
   const lines = s("g", {});
   svg.append(lines);
+  let y = top;
   rows.forEach((row, i) => {
-    const y = top + i * (BAND_H + GAP);
     const n = row.net;
     const subnets = n.subnets.map((x) => x.subnet).join(", ");
     const band = s("g", { "data-network": n.name },
       s("title", {}, `network ${n.name}`),
-      s("rect", { class: "net", x: 4, y, width: width - 8, height: BAND_H, rx: 8 }),
+      s("rect", { class: "net", x: 4, y, width: width - 8, height: heights[i], rx: 8 }),
       s("text", { class: "net-label", x: PAD, y: y + 18 },
         clip(`${n.name}  ${subnets}  ${n.bridge || ""}${n.internal ? "  internal" : ""}${n.default_deny ? "  default-deny" : ""}`, 90)));
     svg.append(band);
     row.members.forEach((m, j) => {
-      const x = PAD + j * (BOX_W + GAP), by = y + 34;
+      const x = PAD + (j % cols) * (BOX_W + GAP), by = y + 30 + Math.floor(j / cols) * (BOX_H + GAP);
       const c = m.c;
       const state = stateOf(c);
       const addr = [m.ep.ipv4, m.ep.ipv6].filter(Boolean).join(" ");
@@ -81,9 +86,10 @@ export function drawTopology(topo, open) {
       svg.append(g);
       boxes.push({ c, x, y: by, net: n.name });
     });
+    y += heights[i] + GAP;
   });
   topo.vips.forEach((v, k) => {
-    const x = PAD + k * (BOX_W + GAP), y = PAD / 2;
+    const x = PAD + (k % cols) * (BOX_W + GAP), y = PAD / 2 + Math.floor(k / cols) * VIP_H;
     svg.append(s("g", { class: "vip", "data-vip": v.service },
       s("title", {}, `VIP of ${v.service}`),
       s("rect", { x, y, width: BOX_W, height: VIP_H - 12, rx: 6 }),
