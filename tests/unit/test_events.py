@@ -133,3 +133,18 @@ def test_the_memory_is_bounded_and_knows_what_it_lost(
     assert [c.index for c in log.after(revs[-3])] == revs[-2:]
     # Further back than the memory: the store's history fills the gap.
     assert [c.index for c in log.after(start)] == revs
+
+
+def test_changes_of_one_commit_under_several_prefixes_keep_their_order(
+    parts: tuple[MemoryStore, WatchHub],
+) -> None:
+    store, hub = parts
+    log = EventLog(store)
+    log.start(hub)
+    with store.batch():  # one commit, delivered to the hub as one batch
+        first = store.put("containers/a", b"{}")
+        middle = store.put("networks/n", b"{}")
+        last = store.put("containers/b", b"{}")
+    assert hub.wait_for(last, 5)
+    assert [c.index for c in log.after(first - 1)] == [first, middle, last]
+    assert [c.name for c in log.after(middle)] == ["b"]

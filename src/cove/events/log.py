@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from cove.errors import StoreError, WatchCompacted
-from cove.events.change import PREFIXES, Action, Change, Kind, changes_of
+from cove.events.change import Action, Change, Kind, changes_of
 from cove.store.base import Event, Store
 from cove.store.hub import Subscription, WatchHub
 
@@ -47,7 +47,10 @@ class EventLog:
 
     def start(self, hub: WatchHub) -> None:
         """Follow ``hub`` from its current revision on."""
-        self._subs = [hub.subscribe(prefix, self._on_events) for prefix, _ in PREFIXES]
+        # One subscription to the whole keyspace, not one per prefix: a
+        # commit's changes must reach the log in revision order, and the hub
+        # calls each subscription with its own share of a batch.
+        self._subs = [hub.subscribe("", self._on_events)]
         revision = max(hub.revision, self._store.revision)
         with self._lock:
             self._covered = revision
