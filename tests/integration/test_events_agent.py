@@ -80,6 +80,20 @@ def test_the_ui_event_stream_over_tcp_streams_ndjson(agent: AgentProc) -> None:
         line = resp.readline()
     event = json.loads(line)
     assert (event["type"], event["name"]) == ("kv", "ui/seen")
+    # Server-sent events resume from Last-Event-ID, as EventSource sends it.
+    assert agent.api("PUT", "/v1/kv/ui/next", "2")[0] == 200
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{agent.http_port}/v1/cove/events?filter=type=kv",
+        headers={"Accept": "text/event-stream", "Last-Event-ID": str(event["index"])},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        lines = []
+        while not any(x.startswith(b"data:") for x in lines):
+            lines.append(resp.readline().strip())
+    ids = [x for x in lines if x.startswith(b"id:")]
+    data = json.loads(next(x for x in lines if x.startswith(b"data:"))[5:])
+    assert data["name"] == "ui/next" and ids == [f"id: {data['index']}".encode()]
     # The native route stays off plain TCP.
     try:
         urllib.request.urlopen(f"http://127.0.0.1:{agent.http_port}/api/events", timeout=10)

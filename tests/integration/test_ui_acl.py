@@ -126,5 +126,26 @@ def test_a_token_typed_into_the_ui_opens_the_views(acl_agent: AgentProc) -> None
             # Kept for this tab only.
             assert page.evaluate("sessionStorage.getItem('cove-token')") == reader
             assert page.evaluate("localStorage.length") == 0
+            # A token without operator rights still gets live services,
+            # through blocking queries.
+            viewer = _token(
+                agent, "svc-read", 'service_prefix "" { policy = "read" }\n'
+                'node_prefix "" { policy = "read" }',
+            )  # fmt: skip
+            reg = {
+                "Name": "pay",
+                "ID": "pay1",
+                "Port": 80,
+                "Check": {"CheckID": "pay-ttl", "TTL": "60s"},
+            }
+            assert _call(agent, "PUT", "/v1/agent/service/register", MGMT, reg)[0] == 200
+            assert _call(agent, "PUT", "/v1/agent/check/pass/pay-ttl", MGMT)[0] == 200
+            page.goto(f"http://127.0.0.1:{agent.http_port}/ui/#/services/pay")
+            page.fill("#token", viewer)
+            page.press("#token", "Enter")
+            page.wait_for_selector('[data-check="pay-ttl"][data-status="passing"]')
+            page.wait_for_selector("#status.denied")
+            assert _call(agent, "PUT", "/v1/agent/check/fail/pay-ttl", MGMT)[0] == 200
+            page.wait_for_selector('[data-check="pay-ttl"][data-status="critical"]', timeout=3000)
         finally:
             browser.close()

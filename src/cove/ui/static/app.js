@@ -1,7 +1,7 @@
 // cove's web UI: plain ES module, no build step. Every string from the agent
 // goes into the page through textContent or attributes (never innerHTML), so
 // a hostile service name, tag or log line cannot inject markup.
-import { api, follow, token, setToken } from "/ui/client.js";
+import { api, blockingIndex, follow, token, setToken } from "/ui/client.js";
 import { drawTopology } from "/ui/topology.js";
 import { stateOf } from "/ui/state.js";
 
@@ -343,17 +343,43 @@ document.getElementById("token-form").addEventListener("submit", (ev) => {
   restart();
 });
 
+// Without operator:read there is no event stream; the views a token may
+// still see (services, KV) follow Consul blocking queries instead.
+let fallback = null;
+async function waitDenied() {
+  fallback = new AbortController();
+  const { view, arg } = route();
+  let path = null;
+  if (view === "services") path = "/v1/health/state/any";
+  else if (view === "kv") {
+    const prefix = arg.endsWith("/") || !arg ? arg : arg.slice(0, arg.lastIndexOf("/") + 1);
+    path = `/v1/kv/${encodePath(prefix)}?recurse`;
+  }
+  try {
+    if (!path) { await new Promise((r) => setTimeout(r, 5000)); return; }
+    const index = await blockingIndex(path, 0, fallback.signal);
+    await blockingIndex(path, index, fallback.signal);
+  } catch (err) {
+    if (err.name !== "AbortError") await new Promise((r) => setTimeout(r, 2000));
+  } finally {
+    refresh();
+  }
+}
+window.addEventListener("hashchange", () => { if (fallback) fallback.abort(); });
+
 let stream = null;
 function restart() {
   if (stream) stream.abort();
+  if (fallback) fallback.abort();
   stream = follow({
     onEvent: onChange,
     onOpen: () => { setStatus("Live: connected to the agent"); refresh(); },
     onOffline: (why) => setStatus(`Agent unreachable (${why}); retrying…`, "offline"),
     onDenied: (msg) => {
-      setStatus(`Live updates need operator:read (${msg}); showing what this token may see, refreshed every few seconds`, "denied");
+      setStatus(`The event stream needs operator:read (${msg}): services and KV follow blocking queries instead`, "denied");
       refresh();
     },
+    waitDenied,
   });
 }
 

@@ -31,7 +31,22 @@ export async function api(path, { method = "GET", body, allow404 = false } = {})
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const SILENCE = 20000; // the agent sends a heartbeat every 15 s
 
-export function follow({ onEvent, onOpen, onOffline, onDenied }) {
+// A Consul blocking query: resolves with the path's X-Consul-Index once it
+// is past `index` (at once when index is 0), or after `wait` seconds.
+export async function blockingIndex(path, index, signal, wait = 55) {
+  const sep = path.includes("?") ? "&" : "?";
+  const q = index ? `${sep}index=${index}&wait=${wait}s` : "";
+  const resp = await fetch(`${path}${q}`, { headers: headers(), signal, cache: "no-store" });
+  await resp.arrayBuffer();
+  if (!resp.ok && resp.status !== 404) {
+    const err = new Error(`HTTP ${resp.status}`);
+    err.status = resp.status;
+    throw err;
+  }
+  return Number(resp.headers.get("X-Consul-Index") || 0);
+}
+
+export function follow({ onEvent, onOpen, onOffline, onDenied, waitDenied }) {
   let stopped = false;
   let ctl = null;
   let since = null;
@@ -49,7 +64,9 @@ export function follow({ onEvent, onOpen, onOffline, onDenied }) {
           const body = await resp.json().catch(() => ({}));
           clearTimeout(timer);
           onDenied(body.error || `HTTP ${resp.status}`);
-          await sleep(5000); // without the stream, look again now and then
+          // Without the stream, the view's own blocking query says when
+          // to look again; then the stream is tried again (a new token).
+          await waitDenied();
           continue;
         }
         if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
