@@ -6,6 +6,16 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
+from typing import Any
+
+import pytest
+from test_containers_helpers import (  # noqa: F401 - fixtures
+    address,
+    eventually,
+    run_echo,
+    runtime_cleanup_fixture,
+    scripts_fixture,
+)
 
 from agentproc import AgentProc
 
@@ -57,3 +67,28 @@ def test_traffic_and_check_status_per_container_and_check(agent: AgentProc) -> N
     assert re.search(r"^src\s+mnet\s+", table, re.M), table
     assert "dst" not in table.split("SERVICE")[0]
     assert re.search(r"^web\s+web1\s+web-ttl\s+\S+\s+critical", table, re.M), table
+
+
+@pytest.mark.usefixtures("runtime_cleanup")
+def test_vip_connections_are_counted_per_backend(agent: AgentProc, scripts: Any) -> None:
+    echo, client = scripts
+    agent.ok("network", "create", "vipnet", "--subnet", "10.95.1.0/24")
+    for name in ("b1", "b2"):
+        run_echo(agent, name, echo, "--network", "vipnet", "--service", "echo:7")
+    agent.ok("run", "-d", "--name", "cl", "--network", "vipnet", "--", "sleep", "600")
+    vip = agent.ok("service", "vip", "echo").strip()
+    backends = {name: address(agent, name, "vipnet") for name in ("b1", "b2")}
+
+    def spread() -> set[str] | None:
+        out = agent.ok("exec", "cl", "--", "python3", "-S", client, "tcp", "7", *[vip] * 20)
+        names = {line.split(":")[0] for line in out.split()}
+        return names if names == {"b1", "b2"} else None
+
+    assert eventually(spread) == {"b1", "b2"}
+    text = _metrics(agent)
+    counts = {
+        name: _value(text, "cove_vip_backend_connections", service="echo", backend=ip)
+        for name, ip in backends.items()
+    }
+    assert all(n >= 1 for n in counts.values()), counts
+    assert f'vip="{vip}"' in text and 'protocol="tcp"' in text

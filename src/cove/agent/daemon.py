@@ -210,7 +210,7 @@ class Agent:
         policy_api.install(self.app, self.policy.service, self.policy.controller)
         self.metrics.add(self.lb.metrics)
         self.metrics.add(self.policy.metrics)
-        self.metrics.add(lambda: observe.series(self.store))
+        self.metrics.add(lambda: observe.series(self.store, self.lb.vips))
         metrics_api.install_stats(
             self.app,
             lambda: observe.endpoint_traffic(self.store),

@@ -1,6 +1,7 @@
 """What the agent observes for ``/metrics`` and ``cove stats``: each
-endpoint's traffic from its host-side veth's kernel counters, and each
-health check's status from the registry."""
+endpoint's traffic from its host-side veth's kernel counters, each health
+check's status from the registry, and the connections through each VIP by
+backend from conntrack."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from cove.api.metrics import (
     check_series,
     traffic_series,
 )
-from cove.datapath.stats import link_counters
+from cove.datapath.stats import link_counters, vip_connections
 from cove.errors import DatapathError
+from cove.lb.vips import VipService
 from cove.model import ENDPOINTS, Endpoint
 from cove.registry.keys import CHECKS, NODE_CHECKS
 from cove.store.base import Store
@@ -77,6 +79,36 @@ def check_states(store: Store) -> list[CheckState]:
     return out
 
 
-def series(store: Store) -> list[Series]:
-    """The labelled series of both, for ``Metrics.add``."""
-    return traffic_series(endpoint_traffic(store)) + check_series(check_states(store))
+def vip_series(vips: VipService) -> list[Series]:
+    """Connections through each VIP by backend, as conntrack tracks them
+    (open ones and those closing)."""
+    by_address = {str(v.address): v.service for v in vips.list()}
+    try:
+        flows = vip_connections(by_address)
+    except DatapathError as exc:
+        log.warning("%s", exc)
+        return []
+    return [
+        Series(
+            "cove_vip_backend_connections",
+            "Connections conntrack tracks through a VIP, by the backend they go to.",
+            float(count),
+            {
+                "service": by_address.get(f.vip, ""),
+                "vip": f.vip,
+                "backend": f.backend,
+                "backend_port": str(f.backend_port),
+                "protocol": f.proto,
+            },
+        )
+        for f, count in sorted(flows.items(), key=lambda item: (item[0].vip, item[0].backend))
+    ]
+
+
+def series(store: Store, vips: VipService) -> list[Series]:
+    """Every labelled series this module observes, for ``Metrics.add``."""
+    return (
+        traffic_series(endpoint_traffic(store))
+        + check_series(check_states(store))
+        + vip_series(vips)
+    )
