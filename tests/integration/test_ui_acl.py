@@ -98,6 +98,19 @@ def test_the_ui_routes_need_operator_rights(acl_agent: AgentProc) -> None:
     assert [e["name"] for e in body["events"] if e["type"] == "kv"] == ["pub/a"]
     assert _call(agent, "GET", "/v1/cove/events?stream=0")[0] == 403
 
+    # A stream ends when its token is deleted: nothing more reaches it.
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{agent.http_port}/v1/cove/events?filter=type=kv",
+        headers={"X-Consul-Token": reader},
+    )
+    with urllib.request.urlopen(req, timeout=20) as stream:
+        status, me = _call(agent, "GET", "/v1/acl/token/self", reader)
+        assert status == 200
+        status, _ = _call(agent, "DELETE", f"/v1/acl/token/{me['AccessorID']}", MGMT)
+        assert status == 200
+        assert _call(agent, "PUT", "/v1/kv/pub/after", MGMT, b"v")[0] == 200
+        assert stream.readline() == b""  # the end of the stream, without the change
+
     # The pages themselves are served only to a Host that names the agent.
     assert _call(agent, "GET", "/ui/", headers={"Host": "evil.example"})[0] == 421
     status, page = _call(agent, "GET", "/ui/")

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cove.api import http as web
-from cove.errors import InvalidArgument
+from cove.errors import InvalidArgument, PermissionDenied
 from cove.events.change import Change, Filter
 from cove.events.log import EventLog
 
@@ -67,15 +67,27 @@ async def _changes_after(events: EventLog, since: int) -> list[Change]:
     return events.after(since)
 
 
+Authorize = Callable[[], Awaitable[Visible | None]]
+"""Asked before each batch a stream sends: which changes the caller may see
+now, or None when it may no longer follow the stream (its token was
+deleted or lost the right): the stream ends."""
+
+
 async def serve(
-    request: web.Request, events: EventLog, visible: Visible | None = None
+    request: web.Request, events: EventLog, authorize: Authorize | None = None
 ) -> web.StreamResponse:
-    """Answer one events request (see the module docstring); ``visible``
-    drops the changes the caller may not see."""
+    """Answer one events request (see the module docstring); ``authorize``
+    decides, batch by batch, which changes the caller may see."""
     head = events.head
     since = parse_since(request, head)
     keep = parse_filter(request)
     sse = wants_sse(request)
+
+    visible: Visible | None = None
+    if authorize is not None:
+        visible = await authorize()
+        if visible is None:
+            raise PermissionDenied("Permission denied: the token may not follow the event stream")
 
     def wanted(change: Change) -> bool:
         return keep(change) and (visible is None or visible(change))
@@ -106,6 +118,10 @@ async def serve(
         while True:
             wake.clear()
             changes = await _changes_after(events, cursor)
+            if changes and authorize is not None:
+                visible = await authorize()
+                if visible is None:
+                    break
             out = []
             for change in changes:
                 cursor = max(cursor, change.index)

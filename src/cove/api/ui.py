@@ -237,8 +237,23 @@ def install(app: web.Application, src: UiSources) -> None:
         return resp
 
     async def events(request: web.Request) -> web.StreamResponse:
-        authz = await need_operator_read(request)
-        return await events_api.serve(request, src.events, _visible_to(authz))
+        await need_operator_read(request)
+        secret = request_token(request) or ""
+
+        async def authorize() -> Callable[[Change], bool] | None:
+            # Again before each batch: a deleted token or a policy that no
+            # longer grants operator:read ends the stream.
+            authz = src.acl.cached(secret)
+            if authz is None:
+                try:
+                    authz = await asyncio.to_thread(src.acl.resolve, secret)
+                except PermissionDenied:
+                    return None
+            if not authz.scalar("operator", Access.READ):
+                return None
+            return _visible_to(authz)
+
+        return await events_api.serve(request, src.events, authorize)
 
     r = app.router
     r.add_get("/v1/cove/topology", get_topology)
