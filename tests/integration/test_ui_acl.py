@@ -139,6 +139,13 @@ def test_a_token_typed_into_the_ui_opens_the_views(acl_agent: AgentProc) -> None
             # Kept for this tab only.
             assert page.evaluate("sessionStorage.getItem('cove-token')") == reader
             assert page.evaluate("localStorage.length") == 0
+            # Logs follow live for a token with operator:read.
+            script = "echo first-line; sleep 2; echo second-line; exec sleep 600"
+            agent.ok("run", "-d", "--name", "talker", "--network", "tokennet", "--",
+                     "sh", "-c", script)  # fmt: skip
+            page.goto(f"http://127.0.0.1:{agent.http_port}/ui/#/containers/talker")
+            page.wait_for_selector("#log:has-text('first-line')")
+            page.wait_for_selector("#log:has-text('second-line')", timeout=6000)
             # A token without operator rights still gets live services,
             # through blocking queries.
             viewer = _token(

@@ -1,5 +1,5 @@
 // cove's web UI: plain ES module, no build step. Every string from the agent
-// goes into the page through textContent or attributes (never innerHTML), so
+// goes into the page through textContent or attributes (never as HTML), so
 // a hostile service name, tag or log line cannot inject markup.
 import { api, blockingIndex, follow, token, setToken } from "/ui/client.js";
 import { drawTopology } from "/ui/topology.js";
@@ -54,6 +54,10 @@ function refresh() {
   pending = rendering.then(async () => {
     pending = null;
     const { view, arg } = route();
+    if (logStream && !(view === "containers" && arg === logStream.name)) {
+      logStream.abort(); // the log shown no more: stop following it
+      logStream = null;
+    }
     for (const a of document.querySelectorAll("nav a")) {
       if (a.dataset.view === view) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
