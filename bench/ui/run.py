@@ -10,7 +10,9 @@ check), it measures:
   shows it critical, with no reload (median of a few);
 - idle cost: the agent's CPU over a window with no UI open, then with U
   pages open and idle (each in its own browser context, so each holds its
-  own event stream, as separate users would).
+  own event stream, as separate users would); once on the empty agent (the
+  UIs' own cost) and once with everything running (where the agent's own
+  periodic work, and the machine's noise, are larger than the UIs' cost).
 
 There is no peer run beside it: Consul's UI needs a Consul server, which this
 machine does not have.
@@ -105,6 +107,28 @@ def populate(client: AgentClient, containers: int, services: int) -> float:
     return time.monotonic() - t0
 
 
+def idle_cost(args: argparse.Namespace, pid: int) -> dict[str, float]:
+    """The agent's CPU with no UI and with U idle UIs, before it has any
+    containers or services: what the UIs themselves cost it, apart from the
+    agent's own periodic work (which grows with what it runs)."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or "chromium"
+    out = {"quiet_agent_cpu_no_ui_pct": cpu_share(pid, args.window)}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            for _ in range(args.uis):
+                page = browser.new_context().new_page()
+                page.goto(f"http://{HTTP}/ui/#/services")
+                page.wait_for_selector("text=Live: connected to the agent")
+            time.sleep(2)
+            out[f"quiet_agent_cpu_{args.uis}_uis_pct"] = cpu_share(pid, args.window)
+        finally:
+            browser.close()
+    return out
+
+
 def measure(args: argparse.Namespace, pid: int) -> dict[str, float]:
     from playwright.sync_api import sync_playwright
 
@@ -166,9 +190,10 @@ def main() -> None:
         work = Path(tmp)
         proc, client = start_agent(work)
         try:
+            quiet = idle_cost(args, proc.pid)
             took = populate(client, args.containers, args.services)
             print(f"populated {args.containers} containers + {args.services} services: {took:.1f}s")
-            results = measure(args, proc.pid)
+            results = quiet | measure(args, proc.pid)
         finally:
             with contextlib.suppress(Exception):
                 for i in range(args.containers):
@@ -182,8 +207,9 @@ def main() -> None:
     print(f"{'measure':36} value")
     for name, value in results.items():
         print(f"{name:36} {value:8.1f}")
-    goal = results[f"agent_cpu_idle_{args.uis}_uis_pct"] - results["agent_cpu_idle_no_ui_pct"]
-    print(f"agent CPU added by {args.uis} idle UIs: {goal:.2f}% of a core (goal < 1%)")
+    for prefix, what in (("quiet_agent_cpu", "an empty agent"), ("agent_cpu_idle", "the full one")):
+        added = results[f"{prefix}_{args.uis}_uis_pct"] - results[f"{prefix}_no_ui_pct"]
+        print(f"agent CPU added by {args.uis} idle UIs, {what}: {added:.2f}% of a core (goal < 1%)")
 
 
 if __name__ == "__main__":
