@@ -178,6 +178,12 @@ def test_the_ui_is_usable_by_keyboard_and_labelled(agent: AgentProc, page: Any) 
     page.keyboard.press("Enter")
     page.wait_for_selector("#inspect")
     assert page.url.endswith("#/containers/kb")
+    # A live redraw keeps the keyboard focus where it was.
+    page.focus('button[aria-label="Remove kb"]')
+    drawn = page.get_attribute("#main", "data-rendered")
+    agent.ok("network", "create", "kbnet2", "--subnet", "10.94.1.0/24")
+    _until(lambda: page.get_attribute("#main", "data-rendered") != drawn, LIVE)
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Remove kb"
     # Actions need operator:write, which the agent grants on TCP only with
     # ACLs on: the UI says so instead of acting.
     page.click('button[aria-label="Stop kb"]')

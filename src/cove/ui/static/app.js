@@ -64,20 +64,33 @@ function refresh() {
     }
     try {
       const node = await views[view].render(arg);
-      const focused = document.activeElement && document.activeElement.id;
+      const focused = focusKey(document.activeElement);
       main.replaceChildren(node);
       main.dataset.view = view;
       main.dataset.rendered = String(Date.now());
       // Nothing is written to the store when a process finishes stopping:
       // while anything shown is on its way, look again each second.
       if (TRANSIENT.some((t) => node.querySelector(`[data-state="${t}"]`))) setTimeout(refresh, 1000);
-      if (focused) document.getElementById(focused)?.focus();
+      // A redraw must not throw a keyboard user back to the top.
+      if (focused) main.querySelector(focused)?.focus();
     } catch (err) {
       main.replaceChildren(h("p", { class: "error", role: "alert" }, describe(err)));
     }
   });
   rendering = pending;
   return pending;
+}
+
+// A selector that finds "the same" element in a redrawn view.
+function focusKey(el) {
+  if (!el || !main.contains(el) || el === main) return null;
+  if (el.id) return `#${CSS.escape(el.id)}`;
+  const tag = el.tagName.toLowerCase();
+  for (const attr of ["aria-label", "href", "data-container", "data-service", "data-key"]) {
+    const v = el.getAttribute(attr);
+    if (v) return `${tag}[${attr}="${CSS.escape(v)}"]`;
+  }
+  return null;
 }
 
 function describe(err) {
