@@ -100,3 +100,16 @@ def test_the_ui_event_stream_over_tcp_streams_ndjson(agent: AgentProc) -> None:
         raise AssertionError("/api/events answered on plain TCP")
     except urllib.error.HTTPError as exc:
         assert exc.code == 403
+
+
+def test_a_restarted_agent_resumes_a_reader_from_the_store_history(agent: AgentProc) -> None:
+    start, _ = _events(agent, 0)
+    assert agent.api("PUT", "/v1/kv/before/restart", "1")[0] == 200
+    agent.stop()
+    agent.start()  # its memory of events is empty; the SQLite store's history is not
+    assert agent.api("PUT", "/v1/kv/after/restart", "1")[0] == 200
+    index, events = _events(agent, start, "type=kv")
+    assert [e["name"] for e in events] == ["before/restart", "after/restart"]
+    # An index from a wiped store's far future starts over with a reset.
+    index, events = _events(agent, index + 100_000)
+    assert [e["type"] for e in events] == ["reset"] and events[0]["index"] == index

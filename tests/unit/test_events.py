@@ -148,3 +148,14 @@ def test_changes_of_one_commit_under_several_prefixes_keep_their_order(
     assert hub.wait_for(last, 5)
     assert [c.index for c in log.after(first - 1)] == [first, middle, last]
     assert [c.name for c in log.after(middle)] == ["b"]
+
+
+def test_an_index_from_another_history_gets_a_reset(parts: tuple[MemoryStore, WatchHub]) -> None:
+    store, hub = parts
+    log = EventLog(store)
+    log.start(hub)
+    rev = store.put("networks/a", b"{}")
+    assert hub.wait_for(rev, 5)
+    got = log.after(rev + 1000)  # a client of a store that was wiped and began again
+    assert [(c.kind, c.index) for c in got] == [(Kind.RESET, rev)]
+    assert log.after(rev) == []

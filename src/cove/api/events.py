@@ -23,7 +23,7 @@ from typing import Any
 
 from cove.api import http as web
 from cove.errors import InvalidArgument, PermissionDenied
-from cove.events.change import Change, Filter
+from cove.events.change import Change, Filter, Kind
 from cove.events.log import EventLog
 
 HEARTBEAT = 15.0
@@ -94,9 +94,12 @@ async def serve(
 
     if request.query.get("stream", "1") in ("0", "false", "no"):
         changes = await _changes_after(events, since)
+        index = max([head, since] + [c.index for c in changes])
+        if changes and changes[-1].kind is Kind.RESET:
+            index = changes[-1].index
         return web.json_response(
             {
-                "index": max([head, since] + [c.index for c in changes]),
+                "index": index,
                 "events": [c.to_json() for c in changes if wanted(c)],
             }
         )
@@ -124,7 +127,8 @@ async def serve(
                     break
             out = []
             for change in changes:
-                cursor = max(cursor, change.index)
+                # A reset names where to go on from, even backwards.
+                cursor = change.index if change.kind is Kind.RESET else max(cursor, change.index)
                 if wanted(change):
                     body = json.dumps(change.to_json(), separators=(",", ":"))
                     out.append(f"id: {change.index}\ndata: {body}\n\n" if sse else body + "\n")

@@ -117,8 +117,16 @@ class EventLog:
         single ``reset`` change when the store's history does not either."""
         with self._lock:
             covered = self._covered
-            if since >= covered:
+            head = self._head
+            if covered <= since <= head:
                 return self._from_ring(since)
+        if since > head:
+            # Ahead of this log: news yet to come, or an index from another
+            # store's history (a wiped state dir), which must start over.
+            revision = self._store.revision
+            if since <= revision:
+                return []
+            return [Change(revision, Kind.RESET, Action.UPDATE, "", {"since": str(since)})]
         older = self._from_store(since, covered)
         if older is None:
             head = self.head

@@ -87,7 +87,7 @@ export function follow({ onEvent, onOpen, onOffline, onDenied, waitDenied }) {
             buf = buf.slice(nl + 1);
             if (!line) continue; // heartbeat
             const ev = JSON.parse(line);
-            since = Math.max(since, ev.index);
+            since = ev.type === "reset" ? ev.index : Math.max(since, ev.index);
             onEvent(ev);
           }
         }
