@@ -13,10 +13,12 @@ loopback ports from any browser on the host:
 - A state-changing request whose ``Origin`` is not the listener's own is
   refused (403): browsers send ``Origin`` on every cross-site POST, PUT,
   PATCH and DELETE.
-- Bodies that must be JSON say so (415 otherwise), and ``/v1`` refuses the
-  content types a page may send without a CORS preflight (``text/plain``,
-  ``multipart/form-data``), except KV values and event payloads, which are
-  raw bytes.
+- Bodies that must be JSON say so (415 otherwise), and ``/v1`` refuses a
+  POST with a content type a page may send without a CORS preflight
+  (``text/plain``, ``multipart/form-data``, a urlencoded form). A PUT,
+  PATCH or DELETE from a page always needs a preflight, which cove never
+  grants, so those keep any type: Consul clients such as py-consul's async
+  one send JSON bodies as ``text/plain``.
 
 Each refusal is a JSON ``{"error", "kind"}`` answer naming what is wrong and
 the way out; the request reaches no handler, so nothing changes.
@@ -46,9 +48,11 @@ def refuse_without_acls(token: str | None, is_write: bool) -> bool:
 
 
 _STATE_CHANGING = frozenset(("POST", "PUT", "PATCH", "DELETE"))
-_SIMPLE_FORM_TYPES = ("text/plain", "multipart/form-data")
-# /v1 routes whose PUT body is raw bytes (a KV value, a user event's payload).
-_RAW_BODY_PATHS = ("/v1/kv/", "/v1/event/fire/")
+_SIMPLE_FORM_TYPES = (
+    "text/plain",
+    "multipart/form-data",
+    "application/x-www-form-urlencoded",
+)
 _HOST_CACHE_MAX = 256
 
 
@@ -183,13 +187,14 @@ class Guard:
             and not ctype.startswith("application/json")
             and _media_type(ctype) in _SIMPLE_FORM_TYPES
             and request.content_length
-            and not (method == "PUT" and path.startswith(_RAW_BODY_PATHS))
+            and method == "POST"
         ):
             return _refuse(
                 415,
                 "invalid_argument",
-                f"Content-Type {_media_type(ctype)} is not accepted on /v1 (browsers send it "
-                "cross-site without asking): send application/json, or no Content-Type",
+                f"Content-Type {_media_type(ctype)} is not accepted in a POST on /v1 (browsers "
+                "send it cross-site without asking): send application/json, no Content-Type, "
+                "or use PUT",
             )
         return None
 

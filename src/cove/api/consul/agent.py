@@ -315,19 +315,8 @@ async def status_peers(request: web.Request) -> web.Response:
     return reply([leader_address(request)])
 
 
-async def root(request: web.Request) -> web.Response:
-    """``GET /`` as a Consul agent whose UI is off answers it (agent/http.go,
-    Index): 200 and a line saying what this server is. cove has no web UI,
-    so there is no /ui/ to redirect to."""
-    return web.Response(
-        text="Consul Agent (cove): UI disabled. cove has no web UI; the Consul HTTP API is"
-        " under /v1/ (try /v1/agent/self)."
-    )
-
-
 def add_routes(app: web.Application) -> None:
     r = app.router
-    r.add_get("/", root)
     r.add_put("/v1/agent/service/register", service_register)
     r.add_put("/v1/agent/service/deregister/{id}", service_deregister)
     r.add_put("/v1/agent/service/maintenance/{id}", service_maintenance)
