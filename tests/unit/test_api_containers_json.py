@@ -100,14 +100,15 @@ STORED = {
 
 INSPECT = {
     **STORED,
+    "created": "2023-11-14T22:13:20.500000Z",  # RFC 3339, as Docker shows it
     "short_id": "abababababab",
     "capabilities": sorted([*DEFAULT_CAPS, "CAP_NET_ADMIN"]),
     "state": {
         "status": "exited",
         "pid": 0,
         "exit_code": 3,
-        "started_at": 1.5,
-        "finished_at": 2.5,
+        "started_at": "1970-01-01T00:00:01.500000Z",
+        "finished_at": "1970-01-01T00:00:02.500000Z",
         "restart_count": 2,
         "error": "boom",
     },
@@ -129,6 +130,28 @@ INSPECT = {
             "ipv4": "10.2.0.2",
             "ipv6": None,
             "aliases": [],
+        },
+    },
+    "network_settings": {
+        "ip_address": "10.1.0.2",
+        "global_ipv6_address": "fd00::2",
+        "mac_address": "02:00:00:00:00:01",
+        "ports": ["8080:80/tcp"],
+        "networks": {
+            "front": {
+                "ip_address": "10.1.0.2",
+                "global_ipv6_address": "fd00::2",
+                "mac_address": "02:00:00:00:00:01",
+                "aliases": ["www"],
+                "endpoint_id": "e1",
+            },
+            "back": {
+                "ip_address": "10.2.0.2",
+                "global_ipv6_address": "",
+                "mac_address": "02:00:00:00:00:02",
+                "aliases": [],
+                "endpoint_id": "e2",
+            },
         },
     },
     "netns": "/run/cove/netns/ab",
@@ -168,8 +191,8 @@ def test_a_container_on_no_network_has_no_netns() -> None:
         "status": "created",
         "pid": 0,
         "exit_code": None,
-        "started_at": 0.0,
-        "finished_at": 0.0,
+        "started_at": "0001-01-01T00:00:00Z",  # Docker's zero time: never started
+        "finished_at": "0001-01-01T00:00:00Z",
         "restart_count": 0,
         "error": "",
     }

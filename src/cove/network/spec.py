@@ -5,10 +5,10 @@ already in use, which the caller reads."""
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from cove import naming
 from cove.errors import Conflict, InvalidArgument
 from cove.ipam import pool
 from cove.model import IPAddress, IPNetwork, Network, NetworkDriver, Subnet
@@ -18,8 +18,15 @@ MAX_NAME = 63
 
 
 def check_name(name: str, what: str = "network") -> str:
-    """A name that is a DNS label, since it is used in DNS names
-    (``redis.vnet.cove``)."""
+    """A container or network name: Docker's rule (``my_net``, ``MyApp``,
+    ``web.1``, ``project_default``); DNS answers it through
+    ``cove.naming.dns_names``."""
+    return naming.check_name(name, what)
+
+
+def check_label(name: str, what: str) -> str:
+    """A name that is one DNS label (a hostname, an alias): lowercase
+    letters, digits and '-'."""
     if len(name) > MAX_NAME:
         raise InvalidArgument(
             f"{what} name {name[:20]!r}... is {len(name)} characters; at most {MAX_NAME}",
@@ -127,7 +134,7 @@ def build_network(
     for rng in ranges:
         if not any(rng.version == s.cidr.version for s in subnets):
             raise InvalidArgument(f"ip-range {rng} has no subnet of its address family")
-    nid = network_id or secrets.token_hex(6)
+    nid = network_id or naming.new_id()
     return Network(
         id=nid,
         name=spec.name,

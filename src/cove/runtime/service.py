@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cove import naming
 from cove.clock import Clock
 from cove.datapath.base import ContainerDatapath, host_veth_name
 from cove.errors import (
@@ -38,7 +39,7 @@ from cove.errors import (
 )
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, IPAM, NETWORKS, Endpoint, IPAddress, Network
-from cove.network.spec import check_name
+from cove.network.spec import check_label
 from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import Intent, IntentLog, Phase
 from cove.runtime.launch import LaunchSpec
@@ -51,7 +52,7 @@ from cove.runtime.spec import (
     RunSpec,
     check_port_families,
 )
-from cove.runtime.state import ProcessState, Status
+from cove.runtime.state import ProcessState, Status, restart_text
 from cove.runtime.view import ContainerView, ExecInfo
 from cove.store.base import Compare, Delete, Put, Store
 
@@ -135,10 +136,23 @@ class ContainerService:
 
     # -- reading -------------------------------------------------------------
 
-    def get(self, name: str) -> Container:
+    def resolve(self, ref: str) -> str:
+        """The name of the container ``ref`` means: a name, a full ID or a
+        unique ID prefix (``NotFound``; ``Conflict`` when ambiguous)."""
+        if ref and self._store.get(CONTAINERS + ref) is not None:
+            return ref
+        pairs = []
+        for kv in self._store.range(CONTAINERS).kvs:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                data = json.loads(kv.value)
+                pairs.append((str(data["name"]), str(data["id"])))
+        return naming.resolve(ref, pairs, "container")
+
+    def get(self, ref: str) -> Container:
+        name = self.resolve(ref)
         kv = self._store.get(CONTAINERS + name)
         if kv is None:
-            raise NotFound(f"container {name} not found", container=name)
+            raise NotFound(f"container {ref} not found", container=ref)
         return Container.from_json(json.loads(kv.value))
 
     def endpoints(self, c: Container) -> list[Endpoint]:
@@ -167,8 +181,9 @@ class ContainerService:
     def log_path(self, cid: str) -> Path:
         return self._logs / cid / "log"
 
-    def exec_info(self, name: str) -> ExecInfo:
-        c = self.get(name)
+    def exec_info(self, ref: str) -> ExecInfo:
+        c = self.get(ref)
+        name = c.name
         state = self._sup.states().get(c.id)
         if state is None or state.status is not Status.RUNNING:
             raise Conflict(f"container {name} is not running", container=name)
@@ -180,7 +195,7 @@ class ContainerService:
     # -- run -----------------------------------------------------------------
 
     def run(self, spec: RunSpec) -> ContainerView:
-        name = spec.name or f"c{secrets.token_hex(5)}"
+        name = spec.name or naming.generate_name(self._names())
         if self._store.get(CONTAINERS + name) is not None:
             raise AlreadyExists(f"container {name} already exists", container=name)
         networks = [self._network(a.network) for a in spec.attachments]
@@ -197,7 +212,7 @@ class ContainerService:
             labels=dict(spec.labels), rootfs=spec.rootfs, workdir=spec.workdir,
             restart=spec.restart, ports=spec.ports, networks=tuple(n.name for n in networks),
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
-            cap_drop=spec.cap_drop, seccomp=spec.seccomp,
+            cap_drop=spec.cap_drop, seccomp=spec.seccomp, restart_max=spec.restart_max,
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails
@@ -274,10 +289,20 @@ class ContainerService:
                     self._sup.remove(intent.id)
             self._intents.done(intent.id)
 
-    def _network(self, name: str) -> Network:
-        kv = self._store.get(NETWORKS + name)
+    def _names(self) -> set[str]:
+        return {kv.key[len(CONTAINERS) :] for kv in self._store.range(CONTAINERS).kvs}
+
+    def _network(self, ref: str) -> Network:
+        """The network ``ref`` names: a name, a full ID or a unique prefix."""
+        kv = self._store.get(NETWORKS + ref) if ref else None
         if kv is None:
-            raise NotFound(f"network {name} not found", network=name)
+            nets = [
+                Network.from_json(json.loads(kv.value)) for kv in self._store.range(NETWORKS).kvs
+            ]
+            name = naming.resolve(ref, ((n.name, n.id) for n in nets), "network")
+            kv = self._store.get(NETWORKS + name)
+            if kv is None:
+                raise NotFound(f"network {ref} not found", network=ref)
         return Network.from_json(json.loads(kv.value))
 
     def _check_ports(self, ports: tuple[PortMapping, ...]) -> None:
@@ -339,8 +364,8 @@ class ContainerService:
             id=c.id, name=c.name, argv=c.argv, env=c.env, hostname=c.hostname,
             netns=str(self._netns.netns_path(c.id)), etc_dir=str(self._rec.etc_dir(c.id)),
             log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,
-            restart=c.restart.value, labels=c.labels, caps=c.capabilities, seccomp=c.seccomp,
-            masked=self._masked,
+            restart=restart_text(c.restart, c.restart_max), labels=c.labels,
+            caps=c.capabilities, seccomp=c.seccomp, masked=self._masked,
         )  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------
@@ -349,14 +374,15 @@ class ContainerService:
     # store: a store that fails then must not turn a change that happened
     # into an error.
 
-    def stop(self, name: str, timeout: float = 10.0) -> ContainerView:
-        c = self._set_desired(name, Desired.STOPPED)
+    def stop(self, ref: str, timeout: float = 10.0) -> ContainerView:
+        c = self._set_desired(self.resolve(ref), Desired.STOPPED)
         endpoints = self.endpoints(c)
         self._sup.stop(c.id, timeout)
         self._fault("stop:stopped")
         return self._inspect(c, endpoints)
 
-    def start(self, name: str) -> ContainerView:
+    def start(self, ref: str) -> ContainerView:
+        name = self.resolve(ref)
         c = self._set_desired(name, Desired.RUNNING)
         self._rec.sync(only=c.id, name=name)
         endpoints = self.endpoints(c)
@@ -367,8 +393,9 @@ class ContainerService:
         self._fault("start:started")
         return self._inspect(c, endpoints)
 
-    def remove(self, name: str, force: bool = False) -> None:
-        c = self.get(name)
+    def remove(self, ref: str, force: bool = False) -> None:
+        c = self.get(ref)
+        name = c.name
         state = self._sup.states().get(c.id)
         if not force and state is not None and state.status is Status.RUNNING:
             raise Conflict(
@@ -425,12 +452,14 @@ class ContainerService:
     # -- networks of a running container -----------------------------------
 
     def connect(
-        self, network: str, name: str, aliases: tuple[str, ...] = (), ip: str = ""
+        self, network: str, ref: str, aliases: tuple[str, ...] = (), ip: str = ""
     ) -> ContainerView:
         for a in aliases:
-            check_name(a, "alias")
+            check_label(a.lower(), "alias")
         requested = _parse_ip(ip) if ip else None
         net = self._network(network)
+        network = net.name
+        name = self.resolve(ref)
         for _ in range(_ATTEMPTS):
             kv = self._store.get(CONTAINERS + name)
             if kv is None:
@@ -466,8 +495,12 @@ class ContainerService:
             return self._inspect(c2, [*current, ep])
         raise Conflict(f"container {name} is changing too fast")
 
-    def disconnect(self, network: str, name: str) -> ContainerView:
-        c = self.get(name)
+    def disconnect(self, network: str, ref: str) -> ContainerView:
+        c = self.get(ref)
+        name = c.name
+        if network not in c.networks:
+            with contextlib.suppress(NotFound):
+                network = self._network(network).name
         if network not in c.networks:
             raise NotFound(f"container {name} is not on network {network}")
         left = [ep for ep in self.endpoints(c) if ep.network != network]

@@ -11,9 +11,9 @@ from typing import Any
 
 from cove.errors import InvalidArgument
 from cove.model import Network, ServiceSpec
-from cove.network.spec import check_name
+from cove.network.spec import check_label, check_name
 from cove.runtime.security import check_security_opts, normalize_cap, resolve_caps
-from cove.runtime.state import RestartPolicy
+from cove.runtime.state import RestartPolicy, parse_restart, restart_text
 
 PORTS = "ports/"  # ports/<proto>/<host port>: which container published it
 
@@ -165,6 +165,7 @@ class Container:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     seccomp: bool = True
+    restart_max: int = 0  # on-failure:N; 0: no limit
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -180,7 +181,7 @@ class Container:
             "labels": dict(self.labels),
             "rootfs": self.rootfs,
             "workdir": self.workdir,
-            "restart": self.restart.value,
+            "restart": restart_text(self.restart, self.restart_max),
             "ports": [str(p) for p in self.ports],
             "networks": list(self.networks),
             "services": list(self.services),
@@ -193,6 +194,7 @@ class Container:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Container:
+        restart, restart_max = parse_restart(data.get("restart") or "no")
         return cls(
             id=data["id"],
             name=data["name"],
@@ -202,7 +204,8 @@ class Container:
             labels=dict(data.get("labels") or {}),
             rootfs=data.get("rootfs") or None,
             workdir=data.get("workdir") or "/",
-            restart=RestartPolicy(data.get("restart", "no")),
+            restart=restart,
+            restart_max=restart_max,
             ports=tuple(PortMapping.parse(p) for p in data.get("ports") or ()),
             networks=tuple(data.get("networks") or ()),
             services=tuple(data.get("services") or ()),
@@ -232,6 +235,7 @@ class RunSpec:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     seccomp: bool = True
+    restart_max: int = 0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -245,7 +249,7 @@ class RunSpec:
             check_name(name, "container")
         hostname = _string(data, "hostname")
         if hostname:
-            check_name(hostname, "host")
+            check_label(hostname.lower(), "host")
         networks = _strings(data, "networks")
         if len(set(networks)) != len(networks):
             raise InvalidArgument("a network is given twice")
@@ -253,7 +257,7 @@ class RunSpec:
         ip6 = _address(data, "ip6", 6)
         if (ip or ip6) and len(networks) != 1:
             raise InvalidArgument("--ip and --ip6 need exactly one --network")
-        aliases = tuple(check_name(a, "alias") for a in _strings(data, "aliases"))
+        aliases = tuple(check_label(a.lower(), "alias") for a in _strings(data, "aliases"))
         attachments = tuple(
             Attachment(
                 network=n,
@@ -263,12 +267,13 @@ class RunSpec:
             )
             for i, n in enumerate(networks)
         )
-        restart_text = _string(data, "restart") or "no"
+        restart_arg = _string(data, "restart") or "no"
         try:
-            restart = RestartPolicy(restart_text)
+            restart, restart_max = parse_restart(restart_arg)
         except ValueError:
             raise InvalidArgument(
-                f"invalid restart policy {restart_text!r}: use no, on-failure or always"
+                f"invalid restart policy {restart_arg!r}: use no, on-failure[:N], always"
+                " or unless-stopped"
             ) from None
         ports = tuple(PortMapping.parse(p) for p in _strings(data, "ports"))
         seen: set[str] = set()
@@ -297,6 +302,7 @@ class RunSpec:
             rootfs=rootfs,
             workdir=workdir,
             restart=restart,
+            restart_max=restart_max,
             ports=ports,
             services=services,
             cap_add=cap_add,

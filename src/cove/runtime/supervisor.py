@@ -47,8 +47,8 @@ from cove.errors import LaunchError, storage_error
 from cove.runtime.launch import LaunchSpec, spawn
 from cove.runtime.state import (
     ProcessState,
-    RestartPolicy,
     Status,
+    parse_restart,
     process_start_time,
     read_json,
     write_json,
@@ -198,8 +198,9 @@ class Supervisor:
         self._cancel_timers(cid)
         state = replace(state, status=Status.EXITED, exit_code=code, finished_at=now, pid=0)
         spec = self.specs[cid]
-        policy = RestartPolicy(spec.restart)
-        if not state.stopped_by_user and policy.wants_restart(code):
+        policy, limit = parse_restart(spec.restart)
+        within = limit == 0 or state.restart_count < limit
+        if not state.stopped_by_user and policy.wants_restart(code) and within:
             quick = now - state.started_at < _STABLE_RUN
             streak = state.restart_count if quick else 0
             delay = min(0.1 * 2 ** min(streak, 10), _MAX_BACKOFF)
