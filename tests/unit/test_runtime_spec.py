@@ -106,7 +106,10 @@ def test_run_spec_round_trip() -> None:
     ("body", "words"),
     [
         ({"command": []}, "command"),
-        (base(name="Bad_Name"), "container name"),
+        (base(name="bad/name"), "container name"),
+        (base(name="_x"), "container name"),
+        (base(restart="on-failure:x"), "restart policy"),
+        (base(restart="always:3"), "restart policy"),
         (base(restart="sometimes"), "restart policy"),
         (base(env=["NOEQUALS"]), "KEY=VALUE"),
         (base(ip="10.0.0.300"), "not an IP"),
