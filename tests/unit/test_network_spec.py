@@ -51,6 +51,8 @@ def test_ipv6_flag_alone_gets_a_ula_subnet() -> None:
     [
         ({"name": "bad name"}, "invalid network name"),
         ({"name": "bad/name"}, "invalid network name"),
+        ({"name": "none"}, "reserved"),
+        ({"name": "host"}, "reserved"),
         ({"name": "x" * 129}, "at most 128"),
         ({"name": "-x"}, "invalid network name"),
         ({"name": "n", "subnets": ["10.0.0.1/24"]}, "host bits"),

@@ -115,7 +115,9 @@ def test_run_spec_round_trip() -> None:
         (base(ip="10.0.0.300"), "not an IP"),
         (base(ip="fd00::1"), "IPv4"),
         (base(ports=["8080:80", "8080:81"]), "published twice"),
-        ({"command": ["x"], "ports": ["80:80"]}, "needs a --network"),
+        ({"command": ["x"], "networks": ["none"], "ports": ["80:80"]}, "not --network none"),
+        (base(networks=["none", "vnet"]), "cannot go with"),
+        (base(networks=["host"]), "host is not supported"),
         (base(services=["web"]), "NAME:PORT"),
         (base(networks=["a", "b"], ip="10.0.0.2"), "exactly one"),
         (base(workdir="rel"), "absolute"),
@@ -239,3 +241,13 @@ def test_etc_files_are_rewritten_in_place_to_exactly_the_new_text(tmp_path: Path
     assert etc.write_in_place(path, "a\nccccccccccccc\n")  # longer
     assert path.read_text() == "a\nccccccccccccc\n"
     assert path.stat().st_ino == inode  # the container's bind mount still sees it
+
+
+def test_without_a_network_a_container_joins_the_default_one() -> None:
+    spec = RunSpec.from_json({"command": ["x"], "ports": ["80:80"]})
+    assert spec.default_network
+    assert [a.network for a in spec.attachments] == ["bridge"]
+    none = RunSpec.from_json({"command": ["x"], "networks": ["none"]})
+    assert none.attachments == () and not none.default_network
+    named = RunSpec.from_json({"command": ["x"], "networks": ["vnet"]})
+    assert not named.default_network

@@ -188,7 +188,11 @@ class Agent:
             masked=private_paths(config, _secret_files(config)),
             fault=fault_hook(os.environ),
         )
-        containers_api.install(self.app, self.runtime.service)
+        containers_api.install(
+            self.app,
+            self.runtime.service,
+            default_network=networks_api.default_network(self.networks, self.reconciler),
+        )
         self.registrar = ServiceRegistrar(self.store, self.registry, config.reconcile_interval)
         self.dns = self._dns_service()
         if self.dns is not None:

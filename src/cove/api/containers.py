@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
 from cove.api import http as web
@@ -25,9 +26,22 @@ _FOLLOW_POLL = 0.1
 _CHUNK = 65536
 
 
-def install(app: web.Application, service: ContainerService) -> None:
+async def _nothing() -> None:
+    return None
+
+
+def install(
+    app: web.Application,
+    service: ContainerService,
+    default_network: Callable[[], Awaitable[None]] = _nothing,
+) -> None:
+    """``default_network`` makes sure the network a container without
+    ``--network`` joins exists (``cove.api.networks.default_network``)."""
+
     async def run(request: web.Request) -> web.Response:
         spec = RunSpec.from_json(await json_body(request))
+        if spec.default_network:
+            await default_network()
         view = await asyncio.to_thread(service.run, spec)
         return web.json_response(container_json(view), status=201)
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from cove.api import http as web
 from cove.api.app import json_body
-from cove.errors import DatapathError, InvalidArgument
+from cove.errors import AlreadyExists, DatapathError, InvalidArgument
 from cove.model import Endpoint, Network
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
 from cove.network.spec import NetworkSpec
+from cove.runtime.spec import DEFAULT_NETWORK
 from cove.timefmt import parse_time, rfc3339
 
 APPLY_TIMEOUT = 10.0
+DEFAULT_LABEL = "cove.default"
 
 
 def network_json(network: Network, endpoints: Sequence[Endpoint] | None = None) -> dict[str, Any]:
@@ -71,6 +73,31 @@ def _label_test(value: str, negate: bool) -> Callable[[Network], bool]:
         return hit != negate
 
     return test
+
+
+def default_network(
+    networks: NetworkService, reconciler: NetworkReconciler, name: str = DEFAULT_NETWORK
+) -> Callable[[], Awaitable[None]]:
+    """A coroutine that creates the default network (``bridge``, as Docker's)
+    the first time a container needs it, and answers once the kernel has it."""
+
+    async def ensure() -> None:
+        exists = await asyncio.to_thread(networks.exists, name)
+        if exists:
+            return
+        spec = NetworkSpec(name=name, labels={DEFAULT_LABEL: "true"})
+        try:
+            network, revision = await asyncio.to_thread(networks.create, spec)
+        except AlreadyExists:
+            return  # a concurrent run made it
+        ok = await asyncio.to_thread(reconciler.wait_applied, revision, APPLY_TIMEOUT)
+        if not ok or reconciler.error_for(network.bridge):
+            raise DatapathError(
+                f"the default network {name} could not be set up: see the agent's log,"
+                " or give a --network"
+            )
+
+    return ensure
 
 
 def install(app: web.Application, networks: NetworkService, reconciler: NetworkReconciler) -> None:

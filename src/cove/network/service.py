@@ -74,6 +74,9 @@ class NetworkService:
         name = naming.resolve(ref, ((n.name, n.id) for n in nets), "network")
         return next(n for n in nets if n.name == name)
 
+    def exists(self, name: str) -> bool:
+        return self._store.get(NETWORKS + name) is not None
+
     def list(self) -> builtins.list[Network]:
         return [Network.from_json(json.loads(kv.value)) for kv in self._store.range(NETWORKS).kvs]
 

@@ -15,6 +15,7 @@ from cove.model import IPAddress, IPNetwork, Network, NetworkDriver, Subnet
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_NAME = 63
+RESERVED = ("none", "host")  # --network none|host, as Docker's
 
 
 def check_name(name: str, what: str = "network") -> str:
@@ -98,6 +99,12 @@ def build_network(
     ``InvalidArgument`` or ``Conflict`` naming the problem.
     """
     check_name(spec.name)
+    if spec.name in RESERVED:
+        raise InvalidArgument(
+            f"network name {spec.name!r} is reserved (--network {spec.name} means no cove"
+            " network): choose another name",
+            name=spec.name,
+        )
     if not 68 <= spec.mtu <= 65535:
         raise InvalidArgument(f"mtu {spec.mtu} is out of range (68-65535)", mtu=spec.mtu)
     taken_list = list(taken)

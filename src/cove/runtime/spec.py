@@ -15,7 +15,10 @@ from cove.network.spec import check_label, check_name
 from cove.runtime.security import check_security_opts, normalize_cap, resolve_caps
 from cove.runtime.state import RestartPolicy, parse_restart, restart_text
 
-PORTS = "ports/"  # ports/<proto>/<host port>: which container published it
+PORTS = "ports/"
+DEFAULT_NETWORK = "bridge"  # as Docker's: a container without --network is on it
+NETWORK_NONE = "none"  # loopback only
+NETWORK_HOST = "host"  # ports/<proto>/<host port>: which container published it
 
 
 class Proto(StrEnum):
@@ -236,6 +239,8 @@ class RunSpec:
     cap_drop: tuple[str, ...] = ()
     seccomp: bool = True
     restart_max: int = 0
+    # No --network given: on the default network (created on first use).
+    default_network: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -253,6 +258,17 @@ class RunSpec:
         networks = _strings(data, "networks")
         if len(set(networks)) != len(networks):
             raise InvalidArgument("a network is given twice")
+        default_network = not networks
+        if default_network:
+            networks = [DEFAULT_NETWORK]
+        elif NETWORK_NONE in networks:
+            if len(networks) > 1:
+                raise InvalidArgument("--network none cannot go with other networks")
+            networks = []
+        elif NETWORK_HOST in networks:
+            raise InvalidArgument(
+                "--network host is not supported: use a cove network and publish ports with -p"
+            )
         ip = _address(data, "ip", 4)
         ip6 = _address(data, "ip6", 6)
         if (ip or ip6) and len(networks) != 1:
@@ -282,7 +298,7 @@ class RunSpec:
                 raise InvalidArgument(f"host port {p.host_port}/{p.proto} is published twice")
             seen.add(p.claim_key)
         if ports and not networks:
-            raise InvalidArgument("publishing a port (-p) needs a --network")
+            raise InvalidArgument("publishing a port (-p) needs a network, not --network none")
         services = tuple(_service(s) for s in _strings(data, "services"))
         rootfs = _string(data, "rootfs") or None
         workdir = _string(data, "workdir") or "/"
@@ -303,6 +319,7 @@ class RunSpec:
             workdir=workdir,
             restart=restart,
             restart_max=restart_max,
+            default_network=default_network,
             ports=ports,
             services=services,
             cap_add=cap_add,

@@ -1,0 +1,211 @@
+"""Containers as a Docker user expects them, through a real agent in a host
+namespace of its own: names and IDs, output and formats, several names at
+once, the daily flags."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentproc import COVE
+from test_containers_helpers import (  # noqa: F401 - fixtures
+    eventually,
+    inspect,
+    need_containers,
+    runtime_cleanup_fixture,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.usefixtures("runtime_cleanup")]
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@pytest.fixture
+def net(agent: Any) -> Any:
+    need_containers(agent)
+    agent.ok("network", "create", "project_default", "--subnet", "10.89.0.0/24")
+    return agent
+
+
+def _sleep(agent: Any, name: str, *extra: str) -> str:
+    out = agent.ok("run", "-d", "--name", name, "--network", "project_default", *extra,
+                   "--", "sleep", "600")  # fmt: skip
+    return str(out.strip())
+
+
+def test_docker_style_names_resolve_as_given_and_dns_safe(net: Any) -> None:
+    for name in ("my_app", "MyApp", "web.1", "project_web_1"):
+        cid = _sleep(net, name)
+        assert HEX64.match(cid), f"run -d prints the ID, got {cid!r}"
+    addr = {
+        n: inspect(net, n)["endpoints"]["project_default"]["ipv4"]
+        for n in ("my_app", "MyApp", "web.1")
+    }
+    for query, name in [
+        ("my_app", "my_app"), ("my-app", "my_app"), ("MyApp", "MyApp"), ("myapp", "MyApp"),
+        ("web.1", "web.1"), ("web-1", "web.1"), ("my-app.project-default", "my_app"),
+        ("my_app.project_default", "my_app"),
+    ]:  # fmt: skip
+        got = net.cli("exec", "project_web_1", "--", "getent", "ahostsv4", query)
+        assert got.returncode == 0, (query, got.stderr)
+        assert got.stdout.split()[0] == addr[name], query
+
+
+def test_every_command_takes_an_id_or_a_unique_prefix(net: Any) -> None:
+    cid = _sleep(net, "web")
+    assert net.ok("exec", cid[:12], "--", "hostname").strip() == "web"
+    assert net.ok("exec", cid[:5], "--", "true") == ""
+    (body,) = json.loads(net.ok("inspect", cid))
+    assert body["name"] == "web" and body["id"] == cid
+    assert net.ok("stop", "-t", "1", cid[:8]).strip() == cid[:8]
+    assert inspect(net, "web")["state"]["status"] == "exited"
+    net.ok("start", cid)
+    assert inspect(net, "web")["state"]["status"] == "running"
+
+    nid = net.ok("network", "create", "other").strip()
+    assert HEX64.match(nid)
+    (n,) = json.loads(net.ok("network", "inspect", nid[:10]))
+    assert n["name"] == "other" and n["id"] == nid
+    net.ok("network", "connect", nid[:12], cid[:12])
+    assert set(inspect(net, "web")["endpoints"]) == {"project_default", "other"}
+    net.ok("network", "disconnect", nid[:12], "web")
+    net.ok("rm", "-f", cid[:12])
+    net.ok("network", "rm", nid[:12])
+    res = net.cli("exec", "deadbeef", "--", "true")
+    assert res.returncode == 3 and "container deadbeef not found" in res.stderr
+
+
+def test_generated_names_look_like_names(net: Any) -> None:
+    cid = net.ok("run", "-d", "--network", "project_default", "--", "sleep", "600").strip()
+    name = inspect(net, cid)["name"]
+    assert re.match(r"^[a-z]+_[a-z]+\d?$", name), name
+
+
+def test_ps_quiet_filters_last_and_formats(net: Any) -> None:
+    a = _sleep(net, "alpha", "--label", "tier=front")
+    b = _sleep(net, "beta", "--label", "tier=back")
+    c = net.ok("run", "-d", "--name", "gamma", "--", "sh", "-c", "exit 4").strip()
+    eventually(lambda: inspect(net, "gamma")["state"]["status"] == "exited")
+
+    assert sorted(net.ok("ps", "-q").split()) == sorted([a[:12], b[:12]])
+    assert sorted(net.ok("ps", "-q", "--no-trunc").split()) == sorted([a, b])
+    assert net.ok("ps", "-q", "--filter", "label=tier=back").split() == [b[:12]]
+    assert net.ok("ps", "-aq", "--filter", "status=exited").split() == [c[:12]]
+    assert net.ok("ps", "-q", "--filter", "name=alp").split() == [a[:12]]
+    assert sorted(net.ok("ps", "-q", "-f", "network=project_default").split()) == sorted(
+        [a[:12], b[:12]]
+    )
+    assert net.ok("ps", "-l", "--format", "{{.Name}}").split() == ["gamma"]
+    assert net.ok("ps", "-n", "2", "--format", "{{.Name}}").split() == ["gamma", "beta"]
+    lines = net.ok("ps", "--format", '{{.Name}} {{.State.Status}} {{index .Labels "tier"}}')
+    assert sorted(lines.splitlines()) == ["alpha running front", "beta running back"]
+    table = net.ok("ps", "--no-trunc").splitlines()
+    assert table[0].split()[:3] == ["ID", "NAME", "STATUS"] and any(a in t for t in table)
+
+    (one,) = json.loads(net.ok("inspect", "alpha"))  # one name: still a list
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$", one["created"])
+    assert one["state"]["started_at"].endswith("Z")
+    fmt = net.ok("inspect", "-f", "{{.Name}} {{.NetworkSettings.IPAddress}}", "alpha", "beta")
+    ip = one["endpoints"]["project_default"]["ipv4"]
+    assert fmt.splitlines()[0] == f"alpha {ip}" and fmt.splitlines()[1].startswith("beta 10.89.")
+    bad = net.cli("inspect", "-f", "{{.Nmae}}", "alpha")
+    assert bad.returncode == 2 and "no field 'Nmae'" in bad.stderr
+    bad = net.cli("ps", "--filter", "colour=red")
+    assert bad.returncode == 2 and "invalid filter 'colour=red'" in bad.stderr
+
+
+def test_rm_of_several_removes_all_it_can_and_reports_each_failure(net: Any) -> None:
+    _sleep(net, "one")
+    net.ok("run", "-d", "--name", "two", "--", "true")
+    res = net.cli("rm", "-f", "one", "nosuch", "two")
+    assert res.returncode == 3
+    assert res.stdout.split() == ["one", "two"]
+    assert "container nosuch not found" in res.stderr
+    assert net.ok("ps", "-aq") == ""
+    res = net.cli("inspect", "nosuch")
+    assert res.returncode == 3 and res.stdout == ""
+
+
+def test_network_rm_force_and_prune_asks(net: Any) -> None:
+    net.ok("network", "create", "idle", "--label", "env=dev")
+    net.ok("network", "create", "idle2")
+    assert net.cli("network", "rm", "nosuch").returncode == 3
+    assert net.cli("network", "rm", "-f", "nosuch").returncode == 0
+    res = net.cli("network", "prune", input="n\n")
+    assert res.returncode == 1 and "Are you sure" in res.stdout
+    assert sorted(net.ok("network", "ls", "-q").split()) == ["idle", "idle2", "project_default"]
+    res = net.cli("network", "prune", "-f", "--filter", "label=env=dev")
+    assert res.returncode == 0 and res.stdout.split() == ["Deleted", "Networks:", "idle"]
+    _sleep(net, "user")  # a network in use stays
+    res = net.cli("network", "prune", input="y\n")
+    assert res.returncode == 0 and "idle2" in res.stdout
+    assert net.ok("network", "ls", "-q").split() == ["project_default"]
+    bad = net.cli("network", "prune", "-f", "--filter", "dangling=true")
+    assert bad.returncode == 2 and "invalid filter" in bad.stderr
+
+
+def test_logs_tail_exec_workdir_and_detach(net: Any, tmp_path: Path) -> None:
+    net.ok("run", "-d", "--name", "talk", "--", "sh", "-c", "seq 1 5; sleep 600")
+    eventually(lambda: net.ok("logs", "talk").split() == ["1", "2", "3", "4", "5"])
+    assert net.ok("logs", "--tail", "2", "talk").split() == ["4", "5"]
+    assert net.ok("logs", "-n", "0", "talk") == ""
+    bad = net.cli("logs", "--tail", "x", "talk")
+    assert bad.returncode == 2 and "--tail" in bad.stderr
+    assert net.ok("exec", "-w", "/tmp", "talk", "--", "pwd").strip() == "/tmp"
+    marker = tmp_path / "detached"
+    res = net.cli("exec", "-d", "talk", "--", "sh", "-c", f"sleep 0.5; touch {marker}")
+    assert res.returncode == 0 and not marker.exists()
+    eventually(marker.exists)
+
+
+def test_run_rm_env_file_and_env_from_the_environment(net: Any, tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("# settings\nFROM_FILE=1\nPASSED\n")
+    res = subprocess.run(
+        [*COVE, "run", "--rm", "--name", "once", "--env-file", str(env_file),
+         "-e", "PASSED", "-e", "ABSENT", "-e", "SET=x", "--",
+         "sh", "-c", 'echo "$FROM_FILE $PASSED ${ABSENT-unset} $SET"; exit 7'],
+        env={**net.env, "PASSED": "from-host"}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 7, res.stderr
+    assert res.stdout.strip() == "1 from-host unset x"
+    assert net.ok("ps", "-aq") == ""  # --rm removed it
+
+
+def test_restart_on_failure_with_a_limit(net: Any) -> None:
+    net.ok("run", "-d", "--name", "flaky", "--restart", "on-failure:2", "--", "sh", "-c", "exit 1")
+    state = eventually(
+        lambda: (
+            (s := inspect(net, "flaky")["state"])["status"] == "exited"
+            and s["restart_count"] == 2
+            and s
+        ),
+        timeout=20,
+    )
+    assert state["exit_code"] == 1
+    assert inspect(net, "flaky")["restart"] == "on-failure:2"
+    bad = net.cli("run", "--restart", "sometimes", "--", "true")
+    assert bad.returncode == 2 and "unless-stopped" in bad.stderr
+
+
+def test_a_container_without_network_joins_the_default_bridge(agent: Any) -> None:
+    need_containers(agent)
+    assert agent.ok("network", "ls", "-q") == ""
+    agent.ok("run", "-d", "--name", "a", "--", "sleep", "600")
+    agent.ok("run", "-d", "--name", "b", "--", "sleep", "600")
+    (net,) = json.loads(agent.ok("network", "inspect", "bridge"))
+    assert net["labels"] == {"cove.default": "true"}
+    assert agent.ok("network", "ls", "-q").split() == ["bridge"]
+    a = inspect(agent, "a")["endpoints"]["bridge"]["ipv4"]
+    got = agent.ok("exec", "b", "--", "getent", "hosts", "a").split()
+    assert got[0] == a
+    agent.ok("run", "-d", "--name", "alone", "--network", "none", "--", "sleep", "600")
+    assert inspect(agent, "alone")["endpoints"] == {}
+    bad = agent.cli("network", "create", "none")
+    assert bad.returncode == 2 and "reserved" in bad.stderr
+    bad = agent.cli("run", "--network", "host", "--", "true")
+    assert bad.returncode == 2 and "not supported" in bad.stderr
