@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import COVE
 from test_containers_helpers import (  # noqa: F401 - fixtures
     eventually,
     inspect,
     need_containers,
     runtime_cleanup_fixture,
 )
+
+from agentproc import COVE
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("runtime_cleanup")]
 
@@ -209,3 +210,40 @@ def test_a_container_without_network_joins_the_default_bridge(agent: Any) -> Non
     assert bad.returncode == 2 and "reserved" in bad.stderr
     bad = agent.cli("run", "--network", "host", "--", "true")
     assert bad.returncode == 2 and "not supported" in bad.stderr
+
+
+def _instances(agent: Any, service: str) -> list[tuple[str, int, list[str], str]]:
+    status, body = agent.api("GET", f"/v1/health/service/{service}")
+    assert status == 200
+    return [
+        (e["Service"]["Address"], e["Service"]["Port"], e["Service"]["Tags"],
+         "passing" if all(c["Status"] == "passing" for c in e["Checks"]) else "not")
+        for e in body
+    ]  # fmt: skip
+
+
+def test_service_add_registers_a_running_container_and_follows_it(net: Any) -> None:
+    net.ok("network", "create", "other", "--subnet", "10.88.0.0/24")
+    net.ok("run", "-d", "--name", "api", "--network", "project_default", "--",
+           "python3", "-S", "-m", "http.server", "8080")  # fmt: skip
+    first = inspect(net, "api")["endpoints"]["project_default"]["ipv4"]
+    out = net.ok("service", "add", "web", "--container", "api", "--port", "8080", "--tag", "v1")
+    assert out.strip() == "web on api"
+    eventually(lambda: _instances(net, "web") == [(first, 8080, ["v1"], "passing")], timeout=20)
+
+    # Its address changes: the registration follows.
+    net.ok("network", "connect", "other", "api")
+    net.ok("network", "disconnect", "project_default", "api")
+    second = inspect(net, "api")["endpoints"]["other"]["ipv4"]
+    assert second != first
+    eventually(lambda: [i[0] for i in _instances(net, "web")] == [second], timeout=20)
+
+    bad = net.cli("service", "add", "web", "--container", "nosuch", "--port", "80")
+    assert bad.returncode == 3 and "container nosuch not found" in bad.stderr
+    bad = net.cli("service", "add", "web", "--container", "api", "--port", "0")
+    assert bad.returncode == 2 and "out of range" in bad.stderr
+    bad = net.cli("service", "rm", "nope", "--container", "api")
+    assert bad.returncode == 3 and "has no service nope" in bad.stderr
+
+    net.ok("rm", "-f", "api")  # the registration goes with the container
+    eventually(lambda: _instances(net, "web") == [], timeout=20)

@@ -111,6 +111,21 @@ def install(
         await resp.write_eof()
         return resp
 
+    async def add_service(request: web.Request) -> web.Response:
+        data = await json_body(request)
+        if not isinstance(data, dict) or not isinstance(data.get("service"), str):
+            raise InvalidArgument("'service' is required: NAME:PORT[:TAG,...]")
+        view = await asyncio.to_thread(
+            service.add_service, request.match_info["name"], data["service"]
+        )
+        return web.json_response(container_json(view))
+
+    async def remove_service(request: web.Request) -> web.Response:
+        view = await asyncio.to_thread(
+            service.remove_service, request.match_info["name"], request.match_info["service"]
+        )
+        return web.json_response(container_json(view))
+
     async def connect(request: web.Request) -> web.Response:
         data = await json_body(request)
         container, aliases, ip = _connect_args(data)
@@ -133,6 +148,8 @@ def install(
     r.add_post("/api/containers/{name}/start", start)
     r.add_get("/api/containers/{name}/logs", logs)
     r.add_get("/api/containers/{name}/exec", exec_info)
+    r.add_post("/api/containers/{name}/services", add_service)
+    r.add_delete("/api/containers/{name}/services/{service}", remove_service)
     r.add_post("/api/networks/{network}/connect", connect)
     r.add_post("/api/networks/{network}/disconnect", disconnect)
 

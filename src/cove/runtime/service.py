@@ -38,7 +38,16 @@ from cove.errors import (
     storage_error,
 )
 from cove.ipam.allocator import Ipam
-from cove.model import CONTAINERS, ENDPOINTS, IPAM, NETWORKS, Endpoint, IPAddress, Network
+from cove.model import (
+    CONTAINERS,
+    ENDPOINTS,
+    IPAM,
+    NETWORKS,
+    Endpoint,
+    IPAddress,
+    Network,
+    ServiceSpec,
+)
 from cove.network.spec import check_label
 from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import Intent, IntentLog, Phase
@@ -449,6 +458,42 @@ class ContainerService:
                 return c
         raise Conflict(f"container {name} is changing too fast")
 
+    # -- services of a container ---------------------------------------------
+
+    def add_service(self, ref: str, text: str) -> ContainerView:
+        """Register the container as an instance of a service, as ``--service
+        NAME:PORT[:TAGS]`` would have: on its address (followed when it
+        changes), with the same TCP check, gone when the container goes."""
+        spec = ServiceSpec.parse(text)
+        if spec is None:
+            raise InvalidArgument(f"invalid service {text!r}: expected NAME:PORT[:TAG,...]")
+        return self._change_services(ref, spec.name, text)
+
+    def remove_service(self, ref: str, service: str) -> ContainerView:
+        return self._change_services(ref, service.lower(), None)
+
+    def _change_services(self, ref: str, service: str, text: str | None) -> ContainerView:
+        name = self.resolve(ref)
+        for _ in range(_ATTEMPTS):
+            kv = self._store.get(CONTAINERS + name)
+            if kv is None:
+                raise NotFound(f"container {ref} not found", container=ref)
+            c = Container.from_json(json.loads(kv.value))
+            kept = tuple(s for s in c.services if _service_name(s) != service)
+            if text is None and len(kept) == len(c.services):
+                raise NotFound(f"container {c.name} has no service {service}", container=c.name)
+            services = kept if text is None else (*kept, text)
+            c2 = replace(c, services=services)
+            eps = [replace(ep, services=services) for ep in self.endpoints(c)]
+            ok = self._store.txn(
+                [Compare.mod_is(CONTAINERS + name, kv.mod_revision)],
+                [Put(CONTAINERS + name, _encode(c2.to_json()))]
+                + [Put(_ep_key(ep), _encode(ep.to_json())) for ep in eps],
+            ).succeeded
+            if ok:
+                return self._inspect(c2, eps)
+        raise Conflict(f"container {name} is changing too fast")
+
     # -- networks of a running container -----------------------------------
 
     def connect(
@@ -622,6 +667,10 @@ class ContainerService:
             owner = json.loads(kv.value).get("owner", "")
             if owner.startswith("container:") and owner[10:] not in snap.containers:
                 self._store.delete(kv.key)
+
+
+def _service_name(text: str) -> str:
+    return text.partition(":")[0].lower()
 
 
 def _ep_key(ep: Endpoint) -> str:
