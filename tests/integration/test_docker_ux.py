@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,40 @@ def test_service_add_registers_a_running_container_and_follows_it(net: Any) -> N
 
     net.ok("rm", "-f", "api")  # the registration goes with the container
     eventually(lambda: _instances(net, "web") == [], timeout=20)
+
+
+ZOMBIES = "grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l"
+ORPHAN = "sh -c 'sleep 0.1 &'; exec sleep 600"  # the orphan's parent is the init
+
+
+def test_init_reaps_and_forwards_stop_and_stop_signal(net: Any) -> None:
+    net.ok("run", "-d", "--name", "plain", "--", "sh", "-c", ORPHAN)
+    net.ok("run", "-d", "--name", "inited", "--init", "--", "sh", "-c", ORPHAN)
+    eventually(lambda: net.ok("exec", "plain", "--", "sh", "-c", ZOMBIES).strip() == "1")
+    eventually(lambda: net.ok("exec", "inited", "--", "sh", "-c", ZOMBIES).strip() == "0")
+    assert net.ok("exec", "inited", "--", "sh", "-c", ZOMBIES).strip() == "0"
+
+    # sleep as PID 1 ignores SIGTERM: only SIGKILL ends it. Under tini it ends
+    # on SIGTERM at once.
+    start = time.monotonic()
+    net.ok("stop", "-t", "2", "plain")
+    assert time.monotonic() - start >= 2
+    assert inspect(net, "plain")["state"]["exit_code"] == 137
+    start = time.monotonic()
+    net.ok("stop", "-t", "20", "inited")
+    assert time.monotonic() - start < 10
+    assert inspect(net, "inited")["state"]["exit_code"] == 143
+
+    script = ("import signal, sys, time\n"
+              "def bye(*_):\n    print('got INT', flush=True)\n    sys.exit(5)\n"
+              "signal.signal(signal.SIGINT, bye)\n"
+              "print('ready', flush=True)\ntime.sleep(600)\n")  # fmt: skip
+    net.ok("run", "-d", "--name", "polite", "--stop-signal", "INT", "--",
+           "python3", "-S", "-c", script)  # fmt: skip
+    eventually(lambda: "ready" in net.ok("logs", "polite"))
+    net.ok("stop", "-t", "20", "polite")
+    assert inspect(net, "polite")["state"]["exit_code"] == 5
+    assert inspect(net, "polite")["stop_signal"] == "SIGINT"
+    assert "got INT" in net.ok("logs", "polite")
+    bad = net.cli("run", "--stop-signal", "SIGNOPE", "--", "true")
+    assert bad.returncode == 2 and "invalid stop signal" in bad.stderr

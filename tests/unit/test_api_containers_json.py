@@ -96,6 +96,8 @@ STORED = {
     "cap_add": ["NET_ADMIN"],
     "cap_drop": ["CHOWN"],
     "seccomp": "default",
+    "init": False,
+    "stop_signal": "SIGTERM",
 }
 
 INSPECT = {

@@ -251,3 +251,26 @@ def test_without_a_network_a_container_joins_the_default_one() -> None:
     assert none.attachments == () and not none.default_network
     named = RunSpec.from_json({"command": ["x"], "networks": ["vnet"]})
     assert not named.default_network
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("SIGINT", "SIGINT"), ("int", "SIGINT"), ("15", "SIGTERM"), ("QUIT", "SIGQUIT")],
+)
+def test_stop_signals_are_stored_by_name(given: str, stored: str) -> None:
+    spec = RunSpec.from_json({"command": ["x"], "stop_signal": given, "init": True})
+    assert spec.stop_signal == stored and spec.init
+
+
+@pytest.mark.parametrize("given", ["SIGNOPE", "0", "999", "STOP"])
+def test_bad_stop_signals_are_named(given: str) -> None:
+    with pytest.raises(InvalidArgument, match="invalid stop signal"):
+        RunSpec.from_json({"command": ["x"], "stop_signal": given})
+
+
+def test_restart_limits_round_trip_through_the_record() -> None:
+    spec = RunSpec.from_json({"command": ["x"], "restart": "on-failure:3"})
+    assert (spec.restart, spec.restart_max) == (RestartPolicy.ON_FAILURE, 3)
+    assert RunSpec.from_json({"command": ["x"], "restart": "unless-stopped"}).restart is (
+        RestartPolicy.UNLESS_STOPPED
+    )

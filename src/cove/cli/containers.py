@@ -53,6 +53,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="read K=V (or K, from this environment) lines; '#' starts a comment",
     )  # fmt: skip
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument(
+        "--init", action="store_true",
+        help="run the command under a tiny init (tini) that reaps zombies and forwards signals",
+    )  # fmt: skip
+    p.add_argument(
+        "--stop-signal", default="SIGTERM", metavar="SIGNAL",
+        help="what 'cove stop' sends first (SIGKILL follows after its timeout)",
+    )  # fmt: skip
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("--rootfs", default="")
     p.add_argument("-w", "--workdir", default="")
@@ -174,6 +182,8 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         "cap_add": args.cap_add,
         "cap_drop": args.cap_drop,
         "security_opt": args.security_opt,
+        "init": args.init,
+        "stop_signal": args.stop_signal,
     }
     if args.rm and args.detach:
         raise InvalidArgument(

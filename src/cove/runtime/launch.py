@@ -52,6 +52,7 @@ class LaunchSpec:
     # the agent's files (state, run and socket directories, secrets): hidden
     # from a container that sees the host's filesystem
     masked: tuple[str, ...] = ()
+    stop_signal: str = "SIGTERM"  # what ``stop`` sends first
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +72,7 @@ class LaunchSpec:
             "caps": sorted(self.caps),
             "seccomp": self.seccomp,
             "masked": list(self.masked),
+            "stop_signal": self.stop_signal,
         }
 
     @classmethod
@@ -92,6 +94,7 @@ class LaunchSpec:
             caps=frozenset(str(c) for c in data["caps"]) if "caps" in data else DEFAULT_CAPS,
             seccomp=bool(data.get("seccomp", True)),
             masked=tuple(str(p) for p in data.get("masked") or ()),
+            stop_signal=str(data.get("stop_signal") or "SIGTERM"),
         )
 
 

@@ -67,6 +67,8 @@ from cove.store.base import Compare, Delete, Put, Store
 
 log = logging.getLogger(__name__)
 
+# --init: tini, built static so it runs whatever the container's libraries.
+INIT = "/usr/bin/tini-static"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ATTEMPTS = 16
 
@@ -128,7 +130,9 @@ class ContainerService:
         port_probe: Callable[[PortMapping], None] = probe_host_port,
         masked: tuple[Path, ...] = (),
         fault: Callable[[str], None] = no_fault,
+        init: str = INIT,
     ) -> None:
+        self._init = init
         self._store = store
         self._clock = clock
         self._ipam = ipam
@@ -212,6 +216,8 @@ class ContainerService:
             raise InvalidArgument(f"rootfs directory {spec.rootfs} does not exist")
         env = {"PATH": DEFAULT_PATH, **spec.env, "HOSTNAME": spec.hostname or name}
         _check_command(spec.argv[0], env["PATH"], spec.rootfs)
+        if spec.init:
+            self._check_init(spec.rootfs)
         if networks:
             check_port_families(spec.ports, networks[0])
         self._check_ports(spec.ports)
@@ -222,6 +228,7 @@ class ContainerService:
             restart=spec.restart, ports=spec.ports, networks=tuple(n.name for n in networks),
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
             cap_drop=spec.cap_drop, seccomp=spec.seccomp, restart_max=spec.restart_max,
+            init=spec.init, stop_signal=spec.stop_signal,
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails
@@ -298,6 +305,14 @@ class ContainerService:
                     self._sup.remove(intent.id)
             self._intents.done(intent.id)
 
+    def _check_init(self, rootfs: str | None) -> None:
+        if rootfs is not None:
+            raise InvalidArgument("--init cannot go with --rootfs yet: run an init of the rootfs")
+        if not os.access(self._init, os.X_OK):
+            raise InvalidArgument(
+                f"--init needs {self._init}: install Debian's tini package (apt-get install tini)"
+            )
+
     def _names(self) -> set[str]:
         return {kv.key[len(CONTAINERS) :] for kv in self._store.range(CONTAINERS).kvs}
 
@@ -369,8 +384,10 @@ class ContainerService:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error(exc, str(folder), f"cannot start container {c.name}") from exc
+        argv = (self._init, "--", *c.argv) if c.init else c.argv
         return LaunchSpec(
-            id=c.id, name=c.name, argv=c.argv, env=c.env, hostname=c.hostname,
+            id=c.id, name=c.name, argv=argv, stop_signal=c.stop_signal, env=c.env,
+            hostname=c.hostname,
             netns=str(self._netns.netns_path(c.id)), etc_dir=str(self._rec.etc_dir(c.id)),
             log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,
             restart=restart_text(c.restart, c.restart_max), labels=c.labels,

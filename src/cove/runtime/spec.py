@@ -4,6 +4,7 @@ and validation of what a user asks for in ``cove run``. Pure: no I/O."""
 from __future__ import annotations
 
 import ipaddress
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -169,6 +170,8 @@ class Container:
     cap_drop: tuple[str, ...] = ()
     seccomp: bool = True
     restart_max: int = 0  # on-failure:N; 0: no limit
+    init: bool = False  # --init: a tiny init (tini) runs the command
+    stop_signal: str = "SIGTERM"
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -193,6 +196,8 @@ class Container:
             "cap_add": list(self.cap_add),
             "cap_drop": list(self.cap_drop),
             "seccomp": "default" if self.seccomp else "unconfined",
+            "init": self.init,
+            "stop_signal": self.stop_signal,
         }
 
     @classmethod
@@ -217,6 +222,8 @@ class Container:
             cap_add=tuple(data.get("cap_add") or ()),
             cap_drop=tuple(data.get("cap_drop") or ()),
             seccomp=data.get("seccomp", "default") != "unconfined",
+            init=bool(data.get("init", False)),
+            stop_signal=str(data.get("stop_signal") or "SIGTERM"),
         )
 
 
@@ -241,6 +248,8 @@ class RunSpec:
     restart_max: int = 0
     # No --network given: on the default network (created on first use).
     default_network: bool = False
+    init: bool = False
+    stop_signal: str = "SIGTERM"
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -320,12 +329,40 @@ class RunSpec:
             restart=restart,
             restart_max=restart_max,
             default_network=default_network,
+            init=_bool(data, "init"),
+            stop_signal=parse_signal(_string(data, "stop_signal") or "SIGTERM"),
             ports=ports,
             services=services,
             cap_add=cap_add,
             cap_drop=cap_drop,
             seccomp=seccomp,
         )
+
+
+def parse_signal(text: str) -> str:
+    """A signal as Docker's ``--stop-signal`` takes it (``SIGINT``, ``INT``,
+    ``2``), as its name (``SIGINT``). ``InvalidArgument`` otherwise."""
+    name = text.strip().upper()
+    try:
+        sig = (
+            signal.Signals(int(name))
+            if name.isdigit()
+            else signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+        )
+    except (KeyError, ValueError):
+        raise InvalidArgument(
+            f"invalid stop signal {text!r}: use a name (SIGTERM, SIGINT, QUIT) or a number"
+        ) from None
+    if sig in (signal.SIGKILL, signal.SIGSTOP) and name not in ("SIGKILL", "KILL", "9"):
+        raise InvalidArgument(f"invalid stop signal {text!r}")
+    return sig.name
+
+
+def _bool(data: Mapping[str, Any], key: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"'{key}' must be true or false")
+    return value
 
 
 def parse_pairs(items: Sequence[str], what: str, *, allow_bare: bool) -> dict[str, str]:

@@ -306,7 +306,7 @@ class Supervisor:
         if remove or timeout <= 0:
             self._signal(cid, signal.SIGKILL)
         else:
-            self._signal(cid, signal.SIGTERM)
+            self._signal(cid, _stop_signal(self.specs[cid].stop_signal))
             self._timer(timeout, cid, lambda: self._signal(cid, signal.SIGKILL))
 
     # -- loop ----------------------------------------------------------------
@@ -497,6 +497,13 @@ def _write_pid(path: Path, pid: int | None) -> None:
         os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
+
+
+def _stop_signal(name: str) -> int:
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        return int(signal.SIGTERM)
 
 
 if __name__ == "__main__":
