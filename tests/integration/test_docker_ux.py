@@ -4,9 +4,14 @@ once, the daily flags."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
+import select
+import struct
 import subprocess
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -285,3 +290,45 @@ def test_init_reaps_and_forwards_stop_and_stop_signal(net: Any) -> None:
     assert "got INT" in net.ok("logs", "polite")
     bad = net.cli("run", "--stop-signal", "SIGNOPE", "--", "true")
     assert bad.returncode == 2 and "invalid stop signal" in bad.stderr
+
+
+def _on_a_terminal(agent: Any, *args: str, rows: int = 37, cols: int = 91) -> tuple[int, str]:
+    """``cove ARGS`` with a pseudo-terminal of ROWSxCOLS as its controlling
+    terminal and stdio; its exit status and what it wrote."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [*COVE, *args], stdin=slave, stdout=slave, stderr=slave, env=agent.env,
+        preexec_fn=own_terminal,
+    )  # fmt: skip
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: every end of the terminal is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(10), out.decode(errors="replace")
+
+
+def test_exec_it_has_the_terminal_size_and_exits_with_the_shell_status(net: Any) -> None:
+    _sleep(net, "box")
+    code, out = _on_a_terminal(
+        net, "exec", "-it", "box", "sh", "-c", "stty size; test -t 0 && echo tty; exit 3"
+    )
+    assert code == 3, out
+    assert "37 91" in out and "tty" in out, out
