@@ -332,3 +332,30 @@ def test_exec_it_has_the_terminal_size_and_exits_with_the_shell_status(net: Any)
     )
     assert code == 3, out
     assert "37 91" in out and "tty" in out, out
+
+
+FETCH = "import sys, urllib.request\nprint(urllib.request.urlopen(sys.argv[1], timeout=3).status)\n"
+
+
+def test_hairpin_a_container_reaches_its_own_published_port_through_the_host(
+    net: Any, tmp_path: Path
+) -> None:
+    fetch = tmp_path / "fetch.py"
+    fetch.write_text(FETCH)
+    # A second host address, in the test's host namespace (gone with it).
+    subprocess.run(
+        ["ip", "link", "add", "cvhp0", "type", "veth", "peer", "name", "cvhp1"], check=True
+    )
+    subprocess.run(["ip", "addr", "add", "192.0.2.10/24", "dev", "cvhp0"], check=True)
+    subprocess.run(["ip", "link", "set", "cvhp0", "up"], check=True)
+    net.ok("run", "-d", "--name", "site", "--network", "project_default", "-p", "8080:8000",
+           "--", "python3", "-S", "-m", "http.server", "8000")  # fmt: skip
+    net.ok("run", "-d", "--name", "peer", "--network", "project_default", "--", "sleep", "600")
+    gateway = "10.89.0.1"
+    for who in ("site", "peer"):
+        for host in (gateway, "192.0.2.10"):
+            url = f"http://{host}:8080/"
+            got = eventually(
+                lambda w=who, u=url: net.ok("exec", w, "--", "python3", "-S", str(fetch), u)
+            )
+            assert got.strip() == "200", (who, host)
