@@ -159,7 +159,9 @@ def test_ports_table_dnats_local_and_masquerades_loopback_and_hairpin() -> None:
     assert len(dnats(objs)) == len(dnats(objs, "output")) == 1
     assert dnats(objs)[0][-1] == {"dnat": {"family": "ip", "addr": "10.89.0.2", "port": 80}}
     masq = [r for r in rules if r["chain"] == "postrouting"]
-    assert len(masq) == 2
+    assert len(masq) == 3  # loopback, the bridge, and the container to itself
+    to_itself = [r for r in masq if "own published port" in r.get("comment", "")]
+    assert [e["match"]["right"] for e in to_itself[0]["expr"][1:3]] == ["10.89.0.2"] * 2
     assert ports.localnet_bridges([pub]) == {"cv-x"}
 
 
