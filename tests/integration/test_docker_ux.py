@@ -13,6 +13,7 @@ import struct
 import subprocess
 import termios
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -359,3 +360,29 @@ def test_hairpin_a_container_reaches_its_own_published_port_through_the_host(
                 lambda w=who, u=url: net.ok("exec", w, "--", "python3", "-S", str(fetch), u)
             )
             assert got.strip() == "200", (who, host)
+
+
+def _get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=3) as resp:
+        return int(resp.status)
+
+
+def test_port_ranges_and_publish_all(net: Any) -> None:
+    two = "python3 -S -m http.server 8000 & exec python3 -S -m http.server 8001"
+    net.ok("run", "-d", "--name", "pair", "--network", "project_default",
+           "-p", "18000-18001:8000-8001", "--", "sh", "-c", two)  # fmt: skip
+    assert inspect(net, "pair")["ports"] == ["18000:8000/tcp", "18001:8001/tcp"]
+    for port in (18000, 18001):
+        assert eventually(lambda p=port: _get(f"http://127.0.0.1:{p}/") == 200)
+
+    net.ok("run", "-d", "--name", "auto", "--network", "project_default",
+           "--expose", "8000", "--expose", "53/udp", "-P",
+           "--", "python3", "-S", "-m", "http.server", "8000")  # fmt: skip
+    got = sorted(inspect(net, "auto")["ports"])
+    assert [p.split(":")[1] for p in got] == ["53/udp", "8000/tcp"], got
+    host_ports = [int(p.split(":")[0]) for p in got]
+    assert all(32768 <= p < 61000 for p in host_ports), got
+    tcp_port = int(next(p for p in got if p.endswith("8000/tcp")).split(":")[0])
+    assert eventually(lambda: _get(f"http://127.0.0.1:{tcp_port}/") == 200)
+    bad = net.cli("run", "-p", "8000-8002:80-81", "--", "true")
+    assert bad.returncode == 2 and "differ in length" in bad.stderr

@@ -14,7 +14,14 @@ import pytest
 from cove.errors import InvalidArgument
 from cove.model import Network, Subnet
 from cove.runtime import etc, ports
-from cove.runtime.spec import Container, PortMapping, Proto, RunSpec, check_port_families
+from cove.runtime.spec import (
+    Container,
+    PortMapping,
+    Proto,
+    RunSpec,
+    check_port_families,
+    expand_ports,
+)
 from cove.runtime.state import RestartPolicy
 
 
@@ -39,7 +46,7 @@ def test_port_specs(text: str, expected: PortMapping) -> None:
     assert PortMapping.parse(str(expected)) == expected
 
 
-@pytest.mark.parametrize("text", ["80", "a:b", "0:80", "70000:80", "80:80/sctp", "1.2.3:80:80", ""])
+@pytest.mark.parametrize("text", ["80", "a:b", "80:0", "70000:80", "80:80/sctp", "1.2.3:80:80", ""])
 def test_bad_port_specs_name_the_problem(text: str) -> None:
     with pytest.raises(InvalidArgument, match="port"):
         PortMapping.parse(text)
@@ -276,3 +283,38 @@ def test_restart_limits_round_trip_through_the_record() -> None:
     assert RunSpec.from_json({"command": ["x"], "restart": "unless-stopped"}).restart is (
         RestartPolicy.UNLESS_STOPPED
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "mappings"),
+    [
+        ("8080:80", ["8080:80"]),
+        ("80", ["0:80"]),
+        ("8000-8002:9000-9002", ["8000:9000", "8001:9001", "8002:9002"]),
+        ("127.0.0.1:8000-8001:80-81/udp", ["127.0.0.1:8000:80/udp", "127.0.0.1:8001:81/udp"]),
+        ("80-81", ["0:80", "0:81"]),
+        ("[2001:db8::1]:8080:80", ["[2001:db8::1]:8080:80"]),
+        ("127.0.0.1::80", ["127.0.0.1:0:80"]),
+    ],
+)
+def test_port_ranges_expand_to_one_mapping_each(text: str, mappings: list[str]) -> None:
+    assert expand_ports(text) == mappings
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("8000-8002:80-81", "differ in length"), ("9-8:9-8", "bad range"), ("1-2000", "at most")],
+)
+def test_bad_port_ranges_are_named(text: str, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        expand_ports(text)
+
+
+def test_publish_all_takes_the_exposed_ports_not_published_yet() -> None:
+    spec = RunSpec.from_json(
+        {"command": ["x"], "expose": ["80", "53/udp", "443"], "ports": ["8443:443"],
+         "publish_all": True}
+    )  # fmt: skip
+    assert sorted(str(p) for p in spec.ports) == ["0:53/udp", "0:80/tcp", "8443:443/tcp"]
+    with pytest.raises(InvalidArgument, match="--expose"):
+        RunSpec.from_json({"command": ["x"], "expose": ["http"]})

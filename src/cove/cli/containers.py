@@ -42,7 +42,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=[],
         metavar="[IP:]HPORT:PORT[/udp]",
         help="publish on every host address (IPv4, and IPv6 on an --ipv6 network) or on IP;"
-        " an IPv6 IP in brackets: [2001:db8::1]:8080:80",
+        " an IPv6 IP in brackets: [2001:db8::1]:8080:80; ranges: 8000-8002:8000-8002;"
+        " PORT alone: on a free host port",
     )
     p.add_argument(
         "-e", "--env", action="append", default=[], metavar="K[=V]",
@@ -53,6 +54,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="read K=V (or K, from this environment) lines; '#' starts a comment",
     )  # fmt: skip
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument(
+        "-P", "--publish-all", action="store_true",
+        help="publish every --expose port on a free host port",
+    )  # fmt: skip
+    p.add_argument(
+        "--expose", action="append", default=[], metavar="PORT[/udp]",
+        help="a port the container serves (what -P publishes)",
+    )  # fmt: skip
     p.add_argument(
         "--init", action="store_true",
         help="run the command under a tiny init (tini) that reaps zombies and forwards signals",
@@ -183,6 +192,8 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         "cap_drop": args.cap_drop,
         "security_opt": args.security_opt,
         "init": args.init,
+        "expose": args.expose,
+        "publish_all": args.publish_all,
         "stop_signal": args.stop_signal,
     }
     if args.rm and args.detach:

@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 
 # --init: tini, built static so it runs whatever the container's libraries.
 INIT = "/usr/bin/tini-static"
+_EPHEMERAL = (32768, 61000)  # free host ports for -P, as Docker's
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ATTEMPTS = 16
 
@@ -218,14 +219,15 @@ class ContainerService:
         _check_command(spec.argv[0], env["PATH"], spec.rootfs)
         if spec.init:
             self._check_init(spec.rootfs)
+        ports = self._free_ports(spec.ports)
         if networks:
-            check_port_families(spec.ports, networks[0])
-        self._check_ports(spec.ports)
+            check_port_families(ports, networks[0])
+        self._check_ports(ports)
         cid = secrets.token_hex(32)
         container = Container(
             id=cid, name=name, argv=spec.argv, hostname=spec.hostname or name, env=env,
             labels=dict(spec.labels), rootfs=spec.rootfs, workdir=spec.workdir,
-            restart=spec.restart, ports=spec.ports, networks=tuple(n.name for n in networks),
+            restart=spec.restart, ports=ports, networks=tuple(n.name for n in networks),
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
             cap_drop=spec.cap_drop, seccomp=spec.seccomp, restart_max=spec.restart_max,
             init=spec.init, stop_signal=spec.stop_signal,
@@ -304,6 +306,32 @@ class ContainerService:
                 with contextlib.suppress(CoveError):
                     self._sup.remove(intent.id)
             self._intents.done(intent.id)
+
+    def _free_ports(self, ports: tuple[PortMapping, ...]) -> tuple[PortMapping, ...]:
+        """Host port 0 (``-p PORT``, ``-P``) replaced by a free port of the
+        ephemeral range, as Docker chooses them."""
+        taken = {p.claim_key for p in ports if p.host_port}
+        out = []
+        for p in ports:
+            if p.host_port:
+                out.append(p)
+                continue
+            start = secrets.randbelow(_EPHEMERAL[1] - _EPHEMERAL[0])
+            span = _EPHEMERAL[1] - _EPHEMERAL[0]
+            for i in range(span):
+                candidate = replace(p, host_port=_EPHEMERAL[0] + (start + i) % span)
+                if candidate.claim_key in taken or self._store.get(candidate.claim_key):
+                    continue
+                try:
+                    self._probe(candidate)
+                except (Conflict, InvalidArgument):
+                    continue
+                taken.add(candidate.claim_key)
+                out.append(candidate)
+                break
+            else:
+                raise Conflict(f"no free host port to publish {p.port}/{p.proto} on")
+        return tuple(out)
 
     def _check_init(self, rootfs: str | None) -> None:
         if rootfs is not None:

@@ -79,7 +79,9 @@ class PortMapping:
             host_port, port = int(parts[0]), int(parts[1])
         except ValueError:
             raise InvalidArgument(f"invalid port spec {text!r}: {_PORT_USAGE}", port=text) from None
-        for p in (host_port, port):
+        if not 0 <= host_port <= 65535:  # 0: a free port, chosen at run
+            raise InvalidArgument(f"invalid port spec {text!r}: port {host_port} is out of range")
+        for p in (port,):
             if not 1 <= p <= 65535:
                 raise InvalidArgument(f"invalid port spec {text!r}: port {p} is out of range")
         return cls(host_port=host_port, port=port, proto=protocol, host_ip=host_ip)
@@ -250,6 +252,7 @@ class RunSpec:
     default_network: bool = False
     init: bool = False
     stop_signal: str = "SIGTERM"
+    expose: tuple[str, ...] = ()  # PORT/PROTO, published on free host ports by -P
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -300,9 +303,21 @@ class RunSpec:
                 f"invalid restart policy {restart_arg!r}: use no, on-failure[:N], always"
                 " or unless-stopped"
             ) from None
-        ports = tuple(PortMapping.parse(p) for p in _strings(data, "ports"))
+        wanted = [p for text in _strings(data, "ports") for p in expand_ports(text)]
+        expose = tuple(parse_expose(e) for e in _strings(data, "expose"))
+        if _bool(data, "publish_all"):
+            # -P: every exposed port not published already, on a free host port
+            done = {(p.partition("/")[0].rpartition(":")[2], p.partition("/")[2] or "tcp")
+                    for p in wanted}  # fmt: skip
+            for e in expose:
+                port, _, proto = e.partition("/")
+                if (port, proto) not in done:
+                    wanted.append(f"0:{port}/{proto}")
+        ports = tuple(PortMapping.parse(p) for p in wanted)
         seen: set[str] = set()
         for p in ports:
+            if p.host_port == 0:
+                continue  # a free host port is chosen at run
             if p.claim_key in seen:
                 raise InvalidArgument(f"host port {p.host_port}/{p.proto} is published twice")
             seen.add(p.claim_key)
@@ -329,6 +344,7 @@ class RunSpec:
             restart=restart,
             restart_max=restart_max,
             default_network=default_network,
+            expose=expose,
             init=_bool(data, "init"),
             stop_signal=parse_signal(_string(data, "stop_signal") or "SIGTERM"),
             ports=ports,
@@ -337,6 +353,56 @@ class RunSpec:
             cap_drop=cap_drop,
             seccomp=seccomp,
         )
+
+
+def expand_ports(text: str) -> list[str]:
+    """``-p`` with ranges, one mapping each: ``8000-8002:9000-9002`` is three,
+    ``8000-8002:80`` is refused (ranges of one length); a container port
+    alone (``80``, ``80-81``) gets free host ports (host port 0 until run)."""
+    body, slash, proto = text.partition("/")
+    head, colon, container = body.rpartition(":")
+    if not colon:
+        head, container = "0", body
+    if head.endswith("]"):
+        host_ip, host = head, "0"
+    else:
+        host_ip, _, host = head.rpartition(":")
+    host = host or "0"
+    prefix = f"{host_ip}:" if host_ip else ""
+    if "-" not in container and "-" not in host:
+        return [f"{prefix}{host}:{container}{slash}{proto}"]
+    c_lo, c_hi = _range(container, text)
+    h_lo, h_hi = _range(host, text) if host != "0" else (0, 0)
+    if host != "0" and h_hi - h_lo != c_hi - c_lo:
+        raise InvalidArgument(
+            f"invalid port spec {text!r}: the host range and the container range differ in length"
+        )
+    if c_hi - c_lo >= 1024:
+        raise InvalidArgument(f"invalid port spec {text!r}: at most 1024 ports in a range")
+    return [
+        f"{prefix}{h_lo + i if host != '0' else 0}:{c_lo + i}{slash}{proto}"
+        for i in range(c_hi - c_lo + 1)
+    ]
+
+
+def _range(text: str, spec: str) -> tuple[int, int]:
+    lo, dash, hi = text.partition("-")
+    try:
+        a, b = int(lo), int(hi if dash else lo)
+    except ValueError:
+        raise InvalidArgument(f"invalid port spec {spec!r}: {_PORT_USAGE}", port=spec) from None
+    if not 1 <= a <= b <= 65535:
+        raise InvalidArgument(f"invalid port spec {spec!r}: bad range {text}", port=spec)
+    return a, b
+
+
+def parse_expose(text: str) -> str:
+    """``--expose PORT[/tcp|/udp]`` as ``PORT/PROTO``."""
+    port, _, proto = text.partition("/")
+    proto = proto or "tcp"
+    if not port.isdigit() or not 1 <= int(port) <= 65535 or proto not in ("tcp", "udp"):
+        raise InvalidArgument(f"invalid --expose {text!r}: expected PORT[/tcp|/udp]")
+    return f"{int(port)}/{proto}"
 
 
 def parse_signal(text: str) -> str:
