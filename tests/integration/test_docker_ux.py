@@ -386,3 +386,14 @@ def test_port_ranges_and_publish_all(net: Any) -> None:
     assert eventually(lambda: _get(f"http://127.0.0.1:{tcp_port}/") == 200)
     bad = net.cli("run", "-p", "8000-8002:80-81", "--", "true")
     assert bad.returncode == 2 and "differ in length" in bad.stderr
+
+
+def test_add_host_lines_reach_etc_hosts(net: Any) -> None:
+    _sleep(net, "h", "--add-host", "db.example:10.1.2.3", "--add-host", "gw:host-gateway")
+    assert net.ok("exec", "h", "--", "getent", "hosts", "db.example").split() == [
+        "10.1.2.3",
+        "db.example",
+    ]
+    assert net.ok("exec", "h", "--", "getent", "hosts", "gw").split()[0] == "10.89.0.1"
+    bad = net.cli("run", "--add-host", "db", "--", "true")
+    assert bad.returncode == 2 and "invalid --add-host 'db'" in bad.stderr

@@ -98,6 +98,7 @@ STORED = {
     "seccomp": "default",
     "init": False,
     "stop_signal": "SIGTERM",
+    "extra_hosts": [],
 }
 
 INSPECT = {

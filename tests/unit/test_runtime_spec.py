@@ -318,3 +318,15 @@ def test_publish_all_takes_the_exposed_ports_not_published_yet() -> None:
     assert sorted(str(p) for p in spec.ports) == ["0:53/udp", "0:80/tcp", "8443:443/tcp"]
     with pytest.raises(InvalidArgument, match="--expose"):
         RunSpec.from_json({"command": ["x"], "expose": ["http"]})
+
+
+def test_add_host_lines() -> None:
+    spec = RunSpec.from_json(
+        {"command": ["x"], "add_hosts": ["db:10.0.0.5", "v6=[fd00::5]", "gw:host-gateway"]}
+    )
+    assert spec.extra_hosts == ("db:10.0.0.5", "v6:fd00::5", "gw:host-gateway")
+    for bad in ("db", "db:nope", ":10.0.0.1", "a b:10.0.0.1"):
+        with pytest.raises(InvalidArgument, match="invalid --add-host"):
+            RunSpec.from_json({"command": ["x"], "add_hosts": [bad]})
+    text = etc.hosts("web", "web", [], [("db", "10.0.0.5")])
+    assert text.endswith("10.0.0.5\tdb\n")

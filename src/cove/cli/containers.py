@@ -63,6 +63,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="a port the container serves (what -P publishes)",
     )  # fmt: skip
     p.add_argument(
+        "--add-host", action="append", default=[], metavar="NAME:IP",
+        help="a line of the container's /etc/hosts (IP may be host-gateway)",
+    )  # fmt: skip
+    p.add_argument(
         "--init", action="store_true",
         help="run the command under a tiny init (tini) that reaps zombies and forwards signals",
     )  # fmt: skip
@@ -194,6 +198,7 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         "init": args.init,
         "expose": args.expose,
         "publish_all": args.publish_all,
+        "add_hosts": args.add_host,
         "stop_signal": args.stop_signal,
     }
     if args.rm and args.detach:

@@ -230,7 +230,7 @@ class ContainerService:
             restart=spec.restart, ports=ports, networks=tuple(n.name for n in networks),
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
             cap_drop=spec.cap_drop, seccomp=spec.seccomp, restart_max=spec.restart_max,
-            init=spec.init, stop_signal=spec.stop_signal,
+            init=spec.init, stop_signal=spec.stop_signal, extra_hosts=spec.extra_hosts,
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails

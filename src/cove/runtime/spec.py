@@ -16,10 +16,11 @@ from cove.network.spec import check_label, check_name
 from cove.runtime.security import check_security_opts, normalize_cap, resolve_caps
 from cove.runtime.state import RestartPolicy, parse_restart, restart_text
 
-PORTS = "ports/"
+PORTS = "ports/"  # ports/<proto>/<host port>: which container published it
 DEFAULT_NETWORK = "bridge"  # as Docker's: a container without --network is on it
 NETWORK_NONE = "none"  # loopback only
-NETWORK_HOST = "host"  # ports/<proto>/<host port>: which container published it
+NETWORK_HOST = "host"
+HOST_GATEWAY = "host-gateway"  # --add-host NAME:host-gateway
 
 
 class Proto(StrEnum):
@@ -174,6 +175,7 @@ class Container:
     restart_max: int = 0  # on-failure:N; 0: no limit
     init: bool = False  # --init: a tiny init (tini) runs the command
     stop_signal: str = "SIGTERM"
+    extra_hosts: tuple[str, ...] = ()  # --add-host NAME:IP (or NAME:host-gateway)
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -200,6 +202,7 @@ class Container:
             "seccomp": "default" if self.seccomp else "unconfined",
             "init": self.init,
             "stop_signal": self.stop_signal,
+            "extra_hosts": list(self.extra_hosts),
         }
 
     @classmethod
@@ -226,6 +229,7 @@ class Container:
             seccomp=data.get("seccomp", "default") != "unconfined",
             init=bool(data.get("init", False)),
             stop_signal=str(data.get("stop_signal") or "SIGTERM"),
+            extra_hosts=tuple(data.get("extra_hosts") or ()),
         )
 
 
@@ -253,6 +257,7 @@ class RunSpec:
     init: bool = False
     stop_signal: str = "SIGTERM"
     expose: tuple[str, ...] = ()  # PORT/PROTO, published on free host ports by -P
+    extra_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -345,6 +350,7 @@ class RunSpec:
             restart_max=restart_max,
             default_network=default_network,
             expose=expose,
+            extra_hosts=tuple(parse_add_host(h) for h in _strings(data, "add_hosts")),
             init=_bool(data, "init"),
             stop_signal=parse_signal(_string(data, "stop_signal") or "SIGTERM"),
             ports=ports,
@@ -394,6 +400,27 @@ def _range(text: str, spec: str) -> tuple[int, int]:
     if not 1 <= a <= b <= 65535:
         raise InvalidArgument(f"invalid port spec {spec!r}: bad range {text}", port=spec)
     return a, b
+
+
+def parse_add_host(text: str) -> str:
+    """``--add-host NAME:IP`` (Docker's ``NAME=IP`` too; IP may be IPv6, or
+    ``host-gateway``: the gateway of the container's first network) as
+    ``NAME:IP``."""
+    sep = "=" if "=" in text else ":"
+    name, _, address = text.partition(sep)
+    address = address.strip("[]")
+    ok_name = bool(name) and not any(c.isspace() or c in "#:" for c in name)
+    if ok_name and address == HOST_GATEWAY:
+        return f"{name}:{address}"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        ok_name = False
+    if not ok_name:
+        raise InvalidArgument(
+            f"invalid --add-host {text!r}: expected NAME:IP (or NAME:{HOST_GATEWAY})"
+        )
+    return f"{name}:{ip}"
 
 
 def parse_expose(text: str) -> str:
