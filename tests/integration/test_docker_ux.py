@@ -397,3 +397,20 @@ def test_add_host_lines_reach_etc_hosts(net: Any) -> None:
     assert net.ok("exec", "h", "--", "getent", "hosts", "gw").split()[0] == "10.89.0.1"
     bad = net.cli("run", "--add-host", "db", "--", "true")
     assert bad.returncode == 2 and "invalid --add-host 'db'" in bad.stderr
+
+
+def test_user_for_run_and_exec(net: Any) -> None:
+    net.ok("run", "-d", "--name", "u", "-u", "nobody", "--", "sleep", "600")
+    ids = "id -u; id -g; grep CapEff /proc/self/status"
+    uid, gid, caps = net.ok("exec", "-u", "nobody", "u", "--", "sh", "-c", ids).splitlines()
+    assert (uid, gid) == ("65534", "65534") and caps.split()[1] == "0" * 16
+    run_ps = net.ok("exec", "u", "--", "sh", "-c", "grep '^Uid' /proc/1/status").split()
+    assert run_ps[1] == "65534", run_ps  # the container's init runs as nobody
+    assert net.ok("exec", "-u", "1234:5678", "u", "--", "id", "-u").strip() == "1234"
+    assert net.ok("exec", "u", "--", "id", "-u").strip() == "65534"  # run's user, as Docker
+    assert net.ok("exec", "-u", "0", "u", "--", "id", "-u").strip() == "0"
+    bad = net.cli("exec", "-u", "nosuch", "u", "--", "true")
+    assert bad.returncode == 126 and "no user 'nosuch'" in bad.stderr
+    bad = net.cli("run", "-u", "nosuch", "--", "true")
+    assert bad.returncode != 0 and "no user 'nosuch'" in bad.stderr
+    assert net.ok("ps", "-aq", "--filter", "name=nosuch") == ""

@@ -99,6 +99,7 @@ STORED = {
     "init": False,
     "stop_signal": "SIGTERM",
     "extra_hosts": [],
+    "user": "",
 }
 
 INSPECT = {
@@ -206,7 +207,7 @@ def test_exec_info_encodes_to_what_cove_exec_reads() -> None:
     c = _container()
     info = ExecInfo(
         id=c.id, pid=4242, env=dict(c.env), workdir="/srv",
-        capabilities=tuple(sorted(c.capabilities)), seccomp=c.seccomp,
+        capabilities=tuple(sorted(c.capabilities)), seccomp=c.seccomp, user="nobody",
     )  # fmt: skip
     body = exec_json(info)
     assert body == {
@@ -216,5 +217,6 @@ def test_exec_info_encodes_to_what_cove_exec_reads() -> None:
         "id": CID,
         "capabilities": [cap.removeprefix("CAP_") for cap in INSPECT["capabilities"]],
         "seccomp": True,
+        "user": "nobody",
     }
-    assert list(body) == ["pid", "env", "workdir", "id", "capabilities", "seccomp"]
+    assert list(body) == ["pid", "env", "workdir", "id", "capabilities", "seccomp", "user"]

@@ -223,6 +223,7 @@ def exec_json(info: ExecInfo) -> dict[str, Any]:
         "id": info.id,
         "capabilities": list(info.capabilities),
         "seccomp": info.seccomp,
+        "user": info.user,
     }
 
 

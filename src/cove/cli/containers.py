@@ -77,6 +77,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("--rootfs", default="")
     p.add_argument("-w", "--workdir", default="")
+    p.add_argument("-u", "--user", default="", metavar="USER[:GROUP]", help="name or number")
     p.add_argument(
         "--restart", default="no", metavar="POLICY",
         help="no, on-failure[:N], always or unless-stopped",
@@ -128,6 +129,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("-t", "--tty", action="store_true", help="use the terminal")
     p.add_argument("-d", "--detach", action="store_true", help="run in the background")
     p.add_argument("-w", "--workdir", default="", help="working directory inside the container")
+    p.add_argument("-u", "--user", default="", metavar="USER[:GROUP]", help="name or number")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     p.add_argument("name")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
@@ -199,6 +201,7 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         "expose": args.expose,
         "publish_all": args.publish_all,
         "add_hosts": args.add_host,
+        "user": args.user,
         "stop_signal": args.stop_signal,
     }
     if args.rm and args.detach:
@@ -384,6 +387,7 @@ def _exec(args: argparse.Namespace, client: AgentClient) -> int:
     try:
         return enter.run(
             int(info["pid"]), cmd, env, workdir, caps, bool(info.get("seccomp", True)),
+            args.user or str(info.get("user") or ""),
         )  # fmt: skip
     except OSError as exc:
         raise Conflict(f"cannot enter container {args.name}: {exc.strerror or exc}") from exc

@@ -203,7 +203,7 @@ class ContainerService:
             raise Conflict(f"container {name} is not running", container=name)
         return ExecInfo(
             id=c.id, pid=state.pid, env=dict(c.env), workdir=c.workdir,
-            capabilities=tuple(sorted(c.capabilities)), seccomp=c.seccomp,
+            capabilities=tuple(sorted(c.capabilities)), seccomp=c.seccomp, user=c.user,
         )  # fmt: skip
 
     # -- run -----------------------------------------------------------------
@@ -231,6 +231,7 @@ class ContainerService:
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
             cap_drop=spec.cap_drop, seccomp=spec.seccomp, restart_max=spec.restart_max,
             init=spec.init, stop_signal=spec.stop_signal, extra_hosts=spec.extra_hosts,
+            user=spec.user,
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails
@@ -414,7 +415,7 @@ class ContainerService:
             raise storage_error(exc, str(folder), f"cannot start container {c.name}") from exc
         argv = (self._init, "--", *c.argv) if c.init else c.argv
         return LaunchSpec(
-            id=c.id, name=c.name, argv=argv, stop_signal=c.stop_signal, env=c.env,
+            id=c.id, name=c.name, argv=argv, stop_signal=c.stop_signal, user=c.user, env=c.env,
             hostname=c.hostname,
             netns=str(self._netns.netns_path(c.id)), etc_dir=str(self._rec.etc_dir(c.id)),
             log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,

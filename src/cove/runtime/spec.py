@@ -176,6 +176,7 @@ class Container:
     init: bool = False  # --init: a tiny init (tini) runs the command
     stop_signal: str = "SIGTERM"
     extra_hosts: tuple[str, ...] = ()  # --add-host NAME:IP (or NAME:host-gateway)
+    user: str = ""  # -u USER[:GROUP]; empty: root
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -203,6 +204,7 @@ class Container:
             "init": self.init,
             "stop_signal": self.stop_signal,
             "extra_hosts": list(self.extra_hosts),
+            "user": self.user,
         }
 
     @classmethod
@@ -230,6 +232,7 @@ class Container:
             init=bool(data.get("init", False)),
             stop_signal=str(data.get("stop_signal") or "SIGTERM"),
             extra_hosts=tuple(data.get("extra_hosts") or ()),
+            user=str(data.get("user") or ""),
         )
 
 
@@ -258,6 +261,7 @@ class RunSpec:
     stop_signal: str = "SIGTERM"
     expose: tuple[str, ...] = ()  # PORT/PROTO, published on free host ports by -P
     extra_hosts: tuple[str, ...] = ()
+    user: str = ""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -351,6 +355,7 @@ class RunSpec:
             default_network=default_network,
             expose=expose,
             extra_hosts=tuple(parse_add_host(h) for h in _strings(data, "add_hosts")),
+            user=_user(_string(data, "user")),
             init=_bool(data, "init"),
             stop_signal=parse_signal(_string(data, "stop_signal") or "SIGTERM"),
             ports=ports,
@@ -400,6 +405,14 @@ def _range(text: str, spec: str) -> tuple[int, int]:
     if not 1 <= a <= b <= 65535:
         raise InvalidArgument(f"invalid port spec {spec!r}: bad range {text}", port=spec)
     return a, b
+
+
+def _user(text: str) -> str:
+    user, sep, group = text.partition(":")
+    bad = any(c.isspace() or c in "/\0" for c in text)
+    if bad or (text and not user) or (sep and not group) or group.count(":"):
+        raise InvalidArgument(f"invalid user {text!r}: expected USER[:GROUP], names or numbers")
+    return text
 
 
 def parse_add_host(text: str) -> str:
