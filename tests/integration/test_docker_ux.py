@@ -182,6 +182,8 @@ def test_run_rm_env_file_and_env_from_the_environment(net: Any, tmp_path: Path) 
     assert res.returncode == 7, res.stderr
     assert res.stdout.strip() == "1 from-host unset x"
     assert net.ok("ps", "-aq") == ""  # --rm removed it
+    res = net.cli("run", "--rm", "--entrypoint", "sh", "--", "-c", "echo via-entrypoint; exit 9")
+    assert res.returncode == 9 and res.stdout.strip() == "via-entrypoint"
 
 
 def test_restart_on_failure_with_a_limit(net: Any) -> None:

@@ -330,3 +330,9 @@ def test_add_host_lines() -> None:
             RunSpec.from_json({"command": ["x"], "add_hosts": [bad]})
     text = etc.hosts("web", "web", [], [("db", "10.0.0.5")])
     assert text.endswith("10.0.0.5\tdb\n")
+
+
+def test_entrypoint_takes_the_command_as_its_arguments() -> None:
+    spec = RunSpec.from_json({"command": ["-c", "echo hi"], "entrypoint": "/bin/sh"})
+    assert spec.argv == ("/bin/sh", "-c", "echo hi")
+    assert RunSpec.from_json({"entrypoint": "/bin/true"}).argv == ("/bin/true",)

@@ -77,6 +77,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("--rootfs", default="")
     p.add_argument("-w", "--workdir", default="")
+    p.add_argument(
+        "--entrypoint", default="", metavar="PROGRAM",
+        help="the program to run; the command's words become its arguments",
+    )  # fmt: skip
     p.add_argument("-u", "--user", default="", metavar="USER[:GROUP]", help="name or number")
     p.add_argument(
         "--restart", default="no", metavar="POLICY",
@@ -172,7 +176,7 @@ def _command(args: argparse.Namespace) -> list[str]:
     cmd = list(args.command)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
-    if not cmd:
+    if not cmd and not getattr(args, "entrypoint", ""):
         raise InvalidArgument("no command given: cove run [OPTIONS] -- CMD ARGS...")
     return cmd
 
@@ -202,6 +206,7 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         "publish_all": args.publish_all,
         "add_hosts": args.add_host,
         "user": args.user,
+        "entrypoint": args.entrypoint,
         "stop_signal": args.stop_signal,
     }
     if args.rm and args.detach:

@@ -268,6 +268,10 @@ class RunSpec:
         if not isinstance(data, Mapping):
             raise InvalidArgument("request body must be a JSON object")
         argv = _strings(data, "command")
+        entrypoint = _string(data, "entrypoint")
+        if entrypoint:
+            # --entrypoint: the program; the command's words are its arguments
+            argv = [entrypoint, *argv]
         if not argv:
             raise InvalidArgument("a command to run is required (cove run ... -- CMD ARGS)")
         name = _string(data, "name")
