@@ -416,3 +416,15 @@ def test_user_for_run_and_exec(net: Any) -> None:
     bad = net.cli("run", "-u", "nosuch", "--", "true")
     assert bad.returncode != 0 and "no user 'nosuch'" in bad.stderr
     assert net.ok("ps", "-aq", "--filter", "name=nosuch") == ""
+
+
+def test_detached_rm_is_removed_when_it_exits(net: Any) -> None:
+    cid = net.ok("run", "-d", "--rm", "--name", "brief", "--", "sh", "-c", "sleep 3").strip()
+    assert inspect(net, cid)["auto_remove"] is True
+    eventually(lambda: net.ok("ps", "-aq") == "", timeout=10)
+    bad = net.cli("run", "--rm", "--restart", "always", "--", "true")
+    assert bad.returncode == 2 and "cannot go together" in bad.stderr
+    # A stopped one goes too.
+    net.ok("run", "-d", "--rm", "--name", "stopped", "--", "sleep", "600")
+    net.ok("stop", "-t", "1", "stopped")
+    eventually(lambda: net.ok("ps", "-aq") == "", timeout=10)

@@ -100,6 +100,7 @@ STORED = {
     "stop_signal": "SIGTERM",
     "extra_hosts": [],
     "user": "",
+    "auto_remove": False,
 }
 
 INSPECT = {

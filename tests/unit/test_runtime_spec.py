@@ -336,3 +336,9 @@ def test_entrypoint_takes_the_command_as_its_arguments() -> None:
     spec = RunSpec.from_json({"command": ["-c", "echo hi"], "entrypoint": "/bin/sh"})
     assert spec.argv == ("/bin/sh", "-c", "echo hi")
     assert RunSpec.from_json({"entrypoint": "/bin/true"}).argv == ("/bin/true",)
+
+
+def test_auto_remove_refuses_a_restart_policy() -> None:
+    assert RunSpec.from_json({"command": ["x"], "auto_remove": True}).auto_remove
+    with pytest.raises(InvalidArgument, match="cannot go together"):
+        RunSpec.from_json({"command": ["x"], "auto_remove": True, "restart": "always"})

@@ -24,6 +24,9 @@ from cove.worker import Worker
 log = logging.getLogger(__name__)
 
 
+AUTO_REMOVE_INTERVAL = 1.0
+
+
 class ContainerRuntime:
     """``state_dir/containers/<id>`` holds each container's /etc files and
     log; ``run_dir`` the supervisor (socket, pid file, records) and
@@ -61,6 +64,10 @@ class ContainerRuntime:
         self._undo = Worker(
             "cove-ctr-intents", lambda _k: self.service.retry_unfinished(), interval
         )
+        # run --rm: removed within a second of exiting (a no-op with none).
+        self._auto_remove = Worker(
+            "cove-ctr-autoremove", lambda _k: self.service.remove_exited(), AUTO_REMOVE_INTERVAL
+        )
 
     def _host_resolv(self) -> str:
         try:
@@ -77,10 +84,12 @@ class ContainerRuntime:
         self.reconciler.start()
         self.service.adopt()
         self._undo.start()
+        self._auto_remove.start()
 
     def stop(self) -> None:
         """Stops reconciling; containers and the supervisor keep running."""
         self._undo.stop()
+        self._auto_remove.stop()
         self.reconciler.stop()
         self.netns.close()
         self.guard_nft.close()

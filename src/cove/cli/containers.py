@@ -10,6 +10,7 @@ no relay in between, and the command is confined as the container is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ from urllib.parse import quote, urlencode
 
 from cove.cli.client import AgentClient, _UnixConnection
 from cove.cli.output import emit, print_table
-from cove.errors import Conflict, CoveError, InvalidArgument, Unavailable
+from cove.errors import Conflict, CoveError, InvalidArgument, NotFound, Unavailable
 from cove.runtime import enter
 from cove.runtime.security import DEFAULT_CAPS
 from cove.runtime.view import status_text
@@ -209,10 +210,11 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         "entrypoint": args.entrypoint,
         "stop_signal": args.stop_signal,
     }
-    if args.rm and args.detach:
-        raise InvalidArgument(
-            "--rm with -d is not supported yet: run attached, or remove it with 'cove rm'"
-        )
+    if args.rm and args.restart != "no":
+        raise InvalidArgument("--rm and --restart cannot go together: choose one")
+    # Detached, the agent removes it when it exits; attached, this command
+    # does once it has the exit status.
+    body["auto_remove"] = args.rm and args.detach
     info = client.request("POST", "/api/containers", body)
     if args.detach:
         print(info["id"])
@@ -223,7 +225,8 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         final = client.request("GET", f"/api/containers/{cid}")
     finally:
         if args.rm:
-            client.request("DELETE", f"/api/containers/{cid}", params={"force": "1"})
+            with contextlib.suppress(NotFound):  # the agent may have been first
+                client.request("DELETE", f"/api/containers/{cid}", params={"force": "1"})
     code = final["state"].get("exit_code")
     return int(code) if isinstance(code, int) and code >= 0 else 0
 

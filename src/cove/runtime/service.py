@@ -147,6 +147,8 @@ class ContainerService:
         self._fault = fault
         # Starts that ``adopt`` could not finish (a full disk): id -> name.
         self._unstarted: dict[str, str] = {}
+        # run --rm: id -> name, removed once exited (``remove_exited``).
+        self._auto: dict[str, str] = {}
 
     # -- reading -------------------------------------------------------------
 
@@ -231,7 +233,7 @@ class ContainerService:
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
             cap_drop=spec.cap_drop, seccomp=spec.seccomp, restart_max=spec.restart_max,
             init=spec.init, stop_signal=spec.stop_signal, extra_hosts=spec.extra_hosts,
-            user=spec.user,
+            user=spec.user, auto_remove=spec.auto_remove,
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails
@@ -261,6 +263,8 @@ class ContainerService:
                 raise from_json({**exc.to_json(), "error": exc.message + note}) from exc
             raise
         self._intents.done(cid)
+        if container.auto_remove:
+            self._auto[cid] = name
         self._fault("run:started")
         log.info("container %s (%s) running", name, cid[:12])
         # From what is in hand, not from the store: the container runs, and
@@ -626,6 +630,26 @@ class ContainerService:
         for addr in ep.addresses:
             self._ipam.release(ep.network, addr)
 
+    def remove_exited(self) -> None:
+        """Remove the ``--rm`` containers that have exited (a periodic pass;
+        nothing to do, no supervisor round trip, while there are none)."""
+        if not self._auto:
+            return
+        states = self._sup.states()
+        for cid, name in list(self._auto.items()):
+            state = states.get(cid)
+            if state is not None and state.status is not Status.EXITED:
+                continue
+            try:
+                c = self._current(cid, name)
+                if c is not None:
+                    self._destroy(c, self.endpoints(c))
+                    log.info("container %s removed: it exited (--rm)", name)
+            except CoveError as exc:
+                log.warning("cannot remove %s (--rm) yet: %s", name, exc.message)
+                continue
+            self._auto.pop(cid, None)
+
     # -- after an agent restart --------------------------------------------
 
     def retry_unfinished(self) -> None:
@@ -690,6 +714,8 @@ class ContainerService:
             self._sup.remove(cid)
         for c in snap.containers.values():
             state = states.get(c.id)
+            if c.auto_remove:
+                self._auto[c.id] = c.name
             try:
                 if c.id in aborting:
                     continue

@@ -177,6 +177,7 @@ class Container:
     stop_signal: str = "SIGTERM"
     extra_hosts: tuple[str, ...] = ()  # --add-host NAME:IP (or NAME:host-gateway)
     user: str = ""  # -u USER[:GROUP]; empty: root
+    auto_remove: bool = False  # --rm: removed once it exits
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -205,6 +206,7 @@ class Container:
             "stop_signal": self.stop_signal,
             "extra_hosts": list(self.extra_hosts),
             "user": self.user,
+            "auto_remove": self.auto_remove,
         }
 
     @classmethod
@@ -233,6 +235,7 @@ class Container:
             stop_signal=str(data.get("stop_signal") or "SIGTERM"),
             extra_hosts=tuple(data.get("extra_hosts") or ()),
             user=str(data.get("user") or ""),
+            auto_remove=bool(data.get("auto_remove", False)),
         )
 
 
@@ -262,6 +265,7 @@ class RunSpec:
     expose: tuple[str, ...] = ()  # PORT/PROTO, published on free host ports by -P
     extra_hosts: tuple[str, ...] = ()
     user: str = ""
+    auto_remove: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -309,6 +313,9 @@ class RunSpec:
             for i, n in enumerate(networks)
         )
         restart_arg = _string(data, "restart") or "no"
+        auto_remove = _bool(data, "auto_remove")
+        if auto_remove and restart_arg != "no":
+            raise InvalidArgument("--rm and --restart cannot go together: choose one")
         try:
             restart, restart_max = parse_restart(restart_arg)
         except ValueError:
@@ -360,6 +367,7 @@ class RunSpec:
             expose=expose,
             extra_hosts=tuple(parse_add_host(h) for h in _strings(data, "add_hosts")),
             user=_user(_string(data, "user")),
+            auto_remove=auto_remove,
             init=_bool(data, "init"),
             stop_signal=parse_signal(_string(data, "stop_signal") or "SIGTERM"),
             ports=ports,
