@@ -72,8 +72,9 @@ def install(
         return web.json_response(exec_json(info))
 
     async def logs(request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        info = await asyncio.to_thread(service.inspect, name)
+        info = await asyncio.to_thread(service.inspect, request.match_info["name"])
+        # By name from here on: an ID or prefix is resolved once, not per poll.
+        name = info.container.name
         follow = query_bool(request, "follow")
         tail = _tail(request.query.get("tail", ""))
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
