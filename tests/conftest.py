@@ -52,7 +52,7 @@ def cleanup_agent(proc: AgentProc) -> None:
         if res.returncode == 0:
             for name in res.stdout.split():
                 proc.cli("rm", "-f", name)
-        proc.cli("network", "prune")
+        proc.cli("network", "prune", "-f")
     proc.stop()
     # Containers live in namespaces of their own, not the test's: end them,
     # their supervisor and their namespace mounts explicitly.

@@ -118,7 +118,7 @@ def main() -> int:
             results["restart, 100 networks in place"] = restart
             results["restart, rebuild 100 networks"] = cold
         finally:
-            agent.cli("network", "prune")
+            agent.cli("network", "prune", "-f")
             agent.stop()
 
     print(f"bench/networks: {N} networks, agent on SQLite in its own namespace")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from cove.naming import dns_names, full_id
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -99,7 +101,7 @@ class Network:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Network:
         return cls(
-            id=data["id"],
+            id=full_id(data["id"]),  # records from before 64-hex IDs get one
             name=data["name"],
             subnets=tuple(Subnet.from_json(s) for s in data["subnets"]),
             bridge=data["bridge"],
@@ -139,10 +141,10 @@ class Endpoint:
     def names(self) -> tuple[str, ...]:
         """Every name this endpoint answers to on its network (lower case)."""
         out: list[str] = []
-        for n in (self.container_name, self.hostname, *self.aliases):
-            n = n.lower()
-            if n and n not in out:
-                out.append(n)
+        for given in (self.container_name, self.hostname, *self.aliases):
+            for n in dns_names(given):
+                if n and n not in out:
+                    out.append(n)
         return tuple(out)
 
     def to_json(self) -> dict[str, Any]:

@@ -209,8 +209,8 @@ def test_lifecycle_exit_codes_restart_policies_and_rm(net: Any, tmp_path: Path) 
     net.ok("run", "-d", "--name", "three", "--network", "vnet", "--", "sh", "-c", "exit 3")
     state = eventually(lambda: (s := inspect(net, "three")["state"])["status"] == "exited" and s)
     assert state["exit_code"] == 3
-    assert "three" not in net.ok("ps", "-q").split()
-    assert "three" in net.ok("ps", "-a", "-q").split()
+    assert "three" not in net.ok("ps", "--format", "{{.Name}}").split()
+    assert "three" in net.ok("ps", "-a", "--format", "{{.Name}}").split()
 
     # on-failure: fails twice, then succeeds and stays exited
     script = f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}; " \

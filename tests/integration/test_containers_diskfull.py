@@ -80,7 +80,7 @@ def disk(hostns: str, tmp_path: Path) -> Iterator[tuple[AgentProc, Disk]]:
             res = proc.cli("ps", "-aq")
             for name in res.stdout.split() if res.returncode == 0 else []:
                 proc.cli("rm", "-f", name)
-            proc.cli("network", "prune")
+            proc.cli("network", "prune", "-f")
         proc.stop()
         teardown(state / "run")
         if subprocess.run(["umount", str(state)], check=False).returncode != 0:

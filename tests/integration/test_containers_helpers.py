@@ -124,7 +124,8 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 
 def inspect(agent: Any, name: str) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(agent.ok("inspect", name))
+    (out,) = json.loads(agent.ok("inspect", name))  # always a list, as Docker's
+    assert isinstance(out, dict)
     return out
 
 

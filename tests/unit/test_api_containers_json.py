@@ -97,18 +97,24 @@ STORED = {
     "cap_drop": ["CHOWN"],
     "seccomp": "default",
     "node": "",  # the node that runs it (empty: a single-host record)
+    "init": False,
+    "stop_signal": "SIGTERM",
+    "extra_hosts": [],
+    "user": "",
+    "auto_remove": False,
 }
 
 INSPECT = {
     **STORED,
+    "created": "2023-11-14T22:13:20.500000Z",  # RFC 3339, as Docker shows it
     "short_id": "abababababab",
     "capabilities": sorted([*DEFAULT_CAPS, "CAP_NET_ADMIN"]),
     "state": {
         "status": "exited",
         "pid": 0,
         "exit_code": 3,
-        "started_at": 1.5,
-        "finished_at": 2.5,
+        "started_at": "1970-01-01T00:00:01.500000Z",
+        "finished_at": "1970-01-01T00:00:02.500000Z",
         "restart_count": 2,
         "error": "boom",
     },
@@ -130,6 +136,28 @@ INSPECT = {
             "ipv4": "10.2.0.2",
             "ipv6": None,
             "aliases": [],
+        },
+    },
+    "network_settings": {
+        "ip_address": "10.1.0.2",
+        "global_ipv6_address": "fd00::2",
+        "mac_address": "02:00:00:00:00:01",
+        "ports": ["8080:80/tcp"],
+        "networks": {
+            "front": {
+                "ip_address": "10.1.0.2",
+                "global_ipv6_address": "fd00::2",
+                "mac_address": "02:00:00:00:00:01",
+                "aliases": ["www"],
+                "endpoint_id": "e1",
+            },
+            "back": {
+                "ip_address": "10.2.0.2",
+                "global_ipv6_address": "",
+                "mac_address": "02:00:00:00:00:02",
+                "aliases": [],
+                "endpoint_id": "e2",
+            },
         },
     },
     "netns": "/run/cove/netns/ab",
@@ -169,8 +197,8 @@ def test_a_container_on_no_network_has_no_netns() -> None:
         "status": "created",
         "pid": 0,
         "exit_code": None,
-        "started_at": 0.0,
-        "finished_at": 0.0,
+        "started_at": "0001-01-01T00:00:00Z",  # Docker's zero time: never started
+        "finished_at": "0001-01-01T00:00:00Z",
         "restart_count": 0,
         "error": "",
     }
@@ -181,7 +209,7 @@ def test_exec_info_encodes_to_what_cove_exec_reads() -> None:
     c = _container()
     info = ExecInfo(
         id=c.id, pid=4242, env=dict(c.env), workdir="/srv",
-        capabilities=tuple(sorted(c.capabilities)), seccomp=c.seccomp,
+        capabilities=tuple(sorted(c.capabilities)), seccomp=c.seccomp, user="nobody",
     )  # fmt: skip
     body = exec_json(info)
     assert body == {
@@ -191,5 +219,6 @@ def test_exec_info_encodes_to_what_cove_exec_reads() -> None:
         "id": CID,
         "capabilities": [cap.removeprefix("CAP_") for cap in INSPECT["capabilities"]],
         "seccomp": True,
+        "user": "nobody",
     }
-    assert list(body) == ["pid", "env", "workdir", "id", "capabilities", "seccomp"]
+    assert list(body) == ["pid", "env", "workdir", "id", "capabilities", "seccomp", "user"]

@@ -16,6 +16,7 @@ from cove.model import ENDPOINTS, Endpoint
 from cove.network.service import NetworkService
 from cove.network.spec import NetworkSpec
 from cove.store.memory import MemoryStore
+from cove.timefmt import rfc3339
 
 
 def _stored(ep: Endpoint) -> bytes:
@@ -46,17 +47,19 @@ def test_inspect_sends_the_endpoints_as_stored() -> None:
 
     before = [json.loads(kv.value) for kv in store.range(f"{ENDPOINTS}front/").kvs]
     body = network_json(net, svc.endpoints("front"))
+    shown = {**net.to_json(), "created": rfc3339(net.created)}
 
     assert body["endpoints"] == before
     assert [list(e) for e in body["endpoints"]] == [list(e) for e in before]
-    assert {k: v for k, v in body.items() if k != "endpoints"} == net.to_json()
+    assert {k: v for k, v in body.items() if k != "endpoints"} == shown
     assert before[1]["ipv4"] is None and before[0]["services"] == ["web:80"]
-    assert json.dumps(body) == json.dumps({**net.to_json(), "endpoints": before})
+    assert json.dumps(body) == json.dumps({**shown, "endpoints": before})
 
 
 def test_ls_and_create_send_no_endpoints() -> None:
     svc = NetworkService(MemoryStore(ManualClock()), ManualClock())
     net, _ = svc.create(NetworkSpec(name="front"))
-    assert network_json(net) == net.to_json()
+    assert network_json(net) == {**net.to_json(), "created": rfc3339(net.created)}
+    assert network_json(net)["created"].endswith("Z")
     assert svc.endpoints("front") == []
     assert svc.endpoints("absent") == []

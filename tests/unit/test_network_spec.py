@@ -49,8 +49,11 @@ def test_ipv6_flag_alone_gets_a_ula_subnet() -> None:
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"name": "Bad_Name"}, "invalid network name"),
-        ({"name": "x" * 64}, "at most 63"),
+        ({"name": "bad name"}, "invalid network name"),
+        ({"name": "bad/name"}, "invalid network name"),
+        ({"name": "none"}, "reserved"),
+        ({"name": "host"}, "reserved"),
+        ({"name": "x" * 129}, "at most 128"),
         ({"name": "-x"}, "invalid network name"),
         ({"name": "n", "subnets": ["10.0.0.1/24"]}, "host bits"),
         ({"name": "n", "subnets": ["10.0.0.0/24", "10.1.0.0/24"]}, "at most one IPv4"),

@@ -14,7 +14,14 @@ import pytest
 from cove.errors import InvalidArgument
 from cove.model import Network, Subnet
 from cove.runtime import etc, ports
-from cove.runtime.spec import Container, PortMapping, Proto, RunSpec, check_port_families
+from cove.runtime.spec import (
+    Container,
+    PortMapping,
+    Proto,
+    RunSpec,
+    check_port_families,
+    expand_ports,
+)
 from cove.runtime.state import RestartPolicy
 
 
@@ -39,7 +46,7 @@ def test_port_specs(text: str, expected: PortMapping) -> None:
     assert PortMapping.parse(str(expected)) == expected
 
 
-@pytest.mark.parametrize("text", ["80", "a:b", "0:80", "70000:80", "80:80/sctp", "1.2.3:80:80", ""])
+@pytest.mark.parametrize("text", ["80", "a:b", "80:0", "70000:80", "80:80/sctp", "1.2.3:80:80", ""])
 def test_bad_port_specs_name_the_problem(text: str) -> None:
     with pytest.raises(InvalidArgument, match="port"):
         PortMapping.parse(text)
@@ -106,13 +113,18 @@ def test_run_spec_round_trip() -> None:
     ("body", "words"),
     [
         ({"command": []}, "command"),
-        (base(name="Bad_Name"), "container name"),
+        (base(name="bad/name"), "container name"),
+        (base(name="_x"), "container name"),
+        (base(restart="on-failure:x"), "restart policy"),
+        (base(restart="always:3"), "restart policy"),
         (base(restart="sometimes"), "restart policy"),
         (base(env=["NOEQUALS"]), "KEY=VALUE"),
         (base(ip="10.0.0.300"), "not an IP"),
         (base(ip="fd00::1"), "IPv4"),
         (base(ports=["8080:80", "8080:81"]), "published twice"),
-        ({"command": ["x"], "ports": ["80:80"]}, "needs a --network"),
+        ({"command": ["x"], "networks": ["none"], "ports": ["80:80"]}, "not --network none"),
+        (base(networks=["none", "vnet"]), "cannot go with"),
+        (base(networks=["host"]), "host is not supported"),
         (base(services=["web"]), "NAME:PORT"),
         (base(networks=["a", "b"], ip="10.0.0.2"), "exactly one"),
         (base(workdir="rel"), "absolute"),
@@ -154,7 +166,9 @@ def test_ports_table_dnats_local_and_masquerades_loopback_and_hairpin() -> None:
     assert len(dnats(objs)) == len(dnats(objs, "output")) == 1
     assert dnats(objs)[0][-1] == {"dnat": {"family": "ip", "addr": "10.89.0.2", "port": 80}}
     masq = [r for r in rules if r["chain"] == "postrouting"]
-    assert len(masq) == 2
+    assert len(masq) == 3  # loopback, the bridge, and the container to itself
+    to_itself = [r for r in masq if "own published port" in r.get("comment", "")]
+    assert [e["match"]["right"] for e in to_itself[0]["expr"][1:3]] == ["10.89.0.2"] * 2
     assert ports.localnet_bridges([pub]) == {"cv-x"}
 
 
@@ -236,3 +250,95 @@ def test_etc_files_are_rewritten_in_place_to_exactly_the_new_text(tmp_path: Path
     assert etc.write_in_place(path, "a\nccccccccccccc\n")  # longer
     assert path.read_text() == "a\nccccccccccccc\n"
     assert path.stat().st_ino == inode  # the container's bind mount still sees it
+
+
+def test_without_a_network_a_container_joins_the_default_one() -> None:
+    spec = RunSpec.from_json({"command": ["x"], "ports": ["80:80"]})
+    assert spec.default_network
+    assert [a.network for a in spec.attachments] == ["bridge"]
+    none = RunSpec.from_json({"command": ["x"], "networks": ["none"]})
+    assert none.attachments == () and not none.default_network
+    named = RunSpec.from_json({"command": ["x"], "networks": ["vnet"]})
+    assert not named.default_network
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("SIGINT", "SIGINT"), ("int", "SIGINT"), ("15", "SIGTERM"), ("QUIT", "SIGQUIT")],
+)
+def test_stop_signals_are_stored_by_name(given: str, stored: str) -> None:
+    spec = RunSpec.from_json({"command": ["x"], "stop_signal": given, "init": True})
+    assert spec.stop_signal == stored and spec.init
+
+
+@pytest.mark.parametrize("given", ["SIGNOPE", "0", "999", "STOP"])
+def test_bad_stop_signals_are_named(given: str) -> None:
+    with pytest.raises(InvalidArgument, match="invalid stop signal"):
+        RunSpec.from_json({"command": ["x"], "stop_signal": given})
+
+
+def test_restart_limits_round_trip_through_the_record() -> None:
+    spec = RunSpec.from_json({"command": ["x"], "restart": "on-failure:3"})
+    assert (spec.restart, spec.restart_max) == (RestartPolicy.ON_FAILURE, 3)
+    assert RunSpec.from_json({"command": ["x"], "restart": "unless-stopped"}).restart is (
+        RestartPolicy.UNLESS_STOPPED
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "mappings"),
+    [
+        ("8080:80", ["8080:80"]),
+        ("80", ["0:80"]),
+        ("8000-8002:9000-9002", ["8000:9000", "8001:9001", "8002:9002"]),
+        ("127.0.0.1:8000-8001:80-81/udp", ["127.0.0.1:8000:80/udp", "127.0.0.1:8001:81/udp"]),
+        ("80-81", ["0:80", "0:81"]),
+        ("[2001:db8::1]:8080:80", ["[2001:db8::1]:8080:80"]),
+        ("127.0.0.1::80", ["127.0.0.1:0:80"]),
+    ],
+)
+def test_port_ranges_expand_to_one_mapping_each(text: str, mappings: list[str]) -> None:
+    assert expand_ports(text) == mappings
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("8000-8002:80-81", "differ in length"), ("9-8:9-8", "bad range"), ("1-2000", "at most")],
+)
+def test_bad_port_ranges_are_named(text: str, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        expand_ports(text)
+
+
+def test_publish_all_takes_the_exposed_ports_not_published_yet() -> None:
+    spec = RunSpec.from_json(
+        {"command": ["x"], "expose": ["80", "53/udp", "443"], "ports": ["8443:443"],
+         "publish_all": True}
+    )  # fmt: skip
+    assert sorted(str(p) for p in spec.ports) == ["0:53/udp", "0:80/tcp", "8443:443/tcp"]
+    with pytest.raises(InvalidArgument, match="--expose"):
+        RunSpec.from_json({"command": ["x"], "expose": ["http"]})
+
+
+def test_add_host_lines() -> None:
+    spec = RunSpec.from_json(
+        {"command": ["x"], "add_hosts": ["db:10.0.0.5", "v6=[fd00::5]", "gw:host-gateway"]}
+    )
+    assert spec.extra_hosts == ("db:10.0.0.5", "v6:fd00::5", "gw:host-gateway")
+    for bad in ("db", "db:nope", ":10.0.0.1", "a b:10.0.0.1"):
+        with pytest.raises(InvalidArgument, match="invalid --add-host"):
+            RunSpec.from_json({"command": ["x"], "add_hosts": [bad]})
+    text = etc.hosts("web", "web", [], [("db", "10.0.0.5")])
+    assert text.endswith("10.0.0.5\tdb\n")
+
+
+def test_entrypoint_takes_the_command_as_its_arguments() -> None:
+    spec = RunSpec.from_json({"command": ["-c", "echo hi"], "entrypoint": "/bin/sh"})
+    assert spec.argv == ("/bin/sh", "-c", "echo hi")
+    assert RunSpec.from_json({"entrypoint": "/bin/true"}).argv == ("/bin/true",)
+
+
+def test_auto_remove_refuses_a_restart_policy() -> None:
+    assert RunSpec.from_json({"command": ["x"], "auto_remove": True}).auto_remove
+    with pytest.raises(InvalidArgument, match="cannot go together"):
+        RunSpec.from_json({"command": ["x"], "auto_remove": True, "restart": "always"})

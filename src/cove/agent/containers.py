@@ -25,6 +25,9 @@ from cove.worker import Worker
 log = logging.getLogger(__name__)
 
 
+AUTO_REMOVE_INTERVAL = 1.0
+
+
 class ContainerRuntime:
     """``state_dir/containers/<id>`` holds each container's /etc files and
     log; ``run_dir`` the supervisor (socket, pid file, records) and
@@ -70,6 +73,10 @@ class ContainerRuntime:
         self._undo = Worker(
             "cove-ctr-intents", lambda _k: self.service.retry_unfinished(), interval
         )
+        # run --rm: removed within a second of exiting (a no-op with none).
+        self._auto_remove = Worker(
+            "cove-ctr-autoremove", lambda _k: self.service.remove_exited(), AUTO_REMOVE_INTERVAL
+        )
 
     def _host_resolv(self) -> str:
         try:
@@ -89,11 +96,13 @@ class ContainerRuntime:
         hub.subscribe(self.requests.prefix, lambda _events: self._requests.kick())
         self._requests.start()
         self._requests.kick()  # what other nodes asked while this agent was down
+        self._auto_remove.start()
 
     def stop(self) -> None:
         """Stops reconciling; containers and the supervisor keep running."""
         self._requests.stop()
         self._undo.stop()
+        self._auto_remove.stop()
         self.reconciler.stop()
         self.netns.close()
         self.guard_nft.close()

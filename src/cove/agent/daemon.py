@@ -231,7 +231,11 @@ class Agent:
             node=config.node_name,
             prepare_bridge=self.overlay.prepare_bridge,
         )
-        containers_api.install(self.app, self.runtime.service)
+        containers_api.install(
+            self.app,
+            self.runtime.service,
+            default_network=networks_api.default_network(self.networks, self.reconciler),
+        )
         members_api.install(self.app, lambda: members(self.store, config.node_name))
         self.registrar = ServiceRegistrar(
             self.store, self.registry, config.reconcile_interval, node=config.node_name

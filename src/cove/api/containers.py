@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, BinaryIO
 
 from cove.api import http as web
 from cove.api.app import json_body, query_bool
@@ -19,14 +20,28 @@ from cove.runtime.service import ContainerService
 from cove.runtime.spec import RunSpec
 from cove.runtime.state import Status
 from cove.runtime.view import ContainerView, ExecInfo
+from cove.timefmt import rfc3339
 
 _FOLLOW_POLL = 0.1
 _CHUNK = 65536
 
 
-def install(app: web.Application, service: ContainerService) -> None:
+async def _nothing() -> None:
+    return None
+
+
+def install(
+    app: web.Application,
+    service: ContainerService,
+    default_network: Callable[[], Awaitable[None]] = _nothing,
+) -> None:
+    """``default_network`` makes sure the network a container without
+    ``--network`` joins exists (``cove.api.networks.default_network``)."""
+
     async def run(request: web.Request) -> web.Response:
         spec = RunSpec.from_json(await json_body(request))
+        if spec.default_network:
+            await default_network()
         view = await asyncio.to_thread(service.run, spec)
         return web.json_response(container_json(view), status=201)
 
@@ -48,19 +63,21 @@ def install(app: web.Application, service: ContainerService) -> None:
         return web.json_response(container_json(view))
 
     async def remove(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        await asyncio.to_thread(service.remove, name, query_bool(request, "force"))
-        return web.json_response({"removed": name})
+        c = await asyncio.to_thread(service.get, request.match_info["name"])
+        await asyncio.to_thread(service.remove, c.id, query_bool(request, "force"))
+        return web.json_response({"removed": c.name, "id": c.id})
 
     async def exec_info(request: web.Request) -> web.Response:
         info = await asyncio.to_thread(service.exec_info, request.match_info["name"])
         return web.json_response(exec_json(info))
 
     async def logs(request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
+        info = await asyncio.to_thread(service.inspect, request.match_info["name"])
+        # By name from here on: an ID or prefix is resolved once, not per poll.
+        name = info.container.name
         await asyncio.to_thread(service.check_local, name, "logs")
-        info = await asyncio.to_thread(service.inspect, name)
         follow = query_bool(request, "follow")
+        tail = _tail(request.query.get("tail", ""))
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await resp.prepare(request)
         try:
@@ -69,6 +86,8 @@ def install(app: web.Application, service: ContainerService) -> None:
             await resp.write_eof()
             return resp
         try:
+            if tail is not None:
+                await asyncio.to_thread(seek_tail, f, tail)
             while True:
                 chunk = await asyncio.to_thread(f.read, _CHUNK)
                 if chunk:
@@ -94,6 +113,21 @@ def install(app: web.Application, service: ContainerService) -> None:
         await resp.write_eof()
         return resp
 
+    async def add_service(request: web.Request) -> web.Response:
+        data = await json_body(request)
+        if not isinstance(data, dict) or not isinstance(data.get("service"), str):
+            raise InvalidArgument("'service' is required: NAME:PORT[:TAG,...]")
+        view = await asyncio.to_thread(
+            service.add_service, request.match_info["name"], data["service"]
+        )
+        return web.json_response(container_json(view))
+
+    async def remove_service(request: web.Request) -> web.Response:
+        view = await asyncio.to_thread(
+            service.remove_service, request.match_info["name"], request.match_info["service"]
+        )
+        return web.json_response(container_json(view))
+
     async def connect(request: web.Request) -> web.Response:
         data = await json_body(request)
         container, aliases, ip = _connect_args(data)
@@ -116,6 +150,8 @@ def install(app: web.Application, service: ContainerService) -> None:
     r.add_post("/api/containers/{name}/start", start)
     r.add_get("/api/containers/{name}/logs", logs)
     r.add_get("/api/containers/{name}/exec", exec_info)
+    r.add_post("/api/containers/{name}/services", add_service)
+    r.add_delete("/api/containers/{name}/services/{service}", remove_service)
     r.add_post("/api/networks/{network}/connect", connect)
     r.add_post("/api/networks/{network}/disconnect", disconnect)
 
@@ -125,6 +161,7 @@ def container_json(view: ContainerView) -> dict[str, Any]:
     and disconnect send: the stored container and, after it, its state."""
     c = view.container
     body = c.to_json()
+    body["created"] = rfc3339(c.created)
     body["short_id"] = view.short_id
     body["capabilities"] = sorted(f"CAP_{name}" for name in c.capabilities)
     state = view.state
@@ -132,8 +169,8 @@ def container_json(view: ContainerView) -> dict[str, Any]:
         "status": state.status.value,
         "pid": state.pid,
         "exit_code": state.exit_code,
-        "started_at": state.started_at,
-        "finished_at": state.finished_at,
+        "started_at": rfc3339(state.started_at),
+        "finished_at": rfc3339(state.finished_at),
         "restart_count": state.restart_count,
         "error": state.error,
     }
@@ -149,9 +186,34 @@ def container_json(view: ContainerView) -> dict[str, Any]:
         }
         for ep in view.endpoints
     }
+    body["network_settings"] = _network_settings(view)
     body["netns"] = view.netns
     body["log_path"] = str(view.log_path)
     return body
+
+
+def _network_settings(view: ContainerView) -> dict[str, Any]:
+    """Docker's ``NetworkSettings`` paths (``{{.NetworkSettings.IPAddress}}``,
+    ``{{.NetworkSettings.Networks.NET.IPAddress}}``): the first network's
+    addresses at the top, every network's below."""
+    nets = {
+        ep.network: {
+            "ip_address": str(ep.ipv4) if ep.ipv4 else "",
+            "global_ipv6_address": str(ep.ipv6) if ep.ipv6 else "",
+            "mac_address": ep.mac,
+            "aliases": list(ep.aliases),
+            "endpoint_id": ep.id,
+        }
+        for ep in view.endpoints
+    }
+    first = nets[view.endpoints[0].network] if view.endpoints else {}
+    return {
+        "ip_address": first.get("ip_address", ""),
+        "global_ipv6_address": first.get("global_ipv6_address", ""),
+        "mac_address": first.get("mac_address", ""),
+        "ports": [str(p) for p in view.container.ports],
+        "networks": nets,
+    }
 
 
 def exec_json(info: ExecInfo) -> dict[str, Any]:
@@ -163,7 +225,39 @@ def exec_json(info: ExecInfo) -> dict[str, Any]:
         "id": info.id,
         "capabilities": list(info.capabilities),
         "seccomp": info.seccomp,
+        "user": info.user,
     }
+
+
+def _tail(text: str) -> int | None:
+    if text in ("", "all"):
+        return None
+    if not text.isdigit():
+        raise InvalidArgument(f"invalid tail {text!r}: a number of lines or 'all'")
+    return int(text)
+
+
+def seek_tail(f: BinaryIO, lines: int) -> None:
+    """Put ``f`` at the start of its last ``lines`` lines (a last line
+    without its newline counts)."""
+    end = f.seek(0, 2)
+    if lines == 0:
+        return
+    pos = end
+    found = 0
+    while pos > 0:
+        step = min(_CHUNK, pos)
+        pos -= step
+        f.seek(pos)
+        block = f.read(step)
+        for i in range(len(block) - 1, -1, -1):
+            if block[i] != 0x0A or pos + i == end - 1:
+                continue
+            found += 1
+            if found == lines:
+                f.seek(pos + i + 1)
+                return
+    f.seek(0)
 
 
 def _float(text: str, what: str) -> float:

@@ -8,23 +8,29 @@ the bridge at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from cove.api import http as web
 from cove.api.app import json_body
-from cove.errors import DatapathError
+from cove.errors import AlreadyExists, DatapathError, InvalidArgument
 from cove.model import Endpoint, Network
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
 from cove.network.spec import NetworkSpec
+from cove.runtime.spec import DEFAULT_NETWORK
+from cove.timefmt import parse_time, rfc3339
 
 APPLY_TIMEOUT = 10.0
+DEFAULT_LABEL = "cove.default"
 
 
 def network_json(network: Network, endpoints: Sequence[Endpoint] | None = None) -> dict[str, Any]:
-    """A network as create, ls and inspect send it; inspect adds its endpoints."""
+    """A network as create, ls and inspect send it; inspect adds its endpoints.
+    ``created`` is RFC 3339, as Docker shows it."""
     out = network.to_json()
+    out["created"] = rfc3339(network.created)
     if endpoints is not None:
         out["endpoints"] = [endpoint_json(ep) for ep in endpoints]
     return out
@@ -33,6 +39,65 @@ def network_json(network: Network, endpoints: Sequence[Endpoint] | None = None) 
 def endpoint_json(ep: Endpoint) -> dict[str, Any]:
     # Keys sorted: inspect sent the stored JSON as it was, written with sort_keys.
     return dict(sorted(ep.to_json().items()))
+
+
+def prune_filter(filters: Sequence[str], now: float) -> Callable[[Network], bool]:
+    """What ``network prune --filter`` keeps, as Docker has it: ``label=K``,
+    ``label=K=V``, ``label!=K[=V]`` and ``until=DURATION|RFC3339|UNIX``
+    (prune only networks created before). ``InvalidArgument`` otherwise."""
+    tests: list[Callable[[Network], bool]] = []  # each: True to prune
+    for f in filters:
+        key, sep, value = f.partition("=")
+        negate = key.endswith("!")
+        key = key.rstrip("!")
+        if not sep or not value or key not in ("label", "until") or (negate and key != "label"):
+            raise InvalidArgument(
+                f"invalid filter {f!r}: use label=KEY[=VALUE], label!=KEY[=VALUE] or until=TIME"
+            )
+        if key == "label":
+            tests.append(_label_test(value, negate))
+        else:
+            tests.append(_before(parse_time(value, now)))
+    return lambda n: not all(t(n) for t in tests)
+
+
+def _before(cutoff: float) -> Callable[[Network], bool]:
+    return lambda n: n.created < cutoff
+
+
+def _label_test(value: str, negate: bool) -> Callable[[Network], bool]:
+    k, has_v, v = value.partition("=")
+
+    def test(n: Network) -> bool:
+        hit = k in n.labels and (not has_v or n.labels[k] == v)
+        return hit != negate
+
+    return test
+
+
+def default_network(
+    networks: NetworkService, reconciler: NetworkReconciler, name: str = DEFAULT_NETWORK
+) -> Callable[[], Awaitable[None]]:
+    """A coroutine that creates the default network (``bridge``, as Docker's)
+    the first time a container needs it, and answers once the kernel has it."""
+
+    async def ensure() -> None:
+        exists = await asyncio.to_thread(networks.exists, name)
+        if exists:
+            return
+        spec = NetworkSpec(name=name, labels={DEFAULT_LABEL: "true"})
+        try:
+            network, revision = await asyncio.to_thread(networks.create, spec)
+        except AlreadyExists:
+            return  # a concurrent run made it
+        ok = await asyncio.to_thread(reconciler.wait_applied, revision, APPLY_TIMEOUT)
+        if not ok or reconciler.error_for(network.bridge):
+            raise DatapathError(
+                f"the default network {name} could not be set up: see the agent's log,"
+                " or give a --network"
+            )
+
+    return ensure
 
 
 def install(app: web.Application, networks: NetworkService, reconciler: NetworkReconciler) -> None:
@@ -55,19 +120,19 @@ def install(app: web.Application, networks: NetworkService, reconciler: NetworkR
         return web.json_response([network_json(n) for n in nets])
 
     async def inspect(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        network = await asyncio.to_thread(networks.get, name)
-        endpoints = await asyncio.to_thread(networks.endpoints, name)
+        network = await asyncio.to_thread(networks.get, request.match_info["name"])
+        endpoints = await asyncio.to_thread(networks.endpoints, network.name)
         return web.json_response(network_json(network, endpoints))
 
     async def remove(request: web.Request) -> web.Response:
         network = await asyncio.to_thread(networks.get, request.match_info["name"])
         revision = await asyncio.to_thread(networks.remove, network.name)
         await settle(revision, network.bridge)
-        return web.json_response({"removed": request.match_info["name"]})
+        return web.json_response({"removed": network.name, "id": network.id})
 
-    async def prune(_: web.Request) -> web.Response:
-        removed, revision = await asyncio.to_thread(networks.prune)
+    async def prune(request: web.Request) -> web.Response:
+        keep = prune_filter(request.query.getall("filter", []), time.time())
+        removed, revision = await asyncio.to_thread(networks.prune, keep)
         await settle(revision, "")
         return web.json_response({"removed": removed})
 

@@ -10,16 +10,18 @@ no relay in between, and the command is confined as the container is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from cove.cli.client import AgentClient, _UnixConnection
-from cove.cli.output import print_table
-from cove.errors import Conflict, InvalidArgument, Unavailable
+from cove.cli.output import emit, print_table
+from cove.errors import Conflict, CoveError, InvalidArgument, NotFound, Unavailable
 from cove.runtime import enter
 from cove.runtime.security import DEFAULT_CAPS
 from cove.runtime.view import status_text
@@ -41,13 +43,50 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=[],
         metavar="[IP:]HPORT:PORT[/udp]",
         help="publish on every host address (IPv4, and IPv6 on an --ipv6 network) or on IP;"
-        " an IPv6 IP in brackets: [2001:db8::1]:8080:80",
+        " an IPv6 IP in brackets: [2001:db8::1]:8080:80; ranges: 8000-8002:8000-8002;"
+        " PORT alone: on a free host port",
     )
-    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    p.add_argument(
+        "-e", "--env", action="append", default=[], metavar="K[=V]",
+        help="set K to V, or pass K from this environment (left unset if it is not set)",
+    )  # fmt: skip
+    p.add_argument(
+        "--env-file", action="append", default=[], metavar="FILE",
+        help="read K=V (or K, from this environment) lines; '#' starts a comment",
+    )  # fmt: skip
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument(
+        "-P", "--publish-all", action="store_true",
+        help="publish every --expose port on a free host port",
+    )  # fmt: skip
+    p.add_argument(
+        "--expose", action="append", default=[], metavar="PORT[/udp]",
+        help="a port the container serves (what -P publishes)",
+    )  # fmt: skip
+    p.add_argument(
+        "--add-host", action="append", default=[], metavar="NAME:IP",
+        help="a line of the container's /etc/hosts (IP may be host-gateway)",
+    )  # fmt: skip
+    p.add_argument(
+        "--init", action="store_true",
+        help="run the command under a tiny init (tini) that reaps zombies and forwards signals",
+    )  # fmt: skip
+    p.add_argument(
+        "--stop-signal", default="SIGTERM", metavar="SIGNAL",
+        help="what 'cove stop' sends first (SIGKILL follows after its timeout)",
+    )  # fmt: skip
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("--rootfs", default="")
     p.add_argument("-w", "--workdir", default="")
-    p.add_argument("--restart", default="no", choices=("no", "on-failure", "always"))
+    p.add_argument(
+        "--entrypoint", default="", metavar="PROGRAM",
+        help="the program to run; the command's words become its arguments",
+    )  # fmt: skip
+    p.add_argument("-u", "--user", default="", metavar="USER[:GROUP]", help="name or number")
+    p.add_argument(
+        "--restart", default="no", metavar="POLICY",
+        help="no, on-failure[:N], always or unless-stopped",
+    )  # fmt: skip
     p.add_argument("--service", action="append", default=[], metavar="NAME:PORT")
     p.add_argument(
         "--cap-add", action="append", default=[], metavar="CAP",
@@ -66,22 +105,36 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser("ps", help="list containers")
     p.add_argument("-a", "--all", action="store_true", help="also stopped containers")
-    p.add_argument("-q", "--quiet", action="store_true", help="names only")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("-q", "--quiet", action="store_true", help="IDs only")
+    p.add_argument(
+        "-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+        help="name=, id=, label=K[=V], status=, network= (repeat: all must hold;"
+        " the same key twice: either)",
+    )  # fmt: skip
+    p.add_argument("-n", "--last", type=int, default=-1, metavar="N",
+                   help="the N last created (stopped ones too)")  # fmt: skip
+    p.add_argument("-l", "--latest", action="store_true", help="the last created only")
+    p.add_argument("--no-trunc", action="store_true", help="full IDs and commands")
+    p.add_argument("--format", default="table", help=_FORMAT_HELP)
     p.set_defaults(func=_ps)
 
-    p = sub.add_parser("inspect", help="show containers as JSON")
-    p.add_argument("names", nargs="+")
+    p = sub.add_parser("inspect", help="show containers as JSON (always a list)")
+    p.add_argument("-f", "--format", default="json", help=_FORMAT_HELP)
+    p.add_argument("names", nargs="+", metavar="CONTAINER")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("logs", help="print a container's output")
     p.add_argument("-f", "--follow", action="store_true")
-    p.add_argument("name")
+    p.add_argument("-n", "--tail", default="all", metavar="N", help="the last N lines (or all)")
+    p.add_argument("name", metavar="CONTAINER")
     p.set_defaults(func=_logs)
 
     p = sub.add_parser("exec", help="run a command inside a running container")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     p.add_argument("-t", "--tty", action="store_true", help="use the terminal")
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    p.add_argument("-w", "--workdir", default="", help="working directory inside the container")
+    p.add_argument("-u", "--user", default="", metavar="USER[:GROUP]", help="name or number")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     p.add_argument("name")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
@@ -98,8 +151,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser("rm", help="remove containers")
     p.add_argument("-f", "--force", action="store_true", help="kill running containers first")
-    p.add_argument("names", nargs="+")
+    p.add_argument("names", nargs="+", metavar="CONTAINER")
     p.set_defaults(func=_rm)
+
+
+_FORMAT_HELP = "table, json, or a template: '{{.Name}} {{.State.Status}}', '{{json .Labels}}'"
 
 
 def add_network_parsers(nsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -121,7 +177,7 @@ def _command(args: argparse.Namespace) -> list[str]:
     cmd = list(args.command)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
-    if not cmd:
+    if not cmd and not getattr(args, "entrypoint", ""):
         raise InvalidArgument("no command given: cove run [OPTIONS] -- CMD ARGS...")
     return cmd
 
@@ -137,7 +193,7 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         "aliases": args.alias,
         "hostname": args.hostname,
         "ports": args.publish,
-        "env": args.env,
+        "env": env_args(args.env_file, args.env, os.environ),
         "labels": args.label,
         "rootfs": rootfs,
         "workdir": args.workdir,
@@ -146,52 +202,160 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         "cap_add": args.cap_add,
         "cap_drop": args.cap_drop,
         "security_opt": args.security_opt,
+        "init": args.init,
+        "expose": args.expose,
+        "publish_all": args.publish_all,
+        "add_hosts": args.add_host,
+        "user": args.user,
+        "entrypoint": args.entrypoint,
+        "stop_signal": args.stop_signal,
     }
+    if args.rm and args.restart != "no":
+        raise InvalidArgument("--rm and --restart cannot go together: choose one")
+    # Detached, the agent removes it when it exits; attached, this command
+    # does once it has the exit status.
+    body["auto_remove"] = args.rm and args.detach
     info = client.request("POST", "/api/containers", body)
     if args.detach:
-        print(info["name"])
+        print(info["id"])
         return 0
-    _stream_logs(client, info["name"], follow=True)
-    final = client.request("GET", f"/api/containers/{quote(info['name'])}")
+    cid = info["id"]
+    try:
+        _stream_logs(client, cid, follow=True)
+        final = client.request("GET", f"/api/containers/{cid}")
+    finally:
+        if args.rm:
+            with contextlib.suppress(NotFound):  # the agent may have been first
+                client.request("DELETE", f"/api/containers/{cid}", params={"force": "1"})
     code = final["state"].get("exit_code")
     return int(code) if isinstance(code, int) and code >= 0 else 0
 
 
+def env_args(files: list[str], items: list[str], environ: Mapping[str, str]) -> list[str]:
+    """``--env-file`` lines then ``-e`` items as ``K=V``: a bare ``K`` takes
+    its value from ``environ`` and is left out when unset, as Docker does."""
+    out: list[str] = []
+    for path in files:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise InvalidArgument(
+                f"cannot read --env-file {path}: {exc.strerror or exc}", path=path
+            ) from exc
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key = line.partition("=")[0]
+            if not key or any(c.isspace() for c in key):
+                raise InvalidArgument(f"{path} line {n}: {line[:40]!r} is not KEY=VALUE or KEY")
+            out.extend(_env_item(line, environ))
+    for item in items:
+        out.extend(_env_item(item, environ))
+    return out
+
+
+def _env_item(item: str, environ: Mapping[str, str]) -> list[str]:
+    if "=" in item:
+        return [item]
+    if not item:
+        raise InvalidArgument("an empty -e: give KEY=VALUE or KEY")
+    return [f"{item}={environ[item]}"] if item in environ else []
+
+
 def _ps(args: argparse.Namespace, client: AgentClient) -> int:
+    every = args.all or args.last >= 0 or args.latest
     items: list[dict[str, Any]] = client.request(
-        "GET", "/api/containers", params={"all": "1"} if args.all else None
+        "GET", "/api/containers", params={"all": "1"} if every else None
     )
-    if args.format == "json":
-        print(json.dumps(items, indent=2))
-        return 0
+    items = select(items, parse_filters(args.filter))
+    if args.latest or args.last >= 0:
+        items.sort(key=lambda c: (c["created"], c["id"]), reverse=True)
+        items = items[: 1 if args.latest else args.last]
     if args.quiet:
         for c in items:
-            print(c["name"])
+            print(c["id"] if args.no_trunc else c["short_id"])
         return 0
+    emit(items, args.format, lambda rows: _ps_table(rows, args.no_trunc))
+    return 0
+
+
+def _ps_table(items: Sequence[Mapping[str, Any]], no_trunc: bool) -> None:
     rows = []
     for c in items:
         addrs = ",".join(f"{net}:{ep['ipv4'] or ep['ipv6']}" for net, ep in c["endpoints"].items())
+        command = " ".join(c["argv"])
         rows.append(
-            (c["short_id"], c["name"], status_text(c["state"]), addrs, ",".join(c["ports"]),
-             " ".join(c["argv"])[:40], c.get("node", ""))
+            (c["id"] if no_trunc else c["short_id"], c["name"], status_text(c["state"]), addrs,
+             ",".join(c["ports"]), command if no_trunc else command[:40], c.get("node", ""))
         )  # fmt: skip
     print_table(("ID", "NAME", "STATUS", "NETWORKS", "PORTS", "COMMAND", "NODE"), rows)
-    return 0
+
+
+_PS_FILTERS = ("id", "name", "label", "status", "network")
+
+
+def parse_filters(items: Sequence[str]) -> dict[str, list[str]]:
+    """``--filter KEY=VALUE`` items by key; ``InvalidArgument`` naming the
+    keys ``ps`` knows."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in _PS_FILTERS:
+            raise InvalidArgument(
+                f"invalid filter {item!r}: use {', '.join(k + '=' for k in _PS_FILTERS)}"
+            )
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def select(items: list[dict[str, Any]], filters: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+    """The containers every filter key accepts (any of its values), as
+    Docker's ``ps --filter``: ``name`` matches a part of the name, ``id`` a
+    prefix, ``label`` ``K`` or ``K=V``, ``status`` the state, ``network``
+    a network's name or ID prefix."""
+
+    def one(c: Mapping[str, Any], key: str, value: str) -> bool:
+        if key == "name":
+            return value in c["name"]
+        if key == "id":
+            return bool(value) and str(c["id"]).startswith(value.lower())
+        if key == "label":
+            k, has_v, v = value.partition("=")
+            return k in c["labels"] and (not has_v or c["labels"][k] == v)
+        if key == "status":
+            return bool(c["state"]["status"] == value)
+        return value in c["endpoints"] or value in c["networks"]
+
+    return [c for c in items if all(any(one(c, k, v) for v in vs) for k, vs in filters.items())]
 
 
 def _inspect(args: argparse.Namespace, client: AgentClient) -> int:
-    out = [client.request("GET", f"/api/containers/{quote(n)}") for n in args.names]
-    print(json.dumps(out if len(out) > 1 else out[0], indent=2))
-    return 0
+    out, failed = [], 0
+    for ref in args.names:
+        try:
+            out.append(client.request("GET", f"/api/containers/{quote(ref, safe='')}"))
+        except CoveError as exc:
+            failed = failed or exc.exit_code
+            print(f"cove: error: {exc.message}", file=sys.stderr)
+    if out or not failed:
+        emit(out, args.format, lambda items: print(json.dumps(list(items), indent=2)))
+    return failed
 
 
 def _logs(args: argparse.Namespace, client: AgentClient) -> int:
-    _stream_logs(client, args.name, follow=args.follow)
+    tail = str(args.tail)
+    if tail != "all" and not (tail.isdigit()):
+        raise InvalidArgument(f"invalid --tail {tail!r}: a number of lines or 'all'")
+    _stream_logs(client, args.name, follow=args.follow, tail=tail)
     return 0
 
 
-def _stream_logs(client: AgentClient, name: str, follow: bool) -> None:
-    query = urlencode({"follow": "1"} if follow else {})
+def _stream_logs(client: AgentClient, name: str, follow: bool, tail: str = "all") -> None:
+    params = {"follow": "1"} if follow else {}
+    if tail != "all":
+        params["tail"] = tail
+    query = urlencode(params)
     conn = _UnixConnection(str(client.socket_path), timeout=None)  # type: ignore[arg-type]
     try:
         conn.request("GET", f"/api/containers/{quote(name)}/logs?{query}")
@@ -211,47 +375,90 @@ def _stream_logs(client: AgentClient, name: str, follow: bool) -> None:
 
 def _exec(args: argparse.Namespace, client: AgentClient) -> int:
     cmd = _command(args)
-    info = client.request("GET", f"/api/containers/{quote(args.name)}/exec")
+    info = client.request("GET", f"/api/containers/{quote(args.name, safe='')}/exec")
     env = dict(info["env"])
     env.update(kv.split("=", 1) for kv in args.env if "=" in kv)
     if args.tty and "TERM" in os.environ:
         env.setdefault("TERM", os.environ["TERM"])
-    if not args.interactive:
+    workdir = args.workdir or str(info.get("workdir") or "/")
+    if not workdir.startswith("/"):
+        raise InvalidArgument(f"working directory {workdir!r} must be absolute")
+    if args.detach and (args.interactive or args.tty):
+        raise InvalidArgument("-d cannot go with -i or -t: a detached command has no terminal")
+    if not args.interactive or args.detach:
         fd = os.open(os.devnull, os.O_RDONLY)
         os.dup2(fd, 0)
         os.close(fd)
     caps = frozenset(str(c) for c in info.get("capabilities", DEFAULT_CAPS))
+    if args.detach and _detached():
+        return 0
     try:
         return enter.run(
-            int(info["pid"]), cmd, env, str(info.get("workdir") or "/"), caps,
-            bool(info.get("seccomp", True)),
+            int(info["pid"]), cmd, env, workdir, caps, bool(info.get("seccomp", True)),
+            args.user or str(info.get("user") or ""),
         )  # fmt: skip
     except OSError as exc:
         raise Conflict(f"cannot enter container {args.name}: {exc.strerror or exc}") from exc
 
 
+def _detached() -> bool:
+    """Fork twice; True in the caller (which returns at once), False in the
+    grandchild, which runs the command with its output to /dev/null."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)
+        return True
+    os.setsid()  # pragma: no cover - the detached side
+    if os.fork():  # pragma: no cover
+        os._exit(0)
+    fd = os.open(os.devnull, os.O_WRONLY)  # pragma: no cover
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return False
+
+
+def each(
+    refs: Sequence[str], act: Callable[[str], object], show: Callable[[str], None] = print
+) -> int:
+    """``act`` on every ref: what succeeds is printed, each failure reported
+    on stderr; the exit code is the first failure's (0 if none failed)."""
+    failed = 0
+    for ref in refs:
+        try:
+            act(ref)
+        except CoveError as exc:
+            failed = failed or exc.exit_code
+            print(f"cove: error: {exc.message}", file=sys.stderr)
+            continue
+        show(ref)
+    return failed
+
+
 def _stop(args: argparse.Namespace, client: AgentClient) -> int:
-    for name in args.names:
-        client.request(
-            "POST", f"/api/containers/{quote(name)}/stop", params={"timeout": str(args.time)}
-        )
-        print(name)
-    return 0
+    params = {"timeout": str(args.time)}
+    return each(
+        args.names,
+        lambda r: client.request(
+            "POST", f"/api/containers/{quote(r, safe='')}/stop", params=params
+        ),
+    )
 
 
 def _start(args: argparse.Namespace, client: AgentClient) -> int:
-    for name in args.names:
-        client.request("POST", f"/api/containers/{quote(name)}/start")
-        print(name)
-    return 0
+    return each(
+        args.names, lambda r: client.request("POST", f"/api/containers/{quote(r, safe='')}/start")
+    )
 
 
 def _rm(args: argparse.Namespace, client: AgentClient) -> int:
-    for name in args.names:
-        params = {"force": "1"} if args.force else None
-        client.request("DELETE", f"/api/containers/{quote(name)}", params=params)
-        print(name)
-    return 0
+    params = {"force": "1"} if args.force else None
+    return each(
+        args.names,
+        lambda r: client.request("DELETE", f"/api/containers/{quote(r, safe='')}", params=params),
+    )
 
 
 def _connect(args: argparse.Namespace, client: AgentClient) -> int:

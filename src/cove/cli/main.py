@@ -72,7 +72,10 @@ def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        words = list(sys.argv[1:] if argv is None else argv)
+        parser.exit(2, f"cove: error: {_unknown(parser, words, extra)}\n")
     socket_path = args.socket or Path(os.environ.get("COVE_SOCKET", str(DEFAULT_SOCKET)))
     host = args.host or os.environ.get("COVE_HOST") or None
     token = (
@@ -92,6 +95,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _unknown(parser: argparse.ArgumentParser, argv: Sequence[str], extra: Sequence[str]) -> str:
+    """What argparse left over, named: the first unknown flag, else the
+    unexpected arguments; with the help to read."""
+    words = ["cove"]
+    current: argparse.ArgumentParser | None = parser
+    for token in argv:
+        if current is None:
+            break
+        try:
+            choices = _subcommands(current).choices
+        except LookupError:
+            break
+        if token in choices:
+            words.append(token)
+            current = choices[token]
+    cmd = " ".join(words)
+    flag = next((e for e in extra if e.startswith("-") and e != "-"), None)
+    if flag is not None:
+        return f"unknown flag {flag.split('=', 1)[0]} for '{cmd}': see '{cmd} --help'"
+    return f"unexpected argument(s) {' '.join(extra)} for '{cmd}': see '{cmd} --help'"
 
 
 if __name__ == "__main__":

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from cove.cli.client import AgentClient
-from cove.cli.output import print_table
-from cove.errors import InvalidArgument
+from cove.cli.output import emit, print_table
+from cove.errors import CoveError, InvalidArgument, NotFound
+from cove.naming import SHORT_ID
 
 
 def parse_labels(items: list[str] | None) -> dict[str, str]:
@@ -49,19 +53,32 @@ def add_parsers(
     p.set_defaults(func=_create)
 
     p = nsub.add_parser("ls", help="list networks")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument(
+        "--format", default="table",
+        help="table, json, or a template: '{{.Name}} {{.Id}}'",
+    )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="names only")
+    p.add_argument("--no-trunc", action="store_true", help="full IDs")
     p.set_defaults(func=_ls)
 
-    p = nsub.add_parser("inspect", help="show a network as JSON")
-    p.add_argument("names", nargs="+")
+    p = nsub.add_parser("inspect", help="show networks as JSON (always a list)")
+    p.add_argument("-f", "--format", default="json", help="json or a template: '{{.Subnets}}'")
+    p.add_argument("names", nargs="+", metavar="NETWORK")
     p.set_defaults(func=_inspect)
 
     p = nsub.add_parser("rm", help="remove networks")
-    p.add_argument("names", nargs="+")
+    p.add_argument(
+        "-f", "--force", action="store_true", help="no error for a network that does not exist"
+    )
+    p.add_argument("names", nargs="+", metavar="NETWORK")
     p.set_defaults(func=_rm)
 
     p = nsub.add_parser("prune", help="remove every network without containers")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--filter", action="append", default=[], metavar="KEY=VALUE",
+        help="label=K[=V], label!=K[=V], until=TIME (10m, 2024-01-02T15:04:05Z)",
+    )  # fmt: skip
     p.set_defaults(func=_prune)
     return nsub  # type: ignore[return-value]
 
@@ -90,46 +107,87 @@ def _create(args: argparse.Namespace, client: AgentClient) -> int:
 
 def _ls(args: argparse.Namespace, client: AgentClient) -> int:
     nets = client.request("GET", "/api/networks")
-    if args.format == "json":
-        print(json.dumps(nets, indent=2))
-    elif args.quiet:
+    if args.quiet:
         for n in nets:
             print(n["name"])
     else:
-        rows = [
-            [
-                n["id"],
-                n["name"],
-                ",".join(s["subnet"] for s in n["subnets"]),
-                "internal" if n["internal"] else n.get("driver", "bridge"),
-                n["bridge"],
-                ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())),
-            ]
-            for n in nets
-        ]
-        print_table(["ID", "NAME", "SUBNETS", "TYPE", "BRIDGE", "LABELS"], rows)
+        emit(nets, args.format, lambda items: _ls_table(items, args.no_trunc))
     return 0
+
+
+def _ls_table(nets: Sequence[Mapping[str, Any]], no_trunc: bool) -> None:
+    rows = [
+        [
+            n["id"] if no_trunc else n["id"][:SHORT_ID],
+            n["name"],
+            ",".join(s["subnet"] for s in n["subnets"]),
+            "internal" if n["internal"] else n.get("driver", "bridge"),
+            n["bridge"],
+            ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())),
+        ]
+        for n in nets
+    ]
+    print_table(["ID", "NAME", "SUBNETS", "TYPE", "BRIDGE", "LABELS"], rows)
 
 
 def _inspect(args: argparse.Namespace, client: AgentClient) -> int:
-    out = [client.request("GET", f"/api/networks/{name}") for name in args.names]
-    for net in out:  # containers of other runtimes, attached through cove-cni
+    out, failed = [], 0
+    for ref in args.names:
+        try:
+            net = client.request("GET", f"/api/networks/{quote(ref, safe='')}")
+        except CoveError as exc:
+            failed = failed or exc.exit_code
+            print(f"cove: error: {exc.message}", file=sys.stderr)
+            continue
+        # Containers of other runtimes, attached through cove-cni.
         net["cni_attachments"] = client.request(
-            "GET", f"/api/cni/attachments?node=*&network={net['name']}"
+            "GET", f"/api/cni/attachments?node=*&network={quote(net['name'], safe='')}"
         )
-    print(json.dumps(out, indent=2))
-    return 0
+        out.append(net)
+    if out or not failed:
+        emit(out, args.format, lambda items: print(json.dumps(list(items), indent=2)))
+    return failed
 
 
 def _rm(args: argparse.Namespace, client: AgentClient) -> int:
-    for name in args.names:
-        client.request("DELETE", f"/api/networks/{name}")
-        print(name)
-    return 0
+    failed = 0
+    for ref in args.names:
+        try:
+            client.request("DELETE", f"/api/networks/{quote(ref, safe='')}")
+        except NotFound:
+            if args.force:
+                continue
+            failed = failed or NotFound.exit_code
+            print(f"cove: error: network {ref} not found", file=sys.stderr)
+            continue
+        except CoveError as exc:
+            failed = failed or exc.exit_code
+            print(f"cove: error: {exc.message}", file=sys.stderr)
+            continue
+        print(ref)
+    return failed
 
 
 def _prune(args: argparse.Namespace, client: AgentClient) -> int:
-    res = client.request("POST", "/api/networks/prune")
+    if not args.force and not confirm(
+        "WARNING! This will remove all networks not used by at least one container."
+    ):
+        print("nothing removed (answer 'y' or give -f)", file=sys.stderr)
+        return 1
+    query = urlencode([("filter", f) for f in args.filter])
+    res = client.request("POST", "/api/networks/prune" + (f"?{query}" if query else ""))
+    if res["removed"]:
+        print("Deleted Networks:")
     for name in res["removed"]:
         print(name)
     return 0
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal (stdin); anything but y or yes is no, as is no
+    stdin at all."""
+    print(f"{question}\nAre you sure you want to continue? [y/N] ", end="", flush=True)
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    if not line:
+        print()
+    return line.strip().lower() in ("y", "yes")

@@ -32,6 +32,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = ssub.add_parser("deregister", help="remove a service instance of this agent")
     p.add_argument("id")
     p.set_defaults(func=_service_deregister)
+    p = ssub.add_parser(
+        "add",
+        help="register a container as an instance of a service, on its address, with a TCP"
+        " check; it follows the container and goes when the container goes",
+    )
+    p.add_argument("name", metavar="SERVICE")
+    p.add_argument("--container", required=True, help="name, ID or unique ID prefix")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--tag", action="append", default=[], metavar="TAG")
+    p.set_defaults(func=_service_add)
+    p = ssub.add_parser("rm", help="undo 'service add': the container is no longer an instance")
+    p.add_argument("name", metavar="SERVICE")
+    p.add_argument("--container", required=True, help="name, ID or unique ID prefix")
+    p.set_defaults(func=_service_rm)
 
     kv = sub.add_parser("kv", help="the key/value store")
     ksub = kv.add_subparsers(dest="kv_cmd", required=True, metavar="COMMAND")
@@ -111,6 +125,23 @@ def _service_register(args: argparse.Namespace, client: AgentClient) -> int:
 def _service_deregister(args: argparse.Namespace, client: AgentClient) -> int:
     client.request("PUT", f"/v1/agent/service/deregister/{quote(args.id, safe='')}")
     print(args.id)
+    return 0
+
+
+def _service_add(args: argparse.Namespace, client: AgentClient) -> int:
+    if not 0 < args.port < 65536:
+        raise InvalidArgument(f"--port {args.port} is out of range (1-65535)")
+    text = f"{args.name}:{args.port}" + (f":{','.join(args.tag)}" if args.tag else "")
+    ref = quote(args.container, safe="")
+    c = client.request("POST", f"/api/containers/{ref}/services", {"service": text})
+    print(f"{args.name.lower()} on {c['name']}")
+    return 0
+
+
+def _service_rm(args: argparse.Namespace, client: AgentClient) -> int:
+    ref = quote(args.container, safe="")
+    c = client.request("DELETE", f"/api/containers/{ref}/services/{quote(args.name, safe='')}")
+    print(f"{args.name.lower()} off {c['name']}")
     return 0
 
 

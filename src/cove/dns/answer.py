@@ -37,6 +37,7 @@ from cove.dns.view import DnsView, Scope, node_dep, ptr_dep, svc_dep
 from cove.dns.view import name_dep as _name_dep
 from cove.dns.wire import Message, Query, Rcode, Record, RRType, Soa, Srv
 from cove.model import Endpoint, IPAddress
+from cove.naming import dns_safe
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +78,9 @@ def resolve(
         if answer is not None:
             return answer
     elif scope.networks is not None and labels:
-        if len(labels) >= 2 and labels[-1] in scope.networks:
-            return _endpoints(view, (labels[-1],), ".".join(labels[:-1]), q, cfg, cfg.domain)
+        net = view.network_of(labels[-1]) if len(labels) >= 2 else None
+        if net is not None and net in scope.networks:
+            return _endpoints(view, (net,), ".".join(labels[:-1]), q, cfg, cfg.domain)
         name = ".".join(labels)
         if any(name in view.names.get(n, {}) for n in scope.networks):
             return _endpoints(view, sorted(scope.networks), name, q, cfg, cfg.domain)
@@ -115,8 +117,8 @@ def _in_domain(
             return _negative(Rcode.NXDOMAIN, domain, cfg, frozenset())
         return _addresses(q, (addr,), cfg, domain, frozenset())
     if len(rest) >= 2:
-        net = rest[-1]
-        if net in view.networks and (scope.networks is None or net in scope.networks):
+        net = view.network_of(rest[-1])
+        if net is not None and (scope.networks is None or net in scope.networks):
             return _endpoints(view, (net,), ".".join(rest[:-1]), q, cfg, domain)
     # A new network makes names valid: its event invalidates everything.
     return _negative(Rcode.NXDOMAIN, domain, cfg, frozenset())
@@ -253,10 +255,12 @@ def _reverse(view: DnsView, scope: Scope, q: Query, cfg: AnswerConfig) -> Resolu
     deps = frozenset({ptr_dep(addr)})
     answers: list[Record] = []
     for ep in view.addrs.get(addr, ()):
+        # PTR targets are host names: the DNS-safe forms.
+        host = f"{dns_safe(ep.container_name)}.{dns_safe(ep.network)}"
         if scope.networks is None:
-            target = f"{ep.container_name.lower()}.{ep.network}.{cfg.domain}"
+            target = f"{host}.{cfg.domain}"
         elif ep.network in scope.networks:
-            target = f"{ep.container_name.lower()}.{ep.network}"
+            target = host
         else:
             continue
         answers.append(Record(q.name, RRType.PTR, cfg.ttl, target))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from cove.errors import InvalidArgument
 from cove.lb.model import VIPS, Vip
 from cove.model import ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network
+from cove.naming import dns_names
 from cove.store.base import Event, EventType, KeyValue
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ HOST_SCOPE = Scope(None, forward=True)
 class DnsView:
     def __init__(self) -> None:
         self.networks: dict[str, Network] = {}
+        # DNS label (lower case; a name that is no label: its DNS-safe form
+        # too) -> network name
+        self.net_labels: dict[str, str] = {}
         self._endpoints: dict[str, Endpoint] = {}
         # network -> name -> endpoints answering to it
         self.names: dict[str, dict[str, tuple[Endpoint, ...]]] = {}
@@ -79,6 +83,7 @@ class DnsView:
         """Replace everything with the given ``networks/``, ``endpoints/`` and
         ``lb/vips/`` key-values."""
         self.networks = {}
+        self.net_labels = {}
         self.vips = {}
         self._endpoints = {}
         self.names = {}
@@ -126,6 +131,7 @@ class DnsView:
             return
         if key.startswith(NETWORKS):
             self.networks = {**self.networks, net.name: net}
+            self._index_networks()
             return
         self._delete(key)
         self._endpoints[key] = ep
@@ -160,6 +166,7 @@ class DnsView:
         if key.startswith(NETWORKS):
             name = key[len(NETWORKS) :]
             self.networks = {k: v for k, v in self.networks.items() if k != name}
+            self._index_networks()
             return
         ep = self._endpoints.pop(key, None)
         if ep is None:
@@ -180,6 +187,19 @@ class DnsView:
                 self.addrs.pop(a, None)
         self._container_keys.get(ep.container_id, set()).discard(key)
         self._index_container(ep.container_id)
+
+    def _index_networks(self) -> None:
+        labels: dict[str, str] = {}
+        for name in sorted(self.networks):
+            for form in dns_names(name):
+                labels.setdefault(form, name)
+        for name in self.networks:  # a name as given wins over another's safe form
+            labels[name.lower()] = name
+        self.net_labels = labels
+
+    def network_of(self, label: str) -> str | None:
+        """The network a (lower-case) DNS label names, or ``None``."""
+        return self.net_labels.get(label)
 
     def _index_container(self, container_id: str) -> None:
         keys = self._container_keys.get(container_id, set())

@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 
+from cove import naming
 from cove.clock import Clock
 from cove.errors import AlreadyExists, Conflict, InUse, NotFound
 from cove.model import ENDPOINTS, IPAM, NETWORKS, Endpoint, IPNetwork, Network
@@ -69,11 +70,18 @@ class NetworkService:
                 return network, result.revision
         raise Conflict(f"network {spec.name} could not be created: too many concurrent changes")
 
-    def get(self, name: str) -> Network:
-        kv = self._store.get(NETWORKS + name)
-        if kv is None:
-            raise NotFound(f"network {name} not found", network=name)
-        return Network.from_json(json.loads(kv.value))
+    def get(self, ref: str) -> Network:
+        """The network ``ref`` means: a name, a full ID or a unique ID prefix
+        (``NotFound``; ``Conflict`` listing the matches when ambiguous)."""
+        kv = self._store.get(NETWORKS + ref) if ref else None
+        if kv is not None:
+            return Network.from_json(json.loads(kv.value))
+        nets = self.list()
+        name = naming.resolve(ref, ((n.name, n.id) for n in nets), "network")
+        return next(n for n in nets if n.name == name)
+
+    def exists(self, name: str) -> bool:
+        return self._store.get(NETWORKS + name) is not None
 
     def list(self) -> builtins.list[Network]:
         return [Network.from_json(json.loads(kv.value)) for kv in self._store.range(NETWORKS).kvs]
@@ -86,9 +94,10 @@ class NetworkService:
     def endpoints_of(self, name: str) -> builtins.list[str]:
         return [kv.key.rsplit("/", 1)[1] for kv in self._store.range(f"{ENDPOINTS}{name}/").kvs]
 
-    def remove(self, name: str) -> int:
+    def remove(self, ref: str) -> int:
         """Remove a network that has no endpoints; returns the revision.
         Raises ``NotFound`` or ``InUse``."""
+        name = self.get(ref).name
         for _ in range(_ATTEMPTS):
             kv = self._store.get(NETWORKS + name)
             if kv is None:
@@ -113,13 +122,16 @@ class NetworkService:
                 return result.revision
         raise Conflict(f"network {name} is changing too fast to remove", network=name)
 
-    def prune(self) -> tuple[builtins.list[str], int]:
-        """Remove every network without endpoints; returns their names and the
-        last revision written."""
+    def prune(
+        self, keep: Callable[[Network], bool] = lambda _: False
+    ) -> tuple[builtins.list[str], int]:
+        """Remove every network without endpoints (and for which ``keep`` is
+        false: a ``--filter``); returns their names and the last revision
+        written."""
         removed: list[str] = []
         revision = self._store.revision
         for network in self.list():
-            if self.endpoints_of(network.name):
+            if keep(network) or self.endpoints_of(network.name):
                 continue
             try:
                 revision = self.remove(network.name)

@@ -5,16 +5,17 @@ already in use, which the caller reads."""
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from cove import naming
 from cove.errors import Conflict, InvalidArgument
 from cove.ipam import pool
 from cove.model import IPAddress, IPNetwork, Network, NetworkDriver, Subnet
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_NAME = 63
+RESERVED = ("none", "host")  # --network none|host, as Docker's
 
 # VXLAN network identifiers are 24 bits; 0 is left out (some switches treat
 # it as "no VNI"), and cove allocates from VNI_FIRST up.
@@ -27,8 +28,15 @@ UNDERLAY_MTU = 1500
 
 
 def check_name(name: str, what: str = "network") -> str:
-    """A name that is a DNS label, since it is used in DNS names
-    (``redis.vnet.cove``)."""
+    """A container or network name: Docker's rule (``my_net``, ``MyApp``,
+    ``web.1``, ``project_default``); DNS answers it through
+    ``cove.naming.dns_names``."""
+    return naming.check_name(name, what)
+
+
+def check_label(name: str, what: str) -> str:
+    """A name that is one DNS label (a hostname, an alias): lowercase
+    letters, digits and '-'."""
     if len(name) > MAX_NAME:
         raise InvalidArgument(
             f"{what} name {name[:20]!r}... is {len(name)} characters; at most {MAX_NAME}",
@@ -118,6 +126,12 @@ def build_network(
     ``Conflict`` naming the problem.
     """
     check_name(spec.name)
+    if spec.name in RESERVED:
+        raise InvalidArgument(
+            f"network name {spec.name!r} is reserved (--network {spec.name} means no cove"
+            " network): choose another name",
+            name=spec.name,
+        )
     overlay = spec.driver == NetworkDriver.OVERLAY
     mtu = spec.mtu
     if mtu is None:
@@ -159,7 +173,7 @@ def build_network(
     for rng in ranges:
         if not any(rng.version == s.cidr.version for s in subnets):
             raise InvalidArgument(f"ip-range {rng} has no subnet of its address family")
-    nid = network_id or secrets.token_hex(6)
+    nid = network_id or naming.new_id()
     return Network(
         id=nid,
         name=spec.name,

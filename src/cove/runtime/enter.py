@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from cove import linux
-from cove.runtime import devices, security
+from cove.runtime import devices, security, users
 
 _NAMESPACES = (
     ("net", linux.CLONE_NEWNET),
@@ -38,6 +38,7 @@ def run(
     workdir: str,
     caps: frozenset[str],
     seccomp: bool,
+    user: str = "",
 ) -> int:
     """Runs ``argv`` in the container whose init is ``pid``; returns its
     exit code (128 + N when killed by signal N). Raises ``OSError`` when
@@ -56,7 +57,7 @@ def run(
         sys.stderr.flush()
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the child
-            _child(fds, root, argv, env, workdir, caps, program)
+            _child(fds, root, argv, env, workdir, caps, program, user)
     finally:
         for fd, _ in fds:
             os.close(fd)
@@ -92,6 +93,7 @@ def _child(
     workdir: str,
     caps: frozenset[str],
     program: bytes | None,
+    user: str = "",
 ) -> NoReturn:  # pragma: no cover
     try:
         if not devices.join():
@@ -101,8 +103,16 @@ def _child(
         os.fchdir(root)
         os.chroot(".")
         os.chdir(workdir)
+        identity = users.lookup(user) if user else None
         security.confine(caps, program)
+        if identity is not None:
+            users.switch(identity)  # after confine: no capability is left
         os.execvpe(argv[0], list(argv), dict(env))
+    except LookupError as exc:
+        code = 126
+        with contextlib.suppress(OSError):
+            os.write(2, f"cove: cannot run {argv[0]!r}: {exc}\n".encode())
+        os._exit(code)
     except OSError as exc:
         code = 127 if exc.errno == errno.ENOENT else 126
         with contextlib.suppress(OSError):

@@ -11,7 +11,13 @@ from pathlib import Path
 from cove.model import IPAddress
 
 
-def hosts(hostname: str, name: str, addresses: Sequence[IPAddress]) -> str:
+def hosts(
+    hostname: str,
+    name: str,
+    addresses: Sequence[IPAddress],
+    extra: Sequence[tuple[str, str]] = (),
+) -> str:
+    """``extra``: (name, address) lines of ``--add-host``, after the rest."""
     lines = [
         "127.0.0.1\tlocalhost",
         "::1\tlocalhost ip6-localhost ip6-loopback",
@@ -20,6 +26,7 @@ def hosts(hostname: str, name: str, addresses: Sequence[IPAddress]) -> str:
     lines.extend(f"{a}\t{names}" for a in addresses)
     if not addresses:
         lines.append(f"127.0.1.1\t{names}")
+    lines.extend(f"{address}\t{host}" for host, address in extra)
     return "\n".join(lines) + "\n"
 
 

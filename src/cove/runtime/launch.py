@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from cove import linux
 from cove.errors import LaunchError as LaunchError  # raised here; defined in the one tree
-from cove.runtime import devices, fs, security
+from cove.runtime import devices, fs, security, users
 from cove.runtime.security import DEFAULT_CAPS
 
 _SETUP_TIMEOUT = 10.0
@@ -52,6 +52,8 @@ class LaunchSpec:
     # the agent's files (state, run and socket directories, secrets): hidden
     # from a container that sees the host's filesystem
     masked: tuple[str, ...] = ()
+    stop_signal: str = "SIGTERM"  # what ``stop`` sends first
+    user: str = ""  # -u USER[:GROUP], looked up in the container's /etc files
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +73,8 @@ class LaunchSpec:
             "caps": sorted(self.caps),
             "seccomp": self.seccomp,
             "masked": list(self.masked),
+            "stop_signal": self.stop_signal,
+            "user": self.user,
         }
 
     @classmethod
@@ -92,6 +96,8 @@ class LaunchSpec:
             caps=frozenset(str(c) for c in data["caps"]) if "caps" in data else DEFAULT_CAPS,
             seccomp=bool(data.get("seccomp", True)),
             masked=tuple(str(p) for p in data.get("masked") or ()),
+            stop_signal=str(data.get("stop_signal") or "SIGTERM"),
+            user=str(data.get("user") or ""),
         )
 
 
@@ -224,7 +230,13 @@ def _exec_init(
         for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        identity = users.lookup(spec.user) if spec.user else None
         security.confine(caps, seccomp)
+        if identity is not None:
+            users.switch(identity)  # after confine: no capability is left
+    except LookupError as exc:
+        _write(report, f"error cannot run as {spec.user}: {exc}\n")
+        os._exit(126)
     except OSError as exc:
         _write(report, f"error container setup failed: {exc.strerror or exc}\n")
         os._exit(126)

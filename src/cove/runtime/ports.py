@@ -13,9 +13,11 @@
   (a loopback source cannot leave the host; the bridge also needs
   ``route_localnet=1``, see ``localnet_bridges``), and so are DNATed
   connections of either family that go back out of the bridge they came in
-  on (a container reaching its own network's published port), so replies
-  return through the host. Connections from other cove networks are already
-  masqueraded by the network table's egress rule, for IPv6 subnets too.
+  on (a container reaching its own network's published port), and those
+  from a container to itself (its own published port: bridged straight
+  back by br_netfilter), so replies return through the host. Connections
+  from other cove networks are already masqueraded by the network table's
+  egress rule, for IPv6 subnets too.
 
 IPv6 loopback (``::1``) is not published: the kernel has no
 ``route_localnet`` for IPv6 and drops a ``::1`` packet DNATed to another
@@ -120,6 +122,27 @@ def compile_table(published: Iterable[Published]) -> list[Obj]:
                         ),
                         {"masquerade": None},
                     ],
+                }
+            }
+        )
+    # A container reaching its own published port: the DNATed packet is
+    # bridged back to the port it came from (br_netfilter: no input
+    # interface in postrouting, so the rule below does not see it), and
+    # would arrive with the container's own address as source (a martian,
+    # dropped). Masqueraded, its replies go back through the host.
+    for target in sorted({t for p in items for t in p.targets()}, key=str):
+        family = "ip" if target.version == 4 else "ip6"
+        objs.append(
+            {
+                "rule": {
+                    "chain": "postrouting",
+                    "expr": [
+                        _match({"ct": {"key": "status"}}, "dnat", op="in"),
+                        _match({"payload": {"protocol": family, "field": "saddr"}}, str(target)),
+                        _match(_daddr(family), str(target)),
+                        {"masquerade": None},
+                    ],
+                    "comment": "hairpin: a container reaching its own published port",
                 }
             }
         )

@@ -38,7 +38,7 @@ from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network
 from cove.runtime import etc, ports
 from cove.runtime import plan as planner
 from cove.runtime.portguard import PortGuard
-from cove.runtime.spec import Container
+from cove.runtime.spec import HOST_GATEWAY, Container
 from cove.store.base import Event, EventType, Store, local_store
 from cove.worker import Worker
 
@@ -499,7 +499,13 @@ class ContainerReconciler:
         first = snap.networks.get(eps[0].network) if eps else None
         if first is not None and first.ipv4 is not None:
             nameservers.append(first.ipv4.gateway)
-        etc.write_in_place(folder / "hosts", etc.hosts(c.hostname, c.name, addresses))
+        gateway = str(first.ipv4.gateway) if first is not None and first.ipv4 else ""
+        extra = [
+            (host, gateway if address == HOST_GATEWAY else address)
+            for host, _, address in (h.partition(":") for h in c.extra_hosts)
+            if gateway or address != HOST_GATEWAY
+        ]
+        etc.write_in_place(folder / "hosts", etc.hosts(c.hostname, c.name, addresses, extra))
         etc.write_in_place(folder / "hostname", c.hostname + "\n")
         etc.write_in_place(
             folder / "resolv.conf", etc.resolv_conf(nameservers, self._host_resolv())

@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cove import naming
 from cove.clock import Clock
 from cove.cluster.nodes import CLUSTER_STATUS, owned
 from cove.cluster.requests import REMOVE, START, STOP, RemoteRequests
@@ -40,8 +41,17 @@ from cove.errors import (
     storage_error,
 )
 from cove.ipam.allocator import Ipam
-from cove.model import CONTAINERS, ENDPOINTS, IPAM, NETWORKS, Endpoint, IPAddress, Network
-from cove.network.spec import check_name
+from cove.model import (
+    CONTAINERS,
+    ENDPOINTS,
+    IPAM,
+    NETWORKS,
+    Endpoint,
+    IPAddress,
+    Network,
+    ServiceSpec,
+)
+from cove.network.spec import check_label
 from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import Intent, IntentLog, Phase
 from cove.runtime.launch import LaunchSpec
@@ -54,12 +64,15 @@ from cove.runtime.spec import (
     RunSpec,
     check_port_families,
 )
-from cove.runtime.state import ProcessState, Status
+from cove.runtime.state import ProcessState, Status, restart_text
 from cove.runtime.view import ContainerView, ExecInfo
 from cove.store.base import Compare, Delete, Put, Store, local_store
 
 log = logging.getLogger(__name__)
 
+# --init: tini, built static so it runs whatever the container's libraries.
+INIT = "/usr/bin/tini-static"
+_EPHEMERAL = (32768, 61000)  # free host ports for -P, as Docker's
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ATTEMPTS = 16
 # On a shared store, an address whose owner is not (yet) a container is
@@ -126,7 +139,9 @@ class ContainerService:
         fault: Callable[[str], None] = no_fault,
         node: str = "",
         remote: RemoteRequests | None = None,
+        init: str = INIT,
     ) -> None:
+        self._init = init
         self._store = store
         self._node = node
         self._remote = remote or RemoteRequests(store, clock, node)
@@ -148,13 +163,28 @@ class ContainerService:
         self._fault = fault
         # Starts that ``adopt`` could not finish (a full disk): id -> name.
         self._unstarted: dict[str, str] = {}
+        # run --rm: id -> name, removed once exited (``remove_exited``).
+        self._auto: dict[str, str] = {}
 
     # -- reading -------------------------------------------------------------
 
-    def get(self, name: str) -> Container:
+    def resolve(self, ref: str) -> str:
+        """The name of the container ``ref`` means: a name, a full ID or a
+        unique ID prefix (``NotFound``; ``Conflict`` when ambiguous)."""
+        if ref and self._store.get(CONTAINERS + ref) is not None:
+            return ref
+        pairs = []
+        for kv in self._store.range(CONTAINERS).kvs:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                data = json.loads(kv.value)
+                pairs.append((str(data["name"]), str(data["id"])))
+        return naming.resolve(ref, pairs, "container")
+
+    def get(self, ref: str) -> Container:
+        name = self.resolve(ref)
         kv = self._store.get(CONTAINERS + name)
         if kv is None:
-            raise NotFound(f"container {name} not found", container=name)
+            raise NotFound(f"container {ref} not found", container=ref)
         return Container.from_json(json.loads(kv.value))
 
     def owns(self, c: Container) -> bool:
@@ -261,20 +291,21 @@ class ContainerService:
         except CoveError as exc:  # the periodic pass publishes it later
             log.debug("cannot publish the state of %s yet: %s", cid[:12], exc.message)
 
-    def exec_info(self, name: str) -> ExecInfo:
-        c = self.check_local(name, "exec")
+    def exec_info(self, ref: str) -> ExecInfo:
+        c = self.check_local(ref, "exec")
+        name = c.name
         state = self._sup.states().get(c.id)
         if state is None or state.status is not Status.RUNNING:
             raise Conflict(f"container {name} is not running", container=name)
         return ExecInfo(
             id=c.id, pid=state.pid, env=dict(c.env), workdir=c.workdir,
-            capabilities=tuple(sorted(c.capabilities)), seccomp=c.seccomp,
+            capabilities=tuple(sorted(c.capabilities)), seccomp=c.seccomp, user=c.user,
         )  # fmt: skip
 
     # -- run -----------------------------------------------------------------
 
     def run(self, spec: RunSpec) -> ContainerView:
-        name = spec.name or f"c{secrets.token_hex(5)}"
+        name = spec.name or naming.generate_name(self._names())
         if self._store.get(CONTAINERS + name) is not None:
             raise AlreadyExists(f"container {name} already exists", container=name)
         networks = [self._network(a.network) for a in spec.attachments]
@@ -282,16 +313,21 @@ class ContainerService:
             raise InvalidArgument(f"rootfs directory {spec.rootfs} does not exist")
         env = {"PATH": DEFAULT_PATH, **spec.env, "HOSTNAME": spec.hostname or name}
         _check_command(spec.argv[0], env["PATH"], spec.rootfs)
+        if spec.init:
+            self._check_init(spec.rootfs)
+        ports = self._free_ports(spec.ports)
         if networks:
-            check_port_families(spec.ports, networks[0])
-        self._check_ports(spec.ports)
+            check_port_families(ports, networks[0])
+        self._check_ports(ports)
         cid = secrets.token_hex(32)
         container = Container(
             id=cid, name=name, argv=spec.argv, hostname=spec.hostname or name, env=env,
             labels=dict(spec.labels), rootfs=spec.rootfs, workdir=spec.workdir,
-            restart=spec.restart, ports=spec.ports, networks=tuple(n.name for n in networks),
+            restart=spec.restart, ports=ports, networks=tuple(n.name for n in networks),
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
             cap_drop=spec.cap_drop, seccomp=spec.seccomp, node=self._node,
+            restart_max=spec.restart_max, init=spec.init, stop_signal=spec.stop_signal,
+            extra_hosts=spec.extra_hosts, user=spec.user, auto_remove=spec.auto_remove,
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails
@@ -321,6 +357,8 @@ class ContainerService:
                 raise from_json({**exc.to_json(), "error": exc.message + note}) from exc
             raise
         self._intents.done(cid)
+        if container.auto_remove:
+            self._auto[cid] = name
         self._fault("run:started")
         self._publish_one(cid)
         log.info("container %s (%s) running", name, cid[:12])
@@ -369,10 +407,56 @@ class ContainerService:
                     self._sup.remove(intent.id)
             self._intents.done(intent.id)
 
-    def _network(self, name: str) -> Network:
-        kv = self._store.get(NETWORKS + name)
+    def _free_ports(self, ports: tuple[PortMapping, ...]) -> tuple[PortMapping, ...]:
+        """Host port 0 (``-p PORT``, ``-P``) replaced by a free port of the
+        ephemeral range, as Docker chooses them."""
+        taken = {p.claim_key for p in ports if p.host_port}
+        out = []
+        for p in ports:
+            if p.host_port:
+                out.append(p)
+                continue
+            start = secrets.randbelow(_EPHEMERAL[1] - _EPHEMERAL[0])
+            span = _EPHEMERAL[1] - _EPHEMERAL[0]
+            for i in range(span):
+                candidate = replace(p, host_port=_EPHEMERAL[0] + (start + i) % span)
+                if candidate.claim_key in taken or any(
+                    self._store.get(k) for k in self._claim_keys(candidate, self._node)
+                ):
+                    continue
+                try:
+                    self._probe(candidate)
+                except (Conflict, InvalidArgument):
+                    continue
+                taken.add(candidate.claim_key)
+                out.append(candidate)
+                break
+            else:
+                raise Conflict(f"no free host port to publish {p.port}/{p.proto} on")
+        return tuple(out)
+
+    def _check_init(self, rootfs: str | None) -> None:
+        if rootfs is not None:
+            raise InvalidArgument("--init cannot go with --rootfs yet: run an init of the rootfs")
+        if not os.access(self._init, os.X_OK):
+            raise InvalidArgument(
+                f"--init needs {self._init}: install Debian's tini package (apt-get install tini)"
+            )
+
+    def _names(self) -> set[str]:
+        return {kv.key[len(CONTAINERS) :] for kv in self._store.range(CONTAINERS).kvs}
+
+    def _network(self, ref: str) -> Network:
+        """The network ``ref`` names: a name, a full ID or a unique prefix."""
+        kv = self._store.get(NETWORKS + ref) if ref else None
         if kv is None:
-            raise NotFound(f"network {name} not found", network=name)
+            nets = [
+                Network.from_json(json.loads(kv.value)) for kv in self._store.range(NETWORKS).kvs
+            ]
+            name = naming.resolve(ref, ((n.name, n.id) for n in nets), "network")
+            kv = self._store.get(NETWORKS + name)
+            if kv is None:
+                raise NotFound(f"network {ref} not found", network=ref)
         return Network.from_json(json.loads(kv.value))
 
     def _claim_keys(self, p: PortMapping, node: str) -> tuple[str, ...]:
@@ -444,12 +528,14 @@ class ContainerService:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error(exc, str(folder), f"cannot start container {c.name}") from exc
+        argv = (self._init, "--", *c.argv) if c.init else c.argv
         return LaunchSpec(
-            id=c.id, name=c.name, argv=c.argv, env=c.env, hostname=c.hostname,
+            id=c.id, name=c.name, argv=argv, stop_signal=c.stop_signal, user=c.user, env=c.env,
+            hostname=c.hostname,
             netns=str(self._netns.netns_path(c.id)), etc_dir=str(self._rec.etc_dir(c.id)),
             log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,
-            restart=c.restart.value, labels=c.labels, caps=c.capabilities, seccomp=c.seccomp,
-            masked=self._masked,
+            restart=restart_text(c.restart, c.restart_max), labels=c.labels,
+            caps=c.capabilities, seccomp=c.seccomp, masked=self._masked,
         )  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------
@@ -506,7 +592,8 @@ class ContainerService:
 
         return {STOP: stop, START: start, REMOVE: remove}
 
-    def stop(self, name: str, timeout: float = 10.0) -> ContainerView:
+    def stop(self, ref: str, timeout: float = 10.0) -> ContainerView:
+        name = self.resolve(ref)
         remote = self._ask_owner(STOP, name, {"timeout": timeout}, wait=timeout)
         if remote is not None:
             return remote
@@ -517,7 +604,8 @@ class ContainerService:
         self._publish_one(c.id)
         return self._inspect(c, endpoints)
 
-    def start(self, name: str) -> ContainerView:
+    def start(self, ref: str) -> ContainerView:
+        name = self.resolve(ref)
         remote = self._ask_owner(START, name)
         if remote is not None:
             return remote
@@ -532,7 +620,8 @@ class ContainerService:
         self._publish_one(c.id)
         return self._inspect(c, endpoints)
 
-    def remove(self, name: str, force: bool = False) -> None:
+    def remove(self, ref: str, force: bool = False) -> None:
+        name = self.resolve(ref)
         if self._ask_owner(REMOVE, name, {"force": force}) is not None:
             log.info("container %s removed by its node", name)
             return
@@ -598,15 +687,53 @@ class ContainerService:
                 return c
         raise Conflict(f"container {name} is changing too fast")
 
+    # -- services of a container ---------------------------------------------
+
+    def add_service(self, ref: str, text: str) -> ContainerView:
+        """Register the container as an instance of a service, as ``--service
+        NAME:PORT[:TAGS]`` would have: on its address (followed when it
+        changes), with the same TCP check, gone when the container goes."""
+        spec = ServiceSpec.parse(text)
+        if spec is None:
+            raise InvalidArgument(f"invalid service {text!r}: expected NAME:PORT[:TAG,...]")
+        return self._change_services(ref, spec.name, text)
+
+    def remove_service(self, ref: str, service: str) -> ContainerView:
+        return self._change_services(ref, service.lower(), None)
+
+    def _change_services(self, ref: str, service: str, text: str | None) -> ContainerView:
+        name = self.resolve(ref)
+        for _ in range(_ATTEMPTS):
+            kv = self._store.get(CONTAINERS + name)
+            if kv is None:
+                raise NotFound(f"container {ref} not found", container=ref)
+            c = Container.from_json(json.loads(kv.value))
+            kept = tuple(s for s in c.services if _service_name(s) != service)
+            if text is None and len(kept) == len(c.services):
+                raise NotFound(f"container {c.name} has no service {service}", container=c.name)
+            services = kept if text is None else (*kept, text)
+            c2 = replace(c, services=services)
+            eps = [replace(ep, services=services) for ep in self.endpoints(c)]
+            ok = self._store.txn(
+                [Compare.mod_is(CONTAINERS + name, kv.mod_revision)],
+                [Put(CONTAINERS + name, _encode(c2.to_json()))]
+                + [Put(_ep_key(ep), _encode(ep.to_json())) for ep in eps],
+            ).succeeded
+            if ok:
+                return self._inspect(c2, eps)
+        raise Conflict(f"container {name} is changing too fast")
+
     # -- networks of a running container -----------------------------------
 
     def connect(
-        self, network: str, name: str, aliases: tuple[str, ...] = (), ip: str = ""
+        self, network: str, ref: str, aliases: tuple[str, ...] = (), ip: str = ""
     ) -> ContainerView:
         for a in aliases:
-            check_name(a, "alias")
+            check_label(a.lower(), "alias")
         requested = _parse_ip(ip) if ip else None
         net = self._network(network)
+        network = net.name
+        name = self.resolve(ref)
         for _ in range(_ATTEMPTS):
             kv = self._store.get(CONTAINERS + name)
             if kv is None:
@@ -643,8 +770,12 @@ class ContainerService:
             return self._inspect(c2, [*current, ep])
         raise Conflict(f"container {name} is changing too fast")
 
-    def disconnect(self, network: str, name: str) -> ContainerView:
-        c = self.get(name)
+    def disconnect(self, network: str, ref: str) -> ContainerView:
+        c = self.get(ref)
+        name = c.name
+        if network not in c.networks:
+            with contextlib.suppress(NotFound):
+                network = self._network(network).name
         if network not in c.networks:
             raise NotFound(f"container {name} is not on network {network}")
         left = [ep for ep in self.endpoints(c) if ep.network != network]
@@ -678,6 +809,26 @@ class ContainerService:
     def _release(self, ep: Endpoint) -> None:
         for addr in ep.addresses:
             self._ipam.release(ep.network, addr)
+
+    def remove_exited(self) -> None:
+        """Remove the ``--rm`` containers that have exited (a periodic pass;
+        nothing to do, no supervisor round trip, while there are none)."""
+        if not self._auto:
+            return
+        states = self._sup.states()
+        for cid, name in list(self._auto.items()):
+            state = states.get(cid)
+            if state is not None and state.status is not Status.EXITED:
+                continue
+            try:
+                c = self._current(cid, name)
+                if c is not None:
+                    self._destroy(c, self.endpoints(c))
+                    log.info("container %s removed: it exited (--rm)", name)
+            except CoveError as exc:
+                log.warning("cannot remove %s (--rm) yet: %s", name, exc.message)
+                continue
+            self._auto.pop(cid, None)
 
     # -- after an agent restart --------------------------------------------
 
@@ -747,6 +898,8 @@ class ContainerService:
             if not self.owns(c):
                 continue  # its own node's agent runs it
             state = states.get(c.id)
+            if c.auto_remove:
+                self._auto[c.id] = c.name
             try:
                 if c.id in aborting:
                     continue
@@ -792,6 +945,10 @@ class ContainerService:
             if any(c.id == cid for c in read_snapshot(self._store).containers.values()):
                 continue
             self._store.txn([Compare.mod_is(key, rev)], [Delete(key)])
+
+
+def _service_name(text: str) -> str:
+    return text.partition(":")[0].lower()
 
 
 def _ep_key(ep: Endpoint) -> str:

@@ -4,6 +4,7 @@ and validation of what a user asks for in ``cove run``. Pure: no I/O."""
 from __future__ import annotations
 
 import ipaddress
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -11,11 +12,15 @@ from typing import Any
 
 from cove.errors import InvalidArgument
 from cove.model import Network, ServiceSpec
-from cove.network.spec import check_name
+from cove.network.spec import check_label, check_name
 from cove.runtime.security import check_security_opts, normalize_cap, resolve_caps
-from cove.runtime.state import RestartPolicy
+from cove.runtime.state import RestartPolicy, parse_restart, restart_text
 
 PORTS = "ports/"  # ports/<proto>/<host port>: which container published it
+DEFAULT_NETWORK = "bridge"  # as Docker's: a container without --network is on it
+NETWORK_NONE = "none"  # loopback only
+NETWORK_HOST = "host"
+HOST_GATEWAY = "host-gateway"  # --add-host NAME:host-gateway
 
 
 class Proto(StrEnum):
@@ -75,7 +80,9 @@ class PortMapping:
             host_port, port = int(parts[0]), int(parts[1])
         except ValueError:
             raise InvalidArgument(f"invalid port spec {text!r}: {_PORT_USAGE}", port=text) from None
-        for p in (host_port, port):
+        if not 0 <= host_port <= 65535:  # 0: a free port, chosen at run
+            raise InvalidArgument(f"invalid port spec {text!r}: port {host_port} is out of range")
+        for p in (port,):
             if not 1 <= p <= 65535:
                 raise InvalidArgument(f"invalid port spec {text!r}: port {p} is out of range")
         return cls(host_port=host_port, port=port, proto=protocol, host_ip=host_ip)
@@ -166,6 +173,12 @@ class Container:
     cap_drop: tuple[str, ...] = ()
     seccomp: bool = True
     node: str = ""  # the node whose agent runs it; empty: a single-host record
+    restart_max: int = 0  # on-failure:N; 0: no limit
+    init: bool = False  # --init: a tiny init (tini) runs the command
+    stop_signal: str = "SIGTERM"
+    extra_hosts: tuple[str, ...] = ()  # --add-host NAME:IP (or NAME:host-gateway)
+    user: str = ""  # -u USER[:GROUP]; empty: root
+    auto_remove: bool = False  # --rm: removed once it exits
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -181,7 +194,7 @@ class Container:
             "labels": dict(self.labels),
             "rootfs": self.rootfs,
             "workdir": self.workdir,
-            "restart": self.restart.value,
+            "restart": restart_text(self.restart, self.restart_max),
             "ports": [str(p) for p in self.ports],
             "networks": list(self.networks),
             "services": list(self.services),
@@ -191,10 +204,16 @@ class Container:
             "cap_drop": list(self.cap_drop),
             "seccomp": "default" if self.seccomp else "unconfined",
             "node": self.node,
+            "init": self.init,
+            "stop_signal": self.stop_signal,
+            "extra_hosts": list(self.extra_hosts),
+            "user": self.user,
+            "auto_remove": self.auto_remove,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Container:
+        restart, restart_max = parse_restart(data.get("restart") or "no")
         return cls(
             id=data["id"],
             name=data["name"],
@@ -204,7 +223,8 @@ class Container:
             labels=dict(data.get("labels") or {}),
             rootfs=data.get("rootfs") or None,
             workdir=data.get("workdir") or "/",
-            restart=RestartPolicy(data.get("restart", "no")),
+            restart=restart,
+            restart_max=restart_max,
             ports=tuple(PortMapping.parse(p) for p in data.get("ports") or ()),
             networks=tuple(data.get("networks") or ()),
             services=tuple(data.get("services") or ()),
@@ -214,6 +234,11 @@ class Container:
             cap_drop=tuple(data.get("cap_drop") or ()),
             seccomp=data.get("seccomp", "default") != "unconfined",
             node=str(data.get("node") or ""),
+            init=bool(data.get("init", False)),
+            stop_signal=str(data.get("stop_signal") or "SIGTERM"),
+            extra_hosts=tuple(data.get("extra_hosts") or ()),
+            user=str(data.get("user") or ""),
+            auto_remove=bool(data.get("auto_remove", False)),
         )
 
 
@@ -235,12 +260,25 @@ class RunSpec:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     seccomp: bool = True
+    restart_max: int = 0
+    # No --network given: on the default network (created on first use).
+    default_network: bool = False
+    init: bool = False
+    stop_signal: str = "SIGTERM"
+    expose: tuple[str, ...] = ()  # PORT/PROTO, published on free host ports by -P
+    extra_hosts: tuple[str, ...] = ()
+    user: str = ""
+    auto_remove: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
         if not isinstance(data, Mapping):
             raise InvalidArgument("request body must be a JSON object")
         argv = _strings(data, "command")
+        entrypoint = _string(data, "entrypoint")
+        if entrypoint:
+            # --entrypoint: the program; the command's words are its arguments
+            argv = [entrypoint, *argv]
         if not argv:
             raise InvalidArgument("a command to run is required (cove run ... -- CMD ARGS)")
         name = _string(data, "name")
@@ -248,15 +286,26 @@ class RunSpec:
             check_name(name, "container")
         hostname = _string(data, "hostname")
         if hostname:
-            check_name(hostname, "host")
+            check_label(hostname.lower(), "host")
         networks = _strings(data, "networks")
         if len(set(networks)) != len(networks):
             raise InvalidArgument("a network is given twice")
+        default_network = not networks
+        if default_network:
+            networks = [DEFAULT_NETWORK]
+        elif NETWORK_NONE in networks:
+            if len(networks) > 1:
+                raise InvalidArgument("--network none cannot go with other networks")
+            networks = []
+        elif NETWORK_HOST in networks:
+            raise InvalidArgument(
+                "--network host is not supported: use a cove network and publish ports with -p"
+            )
         ip = _address(data, "ip", 4)
         ip6 = _address(data, "ip6", 6)
         if (ip or ip6) and len(networks) != 1:
             raise InvalidArgument("--ip and --ip6 need exactly one --network")
-        aliases = tuple(check_name(a, "alias") for a in _strings(data, "aliases"))
+        aliases = tuple(check_label(a.lower(), "alias") for a in _strings(data, "aliases"))
         attachments = tuple(
             Attachment(
                 network=n,
@@ -266,21 +315,37 @@ class RunSpec:
             )
             for i, n in enumerate(networks)
         )
-        restart_text = _string(data, "restart") or "no"
+        restart_arg = _string(data, "restart") or "no"
+        auto_remove = _bool(data, "auto_remove")
+        if auto_remove and restart_arg != "no":
+            raise InvalidArgument("--rm and --restart cannot go together: choose one")
         try:
-            restart = RestartPolicy(restart_text)
+            restart, restart_max = parse_restart(restart_arg)
         except ValueError:
             raise InvalidArgument(
-                f"invalid restart policy {restart_text!r}: use no, on-failure or always"
+                f"invalid restart policy {restart_arg!r}: use no, on-failure[:N], always"
+                " or unless-stopped"
             ) from None
-        ports = tuple(PortMapping.parse(p) for p in _strings(data, "ports"))
+        wanted = [p for text in _strings(data, "ports") for p in expand_ports(text)]
+        expose = tuple(parse_expose(e) for e in _strings(data, "expose"))
+        if _bool(data, "publish_all"):
+            # -P: every exposed port not published already, on a free host port
+            done = {(p.partition("/")[0].rpartition(":")[2], p.partition("/")[2] or "tcp")
+                    for p in wanted}  # fmt: skip
+            for e in expose:
+                port, _, proto = e.partition("/")
+                if (port, proto) not in done:
+                    wanted.append(f"0:{port}/{proto}")
+        ports = tuple(PortMapping.parse(p) for p in wanted)
         seen: set[str] = set()
         for p in ports:
+            if p.host_port == 0:
+                continue  # a free host port is chosen at run
             if p.claim_key in seen:
                 raise InvalidArgument(f"host port {p.host_port}/{p.proto} is published twice")
             seen.add(p.claim_key)
         if ports and not networks:
-            raise InvalidArgument("publishing a port (-p) needs a --network")
+            raise InvalidArgument("publishing a port (-p) needs a network, not --network none")
         services = tuple(_service(s) for s in _strings(data, "services"))
         rootfs = _string(data, "rootfs") or None
         workdir = _string(data, "workdir") or "/"
@@ -300,12 +365,125 @@ class RunSpec:
             rootfs=rootfs,
             workdir=workdir,
             restart=restart,
+            restart_max=restart_max,
+            default_network=default_network,
+            expose=expose,
+            extra_hosts=tuple(parse_add_host(h) for h in _strings(data, "add_hosts")),
+            user=_user(_string(data, "user")),
+            auto_remove=auto_remove,
+            init=_bool(data, "init"),
+            stop_signal=parse_signal(_string(data, "stop_signal") or "SIGTERM"),
             ports=ports,
             services=services,
             cap_add=cap_add,
             cap_drop=cap_drop,
             seccomp=seccomp,
         )
+
+
+def expand_ports(text: str) -> list[str]:
+    """``-p`` with ranges, one mapping each: ``8000-8002:9000-9002`` is three,
+    ``8000-8002:80`` is refused (ranges of one length); a container port
+    alone (``80``, ``80-81``) gets free host ports (host port 0 until run)."""
+    body, slash, proto = text.partition("/")
+    head, colon, container = body.rpartition(":")
+    if not colon:
+        head, container = "0", body
+    if head.endswith("]"):
+        host_ip, host = head, "0"
+    else:
+        host_ip, _, host = head.rpartition(":")
+    host = host or "0"
+    prefix = f"{host_ip}:" if host_ip else ""
+    if "-" not in container and "-" not in host:
+        return [f"{prefix}{host}:{container}{slash}{proto}"]
+    c_lo, c_hi = _range(container, text)
+    h_lo, h_hi = _range(host, text) if host != "0" else (0, 0)
+    if host != "0" and h_hi - h_lo != c_hi - c_lo:
+        raise InvalidArgument(
+            f"invalid port spec {text!r}: the host range and the container range differ in length"
+        )
+    if c_hi - c_lo >= 1024:
+        raise InvalidArgument(f"invalid port spec {text!r}: at most 1024 ports in a range")
+    return [
+        f"{prefix}{h_lo + i if host != '0' else 0}:{c_lo + i}{slash}{proto}"
+        for i in range(c_hi - c_lo + 1)
+    ]
+
+
+def _range(text: str, spec: str) -> tuple[int, int]:
+    lo, dash, hi = text.partition("-")
+    try:
+        a, b = int(lo), int(hi if dash else lo)
+    except ValueError:
+        raise InvalidArgument(f"invalid port spec {spec!r}: {_PORT_USAGE}", port=spec) from None
+    if not 1 <= a <= b <= 65535:
+        raise InvalidArgument(f"invalid port spec {spec!r}: bad range {text}", port=spec)
+    return a, b
+
+
+def _user(text: str) -> str:
+    user, sep, group = text.partition(":")
+    bad = any(c.isspace() or c in "/\0" for c in text)
+    if bad or (text and not user) or (sep and not group) or group.count(":"):
+        raise InvalidArgument(f"invalid user {text!r}: expected USER[:GROUP], names or numbers")
+    return text
+
+
+def parse_add_host(text: str) -> str:
+    """``--add-host NAME:IP`` (Docker's ``NAME=IP`` too; IP may be IPv6, or
+    ``host-gateway``: the gateway of the container's first network) as
+    ``NAME:IP``."""
+    sep = "=" if "=" in text else ":"
+    name, _, address = text.partition(sep)
+    address = address.strip("[]")
+    ok_name = bool(name) and not any(c.isspace() or c in "#:" for c in name)
+    if ok_name and address == HOST_GATEWAY:
+        return f"{name}:{address}"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        ok_name = False
+    if not ok_name:
+        raise InvalidArgument(
+            f"invalid --add-host {text!r}: expected NAME:IP (or NAME:{HOST_GATEWAY})"
+        )
+    return f"{name}:{ip}"
+
+
+def parse_expose(text: str) -> str:
+    """``--expose PORT[/tcp|/udp]`` as ``PORT/PROTO``."""
+    port, _, proto = text.partition("/")
+    proto = proto or "tcp"
+    if not port.isdigit() or not 1 <= int(port) <= 65535 or proto not in ("tcp", "udp"):
+        raise InvalidArgument(f"invalid --expose {text!r}: expected PORT[/tcp|/udp]")
+    return f"{int(port)}/{proto}"
+
+
+def parse_signal(text: str) -> str:
+    """A signal as Docker's ``--stop-signal`` takes it (``SIGINT``, ``INT``,
+    ``2``), as its name (``SIGINT``). ``InvalidArgument`` otherwise."""
+    name = text.strip().upper()
+    try:
+        sig = (
+            signal.Signals(int(name))
+            if name.isdigit()
+            else signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+        )
+    except (KeyError, ValueError):
+        raise InvalidArgument(
+            f"invalid stop signal {text!r}: use a name (SIGTERM, SIGINT, QUIT) or a number"
+        ) from None
+    if sig in (signal.SIGKILL, signal.SIGSTOP) and name not in ("SIGKILL", "KILL", "9"):
+        raise InvalidArgument(f"invalid stop signal {text!r}")
+    return sig.name
+
+
+def _bool(data: Mapping[str, Any], key: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"'{key}' must be true or false")
+    return value
 
 
 def parse_pairs(items: Sequence[str], what: str, *, allow_bare: bool) -> dict[str, str]:

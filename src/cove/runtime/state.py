@@ -25,11 +25,31 @@ class RestartPolicy(StrEnum):
     NO = "no"
     ON_FAILURE = "on-failure"
     ALWAYS = "always"
+    # As ``always``: a container the user stopped stays stopped, an agent
+    # restart included (cove's ``always`` already behaves so).
+    UNLESS_STOPPED = "unless-stopped"
 
     def wants_restart(self, exit_code: int) -> bool:
-        if self is RestartPolicy.ALWAYS:
+        if self in (RestartPolicy.ALWAYS, RestartPolicy.UNLESS_STOPPED):
             return True
         return self is RestartPolicy.ON_FAILURE and exit_code != 0
+
+
+def parse_restart(text: str) -> tuple[RestartPolicy, int]:
+    """``no``, ``always``, ``unless-stopped``, ``on-failure`` or
+    ``on-failure:N`` (at most N restarts; 0: no limit). ``ValueError``
+    otherwise."""
+    name, sep, count = text.partition(":")
+    policy = RestartPolicy(name)
+    if not sep:
+        return policy, 0
+    if policy is not RestartPolicy.ON_FAILURE or not count.isdigit():
+        raise ValueError(text)
+    return policy, int(count)
+
+
+def restart_text(policy: RestartPolicy, limit: int) -> str:
+    return f"{policy.value}:{limit}" if limit else policy.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,8 +47,8 @@ from cove.errors import LaunchError, storage_error
 from cove.runtime.launch import LaunchSpec, spawn
 from cove.runtime.state import (
     ProcessState,
-    RestartPolicy,
     Status,
+    parse_restart,
     process_start_time,
     read_json,
     write_json,
@@ -198,8 +198,9 @@ class Supervisor:
         self._cancel_timers(cid)
         state = replace(state, status=Status.EXITED, exit_code=code, finished_at=now, pid=0)
         spec = self.specs[cid]
-        policy = RestartPolicy(spec.restart)
-        if not state.stopped_by_user and policy.wants_restart(code):
+        policy, limit = parse_restart(spec.restart)
+        within = limit == 0 or state.restart_count < limit
+        if not state.stopped_by_user and policy.wants_restart(code) and within:
             quick = now - state.started_at < _STABLE_RUN
             streak = state.restart_count if quick else 0
             delay = min(0.1 * 2 ** min(streak, 10), _MAX_BACKOFF)
@@ -305,7 +306,7 @@ class Supervisor:
         if remove or timeout <= 0:
             self._signal(cid, signal.SIGKILL)
         else:
-            self._signal(cid, signal.SIGTERM)
+            self._signal(cid, _stop_signal(self.specs[cid].stop_signal))
             self._timer(timeout, cid, lambda: self._signal(cid, signal.SIGKILL))
 
     # -- loop ----------------------------------------------------------------
@@ -496,6 +497,13 @@ def _write_pid(path: Path, pid: int | None) -> None:
         os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
+
+
+def _stop_signal(name: str) -> int:
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        return int(signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class ExecInfo:
     workdir: str
     capabilities: tuple[str, ...]  # sorted, without the CAP_ prefix
     seccomp: bool
+    user: str = ""  # run's -u: exec's default too, as Docker's
 
 
 def status_text(state: Mapping[str, Any]) -> str:
