@@ -188,7 +188,7 @@ class Metrics:
     def add(self, source: Source) -> None:
         self._sources.append(source)
 
-    def samples(self) -> list[Sample]:
+    def samples(self) -> list[Sample | Series]:
         """Every source's samples, as they are now."""
         return [sample for source in self._sources for sample in source()]
 

@@ -17,6 +17,7 @@ from typing import Any
 from cove.acl import Access
 from cove.api import http as web
 from cove.api.consul.common import authorize, consul_errors, ctx, options, reply, run, write
+from cove.api.metrics import Series
 from cove.errors import CoveError, InvalidArgument
 from cove.registry import VERSION
 
@@ -205,8 +206,11 @@ def _gauges(request: web.Request) -> list[tuple[str, float, dict[str, str]]]:
     for status, n in sorted(by_status.items()):
         gauges.append(("cove.agent.checks", float(n), {"status": status}))
     if c.samples is not None:
-        for name, _help, value in c.samples():
-            gauges.append((name, float(value), {}))
+        for sample in c.samples():
+            if isinstance(sample, Series):
+                gauges.append((sample.name, sample.value, dict(sample.labels)))
+            else:
+                gauges.append((sample[0], float(sample[2]), {}))
     return gauges
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from cove.acl import ALLOW_ALL, AclService, Authorizer
 from cove.api import http as web
+from cove.api.metrics import Sample, Series
 from cove.codec import dumps, loads
 from cove.errors import CoveError, InvalidArgument
 from cove.registry import Registry
@@ -40,7 +41,7 @@ class Consul:
     commits: GroupCommit | None = None  # group commit of inline writes
     acl: AclService | None = None  # None: ACLs off, every token ignored
     # The agent's own gauges (name, help, value) for /v1/agent/metrics.
-    samples: Callable[[], Iterable[tuple[str, str, float]]] | None = None
+    samples: Callable[[], Iterable[Sample | Series]] | None = None
     # /v1/agent/reload and /leave: what the agent does for them (None:
     # refused, this server cannot).
     reload: Callable[[], Awaitable[None]] | None = None
