@@ -11,6 +11,7 @@ from cove.clock import Clock
 from cove.datapath.base import NftLister
 from cove.datapath.libnft import open_nft
 from cove.datapath.netns import NetnsDatapath
+from cove.image.store import ImageStore
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.runtime.client import SupervisorClient
@@ -47,13 +48,14 @@ class ContainerRuntime:
         self.netns = NetnsDatapath(run_dir / "netns")
         self.supervisor = SupervisorClient(run_dir)
         files = state_dir / "containers"
+        self.images = ImageStore(state_dir / "images")
         self.guard_nft = open_nft()
         self.reconciler = ContainerReconciler(
             store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft
         )
         self.service = ContainerService(
             store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
-            IntentLog(state_dir / "intents"), masked=masked, fault=fault,
+            IntentLog(state_dir / "intents"), masked=masked, fault=fault, images=self.images,
         )  # fmt: skip
         # Failed runs whose rollback could not reach the store are undone
         # as soon as it answers again; starts that could not be finished at

@@ -34,6 +34,7 @@ from cove.agent.registry import RegistryParts
 from cove.agent.tuning import tune_interpreter, tune_malloc
 from cove.api import containers as containers_api
 from cove.api import http as web
+from cove.api import images as images_api
 from cove.api import lb as lb_api
 from cove.api import networks as networks_api
 from cove.api import policy as policy_api
@@ -189,6 +190,7 @@ class Agent:
             fault=fault_hook(os.environ),
         )
         containers_api.install(self.app, self.runtime.service)
+        images_api.install(self.app, self.runtime.images, self.runtime.service.image_users)
         self.registrar = ServiceRegistrar(self.store, self.registry, config.reconcile_interval)
         self.dns = self._dns_service()
         if self.dns is not None:

@@ -14,6 +14,7 @@ from cove import __version__
 from cove.agent.config import DEFAULT_SOCKET
 from cove.cli import agent as agent_cli
 from cove.cli import containers as containers_cli
+from cove.cli import image as image_cli
 from cove.cli import lb as lb_cli
 from cove.cli import network as network_cli
 from cove.cli import policy as policy_cli
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_cli.add_parsers(sub)
     lb_cli.add_vip_commands(_subcommands(sub.choices["service"]))
     policy_cli.add_parsers(sub)
+    image_cli.add_parsers(sub)
     return parser
 
 
