@@ -94,6 +94,11 @@ def prepare(
     finally:
         for fd in sources:
             os.close(fd)
+    if root != "/":
+        # the container's own (its network namespace's devices), read-only
+        sys_dir = secure_join(root, "/sys")
+        os.makedirs(sys_dir, 0o555, exist_ok=True)
+        linux.mount("sysfs", sys_dir, "sysfs", _RO)
     _apply_mounts(root, mounts)
     if read_only and root != "/":
         linux.mount(None, root, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
