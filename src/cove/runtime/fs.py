@@ -83,23 +83,29 @@ def prepare(
         linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC)
     else:
         root = "/"
-    # held open: the state directory holding them is hidden below
+    # held open: the directories holding them (the state directory, the
+    # host's /tmp) are hidden below
     sources = [os.open(os.path.join(etc_dir, n), os.O_PATH | os.O_CLOEXEC) for n in ETC_FILES]
+    binds = [
+        os.open(m.source, os.O_PATH | os.O_CLOEXEC) if m.kind is Kind.BIND else -1
+        for m in mounts
+    ]
     try:
         if root == "/":
             for path in masked:
                 cover(path)
             _protect_host()
         _bind_etc(root, sources)
+        if root != "/":
+            # the container's own (its network namespace's devices), read-only
+            sys_dir = secure_join(root, "/sys")
+            os.makedirs(sys_dir, 0o555, exist_ok=True)
+            linux.mount("sysfs", sys_dir, "sysfs", _RO)
+        _apply_mounts(root, mounts, binds)
     finally:
-        for fd in sources:
-            os.close(fd)
-    if root != "/":
-        # the container's own (its network namespace's devices), read-only
-        sys_dir = secure_join(root, "/sys")
-        os.makedirs(sys_dir, 0o555, exist_ok=True)
-        linux.mount("sysfs", sys_dir, "sysfs", _RO)
-    _apply_mounts(root, mounts)
+        for fd in sources + binds:
+            if fd >= 0:
+                os.close(fd)
     if read_only and root != "/":
         linux.mount(None, root, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
                     | _flags_of(root))  # fmt: skip
@@ -136,8 +142,8 @@ def _flags_of(path: str) -> int:
     return f & (linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
 
 
-def _apply_mounts(root: str, mounts: Sequence[Mount]) -> None:
-    for m in mounts:
+def _apply_mounts(root: str, mounts: Sequence[Mount], fds: Sequence[int]) -> None:
+    for m, fd in zip(mounts, fds, strict=True):
         target = secure_join(root, m.target)
         if m.kind is Kind.TMPFS:
             _make_point(target, directory=True, host=root == "/")
@@ -146,11 +152,15 @@ def _apply_mounts(root: str, mounts: Sequence[Mount]) -> None:
                 flags |= linux.MS_RDONLY
             linux.mount("tmpfs", target, "tmpfs", flags, m.options or "mode=1777")
             continue
-        _make_point(target, directory=os.path.isdir(m.source), host=root == "/")
-        linux.mount(m.source, target, None, linux.MS_BIND | linux.MS_REC)
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        _make_point(target, directory=is_dir, host=root == "/")
+        linux.mount(f"/proc/self/fd/{fd}", target, None, linux.MS_BIND | linux.MS_REC)
         if m.readonly:
             for point in _mounts_under(target):
                 _remount_ro(point)
+        elif root == "/":
+            # a bind copies the flags of its source's mount, read-only here
+            linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | _flags_of(target))
 
 
 def _make_point(path: str, *, directory: bool, host: bool) -> None:
@@ -275,6 +285,9 @@ def _bind_etc(root: str, sources: Sequence[int]) -> None:
             with open(target, "a"):
                 pass
         linux.mount(f"/proc/self/fd/{fd}", target, None, linux.MS_BIND)
+        if root == "/":
+            # a bind copies the flags of its source's mount, read-only here
+            linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | _flags_of(target))
 
 
 def _mount_dev(dev: str, host_pts: bool) -> None:
