@@ -123,8 +123,12 @@ def oci_archive(path: Path, image: Img, tag: str, *, index: bool = False) -> str
                     "digest": sha(g), "size": len(g)} for g in gz],
     }).encode()  # fmt: skip
     blobs = {sha(b): b for b in (*gz, config, manifest)}
-    top = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(manifest),
-           "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": tag}}
+    top = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": sha(manifest),
+        "size": len(manifest),
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }
     if index:
         decoy = b'{"schemaVersion": 2, "layers": []}'
         blobs[sha(decoy)] = decoy
@@ -138,8 +142,12 @@ def oci_archive(path: Path, image: Img, tag: str, *, index: bool = False) -> str
             ],
         }).encode()  # fmt: skip
         blobs[sha(lst)] = lst
-        top = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": sha(lst),
-               "size": len(lst), "annotations": {"org.opencontainers.image.ref.name": tag}}
+        top = {
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": sha(lst),
+            "size": len(lst),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }
     with tarfile.open(path, "w") as t:
         _add(t, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
         for digest, data in blobs.items():

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imageutil import Img, Layer, busybox_layer, docker_archive, oci_archive
 from test_containers_helpers import (  # noqa: F401 - fixtures
     eventually,
     inspect,
     need_containers,
     runtime_cleanup_fixture,
 )
+
+from imageutil import Img, Layer, busybox_layer, docker_archive, oci_archive
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("runtime_cleanup")]
 
@@ -56,7 +57,7 @@ def test_run_applies_the_image_config(images: Any) -> None:
     # entrypoint + cmd, workdir, user (app is uid 1000 in the image's passwd)
     assert _run(images, "app:1") == (0, "default\n/srv\n1000\n")
     # a command replaces cmd and follows the entrypoint; env from the image
-    assert _run(images, "app:1", "echo $GREETING $HOSTNAME") [1].startswith("from-image ")
+    assert _run(images, "app:1", "echo $GREETING $HOSTNAME")[1].startswith("from-image ")
     assert _run(images, "-e", "GREETING=mine", "-w", "/tmp", "app:1", "echo $GREETING; pwd") == (
         0, "mine\n/tmp\n",
     )  # fmt: skip

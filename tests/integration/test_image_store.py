@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from imageutil import Layer, Img, busybox_layer, docker_archive, oci_archive, sha
 
 from cove.errors import InvalidArgument, NotFound, StorageFull
 from cove.image.store import ImageStore
+from imageutil import Img, Layer, busybox_layer, docker_archive, oci_archive, sha
 
 pytestmark = pytest.mark.root
 

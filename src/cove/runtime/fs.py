@@ -87,8 +87,7 @@ def prepare(
     # host's /tmp) are hidden below
     sources = [os.open(os.path.join(etc_dir, n), os.O_PATH | os.O_CLOEXEC) for n in ETC_FILES]
     binds = [
-        os.open(m.source, os.O_PATH | os.O_CLOEXEC) if m.kind is Kind.BIND else -1
-        for m in mounts
+        os.open(m.source, os.O_PATH | os.O_CLOEXEC) if m.kind is Kind.BIND else -1 for m in mounts
     ]
     try:
         if root == "/":
