@@ -11,6 +11,8 @@ from cove.errors import InvalidArgument
 DEFAULT_REGISTRY = "docker.io"
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_REGISTRY = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*(?::[0-9]{{1,5}})?$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -77,6 +79,8 @@ def parse(text: str) -> Reference:
     registry = ""
     if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
         registry = parts.pop(0)
+        if not _REGISTRY.match(registry):
+            raise InvalidArgument(f"invalid image reference {text!r}: bad registry {registry!r}")
     if not parts or not all(_COMPONENT.match(p) for p in parts):
         raise InvalidArgument(
             f"invalid image reference {text!r}: names are lower case letters, digits and . _ -"

@@ -115,10 +115,13 @@ def prepare(
 def _protect_host() -> None:
     """The host's tree read-only (every mount of it, /sys included), with
     private writable directories over ``PRIVATE_DIRS``."""
-    for point in _mounts_under("/"):
+    for point in _mounts_under("/", skip_types=("nsfs",)):
         if point == "/proc" or point.startswith("/proc/"):
             continue  # replaced by the container's own /proc
-        _remount_ro(point)
+        try:
+            _remount_ro(point)
+        except FileNotFoundError:
+            continue  # a mount point deleted on the host: nothing to reach
     for path, mode in PRIVATE_DIRS:
         if os.path.isdir(path):
             linux.mount(
@@ -253,12 +256,16 @@ def readonly(path: str) -> None:
         linux.mount(None, point, None, linux.MS_REMOUNT | linux.MS_BIND | _RO)
 
 
-def _mounts_under(path: str) -> list[str]:
-    """Mount points at or below ``path``, parents first (mountinfo order)."""
+def _mounts_under(path: str, skip_types: tuple[str, ...] = ()) -> list[str]:
+    """Mount points at or below ``path``, parents first (mountinfo order);
+    ``skip_types``: file system types left out (``nsfs``: namespace files
+    bound by other runtimes, which cannot be remounted and hold no data)."""
     prefix = path.rstrip("/") + "/"
     out: list[str] = []
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
+            if skip_types and line.split(" - ", 1)[-1].split(" ", 1)[0] in skip_types:
+                continue
             point = _unescape(line.split(" ", 5)[4])
             if (point == path or point.startswith(prefix)) and point not in out:
                 out.append(point)
