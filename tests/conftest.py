@@ -22,7 +22,6 @@ import nsutil
 from agentproc import AgentProc
 from cove.agent.teardown import teardown
 
-
 # A container without an image gets a private /tmp, /var/tmp, /run and
 # /root and sees the rest of the host read-only: test files (scripts the
 # containers run) live where it can read them. Writes go through -v.

@@ -33,8 +33,8 @@ from cove.agent.teardown import teardown
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))  # the image builder the tests use
-from hostns import host_namespace
-from imageutil import Img, busybox_layer, docker_archive
+from hostns import host_namespace  # noqa: E402
+from imageutil import Img, busybox_layer, docker_archive  # noqa: E402
 
 COVE = [sys.executable, "-m", "cove.cli.main"]
 
