@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 from cove.cli.client import AgentClient
 from cove.cli.output import print_table
+from cove.errors import InvalidArgument
 from cove.image import pull as pulling
 from cove.image import reference
 from cove.image.store import Image, ImageStore, Progress
@@ -58,6 +59,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _store(client: AgentClient) -> ImageStore:
+    if client.remote is not None:
+        raise InvalidArgument(
+            "image load and pull write the agent's image store: run them on the agent's host"
+            " (without --host)"
+        )
     return ImageStore(Path(client.request("GET", "/api/image-store")["root"]))
 
 

@@ -96,10 +96,13 @@ def prepare(
             _protect_host()
         _bind_etc(root, sources)
         if root != "/":
-            # the container's own (its network namespace's devices), read-only
+            # the container's own (its network namespace's devices), read-only;
+            # made in an image's writable layer, not in a user's --rootfs
             sys_dir = secure_join(root, "/sys")
-            os.makedirs(sys_dir, 0o555, exist_ok=True)
-            linux.mount("sysfs", sys_dir, "sysfs", _RO)
+            if overlay is not None:
+                os.makedirs(sys_dir, 0o555, exist_ok=True)
+            if os.path.isdir(sys_dir):
+                linux.mount("sysfs", sys_dir, "sysfs", _RO)
         _apply_mounts(root, mounts, binds)
     finally:
         for fd in sources + binds:
