@@ -144,3 +144,66 @@ def test_a_full_disk_stores_nothing(small_disk: Path, tmp_path: Path) -> None:
     [ok] = store.load(tmp_path / "ok.tar")
     assert store.get("ok:1").id == ok.id == sha(Img([busybox_layer()]).config(
         [sha(busybox_layer().tar())]))  # fmt: skip
+
+
+def test_links_in_a_layer_cannot_reach_the_host(store: ImageStore, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "file").write_text("host\n")
+    os.chmod(victim, 0o700)
+    through = Layer({"d": ("link", str(victim)), "d/new": b"x"})
+    docker_archive(tmp_path / "through.tar", Img([through]), "through:1")
+    with pytest.raises(InvalidArgument, match="outside the image"):
+        store.load(tmp_path / "through.tar")
+    # a layer naming the same path twice: a link to the host, then a file
+    import io
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as t:
+        link = tarfile.TarInfo("x")
+        link.type, link.linkname = tarfile.SYMTYPE, str(victim / "file")
+        t.addfile(link)
+        f = tarfile.TarInfo("x")
+        f.size, f.mode = 4, 0o777
+        t.addfile(f, io.BytesIO(b"evil"))
+        d = tarfile.TarInfo("dd")
+        d.type, d.linkname = tarfile.SYMTYPE, str(victim)
+        t.addfile(d)
+        d2 = tarfile.TarInfo("dd")
+        d2.type, d2.mode = tarfile.DIRTYPE, 0o777
+        t.addfile(d2)
+        h = tarfile.TarInfo("hard")
+        h.type, h.linkname = tarfile.LNKTYPE, "x2"
+        t.addfile(h)
+    layer_tar = raw.getvalue()
+    twice = Layer()
+    twice.tar = lambda: layer_tar  # type: ignore[method-assign]
+    docker_archive(tmp_path / "twice.tar", Img([twice]), "twice:1")
+    with pytest.raises(InvalidArgument, match="corrupt"):  # the hard link's target is missing
+        store.load(tmp_path / "twice.tar")
+    assert (victim / "file").read_text() == "host\n"
+    assert os.stat(victim).st_mode & 0o777 == 0o700
+    assert sorted(os.listdir(victim)) == ["file"]
+
+
+def test_a_hard_link_to_a_host_file_is_refused(store: ImageStore, tmp_path: Path) -> None:
+    import io
+
+    secret = tmp_path / "secret"
+    secret.write_text("host\n")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as t:
+        s = tarfile.TarInfo("s")
+        s.type, s.linkname = tarfile.SYMTYPE, str(secret)
+        t.addfile(s)
+        h = tarfile.TarInfo("h")
+        h.type, h.linkname = tarfile.LNKTYPE, "s"
+        t.addfile(h)
+    data = raw.getvalue()
+    layer = Layer()
+    layer.tar = lambda: data  # type: ignore[method-assign]
+    docker_archive(tmp_path / "hard.tar", Img([layer]), "hard:1")
+    with pytest.raises(InvalidArgument, match="outside the image"):
+        store.load(tmp_path / "hard.tar")
+    assert os.stat(secret).st_nlink == 1
+    assert _stored(store) == ([], [], [])

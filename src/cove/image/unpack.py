@@ -86,7 +86,7 @@ def unpack_layer(
                     tar.extract(kept, dest, numeric_owner=True, filter="fully_trusted")
         plain.drain()
         raw.drain()
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except (tarfile.TarError, EOFError, KeyError, zlib.error, gzip.BadGzipFile) as exc:
         raise InvalidArgument(f"layer {diff_id[:19]} is corrupt or truncated: {exc}") from exc
     if digest and raw.digest != digest:
         raise InvalidArgument(f"layer {digest[:19]} does not match its digest ({raw.digest[:19]})")
@@ -124,9 +124,18 @@ def _check(
         return None
     if member.ischr() or member.isblk():
         return None  # a container gets its own /dev; none from an image
+    if os.path.islink(target) or (
+        os.path.lexists(target) and not (member.isdir() and os.path.isdir(target))
+    ):
+        # replaced, as tar does: writing or chown-ing through a link left by
+        # an earlier entry would reach the host
+        os.unlink(target)
     if member.islnk():
         link = member.linkname.lstrip("/")
-        _inside(dest, link, member.linkname)
+        # link() follows a symbolic link: the file itself must be inside
+        real = os.path.realpath(_inside(dest, link, member.linkname))
+        if os.path.commonpath([real, os.path.realpath(dest)]) != os.path.realpath(dest):
+            raise InvalidArgument(f"layer entry {member.linkname!r} points outside the image")
         rel = os.path.relpath(target, os.path.realpath(dest))
         return member.replace(name=rel, linkname=link, deep=False)
     return member.replace(name=os.path.relpath(target, os.path.realpath(dest)), deep=False)
