@@ -312,7 +312,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("the demo needs root (it creates namespaces, bridges and nftables rules)")
         return 1
-    with tempfile.TemporaryDirectory(prefix="cove-demo-") as tmp:
+    # not under /tmp: a container without an image has a private /tmp and
+    # sees the rest of the host (these scripts) read-only
+    with tempfile.TemporaryDirectory(prefix="cove-demo-", dir="/var/lib") as tmp:
         demo = Demo(Path(tmp))
         with demo.running():
             story(demo)

@@ -5,7 +5,10 @@ errors a Docker user expects (exit 125)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from test_containers_helpers import (  # noqa: F401 - fixtures
     runtime_cleanup_fixture,
 )
 
+from agentproc import COVE
 from imageutil import Img, Layer, busybox_layer, docker_archive, oci_archive
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("runtime_cleanup")]
@@ -139,3 +143,22 @@ def test_rmi_refuses_an_image_in_use(images: Any) -> None:
     assert len(os.listdir(images.state_dir / "images" / "layers")) == 1
     res = images.cli("rmi", "app:1")
     assert res.returncode == 3 and "no such image app:1" in res.stderr
+
+
+def test_load_shows_progress_on_a_terminal(images: Any, tmp_path: Path) -> None:
+    main, tty = pty.openpty()
+    with os.fdopen(main, "rb", buffering=0) as reader:
+        proc = subprocess.run(
+            [*COVE, "image", "load", "-i", str(tmp_path / "app.tar")],
+            stdout=tty, stderr=subprocess.PIPE, env=images.env, timeout=60,
+        )  # fmt: skip
+        os.close(tty)
+        out = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal is closed
+            while chunk := reader.read(4096):
+                out += chunk
+    assert proc.returncode == 0, proc.stderr
+    text = out.decode()
+    # the base layer is bb's too, so already there; every layer is named
+    assert "layer 1/2" in text and "layer 2/2" in text and "already present" in text
+    assert text.rstrip().endswith("Loaded image: app:1")
