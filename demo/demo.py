@@ -180,7 +180,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> Non
 
 
 def story(d: Demo) -> None:
-    py = sys.executable
+    py = "python3"  # the system's: a container has a private /root (pyenv, a venv there)
     for name, text in (("redis.py", REDIS), ("web.py", WEB), ("ping.py", PING), ("hits.py", HITS)):
         (d.workdir / name).write_text(text)
     redis, web, ping, hits = (
