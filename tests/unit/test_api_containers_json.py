@@ -96,6 +96,12 @@ STORED = {
     "cap_add": ["NET_ADMIN"],
     "cap_drop": ["CHOWN"],
     "seccomp": "default",
+    # a container without an image, no -v, --tmpfs or --read-only
+    "image": "",
+    "image_id": "",
+    "mounts": [],
+    "read_only": False,
+    "user": "",
 }
 
 INSPECT = {
