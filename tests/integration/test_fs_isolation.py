@@ -25,10 +25,13 @@ def _run(agent: Any, *args: str) -> tuple[int, str]:
     return inspect(agent, name)["state"]["exit_code"], agent.ok("logs", name)
 
 
-def test_the_host_tree_is_read_only_and_tmp_is_private(agent: Any, tmp_path: Path) -> None:
+def test_the_host_tree_is_read_only_and_tmp_is_private(
+    agent: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     need_containers(agent)
-    host_tmp = tmp_path / "visible-on-host"
+    host_tmp = Path("/tmp") / f"cove-host-only-{tmp_path.name}"
     host_tmp.write_text("host\n")
+    request.addfinalizer(lambda: host_tmp.unlink(missing_ok=True))
     probe = Path("/etc") / f"cove-probe-{tmp_path.name}"
     script = (
         f"touch {probe} 2>&1; touch /usr/cove-probe 2>&1; "
@@ -42,7 +45,7 @@ def test_the_host_tree_is_read_only_and_tmp_is_private(agent: Any, tmp_path: Pat
     assert "Read-only file system" in lines[0] and "Read-only file system" in lines[1]
     assert lines[2:5] == ["private", "1", "writable"]
     assert "No such file" in lines[5]  # the host's /tmp is not the container's
-    assert lines[6] == "0"  # the agent's state directory: empty
+    assert lines[6] == "0"  # the agent's state directory: there, but empty
     assert "socket-visible" not in out and lines[-1] == "light"
     assert code == 0
     assert not probe.exists() and not Path("/usr/cove-probe").exists()
