@@ -106,16 +106,16 @@ def main() -> int:
             check([*COVE, "image", "load", "-q", "-i", str(archive)], env)
             check([*podman, "load", "-q", "-i", str(archive)])
             cove_run: list[float] = []
+            cove_rm: list[float] = []
             pod_run: list[float] = []
             pod_error = ""
             for i in range(args.runs):
                 name = f"bench{i}"
 
-                def cove_once(name: str = name) -> None:
-                    check([*COVE, "run", "--name", name, image, "true"], env)
-                    check([*COVE, "rm", name], env)
-
-                cove_run.append(timed(cove_once))
+                t_run = timed(lambda n=name: check([*COVE, "run", "--name", n, image, "true"], env))  # type: ignore[misc]
+                t_rm = timed(lambda n=name: check([*COVE, "rm", n], env))  # type: ignore[misc]
+                cove_run.append(t_run + t_rm)
+                cove_rm.append(t_rm)
                 if pod_error:
                     continue
                 try:
@@ -123,7 +123,13 @@ def main() -> int:
                     pod_run.append(timed(lambda argv=argv: check(argv)))  # type: ignore[misc]
                 except SystemExit as exc:  # this host may not let podman run at all
                     pod_error = str(exc)
-            results = {"run": cove_run, "prun": pod_run, "load": cove_load, "pload": pod_load}
+            results = {
+                "rm": cove_rm,
+                "run": cove_run,
+                "prun": pod_run,
+                "load": cove_load,
+                "pload": pod_load,
+            }
             pod_error_seen = pod_error
         finally:
             proc.terminate()
@@ -144,6 +150,9 @@ def main() -> int:
         pm = statistics.median(p) * 1000
         p95 = sorted(p)[int(0.95 * (len(p) - 1))] * 1000
         print(f"{label:10}{cm:9.1f} ({c95:5.0f}){pm:9.1f} ({p95:5.0f}){cm / pm:8.2f}")
+    if results.get("rm"):
+        rm_ms = statistics.median(results["rm"]) * 1000
+        print(f"(of cove's run+rm, the rm alone: {rm_ms:.1f} ms; each is one CLI process)")
     if pod_error_seen:
         print(f"podman run could not run here: {pod_error_seen[-300:]}")
     shutil.rmtree(work, ignore_errors=True)
