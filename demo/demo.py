@@ -180,7 +180,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> Non
 
 
 def story(d: Demo) -> None:
-    py = sys.executable
+    py = "python3"  # the system's: a container has a private /root (pyenv, a venv there)
     for name, text in (("redis.py", REDIS), ("web.py", WEB), ("ping.py", PING), ("hits.py", HITS)):
         (d.workdir / name).write_text(text)
     redis, web, ping, hits = (
@@ -312,7 +312,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("the demo needs root (it creates namespaces, bridges and nftables rules)")
         return 1
-    with tempfile.TemporaryDirectory(prefix="cove-demo-") as tmp:
+    # not under /tmp: a container without an image has a private /tmp and
+    # sees the rest of the host (these scripts) read-only
+    with tempfile.TemporaryDirectory(prefix="cove-demo-", dir="/var/lib") as tmp:
         demo = Demo(Path(tmp))
         with demo.running():
             story(demo)

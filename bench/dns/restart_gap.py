@@ -254,7 +254,8 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (namespaces, bridges, containers)")
-    with tempfile.TemporaryDirectory(prefix="cove-gap-") as tmp, host_namespace():
+    # not under /tmp, which a container without an image has of its own
+    with tempfile.TemporaryDirectory(prefix="cove-gap-", dir="/var/lib") as tmp, host_namespace():
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         run(work, args.restarts, args.kills, args.down, args.control)

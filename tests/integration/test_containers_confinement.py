@@ -278,9 +278,10 @@ def test_a_node_for_a_host_disk_cannot_be_opened(net: Any, tmp_path: Path) -> No
                   f"mknod /disk b {major} {minor} && head -c 512 /disk")  # fmt: skip
     assert res.returncode != 0 and "Operation not permitted" in res.stderr
     assert res.stdout == ""
-    # without a rootfs: the host's own node, and one made inside
+    # without a rootfs: the host's own node, and one made inside (in /dev:
+    # the rest of the host's tree is read-only, /tmp and /run are nodev)
     _sleeper(net, "plain")
-    for node in (str(host_node), str(tmp_path / "inside")):
+    for node in (str(host_node), "/dev/inside"):
         script = f"[ -e {node} ] || mknod {node} b {major} {minor}; head -c 512 {node}"
         res = net.cli("exec", "plain", "--", "sh", "-c", script)
         assert res.returncode != 0 and "Operation not permitted" in res.stderr, node

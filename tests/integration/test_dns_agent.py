@@ -7,7 +7,6 @@ port, and names follow `cove run` / `cove rm`.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -47,7 +46,7 @@ def test_web_finds_redis_by_name_and_the_host_finds_both(net: Any) -> None:
     net.ok("run", "-d", "--name", "redis", "--network", "vnet", "--", "sleep", "600")
     net.ok(
         "run", "-d", "--name", "web", "--network", "vnet", "--alias", "www",
-        "--service", "web:8080", "--", sys.executable, "-m", "http.server", "8080",
+        "--service", "web:8080", "--", "python3", "-m", "http.server", "8080",
     )  # fmt: skip
     redis = address(net, "redis", "vnet")
     web = address(net, "web", "vnet")

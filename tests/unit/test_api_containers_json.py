@@ -102,6 +102,11 @@ STORED = {
     "extra_hosts": [],
     "user": "",
     "auto_remove": False,
+    # a container without an image, no -v, --tmpfs or --read-only
+    "image": "",
+    "image_id": "",
+    "mounts": [],
+    "read_only": False,
 }
 
 INSPECT = {

@@ -100,7 +100,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--security-opt", action="append", default=[], metavar="seccomp=unconfined",
         help="seccomp=unconfined turns the default system call filter off",
     )  # fmt: skip
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    add_fs_flags(p)
+    p.add_argument(
+        "command", nargs=argparse.REMAINDER, help="IMAGE [CMD ARGS...] or -- CMD ARGS..."
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser("ps", help="list containers")
@@ -182,11 +185,62 @@ def _command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
+def add_fs_flags(p: argparse.ArgumentParser) -> None:
+    """``IMAGE`` and the filesystem flags of ``run``, as Docker has them."""
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]")
+    p.add_argument(
+        "--mount", action="append", default=[], metavar="type=bind|tmpfs,source=..,target=..",
+    )  # fmt: skip
+    p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:size=64m]")
+    p.add_argument("--read-only", action="store_true", help="the container's root read-only")
+
+
+def _image_and_command(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """``IMAGE [CMD...]`` or, with no image, ``-- CMD...`` (light mode)."""
+    cmd = list(args.command)
+    if cmd and cmd[0] != "--" and not args.rootfs:
+        return cmd[0], cmd[1:]
+    return "", _command(args)
+
+
 def _run(args: argparse.Namespace, client: AgentClient) -> int:
     rootfs = str(Path(args.rootfs).resolve()) if args.rootfs else ""
+    image, command = _image_and_command(args)
+    if args.rm and args.restart != "no":
+        raise InvalidArgument("--rm and --restart cannot go together: choose one")
+    try:
+        info = _create(args, client, rootfs, image, command)
+    except CoveError as exc:
+        if not exc.details.keys() & {"image", "mount"}:
+            raise
+        print(f"cove: error: {exc.message}", file=sys.stderr)
+        return 125  # as docker run, for what stops the container being made
+    if args.detach:
+        print(info["id"])
+        return 0
+    cid = info["id"]
+    try:
+        _stream_logs(client, cid, follow=True)
+        final = client.request("GET", f"/api/containers/{cid}")
+    finally:
+        if args.rm:
+            with contextlib.suppress(NotFound):  # the agent may have been first
+                client.request("DELETE", f"/api/containers/{cid}", params={"force": "1"})
+    code = final["state"].get("exit_code")
+    return int(code) if isinstance(code, int) and code >= 0 else 0
+
+
+def _create(
+    args: argparse.Namespace, client: AgentClient, rootfs: str, image: str, command: list[str]
+) -> Any:
     body = {
+        "image": image,
+        "volumes": args.volume,
+        "mount": args.mount,
+        "tmpfs": args.tmpfs,
+        "read_only": args.read_only,
         "name": args.name,
-        "command": _command(args),
+        "command": command,
         "networks": args.network,
         "ip": args.ip,
         "ip6": args.ip6,
@@ -210,25 +264,10 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         "entrypoint": args.entrypoint,
         "stop_signal": args.stop_signal,
     }
-    if args.rm and args.restart != "no":
-        raise InvalidArgument("--rm and --restart cannot go together: choose one")
     # Detached, the agent removes it when it exits; attached, this command
     # does once it has the exit status.
     body["auto_remove"] = args.rm and args.detach
-    info = client.request("POST", "/api/containers", body)
-    if args.detach:
-        print(info["id"])
-        return 0
-    cid = info["id"]
-    try:
-        _stream_logs(client, cid, follow=True)
-        final = client.request("GET", f"/api/containers/{cid}")
-    finally:
-        if args.rm:
-            with contextlib.suppress(NotFound):  # the agent may have been first
-                client.request("DELETE", f"/api/containers/{cid}", params={"force": "1"})
-    code = final["state"].get("exit_code")
-    return int(code) if isinstance(code, int) and code >= 0 else 0
+    return client.request("POST", "/api/containers", body)
 
 
 def env_args(files: list[str], items: list[str], environ: Mapping[str, str]) -> list[str]:

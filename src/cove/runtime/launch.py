@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from cove import linux
 from cove.errors import LaunchError as LaunchError  # raised here; defined in the one tree
 from cove.runtime import devices, fs, security, users
+from cove.runtime.mounts import Mount
 from cove.runtime.security import DEFAULT_CAPS
 
 _SETUP_TIMEOUT = 10.0
@@ -54,6 +55,12 @@ class LaunchSpec:
     masked: tuple[str, ...] = ()
     stop_signal: str = "SIGTERM"  # what ``stop`` sends first
     user: str = ""  # -u USER[:GROUP], looked up in the container's /etc files
+    # from an image: its layer directories (top first) and the container's
+    # own directory (overlay upper, work and mount point)
+    layers: tuple[str, ...] = ()
+    overlay_dir: str = ""
+    mounts: tuple[Mount, ...] = ()
+    read_only: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +82,10 @@ class LaunchSpec:
             "masked": list(self.masked),
             "stop_signal": self.stop_signal,
             "user": self.user,
+            "layers": list(self.layers),
+            "overlay_dir": self.overlay_dir,
+            "mounts": [m.to_json() for m in self.mounts],
+            "read_only": self.read_only,
         }
 
     @classmethod
@@ -98,6 +109,10 @@ class LaunchSpec:
             masked=tuple(str(p) for p in data.get("masked") or ()),
             stop_signal=str(data.get("stop_signal") or "SIGTERM"),
             user=str(data.get("user") or ""),
+            layers=tuple(str(p) for p in data.get("layers") or ()),
+            overlay_dir=str(data.get("overlay_dir") or ""),
+            mounts=tuple(Mount.from_json(m) for m in data.get("mounts") or ()),
+            read_only=bool(data.get("read_only")),
         )
 
 
@@ -196,7 +211,11 @@ def _setup_and_fork(
         # Private propagation first: nothing mounted below may reach the host.
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         linux.sethostname(spec.hostname)
-        root = fs.prepare(spec.rootfs, spec.etc_dir, spec.masked)
+        overlay = (spec.layers, spec.overlay_dir) if spec.layers else None
+        root = fs.prepare(
+            spec.rootfs, spec.etc_dir, spec.masked, overlay=overlay, mounts=spec.mounts,
+            read_only=spec.read_only,
+        )  # fmt: skip
     except OSError as exc:
         _write(report, f"error container setup failed: {exc.strerror or exc}\n")
         os._exit(126)
@@ -218,7 +237,7 @@ def _exec_init(
 ) -> NoReturn:  # pragma: no cover
     """Process B, the container's init: /proc, pivot_root, confinement, exec."""
     try:
-        fs.enter(root, pidns, pivot=spec.rootfs is not None)
+        fs.enter(root, pidns, pivot=root != "/")
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(log_fd, 1)

@@ -37,9 +37,12 @@ from cove.errors import (
     CoveError,
     InvalidArgument,
     NotFound,
+    Unavailable,
     from_json,
     storage_error,
 )
+from cove.image import runconfig
+from cove.image.store import Image, ImageStore
 from cove.ipam.allocator import Ipam
 from cove.model import (
     CONTAINERS,
@@ -55,6 +58,7 @@ from cove.network.spec import check_label
 from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import Intent, IntentLog, Phase
 from cove.runtime.launch import LaunchSpec
+from cove.runtime.mounts import check_sources
 from cove.runtime.reconcile import ContainerReconciler, container_endpoints, read_snapshot
 from cove.runtime.spec import (
     Attachment,
@@ -140,8 +144,10 @@ class ContainerService:
         node: str = "",
         remote: RemoteRequests | None = None,
         init: str = INIT,
+        images: ImageStore | None = None,
     ) -> None:
         self._init = init
+        self._images = images
         self._store = store
         self._node = node
         self._remote = remote or RemoteRequests(store, clock, node)
@@ -311,23 +317,38 @@ class ContainerService:
         networks = [self._network(a.network) for a in spec.attachments]
         if spec.rootfs is not None and not os.path.isdir(spec.rootfs):
             raise InvalidArgument(f"rootfs directory {spec.rootfs} does not exist")
-        env = {"PATH": DEFAULT_PATH, **spec.env, "HOSTNAME": spec.hostname or name}
-        _check_command(spec.argv[0], env["PATH"], spec.rootfs)
+        check_sources(spec.mounts)
+        image = self._image(spec.image) if spec.image else None
+        if image is not None:
+            conf = runconfig.apply(
+                spec.image, image.config, spec.argv, spec.env, spec.workdir, spec.entrypoint
+            )
+            argv, workdir = conf.argv, conf.workdir
+            env = {"PATH": DEFAULT_PATH, **conf.env, "HOSTNAME": spec.hostname or name}
+            if not spec.user:
+                self._user(image)  # an unknown USER fails the run, not the start
+        else:
+            argv, workdir = spec.argv, spec.workdir or "/"
+            env = {"PATH": DEFAULT_PATH, **spec.env, "HOSTNAME": spec.hostname or name}
+            _check_command(spec.argv[0], env["PATH"], spec.rootfs)
         if spec.init:
-            self._check_init(spec.rootfs)
+            self._check_init(spec.rootfs, image is not None)
         ports = self._free_ports(spec.ports)
         if networks:
             check_port_families(ports, networks[0])
         self._check_ports(ports)
         cid = secrets.token_hex(32)
         container = Container(
-            id=cid, name=name, argv=spec.argv, hostname=spec.hostname or name, env=env,
-            labels=dict(spec.labels), rootfs=spec.rootfs, workdir=spec.workdir,
+            id=cid, name=name, argv=argv, hostname=spec.hostname or name, env=env,
+            labels=dict(spec.labels), rootfs=spec.rootfs, workdir=workdir,
             restart=spec.restart, ports=ports, networks=tuple(n.name for n in networks),
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
             cap_drop=spec.cap_drop, seccomp=spec.seccomp, node=self._node,
             restart_max=spec.restart_max, init=spec.init, stop_signal=spec.stop_signal,
-            extra_hosts=spec.extra_hosts, user=spec.user, auto_remove=spec.auto_remove,
+            extra_hosts=spec.extra_hosts, auto_remove=spec.auto_remove, image=spec.image,
+            image_id=image.id if image is not None else "", mounts=spec.mounts,
+            read_only=spec.read_only,
+            user=spec.user or (image.config.user if image is not None else ""),
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails
@@ -435,9 +456,12 @@ class ContainerService:
                 raise Conflict(f"no free host port to publish {p.port}/{p.proto} on")
         return tuple(out)
 
-    def _check_init(self, rootfs: str | None) -> None:
-        if rootfs is not None:
-            raise InvalidArgument("--init cannot go with --rootfs yet: run an init of the rootfs")
+    def _check_init(self, rootfs: str | None, image: bool = False) -> None:
+        if rootfs is not None or image:
+            # tini lives on the host, not in the container's root
+            raise InvalidArgument(
+                "--init cannot go with an image or --rootfs yet: run the image's own init"
+            )
         if not os.access(self._init, os.X_OK):
             raise InvalidArgument(
                 f"--init needs {self._init}: install Debian's tini package (apt-get install tini)"
@@ -536,7 +560,45 @@ class ContainerService:
             log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,
             restart=restart_text(c.restart, c.restart_max), labels=c.labels,
             caps=c.capabilities, seccomp=c.seccomp, masked=self._masked,
+            mounts=c.mounts, read_only=c.read_only, **self._overlay(c),
         )  # fmt: skip
+
+    # -- images ----------------------------------------------------------------
+
+    def _image(self, ref: str) -> Image:
+        if self._images is None:
+            raise Unavailable("this agent has no image store")
+        return self._images.get(ref)
+
+    def _user(self, image: Image) -> tuple[int, int] | None:
+        if not image.config.user or self._images is None:
+            return None
+        return runconfig.resolve_user(
+            image.config.user,
+            self._images.find_file(image, "etc/passwd"),
+            self._images.find_file(image, "etc/group"),
+        )
+
+    def _overlay(self, c: Container) -> dict[str, Any]:
+        """The LaunchSpec fields of a container from an image."""
+        if not c.image_id:
+            return {}
+        try:
+            image = self._image(c.image_id)
+        except NotFound:
+            raise Conflict(
+                f"image {c.image} of container {c.name} has been removed", container=c.name
+            ) from None
+        assert self._images is not None
+        return {
+            "layers": self._images.layer_dirs(image),
+            "overlay_dir": str(self._images.container_dir(c.id)),
+        }
+
+    def image_users(self, image_id: str) -> list[str]:
+        """Names of the containers made from the image ``image_id``."""
+        snap = read_snapshot(self._store)
+        return sorted(c.name for c in snap.containers.values() if c.image_id == image_id)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -666,6 +728,8 @@ class ContainerService:
                 self._netns.delete_link(ep.host_veth)
             self._netns.delete_netns(c.id)
             self._rec.forget(c.id)
+        if c.image_id and self._images is not None:
+            self._images.remove_container_dir(c.id)
         if c.ports:
             self._rec.sync_ports()
 

@@ -13,6 +13,7 @@ from typing import Any
 from cove.errors import InvalidArgument
 from cove.model import Network, ServiceSpec
 from cove.network.spec import check_label, check_name
+from cove.runtime.mounts import Mount, parse_all
 from cove.runtime.security import check_security_opts, normalize_cap, resolve_caps
 from cove.runtime.state import RestartPolicy, parse_restart, restart_text
 
@@ -177,8 +178,12 @@ class Container:
     init: bool = False  # --init: a tiny init (tini) runs the command
     stop_signal: str = "SIGTERM"
     extra_hosts: tuple[str, ...] = ()  # --add-host NAME:IP (or NAME:host-gateway)
-    user: str = ""  # -u USER[:GROUP]; empty: root
+    user: str = ""  # -u USER[:GROUP], else the image's USER; empty: root
     auto_remove: bool = False  # --rm: removed once it exits
+    image: str = ""  # as the user named it
+    image_id: str = ""  # sha256:..., "" for a container without an image
+    mounts: tuple[Mount, ...] = ()
+    read_only: bool = False
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -209,6 +214,10 @@ class Container:
             "extra_hosts": list(self.extra_hosts),
             "user": self.user,
             "auto_remove": self.auto_remove,
+            "image": self.image,
+            "image_id": self.image_id,
+            "mounts": [m.to_json() for m in self.mounts],
+            "read_only": self.read_only,
         }
 
     @classmethod
@@ -239,6 +248,10 @@ class Container:
             extra_hosts=tuple(data.get("extra_hosts") or ()),
             user=str(data.get("user") or ""),
             auto_remove=bool(data.get("auto_remove", False)),
+            image=str(data.get("image") or ""),
+            image_id=str(data.get("image_id") or ""),
+            mounts=tuple(Mount.from_json(m) for m in data.get("mounts") or ()),
+            read_only=bool(data.get("read_only")),
         )
 
 
@@ -269,17 +282,24 @@ class RunSpec:
     extra_hosts: tuple[str, ...] = ()
     user: str = ""
     auto_remove: bool = False
+    image: str = ""
+    mounts: tuple[Mount, ...] = ()
+    read_only: bool = False
+    entrypoint: str = ""  # --entrypoint with an image: replaces its ENTRYPOINT and CMD
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
         if not isinstance(data, Mapping):
             raise InvalidArgument("request body must be a JSON object")
         argv = _strings(data, "command")
+        image = _string(data, "image")
+        if image and _string(data, "rootfs"):
+            raise InvalidArgument("give an image or --rootfs, not both")
         entrypoint = _string(data, "entrypoint")
-        if entrypoint:
+        if entrypoint and not image:
             # --entrypoint: the program; the command's words are its arguments
             argv = [entrypoint, *argv]
-        if not argv:
+        if not argv and not image:
             raise InvalidArgument("a command to run is required (cove run ... -- CMD ARGS)")
         name = _string(data, "name")
         if name:
@@ -348,8 +368,8 @@ class RunSpec:
             raise InvalidArgument("publishing a port (-p) needs a network, not --network none")
         services = tuple(_service(s) for s in _strings(data, "services"))
         rootfs = _string(data, "rootfs") or None
-        workdir = _string(data, "workdir") or "/"
-        if not workdir.startswith("/"):
+        workdir = _string(data, "workdir") or ("" if image else "/")  # "": the image's
+        if workdir and not workdir.startswith("/"):
             raise InvalidArgument(f"working directory {workdir!r} must be absolute")
         # Stored as named (normalized), so inspect shows what the user asked.
         cap_add = tuple(dict.fromkeys(normalize_cap(c) for c in _strings(data, "cap_add")))
@@ -378,6 +398,12 @@ class RunSpec:
             cap_add=cap_add,
             cap_drop=cap_drop,
             seccomp=seccomp,
+            image=image,
+            entrypoint=entrypoint if image else "",
+            mounts=parse_all(
+                _strings(data, "volumes"), _strings(data, "mount"), _strings(data, "tmpfs")
+            ),
+            read_only=bool(data.get("read_only")),
         )
 
 
