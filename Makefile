@@ -1,6 +1,8 @@
 # cove: `make demo` and `make test` work on a fresh Debian machine as root.
 SHELL := /bin/bash
-PYTHON ?= python3
+# Debian's own Python (apt's python3): a venv on it is visible inside light-mode
+# containers, which see the host tree but a private /root (where pyenv lives).
+PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables util-linux procps etcd-server etcd-client dnsutils dnsperf \

@@ -171,7 +171,7 @@ def test_foreign_origin_cannot_change_state() -> None:
     [
         ("POST", "/v1/agent/service/register", "text/plain;charset=UTF-8", 415),
         ("POST", "/v1/agent/service/register", "multipart/form-data; boundary=x", 415),
-        ("POST", "/v1/query", "application/x-www-form-urlencoded", 415),
+        ("POST", "/v1/agent/service/register", "application/x-www-form-urlencoded", 200),
         ("POST", "/v1/agent/service/register", None, 200),
         ("POST", "/v1/agent/service/register", "application/json", 200),
         # A page cannot PUT without a CORS preflight, which cove never

@@ -15,7 +15,8 @@ loopback ports from any browser on the host:
   PATCH and DELETE.
 - Bodies that must be JSON say so (415 otherwise), and ``/v1`` refuses a
   POST with a content type a page may send without a CORS preflight
-  (``text/plain``, ``multipart/form-data``, a urlencoded form). A PUT,
+  (``text/plain``, ``multipart/form-data``; urlencoded forms pass, as
+  ``curl -d`` sends them). A PUT,
   PATCH or DELETE from a page always needs a preflight, which cove never
   grants, so those keep any type: Consul clients such as py-consul's async
   one send JSON bodies as ``text/plain``.
@@ -48,11 +49,9 @@ def refuse_without_acls(token: str | None, is_write: bool) -> bool:
 
 
 _STATE_CHANGING = frozenset(("POST", "PUT", "PATCH", "DELETE"))
-_SIMPLE_FORM_TYPES = (
-    "text/plain",
-    "multipart/form-data",
-    "application/x-www-form-urlencoded",
-)
+# Not a urlencoded form: curl -d sends one, and a page's cross-site POST
+# carries an Origin, refused above.
+_SIMPLE_FORM_TYPES = ("text/plain", "multipart/form-data")
 _HOST_CACHE_MAX = 256
 
 
