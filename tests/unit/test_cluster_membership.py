@@ -289,3 +289,14 @@ def test_on_a_store_of_its_own_a_renamed_host_keeps_its_containers(tmp_path: Pat
     rec, dp, made = _reconcile_env(tmp_path, shared=False)
     rec.sync()
     assert set(dp.namespaces) == {c.id for c in made.values()}
+
+
+def test_node_ttl_and_advertise_settings() -> None:
+    from cove.agent.config import load
+
+    cfg = load({"node_ttl": 5, "advertise": "192.0.2.11"}, None, {})
+    assert (cfg.node_ttl, cfg.advertise) == (5, "192.0.2.11")
+    assert load({}, None, {}).node_ttl == 10
+    for bad in (1, 0, "ten", True, 7200):
+        with pytest.raises(InvalidArgument, match="node_ttl"):
+            load({"node_ttl": bad}, None, {})
