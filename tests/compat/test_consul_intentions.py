@@ -63,7 +63,9 @@ def _names() -> tuple[str, str]:
 
 def test_exact_upsert_read_check_delete(c: consul.Consul, server: ConsulServer) -> None:
     web, db = _names()
-    assert c.connect.intentions.upsert(web, db, action="allow", description="front", meta={"a": "b"})
+    assert c.connect.intentions.upsert(
+        web, db, action="allow", description="front", meta={"a": "b"}
+    )
     got = c.connect.intentions.read(web, db)
     assert (got["SourceName"], got["DestinationName"], got["Action"]) == (web, db, "allow")
     assert (got["Description"], got["Meta"], got["Precedence"]) == ("front", {"a": "b"}, 9)
@@ -77,7 +79,9 @@ def test_exact_upsert_read_check_delete(c: consul.Consul, server: ConsulServer) 
     assert c.connect.intentions.check(web, db) is False
     assert got["ID"] in [i["ID"] for i in c.connect.intentions.list()]
     assert c.connect.intentions.delete(web, db) is True
-    status, body = http(server, "GET", f"/v1/connect/intentions/exact?source={web}&destination={db}")
+    status, body = http(
+        server, "GET", f"/v1/connect/intentions/exact?source={web}&destination={db}"
+    )
     assert status == 404 and "Intention not found" in body
     # No intention, no ACLs: allowed (Consul's default with ACLs off).
     assert c.connect.intentions.check(web, db) is True
