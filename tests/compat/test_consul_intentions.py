@@ -1,7 +1,7 @@
 """/v1/connect/intentions through py-consul (exact-match model: upsert,
 read, list, check, match, delete) and raw HTTP (the ID-based CRUD py-consul
 leaves out), with Consul's shapes, precedence, status codes and ACL rules
-(service:read/write on the destination). SQLite and etcd."""
+(intention:read/write on the destination from its service rule). SQLite and etcd."""
 
 from __future__ import annotations
 
@@ -169,18 +169,29 @@ def test_intentions_need_service_rules_on_the_destination(
             mgmt = consul.Consul(host="127.0.0.1", port=srv.port, token=ROOT)
             pol = mgmt.acl.policy.create(
                 name="db-owner",
-                rules={"service": {"db": {"policy": "write"}, "web": {"policy": "read"}}},
+                rules={
+                    "service": {
+                        "db": {"policy": "read", "intentions": "write"},
+                        "web": {"policy": "write"},
+                        "api": {"policy": "deny"},
+                    }
+                },
             )
             tok = mgmt.acl.token.create(policies_id=[pol["ID"]])["SecretID"]
             c = consul.Consul(host="127.0.0.1", port=srv.port, token=tok)
             assert c.connect.intentions.upsert("web", "db", action="allow")
+            # service:write alone grants intention:read only (Consul's default).
             with pytest.raises(consul.ACLPermissionDenied):
-                c.connect.intentions.upsert("db", "web", action="allow")  # read only on web
+                c.connect.intentions.upsert("db", "web", action="allow")
+            assert mgmt.connect.intentions.upsert("db", "web", action="allow")
+            assert c.connect.intentions.read("db", "web")["Action"] == "allow"
+            assert mgmt.connect.intentions.upsert("web", "api", action="allow")
             with pytest.raises(consul.ACLPermissionDenied):
                 c.connect.intentions.upsert("web", "*", action="deny")
             assert mgmt.connect.intentions.upsert("web", "cache", action="deny")
             # Lists hide what the token cannot read.
-            assert [i["DestinationName"] for i in c.connect.intentions.list()] == ["db"]
+            listed = sorted(i["DestinationName"] for i in c.connect.intentions.list())
+            assert listed == ["db", "web"]  # not api (deny), not cache (no rule)
             status, _ = http(srv, "GET", "/v1/connect/intentions/exact?source=web&destination=db")
             assert status == 403  # anonymous
             # No matching intention: the ACL default policy (deny) decides.

@@ -117,3 +117,21 @@ def test_counters_are_summed_per_network_and_rule() -> None:
         pc.Count("dn", "intention:i-a", "allow", 5),
         pc.Count("on", "intention:i-d", "deny", 3),
     ]
+
+
+def test_service_rules_grant_intentions_as_consul_does() -> None:
+    from cove.acl import Access, Authorizer
+    from cove.acl.rules import parse
+
+    rules = parse(
+        'service "db" { policy = "read"\n intentions = "write" }\n'
+        'service "web" { policy = "write" }\n'
+        'service_prefix "" { policy = "deny" }'
+    )
+    authz = Authorizer([rules], default_allow=True)
+    assert authz.allowed("intention", "db", Access.WRITE)
+    assert authz.allowed("intention", "web", Access.READ)
+    assert not authz.allowed("intention", "web", Access.WRITE)
+    assert not authz.allowed("intention", "*", Access.READ)
+    with pytest.raises(InvalidArgument, match="intentions policy 'list'"):
+        parse('service "db" { policy = "read"\n intentions = "list" }')

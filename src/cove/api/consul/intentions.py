@@ -2,10 +2,11 @@
 ``cove.policy.intentions``. cove enforces them in the kernel (its network
 policy compiles them), not in sidecar proxies.
 
-ACLs: reading or changing an intention needs service:read / service:write
-on its destination (``*`` needs it on every name, i.e. a ``service_prefix ""``
-rule). Consul's finer ``intentions = "..."`` attribute of a service rule is
-accepted in policies but not consulted: the service level decides.
+ACLs, as Consul's: reading or changing an intention needs intention:read /
+intention:write on its destination, granted by the ``intentions``
+attribute of the destination's ``service`` rule (read by default when the
+service policy is read or write); ``*`` is judged as a name, so only a
+``service_prefix ""`` rule covers it.
 Where no intention matches, ``/check`` answers with the ACL default policy,
 as Consul does (allow when ACLs are off).
 """
@@ -35,13 +36,8 @@ def _service(request: web.Request) -> pi.IntentionService:
 
 
 def _may(authz: Authorizer, dest: str, need: Access) -> bool:
-    if dest == pi.WILDCARD:
-        return (
-            authz.write_prefix("service", "")
-            if need is Access.WRITE
-            else authz.reads_all("service")
-        )
-    return authz.allowed("service", dest, need)
+    # ``*`` is judged as a name: only a ``service_prefix ""`` rule covers it.
+    return authz.allowed("intention", dest, need)
 
 
 def _need(authz: Authorizer, dest: str, need: Access) -> None:
