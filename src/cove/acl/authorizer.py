@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cove.acl.rules import RANK, SEGMENTED, Access, Rules
+from cove.acl.rules import JUDGED, RANK, Access, Rules
 from cove.errors import PermissionDenied
 
 _MEMO_LIMIT = 4096
@@ -90,8 +90,8 @@ class Authorizer:
         self.management = management
         self.enabled = enabled
         self._default = default_allow
-        exact: dict[str, dict[str, Access]] = {r: {} for r in SEGMENTED}
-        prefix: dict[str, dict[str, Access]] = {r: {} for r in SEGMENTED}
+        exact: dict[str, dict[str, Access]] = {r: {} for r in JUDGED}
+        prefix: dict[str, dict[str, Access]] = {r: {} for r in JUDGED}
         scalars: dict[str, Access] = {}
         for rules in policies:
             for rule in rules.rules:
@@ -104,9 +104,9 @@ class Authorizer:
                 exact[r],
                 tuple(sorted(prefix[r].items(), key=lambda item: len(item[0]), reverse=True)),
             )
-            for r in SEGMENTED
+            for r in JUDGED
         }
-        self._reads_all = {r: self._covers_reads(self._tables[r]) for r in SEGMENTED}
+        self._reads_all = {r: self._covers_reads(self._tables[r]) for r in JUDGED}
         # Decisions never change for a compiled token: a list of a thousand
         # instances on a few nodes asks the same few questions.
         self._memo: dict[tuple[str, str, Access], bool] = {}

@@ -40,9 +40,13 @@ MAX_RULES = 64 * 1024  # far above real policies; parsing is not free
 
 SEGMENTED = ("key", "service", "node", "session", "agent", "event", "query")
 SCALARS = ("operator", "acl", "keyring", "mesh", "peering")
-# Accepted inside a service block and ignored: cove has no intentions API
-# of Consul's shape yet, but real policies carry the attribute.
+# The ``intentions`` attribute of a service block grants ``intention``
+# (read/write on intentions whose destination is that service). Unset, it
+# is read when the service policy is read or write, else deny (Consul's
+# acl/policy.go).
 _SERVICE_EXTRAS = frozenset({"intentions"})
+JUDGED = (*SEGMENTED, "intention")
+"""Resources the authorizer judges by name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,8 @@ def parse(text: str) -> Rules:
         for segment, block in _blocks(body, name):
             level = _block_level(block, name, segment, resource)
             rules.append(Rule(resource, segment, prefix, level))
+            if resource == "service":
+                rules.append(Rule("intention", segment, prefix, _intentions(block, level)))
     return Rules(tuple(rules), tuple(scalars))
 
 
@@ -124,6 +130,12 @@ def _block_level(block: Any, name: str, segment: str, resource: str) -> Access:
     if "policy" not in block:
         raise InvalidArgument(f"Invalid ACL rule: {where} has no policy")
     return _level(block["policy"], where, allow_list=resource == "key")
+
+
+def _intentions(block: Mapping[str, Any], policy: Access) -> Access:
+    if "intentions" in block:
+        return _level(block["intentions"], "intentions", allow_list=False)
+    return Access.READ if policy in (Access.READ, Access.WRITE) else Access.DENY
 
 
 def _level(value: Any, where: str, *, allow_list: bool) -> Access:

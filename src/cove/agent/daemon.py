@@ -269,6 +269,7 @@ class Agent:
         policy_api.install(self.app, self.policy.service, self.policy.controller)
         self.metrics.add(self.lb.metrics)
         self.metrics.add(self.policy.metrics)
+        self.metrics.add(lambda: policy_api.counter_series(self.policy.counts()))
         self.metrics.add(lambda: observe.series(self.store, self.lb.vips))
         metrics_api.install_stats(
             self.app,

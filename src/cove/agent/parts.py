@@ -5,14 +5,18 @@ the API, so the domain packages never import it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from cove.clock import Clock
+from cove.datapath.nftables import Nft
 from cove.datapath.sysctl import bridge_filtering_problem
+from cove.errors import CoveError
 from cove.lb.controller import LbController, NftLike
 from cove.lb.registry import RegistryBackends
 from cove.lb.vips import VipService
 from cove.model import IPNetwork
+from cove.policy import compile as policy_compile
 from cove.policy.controller import PolicyController
 from cove.policy.service import PolicyService
 from cove.store.base import Store
@@ -71,11 +75,27 @@ class PolicyParts:
             store, nft, clock=clock, bridge_check=bridge_filtering_problem
         )
 
+        self._nft = nft
+        self._list: Callable[[str, str], list[dict[str, Any]]] | None = None
+
     def start(self, hub: WatchHub) -> None:
         self.controller.start(hub)
 
     def stop(self) -> None:
         self.controller.stop()
+
+    def counts(self) -> list[policy_compile.Count]:
+        """Packets each intention and each network's default deny counted
+        (read back from the kernel table; empty when it cannot be read)."""
+        try:
+            if self._list is None:
+                # The fast (in-process) binding may not list; the nft program does.
+                found = getattr(self._nft, "list_table", None)
+                self._list = found if callable(found) else Nft().list_table
+            listed = self._list(policy_compile.FAMILY, policy_compile.TABLE)
+        except CoveError:
+            return []
+        return policy_compile.counters(listed)
 
     def metrics(self) -> list[Metric]:
         return [

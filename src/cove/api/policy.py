@@ -10,7 +10,9 @@ from typing import Any
 
 from cove.api import http as web
 from cove.api.app import json_body
+from cove.api.metrics import Series
 from cove.errors import DatapathError, InvalidArgument
+from cove.policy.compile import Count
 from cove.policy.controller import PolicyController
 from cove.policy.service import PolicyService
 
@@ -92,3 +94,19 @@ def install(app: web.Application, policy: PolicyService, controller: PolicyContr
     app.router.add_put("/api/policy/default-deny/{network}", default_deny)
     app.router.add_post("/api/policy/test", test)
     app.router.add_get("/api/policy/status", status)
+
+
+def counter_series(counts: list[Count]) -> list[Series]:
+    """/metrics series of the policy's nft counters: packets dropped by
+    each network's default deny and by each deny intention, and packets
+    let through by each allow intention."""
+    out = []
+    for c in counts:
+        name, what = (
+            ("cove_policy_drops_total", "New connections policy rejected, by network and rule.")
+            if c.action == "deny"
+            else ("cove_policy_accepts_total", "New connections an intention let in, by network.")
+        )
+        labels = {"network": c.network, "rule": c.rule}
+        out.append(Series(name, what, float(c.packets), labels, kind="counter"))
+    return out

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cove.model import Endpoint, IPAddress, IPNetwork, Network
+from cove.policy.intentions import ALLOW, WILDCARD, Intention, sort_key
 from cove.policy.model import L4, Rule, Selector, SelectorKind
 from cove.runtime.ports import PUBLISHED_MARK
 
@@ -89,6 +90,19 @@ class Resolved:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolvedIntention:
+    """An intention's instance addresses: sources on any network, and
+    destinations grouped by their network (one counted nft rule each)."""
+
+    intention: Intention
+    sources: frozenset[IPAddress]
+    dests: tuple[tuple[str, frozenset[IPAddress]], ...]
+
+    def covers(self, src: IPAddress, dst: IPAddress) -> bool:
+        return src in self.sources and any(dst in addrs for _, addrs in self.dests)
+
+
+@dataclass(frozen=True, slots=True)
 class Model:
     """Everything the table and the evaluator decide from."""
 
@@ -96,6 +110,7 @@ class Model:
     cove: tuple[IPNetwork, ...]  # every cove network's subnets
     rules: tuple[Resolved, ...]
     selves: frozenset[IPAddress] = frozenset()  # member addresses: may reach themselves
+    intentions: tuple[ResolvedIntention, ...] = ()  # in precedence order
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +118,7 @@ class Decision:
     allowed: bool
     reason: str
     rule: str | None = None
+    intention: str | None = None
 
 
 def _is_container_name(sel: Selector, members: Iterable[Member]) -> bool:
@@ -117,7 +133,42 @@ def select(sel: Selector, members: Iterable[Member]) -> list[Member]:
     return [m for m in pool if m.matches(sel, name_is_service=as_service)]
 
 
-def build(networks: Iterable[Network], members: Iterable[Member], rules: Iterable[Rule]) -> Model:
+def resolve_intentions(
+    intentions: Iterable[Intention],
+    members: Iterable[Member],
+    instances: Mapping[str, Iterable[IPAddress]],
+) -> tuple[ResolvedIntention, ...]:
+    """A service's instances are its registered instances whose address
+    is a container endpoint's (matched by address); ``*`` is every such
+    instance of any service. ``instances`` maps a lower-case service name
+    to its instances' addresses."""
+    network_of = {a: m.network for m in members for a in m.addresses}
+    by_service = {
+        name.lower(): frozenset(a for a in addrs if a in network_of)
+        for name, addrs in instances.items()
+    }
+    every = frozenset(a for addrs in by_service.values() for a in addrs)
+
+    def of(name: str) -> frozenset[IPAddress]:
+        return every if name == WILDCARD else by_service.get(name.lower(), frozenset())
+
+    out = []
+    for i in sorted(intentions, key=sort_key):
+        nets: dict[str, set[IPAddress]] = {}
+        for a in of(i.dest):
+            nets.setdefault(network_of[a], set()).add(a)
+        dests = tuple((n, frozenset(nets[n])) for n in sorted(nets))
+        out.append(ResolvedIntention(i, of(i.source), dests))
+    return tuple(out)
+
+
+def build(
+    networks: Iterable[Network],
+    members: Iterable[Member],
+    rules: Iterable[Rule],
+    intentions: Iterable[Intention] = (),
+    instances: Mapping[str, Iterable[IPAddress]] | None = None,
+) -> Model:
     nets = sorted(networks, key=lambda n: n.name)
     pool = list(members)
     known = {n.name for n in nets}
@@ -134,17 +185,29 @@ def build(networks: Iterable[Network], members: Iterable[Member], rules: Iterabl
         cove=tuple(s.cidr for n in nets for s in n.subnets),
         rules=tuple(resolved),
         selves=frozenset(a for m in pool for a in m.addresses),
+        intentions=resolve_intentions(intentions, pool, instances or {}),
     )
 
 
 def decide(model: Model, src: IPAddress, dst: IPAddress, proto: L4, port: int) -> Decision:
     """What the compiled chain does with a new connection (same order)."""
     net = next((name for name, cidr in model.deny if _in(dst, cidr)), None)
-    if net is None:
-        return Decision(True, "the destination's network does not deny by default")
     outside = not any(_in(src, c) for c in model.cove)
     if src == dst and src in model.selves:
         return Decision(True, "a container may always reach itself (through a VIP too)")
+    if net is None and not any(_in(dst, c) for c in model.cove):
+        return Decision(True, "the destination is on no cove network")
+    for ri in model.intentions:
+        if ri.covers(src, dst):
+            i = ri.intention
+            verb = "allowed" if i.action == ALLOW else "denied"
+            return Decision(
+                i.action == ALLOW,
+                f"{verb} by intention {i.label()} (id {i.id}, precedence {i.precedence})",
+                intention=i.id,
+            )
+    if net is None:
+        return Decision(True, "the destination's network does not deny by default")
     for r in model.rules:
         if r.rule.network != net or src not in r.sources or dst not in r.dests:
             continue
@@ -195,6 +258,7 @@ def compile_table(model: Model) -> list[Obj]:
             }
         },
         {"chain": {"name": "ingress"}},
+        {"chain": {"name": "intentions"}},
     ]
     for v, t in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         deny = [_prefix(c) for _, c in model.deny if c.version == v]
@@ -222,6 +286,20 @@ def compile_table(model: Model) -> list[Obj]:
                     "expr": [
                         {"match": {"op": "==", "left": _addr(v, "daddr"), "right": f"@deny_v{v}"}},
                         {"jump": {"target": "ingress"}},
+                    ],
+                }
+            }
+        )
+    for v in (4, 6):
+        # Open networks: only intentions can deny (their chain returns
+        # to accept when none matches).
+        objs.append(
+            {
+                "rule": {
+                    "chain": "forward",
+                    "expr": [
+                        {"match": {"op": "==", "left": _addr(v, "daddr"), "right": f"@cove_v{v}"}},
+                        {"jump": {"target": "intentions"}},
                     ],
                 }
             }
@@ -259,27 +337,137 @@ def compile_table(model: Model) -> list[Obj]:
                 }
             }
         )
+        objs.append(
+            {
+                "rule": {
+                    "chain": "intentions",
+                    "expr": [
+                        {"match": {"op": "==", "left": pair, "right": f"@self_v{v}"}},
+                        {"accept": None},
+                    ],
+                }
+            }
+        )
+    objs.append({"rule": {"chain": "ingress", "expr": [{"jump": {"target": "intentions"}}]}})
+    for ri in model.intentions:
+        objs.extend(_intention_objects(ri))
     for r in model.rules:
         objs.extend(_rule_objects(r))
-    tcp = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
-    objs.append(
-        {
-            "rule": {
-                "chain": "ingress",
-                "expr": [tcp, {"reject": {"type": "tcp reset"}}],
-                "comment": "default deny",
+    for name, cidr in model.deny:  # counts, per network, what the rejects below drop
+        objs.append(
+            {
+                "rule": {
+                    "chain": "ingress",
+                    "expr": [
+                        {
+                            "match": {
+                                "op": "==",
+                                "left": _addr(cidr.version, "daddr"),
+                                "right": _prefix(cidr),
+                            }
+                        },
+                        {"counter": None},
+                    ],
+                    "comment": f"{DEFAULT_DENY} {name}",
+                }
             }
-        }
-    )
-    objs.append(
-        {
-            "rule": {
-                "chain": "ingress",
-                "expr": [{"reject": {"type": "icmpx", "expr": "admin-prohibited"}}],
-            }
-        }
-    )
+        )
+    objs.extend(_rejects("ingress", [], DEFAULT_DENY))
     return objs
+
+
+DEFAULT_DENY = "default deny"
+INTENTION = "intention"
+_TCP = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
+
+
+def _rejects(chain: str, match: list[Obj], comment: str) -> list[Obj]:
+    """Counted rejects: a TCP reset for TCP, ICMP admin-prohibited else."""
+    return [
+        {
+            "rule": {
+                "chain": chain,
+                "expr": [*match, _TCP, {"counter": None}, {"reject": {"type": "tcp reset"}}],
+                "comment": comment,
+            }
+        },
+        {
+            "rule": {
+                "chain": chain,
+                "expr": [
+                    *match,
+                    {"counter": None},
+                    {"reject": {"type": "icmpx", "expr": "admin-prohibited"}},
+                ],
+                "comment": comment,
+            }
+        },
+    ]
+
+
+def _intention_objects(ri: ResolvedIntention) -> list[Obj]:
+    """Comment ``intention <id> <action> <network>``: counters are read
+    back by it (``counters``)."""
+    out: list[Obj] = []
+    i = ri.intention
+    for network, dests in ri.dests:
+        for v in (4, 6):
+            src = sorted(str(a) for a in ri.sources if a.version == v)
+            dst = sorted(str(a) for a in dests if a.version == v)
+            if not src or not dst:
+                continue
+            match = [
+                {"match": {"op": "==", "left": _addr(v, "saddr"), "right": _set_of(list(src))}},
+                {"match": {"op": "==", "left": _addr(v, "daddr"), "right": _set_of(list(dst))}},
+            ]
+            comment = f"{INTENTION} {i.id} {i.action} {network}"
+            if i.action == ALLOW:
+                out.append(
+                    {
+                        "rule": {
+                            "chain": "intentions",
+                            "expr": [*match, {"counter": None}, {"accept": None}],
+                            "comment": comment,
+                        }
+                    }
+                )
+            else:
+                out.extend(_rejects("intentions", match, comment))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Packets one policy decision counted (read back from the table)."""
+
+    network: str
+    rule: str  # "default" or "intention:<id>"
+    action: str  # "deny" or "allow"
+    packets: int
+
+
+def counters(listed: Iterable[Obj]) -> list[Count]:
+    """Drop and accept counts from ``nft -j list table`` output of this
+    table, summed per (network, rule, action)."""
+    sums: dict[tuple[str, str, str], int] = {}
+    for obj in listed:
+        rule = obj.get("rule")
+        if not isinstance(rule, dict):
+            continue
+        words = str(rule.get("comment") or "").split()
+        packets = sum(
+            int(e["counter"].get("packets", 0))
+            for e in rule.get("expr") or ()
+            if isinstance(e, dict) and isinstance(e.get("counter"), dict)
+        )
+        if len(words) == 4 and words[0] == INTENTION:
+            key = (words[3], f"{INTENTION}:{words[1]}", words[2])
+        elif len(words) == 3 and " ".join(words[:2]) == DEFAULT_DENY:
+            key = (words[2], "default", "deny")
+        else:
+            continue
+        sums[key] = sums.get(key, 0) + packets
+    return [Count(n, r, a, p) for (n, r, a), p in sorted(sums.items())]
 
 
 def _rule_objects(r: Resolved) -> list[Obj]:
@@ -298,7 +486,7 @@ def _rule_objects(r: Resolved) -> list[Obj]:
                 {
                     "rule": {
                         "chain": "ingress",
-                        "expr": [*base, {"accept": None}],
+                        "expr": [*base, {"counter": None}, {"accept": None}],
                         "comment": f"rule {r.rule.id}",
                     }
                 }
@@ -327,6 +515,7 @@ def _rule_objects(r: Resolved) -> list[Obj]:
                                     "right": _set_of(ports),
                                 }
                             },
+                            {"counter": None},
                             {"accept": None},
                         ],
                         "comment": f"rule {r.rule.id}",

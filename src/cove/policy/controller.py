@@ -20,13 +20,14 @@ from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.policy import compile as pc
 from cove.policy.model import POLICY
 from cove.policy.service import PolicyService
+from cove.registry.keys import SERVICES
 from cove.store.base import Store
 from cove.store.hub import Follower, WatchHub
 from cove.worker import Progress, Worker
 
 log = logging.getLogger(__name__)
 
-PREFIXES = (NETWORKS, ENDPOINTS, CONTAINERS, POLICY)
+PREFIXES = (NETWORKS, ENDPOINTS, CONTAINERS, POLICY, SERVICES)  # SERVICES: intentions
 BridgeCheck = Callable[[], str | None]
 """Why traffic inside one bridge would bypass policy, or None (the agent
 passes ``cove.datapath.sysctl.bridge_filtering_problem``)."""

@@ -19,7 +19,9 @@ from cove.clock import Clock
 from cove.errors import CasFailed, InvalidArgument, NotFound
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network
 from cove.policy import compile as pc
+from cove.policy.intentions import IntentionService
 from cove.policy.model import L4, RULES, PortSpec, Rule, Selector, SelectorKind
+from cove.registry.keys import SERVICES
 from cove.store.base import Compare, Put, Store
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class Verdict:
             "allowed": self.decision.allowed,
             "reason": self.decision.reason,
             "rule": self.decision.rule,
+            "intention": self.decision.intention,
         }
 
 
@@ -111,8 +114,31 @@ class PolicyService:
                 out.append(rule)
         return sorted(out, key=lambda r: (r.network, r.created, r.id))
 
+    def instances(self) -> dict[str, set[IPAddress]]:
+        """Registered service instances' IP addresses by lower-case
+        service name (the Consul catalog; DNS-name addresses skipped)."""
+        out: dict[str, set[IPAddress]] = {}
+        for kv in self._store.range(SERVICES).kvs:
+            try:
+                data = json.loads(kv.value)
+                addr = pc.parse_address(str(data.get("Address") or ""))
+                name = str(data["Service"]).lower()
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            out.setdefault(name, set()).add(addr)
+        return out
+
     def model(self) -> pc.Model:
-        return pc.build(self.networks(), self.members(), self.rules())
+        return self._model(self.members())
+
+    def _model(self, members: builtins.list[pc.Member]) -> pc.Model:
+        return pc.build(
+            self.networks(),
+            members,
+            self.rules(),
+            IntentionService(self._store).list(),
+            self.instances(),
+        )
 
     # -- writing --------------------------------------------------------------
 
@@ -202,7 +228,7 @@ class PolicyService:
         if spec.first != spec.last:
             raise InvalidArgument("policy test takes one port, not a range")
         members = self.members()
-        model = pc.build(self.networks(), members, self.rules())
+        model = self._model(members)
         srcs = self._addresses(source, members, "--from")
         dsts = self._addresses(dest, members, "--to")
         out = []

@@ -22,6 +22,7 @@ from cove.api.consul import (
     config,
     coordinates,
     events,
+    intentions,
     kv,
     operator,
     query,
@@ -73,6 +74,7 @@ def install(
             runner.use_group_commit(state.commits)
     app[CONSUL] = state
     agent.add_routes(app)
+    intentions.add_routes(app)  # before agent_ops' /v1/connect catch-all
     agent_ops.add_routes(app)
     events.add_routes(app)
     snapshot.add_routes(app)

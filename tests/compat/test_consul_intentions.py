@@ -1,0 +1,201 @@
+"""/v1/connect/intentions through py-consul (exact-match model: upsert,
+read, list, check, match, delete) and raw HTTP (the ID-based CRUD py-consul
+leaves out), with Consul's shapes, precedence, status codes and ACL rules
+(intention:read/write on the destination from its service rule). SQLite and etcd."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import backends
+import consul
+import pytest
+
+from cove.acl import AclService
+from cove.agent.consul import ConsulServer
+from cove.clock import SystemClock
+from cove.store.base import Store
+
+backend_store = backends.backend_store  # the fixture: SQLite, then etcd
+ROOT = "7b1b5b8e-1111-4c1a-9d7e-000000000014"
+
+
+@pytest.fixture(scope="module")
+def server(backend_store: Store) -> Iterator[ConsulServer]:
+    with ConsulServer(backend_store, SystemClock(), node_name="ixn-a") as srv:
+        yield srv
+
+
+@pytest.fixture
+def c(server: ConsulServer) -> consul.Consul:
+    return consul.Consul(host="127.0.0.1", port=server.port)
+
+
+def http(
+    server: ConsulServer, method: str, path: str, body: Any = None, token: str = ""
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["X-Consul-Token"] = token
+    req = urllib.request.Request(server.url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        raw, status = err.read(), err.code
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode()
+
+
+def _names() -> tuple[str, str]:
+    tag = secrets.token_hex(3)
+    return f"web-{tag}", f"db-{tag}"
+
+
+def test_exact_upsert_read_check_delete(c: consul.Consul, server: ConsulServer) -> None:
+    web, db = _names()
+    assert c.connect.intentions.upsert(
+        web, db, action="allow", description="front", meta={"a": "b"}
+    )
+    got = c.connect.intentions.read(web, db)
+    assert (got["SourceName"], got["DestinationName"], got["Action"]) == (web, db, "allow")
+    assert (got["Description"], got["Meta"], got["Precedence"]) == ("front", {"a": "b"}, 9)
+    assert got["SourceType"] == "consul" and got["ID"] and got["CreateIndex"] > 0
+    assert c.connect.intentions.check(web, db) is True
+    # Upsert again: the same intention (same ID), now a deny.
+    assert c.connect.intentions.upsert(web, db, action="deny")
+    again = c.connect.intentions.read(web, db)
+    assert again["ID"] == got["ID"] and again["Action"] == "deny"
+    assert again["ModifyIndex"] > got["ModifyIndex"]
+    assert c.connect.intentions.check(web, db) is False
+    assert got["ID"] in [i["ID"] for i in c.connect.intentions.list()]
+    assert c.connect.intentions.delete(web, db) is True
+    status, body = http(
+        server, "GET", f"/v1/connect/intentions/exact?source={web}&destination={db}"
+    )
+    assert status == 404 and "Intention not found" in body
+    # No intention, no ACLs: allowed (Consul's default with ACLs off).
+    assert c.connect.intentions.check(web, db) is True
+
+
+def test_precedence_exact_beats_wildcard(c: consul.Consul, server: ConsulServer) -> None:
+    web, db = _names()
+    other = f"other-{secrets.token_hex(3)}"
+    c.connect.intentions.upsert("*", db, action="deny")
+    c.connect.intentions.upsert(web, db, action="allow")
+    assert c.connect.intentions.check(web, db) is True  # 9 beats 8
+    assert c.connect.intentions.check(other, db) is False  # only the wildcard matches
+    matched = c.connect.intentions.match("destination", db)[db]
+    assert [(i["SourceName"], i["Precedence"]) for i in matched] == [(web, 9), ("*", 8)]
+    by_source = c.connect.intentions.match("source", web)[web]
+    assert (web, db) in [(i["SourceName"], i["DestinationName"]) for i in by_source]
+    listed = c.connect.intentions.list()
+    precs = [i["Precedence"] for i in listed]
+    assert precs == sorted(precs, reverse=True)
+    c.connect.intentions.delete("*", db)
+    c.connect.intentions.delete(web, db)
+
+
+def test_id_crud_over_http(server: ConsulServer) -> None:
+    web, db = _names()
+    body = {"SourceName": web, "DestinationName": db, "Action": "allow"}
+    status, made = http(server, "POST", "/v1/connect/intentions", body)
+    assert status == 200 and set(made) == {"ID"}
+    iid = made["ID"]
+    status, got = http(server, "GET", f"/v1/connect/intentions/{iid}")
+    assert status == 200 and got["ID"] == iid and got["Action"] == "allow"
+    # The same pair again: Consul's "duplicate intention found", nothing stored.
+    status, text = http(server, "POST", "/v1/connect/intentions", body)
+    assert status == 500 and "duplicate intention found" in text
+    status, _ = http(server, "PUT", f"/v1/connect/intentions/{iid}", {**body, "Action": "deny"})
+    assert status == 200
+    assert http(server, "GET", f"/v1/connect/intentions/{iid}")[1]["Action"] == "deny"
+    assert http(server, "DELETE", f"/v1/connect/intentions/{iid}") == (200, True)
+    assert http(server, "GET", f"/v1/connect/intentions/{iid}")[0] == 404
+    assert http(server, "DELETE", f"/v1/connect/intentions/{iid}")[0] == 404
+
+
+def test_bad_input_is_400_and_stores_nothing(server: ConsulServer) -> None:
+    web, db = _names()
+    for body, why in (
+        ({"SourceName": web, "DestinationName": db, "Action": "maybe"}, "'allow' or 'deny'"),
+        ({"DestinationName": db, "Action": "allow"}, "SourceName must be set"),
+        ({"SourceName": web, "Action": "allow"}, "DestinationName must be set"),
+        ({"SourceName": "web-*", "DestinationName": db, "Action": "allow"}, "partial wildcards"),
+        ({"SourceName": web, "DestinationName": db, "Action": "allow", "SourceType": "x"}, "x"),
+        (
+            {"SourceName": web, "DestinationName": db, "Permissions": [{"Action": "allow"}]},
+            "L7 intentions",
+        ),
+    ):
+        status, text = http(server, "POST", "/v1/connect/intentions", body)
+        assert status == 400 and why in text, (body, text)
+    assert http(server, "GET", "/v1/connect/intentions/not-a-uuid")[0] == 400
+    assert http(server, "GET", f"/v1/connect/intentions/match?by=sideways&name={db}")[0] == 400
+    assert http(server, "GET", f"/v1/connect/intentions/check?source={web}")[0] == 400
+    _, listed = http(server, "GET", "/v1/connect/intentions")
+    assert db not in [i["DestinationName"] for i in listed]
+    # The rest of Connect is still refused clearly.
+    status, text = http(server, "GET", "/v1/connect/ca/roots")
+    assert status == 400 and "Connect" in text
+
+
+def test_intentions_need_service_rules_on_the_destination(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from cove.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path_factory.mktemp("acl") / "s.db"), SystemClock())
+    acl = AclService(
+        store,
+        SystemClock(),
+        enabled=True,
+        default_policy="deny",
+        initial_management=ROOT,
+        node_name="ixn-acl",
+    )
+    acl.setup()
+    try:
+        with ConsulServer(store, SystemClock(), node_name="ixn-acl", acl=acl) as srv:
+            mgmt = consul.Consul(host="127.0.0.1", port=srv.port, token=ROOT)
+            pol = mgmt.acl.policy.create(
+                name="db-owner",
+                rules={
+                    "service": {
+                        "db": {"policy": "read", "intentions": "write"},
+                        "web": {"policy": "write"},
+                        "api": {"policy": "deny"},
+                    }
+                },
+            )
+            tok = mgmt.acl.token.create(policies_id=[pol["ID"]])["SecretID"]
+            c = consul.Consul(host="127.0.0.1", port=srv.port, token=tok)
+            assert c.connect.intentions.upsert("web", "db", action="allow")
+            # service:write alone grants intention:read only (Consul's default).
+            with pytest.raises(consul.ACLPermissionDenied):
+                c.connect.intentions.upsert("db", "web", action="allow")
+            assert mgmt.connect.intentions.upsert("db", "web", action="allow")
+            assert c.connect.intentions.read("db", "web")["Action"] == "allow"
+            assert mgmt.connect.intentions.upsert("web", "api", action="allow")
+            with pytest.raises(consul.ACLPermissionDenied):
+                c.connect.intentions.upsert("web", "*", action="deny")
+            assert mgmt.connect.intentions.upsert("web", "cache", action="deny")
+            # Lists hide what the token cannot read.
+            listed = sorted(i["DestinationName"] for i in c.connect.intentions.list())
+            assert listed == ["db", "web"]  # not api (deny), not cache (no rule)
+            status, _ = http(srv, "GET", "/v1/connect/intentions/exact?source=web&destination=db")
+            assert status == 403  # anonymous
+            # No matching intention: the ACL default policy (deny) decides.
+            assert mgmt.connect.intentions.check("x", "y") is False
+            assert c.connect.intentions.check("web", "db") is True
+    finally:
+        store.close()
