@@ -18,6 +18,7 @@ from cove.datapath.netns import NetnsDatapath
 from cove.errors import CoveError
 from cove.ipam.allocator import Ipam
 from cove.model import NETWORKS, Network
+from cove.runtime import guard
 from cove.runtime.ports import Published
 from cove.runtime.reconcile import ContainerReconciler
 from cove.runtime.service import probe_host_port
@@ -58,7 +59,12 @@ class CniParts:
             port_probe=probe_host_port,
             datapath_problem=datapath_problem,
             retired=lambda: self._reaper.kick(),
+            guard=self._guard,
+            unguard=self._unguard,
         )
+        # CNI attachments' veths get the anti-spoofing entries of cove's own.
+        self._containers = containers
+        containers.guard.add_source(self._guarded)
         # Retired veth pairs are deleted in batches (the kernel takes
         # 15-40 ms per deletion, about as long for many).
         self._reaper = Worker("cove-cni-reaper", lambda _k: self._reap(), interval)
@@ -66,6 +72,17 @@ class CniParts:
         self._conf_dir = conf_dir
         self._socket = socket
         self._worker = Worker("cove-cni-conf", lambda _k: self.sync_conflists(), interval)
+
+    def _guarded(self) -> list[guard.Port]:
+        return [attachments.guard_port(a) for a in self.service.list()]
+
+    def _guard(self, att: attachments.Attachment) -> None:
+        with self._containers.lock:
+            self._containers.guard.add_port(attachments.guard_port(att))
+
+    def _unguard(self, att: attachments.Attachment) -> None:
+        with self._containers.lock:
+            self._containers.guard.remove([att.host_veth])
 
     def _reap(self) -> None:
         time.sleep(_REAP_QUIET)  # let a burst of DELs retire first
