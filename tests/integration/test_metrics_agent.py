@@ -92,3 +92,37 @@ def test_vip_connections_are_counted_per_backend(agent: AgentProc, scripts: Any)
     }
     assert all(n >= 1 for n in counts.values()), counts
     assert f'vip="{vip}"' in text and 'protocol="tcp"' in text
+
+
+def test_dns_answers_are_counted_by_response_code(agent: AgentProc) -> None:
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    reg = {"Name": "web", "ID": "web1", "Port": 80, "Address": "10.95.2.5"}
+    assert agent.api("PUT", "/v1/agent/service/register", reg)[0] == 200
+    text = _metrics(agent)
+    assert "# TYPE cove_dns_responses_total counter" in text
+    before = {
+        rc: _value(text, "cove_dns_responses_total", listener="host", rcode=rc)
+        for rc in ("NOERROR", "NXDOMAIN")
+    }
+
+    def ask(name: str, tcp: bool = False) -> int:
+        q = dns.message.make_query(name, "A")
+        send = dns.query.tcp if tcp else dns.query.udp
+        return int(send(q, "127.0.0.1", port=agent.dns_port, timeout=5).rcode())
+
+    # Over UDP (the second and third of a kind from the hot path) and TCP.
+    assert eventually(lambda: ask("web.service.cove") == dns.rcode.NOERROR)
+    for _ in range(3):
+        assert ask("web.service.cove") == dns.rcode.NOERROR
+        assert ask("nope.service.cove") == dns.rcode.NXDOMAIN
+    assert ask("web.service.cove", tcp=True) == dns.rcode.NOERROR
+    assert ask("nope.service.cove", tcp=True) == dns.rcode.NXDOMAIN
+    text = _metrics(agent)
+    ok = _value(text, "cove_dns_responses_total", listener="host", rcode="NOERROR")
+    nx = _value(text, "cove_dns_responses_total", listener="host", rcode="NXDOMAIN")
+    assert ok - before["NOERROR"] >= 5  # the eventually's first try may have missed
+    assert nx - before["NXDOMAIN"] == 4
+    assert _value(text, "cove_dns_responses_total", listener="host", rcode="SERVFAIL") == 0

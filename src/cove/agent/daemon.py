@@ -252,6 +252,7 @@ class Agent:
         self.dns = self._dns_service()
         if self.dns is not None:
             self.metrics.add(self.dns.metrics)
+            self.metrics.add(lambda: observe.dns_series(self.dns) if self.dns else [])
         self.metrics.install(self.app)
         networks_api.install(self.app, self.networks, self.reconciler)
         # VIP and policy updates are frequent and small: they go through

@@ -13,9 +13,12 @@ from cove.api.metrics import (
     EndpointTraffic,
     Series,
     check_series,
+    dns_answer_series,
     traffic_series,
 )
 from cove.datapath.stats import link_counters, vip_connections
+from cove.dns.service import DnsService
+from cove.dns.wire import Rcode
 from cove.errors import DatapathError
 from cove.lb.vips import VipService
 from cove.model import ENDPOINTS, Endpoint
@@ -111,4 +114,12 @@ def series(store: Store, vips: VipService) -> list[Series]:
         traffic_series(endpoint_traffic(store))
         + check_series(check_states(store))
         + vip_series(vips)
+    )
+
+
+def dns_series(dns: DnsService) -> list[Series]:
+    """The DNS server's answers by listener and response code."""
+    names = {int(r): r.name for r in Rcode}
+    return dns_answer_series(
+        (net, names.get(rcode, str(rcode)), n) for net, rcode, n in dns.answers()
     )

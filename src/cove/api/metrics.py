@@ -152,6 +152,26 @@ def check_series(checks: Iterable[CheckState]) -> list[Series]:
     return out
 
 
+def dns_answer_series(answers: Iterable[tuple[str | None, str, int]]) -> list[Series]:
+    """``cove_dns_responses_total`` by (network or None for the host
+    listener, RCODE name, count)."""
+    out: list[Series] = []
+    for network, rcode, n in answers:
+        labels = {"listener": "host" if network is None else "gateway"}
+        labels["network"] = network or ""
+        labels["rcode"] = rcode
+        out.append(
+            Series(
+                "cove_dns_responses_total",
+                "DNS answers sent, by listener and response code.",
+                float(n),
+                labels,
+                "counter",
+            )
+        )
+    return out
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -189,8 +209,8 @@ class Metrics:
         self._sources.append(source)
 
     def samples(self) -> list[Sample]:
-        """Every source's samples, as they are now."""
-        return [sample for source in self._sources for sample in source()]
+        """Every source's unlabelled samples, as they are now."""
+        return [s for source in self._sources for s in source() if not isinstance(s, Series)]
 
     def render(self) -> str:
         return render_samples(s for source in self._sources for s in source())
