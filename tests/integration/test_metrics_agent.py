@@ -126,3 +126,51 @@ def test_dns_answers_are_counted_by_response_code(agent: AgentProc) -> None:
     assert ok - before["NOERROR"] >= 5  # the eventually's first try may have missed
     assert nx - before["NXDOMAIN"] == 4
     assert _value(text, "cove_dns_responses_total", listener="host", rcode="SERVFAIL") == 0
+
+
+def test_check_latency_is_the_last_probes_duration(agent: AgentProc) -> None:
+    import http.server
+    import threading
+    import time
+
+    delay = [0.3]
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(delay[0])
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/health"
+        check = {"CheckID": "slow-http", "HTTP": url, "Interval": "1s", "Timeout": "5s"}
+        reg = {"Name": "slow", "ID": "slow1", "Port": 80, "Check": check}
+        assert agent.api("PUT", "/v1/agent/service/register", reg)[0] == 200
+        labels = {"check": "slow-http", "service": "slow", "service_id": "slow1"}
+
+        def took() -> float | None:
+            text = _metrics(agent)
+            if "cove_check_duration_seconds{" not in text:
+                return None
+            return _value(text, "cove_check_duration_seconds", **labels)
+
+        first = eventually(took)
+        assert first is not None and 0.3 <= first < 3, first
+        text = _metrics(agent)
+        assert "# TYPE cove_check_duration_seconds gauge" in text
+        assert _value(text, "cove_check_status", status="passing", **labels) == 1
+        # The last probe's time, not a running maximum.
+        delay[0] = 0.0
+        assert eventually(lambda: (t := took()) is not None and t < 0.2)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

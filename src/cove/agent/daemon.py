@@ -264,7 +264,10 @@ class Agent:
         policy_api.install(self.app, self.policy.service, self.policy.controller)
         self.metrics.add(self.lb.metrics)
         self.metrics.add(self.policy.metrics)
-        self.metrics.add(lambda: observe.series(self.store, self.lb.vips))
+        checks = self.registry_parts.checks
+        self.metrics.add(
+            lambda: observe.series(self.store, self.lb.vips, checks.durations if checks else dict)
+        )
         metrics_api.install_stats(
             self.app,
             lambda: observe.endpoint_traffic(self.store),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 
 from cove.api.metrics import (
     CheckState,
@@ -108,11 +109,16 @@ def vip_series(vips: VipService) -> list[Series]:
     ]
 
 
-def series(store: Store, vips: VipService) -> list[Series]:
-    """Every labelled series this module observes, for ``Metrics.add``."""
+def series(
+    store: Store,
+    vips: VipService,
+    durations: Callable[[], Mapping[tuple[str, str], float]] = dict,
+) -> list[Series]:
+    """Every labelled series this module observes, for ``Metrics.add``;
+    ``durations``: the check runner's last probe times."""
     return (
         traffic_series(endpoint_traffic(store))
-        + check_series(check_states(store))
+        + check_series(check_states(store), durations())
         + vip_series(vips)
     )
 
