@@ -690,8 +690,14 @@ def test_an_attachment_cannot_send_with_a_forged_source(cnienv: dict[str, Any]) 
             "CNI_NETNS": f"/run/netns/{ns}",
         }
         assert cni("DEL", _conf(cnienv), env)[0] == 0
-    table = subprocess.run(
-        ["ip", "netns", "exec", agent.hostns, "nft", "-j", "list", "set", "bridge", "cove_guard",
-         "ports"], capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    # The entries go with the veths, deleted in a batch soon after.
+    deadline = time.monotonic() + 10
+    while True:
+        table = subprocess.run(
+            ["ip", "netns", "exec", agent.hostns, "nft", "-j", "list", "set", "bridge",
+             "cove_guard", "ports"], capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        if '"cn' not in table or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert '"cn' not in table, table

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,6 +65,8 @@ class CniParts:
         )
         # CNI attachments' veths get the anti-spoofing entries of cove's own.
         self._containers = containers
+        self._unguard_lock = threading.Lock()
+        self._unguard_pending: list[str] = []
         containers.guard.add_source(self._guarded)
         # Retired veth pairs are deleted in batches (the kernel takes
         # 15-40 ms per deletion, about as long for many).
@@ -81,8 +84,11 @@ class CniParts:
             self._containers.guard.add_port(attachments.guard_port(att))
 
     def _unguard(self, att: attachments.Attachment) -> None:
-        with self._containers.lock:
-            self._containers.guard.remove([att.host_veth])
+        # With the veths, in a batch: a retired pair is down and carries
+        # nothing meanwhile, and DEL answers without waiting for nft.
+        with self._unguard_lock:
+            self._unguard_pending.append(att.host_veth)
+        self._reaper.kick()
 
     def _reap(self) -> None:
         time.sleep(_REAP_QUIET)  # let a burst of DELs retire first
@@ -90,6 +96,14 @@ class CniParts:
             self.netns.reap()
         except CoveError as exc:
             log.warning("deleting retired CNI veths: %s", exc.message)
+        with self._unguard_lock:
+            gone, self._unguard_pending = self._unguard_pending, []
+        if gone:
+            try:
+                with self._containers.lock:
+                    self._containers.guard.remove(gone)
+            except CoveError as exc:  # the next whole-table pass drops them
+                log.warning("guard entries of deleted CNI veths: %s", exc.message)
 
     def _clean_binds(self) -> None:
         for ref in self.netns.list_netns():
