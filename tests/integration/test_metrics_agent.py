@@ -92,3 +92,85 @@ def test_vip_connections_are_counted_per_backend(agent: AgentProc, scripts: Any)
     }
     assert all(n >= 1 for n in counts.values()), counts
     assert f'vip="{vip}"' in text and 'protocol="tcp"' in text
+
+
+def test_dns_answers_are_counted_by_response_code(agent: AgentProc) -> None:
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    reg = {"Name": "web", "ID": "web1", "Port": 80, "Address": "10.95.2.5"}
+    assert agent.api("PUT", "/v1/agent/service/register", reg)[0] == 200
+    text = _metrics(agent)
+    assert "# TYPE cove_dns_responses_total counter" in text
+    before = {
+        rc: _value(text, "cove_dns_responses_total", listener="host", rcode=rc)
+        for rc in ("NOERROR", "NXDOMAIN")
+    }
+
+    def ask(name: str, tcp: bool = False) -> int:
+        q = dns.message.make_query(name, "A")
+        send = dns.query.tcp if tcp else dns.query.udp
+        return int(send(q, "127.0.0.1", port=agent.dns_port, timeout=5).rcode())
+
+    # Over UDP (the second and third of a kind from the hot path) and TCP.
+    assert eventually(lambda: ask("web.service.cove") == dns.rcode.NOERROR)
+    for _ in range(3):
+        assert ask("web.service.cove") == dns.rcode.NOERROR
+        assert ask("nope.service.cove") == dns.rcode.NXDOMAIN
+    assert ask("web.service.cove", tcp=True) == dns.rcode.NOERROR
+    assert ask("nope.service.cove", tcp=True) == dns.rcode.NXDOMAIN
+    text = _metrics(agent)
+    ok = _value(text, "cove_dns_responses_total", listener="host", rcode="NOERROR")
+    nx = _value(text, "cove_dns_responses_total", listener="host", rcode="NXDOMAIN")
+    assert ok - before["NOERROR"] >= 5  # the eventually's first try may have missed
+    assert nx - before["NXDOMAIN"] == 4
+    assert _value(text, "cove_dns_responses_total", listener="host", rcode="SERVFAIL") == 0
+
+
+def test_check_latency_is_the_last_probes_duration(agent: AgentProc) -> None:
+    import http.server
+    import threading
+    import time
+
+    delay = [0.3]
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(delay[0])
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/health"
+        check = {"CheckID": "slow-http", "HTTP": url, "Interval": "1s", "Timeout": "5s"}
+        reg = {"Name": "slow", "ID": "slow1", "Port": 80, "Check": check}
+        assert agent.api("PUT", "/v1/agent/service/register", reg)[0] == 200
+        labels = {"check": "slow-http", "service": "slow", "service_id": "slow1"}
+
+        def took() -> float | None:
+            text = _metrics(agent)
+            if "cove_check_duration_seconds{" not in text:
+                return None
+            return _value(text, "cove_check_duration_seconds", **labels)
+
+        first = eventually(took)
+        assert first is not None and 0.3 <= first < 3, first
+        text = _metrics(agent)
+        assert "# TYPE cove_check_duration_seconds gauge" in text
+        assert _value(text, "cove_check_status", status="passing", **labels) == 1
+        # The last probe's time, not a running maximum.
+        delay[0] = 0.0
+        assert eventually(lambda: (t := took()) is not None and t < 0.2)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

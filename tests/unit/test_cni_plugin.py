@@ -575,3 +575,129 @@ def test_the_shim_attaches_without_starting_python(cnienv: dict[str, Any], tmp_p
         text=True,
     )
     assert res.returncode == 1 and json.loads(res.stdout)["code"] == 7
+
+
+_RECEIVER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 7000))
+s.settimeout(0.5)
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        data, (src, _port) = s.recvfrom(2048)
+    except TimeoutError:
+        continue
+    print(data.decode(), src, flush=True)
+    if data.startswith(b"last"):
+        break
+"""
+
+_SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+s.sendto(sys.argv[4].encode(), (sys.argv[2], int(sys.argv[3])))
+"""
+
+
+def _exchange(own_ns: str, peer_ns: str, sends: list[tuple[str, str, str]], peer: str) -> str:
+    """What the peer (a UDP receiver on port 7000 in ``peer_ns``) got from
+    ``sends`` (each: an ``ip`` command to run in ``own_ns`` first or "",
+    the source address, the payload), ended by a "last" datagram."""
+    recv = subprocess.Popen(
+        ["ip", "netns", "exec", peer_ns, sys.executable, "-S", "-c", _RECEIVER, "10"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert recv.stdout is not None and recv.stdout.readline().strip() == "ready"
+        for cmd, src, payload in sends:
+            if cmd:
+                subprocess.run(["ip", "-n", own_ns, *cmd.split()], check=True)
+            subprocess.run(
+                ["ip", "netns", "exec", own_ns, sys.executable, "-S", "-c", _SEND,
+                 src, peer, "7000", payload],
+                check=True,
+            )  # fmt: skip
+            time.sleep(0.2)
+        out, _ = recv.communicate(timeout=15)
+        return out
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.wait()
+
+
+@root
+def test_an_attachment_cannot_send_with_a_forged_source(cnienv: dict[str, Any]) -> None:
+    """A podman container is guarded as cove's own: frames from another
+    IPv4 address or another MAC than its attachment's never reach a peer,
+    its own do; the guard comes back after the agent restarts."""
+    agent = cnienv["agent"]
+    ns1, ns2 = cnienv["netns"]
+    addrs = []
+    for i, ns in enumerate((ns1, ns2)):
+        env = {
+            "CNI_IFNAME": "eth0",
+            "CNI_CONTAINERID": f"guard{i}",
+            "CNI_NETNS": f"/run/netns/{ns}",
+        }
+        rc, out = cni("ADD", _conf(cnienv), env)
+        assert rc == 0, out
+        addrs.append(out["ips"][0]["address"].split("/")[0])
+    me, peer = addrs
+    forged_ip = "10.89.55.200"  # in the subnet, held by nobody
+    (link,) = json.loads(
+        subprocess.run(["ip", "-j", "-n", ns1, "link", "show", "eth0"],
+                       capture_output=True, text=True, check=True).stdout
+    )  # fmt: skip
+    own_mac = link["address"]
+
+    def attempt(tag: str) -> str:
+        return _exchange(
+            ns1,
+            ns2,
+            [
+                ("", me, f"own-{tag}"),
+                (f"addr add {forged_ip}/24 dev eth0", forged_ip, f"forged-ip-{tag}"),
+                (f"addr del {forged_ip}/24 dev eth0", me, f"own-again-{tag}"),
+                ("link set eth0 address 02:42:de:ad:be:ef", me, f"forged-mac-{tag}"),
+                (f"link set eth0 address {own_mac}", me, f"last-{tag}"),
+            ],
+            peer,
+        )
+
+    got = attempt("a")
+    assert f"own-a {me}" in got and f"own-again-a {me}" in got and "last-a" in got, got
+    assert "forged-ip" not in got and "forged-mac" not in got, got
+    # After a crash and with the table gone, the restarted agent guards
+    # the attachment again.
+    agent.kill9()
+    subprocess.run(
+        ["ip", "netns", "exec", agent.hostns, "nft", "delete", "table", "bridge", "cove_guard"],
+        check=True,
+    )
+    agent.start()
+    got = attempt("b")
+    assert f"own-b {me}" in got and "last-b" in got, got
+    assert "forged-ip" not in got and "forged-mac" not in got, got
+    for i, ns in enumerate((ns1, ns2)):
+        env = {
+            "CNI_IFNAME": "eth0",
+            "CNI_CONTAINERID": f"guard{i}",
+            "CNI_NETNS": f"/run/netns/{ns}",
+        }
+        assert cni("DEL", _conf(cnienv), env)[0] == 0
+    # The entries go with the veths, deleted in a batch soon after.
+    deadline = time.monotonic() + 10
+    while True:
+        table = subprocess.run(
+            ["ip", "netns", "exec", agent.hostns, "nft", "-j", "list", "set", "bridge",
+             "cove_guard", "ports"], capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        if '"cn' not in table or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert '"cn' not in table, table

@@ -210,3 +210,33 @@ def test_slow_tcp_clients_use_up_their_own_share_only(stack: Stack) -> None:
     finally:
         for s in hogs:
             s.close()
+
+
+def test_answers_are_counted_by_response_code_per_listener(stack: Stack) -> None:
+    host = stack.server.add(ipaddress.ip_address("127.0.0.1"), 0, None)
+    gw = stack.server.add(ipaddress.ip_address("127.0.0.1"), 0, "vnet")
+
+    def ask(name: str, port: int, src: str = "", tcp: bool = False) -> int:
+        q = dns.message.make_query(name, "A")
+        if tcp:
+            return int(dns.query.tcp(q, "127.0.0.1", port=port, timeout=2).rcode())
+        return int(dns.query.udp(q, "127.0.0.1", port=port, timeout=2, source=src or None).rcode())
+
+    # Each name three times over UDP: the slow path once, then the hot path.
+    for _ in range(3):
+        assert ask("h7.vnet.cove", host) == dns.rcode.NOERROR
+        assert ask("nobody.vnet.cove", host) == dns.rcode.NXDOMAIN
+        assert ask("h7", gw, src="127.0.5.9") == dns.rcode.NOERROR
+        assert ask("h7", gw, src="127.0.6.1") == dns.rcode.REFUSED  # a stranger
+    assert ask("outside.test", host) == dns.rcode.NOERROR  # forwarded
+    assert ask("h8.vnet.cove", host, tcp=True) == dns.rcode.NOERROR
+    assert ask("nobody.vnet.cove", host, tcp=True) == dns.rcode.NXDOMAIN
+    rc = stack.server.stats.rcodes
+    assert (rc[None][0], rc[None][3], rc[None][5]) == (5, 4, 0)
+    assert (rc["vnet"][0], rc["vnet"][3], rc["vnet"][5]) == (3, 0, 3)
+    assert stack.server.stats.udp_cached > 0
+    # A listener removed and added again keeps counting on.
+    stack.server.remove(ipaddress.ip_address("127.0.0.1"), gw)
+    gw = stack.server.add(ipaddress.ip_address("127.0.0.1"), 0, "vnet")
+    assert ask("h7", gw, src="127.0.5.9") == dns.rcode.NOERROR
+    assert stack.server.stats.rcodes["vnet"][0] == 4

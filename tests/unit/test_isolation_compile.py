@@ -45,7 +45,10 @@ def test_guard_table_guards_listed_ports_and_fails_closed_for_other_container_po
     pre = rules(objs, "prerouting")
     assert pre[0][-1] == {"jump": {"target": "guard"}}
     # a host veth's name (cv + 10 hex digits) without entries: dropped
-    assert set(pre[1][0]["match"]["right"]["set"]) == {f"cv{d}*" for d in "0123456789abcdef"}
+    # cove's container veths and CNI attachments' veths alike.
+    assert set(pre[1][0]["match"]["right"]["set"]) == {
+        f"{p}{d}*" for p in ("cv", "cn") for d in "0123456789abcdef"
+    }
     assert pre[1][-1] == {"drop": None}
     g = rules(objs, "guard")
     # the last word is a drop: anything not explicitly its own is refused

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from cove.datapath.netns import NetnsDatapath
 from cove.errors import CoveError
 from cove.ipam.allocator import Ipam
 from cove.model import NETWORKS, Network
+from cove.runtime import guard
 from cove.runtime.ports import Published
 from cove.runtime.reconcile import ContainerReconciler
 from cove.runtime.service import probe_host_port
@@ -58,7 +60,14 @@ class CniParts:
             port_probe=probe_host_port,
             datapath_problem=datapath_problem,
             retired=lambda: self._reaper.kick(),
+            guard=self._guard,
+            unguard=self._unguard,
         )
+        # CNI attachments' veths get the anti-spoofing entries of cove's own.
+        self._containers = containers
+        self._unguard_lock = threading.Lock()
+        self._unguard_pending: list[str] = []
+        containers.guard.add_source(self._guarded)
         # Retired veth pairs are deleted in batches (the kernel takes
         # 15-40 ms per deletion, about as long for many).
         self._reaper = Worker("cove-cni-reaper", lambda _k: self._reap(), interval)
@@ -67,12 +76,34 @@ class CniParts:
         self._socket = socket
         self._worker = Worker("cove-cni-conf", lambda _k: self.sync_conflists(), interval)
 
+    def _guarded(self) -> list[guard.Port]:
+        return [attachments.guard_port(a) for a in self.service.list()]
+
+    def _guard(self, att: attachments.Attachment) -> None:
+        with self._containers.lock:
+            self._containers.guard.add_port(attachments.guard_port(att))
+
+    def _unguard(self, att: attachments.Attachment) -> None:
+        # With the veths, in a batch: a retired pair is down and carries
+        # nothing meanwhile, and DEL answers without waiting for nft.
+        with self._unguard_lock:
+            self._unguard_pending.append(att.host_veth)
+        self._reaper.kick()
+
     def _reap(self) -> None:
         time.sleep(_REAP_QUIET)  # let a burst of DELs retire first
         try:
             self.netns.reap()
         except CoveError as exc:
             log.warning("deleting retired CNI veths: %s", exc.message)
+        with self._unguard_lock:
+            gone, self._unguard_pending = self._unguard_pending, []
+        if gone:
+            try:
+                with self._containers.lock:
+                    self._containers.guard.remove(gone)
+            except CoveError as exc:  # the next whole-table pass drops them
+                log.warning("guard entries of deleted CNI veths: %s", exc.message)
 
     def _clean_binds(self) -> None:
         for ref in self.netns.list_netns():

@@ -258,6 +258,7 @@ class Agent:
         self.dns = self._dns_service()
         if self.dns is not None:
             self.metrics.add(self.dns.metrics)
+            self.metrics.add(lambda: observe.dns_series(self.dns) if self.dns else [])
         self.metrics.install(self.app)
         networks_api.install(self.app, self.networks, self.reconciler)
         # VIP and policy updates are frequent and small: they go through
@@ -270,7 +271,10 @@ class Agent:
         self.metrics.add(self.lb.metrics)
         self.metrics.add(self.policy.metrics)
         self.metrics.add(lambda: policy_api.counter_series(self.policy.counts()))
-        self.metrics.add(lambda: observe.series(self.store, self.lb.vips))
+        checks = self.registry_parts.checks
+        self.metrics.add(
+            lambda: observe.series(self.store, self.lb.vips, checks.durations if checks else dict)
+        )
         metrics_api.install_stats(
             self.app,
             lambda: observe.endpoint_traffic(self.store),

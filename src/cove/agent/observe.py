@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 
 from cove.api.metrics import (
     CheckState,
     EndpointTraffic,
     Series,
     check_series,
+    dns_answer_series,
     traffic_series,
 )
 from cove.datapath.stats import link_counters, vip_connections
+from cove.dns.service import DnsService
+from cove.dns.wire import Rcode
 from cove.errors import DatapathError
 from cove.lb.vips import VipService
 from cove.model import ENDPOINTS, Endpoint
@@ -105,10 +109,23 @@ def vip_series(vips: VipService) -> list[Series]:
     ]
 
 
-def series(store: Store, vips: VipService) -> list[Series]:
-    """Every labelled series this module observes, for ``Metrics.add``."""
+def series(
+    store: Store,
+    vips: VipService,
+    durations: Callable[[], Mapping[tuple[str, str], float]] = dict,
+) -> list[Series]:
+    """Every labelled series this module observes, for ``Metrics.add``;
+    ``durations``: the check runner's last probe times."""
     return (
         traffic_series(endpoint_traffic(store))
-        + check_series(check_states(store))
+        + check_series(check_states(store), durations())
         + vip_series(vips)
+    )
+
+
+def dns_series(dns: DnsService) -> list[Series]:
+    """The DNS server's answers by listener and response code."""
+    names = {int(r): r.name for r in Rcode}
+    return dns_answer_series(
+        (net, names.get(rcode, str(rcode)), n) for net, rcode, n in dns.answers()
     )

@@ -110,10 +110,15 @@ def traffic_series(traffic: Iterable[EndpointTraffic]) -> list[Series]:
     return out
 
 
-def check_series(checks: Iterable[CheckState]) -> list[Series]:
+def check_series(
+    checks: Iterable[CheckState], durations: Mapping[tuple[str, str], float] | None = None
+) -> list[Series]:
     """One series per check and status, 1 for the status it has (the
-    enum pattern Prometheus users alert on), and instances per service."""
+    enum pattern Prometheus users alert on), how long the last probe of
+    each check took (``durations``, by (node, check id)), and instances
+    per service."""
     out: list[Series] = []
+    took = durations or {}
     instances: dict[str, set[str]] = {}
     critical: dict[str, set[str]] = {}
     for c in checks:
@@ -126,6 +131,16 @@ def check_series(checks: Iterable[CheckState]) -> list[Series]:
                     "Health check status: 1 for the status the check has now.",
                     1.0 if c.status == status else 0.0,
                     {**labels, "status": status},
+                )
+            )
+        seconds = took.get((c.node, c.check))
+        if seconds is not None:
+            out.append(
+                Series(
+                    "cove_check_duration_seconds",
+                    "How long the last probe of a health check took.",
+                    seconds,
+                    labels,
                 )
             )
         if c.service:
@@ -147,6 +162,26 @@ def check_series(checks: Iterable[CheckState]) -> list[Series]:
                 "Instances of a service that have checks.",
                 float(len(ids)),
                 {"service": service},
+            )
+        )
+    return out
+
+
+def dns_answer_series(answers: Iterable[tuple[str | None, str, int]]) -> list[Series]:
+    """``cove_dns_responses_total`` by (network or None for the host
+    listener, RCODE name, count)."""
+    out: list[Series] = []
+    for network, rcode, n in answers:
+        labels = {"listener": "host" if network is None else "gateway"}
+        labels["network"] = network or ""
+        labels["rcode"] = rcode
+        out.append(
+            Series(
+                "cove_dns_responses_total",
+                "DNS answers sent, by listener and response code.",
+                float(n),
+                labels,
+                "counter",
             )
         )
     return out

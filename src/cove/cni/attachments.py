@@ -14,7 +14,9 @@ binds it under its own directory only for the few netlink requests of an
 operation, through the same ``ContainerDatapath.attach`` that ``cove run``
 and ``connect`` use, and never deletes it. The host side of the veth pair
 is named ``cn`` + 10 hex digits, so the container reconciler (which owns
-``cv`` veths) leaves it alone.
+``cv`` veths) leaves it alone; it is guarded as cove's own containers' are
+(``runtime.guard``: its frames must carry its MAC and addresses), from
+before the veth exists until it is deleted.
 
 Order, so that a crash at any point is cleaned up by DEL or GC: address
 first, then both records, then the kernel. A failure undoes what was made
@@ -48,6 +50,7 @@ from cove.errors import (
 )
 from cove.ipam.allocator import Ipam
 from cove.model import ENDPOINTS, IPAM, NETWORKS, Endpoint, IPAddress, Network, ServiceSpec
+from cove.runtime import guard
 from cove.runtime.ports import Published
 from cove.runtime.spec import PortMapping, Proto
 from cove.store.base import Compare, Delete, Put, Store
@@ -229,6 +232,11 @@ class Attachment:
         )  # fmt: skip
 
 
+def guard_port(att: Attachment) -> guard.Port:
+    """The anti-spoofing entries of ``att``'s host veth."""
+    return guard.Port.of(att.host_veth, "cni:" + att.key, att.mac, att.addresses)
+
+
 def _encode(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, sort_keys=True).encode()
 
@@ -238,7 +246,9 @@ class AttachmentService:
     attachments. ``netns`` is a ``ContainerDatapath`` over a directory of
     cove's own (its namespace files are short-lived binds of the
     runtime's); ``ports_changed`` recompiles the published-port table;
-    ``port_probe`` refuses a host port a host program holds."""
+    ``port_probe`` refuses a host port a host program holds; ``guard``
+    puts an attachment's anti-spoofing entries in place (raising
+    ``CoveError`` when it cannot) and ``unguard`` removes them."""
 
     def __init__(
         self,
@@ -251,6 +261,8 @@ class AttachmentService:
         port_probe: Callable[[PortMapping], None] = lambda _m: None,
         datapath_problem: Callable[[], str | None] = lambda: None,
         retired: Callable[[], None] = lambda: None,
+        guard: Callable[[Attachment], None] = lambda _a: None,
+        unguard: Callable[[Attachment], None] = lambda _a: None,
     ) -> None:
         self._store = store
         self._ipam = ipam
@@ -261,6 +273,8 @@ class AttachmentService:
         self._probe = port_probe
         self._problem = datapath_problem
         self._retired = retired  # veths were retired: reap them soon
+        self._guard = guard
+        self._unguard = unguard
         # One operation at a time per (container, interface): the runtime
         # may run ADDs for different containers in parallel.
         self._locks: dict[tuple[str, str], threading.Lock] = {}
@@ -351,6 +365,7 @@ class AttachmentService:
             try:
                 att = self._allocate(req, net, who)
                 self._write(att, req)
+                self._guard(att)  # before the veth: its first frame is checked
                 self._plug(att, net)
             except BaseException:
                 self._undo(req.network, who, att)
@@ -461,6 +476,7 @@ class AttachmentService:
             if att is not None:
                 self._dp.delete_link(att.host_veth)
                 self._delete_records(att)
+                self._unguard(att)
             self._ipam.release_owner(network, who)
 
     def _delete_records(self, att: Attachment) -> None:
@@ -484,6 +500,10 @@ class AttachmentService:
             if att is not None:
                 self._unplug(att, netns)
                 self._delete_records(att)
+                try:
+                    self._unguard(att)
+                except CoveError as exc:  # the next whole-table pass drops them
+                    log.warning("guard entries of %s: %s", att.host_veth, exc.message)
                 self._ipam.release_owner(att.network, owner(self.node, cid, ifname))
                 if att.ports:
                     self._ports_changed()

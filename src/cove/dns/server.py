@@ -51,15 +51,23 @@ _TCP_IDLE = 5.0  # between queries, and for the whole of one query's bytes
 _Address = tuple[str, int] | tuple[str, int, int, int]
 
 
+def _rcode_counts() -> list[int]:
+    return [0] * 16
+
+
 @dataclass(slots=True)
 class ServerStats:
-    """Counters for /metrics (written by the I/O thread only)."""
+    """Counters for /metrics (written by the I/O thread only, but for the
+    forwarded and TCP answers, counted roughly from their threads)."""
 
     udp_cached: int = 0  # answered by the hot path
     udp_other: int = 0  # through the responder: misses, EDNS, errors, refusals
     tcp: int = 0
     forwarded: int = 0
     forward_dropped: int = 0
+    # Answers sent, by network (None: the host listener), indexed by the
+    # header's 4-bit RCODE: one list index per answer on the hot path.
+    rcodes: dict[str | None, list[int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -71,6 +79,9 @@ class _Listener:
     # by the I/O thread from the responder's ``src_scopes`` for ``network``.
     packed: dict[bytes, ScopeTable] = field(default_factory=dict)
     packed_from: object = None
+    # Answers by RCODE (``ServerStats.rcodes`` of ``network``, shared by
+    # its listeners and kept when they go).
+    rcodes: list[int] = field(default_factory=_rcode_counts)
 
 
 class DnsServer:
@@ -118,7 +129,9 @@ class DnsServer:
             taken = self.keeper.take(address, port) if self.keeper is not None else None
             udp, tcp = taken if taken is not None else _bind_pair(address, port, device)
             bound = udp.getsockname()[1]
-            lu, lt = _Listener(udp, False, network), _Listener(tcp, True, network)
+            rcodes = self.stats.rcodes.setdefault(network, _rcode_counts())
+            lu = _Listener(udp, False, network, rcodes=rcodes)
+            lt = _Listener(tcp, True, network, rcodes=rcodes)
             self._fds = {**self._fds, udp.fileno(): lu, tcp.fileno(): lt}
             self._epoll.register(udp.fileno(), select.EPOLLIN)
             self._epoll.register(tcp.fileno(), select.EPOLLIN)
@@ -195,6 +208,7 @@ class DnsServer:
         host_table = responder.host[1]
         scopes = responder.src_scopes.get(net, {}) if net is not None else {}
         mask = MAX_VARIANTS - 1  # see cache.pick
+        rcodes = lst.rcodes
         hits = slow = 0  # counted locally, published once per batch
         for _ in range(_BATCH):
             try:
@@ -210,17 +224,20 @@ class DnsServer:
             if table is not None:
                 variants = table.get(data[2:])
                 if variants is not None:
+                    v = variants[data[1] & mask]  # the answer after its ID
                     try:  # noqa: SIM105 (cheaper than contextlib.suppress here)
-                        sendto(data[:2] + variants[data[1] & mask], addr)
+                        sendto(data[:2] + v, addr)
                     except OSError:
                         pass
+                    rcodes[v[1] & 15] += 1
                     hits += 1
                     continue
             slow += 1
             out = responder.answer(data, net, addr[0], tcp=False)
             if isinstance(out, ForwardJob):
-                self._forward_udp(sock, addr, out)
+                self._forward_udp(sock, addr, out, rcodes)
             elif out is not None:
+                rcodes[out[3] & 15] += 1
                 try:  # noqa: SIM105
                     sendto(out, addr)
                 except OSError:
@@ -241,6 +258,7 @@ class DnsServer:
         mask = MAX_VARIANTS - 1  # see cache.pick
         out = batch.out
         out_lens = batch.out_lens
+        rcodes = lst.rcodes
         hits = slow = 0
         for _ in range(_BATCH // batch.slots):
             try:
@@ -268,13 +286,14 @@ class DnsServer:
                         v = variants[heads[o + 1] & mask]
                         out[p : p + len(v)] = v
                         out_lens[i] = len(v)
+                        rcodes[v[1] & 15] += 1
                         hits += 1
                         o += HEAD
                         p += MAX_DATAGRAM
                         continue
                 slow += 1
                 try:
-                    answered = self._answer_slot(batch, i, length, sock, net)
+                    answered = self._answer_slot(batch, i, length, sock, net, rcodes)
                 except Exception:  # the rest of the batch must still go out
                     log.exception("DNS query from %s failed", batch.address(i))
                     answered = False
@@ -289,17 +308,24 @@ class DnsServer:
         self.stats.udp_other += slow
 
     def _answer_slot(
-        self, batch: Batch, i: int, length: int, sock: socket.socket, net: str | None
+        self,
+        batch: Batch,
+        i: int,
+        length: int,
+        sock: socket.socket,
+        net: str | None,
+        rcodes: list[int],
     ) -> bool:
         """The slow path for slot ``i``: True when its answer is in the batch,
         False when there is none to send with it."""
         addr = batch.address(i)
         out = self._responder.answer(batch.datagram(i, length), net, addr[0], tcp=False)
         if isinstance(out, ForwardJob):
-            self._forward_udp(sock, addr, out)
+            self._forward_udp(sock, addr, out, rcodes)
             return False
         if out is None:
             return False
+        rcodes[out[3] & 15] += 1
         if batch.reply(i, out):
             return True
         try:  # noqa: SIM105 (too long for a slot: on its own)
@@ -323,18 +349,24 @@ class DnsServer:
             lst.packed, lst.packed_from = packed, src
         return lst.packed
 
-    def _forward_udp(self, sock: socket.socket, addr: _Address, job: ForwardJob) -> None:
+    def _forward_udp(
+        self, sock: socket.socket, addr: _Address, job: ForwardJob, rcodes: list[int]
+    ) -> None:
         with self._lock:
             if self._pending >= _MAX_PENDING_FORWARDS:
                 self.stats.forward_dropped += 1
                 return  # overloaded: drop, the client retries
             self._pending += 1
             self.stats.forwarded += 1
-        self._pool.submit(self._forward_job, sock, addr, job)
+        self._pool.submit(self._forward_job, sock, addr, job, rcodes)
 
-    def _forward_job(self, sock: socket.socket, addr: _Address, job: ForwardJob) -> None:
+    def _forward_job(
+        self, sock: socket.socket, addr: _Address, job: ForwardJob, rcodes: list[int]
+    ) -> None:
         try:
             out = self._forwarded(job)
+            if len(out) > 3:  # from the pool's threads: a rough count
+                rcodes[out[3] & 15] += 1
             sock.sendto(out, addr)
         except OSError as exc:  # the listener closed meanwhile, or the client left
             log.debug("cannot send forwarded answer for %s: %s", job.query.name, exc)
@@ -361,7 +393,7 @@ class DnsServer:
             return
         t = threading.Thread(
             target=self._serve_tcp,
-            args=(conn, peer, lst.network, key),
+            args=(conn, peer, lst.network, key, lst.rcodes),
             name="cove-dns-tcp",
             daemon=True,
         )
@@ -372,7 +404,12 @@ class DnsServer:
             self._tcp_slots.give_back(key, peer[0])
 
     def _serve_tcp(
-        self, conn: socket.socket, peer: tuple[str, int], network: str | None, key: int
+        self,
+        conn: socket.socket,
+        peer: tuple[str, int],
+        network: str | None,
+        key: int,
+        rcodes: list[int],
     ) -> None:
         try:
             while self._running:
@@ -392,6 +429,7 @@ class DnsServer:
                     out = self._forwarded(out)
                 if out is None:
                     return
+                rcodes[out[3] & 15] += 1
                 conn.sendall(struct.pack("!H", len(out)) + out)
         except OSError:
             return

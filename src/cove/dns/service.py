@@ -52,6 +52,9 @@ _RETRY_MAX = 0.5
 # A listener is bound to its bridge's index: a bridge deleted and made again
 # (by hand, repaired by the network reconciler) needs a new listener.
 _RECHECK_GATEWAYS = 5.0
+# RCODEs listed in /metrics even before one is sent (series that come and
+# go are harder to alert on): NOERROR, SERVFAIL, NXDOMAIN, REFUSED.
+_RCODES_ALWAYS = frozenset((0, 2, 3, 5))
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +261,16 @@ class DnsService:
             ("cove_dns_cache_entries", "Encoded answers cached.", len(self._cache)),
             ("cove_dns_listeners", "UDP+TCP listener pairs.", len(self._server.listening())),
         ]
+
+    def answers(self) -> list[tuple[str | None, int, int]]:
+        """Answers sent so far, as (network or None for the host listener,
+        RCODE, count), for every RCODE seen and the common ones."""
+        out = []
+        for net, counts in list(self._server.stats.rcodes.items()):
+            for rcode, n in enumerate(list(counts)):
+                if n or rcode in _RCODES_ALWAYS:
+                    out.append((net, rcode, n))
+        return out
 
     def _snapshot(self) -> bytes:
         cfg = self.config

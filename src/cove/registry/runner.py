@@ -16,6 +16,7 @@ import contextlib
 import heapq
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -59,6 +60,7 @@ class _Running:
     # The status and output last written to the store: a probe that finds
     # the same writes nothing (no store traffic for a steady check).
     recorded: tuple[Status, str] | None = None
+    duration: float | None = None  # seconds the last probe took (kept off the store)
 
 
 class CheckRunner:
@@ -256,9 +258,21 @@ class CheckRunner:
             if current is not None:
                 running.tracker.status = current
         while True:
+            start = time.monotonic()
             status, output = await probe(d, self._http)
+            running.duration = time.monotonic() - start
             await self._publish(running, running.tracker.observe(status), output)
             await asyncio.sleep(d.interval)
+
+    def durations(self) -> dict[tuple[str, str], float]:
+        """Seconds the last probe of each probed check took, by (node,
+        check id), for /metrics (any thread)."""
+        node = self._registry.node_name
+        return {
+            (node, cid): r.duration
+            for cid, r in list(self._checks.items())
+            if r.duration is not None
+        }
 
     async def _alias_loop(self, running: _Running) -> None:
         """An alias check mirrors another service's (or node's) health; it

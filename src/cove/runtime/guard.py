@@ -3,7 +3,8 @@
 A container may send only from its own MAC and its own IPv4/IPv6 addresses,
 on each of its interfaces, whatever it does to them inside (it may hold
 CAP_NET_ADMIN). The check runs where its frames enter the bridge, on the
-host-side veth (``cv<10 hex>``), before anything else sees them::
+host-side veth (``cv<10 hex>``, or ``cn<10 hex>`` for a container of
+another runtime attached through CNI), before anything else sees them::
 
     set ports   ifname                     guarded ports
     set mac     ifname . ether_addr        its MAC
@@ -13,6 +14,7 @@ host-side veth (``cv<10 hex>``), before anything else sees them::
     chain prerouting (bridge filter, prio -300):
         iifname @ports jump guard
         iifname "cv<hex>*" drop            a container port without entries
+        iifname "cn<hex>*" drop            (the same for a CNI attachment)
     chain guard:
         the frame's source MAC must be the port's
         ARP: sender MAC the port's, sender IP the port's (or 0.0.0.0, a probe)
@@ -43,10 +45,11 @@ from typing import Any
 
 FAMILY = "bridge"
 TABLE = "cove_guard"
-# Host veths are "cv" + 10 hex digits; nft wildcards only end a name, so
-# one per first digit (bridges are "cv-...", other programs' links such as
-# test harness veths "cvt..." are left alone).
-PORT_PATTERNS = [f"cv{d}*" for d in "0123456789abcdef"]
+# Host veths are "cv" + 10 hex digits ("cn" for CNI attachments); nft
+# wildcards only end a name, so one per first digit (bridges are "cv-...",
+# other programs' links such as test harness veths "cvt..." or a "cni0"
+# bridge are left alone).
+PORT_PATTERNS = [f"{p}{d}*" for p in ("cv", "cn") for d in "0123456789abcdef"]
 
 Obj = dict[str, Any]
 

@@ -5,14 +5,17 @@ Attaching or detaching a link is a small transaction of its own entries
 entries in line (``sync_container``); a full pass rebuilds the whole table
 when the ports differ from those last applied or, when forced (the periodic
 pass, start-up), from those the kernel lists (``sync``). So after a crash
-or a hand-made change, missing entries come back and stale ones go. The
-caller serialises the calls (the container reconciler's lock).
+or a hand-made change, missing entries come back and stale ones go. Ports
+that are not cove's containers' (CNI attachments) come from the sources
+given to ``add_source`` and are added and removed one by one (``add_port``,
+``remove``). The caller serialises the calls (the container reconciler's
+lock).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from cove.datapath.base import NftLister, NftTables
@@ -50,6 +53,11 @@ class PortGuard:
         self._everything = everything
         # Ports as last applied; None until the whole table is in place.
         self._guarded: dict[str, guard.Port] | None = None
+        self._sources: list[Callable[[], Iterable[guard.Port]]] = []
+
+    def add_source(self, source: Callable[[], Iterable[guard.Port]]) -> None:
+        """Guard ``source()``'s ports too, in every whole-table pass."""
+        self._sources.append(source)
 
     @property
     def ports(self) -> dict[str, guard.Port]:
@@ -58,6 +66,8 @@ class PortGuard:
     def sync(self, want: Sequence[WantedContainer], force: bool = False) -> None:
         """Make the whole table match ``want``. Raises ``CoveError``."""
         ports = guard_ports(want)
+        for source in self._sources:
+            ports.update((p.name, p) for p in source())
         if self._guarded == ports and (not force or self._kernel_ports() == set(ports)):
             return
         self._guarded = None
@@ -85,7 +95,13 @@ class PortGuard:
         if self._guarded is None:
             self.sync(self._everything(), force=True)
             return
-        p = guard_ports([WantedContainer(cid, (link,))])[link.host_veth]
+        self.add_port(guard_ports([WantedContainer(cid, (link,))])[link.host_veth])
+
+    def add_port(self, p: guard.Port) -> None:
+        """Guard one port about to be made. Raises ``CoveError``."""
+        if self._guarded is None:
+            self.sync(self._everything(), force=True)
+            return
         old = self._guarded.get(p.name)
         if old != p:
             cmds = (guard.delete_commands(old) if old else []) + guard.add_commands(p)
