@@ -221,7 +221,9 @@ async def metrics(request: web.Request) -> web.Response:
     fmt = request.query.get("format", "")
     if fmt not in ("", "prometheus"):
         raise InvalidArgument(f"Invalid format {fmt!r}: expected prometheus")
-    gauges = await run(request, _gauges, request)
+    # On a thread always: the agent's samples read the kernel (netlink),
+    # which cannot run on the event loop's thread.
+    gauges = await asyncio.to_thread(_gauges, request)
     if fmt == "prometheus" or "openmetrics" in request.headers.get("Accept", ""):
         lines: list[str] = []
         seen: set[str] = set()
