@@ -68,6 +68,11 @@ class AgentConfig:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_verify_incoming: bool = False
+    # etcd over TLS (etcds://): the members' CA, this agent's client cert/key.
+    store_ca: Path | None = None
+    store_cert: Path | None = None
+    store_key: Path | None = None
+    store_timeout: float = 5.0  # seconds a store request may retry before a 503
 
     @property
     def store_url(self) -> str:
@@ -148,8 +153,19 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
         raise InvalidArgument(
             "--tls-verify-incoming needs --tls-ca: the CA that signs client certificates"
         )
+    store_timeout = cfg.store_timeout
+    if isinstance(store_timeout, bool) or not isinstance(store_timeout, int | float):
+        raise InvalidArgument(f"invalid store_timeout {store_timeout!r}: expected seconds")
+    if not 0 < store_timeout <= 600:
+        raise InvalidArgument(
+            f"invalid store_timeout {store_timeout!r}: expected seconds, more than 0, at most 600"
+        )
     return replace(
         cfg,
+        store_ca=Path(cfg.store_ca) if cfg.store_ca else None,
+        store_cert=Path(cfg.store_cert) if cfg.store_cert else None,
+        store_key=Path(cfg.store_key) if cfg.store_key else None,
+        store_timeout=float(store_timeout),
         state_dir=Path(cfg.state_dir),
         socket=Path(cfg.socket),
         http=tuple(http) if http else None,  # type: ignore[arg-type]

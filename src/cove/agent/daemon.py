@@ -31,6 +31,7 @@ from cove.agent.limits import raise_open_files
 from cove.agent.parts import LbParts, PolicyParts
 from cove.agent.private import private_paths
 from cove.agent.registry import RegistryParts
+from cove.agent.store_wait import open_configured, wait_for_store
 from cove.agent.tuning import tune_interpreter, tune_malloc
 from cove.api import containers as containers_api
 from cove.api import http as web
@@ -59,7 +60,6 @@ from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
 from cove.runtime.dns_handover import SupervisorKeeper
 from cove.runtime.registration import ServiceRegistrar
-from cove.store import open_store
 from cove.store.base import local_store
 from cove.store.hub import WatchHub
 
@@ -129,6 +129,7 @@ def _secret_files(config: AgentConfig) -> list[Path]:
     """Files besides the state that hold secrets: the TLS key, and the
     config file (it may carry the initial management token)."""
     files = [p for p in (config.tls_key, config.tls_cert, config.tls_ca) if p is not None]
+    files += [p for p in (config.store_key, config.store_cert, config.store_ca) if p is not None]
     if config.config_file is not None:
         files.append(config.config_file)
     return files
@@ -140,7 +141,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.clock = SystemClock()
-        self.store = open_store(config.store_url, self.clock)
+        self.store = open_configured(config, self.clock)
         # Before anything is written: a taken node name or an address this
         # host does not have stops the agent with nothing changed.
         self.advertise = resolve_advertise(
@@ -361,6 +362,8 @@ async def _serve(config: AgentConfig, open_files: int) -> None:
     tls = tls_of(config)
     if tls is not None:
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
+    if not await wait_for_store(config, SystemClock(), stop):
+        return  # a signal while etcd was away: nothing was started
     agent = await asyncio.to_thread(Agent, config)
     try:
         await asyncio.to_thread(agent.start)

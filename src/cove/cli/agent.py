@@ -17,7 +17,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--socket", dest="agent_socket", type=Path, help="API socket (default /run/cove/agent.sock)"
     )
     p.add_argument("--http", help="HTTP API ADDR:PORT, or 'off' (default 127.0.0.1:8500)")
-    p.add_argument("--store", help="sqlite:PATH | etcd://HOST:PORT | memory:")
+    p.add_argument(
+        "--store",
+        help="sqlite:PATH | etcd://HOST:PORT[,HOST:PORT...] | etcds://... (TLS) | memory:",
+    )
     p.add_argument("--dns", help="host DNS listener ADDR:PORT, or 'off' (default 127.0.0.1:8600)")
     p.add_argument(
         "--upstream", action="append", help="upstream DNS server (repeat; default resolv.conf)"
@@ -89,6 +92,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="SECONDS",
         help="how long a dead agent's node and services stay alive (default 10)",
     )
+    p.add_argument("--store-ca", type=Path, help="PEM CA of the etcd members (etcds://)")
+    p.add_argument("--store-cert", type=Path, help="PEM client certificate for etcd (etcds://)")
+    p.add_argument("--store-key", type=Path, help="PEM private key of --store-cert")
+    p.add_argument(
+        "--store-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a store request fails over and retries before it fails (default 5)",
+    )
     p.set_defaults(func=_run, no_client=True)
 
 
@@ -123,6 +135,10 @@ def _run(args: argparse.Namespace) -> int:
         "tls_verify_incoming": args.tls_verify_incoming,
         "advertise": args.advertise,
         "node_ttl": args.node_ttl,
+        "store_ca": args.store_ca,
+        "store_cert": args.store_cert,
+        "store_key": args.store_key,
+        "store_timeout": args.store_timeout,
     }
     cfg = agent_config.load(flags, args.config, os.environ)
     return run(cfg)

@@ -56,6 +56,9 @@ class _Running:
     ttl_deadline: float = 0.0
     ttl_entry: int = 0  # the sequence number of its entry in the TTL heap; 0: none
     critical_since: float | None = None
+    # The status and output last written to the store: a probe that finds
+    # the same writes nothing (no store traffic for a steady check).
+    recorded: tuple[Status, str] | None = None
 
 
 class CheckRunner:
@@ -164,6 +167,8 @@ class CheckRunner:
                 continue
             current = self._checks.get(cid)
             if current is not None and current.definition == definition:
+                if current.mod_revision != ev.kv.mod_revision:
+                    current.recorded = None  # registered again: its status may be reset
                 current.mod_revision = ev.kv.mod_revision
                 continue
             self._stop_check(cid)
@@ -218,6 +223,7 @@ class CheckRunner:
                 continue
             definition = self._registry.catalog.definition(kv.value)
             if current is not None and current.definition == definition:
+                current.recorded = None  # registered again: its status may be reset
                 current.mod_revision = kv.mod_revision
                 continue
             self._stop_check(cid)
@@ -285,6 +291,8 @@ class CheckRunner:
         else:
             running.critical_since = None
             self._critical.discard(running.definition.id)
+        if not strict and running.recorded == (status, output):
+            return
         try:
             args = (running.definition.id, status, output)
             update = self._registry.catalog.update_check
@@ -301,6 +309,7 @@ class CheckRunner:
                 raise
             log.warning("cannot record check %s: %s", running.definition.id, exc.message)
             return
+        running.recorded = (status, output)
         if changed:
             log.debug("check %s is %s", running.definition.id, status)
 

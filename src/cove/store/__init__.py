@@ -4,7 +4,14 @@
 
 - ``memory:``                                 in-process, for tests
 - ``sqlite:/path/to/file.db``                 the default, one host
-- ``etcd://host:port[,host:port...]``         a cluster (JSON gateway)
+- ``etcd://host:port[,host:port...]``         a cluster (JSON gateway), plain HTTP
+- ``etcds://host:port[,host:port...]``        the same over TLS (``ca``, and the
+                                              client's ``cert``/``key`` when the
+                                              cluster wants client certificates)
+
+Several etcd endpoints are members of one cluster: the client fails over
+between them and retries what etcd says may be retried, for up to
+``timeout`` seconds a request (see ``cove.store.etcd_transport``).
 
 ``WatchHub`` fans one watch over the whole keyspace out to subscribers.
 ``local_store(store)`` returns a backend's ``LocalStore`` abilities (memory
@@ -15,6 +22,7 @@ and SQLite: exclusive transaction, commit listener, group commit) or None
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cove.clock import Clock
@@ -88,13 +96,30 @@ __all__ = [
 ]
 
 
-def open_store(url: str, clock: Clock) -> Store:
+def open_store(
+    url: str,
+    clock: Clock,
+    *,
+    ca: Path | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+    timeout: float | None = None,
+) -> Store:
     """Open the store a URL names. Raises ``InvalidArgument`` for a URL of no
-    known backend, and ``StoreError`` when the backend cannot be opened."""
-    from cove.store.etcd import EtcdStore
+    known backend, TLS files given for a store without TLS, or TLS files
+    that cannot be read or do not match; ``StoreError`` when the backend
+    cannot be opened. An etcd store does not connect here: its first request
+    does."""
     from cove.store.memory import MemoryStore
     from cove.store.sqlite import SqliteStore
 
+    tls_files = ca is not None or cert is not None or key is not None
+    if tls_files and not url.startswith("etcds://"):
+        raise InvalidArgument(
+            "--store-ca, --store-cert and --store-key are for an etcd store over TLS: "
+            "write its URL as etcds://host:port[,host:port...]",
+            url=url,
+        )
     if url in ("memory:", "memory://"):
         return MemoryStore(clock)
     if url.startswith("sqlite:"):
@@ -104,11 +129,33 @@ def open_store(url: str, clock: Clock) -> Store:
         if not path or path.endswith("/"):
             raise InvalidArgument("a sqlite store URL needs a file path", url=url)
         return SqliteStore(path, clock)
-    if url.startswith("etcd://"):
-        hosts = [h.strip() for h in url.removeprefix("etcd://").rstrip("/").split(",")]
-        if not all(hosts):
-            raise InvalidArgument("an etcd store URL needs host:port endpoints", url=url)
-        return EtcdStore([f"http://{h}" for h in hosts], clock)
+    for scheme, transport in (("etcd://", "http"), ("etcds://", "https")):
+        if url.startswith(scheme):
+            return _open_etcd(url, scheme, transport, clock, (ca, cert, key), timeout)
     raise InvalidArgument(
-        "unknown store URL (want memory:, sqlite:/path or etcd://host:port)", url=url
+        "unknown store URL (want memory:, sqlite:/path, etcd://host:port or etcds://host:port)",
+        url=url,
+    )
+
+
+def _open_etcd(
+    url: str,
+    scheme: str,
+    transport: str,
+    clock: Clock,
+    files: tuple[Path | None, Path | None, Path | None],
+    timeout: float | None,
+) -> Store:
+    from cove.store.etcd import EtcdStore
+    from cove.store.etcd_transport import DEFAULT_TIMEOUT, EtcdTls
+
+    hosts = [h.strip() for h in url.removeprefix(scheme).rstrip("/").split(",")]
+    if not all(hosts) or any("/" in h or "@" in h for h in hosts):
+        raise InvalidArgument(f"an etcd store URL is {scheme}host:port[,host:port...]", url=url)
+    context = EtcdTls(*files).context() if transport == "https" else None
+    return EtcdStore(
+        [f"{transport}://{h}" for h in hosts],
+        clock,
+        tls=context,
+        timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
     )

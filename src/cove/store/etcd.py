@@ -29,10 +29,10 @@ import json
 import logging
 import queue
 import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from cove.clock import Clock
 from cove.errors import CoveError, InvalidArgument, NotFound, StoreError, WatchCompacted
@@ -42,23 +42,33 @@ from cove.store.base import (
     Delete,
     Event,
     EventType,
+    Get,
     KeyValue,
     Op,
     Put,
     RangeResult,
     TxnResult,
 )
+from cove.store.etcd_transport import (
+    DEFAULT_TIMEOUT,
+    GRPC_INVALID_ARGUMENT,
+    GRPC_NOT_FOUND,
+    LEADER_HEADERS,
+    Backoff,
+    Endpoint,
+    Failure,
+    Members,
+    TlsRefused,
+    attempt_timeout,
+    classify_answer,
+    error_fields,
+    tls_refused,
+)
 from cove.store.memory import check_ops
 
 log = logging.getLogger(__name__)
 
-_TIMEOUT = 10.0  # seconds for one unary request
 _POOL_SIZE = 8
-
-# gRPC status codes the gateway returns in {"code": N}
-_GRPC_INVALID_ARGUMENT = 3
-_GRPC_NOT_FOUND = 5
-_GRPC_OUT_OF_RANGE = 11
 
 _TARGETS = {
     CompareTarget.VALUE: ("VALUE", "value"),
@@ -71,6 +81,11 @@ _RESULTS = {"=": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
 
 class EtcdError(StoreError):
     """An error answer from etcd (``code`` is the gRPC status code)."""
+
+
+class _OutcomeUnknown(StoreError):
+    """A request that may or may not have been applied (internal: a
+    transaction re-checks, then retries)."""
 
 
 def _b64(data: bytes | str) -> str:
@@ -132,46 +147,54 @@ def _request_op(op: Op) -> dict[str, Any]:
     return {"request_range": target}
 
 
-class _Endpoint:
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme != "http" or not parts.hostname:
-            raise InvalidArgument("an etcd endpoint must be http://host:port", endpoint=url)
-        self.host = parts.hostname
-        self.port = parts.port or 2379
-        self.url = f"http://{self.host}:{self.port}"
-
-    def connect(self, timeout: float | None) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-
-
 class EtcdWatch:
     """One streaming ``/v3/watch`` with a reader thread feeding a queue."""
 
-    def __init__(self, endpoint: _Endpoint, prefix: str, start_revision: int | None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        prefix: str,
+        start_revision: int | None,
+        timeout: float,
+        members: Members | None = None,
+    ) -> None:
         self._queue: queue.Queue[list[Event] | StoreError] = queue.Queue()
         self._closed = False
+        self._endpoint = endpoint
+        self._members = members
+        # The member's failures when the watch started: when a request of
+        # the store sets that member aside (it stopped answering, lost its
+        # leader), the watch stops too and the hub watches on another one.
+        # A stream stays silent on a member that hangs, so this is how it
+        # learns.
+        self._failures = endpoint.failures
         request: dict[str, Any] = {**_key_range(prefix), "prev_kv": True}
         if start_revision is not None and start_revision > 0:
             request["start_revision"] = str(start_revision)
-        self._conn = endpoint.connect(timeout=_TIMEOUT)
+        try:
+            self._conn = endpoint.connect(timeout=timeout)
+        except OSError as exc:
+            raise StoreError(
+                "cannot start an etcd watch", endpoint=endpoint.url, error=str(exc)
+            ) from exc
         try:
             self._conn.request(
                 "POST",
                 "/v3/watch",
                 body=json.dumps({"create_request": request}),
-                headers={"Content-Type": "application/json"},
+                headers=LEADER_HEADERS,
             )
             self._resp = self._conn.getresponse()
             if self._resp.status != 200:
                 raise StoreError("etcd refused the watch", status=self._resp.status)
-            first = json.loads(self._resp.readline() or b"{}").get("result", {})
+            first = json.loads(self._resp.readline() or b"{}")
         except (OSError, http.client.HTTPException, ValueError) as exc:
             self._conn.close()
             raise StoreError("cannot start an etcd watch", endpoint=endpoint.url) from exc
-        if not first.get("created"):
+        result = first.get("result", {})
+        if not result.get("created"):
             self._conn.close()
-            raise StoreError("etcd did not create the watch", answer=str(first))
+            raise StoreError("etcd did not create the watch", answer=str(first)[:200])
         if self._conn.sock is not None:
             self._conn.sock.settimeout(None)  # a quiet watch may wait forever
         self._thread = threading.Thread(target=self._read, name="cove-etcd-watch", daemon=True)
@@ -195,8 +218,10 @@ class EtcdWatch:
                 if events:
                     self._queue.put(events)
         except StoreError as exc:
+            self._broken()
             self._queue.put(exc)
         except Exception as exc:
+            self._broken()
             # Anything the stream throws at this thread boundary (including
             # http.client tripping over a connection that close() tore down)
             # becomes the StoreError that the next call to next() raises.
@@ -204,9 +229,17 @@ class EtcdWatch:
             err.__cause__ = exc
             self._queue.put(err)
 
+    def _broken(self) -> None:
+        """The stream failed by itself (not closed): set its member aside,
+        so the watch that replaces it starts on another one."""
+        if not self._closed and self._members is not None:
+            self._members.failed(self._endpoint)
+
     def next(self, timeout: float | None = None) -> list[Event]:
         if self._closed:
             raise StoreError("the watch is closed")
+        if self._endpoint.failures != self._failures and self._queue.empty():
+            raise StoreError("the watch's etcd member was set aside", endpoint=self._endpoint.url)
         try:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -246,65 +279,153 @@ def _event(data: dict[str, Any]) -> Event:
 class EtcdStore:
     """The Store protocol on an etcd v3 cluster (see the module docstring)."""
 
-    def __init__(self, endpoints: list[str], clock: Clock) -> None:
+    def __init__(
+        self,
+        endpoints: list[str],
+        clock: Clock,
+        *,
+        tls: ssl.SSLContext | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        """``endpoints``: member client URLs (``http://`` or ``https://``,
+        the latter with ``tls``); ``timeout``: how long a request may keep
+        failing over and retrying before it raises ``StoreError``."""
         if not endpoints:
             raise InvalidArgument("etcd needs at least one endpoint")
-        self._endpoints = [_Endpoint(e) for e in endpoints]
+        if timeout <= 0:
+            raise InvalidArgument("the etcd timeout must be positive", timeout=timeout)
+        self._members = Members([Endpoint(e, tls) for e in endpoints])
+        self._timeout = timeout
         self._clock = clock  # etcd keeps time itself; kept for the common signature
         self._lock = threading.Lock()
-        self._pool: list[tuple[_Endpoint, http.client.HTTPConnection]] = []
-        self._preferred = 0
+        self._pool: list[tuple[Endpoint, http.client.HTTPConnection]] = []
+        self._seen = 0  # the highest revision any answer carried
         self._closed = False
 
     # -- transport -----------------------------------------------------------
 
-    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST one request; returns the JSON answer or raises a mapped error."""
-        payload = json.dumps(body).encode()
-        failures: list[str] = []
-        for attempt in range(len(self._endpoints) + 1):
-            endpoint, conn, reused = self._borrow()
-            try:
-                conn.request(
-                    "POST", path, body=payload, headers={"Content-Type": "application/json"}
-                )
-                resp = conn.getresponse()
-                data = resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                failures.append(f"{endpoint.url}: {exc}")
-                if reused:  # the peer dropped idle connections: drop their siblings too
-                    with self._lock:
-                        stale, self._pool = self._pool, []
-                    for _, old in stale:
-                        old.close()
-                else:  # a fresh connection failed: try the next endpoint
-                    with self._lock:
-                        if self._endpoints[self._preferred] is endpoint:
-                            self._preferred = (self._preferred + 1) % len(self._endpoints)
-                log.debug("etcd request %s failed (attempt %s): %s", path, attempt, exc)
-                continue
-            self._give_back(endpoint, conn)
-            try:
-                answer: dict[str, Any] = json.loads(data or b"{}")
-            except ValueError as exc:
-                raise StoreError("etcd sent an answer that is not JSON", path=path) from exc
-            if "error" in answer or resp.status != 200:
-                raise self._error(answer, path)
-            return answer
-        raise StoreError("etcd is unreachable", path=path, tried="; ".join(failures))
+    def describe(self) -> str:
+        """The store as a user names it: ``etcd at URL,URL``."""
+        return f"etcd at {self._members.describe()}"
 
-    def _borrow(self) -> tuple[_Endpoint, http.client.HTTPConnection, bool]:
+    def _call(
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        backoff: Backoff | None = None,
+        unknown_ok: bool = True,
+    ) -> dict[str, Any]:
+        """POST one request, failing over and retrying what etcd says may be
+        retried until the deadline; returns the JSON answer or raises a
+        mapped error. ``unknown_ok=False``: raise ``_OutcomeUnknown`` instead
+        of retrying when the request may have been applied."""
+        payload = json.dumps(body).encode()
+        backoff = backoff or Backoff(self._timeout)
+        tried: list[str] = []
+        while True:
+            endpoint = self._members.current()
+            kind, detail, answer = self._attempt(endpoint, path, payload, backoff)
+            if kind is None:
+                return answer
+            tried.append(f"{endpoint.url}: {detail}")
+            log.debug("etcd %s on %s failed (%s): %s", path, endpoint.url, kind.value, detail)
+            if kind is Failure.FATAL:
+                raise TlsRefused(
+                    f"etcd at {endpoint.url} refused the TLS connection: {detail} "
+                    "(check --store-ca, --store-cert and --store-key)",
+                    path=path,
+                )
+            if kind is Failure.UNKNOWN and not unknown_ok:
+                raise _OutcomeUnknown(detail, path=path)
+            if not backoff.wait():
+                raise StoreError(
+                    f"the store ({self.describe()}) is unavailable: no member answered "
+                    f"within {self._timeout:g}s",
+                    path=path,
+                    tried="; ".join(tried[-len(self._members.endpoints) :]),
+                )
+
+    def _attempt(
+        self, endpoint: Endpoint, path: str, payload: bytes, backoff: Backoff
+    ) -> tuple[Failure | None, str, dict[str, Any]]:
+        """One try on one member: (None, "", answer) or (kind, why, {})."""
+        timeout = attempt_timeout(backoff, len(self._members.endpoints), self._timeout)
+        conn = self._pooled(endpoint)
+        reused = conn is not None
+        if conn is None:
+            try:
+                conn = endpoint.connect(timeout)
+            except OSError as exc:
+                self._members.failed(endpoint)
+                if tls_refused(exc):
+                    return Failure.FATAL, str(exc), {}
+                return Failure.SAFE, str(exc) or type(exc).__name__, {}
+        elif conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        try:
+            conn.request("POST", path, body=payload, headers=LEADER_HEADERS)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            self._drop_pool(endpoint)
+            if not reused or isinstance(exc, TimeoutError):
+                # A fresh connection that breaks, or a member that does not
+                # answer in time: set it aside. (A reused one may just have
+                # been closed while idle: the next try opens a new one.)
+                self._members.failed(endpoint)
+            if tls_refused(exc):
+                return Failure.FATAL, str(exc), {}
+            return Failure.UNKNOWN, str(exc) or type(exc).__name__, {}
+        try:
+            answer: dict[str, Any] = json.loads(data or b"{}")
+        except ValueError:
+            conn.close()
+            self._members.failed(endpoint)
+            return Failure.UNKNOWN, f"an answer that is not JSON (HTTP {resp.status})", {}
+        self._give_back(endpoint, conn)
+        if "error" in answer or resp.status != 200:
+            code, message = error_fields(answer)
+            kind = classify_answer(code, message, resp.status)
+            if kind is None:
+                raise self._error(answer, path)
+            self._members.failed(endpoint)
+            return kind, message, {}
+        rev = _revision(answer)
+        if rev > self._seen:
+            self._seen = rev  # a plain int store: a lost race only lowers it
+        return None, "", answer
+
+    def _pooled(self, endpoint: Endpoint) -> http.client.HTTPConnection | None:
+        """An idle connection to ``endpoint``; idle ones to other members
+        are closed (the client has moved on from them)."""
+        stale: list[http.client.HTTPConnection] = []
+        found: http.client.HTTPConnection | None = None
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
-            if self._pool:
-                endpoint, conn = self._pool.pop()
-                return endpoint, conn, True
-            endpoint = self._endpoints[self._preferred]
-        return endpoint, endpoint.connect(timeout=_TIMEOUT), False
+            keep: list[tuple[Endpoint, http.client.HTTPConnection]] = []
+            for ep, conn in self._pool:
+                if ep is not endpoint:
+                    stale.append(conn)
+                elif found is None:
+                    found = conn
+                else:
+                    keep.append((ep, conn))
+            self._pool = keep
+        for conn in stale:
+            conn.close()
+        return found
 
-    def _give_back(self, endpoint: _Endpoint, conn: http.client.HTTPConnection) -> None:
+    def _drop_pool(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            stale = [c for ep, c in self._pool if ep is endpoint]
+            self._pool = [(ep, c) for ep, c in self._pool if ep is not endpoint]
+        for conn in stale:
+            conn.close()
+
+    def _give_back(self, endpoint: Endpoint, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             if not self._closed and len(self._pool) < _POOL_SIZE:
                 self._pool.append((endpoint, conn))
@@ -313,11 +434,10 @@ class EtcdStore:
 
     @staticmethod
     def _error(answer: dict[str, Any], path: str) -> CoveError:
-        code = int(answer.get("code", 0))
-        message = str(answer.get("error") or answer.get("message") or "unknown etcd error")
-        if code == _GRPC_NOT_FOUND:
+        code, message = error_fields(answer)
+        if code == GRPC_NOT_FOUND:
             return NotFound(message.removeprefix("etcdserver: "), path=path)
-        if code == _GRPC_INVALID_ARGUMENT:
+        if code == GRPC_INVALID_ARGUMENT:
             return InvalidArgument(message.removeprefix("etcdserver: "), path=path)
         if "compacted" in message:
             return WatchCompacted(message, path=path)
@@ -367,12 +487,63 @@ class EtcdStore:
             "success": [_request_op(op) for op in success],
             "failure": [_request_op(op) for op in failure],
         }
-        answer = self._call("/v3/kv/txn", body)
+        since = self._seen  # every write of this transaction comes after it
+        backoff = Backoff(self._timeout)
+        while True:
+            try:
+                answer = self._call("/v3/kv/txn", body, backoff=backoff, unknown_ok=False)
+                break
+            except _OutcomeUnknown as exc:
+                # Sent, but no answer: sending it again could see its own
+                # writes fail its compares. Look whether it was applied.
+                log.info("etcd transaction outcome unknown (%s); re-checking", exc.message)
+                done = self._applied(success, since, backoff)
+                if done is not None:
+                    return done
+                if not backoff.wait():
+                    raise StoreError(
+                        f"the store ({self.describe()}) is unavailable: no member answered "
+                        f"within {self._timeout:g}s",
+                        path="/v3/kv/txn",
+                    ) from exc
         responses = tuple(
             tuple(_kv(kv) for kv in r.get("response_range", {}).get("kvs", ()))
             for r in answer.get("responses", ())
         )
         return TxnResult(bool(answer.get("succeeded", False)), _revision(answer), responses)
+
+    def _applied(self, success: Sequence[Op], since: int, backoff: Backoff) -> TxnResult | None:
+        """The result of a transaction whose answer was lost, when its
+        writes are there (every put's key holds its value and lease, written
+        in one revision after ``since``); None when they are not or this
+        cannot tell (a transaction that only deletes), and it must be sent
+        again (its compares are then judged afresh)."""
+        puts = [op for op in success if isinstance(op, Put)]
+        if not puts:
+            return None
+        revisions: set[int] = set()
+        for put in puts:
+            answer = self._call("/v3/kv/range", {"key": _b64(put.key)}, backoff=backoff)
+            kvs = answer.get("kvs", ())
+            kv = _kv(kvs[0]) if kvs else None
+            if kv is None or kv.value != put.value or kv.lease != put.lease:
+                return None
+            if kv.mod_revision <= since:
+                return None
+            revisions.add(kv.mod_revision)
+        if len(revisions) != 1:
+            return None
+        responses: list[tuple[KeyValue, ...]] = []
+        for op in success:
+            if isinstance(op, Get):  # what it reads now, as after the commit
+                target = _key_range(op.key) if op.prefix else {"key": _b64(op.key)}
+                got = self._call("/v3/kv/range", target, backoff=backoff)
+                responses.append(tuple(_kv(item) for item in got.get("kvs", ())))
+            else:
+                responses.append(())
+        revision = revisions.pop()
+        log.info("etcd transaction was applied at revision %s", revision)
+        return TxnResult(True, revision, tuple(responses))
 
     def compact(self, revision: int) -> None:
         try:
@@ -392,8 +563,19 @@ class EtcdStore:
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
-            endpoint = self._endpoints[self._preferred]
-        return EtcdWatch(endpoint, prefix, start_revision)
+        backoff = Backoff(self._timeout)
+        while True:
+            endpoint = self._members.current()
+            timeout = attempt_timeout(backoff, len(self._members.endpoints), self._timeout)
+            try:
+                return EtcdWatch(endpoint, prefix, start_revision, timeout, self._members)
+            except StoreError as exc:
+                self._members.failed(endpoint)
+                if not backoff.wait():
+                    raise StoreError(
+                        f"the store ({self.describe()}) is unavailable: cannot start a watch",
+                        error=exc.message,
+                    ) from exc
 
     # -- leases --------------------------------------------------------------
 

@@ -26,6 +26,9 @@ and must not write. The Consul API's blocking queries are such a subscriber:
 a registration committed on the API's own loop wakes them with no thread in
 between. (On etcd, inline subscribers run on the hub thread like the rest.)
 
+When a watch breaks (an etcd member died or lost its leader), the hub
+watches again from the revision after the last one it delivered, on
+whichever member the store now uses: nothing is lost or delivered twice.
 When the store has compacted the history the hub needs (it fell far behind,
 or the etcd cluster compacted), the hub re-reads the whole keyspace and
 delivers a *resync* batch computed against the keys it knew: a PUT for each
@@ -189,24 +192,42 @@ class WatchHub:
 
     def _run(self) -> None:
         watch = self._watch
+        resync = False
         while not self._stop.is_set():
             try:
                 if watch is None:
-                    watch = self._resync()
+                    # After a broken stream, resume right after the last
+                    # revision delivered (etcd: on another member), so no
+                    # event is lost or repeated; re-read only when that
+                    # history is compacted away.
+                    watch = self._resync() if resync else self._resume()
                     self._watch = watch
+                    resync = False
                 events = watch.next(timeout=self._poll)
                 if events:
                     self._deliver(events, events[-1].revision)
             except WatchCompacted:
-                watch = None
-            except StoreError:
+                if watch is not None:
+                    watch.close()
+                watch, resync = None, True
+            except StoreError as exc:
                 if self._stop.is_set():
                     break
-                log.exception("store watch failed; re-reading in %ss", _RETRY_DELAY)
+                log.warning(
+                    "store watch failed (%s); resuming after revision %s in %ss",
+                    exc.message,
+                    self._revision,
+                    _RETRY_DELAY,
+                )
                 if watch is not None:
                     watch.close()
                 watch = None
                 self._stop.wait(_RETRY_DELAY)
+
+    def _resume(self) -> Watch:
+        with self._lock:
+            revision = self._revision
+        return self._store.watch("", revision + 1)
 
     def _deliver(self, events: Sequence[Event], revision: int) -> None:
         self._remember(events)

@@ -1,0 +1,153 @@
+"""etcd load of one cove agent: requests and bytes per idle minute and per
+container start, read from etcd's own /metrics.
+
+    .venv/bin/python bench/cluster/etcd_load.py [--idle 60] [--containers 10]
+
+As root. In a fresh network namespace that plays the host: a private etcd
+(one member, loopback, temp data dir, stopped by PID) and a real `cove agent
+--store etcd://...` (reconcile interval at its default). Then:
+
+1. idle: the agent with one network and nothing else, ``--idle`` seconds;
+2. per container start: ``cove run -d --network ... --service ...`` N times
+   (a container with a registered service and its TCP check), counted from
+   the first run until the agent is quiet again, divided by N;
+3. idle again with those N containers running (what steady containers and
+   their passing checks cost).
+
+Counted on etcd's side: ``grpc_server_started_total`` by method (the JSON
+gateway's requests are gRPC calls into the same member, so every request the
+agent makes appears there once) and
+``etcd_network_client_grpc_{received,sent}_bytes_total``. No peer runs here:
+no other container network agent on etcd is installed on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cove.agent.teardown import teardown
+
+# bench/ is not a package: its shared helpers (and the tests' etcd fixture)
+# are found by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "tests"))
+from etcd_fixture import EtcdLoad, EtcdProcess, etcd_process
+from hostns import host_namespace
+
+COVE = [sys.executable, "-m", "cove.cli.main"]
+
+
+def start_agent(work: Path, store_url: str) -> subprocess.Popen[bytes]:
+    log = open(work / "agent.log", "ab")  # noqa: SIM115 - lives as long as the agent
+    proc = subprocess.Popen(
+        [*COVE, "agent", "--state-dir", str(work / "state"), "--socket", str(work / "agent.sock"),
+         "--http", "127.0.0.1:18500", "--dns", "127.0.0.1:18600", "--upstream", "127.0.0.1:5399",
+         "--store", store_url, "--log-level", "warning", "--node-name", "bench1"],
+        stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if cli(work, "network", "ls", "-q", check=False).returncode == 0:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise SystemExit("the agent did not start: " + (work / "agent.log").read_text()[-2000:])
+
+
+def cli(work: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COVE_SOCKET": str(work / "agent.sock")}
+    res = subprocess.run([*COVE, *args], env=env, capture_output=True, text=True, timeout=120)
+    if check and res.returncode != 0:
+        raise SystemExit(f"cove {' '.join(args)} failed: {res.stderr}")
+    return res
+
+
+def window(member: EtcdProcess, seconds: float) -> EtcdLoad:
+    before = member.metrics()
+    time.sleep(seconds)
+    return member.metrics() - before
+
+
+def settle(member: EtcdProcess, quiet: float = 3.0, limit: float = 60.0) -> None:
+    """Wait until etcd sees no write for ``quiet`` seconds (the agent has
+    finished what the last command started)."""
+    deadline = time.monotonic() + limit
+    last = member.metrics()
+    calm_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = member.metrics()
+        writes = sum((now - last).calls.get(m, 0) for m in ("Put", "Txn", "DeleteRange"))
+        last = now
+        if writes:
+            calm_since = time.monotonic()
+        elif time.monotonic() - calm_since >= quiet:
+            return
+
+
+def show(label: str, load: EtcdLoad, per: float, unit: str) -> None:
+    calls = ", ".join(f"{k} {v / per:.1f}" for k, v in sorted(load.calls.items()) if v)
+    print(
+        f"{label:34} {load.requests / per:8.1f} req/{unit}  "
+        f"{load.received / per / 1024:7.1f} kB in  {load.sent / per / 1024:7.1f} kB out  "
+        f"({calls})"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--idle", type=float, default=60.0, help="seconds per idle window")
+    parser.add_argument("--containers", type=int, default=10)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (namespaces, bridges)")
+    if not 1 <= args.containers <= 100 or not 5 <= args.idle <= 600:
+        raise SystemExit("--containers 1..100, --idle 5..600 seconds")
+    work = Path(tempfile.mkdtemp(prefix="cove-bench-etcd-"))
+    minutes = args.idle / 60
+    with host_namespace() as ns, etcd_process() as member:
+        print(f"host namespace {ns}, etcd {member.url}, work dir {work}")
+        proc = start_agent(work, f"etcd://{member.hostport}")
+        try:
+            cli(work, "network", "create", "bnet", "--subnet", "10.87.0.0/24")
+            settle(member)
+            idle = window(member, args.idle)
+            before = member.metrics()
+            for i in range(args.containers):
+                cli(work, "run", "-d", "--name", f"c{i}", "--network", "bnet",
+                    "--service", f"svc{i}:80", "--", "sleep", "3600")  # fmt: skip
+            settle(member)
+            starts = member.metrics() - before
+            busy = window(member, args.idle)
+            for i in range(args.containers):
+                cli(work, "rm", "-f", f"c{i}", check=False)
+            cli(work, "network", "rm", "bnet", check=False)
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+            if proc.poll() is None:
+                proc.kill()
+            teardown(work / "state" / "run")
+    n = args.containers
+    print(f"\netcd load of one agent (idle windows of {args.idle:g} s, {n} container starts)")
+    show("idle agent, one network", idle, minutes, "min")
+    show("per container start (+service)", starts, n, "start")
+    show(f"idle agent, {n} containers running", busy, minutes, "min")
+    per_container = (busy.requests - idle.requests) / minutes / n
+    print(f"{'':34} {per_container:8.2f} req/min per running container beyond the idle agent")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
