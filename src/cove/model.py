@@ -71,6 +71,7 @@ class Network:
     driver: NetworkDriver = NetworkDriver.BRIDGE
     default_deny: bool = False
     created: float = 0.0
+    vni: int | None = None  # the VXLAN network identifier of an overlay network
 
     @property
     def ipv4(self) -> Subnet | None:
@@ -92,6 +93,7 @@ class Network:
             "driver": self.driver.value,
             "default_deny": self.default_deny,
             "created": self.created,
+            "vni": self.vni,
         }
 
     @classmethod
@@ -107,6 +109,7 @@ class Network:
             driver=NetworkDriver(data.get("driver", "bridge")),
             default_deny=bool(data.get("default_deny", False)),
             created=float(data.get("created", 0.0)),
+            vni=int(data["vni"]) if data.get("vni") is not None else None,
         )
 
 

@@ -51,6 +51,7 @@ class AgentConfig:
     log_level: str = "info"
     log_file: Path | None = None
     reconcile_interval: float = 15.0
+    vxlan_port: int = 4789  # UDP port of overlay networks' VXLAN devices
     enable_script_checks: bool = False
     vip_ranges: tuple[str, ...] = ("10.96.0.0/16",)
     config_file: Path | None = None  # where these came from: hidden from containers
@@ -139,6 +140,9 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidArgument(f"invalid {name} {value!r}: expected a whole number, 0 or more")
+    port = cfg.vxlan_port
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidArgument(f"invalid vxlan_port {port!r}: expected a UDP port, 1 to 65535")
     node_ttl = cfg.node_ttl
     if isinstance(node_ttl, bool) or not isinstance(node_ttl, int) or not 2 <= node_ttl <= 3600:
         raise InvalidArgument(

@@ -44,9 +44,10 @@ class ContainerRuntime:
         masked: tuple[Path, ...] = (),
         fault: Callable[[str], None] = no_fault,
         node: str = "",
+        prepare_bridge: Callable[[str], None] | None = None,
     ) -> None:
         self._resolv_conf = resolv_conf
-        self.netns = NetnsDatapath(run_dir / "netns")
+        self.netns = NetnsDatapath(run_dir / "netns", prepare_bridge)
         self.supervisor = SupervisorClient(run_dir)
         files = state_dir / "containers"
         self.guard_nft = open_nft()

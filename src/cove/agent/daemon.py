@@ -46,7 +46,7 @@ from cove.api.metrics import Metrics
 from cove.api.tls import ReloadingTls, TlsFiles
 from cove.clock import SystemClock
 from cove.cluster.advertise import resolve as resolve_advertise
-from cove.cluster.nodes import NodeLease, NodeRecord, members, now_rfc3339
+from cove.cluster.nodes import CLUSTER_NODES, NodeLease, NodeRecord, members, now_rfc3339
 from cove.datapath.libnft import open_nft
 from cove.datapath.netlink import NetlinkDatapath
 from cove.datapath.nftables import Nft
@@ -56,6 +56,7 @@ from cove.errors import CoveError, Unavailable
 from cove.ipam.allocator import Ipam
 from cove.lb.vips import parse_range
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
+from cove.network.overlay import OverlayReconciler
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
 from cove.runtime.dns_handover import SupervisorKeeper
@@ -165,6 +166,16 @@ class Agent:
         self.reconciler = NetworkReconciler(
             self.store, self.datapath, interval=config.reconcile_interval
         )
+        # Overlay networks: bridge, VXLAN device and entries on this host
+        # while it has an endpoint on them.
+        self.overlay = OverlayReconciler(
+            self.store,
+            self.datapath,
+            config.node_name,
+            self.advertise,
+            port=config.vxlan_port,
+            interval=config.reconcile_interval,
+        )
         self.app = build_app()
         self.acl = AclService(
             self.store,
@@ -209,6 +220,7 @@ class Agent:
             masked=private_paths(config, _secret_files(config)),
             fault=fault_hook(os.environ),
             node=config.node_name,
+            prepare_bridge=self.overlay.prepare_bridge,
         )
         containers_api.install(self.app, self.runtime.service)
         members_api.install(self.app, lambda: members(self.store, config.node_name))
@@ -269,6 +281,9 @@ class Agent:
         self.hub.subscribe(NETWORKS, lambda _events: self.reconciler.kick())
         self.hub.start()
         self.reconciler.start()
+        for prefix in (NETWORKS, ENDPOINTS, CLUSTER_NODES):
+            self.hub.subscribe(prefix, self.overlay.on_events)
+        self.overlay.start()
         self.runtime.start(self.hub)  # after the first network pass: bridges exist
         for prefix in (CONTAINERS, ENDPOINTS):
             self.hub.subscribe(prefix, self.registrar.on_events)
@@ -286,6 +301,7 @@ class Agent:
         self.lb.stop()
         if self.dns is not None:
             self.dns.stop()
+        self.overlay.stop()
         self.reconciler.stop()
         self.hub.stop()
         self.datapath.close()

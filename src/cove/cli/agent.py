@@ -87,6 +87,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         " address with etcd, 127.0.0.1 otherwise)",
     )
     p.add_argument(
+        "--vxlan-port",
+        type=int,
+        metavar="PORT",
+        help="UDP port of overlay networks between hosts (default 4789; the same on every host)",
+    )
+    p.add_argument(
         "--node-ttl",
         type=int,
         metavar="SECONDS",
@@ -119,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "log_file": args.log_file,
         "reconcile_interval": args.reconcile_interval,
+        "vxlan_port": args.vxlan_port,
         "enable_script_checks": args.enable_script_checks,
         "vip_ranges": tuple(args.vip_range) if args.vip_range else None,
         "acl_enabled": args.acl_enabled,

@@ -34,9 +34,18 @@ def add_parsers(
     p.add_argument("--ip-range", action="append", default=[])
     p.add_argument("--ipv6", action="store_true", help="also give the network an IPv6 subnet")
     p.add_argument("--internal", action="store_true", help="no egress, no upstream DNS")
-    p.add_argument("--mtu", type=int, default=1500)
+    p.add_argument(
+        "--mtu", type=int, default=None, help="default 1500; overlay: the underlay's minus 50"
+    )
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("--default-deny", action="store_true", help="deny traffic without a policy")
+    p.add_argument(
+        "--driver",
+        choices=("bridge", "overlay"),
+        default="bridge",
+        help="bridge: this host only (default); overlay: across hosts over VXLAN",
+    )
+    p.add_argument("--vni", type=int, default=None, help="overlay: VXLAN id (default: chosen)")
     p.set_defaults(func=_create)
 
     p = nsub.add_parser("ls", help="list networks")
@@ -68,7 +77,12 @@ def _create(args: argparse.Namespace, client: AgentClient) -> int:
         "mtu": args.mtu,
         "labels": parse_labels(args.label),
         "default_deny": args.default_deny,
+        "driver": args.driver,
     }
+    if args.mtu is not None:
+        body["mtu"] = args.mtu
+    if args.vni is not None:
+        body["vni"] = args.vni
     net = client.request("POST", "/api/networks", body)
     print(net["id"])
     return 0
@@ -87,7 +101,7 @@ def _ls(args: argparse.Namespace, client: AgentClient) -> int:
                 n["id"],
                 n["name"],
                 ",".join(s["subnet"] for s in n["subnets"]),
-                "internal" if n["internal"] else "bridge",
+                "internal" if n["internal"] else n.get("driver", "bridge"),
                 n["bridge"],
                 ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())),
             ]

@@ -94,6 +94,106 @@ class NetworkDatapath(Protocol):
         ...
 
 
+# -- overlay networks -----------------------------------------------------
+
+VXLAN_PREFIX = "cvx"
+VXLAN_PORT = 4789  # IANA's VXLAN port
+
+
+def vxlan_name(network_id: str) -> str:
+    """An overlay network's VXLAN device: ``cvx`` + 12 characters of the
+    network id (15 bytes; not ``cv-``, the bridges' prefix, nor a host veth's
+    ``cv`` + hex digit)."""
+    return VXLAN_PREFIX + network_id[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class FdbEntry:
+    """A remote container's MAC, reached through the host at ``dst``."""
+
+    mac: str
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class NeighEntry:
+    """A permanent neighbour: a remote container's address and MAC, so the
+    VXLAN device answers ARP and ND for it on the spot."""
+
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    mac: str
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanState:
+    """A cove VXLAN device as the kernel has it."""
+
+    name: str
+    vni: int
+    local: str
+    port: int
+    mtu: int
+    master: str | None
+    up: bool
+    learning: bool
+    proxy: bool
+    fdb: frozenset[FdbEntry] = field(default_factory=frozenset)
+    neigh: frozenset[NeighEntry] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedOverlay:
+    """Cove's bridges and VXLAN devices, and its nft tables."""
+
+    bridges: Mapping[str, BridgeState]
+    vxlans: Mapping[str, VxlanState]
+    nft_tables: frozenset[tuple[str, str]]
+
+
+class OverlayDatapath(Protocol):
+    """What an overlay network needs of a host's kernel. Every method that
+    changes the kernel raises ``DatapathError`` when it cannot; removing
+    something already gone is fine."""
+
+    def observe_overlay(self) -> ObservedOverlay: ...
+
+    def create_bridge(self, name: str, mtu: int) -> None: ...
+
+    def create_vxlan(
+        self, name: str, vni: int, local: str, port: int, mtu: int, master: str
+    ) -> None:
+        """A VXLAN device with learning off and ARP/ND proxy on (the proxy
+        flag cannot be changed later), plugged into ``master`` and up."""
+        ...
+
+    def delete_link(self, name: str) -> None: ...
+
+    def set_mtu(self, name: str, mtu: int) -> None: ...
+
+    def set_up(self, name: str) -> None: ...
+
+    def add_address(self, name: str, address: Interface) -> None: ...
+
+    def delete_address(self, name: str, address: Interface) -> None: ...
+
+    def update_fdb(self, name: str, add: Sequence[FdbEntry], remove: Sequence[FdbEntry]) -> None:
+        """Add (or move) and remove forwarding entries of VXLAN device
+        ``name`` in one batch."""
+        ...
+
+    def update_neigh(
+        self, name: str, add: Sequence[NeighEntry], remove: Sequence[NeighEntry]
+    ) -> None:
+        """Add (or change) and remove permanent neighbours of ``name``."""
+        ...
+
+    def replace_table(
+        self, family: str, name: str, objects: Sequence[Mapping[str, Any]]
+    ) -> None: ...
+
+    def delete_table(self, family: str, name: str) -> None: ...
+
+
 # -- containers -----------------------------------------------------------
 
 

@@ -19,15 +19,20 @@ from typing import TYPE_CHECKING, Any
 from cove.datapath.base import (
     BridgeState,
     ContainerDatapath,
+    FdbEntry,
     Gateway,
     HostVeth,
     InsideLink,
     Interface,
+    NeighEntry,
     NetnsState,
     NetworkDatapath,
     NftLister,
     Observed,
     ObservedContainers,
+    ObservedOverlay,
+    OverlayDatapath,
+    VxlanState,
 )
 from cove.errors import DatapathError, DatapathGone
 from cove.model import IPNetwork
@@ -36,6 +41,7 @@ from cove.model import IPNetwork
 class FakeDatapath:
     def __init__(self, host: Sequence[IPNetwork] = ()) -> None:
         self.bridges: dict[str, BridgeState] = {}
+        self.vxlans: dict[str, VxlanState] = {}
         self.tables: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
         self.ops: list[tuple[Any, ...]] = []
         self.forwarding = False
@@ -53,6 +59,44 @@ class FakeDatapath:
     def host_networks(self) -> Sequence[IPNetwork]:
         return list(self.host)
 
+    def observe_overlay(self) -> ObservedOverlay:
+        return ObservedOverlay(
+            bridges=dict(self.bridges), vxlans=dict(self.vxlans), nft_tables=frozenset(self.tables)
+        )
+
+    def create_vxlan(
+        self, name: str, vni: int, local: str, port: int, mtu: int, master: str
+    ) -> None:
+        self._record("create_vxlan", name, vni, local, port, mtu, master)
+        if name in self.vxlans:
+            raise DatapathError(f"link {name} exists")
+        self._need(master)
+        self.vxlans[name] = VxlanState(
+            name, vni, local, port, mtu, master, up=True, learning=False, proxy=True
+        )
+
+    def update_fdb(self, name: str, add: Sequence[FdbEntry], remove: Sequence[FdbEntry]) -> None:
+        self._record("update_fdb", name, tuple(add), tuple(remove))
+        vx = self._need_vxlan(name)
+        macs = {e.mac for e in add}
+        keep = {e for e in vx.fdb if e not in remove and e.mac not in macs}
+        self.vxlans[name] = replace(vx, fdb=frozenset(keep | set(add)))
+
+    def update_neigh(
+        self, name: str, add: Sequence[NeighEntry], remove: Sequence[NeighEntry]
+    ) -> None:
+        self._record("update_neigh", name, tuple(add), tuple(remove))
+        vx = self._need_vxlan(name)
+        gone = {e.address for e in remove} | {e.address for e in add}
+        keep = {e for e in vx.neigh if e.address not in gone}
+        self.vxlans[name] = replace(vx, neigh=frozenset(keep | set(add)))
+
+    def _need_vxlan(self, name: str) -> VxlanState:
+        try:
+            return self.vxlans[name]
+        except KeyError:
+            raise DatapathGone(f"link {name} does not exist") from None
+
     def create_bridge(self, name: str, mtu: int) -> None:
         self._record("create_bridge", name, mtu)
         if name in self.bridges:
@@ -62,9 +106,13 @@ class FakeDatapath:
     def delete_link(self, name: str) -> None:
         self._record("delete_link", name)
         self.bridges.pop(name, None)
+        self.vxlans.pop(name, None)
 
     def set_mtu(self, name: str, mtu: int) -> None:
         self._record("set_mtu", name, mtu)
+        if name in self.vxlans:
+            self.vxlans[name] = replace(self.vxlans[name], mtu=mtu)
+            return
         self.bridges[name] = replace(self._need(name), mtu=mtu)
 
     def set_up(self, name: str) -> None:
@@ -343,5 +391,6 @@ class FakeNft:
 
 if TYPE_CHECKING:  # mypy checks that each fake has its protocol's shape
     _network: NetworkDatapath = FakeDatapath()
+    _overlay: OverlayDatapath = FakeDatapath()
     _containers: ContainerDatapath = FakeContainerDatapath()
     _nft: NftLister = FakeNft()

@@ -12,12 +12,23 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from cove.datapath.base import BRIDGE_PREFIX, BridgeState, Interface, Observed
+from cove.datapath import vxlan
+from cove.datapath.base import (
+    BRIDGE_PREFIX,
+    BridgeState,
+    FdbEntry,
+    Interface,
+    NeighEntry,
+    NetworkDatapath,
+    Observed,
+    ObservedOverlay,
+    OverlayDatapath,
+)
 from cove.datapath.nftables import Nft
 from cove.errors import DatapathError, DatapathGone, Unavailable
 from cove.model import IPNetwork
@@ -66,6 +77,12 @@ class NetlinkDatapath:
             )
         return Observed(bridges=bridges, nft_tables=frozenset(self._nft.tables()))
 
+    def observe_overlay(self) -> ObservedOverlay:
+        base = self.observe()
+        return ObservedOverlay(
+            bridges=base.bridges, vxlans=vxlan.observe(), nft_tables=base.nft_tables
+        )
+
     def host_networks(self) -> Sequence[IPNetwork]:
         out: list[IPNetwork] = []
         for family in ("-4", "-6"):
@@ -100,6 +117,36 @@ class NetlinkDatapath:
             mtu=mtu,
             address=bridge_mac(name),
         )
+
+    def create_vxlan(
+        self, name: str, vni: int, local: str, port: int, mtu: int, master: str
+    ) -> None:
+        address = ipaddress.ip_address(local)
+        where = {"vxlan_local": local} if address.version == 4 else {"vxlan_local6": local}
+        self._call(
+            "create VXLAN device " + name,
+            "add",
+            ignore=(errno.EEXIST,),
+            ifname=name,
+            kind="vxlan",
+            vxlan_id=vni,
+            vxlan_port=port,
+            vxlan_learning=0,
+            vxlan_proxy=1,
+            mtu=mtu,
+            **where,
+        )
+        idx = self._need(name)
+        self._call(f"plug {name} into {master}", "set", index=idx, master=self._need(master))
+        self._call(f"bring {name} up", "set", index=idx, state="up")
+
+    def update_fdb(self, name: str, add: Sequence[FdbEntry], remove: Sequence[FdbEntry]) -> None:
+        vxlan.run_batch("bridge", vxlan.fdb_commands(name, add, remove))
+
+    def update_neigh(
+        self, name: str, add: Sequence[NeighEntry], remove: Sequence[NeighEntry]
+    ) -> None:
+        vxlan.run_batch("ip", vxlan.neigh_commands(name, add, remove))
 
     def delete_link(self, name: str) -> None:
         idx = self._index(name)
@@ -200,3 +247,8 @@ def bridge_mac(name: str) -> str:
     survives the reconciler recreating the bridge."""
     digest = hashlib.sha256(name.encode()).digest()
     return ":".join(f"{b:02x}" for b in ((digest[0] & 0xFC) | 0x02, *digest[1:6]))
+
+
+if TYPE_CHECKING:  # mypy checks that the datapath has both protocols' shape
+    _network: NetworkDatapath = NetlinkDatapath()
+    _overlay: OverlayDatapath = NetlinkDatapath()

@@ -54,7 +54,13 @@ RETIRED_GROUP = 0x636F7665
 class NetnsDatapath:
     """Namespaces, veth pairs, addresses and routes for containers."""
 
-    def __init__(self, netns_dir: Path) -> None:
+    def __init__(
+        self, netns_dir: Path, prepare_bridge: Callable[[str], None] | None = None
+    ) -> None:
+        """``prepare_bridge(name)`` runs before a veth is plugged into bridge
+        ``name``: an overlay network's bridge exists only on hosts with an
+        endpoint on it, and is made for the first."""
+        self._prepare_bridge = prepare_bridge
         self.netns_dir = netns_dir
         netns_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
@@ -233,6 +239,8 @@ class NetnsDatapath:
         routes via ``gateways``. On failure the pair is deleted again (so
         nothing leaks) and ``DatapathError`` raised; the caller's full pass
         then finds out why."""
+        if self._prepare_bridge is not None:
+            self._prepare_bridge(bridge)
         try:
             fd = os.open(self.netns_path(container_id), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:

@@ -19,7 +19,7 @@ from typing import Any
 
 from cove.datapath.base import Interface, NetworkDatapath, Observed
 from cove.errors import CoveError
-from cove.model import NETWORKS, Network
+from cove.model import NETWORKS, Network, NetworkDriver
 from cove.network import firewall
 from cove.store.base import Store
 from cove.worker import Worker
@@ -99,6 +99,8 @@ def plan(networks: Iterable[Network], observed: Observed, applied_digest: str | 
         if name not in wanted:
             ops.append(DeleteLink(name))
     for net in nets:
+        if net.driver is NetworkDriver.OVERLAY:
+            continue  # only on hosts with an endpoint on it: network/overlay.py
         have = observed.bridges.get(net.bridge)
         want_addrs = gateway_interfaces(net)
         if have is None:

@@ -51,8 +51,14 @@ class NetworkService:
             if any(n.name == spec.name for n in existing):
                 raise AlreadyExists(f"network {spec.name} already exists", network=spec.name)
             taken = [(n.name, s.cidr) for n in existing for s in n.subnets]
+            vnis = {n.vni: n.name for n in existing if n.vni is not None}
             network = build_network(
-                spec, taken, self._host_networks(), self._clock.time(), reserved=self._reserved
+                spec,
+                taken,
+                self._host_networks(),
+                self._clock.time(),
+                reserved=self._reserved,
+                vnis=vnis,
             )
             result = self._store.txn(
                 [Compare.absent(key), Compare.mod_is(SUBNETS_GUARD, guard_rev)],

@@ -16,6 +16,15 @@ from cove.model import IPAddress, IPNetwork, Network, NetworkDriver, Subnet
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_NAME = 63
 
+# VXLAN network identifiers are 24 bits; 0 is left out (some switches treat
+# it as "no VNI"), and cove allocates from VNI_FIRST up.
+VNI_MIN = 1
+VNI_MAX = (1 << 24) - 1
+VNI_FIRST = 4096
+# The VXLAN header (8), outer UDP (8), IPv4 (20) and Ethernet (14) bytes.
+VXLAN_OVERHEAD = 50
+UNDERLAY_MTU = 1500
+
 
 def check_name(name: str, what: str = "network") -> str:
     """A name that is a DNS label, since it is used in DNS names
@@ -42,9 +51,11 @@ class NetworkSpec:
     ip_ranges: Sequence[str] = ()
     ipv6: bool = False
     internal: bool = False
-    mtu: int = 1500
+    mtu: int | None = None  # default: 1500, or the underlay's minus VXLAN_OVERHEAD
     labels: Mapping[str, str] = field(default_factory=dict)
     default_deny: bool = False
+    driver: NetworkDriver = NetworkDriver.BRIDGE
+    vni: int | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> NetworkSpec:
@@ -54,9 +65,21 @@ class NetworkSpec:
         name = data.get("name")
         if not isinstance(name, str):
             raise InvalidArgument("'name' is required and must be a string")
-        mtu = data.get("mtu", 1500)
-        if not isinstance(mtu, int) or isinstance(mtu, bool):
+        mtu = data.get("mtu")
+        if mtu is not None and (not isinstance(mtu, int) or isinstance(mtu, bool)):
             raise InvalidArgument("'mtu' must be an integer")
+        driver = data.get("driver", "bridge")
+        if driver not in tuple(NetworkDriver):
+            raise InvalidArgument(
+                f"unknown network driver {driver!r}: use 'bridge' (this host only) "
+                "or 'overlay' (across hosts)",
+                driver=str(driver),
+            )
+        vni = data.get("vni")
+        if vni is not None and (not isinstance(vni, int) or isinstance(vni, bool)):
+            raise InvalidArgument("'vni' must be an integer")
+        if vni is not None and driver != NetworkDriver.OVERLAY:
+            raise InvalidArgument("'vni' is only for overlay networks: add --driver overlay")
         labels = data.get("labels") or {}
         if not isinstance(labels, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
@@ -72,6 +95,8 @@ class NetworkSpec:
             mtu=mtu,
             labels=dict(labels),
             default_deny=_bool(data, "default_deny"),
+            driver=NetworkDriver(str(driver)),
+            vni=vni,
         )
 
 
@@ -82,17 +107,24 @@ def build_network(
     created: float,
     network_id: str | None = None,
     reserved: Iterable[IPNetwork] = (),
+    vnis: Mapping[int, str] | None = None,
 ) -> Network:
     """Validate ``spec`` and choose what it leaves open (subnets, gateways).
 
     ``taken`` is (network name, subnet) of every existing cove network;
     ``host_networks`` the host's routes and addresses; ``reserved`` ranges
-    cove keeps for other uses (service VIPs). Raises
-    ``InvalidArgument`` or ``Conflict`` naming the problem.
+    cove keeps for other uses (service VIPs); ``vnis`` the VNIs overlay
+    networks hold (VNI -> network name). Raises ``InvalidArgument`` or
+    ``Conflict`` naming the problem.
     """
     check_name(spec.name)
-    if not 68 <= spec.mtu <= 65535:
-        raise InvalidArgument(f"mtu {spec.mtu} is out of range (68-65535)", mtu=spec.mtu)
+    overlay = spec.driver == NetworkDriver.OVERLAY
+    mtu = spec.mtu
+    if mtu is None:
+        mtu = UNDERLAY_MTU - VXLAN_OVERHEAD if overlay else UNDERLAY_MTU
+    if not 68 <= mtu <= 65535:
+        raise InvalidArgument(f"mtu {mtu} is out of range (68-65535)", mtu=mtu)
+    vni = choose_vni(spec.vni, vnis or {}) if overlay else None
     taken_list = list(taken)
     host_list = list(host_networks)
     reserved_list = list(reserved)
@@ -118,8 +150,8 @@ def build_network(
         wanted.insert(0, _auto(4, used))
     if spec.ipv6 and 6 not in families:
         wanted.append(_auto(6, used))
-    if spec.ipv6 and spec.mtu < 1280:
-        raise InvalidArgument(f"mtu {spec.mtu} is below IPv6's minimum of 1280")
+    if spec.ipv6 and mtu < 1280:
+        raise InvalidArgument(f"mtu {mtu} is below IPv6's minimum of 1280")
     subnets = tuple(_subnet(net, gateways, ranges) for net in wanted)
     for gw in gateways:
         if not any(gw.version == s.cidr.version for s in subnets):
@@ -134,12 +166,34 @@ def build_network(
         subnets=subnets,
         bridge=f"cv-{nid[:12]}",
         internal=spec.internal,
-        mtu=spec.mtu,
+        mtu=mtu,
         labels=dict(spec.labels),
-        driver=NetworkDriver.BRIDGE,
+        driver=spec.driver,
         default_deny=spec.default_deny,
         created=created,
+        vni=vni,
     )
+
+
+def choose_vni(wanted: int | None, taken: Mapping[int, str]) -> int:
+    """``wanted`` if it is in range and free, else the lowest free VNI from
+    ``VNI_FIRST``. Raises ``InvalidArgument`` or ``Conflict``."""
+    if wanted is not None:
+        if not VNI_MIN <= wanted <= VNI_MAX:
+            raise InvalidArgument(f"vni {wanted} is out of range ({VNI_MIN}-{VNI_MAX})", vni=wanted)
+        holder = taken.get(wanted)
+        if holder is not None:
+            raise Conflict(
+                f"vni {wanted} is already used by network {holder}: choose another "
+                "or leave out --vni to have one chosen",
+                vni=wanted,
+                network=holder,
+            )
+        return wanted
+    for vni in range(VNI_FIRST, VNI_MAX + 1):
+        if vni not in taken:
+            return vni
+    raise Conflict("every VNI is in use")  # pragma: no cover - 16 million networks
 
 
 def _auto(family: int, used: list[IPNetwork]) -> IPNetwork:
