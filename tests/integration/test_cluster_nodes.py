@@ -147,6 +147,15 @@ def test_containers_are_built_run_and_removed_only_on_their_node(cluster3: Clust
     assert h1.container_netns() == [ids["h1"]]
     assert h3.container_netns() == [ids["h3"]]
 
+    # connect and disconnect from another host: the owner builds the link.
+    h1.ok("network", "create", "back", "--subnet", "10.89.71.0/24")
+    h1.ok("network", "connect", "back", "c3")
+    wait_for(lambda: len(h3.veths()) == 2, 15, "the new link on h3")
+    assert len(h1.veths()) == 1
+    assert h3.cli("exec", "c3", "--", "ip", "-4", "addr", "show", "eth1").returncode == 0
+    h1.ok("network", "disconnect", "back", "c3")
+    wait_for(lambda: len(h3.veths()) == 1, 15, "the link gone from h3")
+
 
 def _health(host: Host, service: str) -> list[dict[str, Any]]:
     status, body = host.api("GET", f"/v1/health/service/{service}")
@@ -194,7 +203,9 @@ def test_services_register_once_and_a_dead_node_goes_critical_then_adopts(
             lambda: [s for *_, s in _statuses(_health(h1, "web"))] == ["critical"], 15, "critical"
         )
         assert time.monotonic() - died <= 4 + 4 / 3 + 2
-        assert members(h3)["h2"]["status"] == "failed"
+        # The node record's own lease runs out within the TTL too.
+        wait_for(lambda: members(h3)["h2"]["status"] == "failed", 8, "h2 failed")
+        assert time.monotonic() - died <= 4 + 4 / 3 + 2
         # Its container keeps running.
         pid = web["state"]["pid"]
         assert pid_alive(pid)
@@ -283,3 +294,21 @@ def test_concurrent_runs_on_three_hosts_get_distinct_addresses(cluster3: Cluster
     assert len(set(addrs)) == 12, addrs
     for host in cluster3.hosts:
         assert len(host.container_netns()) == 4
+
+
+def test_each_host_has_its_own_host_ports(cluster3: Cluster) -> None:
+    h1, h2, _ = cluster3.hosts
+    h1.ok("network", "create", "vnet", "--subnet", SUBNET)
+    for host in (h1, h2):
+        host.ok("run", "-d", "--name", f"p{host.number}", "--network", "vnet",
+                "-p", "18080:80", "--", "sleep", "600")  # fmt: skip
+    res = h1.cli("run", "-d", "--name", "p3", "--network", "vnet", "-p", "18080:80",
+                 "--", "sleep", "600")  # fmt: skip
+    assert res.returncode != 0 and "already published by p1" in res.stderr, res.stderr
+    # Removed from another host, p1 frees h1's port (and only that one).
+    h2.ok("rm", "-f", "p1")
+    h1.ok("run", "-d", "--name", "p3", "--network", "vnet", "-p", "18080:80",
+          "--", "sleep", "600")  # fmt: skip
+    res = h2.cli("run", "-d", "--name", "p4", "--network", "vnet", "-p", "18080:80",
+                 "--", "sleep", "600")  # fmt: skip
+    assert res.returncode != 0 and "already published by p2" in res.stderr, res.stderr

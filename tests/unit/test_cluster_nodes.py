@@ -197,3 +197,95 @@ def test_advertise_must_be_an_address_of_this_host() -> None:
     with pytest.raises(InvalidArgument, match="one address of this host"):
         check_local("0.0.0.0")
     assert resolve(None, shared_store=False) == "127.0.0.1"
+
+
+def test_a_malformed_request_is_refused_and_does_not_block_the_others(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = MemoryStore(clock)
+    seen: list[str] = []
+
+    def stop(name: str, cid: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        seen.append(name)
+        return {"timeout": float(args.get("timeout", 1))}
+
+    server = RequestServer(store, clock, "h2", {STOP: stop})
+    store.put("cluster/requests/h2/a", b"not json")
+    store.put("cluster/requests/h2/b", json.dumps(["a", "list"]).encode())
+    store.put("cluster/requests/h2/c", json.dumps({"op": STOP, "name": "x", "args": [1]}).encode())
+    bad_timeout = {"op": STOP, "name": "y", "id": "1", "args": {"timeout": "soon"}}
+    store.put("cluster/requests/h2/d", json.dumps(bad_timeout).encode())
+    good = {"op": STOP, "name": "z", "id": "2", "args": {}}
+    store.put("cluster/requests/h2/e", json.dumps(good).encode())
+    server.run_once()
+    assert store.get("cluster/requests/h2/a") is None
+    assert store.get("cluster/requests/h2/b") is None
+    answers = {
+        kv.key.rsplit("/", 1)[1]: json.loads(kv.value)
+        for kv in store.range("cluster/requests/h2/").kvs
+    }
+    assert answers["c"]["error"]["kind"] == "invalid_argument"
+    assert answers["d"]["error"]["kind"] == "invalid_argument"
+    assert answers["e"]["result"] == {"timeout": 1.0}
+    assert seen == ["y", "z"]
+
+
+class _SharedStore:
+    """A memory store that answers as a networked one (etcd) would: no
+    in-process abilities, so ownership between nodes applies."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self._inner = inner
+
+    def local(self) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _reconcile_env(tmp_path: Path, shared: bool) -> tuple[Any, Any, dict[str, Container]]:
+    from cove.datapath.fake import FakeContainerDatapath, FakeNft
+    from cove.model import ENDPOINTS, NETWORKS, Network, Subnet
+    from cove.runtime.reconcile import ContainerReconciler
+
+    net = Network(
+        id="n" * 64,
+        name="front",
+        subnets=(Subnet(ipaddress.ip_network("10.89.0.0/24"), ipaddress.ip_address("10.89.0.1")),),
+        bridge="cv-front00000",
+    )
+    memory = MemoryStore(ManualClock())
+    store: Any = _SharedStore(memory) if shared else memory
+    dp = FakeContainerDatapath(bridges=[net.bridge])
+    rec = ContainerReconciler(
+        store, dp, FakeNft(), tmp_path / "files", lambda: "", guard_nft=FakeNft(), node="h1"
+    )
+    store.put(NETWORKS + net.name, json.dumps(net.to_json()).encode())
+    made: dict[str, Container] = {}
+    for n, (name, node) in enumerate((("mine", "h1"), ("theirs", "h2"), ("renamed", "old"))):
+        cid = f"{n + 1}" * 64
+        c = Container(id=cid, name=name, argv=("x",), hostname=name, networks=("front",), node=node)
+        store.put(CONTAINERS + name, json.dumps(c.to_json()).encode())
+        ep = Endpoint(
+            id=cid, network="front", container_id=cid, container_name=name, interface="eth0",
+            host_veth="cv" + cid[:10], mac=f"02:42:0a:59:00:0{n + 2}",
+            ipv4=ipaddress.IPv4Address(f"10.89.0.{n + 2}"), node=node,
+        )  # fmt: skip
+        store.put(f"{ENDPOINTS}front/{cid}", json.dumps(ep.to_json()).encode())
+        made[name] = c
+    return rec, dp, made
+
+
+def test_on_a_shared_store_a_node_builds_only_its_own_containers(tmp_path: Path) -> None:
+    rec, dp, made = _reconcile_env(tmp_path, shared=True)
+    # A copy of another host's container, left from before nodes existed.
+    dp.create_netns(made["theirs"].id)
+    rec.sync()
+    assert set(dp.namespaces) == {made["mine"].id}
+    assert rec.sync(only=made["theirs"].id, name="theirs") == []
+
+
+def test_on_a_store_of_its_own_a_renamed_host_keeps_its_containers(tmp_path: Path) -> None:
+    rec, dp, made = _reconcile_env(tmp_path, shared=False)
+    rec.sync()
+    assert set(dp.namespaces) == {c.id for c in made.values()}

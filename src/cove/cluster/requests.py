@@ -22,7 +22,7 @@ from typing import Any
 
 from cove.clock import Clock
 from cove.cluster.nodes import is_alive
-from cove.errors import CoveError, NotFound, Unavailable, from_json
+from cove.errors import CoveError, InvalidArgument, Unavailable, from_json
 from cove.store.base import Compare, Delete, Put, Store
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,10 @@ class RequestServer:
             try:
                 req = json.loads(kv.value)
             except ValueError:
-                self._store.delete(kv.key)
+                req = None
+            if not isinstance(req, dict):
+                log.warning("dropping a malformed request %s", kv.key)
+                self._store.txn([Compare.mod_is(kv.key, kv.mod_revision)], [Delete(kv.key)])
                 continue
             if req.get("done"):
                 if now - float(req.get("answered", now)) > ANSWER_TTL:
@@ -175,13 +178,17 @@ class RequestServer:
     def _carry_out(self, req: Mapping[str, Any]) -> dict[str, Any]:
         op, name, cid = str(req.get("op")), str(req.get("name")), str(req.get("id"))
         handler = self._handlers.get(op)
-        if handler is None:
-            err: CoveError = NotFound(f"unknown request {op!r}")
+        args = req.get("args") or {}
+        if handler is None or not isinstance(args, dict):
+            err: CoveError = InvalidArgument(f"malformed request {op!r} for container {name}")
             return {"error": err.to_json()}
         log.info("carrying out %s of container %s for node %s", op, name, req.get("from"))
         try:
-            return {"result": dict(handler(name, cid, req.get("args") or {}))}
+            return {"result": dict(handler(name, cid, args))}
         except CoveError as exc:
             log.warning("%s of container %s for node %s: %s", op, name, req.get("from"),
                         exc.message)  # fmt: skip
             return {"error": exc.to_json()}
+        except (TypeError, ValueError) as exc:  # hostile or broken arguments
+            err = InvalidArgument(f"malformed request {op!r} for container {name}: {exc}")
+            return {"error": err.to_json()}

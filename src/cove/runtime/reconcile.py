@@ -39,7 +39,7 @@ from cove.runtime import etc, ports
 from cove.runtime import plan as planner
 from cove.runtime.portguard import PortGuard
 from cove.runtime.spec import Container
-from cove.store.base import Event, EventType, Store
+from cove.store.base import Event, EventType, Store, local_store
 from cove.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,8 @@ class ContainerReconciler:
         node: str = "",
     ) -> None:
         self._store = store
-        self._node = node
+        # On a store of this host alone, every container is this host's.
+        self._node = node if local_store(store) is None else ""
         self._dp = datapath
         self._nft = nft
         # Guard entries change on every attach and detach: in-process when
@@ -319,7 +320,7 @@ class ContainerReconciler:
             cid = data.get("container_id") or data.get("id")
             if not isinstance(cid, str) or ev.type is not EventType.PUT:
                 continue
-            if not owned(str(data.get("node") or ""), self._node):
+            if self._node and not owned(str(data.get("node") or ""), self._node):
                 continue  # another host's: its agent builds it
             name = data.get("container_name") or data.get("name")
             with self._state:

@@ -22,7 +22,7 @@ from cove.errors import CoveError
 from cove.model import CONTAINERS, ENDPOINTS, Endpoint, ServiceSpec
 from cove.registry import Registry
 from cove.runtime.spec import Container, Desired
-from cove.store.base import Event, Store
+from cove.store.base import Event, Store, local_store
 from cove.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ class ServiceRegistrar:
         self, store: Store, registry: Registry, interval: float = 15.0, node: str = ""
     ) -> None:
         self._store = store
-        self._node = node
+        # On a store of this host alone, every container is this host's.
+        self._node = node if local_store(store) is None else ""
         self._registry = registry
         self._worker = Worker("cove-registrar", lambda _kicked: self.run_once(), interval)
 

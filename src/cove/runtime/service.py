@@ -158,8 +158,10 @@ class ContainerService:
         return Container.from_json(json.loads(kv.value))
 
     def owns(self, c: Container) -> bool:
-        """Whether this agent runs ``c`` (an empty node: a single-host record)."""
-        return owned(c.node, self._node)
+        """Whether this agent runs ``c`` (an empty node: a single-host record).
+        On a store of this host alone (SQLite, memory) every container is
+        this agent's, whatever node it was made under (the host was renamed)."""
+        return not self._shared or owned(c.node, self._node)
 
     def node_of(self, c: Container) -> str:
         return c.node or self._node
@@ -373,15 +375,26 @@ class ContainerService:
             raise NotFound(f"network {name} not found", network=name)
         return Network.from_json(json.loads(kv.value))
 
+    def _claim_keys(self, p: PortMapping, node: str) -> tuple[str, ...]:
+        """Where a host port's claim may be: a single-host record's
+        (``ports/<proto>/<port>``), then the node's own (``...@<node>``):
+        each host has its own ports, so two hosts may publish the same one."""
+        return (p.claim_key, f"{p.claim_key}@{node}") if node else (p.claim_key,)
+
+    def _claim_key(self, p: PortMapping, node: str) -> str:
+        """Where a new claim is written."""
+        return self._claim_keys(p, node)[-1]
+
     def _check_ports(self, ports: tuple[PortMapping, ...]) -> None:
         for p in ports:
-            kv = self._store.get(p.claim_key)
-            if kv is not None:
-                holder = json.loads(kv.value).get("container", "?")
-                raise Conflict(
-                    f"host port {p.host_port}/{p.proto} is already published by {holder}",
-                    port=str(p),
-                )
+            for key in self._claim_keys(p, self._node):
+                kv = self._store.get(key)
+                if kv is not None:
+                    holder = json.loads(kv.value).get("container", "?")
+                    raise Conflict(
+                        f"host port {p.host_port}/{p.proto} is already published by {holder}",
+                        port=str(p),
+                    )
             self._probe(p)
 
     def _endpoint(
@@ -411,11 +424,11 @@ class ContainerService:
     def _write_new(self, c: Container, endpoints: list[Endpoint]) -> None:
         compares = [Compare.absent(CONTAINERS + c.name)]
         compares += [Compare.present(NETWORKS + ep.network) for ep in endpoints]
-        compares += [Compare.absent(p.claim_key) for p in c.ports]
+        compares += [Compare.absent(k) for p in c.ports for k in self._claim_keys(p, c.node)]
         puts = [Put(CONTAINERS + c.name, _encode(c.to_json()))]
         puts += [Put(_ep_key(ep), _encode(ep.to_json())) for ep in endpoints]
         claim = _encode({"container": c.name, "id": c.id})
-        puts += [Put(p.claim_key, claim) for p in c.ports]
+        puts += [Put(self._claim_key(p, c.node), claim) for p in c.ports]
         if self._store.txn(compares, puts).succeeded:
             return
         if self._store.get(CONTAINERS + c.name) is not None:
@@ -540,7 +553,12 @@ class ContainerService:
         ops = [Delete(_ep_key(ep)) for ep in endpoints]
         # Only its own claims: a run that failed on a taken port must not
         # free it for the container that holds it.
-        ops += [Delete(p.claim_key) for p in c.ports if self._claimed_by(p, c.id)]
+        ops += [
+            Delete(key)
+            for p in c.ports
+            for key in self._claim_keys(p, self.node_of(c))
+            if self._claimed_by(key, c.id)
+        ]
         ops.append(Delete(CLUSTER_STATUS + c.id))
         kv = self._store.get(CONTAINERS + c.name)
         if kv is not None and Container.from_json(json.loads(kv.value)).id == c.id:
@@ -562,8 +580,8 @@ class ContainerService:
         if c.ports:
             self._rec.sync_ports()
 
-    def _claimed_by(self, mapping: PortMapping, cid: str) -> bool:
-        kv = self._store.get(mapping.claim_key)
+    def _claimed_by(self, key: str, cid: str) -> bool:
+        kv = self._store.get(key)
         return kv is not None and json.loads(kv.value).get("id") == cid
 
     def _set_desired(self, name: str, desired: Desired) -> Container:
