@@ -328,7 +328,7 @@ def test_agent_without_etcd_answers_dns_and_fails_writes_in_bound(
         assert took < 5, took
         assert f"etcd at http://{member.hostport}" in json.dumps(answer)
         res = agent.cli("network", "create", "n2", "--subnet", "10.89.77.0/24")
-        assert res.returncode != 0 and "etcd at" in res.stderr, res.stderr
+        assert res.returncode == 9 and "etcd at" in res.stderr, (res.returncode, res.stderr)
 
         member.start()
         # Everything converges within seconds of etcd's return.
@@ -435,6 +435,46 @@ def test_a_hung_member_is_skipped_within_the_bound() -> None:
             leader.proc.send_signal(signal.SIGCONT)
             hub.stop()
             store.close()
+
+
+def test_a_watch_that_moves_past_a_compaction_rereads() -> None:
+    """The hub's member hangs while the others change and compact the
+    history it would resume from: it re-reads and delivers the difference."""
+    import signal
+
+    with etcd_cluster(3) as cluster:
+        leader = cluster.leader()
+        others = [m.url for m in cluster.members if m is not leader]
+        store = EtcdStore([leader.url, *others], SystemClock(), timeout=5)
+        writer = EtcdStore(others, SystemClock(), timeout=5)
+        hub = WatchHub(store, poll=0.1)
+        hub.start()
+        state: dict[str, bytes] = {}
+
+        def follow(events: list[Event]) -> None:
+            for e in events:
+                if e.type.value == "put":
+                    state[e.kv.key] = e.kv.value
+                else:
+                    state.pop(e.kv.key, None)
+
+        hub.subscribe("comp/", follow)
+        assert hub.wait_for(writer.put("comp/a", b"1"), timeout=10)
+        assert leader.proc is not None
+        leader.proc.send_signal(signal.SIGSTOP)
+        try:
+            writer.put("comp/b", b"2")
+            writer.delete("comp/a")
+            writer.compact(writer.put("comp/c", b"3"))
+            # The next request of the hub's store finds the member hung.
+            assert store.get("comp/c") is not None
+            assert hub.wait_for(writer.revision, timeout=15)
+            assert state == {"comp/b": b"2", "comp/c": b"3"}
+        finally:
+            leader.proc.send_signal(signal.SIGCONT)
+            hub.stop()
+            store.close()
+            writer.close()
 
 
 @pytest.mark.root
@@ -598,3 +638,24 @@ def test_a_transaction_whose_answer_is_lost_is_checked_not_repeated() -> None:
         finally:
             store.close()
             proxy.close()
+
+
+@pytest.mark.root
+def test_agent_stops_promptly_while_etcd_is_down(hostns: str, tmp_path: Path) -> None:
+    member = EtcdProcess()
+    member.start()
+    agent = AgentProc(hostns, tmp_path, "--store", f"etcd://{member.hostport}")
+    try:
+        agent.start()
+        member.stop()
+        time.sleep(1)
+        start = time.monotonic()
+        assert agent.stop(timeout=30) == 0, agent.log_text()
+        # At most a store timeout or two (5 s each) for what shutdown writes.
+        assert time.monotonic() - start < 12, agent.log_text()
+    finally:
+        cleanup_agent(agent)
+        member.stop()
+        import shutil
+
+        shutil.rmtree(member.data_dir, ignore_errors=True)

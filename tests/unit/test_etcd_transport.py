@@ -76,7 +76,7 @@ def test_backoff_stays_within_its_deadline() -> None:
 
 def test_endpoint_urls() -> None:
     assert Endpoint("127.0.0.1:2379").url == "http://127.0.0.1:2379"
-    assert Endpoint("https://[::1]:2379").url == "https://::1:2379"
+    assert Endpoint("https://[::1]:2379").url == "https://[::1]:2379"
     assert Endpoint("https://127.0.0.1:2379").tls is not None
     with pytest.raises(InvalidArgument):
         Endpoint("ftp://127.0.0.1:2379")

@@ -2,14 +2,18 @@
 
 Plain ``http.client`` over persistent connections (a small pool, one request
 per connection at a time), keys and values base64 as the gateway wants, and
-one streaming connection plus one reader thread per watch. Endpoints are
-tried in order; the first that answers is used until it fails.
+one streaming connection plus one reader thread per watch, over HTTP or
+HTTPS with a client certificate. Which member is asked, what is retried and
+for how long: ``cove.store.etcd_transport``. A transaction whose answer was
+lost is not simply sent again (its own writes could fail its compares): the
+client reads its keys back first (``_applied``).
 
 Errors map to the cove tree: gRPC ``NOT_FOUND`` (an unknown or expired lease)
 is ``NotFound``, ``INVALID_ARGUMENT`` (e.g. a key written twice in one
 transaction) is ``InvalidArgument``, a compacted watch start is
-``WatchCompacted``, and everything else (refused connections, timeouts, a
-cluster without quorum) is ``StoreError``.
+``WatchCompacted``, a TLS certificate refused is ``TlsRefused``, and
+everything else that outlasts the retries (no member reachable, a cluster
+without quorum) is ``StoreError`` naming the endpoints.
 
 Differences from the memory and SQLite backends, all etcd's own rules:
 

@@ -154,7 +154,8 @@ class Endpoint:
         self.tls = tls if parts.scheme == "https" else None
         self.host = parts.hostname
         self.port = port
-        self.url = f"{parts.scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"{parts.scheme}://{host}:{self.port}"
         self.down_until = 0.0
         self.failures = 0  # times set aside: a watch on it moves when this grows
 
