@@ -38,7 +38,7 @@ from cove.store.memory import MemoryStore
 
 ROUNDS = 3
 SECONDS = 3
-NAME_RUNS = 20  # cove run on h1 -> the name answers on h3, three agents on etcd
+NAME_RUNS = 50  # cove run on h1 -> the name answers on h3, three agents on etcd
 FABRIC = "198.51.100."
 
 

@@ -142,6 +142,9 @@ def test_networks_stay_isolated_across_hosts(cluster3: Cluster) -> None:
     )
     assert h2.cli("exec", "i2", "--", "ping", "-c2", "-W1", a1).returncode != 0
     assert h2.cli("exec", "i2", "--", "ping", "-c2", "-W1", "192.0.2.1").returncode != 0
+    # A non-internal overlay network leaves through its own host, masqueraded
+    # there (the fabric's address, outside every cove network).
+    assert h2.cli("exec", "a2", "--", "ping", "-c1", "-W2", "192.0.2.1").returncode == 0
 
 
 _CONNECT = """
@@ -175,3 +178,42 @@ def test_policy_applies_to_traffic_between_hosts(cluster3: Cluster) -> None:
           "--port", "8080/tcp")  # fmt: skip
     wait_for("the rule never let web in", lambda: reaches(h2, "web") == "open")
     assert reaches(h3, "other") == "closed"
+
+
+_NAMED = """
+import socket, sys
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", 7070)); t.listen(16)
+while True:
+    c, _ = t.accept(); c.sendall(sys.argv[1].encode()); c.close()
+"""
+
+_ASK = """
+import socket, sys
+seen = []
+for _ in range(int(sys.argv[2])):
+    try:
+        c = socket.create_connection((sys.argv[1], 7070), timeout=2)
+        seen.append(c.recv(100).decode()); c.close()
+    except OSError:
+        seen.append("fail")
+print(" ".join(seen))
+"""
+
+
+def test_a_vip_spreads_over_instances_on_other_hosts(cluster3: Cluster) -> None:
+    h1, h2, h3 = cluster3.hosts
+    h1.ok("network", "create", "ovs", "--driver", "overlay", "--subnet", "10.209.0.0/24")
+    for host, name in ((h1, "s1"), (h2, "s2")):
+        host.ok("run", "-d", "--name", name, "--network", "ovs", "--service", "echo:7070",
+                "--", sys.executable, "-c", _NAMED, name)  # fmt: skip
+    h3.ok("run", "-d", "--name", "client", "--network", "ovs", "--", "sleep", "600")
+    vip = h1.ok("service", "vip", "echo").strip()
+
+    def answers() -> set[str]:
+        out = h3.ok("exec", "client", "--", sys.executable, "-c", _ASK, vip, "20")
+        return set(out.split())
+
+    # From h3, which runs neither instance: both answer through the VIP.
+    wait_for("the VIP never reached both hosts' instances", lambda: answers() == {"s1", "s2"},
+             timeout=30)  # fmt: skip

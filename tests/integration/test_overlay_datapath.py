@@ -96,6 +96,7 @@ class World:
             host_veth=f"cv{n:010x}",
             mac=mac or f"02:42:0a:cb:00:{n:02x}",
             ipv4=ipaddress.IPv4Address(f"10.203.0.{n}"),
+            ipv6=ipaddress.IPv6Address(f"fd00:203::{n:x}") if net.ipv6 else None,
         )
         self.store.put(f"{ENDPOINTS}{net.name}/{ep.id}", json.dumps({**ep.to_json(), "node": node}))
         return ep
@@ -114,6 +115,8 @@ class World:
         sh("ip", "-n", ns, "link", "set", "eth0", "address", ep.mac, "mtu", str(net.mtu), "up")
         sh("ip", "-n", ns, "addr", "add", f"{ep.ipv4}/24", "dev", "eth0")
         sh("ip", "-n", ns, "route", "add", "default", "via", "10.203.0.1")
+        if ep.ipv6 is not None:
+            sh("ip", "-n", ns, "addr", "add", f"{ep.ipv6}/64", "dev", "eth0", "nodad")
         self.containers[ep.id] = ns
         return ns
 
@@ -340,3 +343,28 @@ def test_last_endpoint_gone_removes_everything_and_restart_leaks_nothing(world: 
     h2.sync()
     fdb = sh("ip", "netns", "exec", h2.name, "bridge", "-j", "fdb", "show", "dev", vx).stdout
     assert a.mac not in fdb
+
+
+def test_ipv6_crosses_hosts_with_nd_answered_locally(world: World) -> None:
+    svc = NetworkService(world.store, ManualClock())
+    body = {"name": "ov6", "driver": "overlay", "subnets": ["10.203.0.0/24", "fd00:203::/64"]}
+    net, _ = svc.create(NetworkSpec.from_json(body))
+    h1, h2 = world.host(1), world.host(2)
+    world.node("h1")
+    world.node("h2")
+    a = world.endpoint(net, 2, "h1")
+    b = world.endpoint(net, 3, "h2")
+    c1 = world.container(net, a, h1)
+    world.container(net, b, h2)
+    h1.sync()
+    h2.sync()
+    res = in_ns(
+        c1, "ping", "-6", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1402", "fd00:203::3"
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    big = in_ns(
+        c1, "ping", "-6", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1452", "fd00:203::3"
+    )
+    assert big.returncode != 0 and "message too long" in (big.stdout + big.stderr).lower()
+    neigh = json.loads(sh("ip", "-n", c1, "-6", "-j", "neigh", "show", "fd00:203::3").stdout)
+    assert neigh and neigh[0]["lladdr"] == b.mac
