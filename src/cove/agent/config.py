@@ -74,6 +74,9 @@ class AgentConfig:
     store_cert: Path | None = None
     store_key: Path | None = None
     store_timeout: float = 5.0  # seconds a store request may retry before a 503
+    # CNI: the directory whose cove conflists the agent keeps in sync with
+    # its networks (e.g. /etc/cni/net.d); None: off.
+    cni_conf_dir: Path | None = None
 
     @property
     def store_url(self) -> str:
@@ -185,6 +188,7 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_ca=tls_ca,
+        cni_conf_dir=Path(cfg.cni_conf_dir) if cfg.cni_conf_dir else None,
         tls_verify_incoming=bool(cfg.tls_verify_incoming),
         advertise=str(cfg.advertise) if cfg.advertise else None,
     )

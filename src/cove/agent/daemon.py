@@ -24,6 +24,7 @@ from typing import IO
 
 from cove import __version__
 from cove.acl import AclService
+from cove.agent.cni import CniParts
 from cove.agent.config import AgentConfig, socket_gid
 from cove.agent.containers import ContainerRuntime
 from cove.agent.faults import fault_hook
@@ -33,6 +34,7 @@ from cove.agent.private import private_paths
 from cove.agent.registry import RegistryParts
 from cove.agent.store_wait import open_configured, wait_for_store
 from cove.agent.tuning import tune_interpreter, tune_malloc
+from cove.api import cni as cni_api
 from cove.api import containers as containers_api
 from cove.api import http as web
 from cove.api import lb as lb_api
@@ -227,6 +229,19 @@ class Agent:
         self.registrar = ServiceRegistrar(
             self.store, self.registry, config.reconcile_interval, node=config.node_name
         )
+        self.cni = CniParts(
+            self.store,
+            self.clock,
+            self.ipam,
+            config.run_dir,
+            config.node_name,
+            self.runtime.reconciler,
+            config.socket,
+            config.cni_conf_dir,
+            lambda: self.reconciler.last_error,
+            config.reconcile_interval,
+        )
+        cni_api.install(self.app, self.cni.service, config.dns_domain)
         self.dns = self._dns_service()
         if self.dns is not None:
             self.metrics.add(self.dns.metrics)
@@ -292,10 +307,12 @@ class Agent:
             self.dns.start()
         self.lb.start(self.hub)
         self.policy.start(self.hub)
+        self.cni.start(self.hub)
 
     def stop(self) -> None:
         # Containers and their supervisor keep running: live restore.
         self.registrar.stop()
+        self.cni.stop()
         self.runtime.stop()
         self.policy.stop()
         self.lb.stop()

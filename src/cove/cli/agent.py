@@ -107,6 +107,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="SECONDS",
         help="how long a store request fails over and retries before it fails (default 5)",
     )
+    p.add_argument(
+        "--cni-conf-dir",
+        type=Path,
+        help="keep one cove-cni .conflist per network in this directory (default off)",
+    )
     p.set_defaults(func=_run, no_client=True)
 
 
@@ -146,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         "store_cert": args.store_cert,
         "store_key": args.store_key,
         "store_timeout": args.store_timeout,
+        "cni_conf_dir": args.cni_conf_dir,
     }
     cfg = agent_config.load(flags, args.config, os.environ)
     return run(cfg)

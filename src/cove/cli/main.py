@@ -13,6 +13,7 @@ from typing import Any
 from cove import __version__
 from cove.agent.config import DEFAULT_SOCKET
 from cove.cli import agent as agent_cli
+from cove.cli import cni as cni_cli
 from cove.cli import containers as containers_cli
 from cove.cli import lb as lb_cli
 from cove.cli import network as network_cli
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_cli.add_parsers(sub)
     lb_cli.add_vip_commands(_subcommands(sub.choices["service"]))
     policy_cli.add_parsers(sub)
+    cni_cli.add_parsers(sub)
     return parser
 
 

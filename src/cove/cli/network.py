@@ -113,6 +113,10 @@ def _ls(args: argparse.Namespace, client: AgentClient) -> int:
 
 def _inspect(args: argparse.Namespace, client: AgentClient) -> int:
     out = [client.request("GET", f"/api/networks/{name}") for name in args.names]
+    for net in out:  # containers of other runtimes, attached through cove-cni
+        net["cni_attachments"] = client.request(
+            "GET", f"/api/cni/attachments?node=*&network={net['name']}"
+        )
     print(json.dumps(out, indent=2))
     return 0
 

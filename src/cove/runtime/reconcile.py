@@ -226,6 +226,12 @@ class ContainerReconciler:
         # answers without waiting for nft.
         self._unguard: list[str] = []
         self._reaper = Worker("cove-veth-reaper", self._reap, interval)
+        # Ports published by containers of other runtimes (CNI attachments).
+        self._more_published: list[Callable[[], list[ports.Published]]] = []
+
+    def add_published(self, source: Callable[[], list[ports.Published]]) -> None:
+        """Publish ``source()``'s ports too, in the same table, on every pass."""
+        self._more_published.append(source)
 
     def _read(self) -> Snapshot:
         """The store's containers that run on this node."""
@@ -501,6 +507,8 @@ class ContainerReconciler:
 
     def _sync_ports(self, snap: Snapshot, force: bool) -> None:
         items = published(snap)
+        for source in self._more_published:
+            items.extend(source())
         objs = ports.compile_table(items)
         digest = _digest(objs)
         if force and (ports.FAMILY, ports.TABLE) not in self._nft.tables():

@@ -72,6 +72,19 @@ def wanted(
                 continue
             sid = f"{ID_PREFIX}{c.name}-{spec.name}"
             out[sid] = Wanted(sid, spec.name, address, spec.port, spec.tags, c.name)
+    # Containers of other runtimes (CNI attachments): no container record,
+    # registered while their endpoint exists.
+    known = {c.id for c in containers}
+    for ep in endpoints:
+        if ep.container_id in known or not ep.services or not ep.addresses:
+            continue
+        for text in ep.services:
+            spec = ServiceSpec.parse(text)
+            if spec is not None:
+                sid = f"{ID_PREFIX}{ep.container_name}-{spec.name}"
+                out[sid] = Wanted(
+                    sid, spec.name, str(ep.addresses[0]), spec.port, spec.tags, ep.container_name
+                )
     return out
 
 

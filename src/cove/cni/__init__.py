@@ -1,0 +1,1 @@
+"""CNI: the ``cove-cni`` plugin (stdlib only) and the attachments behind it."""
