@@ -42,6 +42,7 @@ from cove.api import members as members_api
 from cove.api import networks as networks_api
 from cove.api import policy as policy_api
 from cove.api.app import build_app
+from cove.api.consul import CONSUL
 from cove.api.guard import Guard
 from cove.api.http.limits import limits_for
 from cove.api.metrics import Metrics
@@ -276,7 +277,9 @@ class Agent:
                 listen_on_gateways=True,
             ),
             hub=self.hub,
-            services=RegistryServices(self.registry.queries, self.hub, acl=self.acl),
+            services=RegistryServices(
+                self.registry.queries, self.hub, acl=self.acl, prepared=self.registry.prepared
+            ),
             keeper=SupervisorKeeper(config.run_dir),
         )
 
@@ -387,6 +390,25 @@ async def _sites(agent: Agent, tls: ReloadingTls | None, open_files: int) -> Asy
             config.socket.unlink()
 
 
+def _consul_hooks(agent: Agent, stop: asyncio.Event, tls: ReloadingTls | None) -> None:
+    """What /v1/agent/metrics, /reload and /leave do in this agent."""
+    state = agent.app[CONSUL]
+    state.samples = agent.metrics.samples
+    loop = asyncio.get_running_loop()
+
+    async def leave() -> None:  # answer first, then shut down
+        log.info("leaving: asked through /v1/agent/leave")
+        loop.call_later(0.2, stop.set)
+
+    state.leave = leave
+    if tls is not None:
+
+        async def reload() -> None:
+            tls.reload()
+
+        state.reload = reload
+
+
 async def _serve(config: AgentConfig, open_files: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -398,6 +420,7 @@ async def _serve(config: AgentConfig, open_files: int) -> None:
     if not await wait_for_store(config, SystemClock(), stop):
         return  # a signal while etcd was away: nothing was started
     agent = await asyncio.to_thread(Agent, config)
+    _consul_hooks(agent, stop, tls)
     try:
         await asyncio.to_thread(agent.start)
         await agent.registry_parts.start()

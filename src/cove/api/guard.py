@@ -15,7 +15,8 @@ loopback ports from any browser on the host:
   PATCH and DELETE.
 - Bodies that must be JSON say so (415 otherwise), and ``/v1`` refuses the
   content types a page may send without a CORS preflight (``text/plain``,
-  ``multipart/form-data``), except KV values, which are raw bytes.
+  ``multipart/form-data``), except KV values and event payloads, which are
+  raw bytes.
 
 Each refusal is a JSON ``{"error", "kind"}`` answer naming what is wrong and
 the way out; the request reaches no handler, so nothing changes.
@@ -46,6 +47,8 @@ def refuse_without_acls(token: str | None, is_write: bool) -> bool:
 
 _STATE_CHANGING = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 _SIMPLE_FORM_TYPES = ("text/plain", "multipart/form-data")
+# /v1 routes whose PUT body is raw bytes (a KV value, a user event's payload).
+_RAW_BODY_PATHS = ("/v1/kv/", "/v1/event/fire/")
 _HOST_CACHE_MAX = 256
 
 
@@ -180,7 +183,7 @@ class Guard:
             and not ctype.startswith("application/json")
             and _media_type(ctype) in _SIMPLE_FORM_TYPES
             and request.content_length
-            and not (method == "PUT" and path.startswith("/v1/kv/"))
+            and not (method == "PUT" and path.startswith(_RAW_BODY_PATHS))
         ):
             return _refuse(
                 415,

@@ -19,6 +19,10 @@ class Metrics:
     def add(self, source: Source) -> None:
         self._sources.append(source)
 
+    def samples(self) -> list[Sample]:
+        """Every source's samples, as they are now."""
+        return [sample for source in self._sources for sample in source()]
+
     def render(self) -> str:
         lines: list[str] = []
         for source in self._sources:

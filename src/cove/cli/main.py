@@ -19,6 +19,7 @@ from cove.cli import lb as lb_cli
 from cove.cli import network as network_cli
 from cove.cli import policy as policy_cli
 from cove.cli import registry as registry_cli
+from cove.cli import snapshot as snapshot_cli
 from cove.cli.client import AgentClient, Remote
 from cove.errors import CoveError
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb_cli.add_vip_commands(_subcommands(sub.choices["service"]))
     policy_cli.add_parsers(sub)
     cni_cli.add_parsers(sub)
+    snapshot_cli.add_parsers(sub)
     return parser
 
 

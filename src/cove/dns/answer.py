@@ -8,8 +8,8 @@ Names cove owns:
   asker's networks from a gateway listener); on gateway listeners also
   ``<name>`` and ``<name>.<network>``;
 - ``<svc>.service``, ``<tag>.<svc>.service``, ``_<svc>._tcp.service``,
-  ``_<svc>._<tag>.service``, ``<node>.node`` and ``<hex>.addr`` under the
-  domain (Consul's forms);
+  ``_<svc>._<tag>.service``, ``<query>.query``, ``<node>.node`` and
+  ``<hex>.addr`` under the domain (Consul's forms);
 - reverse names of addresses inside the networks' subnets.
 
 Everything else under the domain is NXDOMAIN; anything else is forwarded
@@ -101,6 +101,8 @@ def _in_domain(
     last = rest[-1]
     if last == "service":
         return _service(view, services, scope, q, cfg, rest[:-1], domain)
+    if last == "query" and len(rest) == 2:
+        return _query(services, scope, q, cfg, rest[0], domain)
     if last == "node" and len(rest) == 2:
         node = services.node(rest[0])
         deps = frozenset({node_dep(rest[0])})
@@ -184,6 +186,38 @@ def _service(
         return _addresses(q, (i.address for i in instances), cfg, domain, deps)
     if q.qtype != RRType.SRV:
         return _negative(Rcode.NOERROR, domain, cfg, deps)
+    return _srv(q, instances, cfg, domain, deps)
+
+
+def _query(
+    services: ServiceSource, scope: Scope, q: Query, cfg: AnswerConfig, name: str, domain: str
+) -> Resolution:
+    """``<query>.query.<domain>``: what prepared query ``<query>`` (an ID,
+    a name, or a name a template matches) executes to, as Consul's DNS."""
+    lookup = getattr(services, "query", None)
+    found = lookup(name) if lookup is not None else None
+    if found is None:
+        # A new query changes every answer (ServiceChange.ALL): no deps needed.
+        return _negative(Rcode.NXDOMAIN, domain, cfg, frozenset())
+    service, instances = found
+    deps = frozenset({svc_dep(service)})
+    instances = [i for i in instances if _visible(i, scope, None)]
+    if not instances:
+        return _negative(Rcode.NXDOMAIN, domain, cfg, deps)
+    if q.qtype in _ADDR_TYPES:
+        return _addresses(q, (i.address for i in instances), cfg, domain, deps)
+    if q.qtype != RRType.SRV:
+        return _negative(Rcode.NOERROR, domain, cfg, deps)
+    return _srv(q, instances, cfg, domain, deps)
+
+
+def _srv(
+    q: Query,
+    instances: Sequence[ServiceInstance],
+    cfg: AnswerConfig,
+    domain: str,
+    deps: frozenset[str],
+) -> Resolution:
     answers: list[Record] = []
     extra: dict[str, Record] = {}
     for i in instances:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import random
 import threading
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
@@ -33,7 +34,10 @@ from urllib.parse import unquote
 
 from cove.acl import Access, AclService
 from cove.dns.services import ChangeCallback, Node, ServiceChange, ServiceInstance
+from cove.errors import NotFound
 from cove.registry import types as rt
+from cove.registry.keys import QUERIES
+from cove.registry.prepared import PreparedQueries
 from cove.registry.queries import Queries
 from cove.store.base import Event, EventType
 from cove.store.hub import WatchHub
@@ -42,8 +46,15 @@ log = logging.getLogger(__name__)
 
 
 class RegistryServices:
-    def __init__(self, queries: Queries, hub: WatchHub, acl: AclService | None = None) -> None:
+    def __init__(
+        self,
+        queries: Queries,
+        hub: WatchHub,
+        acl: AclService | None = None,
+        prepared: PreparedQueries | None = None,
+    ) -> None:
         self._queries = queries
+        self._prepared = prepared  # for <query>.query names
         self._hub = hub
         self._acl = acl if acl is not None and acl.enabled else None
         if self._acl is not None:
@@ -72,6 +83,40 @@ class RegistryServices:
                 if inst is not None:
                     out.append(inst)
         return out
+
+    def query(self, name: str) -> tuple[str, Sequence[ServiceInstance]] | None:
+        """What prepared query ``name`` executes to: its service (lower
+        case) and the instances it answers; None when no query matches."""
+        if self._prepared is None:
+            return None
+        if not self._following:
+            self._follow()
+        try:
+            query = self._prepared.resolve(name)
+        except NotFound:
+            return None
+        result = self._prepared.execute(
+            query,
+            lambda s: self._queries.health_service(s).data,
+            near="",
+            coords=dict,
+            limit=0,
+            datacenter="",
+            rng=random.Random(),
+        )
+        service = str(result["Service"]).lower()
+        authz = self._acl.dns_authorizer() if self._acl is not None else None
+        out: list[ServiceInstance] = []
+        for entry in result["Nodes"]:
+            if authz is not None and not (
+                authz.allowed("service", str(entry["Service"]["Service"]), Access.READ)
+                and authz.allowed("node", str(entry["Node"]["Node"]), Access.READ)
+            ):
+                continue
+            inst = _instance(service, entry)
+            if inst is not None:
+                out.append(inst)
+        return service, out
 
     def node(self, name: str) -> Node | None:
         if self._acl is not None and not self._acl.dns_authorizer().allowed(
@@ -162,6 +207,8 @@ def changes(events: Sequence[Event]) -> ServiceChange:
         for prefix in (rt.SERVICES, rt.CHECKS):
             if key.startswith(prefix):
                 services.add(unquote(key[len(prefix) :].split("/", 1)[0]).lower())
+        if key.startswith(QUERIES):  # a prepared query may now answer another way
+            services.add(ServiceChange.ALL)
         if key.startswith(rt.NODES):
             nodes.add(unquote(key[len(rt.NODES) :]).lower())
         elif key.startswith(rt.NODE_CHECKS):

@@ -19,8 +19,12 @@ from cove.clock import Clock
 from cove.errors import NotFound
 from cove.registry import types
 from cove.registry.catalog import Catalog
+from cove.registry.config_entries import ConfigEntries
+from cove.registry.coordinates import Coordinates
 from cove.registry.decode import check_from_json
+from cove.registry.events import Events
 from cove.registry.kv import KV
+from cove.registry.prepared import PreparedQueries
 from cove.registry.queries import Answer, Queries
 from cove.registry.sessions import Sessions
 from cove.registry.types import Node, ServiceInstance, Status
@@ -30,7 +34,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Answer", "Registry", "Status"]
 
-VERSION = "1.17.0"  # the Consul version whose API we answer as
+VERSION = types.CONSUL_VERSION  # the Consul version whose API we answer as
 
 
 class Registry:
@@ -45,6 +49,7 @@ class Registry:
         node_id: str = "",
         node_meta: dict[str, str] | None = None,
         enable_script_checks: bool = False,
+        consul_service: bool = True,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -58,10 +63,15 @@ class Registry:
             tagged_addresses={"lan": node_address, "wan": node_address},
             meta=dict(node_meta or {}),
         )
-        self.catalog = Catalog(store, clock, self.node)
+        # The agent shows itself in the catalog as Consul's `consul` service.
+        self.catalog = Catalog(store, clock, self.node, consul_service=consul_service)
         self.queries = Queries(store, datacenter)
         self.kv = KV(store, clock)
         self.sessions = Sessions(store, clock, self.kv, node_name)
+        self.events = Events(store, clock)
+        self.config = ConfigEntries(store)
+        self.coordinates = Coordinates(store)
+        self.prepared = PreparedQueries(store)
 
     @property
     def node_name(self) -> str:

@@ -29,8 +29,11 @@ WRITTEN_DEFINITIONS = 1024  # encoded check definitions kept for the runner
 
 
 class Catalog:
-    def __init__(self, store: Store, clock: Clock, node: t.Node) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, node: t.Node, *, consul_service: bool = False
+    ) -> None:
         self._store = store
+        self._consul_service = consul_service  # ensure_node shows the agent as `consul`
         self._clock = clock
         self.node = node
         # Reading a registration's keys in one call saves etcd round trips;
@@ -67,8 +70,34 @@ class Catalog:
                 or t.HealthCheck.from_json(_loads(current.value)) != serf
             ):
                 tx.add(Put(key, dumps(serf.to_json()), lease))
+            if self._consul_service:
+                self._put_consul_service(tx)
 
         return transact(self._store, plan)[1]
+
+    def _put_consul_service(self, tx: Tx) -> None:
+        """The agent in its own catalog, as a Consul server is: a ``consul``
+        service (ID ``consul``, port 8300) on its node, written only when
+        it is missing or differs. It is no agent service (Consul's leader
+        registers it, so /v1/agent/services does not list it)."""
+        inst = t.ServiceInstance(
+            id=t.CONSUL_SERVICE,
+            name=t.CONSUL_SERVICE,
+            node=self.node.name,
+            port=8300,
+            meta={
+                "raft_version": "3",
+                "serf_protocol_current": "2",
+                "serf_protocol_max": "5",
+                "serf_protocol_min": "1",
+                "version": t.CONSUL_VERSION,
+            },
+        )
+        key = t.service_key(inst.name, inst.node, inst.id)
+        value = inst.to_json()
+        current = tx.get(key)
+        if current is None or _loads(current.value) != value:
+            tx.add(Put(key, dumps(value)))
 
     def _put_node(self, tx: Tx, node: t.Node) -> None:
         # Written only when it changed: a node write wakes every health query.
@@ -173,7 +202,8 @@ class Catalog:
                 if entry is not None:
                     raw = tx.get_json(t.service_key(entry[0], node, definition.service_id))
                 if entry is None or raw is None:
-                    raise InvalidArgument(f'ServiceID "{definition.service_id}" does not exist')
+                    # Consul: 404 (agent/agent_endpoint.go, AgentRegisterCheck).
+                    raise NotFound(f'ServiceID "{definition.service_id}" does not exist')
                 inst = t.ServiceInstance.from_json(raw)
                 if definition.id not in entry[1]:
                     _put_agent_entry(tx, node, inst.id, inst.name, [*entry[1], definition.id])

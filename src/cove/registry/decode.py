@@ -124,9 +124,8 @@ def service_from_json(
         warning = integer(w, "warning", "Weights.Warning", 1)
         if passing < 1:
             raise InvalidArgument("Passing must be greater than 0")
-    tagged = d.get("taggedaddresses") or {}
-    if not isinstance(tagged, Mapping):
-        raise InvalidArgument("Request decode failed: TaggedAddresses must be an object")
+    _refuse_connect(d)
+    tagged = service_addresses(d.get("taggedaddresses"))
     inst = ServiceInstance(
         id=sid,
         name=name,
@@ -136,9 +135,9 @@ def service_from_json(
         tags=strings(d, "tags", "Tags"),
         meta=string_map(d, "meta", "Meta"),
         weights=(passing, warning),
-        tagged_addresses=dict(tagged),
+        tagged_addresses=tagged,
         enable_tag_override=flag(d, "enabletagoverride", "EnableTagOverride"),
-        kind=text(d, "kind", "Kind"),
+        kind="",
     )
     raw_checks: list[Any] = []
     if d.get("check") is not None:
@@ -157,6 +156,57 @@ def service_from_json(
             )
         )
     return inst, checks
+
+
+# What a registration may carry only for Consul Connect (service mesh), which
+# cove does not implement: refused with a 400 rather than stored and ignored.
+_CONNECT_FIELDS = ("connect", "proxy")
+
+
+def _refuse_connect(d: Mapping[str, Any]) -> None:
+    kind = text(d, "kind", "Kind")
+    if kind not in ("", "typical"):
+        raise InvalidArgument(
+            f'Invalid service: Kind "{kind}" is a Consul Connect proxy or gateway, which cove'
+            " does not implement; register a plain service (no Kind) instead"
+        )
+    for key in _CONNECT_FIELDS:
+        value = d.get(key)
+        if not value:
+            continue  # absent, null or {}: nothing asked for
+        if key == "proxy":
+            raise InvalidArgument(
+                "Invalid service: Proxy configures a Consul Connect proxy, which cove does not"
+                " implement; remove the Proxy field"
+            )
+        fold(value, "Connect")  # an object, or a decode error
+        # Even an empty SidecarService asks for a sidecar; Native false does not.
+        asked = sorted(str(k) for k, v in value.items() if v is not None and v is not False)
+        if asked:
+            raise InvalidArgument(
+                f"Invalid service: Connect ({', '.join('Connect.' + k for k in asked)}) is"
+                " Consul's service mesh, which cove does not implement; remove the Connect"
+                " field (cove's own network policy governs traffic between services)"
+            )
+
+
+def service_addresses(raw: Any) -> dict[str, dict[str, Any]]:
+    """A service's TaggedAddresses in Consul's shape: each name maps to
+    ``{"Address": ..., "Port": ...}`` whatever the case of the keys sent
+    (Go's JSON decoding ignores case)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise InvalidArgument("Request decode failed: TaggedAddresses must be an object")
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        what = f"TaggedAddresses.{name}"
+        v = fold(value, what)
+        port = integer(v, "port", f"{what}.Port")
+        if not 0 <= port <= 65535:
+            raise InvalidArgument(f"Invalid service: {what}.Port {port} out of range")
+        out[str(name)] = {"Address": text(v, "address", f"{what}.Address"), "Port": port}
+    return out
 
 
 def check_from_json(

@@ -12,6 +12,10 @@ Store keys (all under ``registry/``; path segments are percent-quoted so a
   node's agent runs)
 - ``registry/kv/<key>``                              KVEntry
 - ``registry/sessions/<id>``                         Session
+- ``registry/events/<ns since epoch>-<id>``          a user event (the last 256)
+- ``registry/config/<kind>/<name>``                  a config entry
+- ``registry/coord/<node>/<segment>``                a node's network coordinate
+- ``registry/query/<id>``                            a prepared query
 
 Keeping a service's instances and checks under one name lets a blocking query
 on that service watch only its own prefixes.
@@ -27,6 +31,10 @@ NODE_CHECKS = "registry/nodechk/"
 AGENT = "registry/agent/"
 KV = "registry/kv/"
 SESSIONS = "registry/sessions/"
+EVENTS = "registry/events/"
+CONFIG = "registry/config/"
+COORDS = "registry/coord/"
+QUERIES = "registry/query/"
 
 
 def seg(name: str) -> str:

@@ -20,6 +20,8 @@ from cove.errors import Conflict, InvalidArgument, NotFound
 from cove.registry import types as t
 from cove.registry.queries import Answer, Decoded
 from cove.registry.txn import Tx, transact
+from cove.registry.txn_catalog import CatalogOp, CatalogTxn
+from cove.registry.txn_catalog import Result as CatalogResult
 from cove.store.base import Delete, KeyValue, Put, Store
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,13 @@ class KV:
         if acquire:
             op = KVOp("lock", key, value, flags, session=acquire)
         elif release:
-            op = KVOp("unlock", key, value, flags, session=release)
+            # Consul's unlock never checks that the session still exists
+            # (agent/consul/state/kvs.go, kvsUnlockTxn): a vanished one
+            # holds nothing, so the answer is a plain false.
+            try:
+                return self._single(KVOp("unlock", key, value, flags, session=release))
+            except NotFound:
+                return False
         elif cas is not None:
             op = KVOp("cas", key, value, flags, index=cas)
         else:
@@ -203,12 +211,15 @@ class KV:
 
     # -- transactions ----------------------------------------------------------
 
-    def txn(self, ops: Sequence[KVOp]) -> list[dict[str, Any]]:
-        """Apply ``ops`` all or nothing; the KV result of each. Raises
-        ``TxnAborted`` listing what failed (nothing is written then)."""
+    def txn(self, ops: Sequence[KVOp | CatalogOp], datacenter: str = "dc1") -> list[dict[str, Any]]:
+        """Apply ``ops`` all or nothing; the result of each (``{"KV": ...}``,
+        ``{"Node": ...}``, ...). Raises ``TxnAborted`` listing what failed
+        (nothing is written then)."""
         if len(ops) > MAX_TXN_OPS:
             raise TooLarge(f"Transaction contains too many operations ({len(ops)} > {MAX_TXN_OPS})")
         for i, op in enumerate(ops):
+            if isinstance(op, CatalogOp):
+                continue
             if op.verb not in VERBS:
                 raise InvalidArgument(f'unknown KV verb "{op.verb}" in operation {i}')
             if op.value is not None and len(op.value) > MAX_VALUE:
@@ -217,17 +228,23 @@ class KV:
                 )
         now = self._clock.time()
 
-        def plan(tx: Tx) -> tuple[list[tuple[str, str, bool]], dict[str, _Slot], list[str]]:
+        def plan(tx: Tx) -> tuple[list[Any], dict[str, _Slot], list[str]]:
             overlay = _Overlay(tx, self._decode)
-            results: list[tuple[str, str, bool]] = []  # (key, kind, with value)
+            catalog = CatalogTxn(tx, datacenter)
+            # (key, kind, with value) for KV, a txn_catalog.Result otherwise
+            results: list[Any] = []
             errors: list[tuple[int, str]] = []
             locked: list[str] = []
             for i, op in enumerate(ops):
-                err = self._apply(tx, overlay, op, now, results, locked)
+                if isinstance(op, CatalogOp):
+                    err = catalog.apply(op, results)
+                else:
+                    err = self._apply(tx, overlay, op, now, results, locked)
                 if err:
                     errors.append((i, err))
             if errors:
                 raise TxnAborted(errors)
+            catalog.flush()
             for key, slot in overlay.slots.items():
                 if not slot.dirty:
                     continue
@@ -240,7 +257,11 @@ class KV:
 
         (results, slots, _), revision = transact(self._store, plan)
         out: list[dict[str, Any]] = []
-        for key, _kind, with_value in results:
+        for result in results:
+            if isinstance(result, CatalogResult):
+                out.append(result.render(revision))
+                continue
+            key, _kind, with_value = result
             slot = slots[key]
             if slot.entry is None:
                 continue

@@ -109,13 +109,27 @@ class Queries:
 
     # -- catalog ---------------------------------------------------------------
 
-    def services(self) -> Answer:
+    def services(self, predicate: Callable[[Any], bool] | None = None) -> Answer:
+        """Service names and their tags. With ``predicate`` (a compiled
+        ?filter) only the instances it keeps count, judged as the catalog's
+        ServiceNodes, as Consul filters them (agent/consul/catalog_endpoint.go,
+        ListServices)."""
         found, rev = self._range(t.SERVICES)
         tags: dict[str, list[str]] = {}
-        for _, d in found:
+        nodes: dict[str, Any] = {}
+        index = _max_rev(found)
+        for kv, d in found:
+            if predicate is not None:
+                node = self._node(d["Node"], nodes)
+                if node is None:
+                    continue
+                index = max(index, node[0].mod_revision)
+                if not predicate(_service_node_json(kv, d, node[1], self._dc)):
+                    continue
             have = tags.setdefault(d["Service"], [])
             have.extend(x for x in d.get("Tags", ()) if x not in have)
-        return Answer(tags, _max_rev(found), rev, (t.SERVICES,))
+        prefixes = (t.SERVICES, t.NODES) if predicate is not None else (t.SERVICES,)
+        return Answer(tags, index, rev, prefixes)
 
     def service_nodes(self, name: str, tags: Sequence[str] = ()) -> Answer:
         found, rev = self._range(t.service_prefix(name))
@@ -129,29 +143,7 @@ class Queries:
             if node is None:
                 continue
             index = max(index, node[0].mod_revision)
-            n = node[1]
-            out.append(
-                {
-                    "ID": n.get("ID", ""),
-                    "Node": n["Node"],
-                    "Address": n["Address"],
-                    "Datacenter": self._dc,
-                    "TaggedAddresses": n.get("TaggedAddresses") or {},
-                    "NodeMeta": n.get("Meta") or {},
-                    "ServiceKind": d.get("Kind", ""),
-                    "ServiceID": d["ID"],
-                    "ServiceName": d["Service"],
-                    "ServiceTags": d.get("Tags", []),
-                    "ServiceAddress": d.get("Address", ""),
-                    "ServiceTaggedAddresses": d.get("TaggedAddresses") or {},
-                    "ServiceWeights": d.get("Weights"),
-                    "ServiceMeta": d.get("Meta") or {},
-                    "ServicePort": d.get("Port", 0),
-                    "ServiceEnableTagOverride": d.get("EnableTagOverride", False),
-                    "CreateIndex": kv.create_revision,
-                    "ModifyIndex": kv.mod_revision,
-                }
-            )
+            out.append(_service_node_json(kv, d, node[1], self._dc))
         node_keys = tuple(t.node_key(n) for n in nodes)
         return Answer(out, index, rev, (t.service_prefix(name), *node_keys))
 
@@ -295,7 +287,7 @@ class Queries:
             sid = _last_segment(kv.key)
             skv = self._store.get(t.service_key(d["Name"], node, sid))
             if skv is not None:
-                out[sid] = _service_json(skv, self._decode(skv), agent=True)
+                out[sid] = _agent_service_json(skv, self._decode(skv), self._dc)
         return out
 
     def agent_service(self, node: str, service_id: str) -> Answer:
@@ -308,7 +300,7 @@ class Queries:
         skv = self._store.get(key)
         if skv is None:
             return Answer(None, 0, rev, (key,), found=False)
-        data = _service_json(skv, self._decode(skv), agent=True)
+        data = _agent_service_json(skv, self._decode(skv), self._dc, content_hash=True)
         return Answer(data, skv.mod_revision, rev, (key,))
 
     def agent_checks(self, node: str) -> dict[str, Any]:
@@ -325,22 +317,43 @@ class Queries:
         found, _ = self._range(t.NODES)
         serf, _ = self._range(t.NODE_CHECKS)
         alive = {d["Node"] for _, d in serf if d["CheckID"] == t.SERF_CHECK}
-        return [
-            {
-                "Name": d["Node"],
-                "Addr": d["Address"],
-                "Port": 8301,
-                "Tags": {"dc": self._dc, "role": "consul", "build": "1.17.0"},
-                "Status": 1 if d["Node"] in alive else 4,  # serf: alive / failed
-                "ProtocolMin": 1,
-                "ProtocolMax": 5,
-                "ProtocolCur": 2,
-                "DelegateMin": 2,
-                "DelegateMax": 5,
-                "DelegateCur": 4,
-            }
-            for _, d in found
-        ]
+        return [member_json(d, self._dc, d["Node"] in alive) for _, d in found]
+
+    def member(self, node: str) -> dict[str, Any] | None:
+        """One node's entry of ``members`` (None when it is not registered)."""
+        kv = self._store.get(t.node_key(node))
+        if kv is None:
+            return None
+        alive = self._store.get(t.check_key("", node, t.SERF_CHECK)) is not None
+        return member_json(self._decode(kv), self._dc, alive)
+
+
+def member_json(node: dict[str, Any], dc: str, alive: bool) -> dict[str, Any]:
+    """A node as a Serf member (/v1/agent/members, and /v1/agent/self's
+    Member): the tags a Consul server carries."""
+    return {
+        "Name": node["Node"],
+        "Addr": node["Address"],
+        "Port": 8301,
+        "Tags": {
+            "dc": dc,
+            "role": "consul",
+            "build": t.CONSUL_VERSION,
+            "id": node.get("ID", ""),
+            "port": "8300",
+            "raft_vsn": "3",
+            "vsn": "2",
+            "vsn_min": "2",
+            "vsn_max": "3",
+        },
+        "Status": 1 if alive else 4,  # serf: alive / failed
+        "ProtocolMin": 1,
+        "ProtocolMax": 5,
+        "ProtocolCur": 2,
+        "DelegateMin": 2,
+        "DelegateMax": 5,
+        "DelegateCur": 4,
+    }
 
 
 def _revisions(kvs: Sequence[KeyValue]) -> tuple[int, ...]:
@@ -360,6 +373,32 @@ def _with_index(kv: KeyValue, d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "CreateIndex": kv.create_revision, "ModifyIndex": kv.mod_revision}
 
 
+def _service_node_json(
+    kv: KeyValue, d: dict[str, Any], n: dict[str, Any], dc: str
+) -> dict[str, Any]:
+    """An instance on its node as /v1/catalog/service/:name lists it."""
+    return {
+        "ID": n.get("ID", ""),
+        "Node": n["Node"],
+        "Address": n["Address"],
+        "Datacenter": dc,
+        "TaggedAddresses": n.get("TaggedAddresses") or {},
+        "NodeMeta": n.get("Meta") or {},
+        "ServiceKind": d.get("Kind", ""),
+        "ServiceID": d["ID"],
+        "ServiceName": d["Service"],
+        "ServiceTags": d.get("Tags", []),
+        "ServiceAddress": d.get("Address", ""),
+        "ServiceTaggedAddresses": d.get("TaggedAddresses") or {},
+        "ServiceWeights": d.get("Weights"),
+        "ServiceMeta": d.get("Meta") or {},
+        "ServicePort": d.get("Port", 0),
+        "ServiceEnableTagOverride": d.get("EnableTagOverride", False),
+        "CreateIndex": kv.create_revision,
+        "ModifyIndex": kv.mod_revision,
+    }
+
+
 def _node_json(kv: KeyValue, d: dict[str, Any], dc: str) -> dict[str, Any]:
     return {
         "ID": d.get("ID", ""),
@@ -373,11 +412,38 @@ def _node_json(kv: KeyValue, d: dict[str, Any], dc: str) -> dict[str, Any]:
     }
 
 
-def _service_json(kv: KeyValue, d: dict[str, Any], *, agent: bool = False) -> dict[str, Any]:
-    out = {k: v for k, v in d.items() if k != "Node"}
-    if agent:
+def _agent_service_json(
+    kv: KeyValue, d: dict[str, Any], dc: str, *, content_hash: bool = False
+) -> dict[str, Any]:
+    """An agent's service as Consul's api.AgentService sends it: the
+    ``omitempty`` fields (Kind, TaggedAddresses, ContentHash) only when
+    set, the datacenter, no catalog indexes. ContentHash only for the one
+    service (/v1/agent/service/:id), as Consul (agent/agent_endpoint.go)."""
+    out: dict[str, Any] = {}
+    if d.get("Kind"):
+        out["Kind"] = d["Kind"]
+    out.update(
+        ID=d["ID"],
+        Service=d["Service"],
+        Tags=d.get("Tags") or [],
+        Meta=d.get("Meta") or {},
+        Port=d.get("Port", 0),
+        Address=d.get("Address", ""),
+    )
+    if d.get("TaggedAddresses"):
+        out["TaggedAddresses"] = d["TaggedAddresses"]
+    out.update(
+        Weights=d.get("Weights") or {"Passing": 1, "Warning": 1},
+        EnableTagOverride=d.get("EnableTagOverride", False),
+    )
+    if content_hash:
         out["ContentHash"] = f"{kv.mod_revision:016x}"
-        return out
+    out["Datacenter"] = dc
+    return out
+
+
+def _service_json(kv: KeyValue, d: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in d.items() if k != "Node"}
     out["CreateIndex"] = kv.create_revision
     out["ModifyIndex"] = kv.mod_revision
     return out

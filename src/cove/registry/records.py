@@ -15,6 +15,8 @@ from cove.registry.durations import format_duration, parse_duration
 
 SERF_CHECK = "serfHealth"
 OUTPUT_LIMIT = 4096
+CONSUL_SERVICE = "consul"  # the service every agent shows itself as, on its node
+CONSUL_VERSION = "1.17.0"  # the Consul version whose API cove answers as
 
 
 class Behavior(StrEnum):

@@ -84,6 +84,7 @@ class CheckRunner:
         self._checks: dict[str, _Running] = {}
         self._ttl_heap: list[tuple[float, int, str]] = []
         self._ttl_seq = 0
+        self._ttl_wake = asyncio.Event()
         self._critical: set[str] = set()  # checks that may deregister their service
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -117,6 +118,7 @@ class CheckRunner:
         self._tasks = [
             asyncio.create_task(self._resync_loop(), name="cove-checks-resync"),
             asyncio.create_task(self._tick_loop(), name="cove-checks-tick"),
+            asyncio.create_task(self._ttl_loop(), name="cove-checks-ttl"),
             asyncio.create_task(self._lease_loop(), name="cove-node-lease"),
         ]
 
@@ -333,10 +335,28 @@ class CheckRunner:
             running.ttl_entry = self._ttl_seq
             entry = (running.ttl_deadline, self._ttl_seq, running.definition.id)
             heapq.heappush(self._ttl_heap, entry)
+            if self._ttl_heap[0] is entry:  # due before all others: rearm the timer
+                self._ttl_wake.set()
 
-    async def _tick(self) -> None:
-        # Only due TTLs and critical checks are visited: a sweep must not
-        # walk ten thousand healthy checks twice a second.
+    async def _ttl_loop(self) -> None:
+        """Expire TTL checks on time: sleep until the earliest deadline of
+        the heap (or until an earlier one is pushed), not a fixed sweep."""
+        heap = self._ttl_heap
+        while True:
+            self._ttl_wake.clear()
+            delay = heap[0][0] - self._clock.monotonic() if heap else None
+            if delay is None or delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ttl_wake.wait(), delay)
+                continue
+            try:
+                await self._expire_ttls()
+            except CoveError as exc:
+                log.warning("TTL expiry failed: %s", exc.message)
+                await asyncio.sleep(TICK)  # the store refused: do not spin
+
+    async def _expire_ttls(self) -> None:
+        """Mark critical every TTL check whose deadline has passed."""
         now = self._clock.monotonic()
         heap = self._ttl_heap
         expired: list[_Running] = []
@@ -358,6 +378,11 @@ class CheckRunner:
         else:
             for running in expired:
                 await self._publish(running, Status.CRITICAL, "TTL expired")
+
+    async def _tick(self) -> None:
+        # Only critical checks are visited: a sweep must not walk ten
+        # thousand healthy checks twice a second. (TTLs: ``_ttl_loop``.)
+        now = self._clock.monotonic()
         for cid in list(self._critical):
             running = self._checks.get(cid)
             if running is None or running.critical_since is None:

@@ -47,6 +47,8 @@ from cove.registry.keys import (
     session_key,
 )
 from cove.registry.records import (
+    CONSUL_SERVICE,
+    CONSUL_VERSION,
     OUTPUT_LIMIT,
     SERF_CHECK,
     Behavior,
@@ -60,6 +62,8 @@ from cove.registry.records import (
 __all__ = [
     "AGENT",
     "CHECKS",
+    "CONSUL_SERVICE",
+    "CONSUL_VERSION",
     "KV",
     "NODES",
     "NODE_CHECKS",

@@ -599,6 +599,29 @@ class EtcdStore:
         with contextlib.suppress(NotFound):
             self._call("/v3/lease/revoke", {"ID": str(lease)})
 
+    def cluster(self) -> dict[str, Any]:
+        """The etcd cluster (for the operator API): ``members`` (each with
+        ``id``, ``name``, ``peer_urls``, ``client_urls``), the ``leader``'s
+        id, and the raft ``index`` and ``term`` of the member that answered."""
+        listed = self._call("/v3/cluster/member/list", {}).get("members") or []
+        status = self._call("/v3/maintenance/status", {})
+        return {
+            "members": [
+                {
+                    "id": str(m.get("ID", "")),
+                    "name": str(m.get("name", "")),
+                    "peer_urls": list(m.get("peerURLs") or []),
+                    "client_urls": list(m.get("clientURLs") or []),
+                    "learner": bool(m.get("isLearner", False)),
+                }
+                for m in listed
+            ],
+            "leader": str(status.get("leader", "")),
+            "index": int(status.get("raftIndex", 0)),
+            "term": int(status.get("raftTerm", 0)),
+            "version": str(status.get("version", "")),
+        }
+
     # -- life cycle ----------------------------------------------------------
 
     def local(self) -> None:

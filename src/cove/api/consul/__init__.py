@@ -15,7 +15,18 @@ from cove.acl import AclService
 from cove.acl.model import ROOT as ACL_ROOT
 from cove.api import http as web
 from cove.api.consul import acl as acl_routes
-from cove.api.consul import agent, catalog, kv
+from cove.api.consul import (
+    agent,
+    agent_ops,
+    catalog,
+    config,
+    coordinates,
+    events,
+    kv,
+    operator,
+    query,
+    snapshot,
+)
 from cove.api.consul.common import CONSUL, Consul
 from cove.registry import Registry
 from cove.registry import types as t
@@ -62,6 +73,13 @@ def install(
             runner.use_group_commit(state.commits)
     app[CONSUL] = state
     agent.add_routes(app)
+    agent_ops.add_routes(app)
+    events.add_routes(app)
+    snapshot.add_routes(app)
+    operator.add_routes(app)
+    config.add_routes(app)
+    coordinates.add_routes(app)
+    query.add_routes(app)
     catalog.add_routes(app)
     kv.add_routes(app)
     acl_routes.add_routes(app)

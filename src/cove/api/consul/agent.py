@@ -27,6 +27,7 @@ from cove.registry import filter_schema as fs
 from cove.registry import types as t
 from cove.registry.decode import check_from_json, fold, service_from_json, text
 from cove.registry.filter import Predicate, select
+from cove.registry.queries import member_json
 from cove.registry.types import Status
 
 
@@ -209,7 +210,10 @@ async def self_info(request: web.Request) -> web.Response:
     reg = ctx(request).registry
     authz.need("agent", reg.node_name, Access.READ)
     leader = leader_address(request)
-    member = _member(request, reg.node_name, reg.node.address)
+    # The same entry /v1/agent/members lists for this node.
+    member = await run(request, reg.queries.member, reg.node_name)
+    if member is None:  # not (yet, or no longer) registered
+        member = member_json(reg.node.to_json(), reg.datacenter, alive=False)
     return reply(
         {
             "Config": {
@@ -239,23 +243,6 @@ async def self_info(request: web.Request) -> web.Response:
             "xDS": None,
         }
     )
-
-
-def _member(request: web.Request, name: str, address: str) -> dict[str, object]:
-    reg = ctx(request).registry
-    return {
-        "Name": name,
-        "Addr": address,
-        "Port": 8301,
-        "Tags": {"dc": reg.datacenter, "role": "consul", "build": VERSION, "port": "8300"},
-        "Status": 1,
-        "ProtocolMin": 1,
-        "ProtocolMax": 5,
-        "ProtocolCur": 2,
-        "DelegateMin": 2,
-        "DelegateMax": 5,
-        "DelegateCur": 4,
-    }
 
 
 @consul_errors
@@ -326,8 +313,19 @@ async def status_peers(request: web.Request) -> web.Response:
     return reply([leader_address(request)])
 
 
+async def root(request: web.Request) -> web.Response:
+    """``GET /`` as a Consul agent whose UI is off answers it (agent/http.go,
+    Index): 200 and a line saying what this server is. cove has no web UI,
+    so there is no /ui/ to redirect to."""
+    return web.Response(
+        text="Consul Agent (cove): UI disabled. cove has no web UI; the Consul HTTP API is"
+        " under /v1/ (try /v1/agent/self)."
+    )
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
+    r.add_get("/", root)
     r.add_put("/v1/agent/service/register", service_register)
     r.add_put("/v1/agent/service/deregister/{id}", service_deregister)
     r.add_put("/v1/agent/service/maintenance/{id}", service_maintenance)

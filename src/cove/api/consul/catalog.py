@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from cove.acl import Access, Authorizer
@@ -22,7 +23,8 @@ from cove.api.consul.common import (
     run,
     write,
 )
-from cove.errors import InvalidArgument
+from cove.api.consul.coordinates import near
+from cove.errors import CoveError, InvalidArgument
 from cove.registry import filter_schema as fs
 from cove.registry import types as t
 from cove.registry.decode import fold
@@ -53,11 +55,33 @@ def _need_registration(authz: Authorizer, body: Any) -> None:
         authz.need("service", str(s.get("service") or s.get("name") or ""), Access.WRITE)
 
 
+def _body_datacenter(request: web.Request, body: Any) -> None:
+    """A ``Datacenter`` in a catalog write's body names where it goes (the
+    URL's ?dc wins, as Consul's parseDC): another one cannot be reached."""
+    if request.query.get("dc") or not isinstance(body, dict):
+        return
+    dc = fold(body, "registration").get("datacenter")
+    if dc and dc != ctx(request).registry.datacenter:
+        raise CoveError("No path to datacenter")
+
+
+def no_peer(request: web.Request) -> None:
+    """``?peer=`` asks for a cluster peer's imported services; cove has no
+    peering, so every named peer is unknown (an empty one is local)."""
+    peer = request.query.get("peer", "")
+    if peer:
+        raise InvalidArgument(
+            f'No cluster peer named "{peer}": cove has no cluster peering;'
+            " leave out ?peer to query this cluster"
+        )
+
+
 @consul_errors
 async def register(request: web.Request) -> web.Response:
     authz = await authorize(request, options(request))
     c = ctx(request)
     body = await json_body(request)
+    _body_datacenter(request, body)
     if authz.enabled:
         _need_registration(authz, body)
     await write(request, c.registry.catalog.catalog_register, body)
@@ -71,6 +95,7 @@ async def deregister(request: web.Request) -> web.Response:
     authz = await authorize(request, options(request))
     c = ctx(request)
     body = await json_body(request)
+    _body_datacenter(request, body)
     if authz.enabled:
         await _need_deregistration(request, authz, fold(body, "deregistration"))
     await write(request, c.registry.catalog.catalog_deregister, body)
@@ -114,15 +139,21 @@ async def datacenters(request: web.Request) -> web.Response:
 
 @consul_errors
 async def services(request: web.Request) -> web.Response:
+    no_peer(request)
     opts = options(request, fs.CATALOG_SERVICES)
     q = ctx(request).registry.queries
     authz = await authorize(request, opts)
-    answer = await blocking(request, opts, q.services, (t.SERVICES,))
-    return _filtered(answer, opts, authz, lambda name: authz.allowed("service", name, Access.READ))
+    # The filter picks instances (as ServiceNodes) before they are
+    # grouped by name, so the answer itself is not filtered again.
+    pred = opts.predicate
+    answer = await blocking(request, opts, lambda: q.services(pred), (t.SERVICES,))
+    plain = replace(opts, filter=None, predicate=None)
+    return _filtered(answer, plain, authz, lambda name: authz.allowed("service", name, Access.READ))
 
 
 @consul_errors
 async def service(request: web.Request) -> web.Response:
+    no_peer(request)
     opts = options(request, fs.SERVICE_NODE)
     q = ctx(request).registry.queries
     name = request.match_info["name"]
@@ -131,20 +162,24 @@ async def service(request: web.Request) -> web.Response:
     answer = await blocking(
         request, opts, lambda: q.service_nodes(name, tags), (t.service_prefix(name),)
     )
+    answer = await near(request, answer, lambda e: str(e["Node"]))
     return _filtered(answer, opts, authz, lambda e: _entry_allowed(authz, e))
 
 
 @consul_errors
 async def nodes(request: web.Request) -> web.Response:
+    no_peer(request)
     opts = options(request, fs.NODE)
     q = ctx(request).registry.queries
     authz = await authorize(request, opts)
     answer = await blocking(request, opts, q.nodes, (t.NODES,))
+    answer = await near(request, answer, lambda n: str(n["Node"]))
     return _filtered(answer, opts, authz, lambda n: authz.allowed("node", n["Node"], Access.READ))
 
 
 @consul_errors
 async def node(request: web.Request) -> web.Response:
+    no_peer(request)
     opts = options(request)
     q = ctx(request).registry.queries
     name = request.match_info["node"]
@@ -167,6 +202,7 @@ async def node(request: web.Request) -> web.Response:
 
 @consul_errors
 async def health_service(request: web.Request) -> web.Response:
+    no_peer(request)
     opts = options(request, fs.CHECK_SERVICE_NODE)
     q = ctx(request).registry.queries
     name = request.match_info["name"]
@@ -179,11 +215,13 @@ async def health_service(request: web.Request) -> web.Response:
         lambda: q.health_service(name, tags, passing),
         (t.service_prefix(name), t.check_prefix(name)),
     )
+    answer = await near(request, answer, lambda e: str(e["Node"]["Node"]))
     return _filtered(answer, opts, authz, lambda e: _health_allowed(authz, e))
 
 
 @consul_errors
 async def health_checks(request: web.Request) -> web.Response:
+    no_peer(request)
     opts = options(request, fs.HEALTH_CHECK)
     q = ctx(request).registry.queries
     name = request.match_info["name"]
@@ -194,6 +232,7 @@ async def health_checks(request: web.Request) -> web.Response:
 
 @consul_errors
 async def health_node(request: web.Request) -> web.Response:
+    no_peer(request)
     opts = options(request, fs.HEALTH_CHECK)
     q = ctx(request).registry.queries
     name = request.match_info["node"]
@@ -207,6 +246,7 @@ _STATES = {"any", "passing", "warning", "critical", "maintenance"}
 
 @consul_errors
 async def health_state(request: web.Request) -> web.Response:
+    no_peer(request)
     opts = options(request, fs.HEALTH_CHECK)
     q = ctx(request).registry.queries
     state = request.match_info["state"]

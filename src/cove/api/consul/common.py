@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,6 +39,12 @@ class Consul:
     interests: Interests | None = None
     commits: GroupCommit | None = None  # group commit of inline writes
     acl: AclService | None = None  # None: ACLs off, every token ignored
+    # The agent's own gauges (name, help, value) for /v1/agent/metrics.
+    samples: Callable[[], Iterable[tuple[str, str, float]]] | None = None
+    # /v1/agent/reload and /leave: what the agent does for them (None:
+    # refused, this server cannot).
+    reload: Callable[[], Awaitable[None]] | None = None
+    leave: Callable[[], Awaitable[None]] | None = None
 
 
 CONSUL: web.AppKey[Consul] = web.AppKey("cove_consul", Consul)

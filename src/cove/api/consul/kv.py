@@ -25,10 +25,12 @@ from cove.api.consul.common import (
     write,
 )
 from cove.errors import Conflict, InvalidArgument, NotFound
+from cove.registry import txn_catalog
 from cove.registry import types as t
 from cove.registry.decode import fold, integer, text
 from cove.registry.kv import MAX_TXN_OPS, MAX_VALUE, KVOp, TooLarge
 from cove.registry.queries import Answer
+from cove.registry.txn_catalog import CatalogOp
 
 _MAX_UINT64 = 2**64 - 1
 
@@ -216,19 +218,26 @@ def _sessions_reply(answer: Answer, opts: QueryOptions, authz: Authorizer) -> we
 # -- transactions ---------------------------------------------------------------
 
 
-def parse_txn(body: Any) -> list[KVOp]:
-    """The KV operations of a /v1/txn body; ``InvalidArgument`` for anything
-    malformed and ``TooLarge`` past 64 operations."""
+def parse_txn(body: Any) -> list[KVOp | CatalogOp]:
+    """The KV, Node, Service and Check operations of a /v1/txn body;
+    ``InvalidArgument`` for anything malformed and ``TooLarge`` past 64
+    operations."""
     if not isinstance(body, list):
         raise InvalidArgument("Failed to parse body: expected a list of operations")
     if len(body) > MAX_TXN_OPS:
         raise TooLarge(f"Transaction contains too many operations ({len(body)} > {MAX_TXN_OPS})")
-    ops: list[KVOp] = []
+    ops: list[KVOp | CatalogOp] = []
     for i, raw in enumerate(body):
         item = fold(raw, f"operation {i}")
-        if "kv" not in item:
-            kinds = ", ".join(sorted(item)) or "nothing"
-            raise InvalidArgument(f"operation {i}: cove supports KV operations only, got {kinds}")
+        kinds = [k for k in ("kv", "node", "service", "check") if item.get(k) is not None]
+        if len(kinds) != 1:
+            got = ", ".join(sorted(item)) or "nothing"
+            raise InvalidArgument(
+                f"operation {i}: expected exactly one of KV, Node, Service or Check, got {got}"
+            )
+        if kinds[0] != "kv":
+            ops.append(txn_catalog.parse(kinds[0].title(), item[kinds[0]], i))
+            continue
         d = fold(item["kv"], f"operation {i}")
         verb = text(d, "verb", "Verb")
         value: bytes | None = None
@@ -262,16 +271,27 @@ async def txn(request: web.Request) -> web.Response:
     if authz.enabled:
         for op in ops:
             _txn_check(authz, op)
-    results = await write(request, kv.txn, ops)
-    return reply({"Results": [{"KV": r} for r in results], "Errors": None})
+    results = await write(request, kv.txn, ops, ctx(request).registry.datacenter)
+    # KV entries come bare; Node, Service and Check results name their kind.
+    out = [{"KV": r} if "Key" in r else r for r in results]
+    return reply({"Results": out, "Errors": None})
 
 
 _READ_VERBS = frozenset({"get", "check-index", "check-session", "check-not-exists"})
 
 
-def _txn_check(authz: Authorizer, op: KVOp) -> None:
+def _txn_check(authz: Authorizer, op: KVOp | CatalogOp) -> None:
     """Refuse the whole transaction (nothing runs) when one operation is
     not allowed."""
+    if isinstance(op, CatalogOp):
+        need = Access.READ if op.verb == "get" else Access.WRITE
+        if op.kind == "Node":
+            authz.need("node", op.node, need)
+        elif op.kind == "Service" and op.service_name:
+            authz.need("service", op.service_name, need)
+        else:  # a check, or a service named only by ID: write on its node
+            authz.need("node", op.node, need)
+        return
     if op.verb in _READ_VERBS:
         authz.need("key", op.key, Access.READ)
     elif op.verb == "get-tree":
