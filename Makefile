@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables util-linux procps etcd-server etcd-client dnsutils dnsperf \
 	dnsmasq-base iperf3 containernetworking-plugins curl openssl passwd python3 python3-venv \
-	libseccomp2 gcc libc6-dev busybox-static iputils-ping podman runc
+	libseccomp2 gcc libc6-dev busybox-static iputils-ping podman runc \
+	chromium
 STAMP := $(VENV)/.installed
 
 .PHONY: install deps demo test unit lint bench clean

@@ -24,6 +24,7 @@ from typing import IO
 
 from cove import __version__
 from cove.acl import AclService
+from cove.agent import observe
 from cove.agent.cni import CniParts
 from cove.agent.config import AgentConfig, socket_gid
 from cove.agent.containers import ContainerRuntime
@@ -36,11 +37,14 @@ from cove.agent.store_wait import open_configured, wait_for_store
 from cove.agent.tuning import tune_interpreter, tune_malloc
 from cove.api import cni as cni_api
 from cove.api import containers as containers_api
+from cove.api import events as events_api
 from cove.api import http as web
 from cove.api import lb as lb_api
 from cove.api import members as members_api
+from cove.api import metrics as metrics_api
 from cove.api import networks as networks_api
 from cove.api import policy as policy_api
+from cove.api import ui as ui_api
 from cove.api.app import build_app
 from cove.api.consul import CONSUL
 from cove.api.guard import Guard
@@ -56,6 +60,7 @@ from cove.datapath.nftables import Nft
 from cove.dns import DnsConfig, DnsService, Upstream
 from cove.dns.registry_source import RegistryServices
 from cove.errors import CoveError, Unavailable
+from cove.events.log import EventLog
 from cove.ipam.allocator import Ipam
 from cove.lb.vips import parse_range
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
@@ -66,6 +71,7 @@ from cove.runtime.dns_handover import SupervisorKeeper
 from cove.runtime.registration import ServiceRegistrar
 from cove.store.base import local_store
 from cove.store.hub import WatchHub
+from cove.ui import assets as ui_assets
 
 log = logging.getLogger("cove.agent")
 
@@ -257,6 +263,29 @@ class Agent:
         policy_api.install(self.app, self.policy.service, self.policy.controller)
         self.metrics.add(self.lb.metrics)
         self.metrics.add(self.policy.metrics)
+        self.metrics.add(lambda: observe.series(self.store, self.lb.vips))
+        metrics_api.install_stats(
+            self.app,
+            lambda: observe.endpoint_traffic(self.store),
+            lambda: observe.check_states(self.store),
+        )
+        self.events = EventLog(self.store)
+        self.metrics.add(
+            lambda: [("cove_events_index", "The event stream's newest index.", self.events.head)]
+        )
+        events_api.install(self.app, self.events)
+        ui_api.install_static(self.app, ui_assets())
+        ui_api.install(
+            self.app,
+            ui_api.UiSources(
+                self.acl,
+                self.events,
+                self.networks,
+                self.runtime.service,
+                self.lb.vips,
+                self.policy.service,
+            ),
+        )
 
     def _dns_service(self) -> DnsService | None:
         config = self.config
@@ -298,6 +327,7 @@ class Agent:
         self.node.start()
         self.hub.subscribe(NETWORKS, lambda _events: self.reconciler.kick())
         self.hub.start()
+        self.events.start(self.hub)
         self.reconciler.start()
         for prefix in (NETWORKS, ENDPOINTS, CLUSTER_NODES):
             self.hub.subscribe(prefix, self.overlay.on_events)
@@ -323,6 +353,7 @@ class Agent:
             self.dns.stop()
         self.overlay.stop()
         self.reconciler.stop()
+        self.events.stop()
         self.hub.stop()
         self.datapath.close()
         self.node.stop(leave=True)

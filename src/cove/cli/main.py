@@ -15,11 +15,13 @@ from cove.agent.config import DEFAULT_SOCKET
 from cove.cli import agent as agent_cli
 from cove.cli import cni as cni_cli
 from cove.cli import containers as containers_cli
+from cove.cli import events as events_cli
 from cove.cli import lb as lb_cli
 from cove.cli import network as network_cli
 from cove.cli import policy as policy_cli
 from cove.cli import registry as registry_cli
 from cove.cli import snapshot as snapshot_cli
+from cove.cli import stats as stats_cli
 from cove.cli.client import AgentClient, Remote
 from cove.errors import CoveError
 
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     policy_cli.add_parsers(sub)
     cni_cli.add_parsers(sub)
     snapshot_cli.add_parsers(sub)
+    events_cli.add_parsers(sub)
+    stats_cli.add_parsers(sub)
     return parser
 
 
