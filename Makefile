@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables util-linux procps etcd-server etcd-client dnsutils dnsperf \
 	dnsmasq-base iperf3 containernetworking-plugins curl openssl passwd python3 python3-venv \
 	libseccomp2 gcc libc6-dev busybox-static iputils-ping podman runc \
-	chromium
+	chromium skopeo docker-registry
 STAMP := $(VENV)/.installed
 
 .PHONY: install deps demo test unit lint bench clean

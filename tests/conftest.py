@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,14 @@ import nsutil
 from agentproc import AgentProc
 from cluster import cluster3  # noqa: F401 - the three-host fixture (tests/cluster.py)
 from cove.agent.teardown import teardown
+
+# A container without an image gets a private /tmp, /var/tmp, /run and
+# /root and sees the rest of the host read-only: test files (scripts the
+# containers run) live where it can read them. Writes go through -v.
+if os.geteuid() == 0:
+    os.makedirs("/var/lib/cove-tests", 0o755, exist_ok=True)
+    os.environ["TMPDIR"] = "/var/lib/cove-tests"
+    tempfile.tempdir = None
 
 
 def _need_root() -> None:

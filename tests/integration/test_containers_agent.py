@@ -215,7 +215,9 @@ def test_lifecycle_exit_codes_restart_policies_and_rm(net: Any, tmp_path: Path) 
     # on-failure: fails twice, then succeeds and stays exited
     script = f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}; " \
              "[ $n -ge 3 ]"  # fmt: skip
-    net.ok("run", "-d", "--name", "flaky", "--restart", "on-failure", "--", "sh", "-c", script)
+    # the counter is on the host, shared through -v (the host's tree is read-only)
+    net.ok("run", "-d", "--name", "flaky", "--restart", "on-failure", "-v",
+           f"{tmp_path}:{tmp_path}", "--", "sh", "-c", script)  # fmt: skip
     state = eventually(
         lambda: (s := inspect(net, "flaky")["state"])["status"] == "exited" and s, timeout=20
     )

@@ -12,6 +12,7 @@ from cove.cluster.requests import RequestServer
 from cove.datapath.base import NftLister
 from cove.datapath.libnft import open_nft
 from cove.datapath.netns import NetnsDatapath
+from cove.image.store import ImageStore
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.runtime.client import SupervisorClient
@@ -50,6 +51,7 @@ class ContainerRuntime:
         self.netns = NetnsDatapath(run_dir / "netns", prepare_bridge)
         self.supervisor = SupervisorClient(run_dir)
         files = state_dir / "containers"
+        self.images = ImageStore(state_dir / "images")
         self.guard_nft = open_nft()
         self.reconciler = ContainerReconciler(
             store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft, node
@@ -57,6 +59,7 @@ class ContainerRuntime:
         self.service = ContainerService(
             store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
             IntentLog(state_dir / "intents"), masked=masked, fault=fault, node=node,
+            images=self.images,
         )  # fmt: skip
         # Changes other hosts ask of this node's containers (cove rm on h1
         # of a container on h2), carried out here as if asked here.

@@ -39,6 +39,7 @@ from cove.api import cni as cni_api
 from cove.api import containers as containers_api
 from cove.api import events as events_api
 from cove.api import http as web
+from cove.api import images as images_api
 from cove.api import lb as lb_api
 from cove.api import members as members_api
 from cove.api import metrics as metrics_api
@@ -249,6 +250,7 @@ class Agent:
             config.reconcile_interval,
         )
         cni_api.install(self.app, self.cni.service, config.dns_domain)
+        images_api.install(self.app, self.runtime.images, self.runtime.service.image_users)
         self.dns = self._dns_service()
         if self.dns is not None:
             self.metrics.add(self.dns.metrics)

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 
 from cove.cli.client import AgentClient, _UnixConnection
 from cove.cli.output import print_table
-from cove.errors import Conflict, InvalidArgument, Unavailable
+from cove.errors import Conflict, CoveError, InvalidArgument, Unavailable
 from cove.runtime import enter
 from cove.runtime.security import DEFAULT_CAPS
 from cove.runtime.view import status_text
@@ -61,7 +61,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--security-opt", action="append", default=[], metavar="seccomp=unconfined",
         help="seccomp=unconfined turns the default system call filter off",
     )  # fmt: skip
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    add_fs_flags(p)
+    p.add_argument(
+        "command", nargs=argparse.REMAINDER, help="IMAGE [CMD ARGS...] or -- CMD ARGS..."
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser("ps", help="list containers")
@@ -126,11 +129,54 @@ def _command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
+def add_fs_flags(p: argparse.ArgumentParser) -> None:
+    """``IMAGE`` and the filesystem flags of ``run``, as Docker has them."""
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]")
+    p.add_argument(
+        "--mount", action="append", default=[], metavar="type=bind|tmpfs,source=..,target=..",
+    )  # fmt: skip
+    p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:size=64m]")
+    p.add_argument("--read-only", action="store_true", help="the container's root read-only")
+
+
+def _image_and_command(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """``IMAGE [CMD...]`` or, with no image, ``-- CMD...`` (light mode)."""
+    cmd = list(args.command)
+    if cmd and cmd[0] != "--" and not args.rootfs:
+        return cmd[0], cmd[1:]
+    return "", _command(args)
+
+
 def _run(args: argparse.Namespace, client: AgentClient) -> int:
     rootfs = str(Path(args.rootfs).resolve()) if args.rootfs else ""
+    image, command = _image_and_command(args)
+    try:
+        info = _create(args, client, rootfs, image, command)
+    except CoveError as exc:
+        if not exc.details.keys() & {"image", "mount"}:
+            raise
+        print(f"cove: error: {exc.message}", file=sys.stderr)
+        return 125  # as docker run, for what stops the container being made
+    if args.detach:
+        print(info["name"])
+        return 0
+    _stream_logs(client, info["name"], follow=True)
+    final = client.request("GET", f"/api/containers/{quote(info['name'])}")
+    code = final["state"].get("exit_code")
+    return int(code) if isinstance(code, int) and code >= 0 else 0
+
+
+def _create(
+    args: argparse.Namespace, client: AgentClient, rootfs: str, image: str, command: list[str]
+) -> Any:
     body = {
+        "image": image,
+        "volumes": args.volume,
+        "mount": args.mount,
+        "tmpfs": args.tmpfs,
+        "read_only": args.read_only,
         "name": args.name,
-        "command": _command(args),
+        "command": command,
         "networks": args.network,
         "ip": args.ip,
         "ip6": args.ip6,
@@ -147,14 +193,7 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         "cap_drop": args.cap_drop,
         "security_opt": args.security_opt,
     }
-    info = client.request("POST", "/api/containers", body)
-    if args.detach:
-        print(info["name"])
-        return 0
-    _stream_logs(client, info["name"], follow=True)
-    final = client.request("GET", f"/api/containers/{quote(info['name'])}")
-    code = final["state"].get("exit_code")
-    return int(code) if isinstance(code, int) and code >= 0 else 0
+    return client.request("POST", "/api/containers", body)
 
 
 def _ps(args: argparse.Namespace, client: AgentClient) -> int:

@@ -16,6 +16,7 @@ from cove.cli import agent as agent_cli
 from cove.cli import cni as cni_cli
 from cove.cli import containers as containers_cli
 from cove.cli import events as events_cli
+from cove.cli import image as image_cli
 from cove.cli import lb as lb_cli
 from cove.cli import network as network_cli
 from cove.cli import policy as policy_cli
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot_cli.add_parsers(sub)
     events_cli.add_parsers(sub)
     stats_cli.add_parsers(sub)
+    image_cli.add_parsers(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ import stat
 from collections.abc import Sequence
 
 from cove import linux
+from cove.runtime.mounts import Kind, Mount
 
 ETC_FILES = ("hosts", "hostname", "resolv.conf")
 
@@ -49,20 +50,170 @@ _PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "
 _RO = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
 
 
-def prepare(rootfs: str | None, etc_dir: str, masked: Sequence[str]) -> str:
-    """Mounts before the container's init is forked; returns its root."""
-    root = rootfs or "/"
-    if rootfs:
+# What a container without an image may write: private, empty, per container
+# (as systemd's ProtectSystem=strict with PrivateTmp); the rest of the
+# host's tree it sees read-only.
+PRIVATE_DIRS = (("/tmp", "1777"), ("/var/tmp", "1777"), ("/run", "755"), ("/root", "700"))
+
+
+def prepare(
+    rootfs: str | None,
+    etc_dir: str,
+    masked: Sequence[str],
+    *,
+    overlay: tuple[Sequence[str], str] | None = None,
+    mounts: Sequence[Mount] = (),
+    read_only: bool = False,
+) -> str:
+    """Mounts before the container's init is forked; returns its root.
+
+    ``overlay`` is (image layer directories, top first; the container's
+    directory holding ``upper``, ``work`` and ``root``): the root is then
+    an overlayfs of them."""
+    if overlay is not None:
+        layers, base = overlay
+        root = os.path.join(base, "root")
+        options = "lowerdir={},upperdir={},workdir={}".format(
+            ":".join(layers), os.path.join(base, "upper"), os.path.join(base, "work")
+        )
+        linux.mount("overlay", root, "overlay", linux.MS_NODEV, options)
+    elif rootfs:
+        root = rootfs
         # pivot_root needs the new root to be a mount point.
         linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC)
-    _bind_etc(root, etc_dir, create=rootfs is not None)
-    if not rootfs:
-        # after the /etc binds: their sources live in the state directory
-        for path in masked:
-            cover(path)
-        readonly("/sys")
-    _mount_dev(os.path.join(root, "dev"), host_pts=not rootfs)
+    else:
+        root = "/"
+    # held open: the directories holding them (the state directory, the
+    # host's /tmp) are hidden below
+    sources = [os.open(os.path.join(etc_dir, n), os.O_PATH | os.O_CLOEXEC) for n in ETC_FILES]
+    binds = [
+        os.open(m.source, os.O_PATH | os.O_CLOEXEC) if m.kind is Kind.BIND else -1 for m in mounts
+    ]
+    try:
+        if root == "/":
+            for path in masked:
+                cover(path)
+            _protect_host()
+        _bind_etc(root, sources)
+        if root != "/":
+            # the container's own (its network namespace's devices), read-only;
+            # made in an image's writable layer, not in a user's --rootfs
+            sys_dir = secure_join(root, "/sys")
+            if overlay is not None:
+                os.makedirs(sys_dir, 0o555, exist_ok=True)
+            if os.path.isdir(sys_dir):
+                linux.mount("sysfs", sys_dir, "sysfs", _RO)
+        _apply_mounts(root, mounts, binds)
+    finally:
+        for fd in sources + binds:
+            if fd >= 0:
+                os.close(fd)
+    if read_only and root != "/":
+        linux.mount(None, root, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
+                    | _flags_of(root))  # fmt: skip
+    _mount_dev(os.path.join(root, "dev"), host_pts=root == "/")
     return root
+
+
+def _protect_host() -> None:
+    """The host's tree read-only (every mount of it, /sys included), with
+    private writable directories over ``PRIVATE_DIRS``."""
+    for point in _mounts_under("/", skip_types=("nsfs",)):
+        if point == "/proc" or point.startswith("/proc/"):
+            continue  # replaced by the container's own /proc
+        try:
+            _remount_ro(point)
+        except FileNotFoundError:
+            continue  # a mount point deleted on the host: nothing to reach
+    for path, mode in PRIVATE_DIRS:
+        if os.path.isdir(path):
+            linux.mount(
+                "tmpfs", path, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, f"mode={mode},size=65536k"
+            )
+
+
+def _remount_ro(point: str) -> None:
+    try:
+        flags = _flags_of(point)
+    except OSError:
+        return  # a mount point it cannot reach is one it cannot reach either
+    linux.mount(None, point, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | flags)
+
+
+def _flags_of(path: str) -> int:
+    """The nosuid/nodev/noexec flags of the mount at ``path``, kept when it
+    is remounted (dropping them would widen what the container may do)."""
+    f = os.statvfs(path).f_flag
+    return f & (linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+
+
+def _apply_mounts(root: str, mounts: Sequence[Mount], fds: Sequence[int]) -> None:
+    for m, fd in zip(mounts, fds, strict=True):
+        target = secure_join(root, m.target)
+        if m.kind is Kind.TMPFS:
+            _make_point(target, directory=True, host=root == "/")
+            flags = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+            if m.readonly:
+                flags |= linux.MS_RDONLY
+            linux.mount("tmpfs", target, "tmpfs", flags, m.options or "mode=1777")
+            continue
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        _make_point(target, directory=is_dir, host=root == "/")
+        linux.mount(f"/proc/self/fd/{fd}", target, None, linux.MS_BIND | linux.MS_REC)
+        if m.readonly:
+            for point in _mounts_under(target):
+                _remount_ro(point)
+        elif root == "/":
+            # a bind copies the flags of its source's mount, read-only here
+            linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | _flags_of(target))
+
+
+def _make_point(path: str, *, directory: bool, host: bool) -> None:
+    if os.path.lexists(path):
+        return
+    try:
+        if directory:
+            os.makedirs(path, 0o755)
+        else:
+            os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+            with open(path, "a"):
+                pass
+    except OSError as exc:
+        if host:
+            raise OSError(
+                exc.errno, f"mount point {path} does not exist (a container without an image"
+                " sees the host's tree read-only)",
+            ) from exc  # fmt: skip
+        raise
+
+
+def secure_join(root: str, path: str) -> str:
+    """``root/path`` with every symbolic link on the way resolved as the
+    container will see it (inside ``root``), so a link in an image cannot
+    lead a mount, or a directory made for one, out onto the host."""
+    if root == "/":
+        return os.path.normpath(path)
+    parts = [p for p in path.split("/") if p and p != "."]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        full = os.path.join(root, *done, part)
+        if os.path.islink(full):
+            hops += 1
+            if hops > 40:
+                raise OSError(40, f"too many levels of symbolic links in {path}")
+            link = os.readlink(full)
+            if link.startswith("/"):
+                done = []
+            parts = [p for p in link.split("/") if p and p != "."] + parts
+            continue
+        done.append(part)
+    return os.path.join(root, *done)
 
 
 def enter(root: str, pidns: bool, pivot: bool) -> None:
@@ -108,12 +259,16 @@ def readonly(path: str) -> None:
         linux.mount(None, point, None, linux.MS_REMOUNT | linux.MS_BIND | _RO)
 
 
-def _mounts_under(path: str) -> list[str]:
-    """Mount points at or below ``path``, parents first (mountinfo order)."""
+def _mounts_under(path: str, skip_types: tuple[str, ...] = ()) -> list[str]:
+    """Mount points at or below ``path``, parents first (mountinfo order);
+    ``skip_types``: file system types left out (``nsfs``: namespace files
+    bound by other runtimes, which cannot be remounted and hold no data)."""
     prefix = path.rstrip("/") + "/"
     out: list[str] = []
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
+            if skip_types and line.split(" - ", 1)[-1].split(" ", 1)[0] in skip_types:
+                continue
             point = _unescape(line.split(" ", 5)[4])
             if (point == path or point.startswith(prefix)) and point not in out:
                 out.append(point)
@@ -127,14 +282,21 @@ def _unescape(field: str) -> str:
     return field
 
 
-def _bind_etc(root: str, etc_dir: str, create: bool) -> None:
-    for name in ETC_FILES:
-        target = os.path.join(root, "etc", name)
-        if create and not os.path.lexists(target):
+def _bind_etc(root: str, sources: Sequence[int]) -> None:
+    for name, fd in zip(ETC_FILES, sources, strict=True):
+        # a link (/etc/resolv.conf -> /run/...) is followed inside the root;
+        # on the host's tree it may end in a private directory, made here
+        target = secure_join(root, f"/etc/{name}") if root != "/" else os.path.realpath(
+            f"/etc/{name}"
+        )  # fmt: skip
+        if not os.path.lexists(target):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target, "a"):
                 pass
-        linux.mount(os.path.join(etc_dir, name), target, None, linux.MS_BIND)
+        linux.mount(f"/proc/self/fd/{fd}", target, None, linux.MS_BIND)
+        if root == "/":
+            # a bind copies the flags of its source's mount, read-only here
+            linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | _flags_of(target))
 
 
 def _mount_dev(dev: str, host_pts: bool) -> None:

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from cove import linux
 from cove.errors import LaunchError as LaunchError  # raised here; defined in the one tree
 from cove.runtime import devices, fs, security
+from cove.runtime.mounts import Mount
 from cove.runtime.security import DEFAULT_CAPS
 
 _SETUP_TIMEOUT = 10.0
@@ -52,6 +53,13 @@ class LaunchSpec:
     # the agent's files (state, run and socket directories, secrets): hidden
     # from a container that sees the host's filesystem
     masked: tuple[str, ...] = ()
+    # from an image: its layer directories (top first) and the container's
+    # own directory (overlay upper, work and mount point)
+    layers: tuple[str, ...] = ()
+    overlay_dir: str = ""
+    mounts: tuple[Mount, ...] = ()
+    read_only: bool = False
+    user: tuple[int, int] | None = None  # uid, gid
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +79,11 @@ class LaunchSpec:
             "caps": sorted(self.caps),
             "seccomp": self.seccomp,
             "masked": list(self.masked),
+            "layers": list(self.layers),
+            "overlay_dir": self.overlay_dir,
+            "mounts": [m.to_json() for m in self.mounts],
+            "read_only": self.read_only,
+            "user": list(self.user) if self.user is not None else None,
         }
 
     @classmethod
@@ -92,6 +105,11 @@ class LaunchSpec:
             caps=frozenset(str(c) for c in data["caps"]) if "caps" in data else DEFAULT_CAPS,
             seccomp=bool(data.get("seccomp", True)),
             masked=tuple(str(p) for p in data.get("masked") or ()),
+            layers=tuple(str(p) for p in data.get("layers") or ()),
+            overlay_dir=str(data.get("overlay_dir") or ""),
+            mounts=tuple(Mount.from_json(m) for m in data.get("mounts") or ()),
+            read_only=bool(data.get("read_only")),
+            user=(int(data["user"][0]), int(data["user"][1])) if data.get("user") else None,
         )
 
 
@@ -190,7 +208,11 @@ def _setup_and_fork(
         # Private propagation first: nothing mounted below may reach the host.
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         linux.sethostname(spec.hostname)
-        root = fs.prepare(spec.rootfs, spec.etc_dir, spec.masked)
+        overlay = (spec.layers, spec.overlay_dir) if spec.layers else None
+        root = fs.prepare(
+            spec.rootfs, spec.etc_dir, spec.masked, overlay=overlay, mounts=spec.mounts,
+            read_only=spec.read_only,
+        )  # fmt: skip
     except OSError as exc:
         _write(report, f"error container setup failed: {exc.strerror or exc}\n")
         os._exit(126)
@@ -212,7 +234,7 @@ def _exec_init(
 ) -> NoReturn:  # pragma: no cover
     """Process B, the container's init: /proc, pivot_root, confinement, exec."""
     try:
-        fs.enter(root, pidns, pivot=spec.rootfs is not None)
+        fs.enter(root, pidns, pivot=root != "/")
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(log_fd, 1)
@@ -225,6 +247,13 @@ def _exec_init(
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         security.confine(caps, seccomp)
+        if spec.user is not None:
+            # after confine, which needs root; the kernel then clears the
+            # capabilities of a non-root user, as Docker's USER does
+            uid, gid = spec.user
+            os.setgroups([gid])
+            os.setgid(gid)
+            os.setuid(uid)
     except OSError as exc:
         _write(report, f"error container setup failed: {exc.strerror or exc}\n")
         os._exit(126)

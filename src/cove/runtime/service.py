@@ -36,15 +36,19 @@ from cove.errors import (
     CoveError,
     InvalidArgument,
     NotFound,
+    Unavailable,
     from_json,
     storage_error,
 )
+from cove.image import runconfig
+from cove.image.store import Image, ImageStore
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, IPAM, NETWORKS, Endpoint, IPAddress, Network
 from cove.network.spec import check_name
 from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import Intent, IntentLog, Phase
 from cove.runtime.launch import LaunchSpec
+from cove.runtime.mounts import check_sources
 from cove.runtime.reconcile import ContainerReconciler, container_endpoints, read_snapshot
 from cove.runtime.spec import (
     Attachment,
@@ -126,7 +130,9 @@ class ContainerService:
         fault: Callable[[str], None] = no_fault,
         node: str = "",
         remote: RemoteRequests | None = None,
+        images: ImageStore | None = None,
     ) -> None:
+        self._images = images
         self._store = store
         self._node = node
         self._remote = remote or RemoteRequests(store, clock, node)
@@ -280,18 +286,29 @@ class ContainerService:
         networks = [self._network(a.network) for a in spec.attachments]
         if spec.rootfs is not None and not os.path.isdir(spec.rootfs):
             raise InvalidArgument(f"rootfs directory {spec.rootfs} does not exist")
-        env = {"PATH": DEFAULT_PATH, **spec.env, "HOSTNAME": spec.hostname or name}
-        _check_command(spec.argv[0], env["PATH"], spec.rootfs)
+        check_sources(spec.mounts)
+        image = self._image(spec.image) if spec.image else None
+        if image is not None:
+            conf = runconfig.apply(spec.image, image.config, spec.argv, spec.env, spec.workdir)
+            argv, workdir = conf.argv, conf.workdir
+            env = {"PATH": DEFAULT_PATH, **conf.env, "HOSTNAME": spec.hostname or name}
+            self._user(image)  # an unknown USER fails the run, not the start
+        else:
+            argv, workdir = spec.argv, spec.workdir or "/"
+            env = {"PATH": DEFAULT_PATH, **spec.env, "HOSTNAME": spec.hostname or name}
+            _check_command(spec.argv[0], env["PATH"], spec.rootfs)
         if networks:
             check_port_families(spec.ports, networks[0])
         self._check_ports(spec.ports)
         cid = secrets.token_hex(32)
         container = Container(
-            id=cid, name=name, argv=spec.argv, hostname=spec.hostname or name, env=env,
-            labels=dict(spec.labels), rootfs=spec.rootfs, workdir=spec.workdir,
+            id=cid, name=name, argv=argv, hostname=spec.hostname or name, env=env,
+            labels=dict(spec.labels), rootfs=spec.rootfs, workdir=workdir,
             restart=spec.restart, ports=spec.ports, networks=tuple(n.name for n in networks),
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
-            cap_drop=spec.cap_drop, seccomp=spec.seccomp, node=self._node,
+            cap_drop=spec.cap_drop, seccomp=spec.seccomp, node=self._node, image=spec.image,
+            image_id=image.id if image is not None else "", mounts=spec.mounts,
+            read_only=spec.read_only, user=image.config.user if image is not None else "",
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails
@@ -449,8 +466,46 @@ class ContainerService:
             netns=str(self._netns.netns_path(c.id)), etc_dir=str(self._rec.etc_dir(c.id)),
             log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,
             restart=c.restart.value, labels=c.labels, caps=c.capabilities, seccomp=c.seccomp,
-            masked=self._masked,
+            masked=self._masked, mounts=c.mounts, read_only=c.read_only, **self._overlay(c),
         )  # fmt: skip
+
+    # -- images ----------------------------------------------------------------
+
+    def _image(self, ref: str) -> Image:
+        if self._images is None:
+            raise Unavailable("this agent has no image store")
+        return self._images.get(ref)
+
+    def _user(self, image: Image) -> tuple[int, int] | None:
+        if not image.config.user or self._images is None:
+            return None
+        return runconfig.resolve_user(
+            image.config.user,
+            self._images.find_file(image, "etc/passwd"),
+            self._images.find_file(image, "etc/group"),
+        )
+
+    def _overlay(self, c: Container) -> dict[str, Any]:
+        """The LaunchSpec fields of a container from an image."""
+        if not c.image_id:
+            return {}
+        try:
+            image = self._image(c.image_id)
+        except NotFound:
+            raise Conflict(
+                f"image {c.image} of container {c.name} has been removed", container=c.name
+            ) from None
+        assert self._images is not None
+        return {
+            "layers": self._images.layer_dirs(image),
+            "overlay_dir": str(self._images.container_dir(c.id)),
+            "user": self._user(image),
+        }
+
+    def image_users(self, image_id: str) -> list[str]:
+        """Names of the containers made from the image ``image_id``."""
+        snap = read_snapshot(self._store)
+        return sorted(c.name for c in snap.containers.values() if c.image_id == image_id)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -577,6 +632,8 @@ class ContainerService:
                 self._netns.delete_link(ep.host_veth)
             self._netns.delete_netns(c.id)
             self._rec.forget(c.id)
+        if c.image_id and self._images is not None:
+            self._images.remove_container_dir(c.id)
         if c.ports:
             self._rec.sync_ports()
 

@@ -12,6 +12,7 @@ from typing import Any
 from cove.errors import InvalidArgument
 from cove.model import Network, ServiceSpec
 from cove.network.spec import check_name
+from cove.runtime.mounts import Mount, parse_all
 from cove.runtime.security import check_security_opts, normalize_cap, resolve_caps
 from cove.runtime.state import RestartPolicy
 
@@ -166,6 +167,11 @@ class Container:
     cap_drop: tuple[str, ...] = ()
     seccomp: bool = True
     node: str = ""  # the node whose agent runs it; empty: a single-host record
+    image: str = ""  # as the user named it
+    image_id: str = ""  # sha256:..., "" for a container without an image
+    mounts: tuple[Mount, ...] = ()
+    read_only: bool = False
+    user: str = ""  # the image's USER
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -191,6 +197,11 @@ class Container:
             "cap_drop": list(self.cap_drop),
             "seccomp": "default" if self.seccomp else "unconfined",
             "node": self.node,
+            "image": self.image,
+            "image_id": self.image_id,
+            "mounts": [m.to_json() for m in self.mounts],
+            "read_only": self.read_only,
+            "user": self.user,
         }
 
     @classmethod
@@ -214,6 +225,11 @@ class Container:
             cap_drop=tuple(data.get("cap_drop") or ()),
             seccomp=data.get("seccomp", "default") != "unconfined",
             node=str(data.get("node") or ""),
+            image=str(data.get("image") or ""),
+            image_id=str(data.get("image_id") or ""),
+            mounts=tuple(Mount.from_json(m) for m in data.get("mounts") or ()),
+            read_only=bool(data.get("read_only")),
+            user=str(data.get("user") or ""),
         )
 
 
@@ -235,13 +251,19 @@ class RunSpec:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     seccomp: bool = True
+    image: str = ""
+    mounts: tuple[Mount, ...] = ()
+    read_only: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
         if not isinstance(data, Mapping):
             raise InvalidArgument("request body must be a JSON object")
         argv = _strings(data, "command")
-        if not argv:
+        image = _string(data, "image")
+        if image and _string(data, "rootfs"):
+            raise InvalidArgument("give an image or --rootfs, not both")
+        if not argv and not image:
             raise InvalidArgument("a command to run is required (cove run ... -- CMD ARGS)")
         name = _string(data, "name")
         if name:
@@ -283,8 +305,8 @@ class RunSpec:
             raise InvalidArgument("publishing a port (-p) needs a --network")
         services = tuple(_service(s) for s in _strings(data, "services"))
         rootfs = _string(data, "rootfs") or None
-        workdir = _string(data, "workdir") or "/"
-        if not workdir.startswith("/"):
+        workdir = _string(data, "workdir") or ("" if image else "/")  # "": the image's
+        if workdir and not workdir.startswith("/"):
             raise InvalidArgument(f"working directory {workdir!r} must be absolute")
         # Stored as named (normalized), so inspect shows what the user asked.
         cap_add = tuple(dict.fromkeys(normalize_cap(c) for c in _strings(data, "cap_add")))
@@ -305,6 +327,11 @@ class RunSpec:
             cap_add=cap_add,
             cap_drop=cap_drop,
             seccomp=seccomp,
+            image=image,
+            mounts=parse_all(
+                _strings(data, "volumes"), _strings(data, "mount"), _strings(data, "tmpfs")
+            ),
+            read_only=bool(data.get("read_only")),
         )
 
 

@@ -1,0 +1,178 @@
+"""Unpacking one layer tar into a directory overlayfs can stack: the
+whiteouts of the OCI layer format (``.wh.NAME``, ``.wh..wh..opq``) become
+overlayfs's own (a 0/0 character device, the ``trusted.overlay.opaque``
+attribute), while the bytes are hashed on the way through so the layer
+is checked against its digests in the same single read.
+
+Raises ``InvalidArgument`` for a layer that is corrupt, does not match
+its digest or tries to write outside its directory; ``OSError`` for the
+disk (full, say).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import stat
+import tarfile
+import zlib
+from collections.abc import Callable
+from typing import IO
+
+from cove.errors import InvalidArgument
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+_CHUNK = 1 << 20
+
+
+class HashingReader:
+    """A read-only stream that hashes (sha256) and counts what passes."""
+
+    def __init__(self, src: IO[bytes], progress: Callable[[int], None] | None = None) -> None:
+        self._src = src
+        self.hash = hashlib.sha256()
+        self.count = 0
+        self._progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        self.hash.update(data)
+        self.count += len(data)
+        if self._progress is not None and data:
+            self._progress(len(data))
+        return data
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+def unpack_layer(
+    src: IO[bytes],
+    dest: str,
+    *,
+    digest: str,
+    diff_id: str,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Extracts the (plain or gzip) layer tar read from ``src`` into the
+    new, empty directory ``dest``; checks the stream against ``digest``
+    (when given) and its uncompressed tar against ``diff_id``. Returns
+    the uncompressed size."""
+    raw = HashingReader(src, progress)
+    head = _Peek(raw)
+    magic = head.peek(4)
+    stream: IO[bytes]
+    if magic[:2] == b"\x1f\x8b":
+        stream = gzip.GzipFile(fileobj=head, mode="rb")  # type: ignore[call-overload]
+    elif magic == b"\x28\xb5\x2f\xfd":
+        raise InvalidArgument("zstd-compressed layers are not supported: save as gzip or plain")
+    else:
+        stream = head  # type: ignore[assignment]
+    plain = HashingReader(stream)
+    whiteouts: list[str] = []
+    opaque: list[str] = []
+    try:
+        with tarfile.open(fileobj=plain, mode="r|") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                kept = _check(member, dest, whiteouts, opaque)
+                if kept is not None:
+                    tar.extract(kept, dest, numeric_owner=True, filter="fully_trusted")
+        plain.drain()
+        raw.drain()
+    except (tarfile.TarError, EOFError, KeyError, zlib.error, gzip.BadGzipFile) as exc:
+        raise InvalidArgument(f"layer {diff_id[:19]} is corrupt or truncated: {exc}") from exc
+    if digest and raw.digest != digest:
+        raise InvalidArgument(f"layer {digest[:19]} does not match its digest ({raw.digest[:19]})")
+    if plain.digest != diff_id:
+        raise InvalidArgument(
+            f"layer {diff_id[:19]} does not match its diff_id ({plain.digest[:19]})"
+        )
+    for path in whiteouts:
+        if not os.path.lexists(path):
+            os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    for path in opaque:
+        os.setxattr(path, "trusted.overlay.opaque", b"y")
+    return plain.count
+
+
+def _check(
+    member: tarfile.TarInfo, dest: str, whiteouts: list[str], opaque: list[str]
+) -> tarfile.TarInfo | None:
+    """The member to extract (renamed inside ``dest``), or None for one
+    recorded as a whiteout or skipped (device nodes). Raises
+    ``InvalidArgument`` for a path or hard link leading outside."""
+    name = member.name.lstrip("/")
+    while name.startswith("./"):
+        name = name[2:]
+    if not name or name == ".":
+        return None
+    target = _inside(dest, name, member.name)
+    parent, base = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    if base == OPAQUE:
+        opaque.append(parent)
+        return None
+    if base.startswith(WHITEOUT):
+        whiteouts.append(os.path.join(parent, base[len(WHITEOUT) :]))
+        return None
+    if member.ischr() or member.isblk():
+        return None  # a container gets its own /dev; none from an image
+    if os.path.islink(target) or (
+        os.path.lexists(target) and not (member.isdir() and os.path.isdir(target))
+    ):
+        # replaced, as tar does: writing or chown-ing through a link left by
+        # an earlier entry would reach the host
+        os.unlink(target)
+    if member.islnk():
+        link = member.linkname.lstrip("/")
+        # link() follows a symbolic link: the file itself must be inside
+        real = os.path.realpath(_inside(dest, link, member.linkname))
+        if os.path.commonpath([real, os.path.realpath(dest)]) != os.path.realpath(dest):
+            raise InvalidArgument(f"layer entry {member.linkname!r} points outside the image")
+        rel = os.path.relpath(target, os.path.realpath(dest))
+        return member.replace(name=rel, linkname=link, deep=False)
+    return member.replace(name=os.path.relpath(target, os.path.realpath(dest)), deep=False)
+
+
+def _inside(dest: str, name: str, shown: str) -> str:
+    """``dest/name`` with the links of its parent directories resolved, or
+    ``InvalidArgument`` when that is outside ``dest`` (``../``, or through
+    a link)."""
+    root = os.path.realpath(dest)
+    head, base = os.path.split(os.path.normpath(name))
+    parent = os.path.realpath(os.path.join(root, head))
+    if base in ("", ".", "..") or os.path.commonpath([parent, root]) != root:
+        raise InvalidArgument(f"layer entry {shown!r} points outside the image")
+    return os.path.join(parent, base)
+
+
+class _Peek:
+    """Lets the first bytes be looked at without consuming them."""
+
+    def __init__(self, src: HashingReader) -> None:
+        self._src = src
+        self._buf = b""
+
+    def peek(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            data = self._src.read(n - len(self._buf))
+            if not data:
+                break
+            self._buf += data
+        return self._buf[:n]
+
+    def read(self, n: int = -1) -> bytes:
+        if self._buf:
+            if n < 0:
+                data, self._buf = self._buf + self._src.read(), b""
+                return data
+            data, self._buf = self._buf[:n], self._buf[n:]
+            return data
+        return self._src.read(n)
