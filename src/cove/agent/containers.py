@@ -86,6 +86,7 @@ class ContainerRuntime:
         subscription is missed."""
         for prefix in (CONTAINERS, ENDPOINTS, NETWORKS):
             hub.subscribe(prefix, self.reconciler.on_events)
+        self.reconciler.watched = True
         self.reconciler.start()
         self.service.adopt()
         self._undo.start()

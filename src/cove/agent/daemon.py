@@ -68,6 +68,7 @@ from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.network.overlay import OverlayReconciler
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
+from cove.registry.keys import agent_service_key
 from cove.runtime.dns_handover import SupervisorKeeper
 from cove.runtime.registration import ServiceRegistrar
 from cove.store.base import local_store
@@ -337,6 +338,11 @@ class Agent:
         self.runtime.start(self.hub)  # after the first network pass: bridges exist
         for prefix in (CONTAINERS, ENDPOINTS):
             self.hub.subscribe(prefix, self.registrar.on_events)
+        self.hub.subscribe(
+            agent_service_key(self.registry.node_name, ""),
+            self.registrar.on_registry_events,
+        )
+        self.registrar.watched = True
         self.registrar.start()
         if self.dns is not None:
             self.dns.start()

@@ -106,7 +106,8 @@ def install_static(app: web.Application, files: Mapping[str, bytes]) -> None:
         return web.Response(status=301, headers={"Location": "/ui/"})
 
     r = app.router
-    r.add_get("/", to_ui)
+    # GET / stays the Consul agent's answer (api/consul/agent.py root): two
+    # routes for it stop the agent at start.
     r.add_get("/ui", to_ui)
     r.add_get("/ui/", index)
     r.add_get("/ui/{file}", asset)

@@ -226,6 +226,11 @@ class ContainerReconciler:
         # answers without waiting for nft.
         self._unguard: list[str] = []
         self._reaper = Worker("cove-veth-reaper", self._reap, interval)
+        # Set by whoever subscribes ``on_events`` to the hub: the periodic
+        # pass may then reuse its last snapshot (``_read_periodic``).
+        self.watched = False
+        self._changed = True
+        self._snap: Snapshot | None = None
         # Ports published by containers of other runtimes (CNI attachments).
         self._more_published: list[Callable[[], list[ports.Published]]] = []
 
@@ -236,6 +241,18 @@ class ContainerReconciler:
     def _read(self) -> Snapshot:
         """The store's containers that run on this node."""
         return read_snapshot(self._store).owned_by(self._node)
+
+    def _read_periodic(self) -> Snapshot:
+        """The periodic pass's snapshot: when the hub follows the store for
+        this reconciler (``watched``) and delivered no change since the last
+        full read, that read again (the kernel is still checked against it),
+        so an idle agent does not re-read every container of the cluster."""
+        with self._state:
+            fresh = not self.watched or self._changed or self._snap is None
+            self._changed = False
+        if fresh or self._snap is None:
+            self._snap = self._read()
+        return self._snap
 
     def _read_one(self, name: str) -> Snapshot:
         return read_container(self._store, name).owned_by(self._node)
@@ -314,6 +331,8 @@ class ContainerReconciler:
         """Store events: a pass for each container they touch (cheap), and a
         full pass only when a network changed. Deletions were cleaned up by
         whoever deleted; the periodic full pass catches the rest."""
+        with self._state:
+            self._changed = True  # the periodic pass reads the store again
         for ev in events:
             if ev.kv.key.startswith(NETWORKS):
                 self.kick()
@@ -346,7 +365,10 @@ class ContainerReconciler:
         pass; a full pass logs and goes on."""
         with self.lock, self._dp.session():
             one = only is not None and name is not None
-            snap = self._read_one(name) if one and name is not None else self._read()
+            if one and name is not None:
+                snap = self._read_one(name)
+            else:
+                snap = self._read_periodic() if force else self._read()
             want = wanted(snap)
             errors: list[CoveError] = []
             # Before any link comes up, so a new port is never unguarded.
