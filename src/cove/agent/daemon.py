@@ -329,11 +329,13 @@ class Agent:
     def start(self) -> None:
         self.node.start()
         self.hub.subscribe(NETWORKS, lambda _events: self.reconciler.kick())
+        self.reconciler.watched = True
         self.hub.start()
         self.events.start(self.hub)
         self.reconciler.start()
         for prefix in (NETWORKS, ENDPOINTS, CLUSTER_NODES):
             self.hub.subscribe(prefix, self.overlay.on_events)
+        self.overlay.watched = True
         self.overlay.start()
         self.runtime.start(self.hub)  # after the first network pass: bridges exist
         for prefix in (CONTAINERS, ENDPOINTS):

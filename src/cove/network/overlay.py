@@ -395,6 +395,9 @@ class OverlayReconciler:
         self._known_networks: frozenset[str] = frozenset()
         self._applied = 0
         self._cond = threading.Condition()
+        # Set by the agent once ``on_events`` follows the hub.
+        self.watched = False
+        self._last: tuple[Desired, int, list[Network]] | None = None
         self._worker = Worker(
             "cove-overlay", lambda kicked: self.run_once(force=not kicked), interval
         )
@@ -457,9 +460,13 @@ class OverlayReconciler:
 
     def run_once(self, force: bool = False) -> list[Op]:
         with self._lock:
-            desired, revision, networks = read_desired(
-                self._store, self._node, self._advertise, self._port
-            )
+            if force and self.watched and self._last is not None:
+                # The periodic pass: the hub kicks a pass on every change
+                # of what ``read_desired`` reads, so its last read stands.
+                desired, revision, networks = self._last
+            else:
+                self._last = read_desired(self._store, self._node, self._advertise, self._port)
+                desired, revision, networks = self._last
             self._learn_bridges(networks)
             observed = self._dp.observe_overlay()
             ops = plan(desired, observed, None if force else self._digest)

@@ -292,7 +292,14 @@ class SessionReaper:
     def pending(self, now: float) -> bool:
         """Whether ``reap`` has anything to do (no store access)."""
         with self._lock:
-            return bool(self._suspects) or bool(self._heap and self._heap[0][0] <= now)
+            heap = self._heap
+            while heap and heap[0][0] <= now and not self._is_due(heap[0][1], now):
+                heapq.heappop(heap)  # renewed or gone since it was pushed
+            return bool(self._suspects) or bool(heap and heap[0][0] <= now)
+
+    def _is_due(self, sid: str, now: float) -> bool:
+        s = self._known.get(sid)
+        return s is not None and bool(s.deadline) and self._due(s) <= now
 
     def reap(self) -> int:
         """End the due sessions (read again from the store first); returns
@@ -303,8 +310,7 @@ class SessionReaper:
             self._suspects.clear()
             while self._heap and self._heap[0][0] <= now:
                 _, sid = heapq.heappop(self._heap)
-                s = self._known.get(sid)
-                if s is not None and s.deadline and self._due(s) <= now:
+                if self._is_due(sid, now):
                     due.add(sid)
         ended = 0
         for sid in sorted(due):

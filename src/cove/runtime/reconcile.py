@@ -231,6 +231,8 @@ class ContainerReconciler:
         self.watched = False
         self._changed = True
         self._snap: Snapshot | None = None
+        self._reused = False  # the last _read_periodic reused the snapshot
+        self._extra: list[ports.Published] | None = None  # the last _more_published
         # Ports published by containers of other runtimes (CNI attachments).
         self._more_published: list[Callable[[], list[ports.Published]]] = []
 
@@ -250,6 +252,7 @@ class ContainerReconciler:
         with self._state:
             fresh = not self.watched or self._changed or self._snap is None
             self._changed = False
+        self._reused = not fresh and self._snap is not None
         if fresh or self._snap is None:
             self._snap = self._read()
         return self._snap
@@ -409,7 +412,8 @@ class ContainerReconciler:
                         shutil.rmtree(folder, ignore_errors=True)
             try:
                 if only is None or snap.containers.get(only, _NO_PORTS).ports:
-                    self._sync_ports(self._read() if name else snap, only is None)
+                    reuse = force and only is None and self._reused
+                    self._sync_ports(self._read() if name else snap, only is None, reuse=reuse)
             except CoveError as exc:
                 log.error("published ports: %s", exc.message)
                 errors.append(exc)
@@ -527,10 +531,14 @@ class ContainerReconciler:
             folder / "resolv.conf", etc.resolv_conf(nameservers, self._host_resolv())
         )
 
-    def _sync_ports(self, snap: Snapshot, force: bool) -> None:
+    def _sync_ports(self, snap: Snapshot, force: bool, *, reuse: bool = False) -> None:
+        """``reuse``: the other runtimes' ports of the last compile (a
+        periodic pass on an unchanged snapshot; they call ``sync_ports``
+        when theirs change)."""
         items = published(snap)
-        for source in self._more_published:
-            items.extend(source())
+        if not reuse or self._extra is None:
+            self._extra = [p for source in self._more_published for p in source()]
+        items.extend(self._extra)
         objs = ports.compile_table(items)
         digest = _digest(objs)
         if force and (ports.FAMILY, ports.TABLE) not in self._nft.tables():

@@ -1,0 +1,52 @@
+"""Scale by design: what an idle agent costs etcd, counted on etcd's side.
+
+An agent with nothing to do must not poll the store: sessions expire from
+deadlines kept in memory, safety-net passes reuse what the watch already
+delivered. What remains is the leases' keep-alives and the odd read. Before
+this was designed, an idle agent made about 184 requests a minute (172 of
+them reads: the session sweep alone re-read every session twice a second).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from agentproc import AgentProc
+from conftest import cleanup_agent
+from etcd_fixture import etcd_process
+
+WINDOW = 20.0  # seconds counted
+# Requests a minute an idle agent may make: measured about 16 (12 lease
+# keep-alives of the node record and the registry's serfHealth, a few reads);
+# the old polling made ten times this.
+BOUND = 40.0
+
+
+@pytest.mark.root
+def test_an_idle_agent_costs_etcd_little(hostns: str, tmp_path: Path) -> None:
+    with etcd_process() as member:
+        agent = AgentProc(hostns, tmp_path, "--store", f"etcd://{member.hostport}")
+        try:
+            agent.start()
+            agent.ok("network", "create", "idle", "--subnet", "10.89.78.0/24")
+            # A session with a TTL holding a lock: what the session reaper follows.
+            status, made = agent.api("PUT", "/v1/session/create", {"TTL": "60s"})
+            assert status == 200, made
+            status, held = agent.api("PUT", f"/v1/kv/idle/lock?acquire={made['ID']}", "me")
+            assert status == 200 and held is True, held
+            time.sleep(3)  # what the commands started is done
+            before = member.metrics()
+            time.sleep(WINDOW)
+            load = member.metrics() - before
+            per_minute = load.requests * 60 / WINDOW
+            assert per_minute <= BOUND, (
+                f"an idle agent makes {per_minute:.0f} etcd requests a minute: {load.calls}"
+            )
+            # Still alive and still holding its lock: nothing was cut to get there.
+            status, info = agent.api("GET", f"/v1/session/info/{made['ID']}")
+            assert status == 200 and info and info[0]["ID"] == made["ID"], info
+        finally:
+            cleanup_agent(agent)
