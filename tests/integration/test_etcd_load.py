@@ -51,3 +51,42 @@ def test_an_idle_agent_costs_etcd_little(hostns: str, tmp_path: Path) -> None:
             assert status == 200 and info and info[0]["ID"] == made["ID"], info
         finally:
             cleanup_agent(agent)
+
+
+@pytest.mark.root
+def test_a_session_ends_when_its_check_fails_without_polling(hostns: str, tmp_path: Path) -> None:
+    """The reaper learns of the failed check from the watch, on etcd: the
+    lock the session held is released within a second or two."""
+    with etcd_process() as member:
+        agent = AgentProc(hostns, tmp_path, "--store", f"etcd://{member.hostport}")
+        try:
+            agent.start()
+            svc = {
+                "Name": "db",
+                "ID": "db1",
+                "Port": 5432,
+                "Check": {"CheckID": "db-ttl", "TTL": "60s"},
+            }
+            assert agent.api("PUT", "/v1/agent/service/register", svc)[0] == 200
+            assert agent.api("PUT", "/v1/agent/check/pass/db-ttl")[0] == 200
+            body = {"NodeChecks": [], "ServiceChecks": [{"ID": "db-ttl"}]}
+            status, made = agent.api("PUT", "/v1/session/create", body)
+            assert status == 200, made
+            status, held = agent.api("PUT", f"/v1/kv/db/leader?acquire={made['ID']}", "me")
+            assert status == 200 and held is True, held
+            time.sleep(1)
+            status, info = agent.api("GET", f"/v1/session/info/{made['ID']}")
+            assert status == 200 and info, "a passing check must not end the session"
+
+            assert agent.api("PUT", "/v1/agent/check/fail/db-ttl")[0] == 200
+            deadline = time.monotonic() + 5
+            while True:
+                status, info = agent.api("GET", f"/v1/session/info/{made['ID']}")
+                if status == 200 and not info:
+                    break
+                assert time.monotonic() < deadline, agent.log_text()
+                time.sleep(0.1)
+            status, entries = agent.api("GET", "/v1/kv/db/leader")
+            assert status == 200 and not entries[0].get("Session"), entries
+        finally:
+            cleanup_agent(agent)
