@@ -244,13 +244,15 @@ class ContainerReconciler:
         """The store's containers that run on this node."""
         return read_snapshot(self._store).owned_by(self._node)
 
-    def _read_periodic(self) -> Snapshot:
+    def _read_periodic(self, *, reuse: bool = True) -> Snapshot:
         """The periodic pass's snapshot: when the hub follows the store for
         this reconciler (``watched``) and delivered no change since the last
         full read, that read again (the kernel is still checked against it),
-        so an idle agent does not re-read every container of the cluster."""
+        so an idle agent does not re-read every container of the cluster.
+        Every full pass reads through here (``reuse`` False: a fresh read),
+        so a change is read once, not again by the next periodic pass."""
         with self._state:
-            fresh = not self.watched or self._changed or self._snap is None
+            fresh = not reuse or not self.watched or self._changed or self._snap is None
             self._changed = False
         self._reused = not fresh and self._snap is not None
         if fresh or self._snap is None:
@@ -371,7 +373,7 @@ class ContainerReconciler:
             if one and name is not None:
                 snap = self._read_one(name)
             else:
-                snap = self._read_periodic() if force else self._read()
+                snap = self._read_periodic(reuse=force)
             want = wanted(snap)
             errors: list[CoveError] = []
             # Before any link comes up, so a new port is never unguarded.
