@@ -68,7 +68,12 @@ class ContainerRuntime:
         # of a container on h2), carried out here as if asked here.
         self.requests = RequestServer(store, clock, node, self.service.handlers())
         self._requests = Worker(
-            "cove-ctr-requests", lambda _k: self.requests.run_once(), interval, retry=1.0
+            "cove-ctr-requests",
+            # Kicked by the hub for every request; the periodic pass only
+            # expires answers, so it is skipped while there are none.
+            lambda kicked: self.requests.run_once() if kicked or not self.requests.idle else 0,
+            interval,
+            retry=1.0,
         )
         # Failed runs whose rollback could not reach the store are undone
         # as soon as it answers again; starts that could not be finished at
@@ -93,6 +98,7 @@ class ContainerRuntime:
         subscription is missed."""
         for prefix in (CONTAINERS, ENDPOINTS, NETWORKS):
             hub.subscribe(prefix, self.reconciler.on_events)
+        self.reconciler.watched = True
         self.reconciler.start()
         self.service.adopt()
         self._undo.start()

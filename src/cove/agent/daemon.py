@@ -68,6 +68,7 @@ from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.network.overlay import OverlayReconciler
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
+from cove.registry.keys import agent_service_key
 from cove.runtime.dns_handover import SupervisorKeeper
 from cove.runtime.registration import ServiceRegistrar
 from cove.store.base import local_store
@@ -337,15 +338,22 @@ class Agent:
     def start(self) -> None:
         self.node.start()
         self.hub.subscribe(NETWORKS, lambda _events: self.reconciler.kick())
+        self.reconciler.watched = True
         self.hub.start()
         self.events.start(self.hub)
         self.reconciler.start()
         for prefix in (NETWORKS, ENDPOINTS, CLUSTER_NODES):
             self.hub.subscribe(prefix, self.overlay.on_events)
+        self.overlay.watched = True
         self.overlay.start()
         self.runtime.start(self.hub)  # after the first network pass: bridges exist
         for prefix in (CONTAINERS, ENDPOINTS):
             self.hub.subscribe(prefix, self.registrar.on_events)
+        self.hub.subscribe(
+            agent_service_key(self.registry.node_name, ""),
+            self.registrar.on_registry_events,
+        )
+        self.registrar.watched = True
         self.registrar.start()
         if self.dns is not None:
             self.dns.start()

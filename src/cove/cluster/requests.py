@@ -152,6 +152,10 @@ class RequestServer:
         self._store = store
         self._clock = clock
         self._prefix = requests_prefix(node)
+        # Whether the last pass found no request at all (nothing to answer,
+        # no answer to expire): the periodic pass of a watched server can
+        # then be skipped (``ContainerParts``).
+        self.idle = False
         self._handlers = dict(handlers)
 
     @property
@@ -162,7 +166,9 @@ class RequestServer:
         """Carry out every pending request; returns how many."""
         done = 0
         now = self._clock.time()
-        for kv in self._store.range(self._prefix).kvs:
+        kvs = self._store.range(self._prefix).kvs
+        self.idle = not kvs
+        for kv in kvs:
             try:
                 req = json.loads(kv.value)
             except ValueError:

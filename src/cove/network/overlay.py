@@ -410,6 +410,8 @@ class OverlayReconciler:
         self._known_networks: frozenset[str] = frozenset()
         self._applied = 0
         self._cond = threading.Condition()
+        # Set by the agent once ``on_events`` follows the hub.
+        self.watched = False
         self._worker = Worker("cove-overlay", self._pass, interval)
         self.errors: dict[str, str] = {}
         # The store's side of the last pass; periodic passes (which repair

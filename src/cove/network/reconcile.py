@@ -21,7 +21,7 @@ from cove.datapath.base import Interface, NetworkDatapath, Observed
 from cove.errors import CoveError
 from cove.model import NETWORKS, Network, NetworkDriver
 from cove.network import firewall
-from cove.store.base import Store
+from cove.store.base import RangeResult, Store
 from cove.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,10 @@ class NetworkReconciler:
         self._digest: str | None = None
         # The periodic pass rewrites the nft table even if nothing changed,
         # so rules someone deleted by hand come back.
+        # Set by whoever kicks this on every change of the networks (the
+        # agent, from its hub): the periodic pass then reuses the last read.
+        self.watched = False
+        self._last: tuple[RangeResult, list[Network]] | None = None
         self._worker = Worker(
             "cove-net-reconcile", lambda kicked: self.run_once(force=not kicked), interval
         )
@@ -199,8 +203,15 @@ class NetworkReconciler:
             return self._run_once(force)
 
     def _run_once(self, force: bool) -> list[Op]:
-        result = self._store.range(NETWORKS)
-        networks = [Network.from_json(json.loads(kv.value)) for kv in result.kvs]
+        if force and self.watched and self._last is not None:
+            # The periodic pass of a reconciler the hub kicks on every
+            # change: the networks are those of the last read; only the
+            # kernel is looked at again.
+            result, networks = self._last
+        else:
+            result = self._store.range(NETWORKS)
+            networks = [Network.from_json(json.loads(kv.value)) for kv in result.kvs]
+            self._last = (result, networks)
         observed = self._datapath.observe()
         ops = plan(networks, observed, None if force else self._digest)
         errors: dict[str, str] = {}

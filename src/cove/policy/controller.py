@@ -63,14 +63,16 @@ class PolicyController:
         # (containers attached one after another) one per burst, after it.
         self._worker = Worker("cove-policy", self._pass, interval, retry=0.5, settle=0.05)
         self._follower: Follower | None = None
+        self._state = threading.Lock()  # _changed and _cached
+        self._changed = True  # a store change since the last compile
+        self._cached: tuple[list[pc.Obj], int] | None = None
         self.last_error: str | None = None
         self.warning: str | None = None
 
     def sync(self, *, force: bool = False) -> bool:
         """Recompile; replace the table when it changed. Returns whether it did."""
         with self._lock:
-            revision = self._store.revision
-            objs = pc.compile_table(self._policy.model())
+            objs, revision = self._compiled(force)
             digest = pc.digest(objs)
             changed = force or digest != self._digest
             if changed:
@@ -79,6 +81,34 @@ class PolicyController:
             self.last_error = None
         self._progress.mark(revision)
         return changed
+
+    def _compiled(self, periodic: bool) -> tuple[list[pc.Obj], int]:
+        """The table and the store revision it describes. A periodic pass
+        with no store change delivered since the last compile (the hub
+        follows every prefix the policy reads) reuses that compile: the
+        kernel is still checked, the cluster's records are not re-read."""
+        hub = self._follower.hub if self._follower is not None else None
+        if periodic and hub is not None and self._cached is not None:
+            revision = hub.revision  # first: a change up to it has set _changed
+            with self._state:
+                if not self._changed:
+                    return self._cached[0], max(revision, self._cached[1])
+        with self._state:
+            self._changed = False
+        try:
+            revision = self._store.revision
+            objs = pc.compile_table(self._policy.model())
+        except BaseException:
+            with self._state:
+                self._changed = True
+            raise
+        self._cached = (objs, revision)
+        return objs, revision
+
+    def _on_events(self, _events: object) -> None:
+        with self._state:
+            self._changed = True
+        self._worker.kick()
 
     def _pass(self, kicked: bool) -> None:
         try:
@@ -107,7 +137,9 @@ class PolicyController:
             # Logged and retried by the worker; the old table (if any) stays.
             self.last_error = exc.message
             log.error("cannot program network policy: %s", exc.message)
-        self._follower = Follower(hub, PREFIXES, lambda _e: self._worker.kick())
+        self._follower = Follower(hub, PREFIXES, self._on_events)
+        with self._state:
+            self._changed = True  # whatever came before the subscription
         self._worker.start()
 
     def stop(self) -> None:

@@ -27,18 +27,21 @@ import aiohttp
 from cove.codec import loads
 from cove.errors import CoveError, InvalidArgument, NotFound, StorageFull
 from cove.registry.checks import AliasTarget, Ttl
+from cove.registry.keys import AGENT, CHECKS, SESSIONS
 from cove.registry.probes import Tracker, cut, probe
+from cove.registry.sessions import SessionReaper
 from cove.registry.types import NODE_CHECKS, CheckDefinition, CheckKind, Status, node_key, seg
 from cove.store.base import Event, EventType
 
 if TYPE_CHECKING:
     from cove.registry import Registry
     from cove.store.group import GroupCommit
-    from cove.store.hub import WatchHub
+    from cove.store.hub import Subscription, WatchHub
 
 log = logging.getLogger(__name__)
 
 RESYNC = 30.0  # seconds between full re-reads of this node's checks
+RESYNC_WATCHED = 300.0  # the same when the hub's watch delivers every change
 TICK = 0.5  # seconds between TTL / deregistration / session sweeps
 LEASE_TTL = 15  # seconds the node's serfHealth outlives a silent agent
 
@@ -92,6 +95,8 @@ class CheckRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
         self._sub: object | None = None
+        self._reaper: SessionReaper | None = None  # with a hub: no polling of sessions
+        self._reaper_subs: list[Subscription] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -116,6 +121,7 @@ class CheckRunner:
                     loop.call_soon_threadsafe(self._apply_events, list(events))
 
             self._sub = self._hub.subscribe(prefix, on_change, inline=True)
+            self._reaper = await asyncio.to_thread(self._follow_sessions, self._hub)
         await self._sync()
         self._tasks = [
             asyncio.create_task(self._resync_loop(), name="cove-checks-resync"),
@@ -131,6 +137,8 @@ class CheckRunner:
         cancel = getattr(self._sub, "cancel", None)
         if cancel is not None:
             cancel()
+        for sub in self._reaper_subs:
+            sub.cancel()
         tasks = [*self._tasks, *(r.task for r in self._checks.values() if r.task)]
         for task in tasks:
             task.cancel()
@@ -149,6 +157,18 @@ class CheckRunner:
         on the loop this runner runs on) instead of one store transaction
         each; every write still completes only once its group is committed."""
         self._commits = commits
+
+    def _follow_sessions(self, hub: WatchHub) -> SessionReaper:
+        """The sessions and the check changes that may end one, from the
+        hub (then one read of the sessions): ``_tick`` reads the store only
+        for a session that is due."""
+        registry = self._registry
+        reaper = SessionReaper(registry.sessions, self._clock, registry.node_name)
+        self._reaper_subs = [
+            hub.subscribe(prefix, reaper.apply) for prefix in (SESSIONS, CHECKS, NODE_CHECKS, AGENT)
+        ]
+        reaper.load(registry.store.range(SESSIONS).kvs)
+        return reaper
 
     def kick(self) -> None:
         """Re-read the check definitions soon (after a local registration);
@@ -205,7 +225,9 @@ class CheckRunner:
     async def _resync_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), RESYNC)
+                await asyncio.wait_for(
+                    self._dirty.wait(), RESYNC if self._hub is None else RESYNC_WATCHED
+                )
             self._dirty.clear()
             try:
                 await self._sync()
@@ -281,9 +303,11 @@ class CheckRunner:
         target = d.spec if isinstance(d.spec, AliasTarget) else AliasTarget()
         node = target.node or self._registry.node_name
         store = self._registry.store
+        hub = self._hub
         seen = -1
         while True:
-            revision = store.revision
+            # The hub's revision costs no store request (on etcd, one each).
+            revision = hub.revision if hub is not None else store.revision
             if revision != seen:
                 seen = revision
                 status, output = await asyncio.to_thread(
@@ -409,7 +433,11 @@ class CheckRunner:
                 with contextlib.suppress(NotFound):
                     await asyncio.to_thread(self._registry.catalog.deregister_service, d.service_id)
                 self._dirty.set()
-        await asyncio.to_thread(self._registry.sessions.reap)
+        reaper = self._reaper
+        if reaper is None:
+            await asyncio.to_thread(self._registry.sessions.reap)
+        elif reaper.pending(self._clock.time()):
+            await asyncio.to_thread(reaper.reap)
 
     async def _register_node(self) -> None:
         store = self._registry.store

@@ -8,19 +8,24 @@ deleted, in the same store transaction that deletes the session.
 
 from __future__ import annotations
 
+import heapq
 import logging
+import threading
 import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 from cove.clock import Clock
-from cove.codec import dumps
+from cove.codec import dumps, loads
 from cove.errors import Conflict, InvalidArgument, NotFound
+from cove.registry import keys
 from cove.registry import types as t
 from cove.registry.decode import fold, strings, text
 from cove.registry.kv import KV
 from cove.registry.queries import Answer, Decoded
 from cove.registry.txn import Tx, transact
-from cove.store.base import Delete, Put, Store
+from cove.store.base import Delete, Event, EventType, KeyValue, Put, Store
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +175,22 @@ class Sessions:
         ended = 0
         for kv in self._store.range(t.SESSIONS).kvs:
             session = t.Session.from_json(self._decode(kv))
-            expired = bool(session.deadline) and session.deadline <= now
-            if (expired or not self._healthy(session)) and self.invalidate(session.id):
+            if self._ended(session, now) and self.invalidate(session.id):
                 ended += 1
         return ended
+
+    def reap_one(self, session_id: str, now: float) -> bool:
+        """``reap`` for one session (``SessionReaper``): read it, end it if
+        its TTL ran out or a check of it is critical or gone."""
+        kv = self._store.get(t.session_key(session_id))
+        if kv is None:
+            return False
+        session = t.Session.from_json(self._decode(kv))
+        return self._ended(session, now) and self.invalidate(session.id)
+
+    def _ended(self, session: t.Session, now: float) -> bool:
+        expired = bool(session.deadline) and session.deadline <= now
+        return expired or not self._healthy(session)
 
     def _healthy(self, session: t.Session) -> bool:
         for cid in session.node_checks:
@@ -189,3 +206,121 @@ class Sessions:
             if kv is None or self._decode(kv).get("Status") == t.Status.CRITICAL:
                 return False
         return True
+
+
+OTHER_NODE_GRACE = 5.0  # seconds another node's agent has to reap its own session first
+
+
+class SessionReaper:
+    """``Sessions.reap`` without polling: the sessions of the cluster are
+    followed through the agent's watch hub (``apply``) and kept in memory
+    with their deadlines in a heap, so the twice-a-second sweep (``reap``)
+    touches the store only when a session is due: its TTL ran out, or a
+    check it depends on went critical or vanished. The cache is only a hint:
+    a due session is read again (``Sessions.invalidate`` reads it in its
+    transaction) before it is ended.
+
+    The agent of a session's node ends it on time; the others only after
+    ``grace`` (a node without an agent, or one that died), so one expiry
+    does not make every agent of the cluster write."""
+
+    def __init__(
+        self, sessions: Sessions, clock: Clock, node: str, *, grace: float = OTHER_NODE_GRACE
+    ) -> None:
+        self._sessions = sessions
+        self._clock = clock
+        self._node = node
+        self._grace = grace
+        self._lock = threading.Lock()
+        self._known: dict[str, t.Session] = {}  # by session id
+        self._heap: list[tuple[float, str]] = []  # (when due, session id), stale entries skipped
+        self._suspects: set[str] = set()  # session ids to look at now
+
+    def load(self, kvs: Iterable[KeyValue]) -> None:
+        """Start from a read of ``SESSIONS`` (subscribe to the hub first)."""
+        self.apply([Event(EventType.PUT, kv) for kv in kvs])
+
+    def apply(self, events: Sequence[Event]) -> None:
+        """Hub callback for ``SESSIONS``, ``CHECKS``, ``NODE_CHECKS`` and
+        ``AGENT`` events."""
+        with self._lock:
+            for ev in events:
+                key = ev.kv.key
+                if key.startswith(keys.SESSIONS):
+                    self._session_event(ev)
+                elif ev.type is EventType.DELETE or _critical(ev.kv.value):
+                    self._check_event(key)
+
+    def _session_event(self, ev: Event) -> None:
+        sid = unquote(ev.kv.key[len(keys.SESSIONS) :])
+        if ev.type is EventType.DELETE:
+            self._known.pop(sid, None)
+            self._suspects.discard(sid)
+            return
+        try:
+            session = t.Session.from_json(loads(ev.kv.value))
+        except (ValueError, KeyError, TypeError):
+            self._suspects.add(sid)  # let ``reap`` decide on what the store holds
+            return
+        self._known[sid] = session
+        if session.deadline:
+            heapq.heappush(self._heap, (self._due(session), sid))
+
+    def _due(self, session: t.Session) -> float:
+        return session.deadline + (0.0 if session.node == self._node else self._grace)
+
+    def _check_event(self, key: str) -> None:
+        """A check went critical or vanished: its node's sessions that name
+        it are suspects. Keys: ``chk/<svc>/<node>/<id>``,
+        ``nodechk/<node>/<id>``, ``agent/<node>/chk/<id>``."""
+        parts = key.split("/")
+        if key.startswith(keys.NODE_CHECKS) and len(parts) == 4:
+            node, cid = parts[2], parts[3]
+        elif key.startswith(keys.CHECKS) and len(parts) == 5:
+            node, cid = parts[3], parts[4]
+        elif key.startswith(keys.AGENT) and len(parts) == 5 and parts[3] == "chk":
+            node, cid = parts[2], parts[4]
+        else:
+            return
+        node, cid = unquote(node), unquote(cid)
+        for sid, s in self._known.items():
+            if s.node == node and (
+                cid in s.node_checks or any(c == cid for c, _ in s.service_checks)
+            ):
+                self._suspects.add(sid)
+
+    def pending(self, now: float) -> bool:
+        """Whether ``reap`` has anything to do (no store access)."""
+        with self._lock:
+            heap = self._heap
+            while heap and heap[0][0] <= now and not self._is_due(heap[0][1], now):
+                heapq.heappop(heap)  # renewed or gone since it was pushed
+            return bool(self._suspects) or bool(heap and heap[0][0] <= now)
+
+    def _is_due(self, sid: str, now: float) -> bool:
+        s = self._known.get(sid)
+        return s is not None and bool(s.deadline) and self._due(s) <= now
+
+    def reap(self) -> int:
+        """End the due sessions (read again from the store first); returns
+        how many ended."""
+        now = self._clock.time()
+        with self._lock:
+            due = set(self._suspects)
+            self._suspects.clear()
+            while self._heap and self._heap[0][0] <= now:
+                _, sid = heapq.heappop(self._heap)
+                if self._is_due(sid, now):
+                    due.add(sid)
+        ended = 0
+        for sid in sorted(due):
+            if self._sessions.reap_one(sid, now):
+                ended += 1
+        return ended
+
+
+def _critical(value: bytes) -> bool:
+    try:
+        return bool(loads(value).get("Status") == t.Status.CRITICAL)
+    except (ValueError, AttributeError):
+        return False

@@ -226,6 +226,13 @@ class ContainerReconciler:
         # answers without waiting for nft.
         self._unguard: list[str] = []
         self._reaper = Worker("cove-veth-reaper", self._reap, interval)
+        # Set by whoever subscribes ``on_events`` to the hub: the periodic
+        # pass may then reuse its last snapshot (``_read_periodic``).
+        self.watched = False
+        self._changed = True
+        self._snap: Snapshot | None = None
+        self._reused = False  # the last _read_periodic reused the snapshot
+        self._extra: list[ports.Published] | None = None  # the last _more_published
         # Ports published by containers of other runtimes (CNI attachments).
         self._more_published: list[Callable[[], list[ports.Published]]] = []
 
@@ -236,6 +243,21 @@ class ContainerReconciler:
     def _read(self) -> Snapshot:
         """The store's containers that run on this node."""
         return read_snapshot(self._store).owned_by(self._node)
+
+    def _read_periodic(self, *, reuse: bool = True) -> Snapshot:
+        """The periodic pass's snapshot: when the hub follows the store for
+        this reconciler (``watched``) and delivered no change since the last
+        full read, that read again (the kernel is still checked against it),
+        so an idle agent does not re-read every container of the cluster.
+        Every full pass reads through here (``reuse`` False: a fresh read),
+        so a change is read once, not again by the next periodic pass."""
+        with self._state:
+            fresh = not reuse or not self.watched or self._changed or self._snap is None
+            self._changed = False
+        self._reused = not fresh and self._snap is not None
+        if fresh or self._snap is None:
+            self._snap = self._read()
+        return self._snap
 
     def _read_one(self, name: str) -> Snapshot:
         return read_container(self._store, name).owned_by(self._node)
@@ -314,6 +336,8 @@ class ContainerReconciler:
         """Store events: a pass for each container they touch (cheap), and a
         full pass only when a network changed. Deletions were cleaned up by
         whoever deleted; the periodic full pass catches the rest."""
+        with self._state:
+            self._changed = True  # the periodic pass reads the store again
         for ev in events:
             if ev.kv.key.startswith(NETWORKS):
                 self.kick()
@@ -346,7 +370,10 @@ class ContainerReconciler:
         pass; a full pass logs and goes on."""
         with self.lock, self._dp.session():
             one = only is not None and name is not None
-            snap = self._read_one(name) if one and name is not None else self._read()
+            if one and name is not None:
+                snap = self._read_one(name)
+            else:
+                snap = self._read_periodic(reuse=force)
             want = wanted(snap)
             errors: list[CoveError] = []
             # Before any link comes up, so a new port is never unguarded.
@@ -387,7 +414,8 @@ class ContainerReconciler:
                         shutil.rmtree(folder, ignore_errors=True)
             try:
                 if only is None or snap.containers.get(only, _NO_PORTS).ports:
-                    self._sync_ports(self._read() if name else snap, only is None)
+                    reuse = force and only is None and self._reused
+                    self._sync_ports(self._read() if name else snap, only is None, reuse=reuse)
             except CoveError as exc:
                 log.error("published ports: %s", exc.message)
                 errors.append(exc)
@@ -511,10 +539,14 @@ class ContainerReconciler:
             folder / "resolv.conf", etc.resolv_conf(nameservers, self._host_resolv())
         )
 
-    def _sync_ports(self, snap: Snapshot, force: bool) -> None:
+    def _sync_ports(self, snap: Snapshot, force: bool, *, reuse: bool = False) -> None:
+        """``reuse``: the other runtimes' ports of the last compile (a
+        periodic pass on an unchanged snapshot; they call ``sync_ports``
+        when theirs change)."""
         items = published(snap)
-        for source in self._more_published:
-            items.extend(source())
+        if not reuse or self._extra is None:
+            self._extra = [p for source in self._more_published for p in source()]
+        items.extend(self._extra)
         objs = ports.compile_table(items)
         digest = _digest(objs)
         if force and (ports.FAMILY, ports.TABLE) not in self._nft.tables():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,11 +137,31 @@ class ServiceRegistrar:
         # On a store of this host alone, every container is this host's.
         self._node = node if local_store(store) is None else ""
         self._registry = registry
-        self._worker = Worker("cove-registrar", lambda _kicked: self.run_once(), interval)
+        self._worker = Worker("cove-registrar", self._pass, interval)
+        # With ``on_events`` fed by the hub, a periodic pass runs only when
+        # some container or endpoint changed since the last one (or the
+        # node's registered services did: ``on_registry_events``).
+        self.watched = False
+        self._changed = True
+        self._lock = threading.Lock()
+
+    def _pass(self, kicked: bool) -> None:
+        with self._lock:
+            changed, self._changed = self._changed, False
+        if kicked or changed or not self.watched:
+            self.run_once()
+
+    def on_registry_events(self, _events: Sequence[Event]) -> None:
+        """The node's registered services changed (a hand deregistration
+        is repaired by the next periodic pass)."""
+        with self._lock:
+            self._changed = True
 
     def on_events(self, events: Sequence[Event]) -> None:
         """A pass only for changes that can touch an instance: records of
         containers (or their endpoints) with services, before or after."""
+        with self._lock:
+            self._changed = True
         if any(_has_services(ev) for ev in events):
             self._worker.kick()
 
