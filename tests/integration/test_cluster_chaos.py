@@ -93,6 +93,7 @@ class StoreView:
     containers: dict[str, dict[str, Any]]  # name -> record
     endpoints: list[dict[str, Any]]
     ipam: dict[tuple[str, str], Any]  # (network, address) -> owner record
+    ports: dict[str, Any]  # ports/<proto>/<port>@<node> -> claim
 
     @classmethod
     def read(cls, cluster: Cluster) -> StoreView:
@@ -103,7 +104,7 @@ class StoreView:
             tuple(k.split("/", 2)[1:]): v  # type: ignore[misc]
             for k, v in etcd_prefix(cluster, "ipam/").items()
         }
-        return cls(nets, cons, eps, ipam)  # type: ignore[arg-type]
+        return cls(nets, cons, eps, ipam, etcd_prefix(cluster, "ports/"))  # type: ignore[arg-type]
 
 
 def container_node(record: dict[str, Any]) -> str:
@@ -273,16 +274,29 @@ def problems(cluster: Cluster) -> list[str]:
                 link["ifname"] == "cvx" + overlay_ids[net][:12] for link in links(host, "vxlan")
             ):
                 out.append(f"{host.name}: no VXLAN device for {net}")
-        # Published ports: exactly those of this node's running containers.
+        # Published ports: exactly those of this node's containers that have
+        # an address to send them to (cove publishes a stopped container's
+        # ports too; a container on no network publishes nothing).
+        addressed = {ep["container_id"] for ep in eps_here.values() if ep.get("ipv4")}
         want_ports = {
             PortMapping.parse(text).host_port
             for cid, name in mine.items()
-            if wanted[cid]
+            if cid in addressed
             for text in store.containers[name].get("ports") or []
         }
         have_ports = port_claims(host)
         if want_ports != have_ports:
             out.append(f"{host.name}: ports {sorted(have_ports)} != store {sorted(want_ports)}")
+    # Port claims in the store: exactly one per published port of each
+    # container, under the container's node.
+    claims = {key.split("/", 2)[2]: value.get("id") for key, value in store.ports.items()}
+    wanted_claims = {
+        f"{PortMapping.parse(text).host_port}@{container_node(c)}": c["id"]
+        for c in store.containers.values()
+        for text in c.get("ports") or []
+    }
+    if claims != wanted_claims:
+        out.append(f"port claims {claims} != the containers' ports {wanted_claims}")
     for name, count in running_on.items():
         if count > 1:
             out.append(f"{name} runs on {count} hosts")
@@ -457,6 +471,7 @@ def test_kill9_during_random_operations_then_every_host_matches_the_store(
     assert found == [], "\n".join(found)
     store = StoreView.read(cluster)
     assert (store.containers, store.endpoints, store.ipam, store.networks) == ({}, [], {}, {})
+    assert store.ports == {}
     for host in cluster.hosts:
         assert host.container_netns() == [], host.name
         assert host.veths() == [], host.name
@@ -464,3 +479,10 @@ def test_kill9_during_random_operations_then_every_host_matches_the_store(
         assert [x["ifname"] for x in links(host, "vxlan")] == [], host.name
         assert supervisor_children(host) == [], host.name
         assert port_claims(host) == set(), host.name
+    # The check sees a leak: a stray cove-named veth on h2 is reported.
+    h2 = cluster.host(2)
+    h2.ip("link", "add", "cv0c0ffee000", "type", "veth", "peer", "name", "cvtchaos0")
+    try:
+        assert problems(cluster) == ["h2: veth cv0c0ffee000 without an endpoint here"]
+    finally:
+        h2.ip("link", "del", "cv0c0ffee000")
