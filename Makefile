@@ -33,8 +33,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(PY) demo/demo.py
 
+# Two workers, a test module each at a time: most tests wait on agents and
+# kernels rather than compute. A short --basetemp keeps the Unix sockets
+# under test directories within their 108-byte limit.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --basetemp=/var/lib/cove-tests/run tests
 
 unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

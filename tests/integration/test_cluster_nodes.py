@@ -41,8 +41,10 @@ def wait_for(fn: Callable[[], T | None], deadline: float = 20.0, what: str = "")
 
 def inspect(host: Host, name: str) -> dict[str, Any]:
     data = json.loads(host.ok("inspect", name))
-    assert isinstance(data, dict)
-    return data
+    assert isinstance(data, list) and len(data) == 1  # always a list, as Docker's
+    item = data[0]
+    assert isinstance(item, dict)
+    return item
 
 
 def ps(host: Host, *args: str) -> dict[str, dict[str, Any]]:

@@ -44,7 +44,7 @@ def test_traffic_and_check_status_per_container_and_check(agent: AgentProc) -> N
     agent.ok("network", "create", "mnet", "--subnet", "10.95.0.0/24")
     agent.ok("run", "-d", "--name", "src", "--network", "mnet", "--", "sleep", "600")
     agent.ok("run", "-d", "--name", "dst", "--network", "mnet", "--", "sleep", "600")
-    dst_ip = json.loads(agent.ok("inspect", "dst"))["endpoints"]["mnet"]["ipv4"]
+    dst_ip = json.loads(agent.ok("inspect", "dst"))[0]["endpoints"]["mnet"]["ipv4"]
     before = _metrics(agent)
     sent0 = _value(before, "cove_endpoint_transmit_bytes_total", container="src", network="mnet")
     agent.ok("exec", "src", "--", "python3", "-S", "-c", SEND, dst_ip)

@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -30,10 +31,9 @@ from conftest import cleanup_agent
 pytestmark = pytest.mark.root
 
 ATTACK = {"name": "pwn", "command": ["sleep", "30"]}
-# The test's own interpreter may live where other users cannot reach (a
-# pyenv under /root); the CLI needs only the standard library, so the users
-# run it as a system install would, with Debian's python3.
-USER_COVE = ["/usr/bin/python3", "-m", "cove.cli.main"]
+# The venv's interpreter (on Debian's python3, see the Makefile), which
+# other users can run: the CLI needs the venv's packages (orjson).
+USER_COVE = [sys.executable, "-m", "cove.cli.main"]
 USER_ENV = {"PYTHONPATH": str(Path(cove.__file__).resolve().parents[1])}
 
 
