@@ -18,13 +18,20 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 from cove.errors import InvalidArgument
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _CHUNK = 1 << 20
+# Extraction filters came with Python 3.11.4/3.12, and 3.14 makes "data" the
+# default, which refuses what images hold (absolute symbolic links, setuid
+# bits). ``_check`` does the path and link checks itself, so the extraction
+# stays full where there is a choice; 3.11.0-3.11.3 know no ``filter=``.
+_EXTRACT_ARGS: dict[str, Any] = (
+    {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+)
 
 
 class HashingReader:
@@ -83,7 +90,7 @@ def unpack_layer(
             for member in tar:
                 kept = _check(member, dest, whiteouts, opaque)
                 if kept is not None:
-                    tar.extract(kept, dest, numeric_owner=True, filter="fully_trusted")
+                    tar.extract(kept, dest, numeric_owner=True, **_EXTRACT_ARGS)
         plain.drain()
         raw.drain()
     except (tarfile.TarError, EOFError, KeyError, zlib.error, gzip.BadGzipFile) as exc:
@@ -136,9 +143,19 @@ def _check(
         real = os.path.realpath(_inside(dest, link, member.linkname))
         if os.path.commonpath([real, os.path.realpath(dest)]) != os.path.realpath(dest):
             raise InvalidArgument(f"layer entry {member.linkname!r} points outside the image")
-        rel = os.path.relpath(target, os.path.realpath(dest))
-        return member.replace(name=rel, linkname=link, deep=False)
-    return member.replace(name=os.path.relpath(target, os.path.realpath(dest)), deep=False)
+        return _renamed(member, os.path.relpath(target, os.path.realpath(dest)), link)
+    return _renamed(member, os.path.relpath(target, os.path.realpath(dest)), member.linkname)
+
+
+def _renamed(member: tarfile.TarInfo, name: str, linkname: str) -> tarfile.TarInfo:
+    """``member`` under its checked name. Renamed in place rather than
+    copied (``TarInfo.replace`` is only in Python 3.11.4 and later): when
+    a hard link cannot be made, tar looks the member up in its own list
+    by identity, and a copy makes Python 3.11.2 fail with ValueError
+    instead of reporting the missing target."""
+    member.name = name
+    member.linkname = linkname
+    return member
 
 
 def _inside(dest: str, name: str, shown: str) -> str:
