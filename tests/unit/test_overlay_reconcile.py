@@ -13,6 +13,7 @@ from cove.datapath.base import FdbEntry, NeighEntry, vxlan_name
 from cove.datapath.fake import FakeDatapath
 from cove.model import ENDPOINTS, Endpoint, Network
 from cove.network.overlay import CLUSTER_NODES, FAMILY, TABLE, OverlayReconciler
+from cove.network.reconcile import DeleteLink
 from cove.network.service import NetworkService
 from cove.network.spec import NetworkSpec
 from cove.store.memory import MemoryStore
@@ -142,6 +143,19 @@ def test_entries_follow_endpoints_and_the_last_one_removes_everything(c: Cluster
     h1 = c.dps["h1"]
     assert h1.vxlans == {} and h1.bridges == {} and h1.tables == {}
     assert c.dps["h2"].vxlans[vx].fdb == frozenset()
+
+
+def test_the_last_endpoint_gone_the_bridge_goes_before_the_vxlan_device(c: Cluster) -> None:
+    # Whoever sees the VXLAN device gone sees the bridge gone too: the
+    # bridge is not left for a moment after its device (a pass can be
+    # slow between the two deletions on a busy host).
+    net = c.network()
+    a = c.endpoint("ov", 2, "h1")
+    c.sync()
+    c.remove(a)
+    ops = c.recs["h1"].run_once()
+    deleted = [op.name for op in ops if isinstance(op, DeleteLink)]
+    assert deleted == [net.bridge, vxlan_name(net.id)]
 
 
 def test_a_dead_nodes_entries_stay_while_its_endpoints_do(c: Cluster) -> None:

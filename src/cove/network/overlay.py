@@ -181,11 +181,13 @@ def plan(desired: Desired, observed: ObservedOverlay, applied_digest: str | None
         if add_n or rm_n:
             entries.append(UpdateNeigh(name, add_n, rm_n))
     ops.extend(entries)
+    # Bridges before VXLAN devices: once a network's device is gone, so is
+    # its bridge (nothing is seen with the one and not the other).
+    for name in sorted(idle_br & set(observed.bridges)):
+        ops.append(bridges.DeleteLink(name))
     for name in sorted(observed.vxlans):
         if name not in wanted_vx:
             ops.append(bridges.DeleteLink(name))
-    for name in sorted(idle_br & set(observed.bridges)):
-        ops.append(bridges.DeleteLink(name))
     table = (FAMILY, TABLE) in observed.nft_tables
     if nets:
         peers = kept_peers | {
