@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,11 @@ from cove.cluster.nodes import (
     owned,
 )
 from cove.cluster.requests import REMOVE, STOP, RemoteRequests, RequestServer
-from cove.errors import Conflict, InvalidArgument, Unavailable
+from cove.errors import Conflict, InvalidArgument, StorageFull, StoreError, Unavailable
 from cove.model import CONTAINERS, Endpoint
 from cove.runtime.registration import wanted
 from cove.runtime.spec import Container
+from cove.store.base import Compare, Op, TxnResult
 from cove.store.memory import MemoryStore
 
 
@@ -71,6 +72,90 @@ def test_a_restart_after_a_crash_takes_its_own_record_over(tmp_path: Path) -> No
     assert again.lease != old
     kv = store.get(CLUSTER_NODES + "h1")
     assert kv is not None and kv.lease == again.lease
+
+
+class _FaultyStore(MemoryStore):
+    """A store whose writes fail: ``full`` as on a full disk, ``down`` as an
+    unreachable one; ``shared`` answers like etcd (no local abilities)."""
+
+    def __init__(self, clock: ManualClock, *, shared: bool = False) -> None:
+        super().__init__(clock)
+        self.shared = shared
+        self.full = False
+        self.down = False
+        self.revokes = 0
+
+    def local(self) -> Any:
+        return None if self.shared else self
+
+    def _check(self) -> None:
+        if self.full:
+            raise StorageFull("the store cannot save the change: no space left on the disk")
+        if self.down:
+            raise StoreError("the store is unavailable: no member answered within 5s")
+
+    def lease_grant(self, ttl: int) -> int:
+        self._check()
+        return super().lease_grant(ttl)
+
+    def lease_revoke(self, lease: int) -> None:
+        self.revokes += 1
+        self._check()
+        super().lease_revoke(lease)
+
+    def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        self._check()
+        return super().put(key, value, lease=lease)
+
+    def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        self._check()
+        return super().txn(compares, success, failure)
+
+
+def test_a_full_local_disk_puts_the_join_off_until_space_returns(tmp_path: Path) -> None:
+    store = _FaultyStore(ManualClock())
+    store.full = True
+    node = NodeLease(store, record("h1"), 10, tmp_path / "node.lease")
+    node.join()  # the agent starts read-only: no StorageFull
+    assert not node.joined and node.lease == 0
+    assert store.get(CLUSTER_NODES + "h1") is None
+    node._retry_join()  # still full: still not joined, nothing raised
+    assert not node.joined
+    store.full = False
+    node._retry_join()  # the periodic pass once space is freed
+    assert node.joined
+    kv = store.get(CLUSTER_NODES + "h1")
+    assert kv is not None and kv.lease == node.lease
+
+
+def test_a_full_disk_does_not_skip_the_name_check(tmp_path: Path) -> None:
+    store = _FaultyStore(ManualClock())
+    NodeLease(store, record("h1"), 10, tmp_path / "a.lease").join()
+    store.full = True
+    other = NodeLease(store, record("h1", "192.0.2.12"), 10, tmp_path / "b.lease")
+    with pytest.raises(InvalidArgument, match="taken by a live agent"):
+        other.join()
+
+
+def test_a_shared_store_that_cannot_write_stops_the_join(tmp_path: Path) -> None:
+    store = _FaultyStore(ManualClock(), shared=True)
+    store.full = True
+    node = NodeLease(store, record("h1"), 10, tmp_path / "node.lease")
+    with pytest.raises(StorageFull):
+        node.join()
+    assert not node.joined
+
+
+def test_leaving_waits_on_an_unreachable_store_once(tmp_path: Path) -> None:
+    store = _FaultyStore(ManualClock(), shared=True)
+    node = NodeLease(store, record("h1"), 10, tmp_path / "node.lease")
+    node.join()
+    store.down = True
+    node.stop(leave=True)
+    assert store.revokes == 0  # the lease runs out on its own
+    assert node.lease == 0
 
 
 def test_members_tell_alive_left_and_failed(tmp_path: Path) -> None:

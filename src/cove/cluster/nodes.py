@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cove.errors import CoveError, InvalidArgument, NotFound
+from cove.errors import CoveError, InvalidArgument, NotFound, StorageFull
 from cove.model import CONTAINERS
-from cove.store.base import Compare, Put, Store
+from cove.store.base import Compare, Put, Store, local_store
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,12 @@ class NodeLease:
     holds it; nothing is written then); a thread renews the lease every
     third of the TTL, and joins again if the lease was lost (the store was
     unreachable for longer than the TTL); ``leave`` marks the node as left
-    and ends the lease."""
+    and ends the lease.
+
+    On a local store (SQLite) whose disk is full the agent still starts,
+    read-only: ``join`` warns and the thread joins once space returns. A
+    shared store (etcd) never skips the join: there the name check is what
+    keeps two agents from claiming one name."""
 
     def __init__(
         self,
@@ -167,6 +172,7 @@ class NodeLease:
         self.lease = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.joined = False
 
     @property
     def key(self) -> str:
@@ -179,23 +185,40 @@ class NodeLease:
             return 0
 
     def join(self) -> None:
+        """Claim the node name. ``InvalidArgument`` when a live agent holds
+        it; on a full local disk, a warning and a later retry instead of
+        ``StorageFull``."""
+        try:
+            self._join()
+        except StorageFull as exc:
+            if local_store(self._store) is None:
+                raise
+            log.warning(
+                "node %s cannot join yet: %s; the agent starts read-only and joins"
+                " once space is freed",
+                self.record.name,
+                exc.message,
+            )
+
+    def _join(self) -> None:
         key = self.key
+        # The name check reads only, so a full disk cannot skip it.
+        current = self._store.get(key)
+        compares = [Compare.absent(key)]
+        if current is not None:
+            previous = self._saved_lease()
+            if not previous or current.lease != previous:
+                raise InvalidArgument(
+                    f"node name {self.record.name!r} is taken by a live agent"
+                    f" (advertising {_advertise_of(current.value)}): give this agent"
+                    " another --node-name, or stop the other agent first",
+                    node=self.record.name,
+                )
+            # Our own record from before a crash: take it over.
+            compares = [Compare.mod_is(key, current.mod_revision)]
         lease = self._store.lease_grant(self.ttl)
         value = _encode(self.record.to_json())
         try:
-            current = self._store.get(key)
-            compares = [Compare.absent(key)]
-            if current is not None:
-                previous = self._saved_lease()
-                if not previous or current.lease != previous:
-                    raise InvalidArgument(
-                        f"node name {self.record.name!r} is taken by a live agent"
-                        f" (advertising {_advertise_of(current.value)}): give this agent"
-                        " another --node-name, or stop the other agent first",
-                        node=self.record.name,
-                    )
-                # Our own record from before a crash: take it over.
-                compares = [Compare.mod_is(key, current.mod_revision)]
             ok = self._store.txn(
                 compares,
                 [
@@ -215,6 +238,7 @@ class NodeLease:
         if current is not None and current.lease:
             self._revoke(current.lease)
         self.lease = lease
+        self.joined = True
         self._save(lease)
         log.info(
             "joined the cluster as node %s (advertise %s, node TTL %ss)",
@@ -246,9 +270,14 @@ class NodeLease:
     def _loop(self) -> None:
         period = max(self.ttl / 3.0, 0.5)
         while not self._stop.wait(period):
+            if not self.joined:
+                self._retry_join()
+                continue
             try:
                 self._store.lease_keepalive(self.lease)
             except NotFound:
+                if self._stop.is_set():
+                    return
                 log.warning("node %s: its lease ran out; joining again", self.record.name)
                 try:
                     self._rejoin()
@@ -256,6 +285,15 @@ class NodeLease:
                     log.error("node %s cannot rejoin: %s", self.record.name, exc.message)
             except CoveError as exc:
                 log.warning("node %s: cannot renew its lease: %s", self.record.name, exc.message)
+
+    def _retry_join(self) -> None:
+        """The join a full disk put off at start."""
+        try:
+            self._join()
+        except StorageFull:
+            log.debug("node %s: the disk is still full; joining later", self.record.name)
+        except CoveError as exc:
+            log.error("node %s cannot join: %s", self.record.name, exc.message)
 
     def _rejoin(self) -> None:
         lease = self._store.lease_grant(self.ttl)
@@ -274,15 +312,26 @@ class NodeLease:
         lease now (a clean shutdown), else let it run out."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
-        if not leave or not self.lease:
+            # A renewal waiting on an unreachable store must not hold
+            # shutdown for its whole timeout: the thread is a daemon.
+            self._thread.join(timeout=1)
+        lease, self.lease = self.lease, 0
+        if not leave or not lease:
             return
         try:
             self._store.put(CLUSTER_KNOWN + self.record.name, _encode(self._known(left=True)))
         except CoveError as exc:
-            log.warning("cannot record that node %s left: %s", self.record.name, exc.message)
-        self._revoke(self.lease)
-        self.lease = 0
+            # The store did not take the first write: do not wait on it a
+            # second time; the lease runs out on its own within the TTL.
+            log.warning(
+                "cannot record that node %s left: %s; it shows as failed once its"
+                " lease (TTL %ss) runs out",
+                self.record.name,
+                exc.message,
+                self.ttl,
+            )
+            return
+        self._revoke(lease)
 
 
 def _advertise_of(raw: bytes) -> str:
