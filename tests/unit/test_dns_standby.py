@@ -53,6 +53,25 @@ def _addrs(msg: dns.message.Message) -> list[str]:
     return sorted(r.to_text() for rrset in msg.answer for r in rrset)
 
 
+
+def _listener_pair(backlog: int) -> tuple[socket.socket, socket.socket, int]:
+    """A UDP and a TCP socket on one free loopback port. Another test (or a
+    parallel worker) may take the TCP port between the two binds: try again."""
+    for _ in range(100):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            tcp.bind(("127.0.0.1", port))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        tcp.listen(backlog)
+        return udp, tcp, port
+    raise AssertionError("no loopback port free for both UDP and TCP")
+
 def test_standby_answers_names_with_the_agents_scoping() -> None:
     standby = Standby(_snapshot())
     assert _addrs(_ask(standby, "redis", "vnet", "10.89.0.4")) == ["10.89.0.3"]
@@ -150,12 +169,7 @@ def _answer(client: socket.socket, loop: _Loop, wait: float = 0.5) -> dns.messag
 def test_keeper_answers_only_while_no_agent_is_connected(tmp_path: Path) -> None:
     write_atomically(tmp_path / SNAPSHOT, _snapshot())
     loop = _Loop(tmp_path)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.bind(("127.0.0.1", udp.getsockname()[1]))
-    tcp.listen(8)
-    port = udp.getsockname()[1]
+    udp, tcp, port = _listener_pair(8)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
     try:
@@ -289,12 +303,7 @@ def test_keeper_forwards_what_the_agent_would_forward(tmp_path: Path) -> None:
     )
     write_atomically(tmp_path / SNAPSHOT, snapshot)
     loop = _Loop(tmp_path)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    port = udp.getsockname()[1]
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.bind(("127.0.0.1", port))
-    tcp.listen(8)
+    udp, tcp, port = _listener_pair(8)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
     try:
@@ -329,12 +338,7 @@ def test_keeper_forwards_what_the_agent_would_forward(tmp_path: Path) -> None:
 def test_keeper_answers_tcp_and_lets_idle_connections_go(tmp_path: Path) -> None:
     write_atomically(tmp_path / SNAPSHOT, _snapshot())
     loop = _Loop(tmp_path)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    port = udp.getsockname()[1]
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.bind(("127.0.0.1", port))
-    tcp.listen(8)
+    udp, tcp, port = _listener_pair(8)
     clients: list[socket.socket] = []
     try:
         ch, _ = loop.connect_agent()
@@ -375,12 +379,7 @@ def test_keeper_answers_tcp_and_lets_idle_connections_go(tmp_path: Path) -> None
 def test_standing_in_one_clients_slow_connections_use_its_own_share(tmp_path: Path) -> None:
     write_atomically(tmp_path / SNAPSHOT, _snapshot())
     loop = _Loop(tmp_path)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    port = udp.getsockname()[1]
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.bind(("127.0.0.1", port))
-    tcp.listen(128)
+    udp, tcp, port = _listener_pair(128)
     clients: list[socket.socket] = []
     try:
         ch, _ = loop.connect_agent()
