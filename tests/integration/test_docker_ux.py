@@ -164,6 +164,7 @@ def test_logs_tail_exec_workdir_and_detach(net: Any) -> None:
     bad = net.cli("logs", "--tail", "x", "talk")
     assert bad.returncode == 2 and "--tail" in bad.stderr
     assert net.ok("exec", "-w", "/tmp", "talk", "--", "pwd").strip() == "/tmp"
+
     # The container sees the host read-only: the detached command leaves its
     # mark in the container's own /tmp, which the test reads back through exec.
     def marked() -> bool:
