@@ -107,6 +107,10 @@ STORED = {
     "image_id": "",
     "mounts": [],
     "read_only": False,
+    # no --dns, --dns-search or --dns-option
+    "dns": [],
+    "dns_search": [],
+    "dns_options": [],
 }
 
 INSPECT = {

@@ -347,7 +347,8 @@ class ContainerService:
             restart_max=spec.restart_max, init=spec.init, stop_signal=spec.stop_signal,
             extra_hosts=spec.extra_hosts, auto_remove=spec.auto_remove, image=spec.image,
             image_id=image.id if image is not None else "", mounts=spec.mounts,
-            read_only=spec.read_only,
+            read_only=spec.read_only, dns=spec.dns, dns_search=spec.dns_search,
+            dns_options=spec.dns_options,
             user=spec.user or (image.config.user if image is not None else ""),
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
