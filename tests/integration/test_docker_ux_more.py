@@ -3,6 +3,7 @@ its own: --dns and friends, logs with timestamps, memory and CPU limits."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,6 +64,63 @@ def test_dns_flags_are_kept_and_bad_ones_refused(net: Any) -> None:
         ("--dns", "not-an-ip", "--dns"),
         ("--dns-search", "bad domain", "--dns-search"),
         ("--dns-option", "ndots:2 rotate", "--dns-option"),
+    ]:
+        r = net.cli("run", "--network", "uxmore", flag, value, "--", "true")
+        assert r.returncode != 0
+        assert word in r.stderr and repr(value) in r.stderr, r.stderr
+    assert net.ok("ps", "-a", "-q").split() == before, "nothing half-made"
+
+
+def _cgroup(kind: str, cid: str) -> Path:
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return Path("/sys/fs/cgroup/cove") / cid
+    return Path("/sys/fs/cgroup") / kind / "cove" / cid
+
+
+def _read(kind: str, cid: str, v1: str, v2: str) -> str:
+    group = _cgroup(kind, cid)
+    name = v2 if group.parent.parent == Path("/sys/fs/cgroup") else v1
+    return (group / name).read_text().strip()
+
+
+def test_memory_and_cpus_limits_are_in_the_container_cgroup(net: Any) -> None:
+    cid = net.ok("run", "-d", "--name", "lim", "--network", "uxmore", "-m", "64m",
+                 "--cpus", "0.5", "--", "sleep", "600").strip()  # fmt: skip
+    mem = _read("memory", cid, "memory.limit_in_bytes", "memory.max")
+    assert int(mem) == 64 * 1024 * 1024
+    if _cgroup("cpu", cid).parent.parent == Path("/sys/fs/cgroup"):
+        assert _read("cpu", cid, "", "cpu.max") == "50000 100000"
+    else:
+        assert _read("cpu", cid, "cpu.cfs_quota_us", "") == "50000"
+        assert _read("cpu", cid, "cpu.cfs_period_us", "") == "100000"
+    # the container's own process is in it
+    pid = inspect(net, "lim")["state"]["pid"]
+    assert f"/cove/{cid}" in Path(f"/proc/{pid}/cgroup").read_text()
+    body = inspect(net, "lim")
+    assert body["memory"] == 64 * 1024 * 1024 and body["cpus"] == 0.5
+    net.ok("rm", "-f", "lim")
+    assert not _cgroup("memory", cid).exists() and not _cgroup("cpu", cid).exists()
+
+
+def test_a_container_over_its_memory_limit_is_oom_killed(net: Any) -> None:
+    hog = "b = bytearray(200 * 1024 * 1024); print('survived', flush=True)"
+    r = net.cli("run", "--name", "hog", "--network", "uxmore", "-m", "32m",
+                "--", "python3", "-c", hog)  # fmt: skip
+    assert r.returncode == 137, (r.returncode, r.stdout, r.stderr)
+    assert "survived" not in r.stdout
+    assert inspect(net, "hog")["state"]["exit_code"] == 137
+    # without a limit the same program runs to its end
+    ok = net.ok("run", "--network", "uxmore", "--", "python3", "-c", hog)
+    assert "survived" in ok
+
+
+def test_bad_limits_are_refused_by_name(net: Any) -> None:
+    before = net.ok("ps", "-a", "-q").split()
+    for flag, value, word in [
+        ("-m", "lots", "--memory"),
+        ("-m", "1k", "minimum"),
+        ("--cpus", "0", "--cpus"),
+        ("--cpus", "9999", "at most"),
     ]:
         r = net.cli("run", "--network", "uxmore", flag, value, "--", "true")
         assert r.returncode != 0

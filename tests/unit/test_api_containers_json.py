@@ -111,6 +111,8 @@ STORED = {
     "dns": [],
     "dns_search": [],
     "dns_options": [],
+    "memory": 0,  # no -m or --cpus
+    "cpus": 0.0,
 }
 
 INSPECT = {

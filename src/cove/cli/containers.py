@@ -80,6 +80,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="an option of the container's /etc/resolv.conf (e.g. ndots:2)",
     )  # fmt: skip
     p.add_argument(
+        "-m", "--memory", default="", metavar="SIZE",
+        help="memory limit (b, k, m, g); over it the kernel kills the container (exit 137)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cpus", default="", metavar="N",
+        help="CPU limit, in CPUs (e.g. 0.5)",
+    )  # fmt: skip
+    p.add_argument(
         "--init", action="store_true",
         help="run the command under a tiny init (tini) that reaps zombies and forwards signals",
     )  # fmt: skip
@@ -275,6 +283,8 @@ def _create(
         "dns": args.dns,
         "dns_search": args.dns_search,
         "dns_options": args.dns_option,
+        "memory": args.memory,
+        "cpus": args.cpus,
         "user": args.user,
         "entrypoint": args.entrypoint,
         "stop_signal": args.stop_signal,

@@ -14,6 +14,7 @@ from typing import Any
 from cove.errors import InvalidArgument
 from cove.model import Network, ServiceSpec
 from cove.network.spec import check_label, check_name
+from cove.runtime import resources
 from cove.runtime.mounts import Mount, parse_all
 from cove.runtime.security import check_security_opts, normalize_cap, resolve_caps
 from cove.runtime.state import RestartPolicy, parse_restart, restart_text
@@ -188,6 +189,8 @@ class Container:
     dns: tuple[str, ...] = ()  # --dns IP: the servers of /etc/resolv.conf
     dns_search: tuple[str, ...] = ()  # --dns-search DOMAIN ("." for none)
     dns_options: tuple[str, ...] = ()  # --dns-option OPT (e.g. ndots:2)
+    memory: int = 0  # -m/--memory in bytes; 0: no limit
+    cpus: float = 0.0  # --cpus; 0: no limit
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -225,6 +228,8 @@ class Container:
             "dns": list(self.dns),
             "dns_search": list(self.dns_search),
             "dns_options": list(self.dns_options),
+            "memory": self.memory,
+            "cpus": self.cpus,
         }
 
     @classmethod
@@ -262,6 +267,8 @@ class Container:
             dns=tuple(data.get("dns") or ()),
             dns_search=tuple(data.get("dns_search") or ()),
             dns_options=tuple(data.get("dns_options") or ()),
+            memory=int(data.get("memory") or 0),
+            cpus=float(data.get("cpus") or 0.0),
         )
 
 
@@ -299,6 +306,8 @@ class RunSpec:
     dns: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
     dns_options: tuple[str, ...] = ()
+    memory: int = 0
+    cpus: float = 0.0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -405,6 +414,8 @@ class RunSpec:
             dns=tuple(parse_dns(d) for d in _strings(data, "dns")),
             dns_search=tuple(parse_dns_search(d) for d in _strings(data, "dns_search")),
             dns_options=tuple(parse_dns_option(o) for o in _strings(data, "dns_options")),
+            memory=resources.parse_memory(_string(data, "memory")) if data.get("memory") else 0,
+            cpus=resources.parse_cpus(_string(data, "cpus")) if data.get("cpus") else 0.0,
             user=_user(_string(data, "user")),
             auto_remove=auto_remove,
             init=_bool(data, "init"),
