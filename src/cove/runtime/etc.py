@@ -51,7 +51,8 @@ def resolv_conf(
         return body + "options ndots:0\n"
     host_servers, host_search, host_options = _parse_resolv(host_resolv)
     if nameservers:
-        host_servers, host_options = [str(ns) for ns in nameservers], ["ndots:0"]
+        host_servers = [str(ns) for ns in nameservers]
+        host_search, host_options = [], ["ndots:0"]
     servers = list(dns) or host_servers
     domains = [d for d in search if d != "."] if search else host_search
     opts = list(options) or host_options

@@ -13,6 +13,7 @@ A process over its memory limit is killed by the kernel's OOM killer
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import dataclass
 
@@ -105,6 +106,13 @@ def join(cid: str, limits: Limits, root: str = ROOT) -> None:
         _write(os.path.join(group, "cgroup.procs"), "0")
         return
     memory, cpu = groups(cid, root)
+    for needed, group, flag in ((limits.memory, memory, "-m"), (limits.cpus, cpu, "--cpus")):
+        if needed and not os.path.isdir(os.path.dirname(os.path.dirname(group))):
+            raise OSError(
+                errno.ENOTSUP,
+                f"{flag} needs the cgroup controller at {os.path.dirname(os.path.dirname(group))},"
+                " which this host has not mounted",
+            )
     if limits.memory:
         os.makedirs(memory, 0o755, exist_ok=True)
         _write(os.path.join(memory, "memory.limit_in_bytes"), str(limits.memory))
