@@ -107,6 +107,12 @@ STORED = {
     "image_id": "",
     "mounts": [],
     "read_only": False,
+    # no --dns, --dns-search or --dns-option
+    "dns": [],
+    "dns_search": [],
+    "dns_options": [],
+    "memory": 0,  # no -m or --cpus
+    "cpus": 0.0,
 }
 
 INSPECT = {

@@ -68,6 +68,26 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="a line of the container's /etc/hosts (IP may be host-gateway)",
     )  # fmt: skip
     p.add_argument(
+        "--dns", action="append", default=[], metavar="IP",
+        help="a DNS server of the container's /etc/resolv.conf (instead of cove's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dns-search", action="append", default=[], metavar="DOMAIN",
+        help="a search domain of the container's /etc/resolv.conf ('.' for none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dns-option", action="append", default=[], metavar="OPT",
+        help="an option of the container's /etc/resolv.conf (e.g. ndots:2)",
+    )  # fmt: skip
+    p.add_argument(
+        "-m", "--memory", default="", metavar="SIZE",
+        help="memory limit (b, k, m, g); over it the kernel kills the container (exit 137)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cpus", default="", metavar="N",
+        help="CPU limit, in CPUs (e.g. 0.5)",
+    )  # fmt: skip
+    p.add_argument(
         "--init", action="store_true",
         help="run the command under a tiny init (tini) that reaps zombies and forwards signals",
     )  # fmt: skip
@@ -260,6 +280,11 @@ def _create(
         "expose": args.expose,
         "publish_all": args.publish_all,
         "add_hosts": args.add_host,
+        "dns": args.dns,
+        "dns_search": args.dns_search,
+        "dns_options": args.dns_option,
+        "memory": args.memory,
+        "cpus": args.cpus,
         "user": args.user,
         "entrypoint": args.entrypoint,
         "stop_signal": args.stop_signal,

@@ -30,13 +30,56 @@ def hosts(
     return "\n".join(lines) + "\n"
 
 
-def resolv_conf(nameservers: Sequence[IPAddress], host_resolv: str) -> str:
+def resolv_conf(
+    nameservers: Sequence[IPAddress],
+    host_resolv: str,
+    dns: Sequence[str] = (),
+    search: Sequence[str] = (),
+    options: Sequence[str] = (),
+) -> str:
     """Point at the first network's gateway (the agent's DNS); a container
-    on no network keeps the host's resolvers."""
-    if not nameservers:
-        return host_resolv
-    body = "".join(f"nameserver {ns}\n" for ns in nameservers)
-    return body + "options ndots:0\n"
+    on no network keeps the host's resolvers.
+
+    ``dns``, ``search`` and ``options`` are ``--dns``, ``--dns-search`` and
+    ``--dns-option`` as Docker has them: each replaces its part (servers,
+    ``search``, ``options``) and leaves the rest as it would have been; a
+    search of ``.`` alone means none."""
+    if not (dns or search or options):
+        if not nameservers:
+            return host_resolv
+        body = "".join(f"nameserver {ns}\n" for ns in nameservers)
+        return body + "options ndots:0\n"
+    host_servers, host_search, host_options = _parse_resolv(host_resolv)
+    if nameservers:
+        host_servers = [str(ns) for ns in nameservers]
+        host_search, host_options = [], ["ndots:0"]
+    servers = list(dns) or host_servers
+    domains = [d for d in search if d != "."] if search else host_search
+    opts = list(options) or host_options
+    lines = [f"nameserver {ns}" for ns in servers]
+    if domains:
+        lines.append("search " + " ".join(domains))
+    if opts:
+        lines.append("options " + " ".join(opts))
+    return "\n".join(lines) + "\n"
+
+
+def _parse_resolv(text: str) -> tuple[list[str], list[str], list[str]]:
+    """Nameservers, search domains and options of a resolv.conf text."""
+    servers: list[str] = []
+    search: list[str] = []
+    options: list[str] = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith(("#", ";")):
+            continue
+        if words[0] == "nameserver" and len(words) > 1:
+            servers.append(words[1])
+        elif words[0] in ("search", "domain"):
+            search = words[1:]
+        elif words[0] == "options":
+            options.extend(words[1:])
+    return servers, search, options
 
 
 def write_in_place(path: Path, content: str) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from cove import linux
 from cove.errors import LaunchError as LaunchError  # raised here; defined in the one tree
-from cove.runtime import devices, fs, security, users
+from cove.runtime import devices, fs, resources, security, users
 from cove.runtime.mounts import Mount
 from cove.runtime.security import DEFAULT_CAPS
 
@@ -61,6 +61,8 @@ class LaunchSpec:
     overlay_dir: str = ""
     mounts: tuple[Mount, ...] = ()
     read_only: bool = False
+    memory: int = 0  # bytes; 0: no limit
+    cpus: float = 0.0  # 0: no limit
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +88,8 @@ class LaunchSpec:
             "overlay_dir": self.overlay_dir,
             "mounts": [m.to_json() for m in self.mounts],
             "read_only": self.read_only,
+            "memory": self.memory,
+            "cpus": self.cpus,
         }
 
     @classmethod
@@ -113,6 +117,8 @@ class LaunchSpec:
             overlay_dir=str(data.get("overlay_dir") or ""),
             mounts=tuple(Mount.from_json(m) for m in data.get("mounts") or ()),
             read_only=bool(data.get("read_only")),
+            memory=int(data.get("memory") or 0),
+            cpus=float(data.get("cpus") or 0.0),
         )
 
 
@@ -208,6 +214,7 @@ def _setup_and_fork(
             pidns = False
             linux.unshare(flags)
         caps = spec.caps if devices.join() else spec.caps - {"MKNOD"}
+        resources.join(spec.id, resources.Limits(spec.memory, spec.cpus))
         # Private propagation first: nothing mounted below may reach the host.
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         linux.sethostname(spec.hostname)

@@ -536,7 +536,8 @@ class ContainerReconciler:
         etc.write_in_place(folder / "hosts", etc.hosts(c.hostname, c.name, addresses, extra))
         etc.write_in_place(folder / "hostname", c.hostname + "\n")
         etc.write_in_place(
-            folder / "resolv.conf", etc.resolv_conf(nameservers, self._host_resolv())
+            folder / "resolv.conf",
+            etc.resolv_conf(nameservers, self._host_resolv(), c.dns, c.dns_search, c.dns_options),
         )
 
     def _sync_ports(self, snap: Snapshot, force: bool, *, reuse: bool = False) -> None:

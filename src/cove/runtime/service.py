@@ -55,6 +55,7 @@ from cove.model import (
     ServiceSpec,
 )
 from cove.network.spec import check_label
+from cove.runtime import resources
 from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import Intent, IntentLog, Phase
 from cove.runtime.launch import LaunchSpec
@@ -347,7 +348,8 @@ class ContainerService:
             restart_max=spec.restart_max, init=spec.init, stop_signal=spec.stop_signal,
             extra_hosts=spec.extra_hosts, auto_remove=spec.auto_remove, image=spec.image,
             image_id=image.id if image is not None else "", mounts=spec.mounts,
-            read_only=spec.read_only,
+            read_only=spec.read_only, dns=spec.dns, dns_search=spec.dns_search,
+            dns_options=spec.dns_options, memory=spec.memory, cpus=spec.cpus,
             user=spec.user or (image.config.user if image is not None else ""),
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
@@ -560,7 +562,8 @@ class ContainerService:
             log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,
             restart=restart_text(c.restart, c.restart_max), labels=c.labels,
             caps=c.capabilities, seccomp=c.seccomp, masked=self._masked,
-            mounts=c.mounts, read_only=c.read_only, **self._overlay(c),
+            mounts=c.mounts, read_only=c.read_only, memory=c.memory, cpus=c.cpus,
+            **self._overlay(c),
         )  # fmt: skip
 
     # -- images ----------------------------------------------------------------
@@ -730,6 +733,8 @@ class ContainerService:
             self._rec.forget(c.id)
         if c.image_id and self._images is not None:
             self._images.remove_container_dir(c.id)
+        if c.memory or c.cpus:
+            resources.remove(c.id)
         if c.ports:
             self._rec.sync_ports()
 

@@ -4,6 +4,7 @@ and validation of what a user asks for in ``cove run``. Pure: no I/O."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 from cove.errors import InvalidArgument
 from cove.model import Network, ServiceSpec
 from cove.network.spec import check_label, check_name
+from cove.runtime import resources
 from cove.runtime.mounts import Mount, parse_all
 from cove.runtime.security import check_security_opts, normalize_cap, resolve_caps
 from cove.runtime.state import RestartPolicy, parse_restart, restart_text
@@ -184,6 +186,11 @@ class Container:
     image_id: str = ""  # sha256:..., "" for a container without an image
     mounts: tuple[Mount, ...] = ()
     read_only: bool = False
+    dns: tuple[str, ...] = ()  # --dns IP: the servers of /etc/resolv.conf
+    dns_search: tuple[str, ...] = ()  # --dns-search DOMAIN ("." for none)
+    dns_options: tuple[str, ...] = ()  # --dns-option OPT (e.g. ndots:2)
+    memory: int = 0  # -m/--memory in bytes; 0: no limit
+    cpus: float = 0.0  # --cpus; 0: no limit
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -218,6 +225,11 @@ class Container:
             "image_id": self.image_id,
             "mounts": [m.to_json() for m in self.mounts],
             "read_only": self.read_only,
+            "dns": list(self.dns),
+            "dns_search": list(self.dns_search),
+            "dns_options": list(self.dns_options),
+            "memory": self.memory,
+            "cpus": self.cpus,
         }
 
     @classmethod
@@ -252,6 +264,11 @@ class Container:
             image_id=str(data.get("image_id") or ""),
             mounts=tuple(Mount.from_json(m) for m in data.get("mounts") or ()),
             read_only=bool(data.get("read_only")),
+            dns=tuple(data.get("dns") or ()),
+            dns_search=tuple(data.get("dns_search") or ()),
+            dns_options=tuple(data.get("dns_options") or ()),
+            memory=int(data.get("memory") or 0),
+            cpus=float(data.get("cpus") or 0.0),
         )
 
 
@@ -286,6 +303,11 @@ class RunSpec:
     mounts: tuple[Mount, ...] = ()
     read_only: bool = False
     entrypoint: str = ""  # --entrypoint with an image: replaces its ENTRYPOINT and CMD
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    memory: int = 0
+    cpus: float = 0.0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -389,6 +411,11 @@ class RunSpec:
             default_network=default_network,
             expose=expose,
             extra_hosts=tuple(parse_add_host(h) for h in _strings(data, "add_hosts")),
+            dns=tuple(parse_dns(d) for d in _strings(data, "dns")),
+            dns_search=tuple(parse_dns_search(d) for d in _strings(data, "dns_search")),
+            dns_options=tuple(parse_dns_option(o) for o in _strings(data, "dns_options")),
+            memory=resources.parse_memory(_string(data, "memory")) if data.get("memory") else 0,
+            cpus=resources.parse_cpus(_string(data, "cpus")) if data.get("cpus") else 0.0,
             user=_user(_string(data, "user")),
             auto_remove=auto_remove,
             init=_bool(data, "init"),
@@ -475,6 +502,37 @@ def parse_add_host(text: str) -> str:
             f"invalid --add-host {text!r}: expected NAME:IP (or NAME:{HOST_GATEWAY})"
         )
     return f"{name}:{ip}"
+
+
+def parse_dns(text: str) -> str:
+    """``--dns IP``: an IPv4 or IPv6 address, as resolv.conf takes it."""
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise InvalidArgument(
+            f"invalid --dns {text!r}: expected the IP address of a DNS server"
+        ) from None
+
+
+_DOMAIN = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?)+$")
+
+
+def parse_dns_search(text: str) -> str:
+    """``--dns-search DOMAIN`` (``.``: no search domains)."""
+    if text == "." or (len(text) <= 253 and _DOMAIN.match(text) and ".." not in text):
+        return text
+    raise InvalidArgument(
+        f"invalid --dns-search {text!r}: expected a domain name (or '.' for none)"
+    )
+
+
+def parse_dns_option(text: str) -> str:
+    """``--dns-option OPT``: one resolv.conf option word (``ndots:2``, ``edns0``)."""
+    if text and text.isprintable() and not any(c.isspace() or c in "#;" for c in text):
+        return text
+    raise InvalidArgument(
+        f"invalid --dns-option {text!r}: expected one resolv.conf option such as ndots:2"
+    )
 
 
 def parse_expose(text: str) -> str:
