@@ -53,7 +53,6 @@ def _addrs(msg: dns.message.Message) -> list[str]:
     return sorted(r.to_text() for rrset in msg.answer for r in rrset)
 
 
-
 def _listener_pair(backlog: int) -> tuple[socket.socket, socket.socket, int]:
     """A UDP and a TCP socket on one free loopback port. Another test (or a
     parallel worker) may take the TCP port between the two binds: try again."""
@@ -71,6 +70,7 @@ def _listener_pair(backlog: int) -> tuple[socket.socket, socket.socket, int]:
         tcp.listen(backlog)
         return udp, tcp, port
     raise AssertionError("no loopback port free for both UDP and TCP")
+
 
 def test_standby_answers_names_with_the_agents_scoping() -> None:
     standby = Standby(_snapshot())
