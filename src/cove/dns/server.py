@@ -45,6 +45,7 @@ _IP_FREEBIND = 15
 _IPV6_FREEBIND = 78
 _BATCH = 256  # datagrams drained per wake-up before looking at other sockets
 _SLOTS = 64  # datagrams per recvmmsg
+_DRAIN_FORWARDS = 3.0  # seconds a stop waits for forwards under way
 _MAX_PENDING_FORWARDS = 512
 _TCP_IDLE = 5.0  # between queries, and for the whole of one query's bytes
 
@@ -169,6 +170,12 @@ class DnsServer:
         self._running = False
         if self._thread is not None:
             self._thread.join(timeout=5)
+        # Answer the forwards already under way before the listeners go (to
+        # the keeper): a query read but never answered costs its client the
+        # resolver's retry, 5 s with glibc's defaults.
+        deadline = time.monotonic() + _DRAIN_FORWARDS
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.keeper = None  # closing ours is not dropping the keeper's
         for address, port in list(self._bound):
             self.remove(address, port)
