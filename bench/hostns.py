@@ -1,6 +1,6 @@
-"""A network namespace that plays the host for a benchmark, shared by the
-benchmark scripts (each is run as ``python bench/X/run.py`` and puts this
-folder on its path)."""
+"""A network namespace that plays the host for a benchmark, and an agent
+started in it, shared by the benchmark scripts (each is run as
+``python bench/X/run.py`` and puts this folder on its path)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+from cove.cli.client import AgentClient
 from cove.linux import CLONE_NEWNET, setns
 
 
@@ -49,3 +53,29 @@ def host_namespace() -> Iterator[str]:
         with contextlib.suppress(OSError):
             kill_processes_in(name)
         ip("netns", "del", name, check=False)
+
+
+def start_agent(
+    work: Path, http: str = "127.0.0.1:18500", dns: str = "127.0.0.1:18600"
+) -> tuple[subprocess.Popen[bytes], AgentClient]:
+    """An agent with its state, socket and log under ``work`` (in the
+    namespace the caller is in), once it answers; exits naming its log's
+    end when it does not start within 30 s."""
+    sock = work / "agent.sock"
+    log = open(work / "agent.log", "ab")  # noqa: SIM115 - lives as long as the agent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cove.cli.main", "agent", "--state-dir", str(work / "state"),
+         "--socket", str(sock), "--http", http, "--dns", dns,
+         "--upstream", "127.0.0.1:5399", "--log-level", "warning"],
+        stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    client = AgentClient(sock, timeout=120)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            client.request("GET", "/api/health")
+            return proc, client
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise SystemExit("the agent did not start: " + (work / "agent.log").read_text()[-2000:])

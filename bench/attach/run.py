@@ -22,7 +22,6 @@ Then: the agent's and the supervisor's memory with M containers running.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
@@ -39,7 +38,7 @@ from cove.cli.client import AgentClient
 
 # bench/ is not a package: its shared helpers are found by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from hostns import host_namespace, ip
+from hostns import host_namespace, ip, start_agent
 
 CNI_BIN = Path("/usr/lib/cni")
 
@@ -54,27 +53,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def start_agent(work: Path) -> tuple[subprocess.Popen[bytes], AgentClient]:
-    sock = work / "agent.sock"
-    log = open(work / "agent.log", "ab")  # noqa: SIM115 - lives as long as the agent
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cove.cli.main", "agent", "--state-dir", str(work / "state"),
-         "--socket", str(sock), "--http", "127.0.0.1:18500", "--dns", "127.0.0.1:18600",
-         "--upstream", "127.0.0.1:5399", "--log-level", "warning"],
-        stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    client = AgentClient(sock, timeout=120)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            client.request("GET", "/api/health")
-            return proc, client
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise SystemExit("the agent did not start: " + (work / "agent.log").read_text()[-2000:])
 
 
 def bench_cove(client: AgentClient, count: int) -> tuple[list[float], list[float]]:

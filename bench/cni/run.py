@@ -29,12 +29,11 @@ import time
 from pathlib import Path
 
 from cove.agent.teardown import teardown
-from cove.cli.client import AgentClient
 from cove.cni import conflist
 from cove.model import Network
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from hostns import host_namespace, ip
+from hostns import host_namespace, ip, start_agent
 
 CNI_BIN = Path("/usr/lib/cni")
 
@@ -42,27 +41,6 @@ CNI_BIN = Path("/usr/lib/cni")
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
-
-
-def start_agent(work: Path) -> tuple[subprocess.Popen[bytes], AgentClient]:
-    sock = work / "agent.sock"
-    log = open(work / "agent.log", "ab")  # noqa: SIM115 - lives as long as the agent
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cove.cli.main", "agent", "--state-dir", str(work / "state"),
-         "--socket", str(sock), "--http", "127.0.0.1:18500", "--dns", "127.0.0.1:18600",
-         "--upstream", "127.0.0.1:5399", "--log-level", "warning"],
-        stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    client = AgentClient(sock, timeout=120)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            client.request("GET", "/api/health")
-            return proc, client
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise SystemExit("the agent did not start: " + (work / "agent.log").read_text()[-2000:])
 
 
 def call(plugin: Path, command: str, conf: dict[str, object], env: dict[str, str]) -> float:

@@ -39,30 +39,9 @@ from cove.agent.teardown import teardown
 from cove.cli.client import AgentClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from hostns import host_namespace
+from hostns import host_namespace, start_agent
 
 HTTP = "127.0.0.1:18510"
-
-
-def start_agent(work: Path) -> tuple[subprocess.Popen[bytes], AgentClient]:
-    sock = work / "agent.sock"
-    log = open(work / "agent.log", "ab")  # noqa: SIM115 - lives as long as the agent
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cove.cli.main", "agent", "--state-dir", str(work / "state"),
-         "--socket", str(sock), "--http", HTTP, "--dns", "127.0.0.1:18610",
-         "--upstream", "127.0.0.1:5399", "--log-level", "warning"],
-        stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    client = AgentClient(sock, timeout=120)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            client.request("GET", "/api/health")
-            return proc, client
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise SystemExit("the agent did not start: " + (work / "agent.log").read_text()[-2000:])
 
 
 def put(path: str, body: object = None) -> None:
@@ -188,7 +167,7 @@ def main() -> None:
         raise SystemExit("bounded: containers 1-500, services 1-2000, uis 1-20")
     with tempfile.TemporaryDirectory(prefix="cove-uibench-") as tmp, host_namespace():
         work = Path(tmp)
-        proc, client = start_agent(work)
+        proc, client = start_agent(work, HTTP, "127.0.0.1:18610")
         try:
             quiet = idle_cost(args, proc.pid)
             took = populate(client, args.containers, args.services)
