@@ -72,6 +72,18 @@ def _listener_pair(backlog: int) -> tuple[socket.socket, socket.socket, int]:
     raise AssertionError("no loopback port free for both UDP and TCP")
 
 
+def _agent_hands_over_and_goes(
+    loop: _Loop, udp: socket.socket, tcp: socket.socket, port: int
+) -> None:
+    """An agent gives the keeper its listeners on ``port`` and is gone."""
+    ch, _ = loop.connect_agent()
+    ch.send({"op": "keep", "address": "127.0.0.1", "port": port, "network": None},
+            [udp.fileno(), tcp.fileno()])  # fmt: skip
+    loop.spin()
+    ch.close()
+    loop.spin()
+
+
 def test_standby_answers_names_with_the_agents_scoping() -> None:
     standby = Standby(_snapshot())
     assert _addrs(_ask(standby, "redis", "vnet", "10.89.0.4")) == ["10.89.0.3"]
@@ -307,12 +319,7 @@ def test_keeper_forwards_what_the_agent_would_forward(tmp_path: Path) -> None:
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
     try:
-        ch, _ = loop.connect_agent()
-        ch.send({"op": "keep", "address": "127.0.0.1", "port": port, "network": None},
-                [udp.fileno(), tcp.fileno()])  # fmt: skip
-        loop.spin()
-        ch.close()  # the agent is gone
-        loop.spin()
+        _agent_hands_over_and_goes(loop, udp, tcp, port)
         _query(client, port, "WWW.example.org")
         msg = _answer(client, loop)
         assert msg is not None and _addrs(msg) == ["192.0.2.80"]
@@ -341,12 +348,7 @@ def test_keeper_answers_tcp_and_lets_idle_connections_go(tmp_path: Path) -> None
     udp, tcp, port = _listener_pair(8)
     clients: list[socket.socket] = []
     try:
-        ch, _ = loop.connect_agent()
-        ch.send({"op": "keep", "address": "127.0.0.1", "port": port, "network": None},
-                [udp.fileno(), tcp.fileno()])  # fmt: skip
-        loop.spin()
-        ch.close()
-        loop.spin()
+        _agent_hands_over_and_goes(loop, udp, tcp, port)
         asker, idle = (socket.create_connection(("127.0.0.1", port)) for _ in range(2))
         clients += [asker, idle]
         query = dns.message.make_query("redis.vnet.cove", "A").to_wire()
@@ -382,12 +384,7 @@ def test_standing_in_one_clients_slow_connections_use_its_own_share(tmp_path: Pa
     udp, tcp, port = _listener_pair(128)
     clients: list[socket.socket] = []
     try:
-        ch, _ = loop.connect_agent()
-        ch.send({"op": "keep", "address": "127.0.0.1", "port": port, "network": None},
-                [udp.fileno(), tcp.fileno()])  # fmt: skip
-        loop.spin()
-        ch.close()
-        loop.spin()
+        _agent_hands_over_and_goes(loop, udp, tcp, port)
         # One client opens 80 connections (more than the stand-in's old
         # single cap of 64) and sends one byte on each.
         for _ in range(80):
