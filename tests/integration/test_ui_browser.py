@@ -135,7 +135,8 @@ def test_the_ui_shows_what_exists_and_follows_changes_live(agent: AgentProc, pag
     _kv_put(agent, "app/color", b"blue")
     page.goto(f"{base}/ui/#/kv/app/")
     page.click('#kv-list a:text-is("color")')
-    page.wait_for_selector("#kv-value")
+    # The prefix's view had a "Create a key" editor: wait for the key's own.
+    page.wait_for_selector('form[aria-label="Edit app/color"] #kv-value')
     assert page.input_value("#kv-value") == "blue"
     page.fill("#kv-value", "green")
     page.click('button:text-is("Save")')

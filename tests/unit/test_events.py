@@ -5,6 +5,7 @@ memory, from the store's history, or with a reset when both are gone."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -90,6 +91,18 @@ def test_a_reader_resumes_from_the_index_it_last_saw(parts: tuple[MemoryStore, W
     assert [c.name for c in log.after(first)] == ["app/x"]
     assert log.after(second) == []
     assert log.head == second
+
+
+def test_a_one_shot_reader_sees_a_write_already_acknowledged(
+    parts: tuple[MemoryStore, WatchHub],
+) -> None:
+    store, hub = parts
+    hub.subscribe("", lambda events: time.sleep(0.3))  # a slow reader ahead of the log
+    log = EventLog(store)
+    log.start(hub)
+    put = store.put("registry/kv/after/restart", b"1")
+    assert log.wait_current(5)
+    assert [c.index for c in log.after(0)] == [put]
 
 
 def test_a_reader_from_before_the_log_started_is_served_from_the_store(

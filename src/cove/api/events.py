@@ -31,6 +31,9 @@ HEARTBEAT = 15.0
 Visible = Callable[[Change], bool]
 
 
+_CURRENT_WAIT = 2.0  # seconds a one-shot read waits for the watch to catch up
+
+
 def parse_since(request: web.Request, head: int) -> int:
     raw = request.query.get("since") or request.headers.get("last-event-id")
     if raw is None or raw == "":
@@ -93,6 +96,10 @@ async def serve(
         return keep(change) and (visible is None or visible(change))
 
     if request.query.get("stream", "1") in ("0", "false", "no"):
+        # A one-shot read answers every change committed before it, even one
+        # the watch is still delivering (a write just acknowledged).
+        await asyncio.to_thread(events.wait_current, _CURRENT_WAIT)
+        head = events.head
         changes = await _changes_after(events, since)
         index = max([head, since] + [c.index for c in changes])
         if changes and changes[-1].kind is Kind.RESET:

@@ -41,6 +41,8 @@ class EventLog:
         # Every change with an index above ``_covered`` is in the ring.
         self._covered = 0
         self._head = 0  # the newest index this log knows of
+        self._seen = 0  # the newest store revision delivered, of any key
+        self._seen_cond = threading.Condition(self._lock)
         self._wakers: dict[int, Callable[[], None]] = {}
         self._next_waker = 0
         self._subs: list[Subscription] = []
@@ -55,6 +57,7 @@ class EventLog:
         with self._lock:
             self._covered = revision
             self._head = max(self._head, revision)
+            self._seen = max(self._seen, revision)
             # Anything delivered before the revision was read is the store's
             # history's to give, not the ring's.
             kept = [c for c in self._ring if c.index > revision]
@@ -74,6 +77,10 @@ class EventLog:
 
     def _on_events(self, events: Sequence[Event]) -> None:
         changes = changes_of(events)
+        if events:
+            with self._lock:
+                self._seen = max(self._seen, events[-1].revision)
+                self._seen_cond.notify_all()
         if not changes:
             return
         with self._lock:
@@ -104,6 +111,16 @@ class EventLog:
     def remove_waker(self, handle: int) -> None:
         with self._lock:
             self._wakers.pop(handle, None)
+
+    def wait_current(self, timeout: float) -> bool:
+        """Block until every change committed before this call has reached
+        the log (read-your-writes for a one-shot reader), or ``timeout``
+        seconds pass; whether it caught up. Slow: call it off the event loop."""
+        if not self._subs:
+            return False  # not following a hub: nothing will arrive
+        target = self._store.revision
+        with self._seen_cond:
+            return self._seen_cond.wait_for(lambda: self._seen >= target, timeout)
 
     def needs_store(self, since: int) -> bool:
         """Whether ``after(since)`` reads the store's history (slow: call it
