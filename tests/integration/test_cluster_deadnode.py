@@ -193,6 +193,20 @@ def _removed_everywhere(cluster: Cluster) -> None:
           "--", "sleep", "600")  # fmt: skip
     assert inspect(h1, "web")["node"] == "h2"
 
+    # Consul's way: `consul force-leave -prune h3` once h3 is dead.
+    status, _ = h1.api("PUT", "/v1/agent/force-leave/h3?prune")
+    assert status == 200
+    assert members(h1)["h3"]["status"] == "alive"  # a live node stays, as in Consul
+    h3.kill9()
+    wait_for(lambda: members(h1)["h3"]["status"] == "failed", 15, "h3 failed")
+    status, _ = h1.api("PUT", "/v1/agent/force-leave/h3?prune")
+    assert status == 200
+    assert "h3" not in members(h1)
+    assert cluster.etcd_get("containers/reuse") is None
+    assert cluster.etcd_get(f"ipam/ov/{web_ip}") is None
+    status, found = h1.api("GET", "/v1/agent/members")
+    assert sorted(m["Name"] for m in found) == ["h1", "h2"]
+
 
 def test_force_removes_a_live_node_which_rejoins_and_stops_its_orphans(
     cluster3: Cluster,

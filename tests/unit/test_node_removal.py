@@ -326,3 +326,13 @@ def test_serf_health_rides_on_the_node_lease(cluster: Cluster) -> None:
     assert first == node.lease
     assert second == new_lease
     assert grants == []  # the runner made no lease of its own
+
+
+@pytest.mark.parametrize("name", ["", "h2/x", " h2", "h2/"])
+def test_a_name_that_is_no_node_name_is_refused(cluster: Cluster, name: str) -> None:
+    from cove.errors import InvalidArgument
+
+    before = cluster.store.revision
+    with pytest.raises(InvalidArgument, match="invalid node name"):
+        remove_node(cluster.store, name, local="h1")
+    assert cluster.store.revision == before

@@ -473,6 +473,11 @@ def _consul_hooks(agent: Agent, stop: asyncio.Event, tls: ReloadingTls | None) -
         loop.call_later(0.2, stop.set)
 
     state.leave = leave
+
+    async def prune(name: str) -> None:  # force-leave -prune
+        await asyncio.to_thread(remove_node, agent.store, name, local=agent.config.node_name)
+
+    state.prune = prune
     if tls is not None:
 
         async def reload() -> None:

@@ -34,7 +34,7 @@ from typing import Any
 
 from cove.cluster.nodes import CLUSTER_KNOWN, CLUSTER_NODES, CLUSTER_STATUS
 from cove.cluster.requests import requests_prefix
-from cove.errors import Conflict, CoveError, NotFound
+from cove.errors import Conflict, CoveError, InvalidArgument, NotFound
 from cove.model import CONTAINERS, ENDPOINTS, IPAM
 from cove.registry.keys import AGENT, CHECKS, COORDS, NODE_CHECKS, SERVICES, node_key, seg
 from cove.runtime.spec import PORTS
@@ -257,7 +257,10 @@ class NodeRemoval:
 def remove_node(store: Store, name: str, *, force: bool = False, local: str = "") -> Removed:
     """Remove node ``name`` and everything it owned (see the module);
     ``local`` (the asking agent's own node) is refused with ``Conflict``."""
-    if name and name == local:
+    if not name or "/" in name or name.strip() != name or len(name) > 253:
+        # Parts of store keys: a "/" could reach another node's records.
+        raise InvalidArgument(f"invalid node name {name!r}", node=name)
+    if name == local:
         raise Conflict(
             f"node {name} is this agent's own node: stop this agent, then run"
             f" `cove members rm {name}` on another host",
