@@ -336,3 +336,29 @@ def test_a_name_that_is_no_node_name_is_refused(cluster: Cluster, name: str) -> 
     with pytest.raises(InvalidArgument, match="invalid node name"):
         remove_node(cluster.store, name, local="h1")
     assert cluster.store.revision == before
+
+
+def test_a_container_changed_during_the_removal_is_read_again(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = _Recording(clock)
+    NodeLease(store, record("h2"), TTL, tmp_path / "h2.lease").join()
+    add_container(store, "h2", "a", 2)
+    cid = add_container(store, "h2", "b", 3)
+    clock.advance(TTL + 1)
+    store.expire_leases()
+
+    def connect_b() -> None:
+        # Another host connects b to a second network meanwhile.
+        _put(store, CONTAINERS + "b", {"name": "b", "id": cid, "node": "h2",
+                                       "networks": ["ov", "back"]})  # fmt: skip
+        _put(store, f"{ENDPOINTS}back/b-ep2", {"container_id": cid, "node": "h2"})
+        _put(store, f"{IPAM}back/10.89.0.5", {"owner": f"container:{cid}"})
+
+    store.sizes.clear()
+    store.after = (1, connect_b)
+    removed = remove_node(store, "h2")
+    assert sorted(removed.containers) == ["a", "b"]
+    assert removed.endpoints == 3 and removed.addresses == 3
+    assert [kv.key for kv in store.range(ENDPOINTS).kvs] == []
+    assert [kv.key for kv in store.range(IPAM).kvs] == []
+    assert [kv.key for kv in store.range(CONTAINERS).kvs] == []

@@ -46,6 +46,13 @@ log = logging.getLogger(__name__)
 # with room for the compares.
 MAX_OPS = 100
 
+_ATTEMPTS = 5  # reads of a container that keeps changing under the removal
+_Records = tuple[
+    list[tuple[KeyValue, dict[str, Any]]],  # endpoints
+    list[tuple[KeyValue, dict[str, Any]]],  # IPAM addresses
+    list[tuple[KeyValue, dict[str, Any]]],  # host-port claims
+]
+
 CNI = "cni/"  # as cove.cni.attachments.CNI (which pulls in the whole CNI part)
 
 
@@ -178,32 +185,61 @@ class NodeRemoval:
     def _remove_containers(self, containers: list[tuple[KeyValue, dict[str, Any]]]) -> None:
         if not containers:
             return
-        endpoints = [(kv, _json(kv)) for kv in self._store.range(ENDPOINTS).kvs]
-        addresses = [(kv, _json(kv)) for kv in self._store.range(IPAM).kvs]
-        claims = [(kv, _json(kv)) for kv in self._store.range(PORTS).kvs]
+        records = self._records()
         for kv, data in containers:
-            cid = str(data.get("id") or "")
-            owner = f"container:{cid}"
-            eps = [e.key for e, d in endpoints if d.get("container_id") == cid]
-            ips = [a.key for a, d in addresses if d.get("owner") == owner]
-            ports = [c.key for c, d in claims if d.get("id") == cid]
-            ops: list[Op] = [Delete(k) for k in (*eps, *ips, *ports)]
-            # A container with more than MAX_OPS records (hundreds of
-            # published ports): its claims and addresses go first, its
-            # record and endpoints last, together.
-            while len(ops) > MAX_OPS - 3:
-                head, ops = ops[: MAX_OPS - 3], ops[MAX_OPS - 3 :]
-                self._commit(head)
-            ops += [Delete(CLUSTER_STATUS + cid), Delete(kv.key)]
-            if self._commit(ops, [Compare.mod_is(kv.key, kv.mod_revision)]):
-                self.result.containers.append(str(data.get("name") or kv.key))
-                self.result.endpoints += len(eps)
-                self.result.addresses += len(ips)
-                self.result.ports += len(ports)
+            for _ in range(_ATTEMPTS):
+                if self._remove_container(kv, data, records):
+                    break
+                # Changed meanwhile (connected from another host, say):
+                # read it and the records again.
+                fresh = self._store.get(kv.key)
+                if fresh is None:
+                    break  # removed meanwhile
+                kv, data = fresh, _json(fresh)
+                if data.get("node") != self.name:
+                    break  # not the node's any more
+                records = self._records()
             else:
-                # Changed meanwhile (renamed, removed by hand): the next
-                # removal sees it again.
-                log.warning("node %s: container %s changed meanwhile; kept", self.name, kv.key)
+                raise Conflict(
+                    f"container {data.get('name')} of node {self.name} keeps changing:"
+                    " run the removal again",
+                    node=self.name,
+                )
+
+    def _records(self) -> _Records:
+        return (
+            [(kv, _json(kv)) for kv in self._store.range(ENDPOINTS).kvs],
+            [(kv, _json(kv)) for kv in self._store.range(IPAM).kvs],
+            [(kv, _json(kv)) for kv in self._store.range(PORTS).kvs],
+        )
+
+    def _remove_container(self, kv: KeyValue, data: dict[str, Any], records: _Records) -> bool:
+        """The container and its records in one transaction (its claims and
+        addresses first when there are too many for one); False when the
+        container changed since ``kv`` was read."""
+        endpoints, addresses, claims = records
+        cid = str(data.get("id") or "")
+        owner = f"container:{cid}"
+        eps = [e.key for e, d in endpoints if d.get("container_id") == cid]
+        ips = [a.key for a, d in addresses if d.get("owner") == owner]
+        ports = [c.key for c, d in claims if d.get("id") == cid]
+        ops: list[Op] = [Delete(k) for k in (*ips, *ports, *eps)]
+        # A container with more than MAX_OPS records (hundreds of published
+        # ports): its addresses and claims go first, its record and
+        # endpoints last, together.
+        guard = [Compare.mod_is(kv.key, kv.mod_revision)]
+        while len(ops) > MAX_OPS - 2:
+            head, ops = ops[: MAX_OPS - 2], ops[MAX_OPS - 2 :]
+            if not self._commit(head, guard):
+                return False
+        ops += [Delete(CLUSTER_STATUS + cid), Delete(kv.key)]
+        if not self._commit(ops, guard):
+            return False
+        self.result.containers.append(str(data.get("name") or kv.key))
+        self.result.endpoints += len(eps)
+        self.result.addresses += len(ips)
+        self.result.ports += len(ports)
+        return True
 
     def _remove_leftovers(self, removed_ids: set[str]) -> None:
         """Records of the node not reached through a container: endpoints
