@@ -262,6 +262,9 @@ class NodeRemoval:
             if kv.key.endswith("@" + name):
                 ops.append(Delete(kv.key))
                 self.result.ports += 1
+        for kv in self._store.range(CLUSTER_STATUS).kvs:
+            if _json(kv).get("node") == name:
+                ops.append(Delete(kv.key))
         ops.append(Delete(f"{CNI}{name}/", prefix=True))
         self._chunks(ops)
 
