@@ -362,3 +362,19 @@ def test_a_container_changed_during_the_removal_is_read_again(tmp_path: Path) ->
     assert [kv.key for kv in store.range(ENDPOINTS).kvs] == []
     assert [kv.key for kv in store.range(IPAM).kvs] == []
     assert [kv.key for kv in store.range(CONTAINERS).kvs] == []
+
+
+def test_reap_after_takes_durations_and_refuses_nonsense(tmp_path: Path) -> None:
+    from cove.agent.config import load
+    from cove.errors import InvalidArgument
+
+    assert load({}, None, {}).reap_after is None  # off by default
+    assert load({"reap_after": "72h"}, None, {}).reap_after == 72 * 3600
+    assert load({"reap_after": "90s"}, None, {}).reap_after == 90
+    assert load({"reap_after": "off"}, None, {}).reap_after is None
+    conf = tmp_path / "agent.toml"
+    conf.write_text("reap_after = 600\n")
+    assert load({}, conf, {}).reap_after == 600
+    for bad in ("soon", "1s", "-5m", True):
+        with pytest.raises(InvalidArgument, match="invalid reap_after"):
+            load({"reap_after": bad}, None, {})
