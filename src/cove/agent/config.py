@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cove.errors import InvalidArgument
+from cove.timefmt import parse_duration
 
 DEFAULT_STATE_DIR = Path("/var/lib/cove")
 DEFAULT_SOCKET = Path("/run/cove/agent.sock")
@@ -47,6 +48,9 @@ class AgentConfig:
     node_name: str = field(default_factory=socketlib.gethostname)
     advertise: str | None = None  # None: found at start (see cove.cluster.advertise)
     node_ttl: int = 10  # seconds a dead agent's node stays alive
+    # Seconds after which a dead node is removed with all it owned (Consul's
+    # reconnect_timeout); None: never (cove members rm removes by hand).
+    reap_after: float | None = None
     datacenter: str = "dc1"
     log_level: str = "info"
     log_file: Path | None = None
@@ -151,6 +155,7 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
         raise InvalidArgument(
             f"invalid node_ttl {node_ttl!r}: expected whole seconds from 2 to 3600"
         )
+    reap_after = _reap_after(cfg.reap_after)
     tls_cert = Path(cfg.tls_cert) if cfg.tls_cert else None
     tls_key = Path(cfg.tls_key) if cfg.tls_key else None
     tls_ca = Path(cfg.tls_ca) if cfg.tls_ca else None
@@ -169,6 +174,7 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
         )
     return replace(
         cfg,
+        reap_after=reap_after,
         store_ca=Path(cfg.store_ca) if cfg.store_ca else None,
         store_cert=Path(cfg.store_cert) if cfg.store_cert else None,
         store_key=Path(cfg.store_key) if cfg.store_key else None,
@@ -230,3 +236,24 @@ def _check_upstream(text: str) -> None:
 
 def environ() -> Mapping[str, str]:
     return os.environ
+
+
+def _reap_after(value: object) -> float | None:
+    """``reap_after`` as seconds: a Go duration (``72h``, ``30m``) or a
+    number of seconds, at least 10 s; ``None``, ``""``, ``0`` or
+    ``"off"``: never."""
+    if value is None or value in ("", "off", 0):
+        return None
+    seconds: float | None
+    if isinstance(value, bool):
+        seconds = None
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        seconds = parse_duration(str(value))
+    if seconds is None or not 10 <= seconds <= 10 * 365 * 86400:
+        raise InvalidArgument(
+            f"invalid reap_after {value!r}: expected a duration of at least 10s"
+            " (72h as Consul's reconnect_timeout, 30m, 90s) or off"
+        )
+    return seconds

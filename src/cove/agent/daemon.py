@@ -55,6 +55,8 @@ from cove.api.tls import ReloadingTls, TlsFiles
 from cove.clock import SystemClock
 from cove.cluster.advertise import resolve as resolve_advertise
 from cove.cluster.nodes import CLUSTER_NODES, NodeLease, NodeRecord, members, now_rfc3339
+from cove.cluster.reaper import NodeReaper
+from cove.cluster.removal import remove_node
 from cove.datapath.libnft import open_nft
 from cove.datapath.netlink import NetlinkDatapath
 from cove.datapath.nftables import Nft
@@ -74,6 +76,7 @@ from cove.runtime.registration import ServiceRegistrar
 from cove.store.base import local_store
 from cove.store.hub import WatchHub
 from cove.ui import assets as ui_assets
+from cove.worker import Worker
 
 log = logging.getLogger("cove.agent")
 
@@ -216,6 +219,7 @@ class Agent:
             lease_ttl=config.node_ttl,
             enable_script_checks=config.enable_script_checks,
             acl=self.acl,
+            node_lease=self.node,  # one lease per node: serfHealth rides on the node's
         )
         self.registry = self.registry_parts.registry
         self.registry_parts.install(self.app)
@@ -238,7 +242,21 @@ class Agent:
             self.runtime.service,
             default_network=networks_api.default_network(self.networks, self.reconciler),
         )
-        members_api.install(self.app, lambda: members(self.store, config.node_name))
+        members_api.install(
+            self.app,
+            lambda: members(self.store, config.node_name),
+            lambda name, force: remove_node(self.store, name, force=force, local=config.node_name),
+        )
+        # Joined again after this node was removed (or its lease ran out):
+        # containers the store no longer has are orphans here.
+        self.node.on_rejoin(self.runtime.service.remove_orphans)
+        self.reaper: Worker | None = None
+        if config.reap_after:
+            reaper = NodeReaper(
+                self.store, self.clock, config.node_name, lambda: self.node.lease,
+                config.reap_after,
+            )  # fmt: skip
+            self.reaper = Worker("cove-node-reaper", lambda _k: reaper.run_once(), reaper.interval)
         self.registrar = ServiceRegistrar(
             self.store, self.registry, config.reconcile_interval, node=config.node_name
         )
@@ -360,9 +378,13 @@ class Agent:
         self.lb.start(self.hub)
         self.policy.start(self.hub)
         self.cni.start(self.hub)
+        if self.reaper is not None:
+            self.reaper.start()
 
     def stop(self) -> None:
         # Containers and their supervisor keep running: live restore.
+        if self.reaper is not None:
+            self.reaper.stop()
         self.registrar.stop()
         self.cni.stop()
         self.runtime.stop()
@@ -451,6 +473,11 @@ def _consul_hooks(agent: Agent, stop: asyncio.Event, tls: ReloadingTls | None) -
         loop.call_later(0.2, stop.set)
 
     state.leave = leave
+
+    async def prune(name: str) -> None:  # force-leave -prune
+        await asyncio.to_thread(remove_node, agent.store, name, local=agent.config.node_name)
+
+    state.prune = prune
     if tls is not None:
 
         async def reload() -> None:

@@ -12,7 +12,7 @@ from cove.api import consul as consul_api
 from cove.api import http as web
 from cove.clock import Clock
 from cove.registry import Registry
-from cove.registry.runner import LEASE_TTL, CheckRunner
+from cove.registry.runner import LEASE_TTL, CheckRunner, NodeLeaseSource
 from cove.registry.txn import in_process
 from cove.store.base import Store
 from cove.store.hub import WatchHub
@@ -35,6 +35,7 @@ class RegistryParts:
         acl: AclService | None,
         run_checks: bool = True,
         lease_ttl: int = LEASE_TTL,
+        node_lease: NodeLeaseSource | None = None,
     ) -> None:
         self.registry = Registry(
             store,
@@ -57,6 +58,7 @@ class RegistryParts:
                 enable_script_checks=enable_script_checks,
                 inline=self.inline,
                 lease_ttl=lease_ttl,
+                node_lease=node_lease,
             )
 
     def install(self, app: web.Application) -> None:

@@ -98,6 +98,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="SECONDS",
         help="how long a dead agent's node and services stay alive (default 10)",
     )
+    p.add_argument(
+        "--reap-after",
+        metavar="DURATION",
+        help="remove a node dead this long, with everything it owned, as `cove members rm`"
+        " would (72h: Consul's reconnect_timeout; default off); one agent reaps at a time",
+    )
     p.add_argument("--store-ca", type=Path, help="PEM CA of the etcd members (etcds://)")
     p.add_argument("--store-cert", type=Path, help="PEM client certificate for etcd (etcds://)")
     p.add_argument("--store-key", type=Path, help="PEM private key of --store-cert")
@@ -147,6 +153,7 @@ def _run(args: argparse.Namespace) -> int:
         "tls_verify_incoming": args.tls_verify_incoming,
         "advertise": args.advertise,
         "node_ttl": args.node_ttl,
+        "reap_after": args.reap_after,
         "store_ca": args.store_ca,
         "store_cert": args.store_cert,
         "store_key": args.store_key,

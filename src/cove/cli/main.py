@@ -19,6 +19,7 @@ from cove.cli import events as events_cli
 from cove.cli import image as image_cli
 from cove.cli import lb as lb_cli
 from cove.cli import network as network_cli
+from cove.cli import nodes as nodes_cli
 from cove.cli import policy as policy_cli
 from cove.cli import registry as registry_cli
 from cove.cli import snapshot as snapshot_cli
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     events_cli.add_parsers(sub)
     stats_cli.add_parsers(sub)
     image_cli.add_parsers(sub)
+    nodes_cli.add_parsers(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cove.cli import nodes as nodes_cli
 from cove.cli.client import AgentClient
 from cove.cli.output import print_table
 from cove.errors import CoveError, InvalidArgument, NotFound
@@ -72,6 +73,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("members", help="the agents (nodes) of the cluster")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_members)
+    msub = p.add_subparsers(dest="members_cmd", required=False, metavar="COMMAND")
+    nodes_cli.add_rm(msub.add_parser("rm", help="remove a dead node and everything it owned"))
 
 
 def _get(client: AgentClient, path: str, params: dict[str, str] | None = None) -> Any:

@@ -18,14 +18,14 @@ import datetime
 import json
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cove.errors import CoveError, InvalidArgument, NotFound, StorageFull
 from cove.model import CONTAINERS
-from cove.store.base import Compare, Put, Store, local_store
+from cove.store.base import Compare, Delete, Put, Store, local_store
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,15 @@ class NodeLease:
     ``join`` claims the name (``InvalidArgument``, exit 2, when a live agent
     holds it; nothing is written then); a thread renews the lease every
     third of the TTL, and joins again if the lease was lost (the store was
-    unreachable for longer than the TTL); ``leave`` marks the node as left
-    and ends the lease.
+    unreachable for longer than the TTL, or the node was removed with
+    ``cove members rm --force``); ``stop(leave=True)`` marks the node as
+    left and deletes its record.
+
+    The lease is the node's only one: the catalog's serfHealth check rides
+    on it too (``on_lease`` tells the registry each new lease), so a node
+    costs one keep-alive per renewal period. A clean stop deletes the
+    record but lets the lease run out on its own, so an agent restart does
+    not flap the node's services to critical.
 
     On a local store (SQLite) whose disk is full the agent still starts,
     read-only: ``join`` warns and the thread joins once space returns. A
@@ -173,6 +180,33 @@ class NodeLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.joined = False
+        self._lease_listeners: list[Callable[[int], None]] = []
+        self._rejoin_listeners: list[Callable[[], object]] = []
+
+    def on_lease(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(lease)`` with each new lease (a join or rejoin,
+        from the renewal thread): keys tied to the node's life follow it."""
+        self._lease_listeners.append(callback)
+
+    def on_rejoin(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` after the running agent joined again with a
+        new lease (its record was gone: the lease ran out, or the node was
+        removed): what the store no longer has is stale here."""
+        self._rejoin_listeners.append(callback)
+
+    def _tell(self, lease: int, *, rejoined: bool) -> None:
+        for listener in self._lease_listeners:
+            try:
+                listener(lease)
+            except Exception:  # a listener's bug must not stop the renewals
+                log.exception("node %s: a lease listener failed", self.record.name)
+        if not rejoined:
+            return
+        for callback in self._rejoin_listeners:
+            try:
+                callback()
+            except Exception:
+                log.exception("node %s: a rejoin listener failed", self.record.name)
 
     @property
     def key(self) -> str:
@@ -235,11 +269,13 @@ class NodeLease:
         except BaseException:
             self._revoke(lease)
             raise
-        if current is not None and current.lease:
-            self._revoke(current.lease)
+        # The lease of our record from before a crash is left to run out:
+        # the node's serfHealth still rides on it until the registry moves
+        # it to the new one, so a restart does not flap its services.
         self.lease = lease
         self.joined = True
         self._save(lease)
+        self._tell(lease, rejoined=False)
         log.info(
             "joined the cluster as node %s (advertise %s, node TTL %ss)",
             self.record.name,
@@ -299,17 +335,25 @@ class NodeLease:
         lease = self._store.lease_grant(self.ttl)
         ok = self._store.txn(
             [Compare.absent(self.key)],
-            [Put(self.key, _encode(self.record.to_json()), lease)],
+            [
+                Put(self.key, _encode(self.record.to_json()), lease),
+                # Written again: a removed node (cove members rm) has none.
+                Put(CLUSTER_KNOWN + self.record.name, _encode(self._known(left=False))),
+            ],
         ).succeeded
         if not ok:
             self._revoke(lease)
             raise InvalidArgument(f"node name {self.record.name!r} was taken meanwhile")
         self.lease = lease
         self._save(lease)
+        log.info("node %s joined again (lease %x)", self.record.name, lease)
+        self._tell(lease, rejoined=True)
 
     def stop(self, *, leave: bool = True) -> None:
-        """Stop renewing; with ``leave``, mark the node as left and end the
-        lease now (a clean shutdown), else let it run out."""
+        """Stop renewing; with ``leave``, mark the node as left and delete
+        its record now (a clean shutdown). The lease runs out on its own
+        either way: the node's serfHealth rides on it, and a restart within
+        the TTL keeps the node's services from flapping to critical."""
         self._stop.set()
         if self._thread is not None:
             # A renewal waiting on an unreachable store must not hold
@@ -319,7 +363,16 @@ class NodeLease:
         if not leave or not lease:
             return
         try:
-            self._store.put(CLUSTER_KNOWN + self.record.name, _encode(self._known(left=True)))
+            known = Put(CLUSTER_KNOWN + self.record.name, _encode(self._known(left=True)))
+            current = self._store.get(self.key)
+            if current is None or current.lease != lease:
+                # Not our record any more (removed with cove members rm,
+                # maybe claimed by another agent since): nothing to mark.
+                log.info("node %s: its record is gone; leaving without a mark", self.record.name)
+                return
+            self._store.txn(
+                [Compare.mod_is(self.key, current.mod_revision)], [known, Delete(self.key)]
+            )
         except CoveError as exc:
             # The store did not take the first write: do not wait on it a
             # second time; the lease runs out on its own within the TTL.
@@ -330,8 +383,6 @@ class NodeLease:
                 exc.message,
                 self.ttl,
             )
-            return
-        self._revoke(lease)
 
 
 def _advertise_of(raw: bytes) -> str:

@@ -1,6 +1,8 @@
 """The agent's check runner: probes this node's checks on their intervals,
 expires TTL checks, deregisters services critical for too long, reaps
-sessions, and keeps the node's serfHealth alive through a store lease.
+sessions, and keeps the node's serfHealth alive through a store lease: its
+own, or (in the agent) the node's lease (``NodeLeaseSource``), so a node
+renews one lease instead of two.
 
 A status change is a store write (``Catalog.update_check``), so it reaches
 the catalog, health queries, blocking queries and DNS through the store. With
@@ -17,9 +19,9 @@ import heapq
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote
 
 import aiohttp
@@ -48,6 +50,18 @@ LEASE_TTL = 15  # seconds the node's serfHealth outlives a silent agent
 
 ALIAS_POLL = 0.5  # seconds between looks at an alias check's target
 
+
+class NodeLeaseSource(Protocol):
+    """A lease kept alive by someone else (the agent's node record,
+    ``cove.cluster.nodes.NodeLease``): ``lease`` is the current one (0
+    while there is none) and ``on_lease`` reports each new one."""
+
+    @property
+    def lease(self) -> int: ...
+
+    def on_lease(self, callback: Callable[[int], None]) -> None: ...
+
+
 _PROBED = (CheckKind.HTTP, CheckKind.TCP, CheckKind.UDP, CheckKind.GRPC, CheckKind.H2PING)
 
 
@@ -75,12 +89,14 @@ class CheckRunner:
         enable_script_checks: bool = False,
         lease_ttl: int = LEASE_TTL,
         inline: bool = False,
+        node_lease: NodeLeaseSource | None = None,
     ) -> None:
         self._registry = registry
         self._clock = registry.clock
         self._hub = hub
         self._scripts = enable_script_checks
         self._lease_ttl = lease_ttl
+        self._node_lease = node_lease
         # Status writes on the loop itself when the store is in-process
         # (see cove.api.consul.in_process): cheaper than a thread hop.
         self._inline = inline
@@ -101,6 +117,13 @@ class CheckRunner:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._http = aiohttp.ClientSession()
+        if self._node_lease is not None:
+
+            def moved(lease: int) -> None:  # the node lease's thread
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(self._follow_lease, lease)
+
+            self._node_lease.on_lease(moved)
         try:
             await self._register_node()
         except StorageFull as exc:
@@ -127,8 +150,9 @@ class CheckRunner:
             asyncio.create_task(self._resync_loop(), name="cove-checks-resync"),
             asyncio.create_task(self._tick_loop(), name="cove-checks-tick"),
             asyncio.create_task(self._ttl_loop(), name="cove-checks-ttl"),
-            asyncio.create_task(self._lease_loop(), name="cove-node-lease"),
         ]
+        if self._node_lease is None:
+            self._tasks.append(asyncio.create_task(self._lease_loop(), name="cove-node-lease"))
 
     async def stop(self, *, leave: bool = False) -> None:
         """Stop probing. The node lease is left to run out (LEASE_TTL) so an
@@ -148,7 +172,7 @@ class CheckRunner:
         self._checks.clear()
         if self._http is not None:
             await self._http.close()
-        if self._lease and leave:
+        if self._lease and leave and self._node_lease is None:
             with contextlib.suppress(CoveError):
                 await asyncio.to_thread(self._registry.store.lease_revoke, self._lease)
 
@@ -440,10 +464,33 @@ class CheckRunner:
             await asyncio.to_thread(reaper.reap)
 
     async def _register_node(self) -> None:
-        store = self._registry.store
-        lease = await asyncio.to_thread(store.lease_grant, self._lease_ttl)
+        if self._node_lease is not None:
+            lease = self._node_lease.lease
+            if not lease:
+                return  # not joined yet (a full disk): registered on the join
+        else:
+            lease = await asyncio.to_thread(self._registry.store.lease_grant, self._lease_ttl)
         await asyncio.to_thread(self._registry.catalog.ensure_node, lease=lease)
         self._lease = lease
+
+    def _follow_lease(self, lease: int) -> None:
+        """The node's lease changed (the agent joined again): the node and
+        its serfHealth are written again on the new one."""
+        if lease == self._lease:
+            return
+        task = asyncio.create_task(self._reregister(), name="cove-node-register")
+        self._tasks.append(task)
+
+    async def _reregister(self) -> None:
+        source = self._node_lease
+        while source is not None and source.lease and source.lease != self._lease:
+            try:
+                await self._register_node()
+                log.info("node registered on its new lease")
+                return
+            except CoveError as exc:
+                log.warning("cannot register the node on its new lease yet: %s", exc.message)
+            await asyncio.sleep(max(self._lease_ttl / 3, 0.5))
 
     async def _lease_loop(self) -> None:
         store = self._registry.store

@@ -997,6 +997,23 @@ class ContainerService:
                 else:
                     self._store.delete(kv.key)
 
+    def remove_orphans(self) -> list[str]:
+        """Remove the processes whose containers the store no longer has:
+        this node was removed from the cluster (``cove members rm``) while
+        its agent ran, so other hosts reuse their addresses and names. The
+        supervisor is read before the store: a run writes the store first,
+        so a container started meanwhile is in the store read after."""
+        states = self._sup.states()
+        known = set(read_snapshot(self._store).containers)
+        gone = sorted(set(states) - known)
+        for cid in gone:
+            log.warning("removing container %s: the store no longer has it", cid[:12])
+            with contextlib.suppress(CoveError):
+                self._sup.remove(cid)
+        if gone:
+            self._rec.kick()  # its namespace and veths
+        return gone
+
     def _release_orphans(self) -> None:
         """Release the addresses ``adopt`` found without a container, once
         they have stayed so for ``_ORPHAN_GRACE`` (a shared store: a run on

@@ -281,12 +281,19 @@ async def leave(request: web.Request) -> web.Response:
 async def force_leave(request: web.Request) -> web.Response:
     """Consul marks a failed member left (and with ?prune forgets it); cove
     removes a node that is not alive (its serfHealth lease ran out) from
-    the catalog. A live node stays, as in Consul, where it refutes."""
+    the catalog, and with ``?prune`` (in an agent) everything it owned, as
+    ``cove members rm``. A live node stays, as in Consul, where it refutes."""
     authz = await authorize(request, options(request))
     authz.need_scalar("operator", Access.WRITE)  # Consul >= 1.11
     c = ctx(request)
     name = request.match_info["node"]
     member = await run(request, c.registry.queries.member, name)
+    if "prune" in request.query and c.prune is not None:
+        # Forgotten for good, as `cove members rm`: its containers,
+        # addresses and endpoints too. A live node stays, as in Consul.
+        if member is None or member["Status"] != 1:
+            await c.prune(name)
+        return web.Response(status=200)
     if member is None:
         raise CoveError(f"agent: No node found with name '{name}'")
     if member["Status"] != 1:

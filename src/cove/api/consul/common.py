@@ -46,6 +46,9 @@ class Consul:
     # refused, this server cannot).
     reload: Callable[[], Awaitable[None]] | None = None
     leave: Callable[[], Awaitable[None]] | None = None
+    # /v1/agent/force-leave?prune: remove a dead node and all it owned (as
+    # `cove members rm`); None: prune only deregisters it from the catalog.
+    prune: Callable[[str], Awaitable[None]] | None = None
 
 
 CONSUL: web.AppKey[Consul] = web.AppKey("cove_consul", Consul)
