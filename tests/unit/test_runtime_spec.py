@@ -97,6 +97,14 @@ def base(**extra: object) -> dict[str, object]:
     return {"command": ["sleep", "1"], "networks": ["vnet"], **extra}
 
 
+def test_host_networking_has_no_attachment_and_discards_ports() -> None:
+    spec = RunSpec.from_json(base(networks=["host"], ports=["8080:80"], publish_all=True,
+                                  expose=["90"]))  # fmt: skip
+    assert spec.host_network and spec.attachments == () and spec.ports == ()
+    assert not spec.default_network
+    assert not RunSpec.from_json(base()).host_network
+
+
 def test_run_spec_round_trip() -> None:
     spec = RunSpec.from_json(
         base(name="web", env=["A=1", "B=x=y"], labels=["tier"], ports=["8080:80"],
@@ -124,7 +132,10 @@ def test_run_spec_round_trip() -> None:
         (base(ports=["8080:80", "8080:81"]), "published twice"),
         ({"command": ["x"], "networks": ["none"], "ports": ["80:80"]}, "not --network none"),
         (base(networks=["none", "vnet"]), "cannot go with"),
-        (base(networks=["host"]), "host is not supported"),
+        (base(networks=["host", "vnet"]), "host cannot go with other networks"),
+        (base(networks=["host"], ip="10.0.0.2"), "--ip cannot go with --network host"),
+        (base(networks=["host"], aliases=["a"]), "--alias cannot go with --network host"),
+        (base(networks=["host"], services=["w:80"]), "--service cannot go with"),
         (base(services=["web"]), "NAME:PORT"),
         (base(networks=["a", "b"], ip="10.0.0.2"), "exactly one"),
         (base(workdir="rel"), "absolute"),

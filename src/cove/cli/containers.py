@@ -31,7 +31,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("run", help="run a command in a new container")
     p.add_argument("-d", "--detach", action="store_true", help="print the id and return")
     p.add_argument("--name", default="")
-    p.add_argument("--network", action="append", default=[], metavar="NET")
+    p.add_argument(
+        "--network", action="append", default=[], metavar="NET",
+        help="a network to join (repeat for more; default: bridge); 'none': loopback only;"
+        " 'host': the host's network namespace, no address or DNS name of its own",
+    )  # fmt: skip
     p.add_argument("--ip", default="")
     p.add_argument("--ip6", default="")
     p.add_argument("--alias", action="append", default=[], metavar="A")
@@ -228,6 +232,9 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
     image, command = _image_and_command(args)
     if args.rm and args.restart != "no":
         raise InvalidArgument("--rm and --restart cannot go together: choose one")
+    if "host" in args.network and (args.publish or args.publish_all):
+        print("WARNING: Published ports are discarded when using host network mode",
+              file=sys.stderr)  # fmt: skip
     try:
         info = _create(args, client, rootfs, image, command)
     except CoveError as exc:
@@ -348,6 +355,8 @@ def _ps_table(items: Sequence[Mapping[str, Any]], no_trunc: bool) -> None:
     rows = []
     for c in items:
         addrs = ",".join(f"{net}:{ep['ipv4'] or ep['ipv6']}" for net, ep in c["endpoints"].items())
+        if c.get("network_mode") == "host":
+            addrs = "host"
         command = " ".join(c["argv"])
         rows.append(
             (c["id"] if no_trunc else c["short_id"], c["name"], status_text(c["state"]), addrs,

@@ -134,7 +134,9 @@ def read_snapshot(store: Store) -> Snapshot:
 
 def wanted(snap: Snapshot) -> list[planner.WantedContainer]:
     out: list[planner.WantedContainer] = []
-    for cid in snap.containers:
+    for cid, c in snap.containers.items():
+        if c.host_network:
+            continue  # in the host's namespace: nothing of its own to build
         links: list[planner.WantedLink] = []
         gw4: ipaddress.IPv4Address | None = None
         gw6: ipaddress.IPv6Address | None = None

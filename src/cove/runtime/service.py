@@ -62,6 +62,7 @@ from cove.runtime.launch import LaunchSpec
 from cove.runtime.mounts import check_sources
 from cove.runtime.reconcile import ContainerReconciler, container_endpoints, read_snapshot
 from cove.runtime.spec import (
+    NETWORK_HOST,
     Attachment,
     Container,
     Desired,
@@ -339,8 +340,10 @@ class ContainerService:
             check_port_families(ports, networks[0])
         self._check_ports(ports)
         cid = secrets.token_hex(32)
+        hostname = spec.hostname or (socket.gethostname() if spec.host_network else name)
+        env["HOSTNAME"] = hostname
         container = Container(
-            id=cid, name=name, argv=argv, hostname=spec.hostname or name, env=env,
+            id=cid, name=name, argv=argv, hostname=hostname, env=env,
             labels=dict(spec.labels), rootfs=spec.rootfs, workdir=workdir,
             restart=spec.restart, ports=ports, networks=tuple(n.name for n in networks),
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
@@ -351,6 +354,7 @@ class ContainerService:
             read_only=spec.read_only, dns=spec.dns, dns_search=spec.dns_search,
             dns_options=spec.dns_options, memory=spec.memory, cpus=spec.cpus,
             user=spec.user or (image.config.user if image is not None else ""),
+            network_mode=NETWORK_HOST if spec.host_network else "",
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails
@@ -558,7 +562,8 @@ class ContainerService:
         return LaunchSpec(
             id=c.id, name=c.name, argv=argv, stop_signal=c.stop_signal, user=c.user, env=c.env,
             hostname=c.hostname,
-            netns=str(self._netns.netns_path(c.id)), etc_dir=str(self._rec.etc_dir(c.id)),
+            netns="" if c.host_network else str(self._netns.netns_path(c.id)),
+            etc_dir=str(self._rec.etc_dir(c.id)),
             log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,
             restart=restart_text(c.restart, c.restart_max), labels=c.labels,
             caps=c.capabilities, seccomp=c.seccomp, masked=self._masked,
@@ -777,6 +782,12 @@ class ContainerService:
             if kv is None:
                 raise NotFound(f"container {ref} not found", container=ref)
             c = Container.from_json(json.loads(kv.value))
+            if c.host_network and text is not None:
+                raise InvalidArgument(
+                    f"container {c.name} uses the host's network and has no address of its own"
+                    " to register: register the host's address with the Consul API instead",
+                    container=c.name,
+                )
             kept = tuple(s for s in c.services if _service_name(s) != service)
             if text is None and len(kept) == len(c.services):
                 raise NotFound(f"container {c.name} has no service {service}", container=c.name)
@@ -808,6 +819,11 @@ class ContainerService:
             if kv is None:
                 raise NotFound(f"container {name} not found", container=name)
             c = Container.from_json(json.loads(kv.value))
+            if c.host_network:
+                raise Conflict(
+                    f"container {name} uses the host's network and cannot be connected to"
+                    f" {network}: run it again with --network {network}", container=name,
+                )  # fmt: skip
             if network in c.networks:
                 raise Conflict(f"container {name} is already on network {network}")
             current = self.endpoints(c)
