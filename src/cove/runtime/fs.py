@@ -111,6 +111,15 @@ def prepare(
     if read_only and root != "/":
         linux.mount(None, root, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
                     | _flags_of(root))  # fmt: skip
+    elif read_only:
+        # --read-only on the host's tree: its private directories too, once
+        # the mount points and /etc files in them are made; a --tmpfs or a
+        # volume mounted right over one stays writable (Docker's meaning).
+        covered = {m.target for m in mounts}
+        for path, _ in PRIVATE_DIRS:
+            if path not in covered and os.path.isdir(path):
+                linux.mount(None, path, None, linux.MS_REMOUNT | linux.MS_BIND
+                            | linux.MS_RDONLY | _flags_of(path))  # fmt: skip
     _mount_dev(os.path.join(root, "dev"), host_pts=root == "/")
     return root
 
