@@ -19,6 +19,7 @@ from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import IntentLog
 from cove.runtime.reconcile import ContainerReconciler
 from cove.runtime.service import ContainerService, no_fault
+from cove.runtime.volumes import VolumeStore
 from cove.store.base import Store
 from cove.store.hub import WatchHub
 from cove.worker import Worker
@@ -55,6 +56,7 @@ class ContainerRuntime:
         self.supervisor = SupervisorClient(run_dir)
         files = state_dir / "containers"
         self.images = ImageStore(state_dir / "images")
+        self.volumes = VolumeStore(state_dir / "volumes", clock)
         self.guard_nft = open_nft()
         self.reconciler = ContainerReconciler(
             store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft, node
@@ -62,7 +64,7 @@ class ContainerRuntime:
         self.service = ContainerService(
             store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
             IntentLog(state_dir / "intents"), masked=masked, fault=fault, node=node,
-            images=self.images,
+            images=self.images, volumes=self.volumes,
         )  # fmt: skip
         # Changes other hosts ask of this node's containers (cove rm on h1
         # of a container on h2), carried out here as if asked here.

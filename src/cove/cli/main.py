@@ -23,6 +23,7 @@ from cove.cli import policy as policy_cli
 from cove.cli import registry as registry_cli
 from cove.cli import snapshot as snapshot_cli
 from cove.cli import stats as stats_cli
+from cove.cli import volume as volume_cli
 from cove.cli.client import AgentClient, Remote
 from cove.errors import CoveError
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     events_cli.add_parsers(sub)
     stats_cli.add_parsers(sub)
     image_cli.add_parsers(sub)
+    volume_cli.add_parsers(sub)
     return parser
 
 

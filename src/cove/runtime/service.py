@@ -22,7 +22,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from cove.runtime import resources
 from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import Intent, IntentLog, Phase
 from cove.runtime.launch import LaunchSpec
-from cove.runtime.mounts import check_sources
+from cove.runtime.mounts import Kind, Mount, check_sources
 from cove.runtime.reconcile import ContainerReconciler, container_endpoints, read_snapshot
 from cove.runtime.spec import (
     NETWORK_HOST,
@@ -72,6 +72,7 @@ from cove.runtime.spec import (
 )
 from cove.runtime.state import ProcessState, Status, restart_text
 from cove.runtime.view import ContainerView, ExecInfo
+from cove.runtime.volumes import VolumeStore
 from cove.store.base import Compare, Delete, Put, Store, local_store
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,10 @@ class ContainerService:
         remote: RemoteRequests | None = None,
         init: str = INIT,
         images: ImageStore | None = None,
+        volumes: VolumeStore | None = None,
     ) -> None:
         self._init = init
+        self._volumes = volumes
         self._images = images
         self._store = store
         self._node = node
@@ -319,7 +322,7 @@ class ContainerService:
         networks = [self._network(a.network) for a in spec.attachments]
         if spec.rootfs is not None and not os.path.isdir(spec.rootfs):
             raise InvalidArgument(f"rootfs directory {spec.rootfs} does not exist")
-        check_sources(spec.mounts)
+        check_sources(spec.mounts, spec.made_if_missing)
         image = self._image(spec.image) if spec.image else None
         if image is not None:
             conf = runconfig.apply(
@@ -360,7 +363,10 @@ class ContainerService:
         self._intents.record(intent)  # nothing changed yet if this fails
         self._fault("run:recorded")
         endpoints: list[Endpoint] = []
+        made = _Made()
         try:
+            if spec.mounts:
+                self._make_sources(spec, made)
             with self._rec.claim(cid, name):
                 for i, (att, net) in enumerate(zip(spec.attachments, networks, strict=True)):
                     endpoints.append(self._endpoint(container, net, att, f"eth{i}"))
@@ -374,6 +380,7 @@ class ContainerService:
         except BaseException as exc:
             log.warning("run %s failed, rolling back: %s", name, exc)
             complete = self._roll_back(intent, container, endpoints)
+            self._unmake(made)
             if isinstance(exc, OSError):  # the container's files: a full disk, say
                 raise storage_error(exc, str(self._logs), f"cannot run {name}") from exc
             if not complete and isinstance(exc, CoveError):
@@ -567,9 +574,73 @@ class ContainerService:
             log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,
             restart=restart_text(c.restart, c.restart_max), labels=c.labels,
             caps=c.capabilities, seccomp=c.seccomp, masked=self._masked,
-            mounts=c.mounts, read_only=c.read_only, memory=c.memory, cpus=c.cpus,
+            mounts=self._mounts(c), read_only=c.read_only, memory=c.memory, cpus=c.cpus,
             **self._overlay(c),
         )  # fmt: skip
+
+    # -- volumes and -v host directories ----------------------------------------
+
+    def _make_sources(self, spec: RunSpec, made: _Made) -> None:
+        """The -v host directories that are missing and the named volumes
+        that are new, made as Docker makes them (recorded in ``made``, so a
+        run that fails takes them away again)."""
+        for source in spec.made_if_missing:
+            path = Path(source)
+            if os.path.lexists(path):
+                continue
+            top = path
+            while not os.path.lexists(top.parent):
+                top = top.parent
+            try:
+                path.mkdir(mode=0o755, parents=True)
+            except OSError as exc:
+                raise storage_error(exc, source, f"cannot make the -v directory {source}") from exc
+            made.dirs.append(top)
+        for m in spec.mounts:
+            if m.kind is Kind.VOLUME:
+                _, new = self._volume_store().create(m.source)
+                if new:
+                    made.volumes.append(m.source)
+
+    def _unmake(self, made: _Made) -> None:
+        for name in made.volumes:
+            with contextlib.suppress(CoveError):
+                self._volume_store().remove(name, lambda _n: [])
+        for top in made.dirs:
+            # only what is still as it was made: empty directories
+            for folder in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+
+    def _volume_store(self) -> VolumeStore:
+        if self._volumes is None:
+            raise Unavailable("this agent has no volume store")
+        return self._volumes
+
+    def _mounts(self, c: Container) -> tuple[Mount, ...]:
+        """The LaunchSpec's mounts: a named volume by its directory (made
+        again if it went missing by hand)."""
+        if not any(m.kind is Kind.VOLUME for m in c.mounts):
+            return c.mounts
+        store = self._volume_store()
+        return tuple(
+            replace(m, source=str(store.create(m.source)[0].mountpoint))
+            if m.kind is Kind.VOLUME
+            else m
+            for m in c.mounts
+        )
+
+    def volume_users(self, name: str) -> list[str]:
+        """Names of this node's containers (running or not) that mount
+        volume ``name``."""
+        snap = read_snapshot(self._store)
+        return sorted(
+            c.name
+            for c in snap.containers.values()
+            if self.owns(c) and any(m.kind is Kind.VOLUME and m.source == name for m in c.mounts)
+        )
 
     # -- images ----------------------------------------------------------------
 
@@ -1030,6 +1101,14 @@ class ContainerService:
             if any(c.id == cid for c in read_snapshot(self._store).containers.values()):
                 continue
             self._store.txn([Compare.mod_is(key, rev)], [Delete(key)])
+
+
+@dataclass(slots=True)
+class _Made:
+    """What a run made on the host before its container: undone if it fails."""
+
+    dirs: list[Path] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
 
 
 def _service_name(text: str) -> str:

@@ -15,7 +15,7 @@ from cove.errors import InvalidArgument
 from cove.model import Network, ServiceSpec
 from cove.network.spec import check_label, check_name
 from cove.runtime import resources
-from cove.runtime.mounts import Mount, parse_all
+from cove.runtime.mounts import Kind, Mount, parse_all
 from cove.runtime.security import check_security_opts, normalize_cap, resolve_caps
 from cove.runtime.state import RestartPolicy, parse_restart, restart_text
 
@@ -318,6 +318,8 @@ class RunSpec:
     memory: int = 0
     cpus: float = 0.0
     host_network: bool = False  # --network host
+    # -v host directories made if missing (Docker's), unlike --mount's
+    made_if_missing: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -411,6 +413,8 @@ class RunSpec:
         cap_add = tuple(dict.fromkeys(normalize_cap(c) for c in _strings(data, "cap_add")))
         cap_drop = tuple(dict.fromkeys(normalize_cap(c) for c in _strings(data, "cap_drop")))
         seccomp = check_security_opts(_strings(data, "security_opt"))
+        volumes = _strings(data, "volumes")
+        mounts = parse_all(volumes, _strings(data, "mount"), _strings(data, "tmpfs"))
         return cls(
             argv=tuple(argv),
             name=name,
@@ -441,9 +445,8 @@ class RunSpec:
             seccomp=seccomp,
             image=image,
             entrypoint=entrypoint if image else "",
-            mounts=parse_all(
-                _strings(data, "volumes"), _strings(data, "mount"), _strings(data, "tmpfs")
-            ),
+            mounts=mounts,
+            made_if_missing=tuple(m.source for m in mounts[: len(volumes)] if m.kind is Kind.BIND),
             read_only=bool(data.get("read_only")),
             host_network=host_network,
         )
