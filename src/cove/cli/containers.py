@@ -211,12 +211,21 @@ def _command(args: argparse.Namespace) -> list[str]:
 
 def add_fs_flags(p: argparse.ArgumentParser) -> None:
     """``IMAGE`` and the filesystem flags of ``run``, as Docker has them."""
-    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]")
     p.add_argument(
-        "--mount", action="append", default=[], metavar="type=bind|tmpfs,source=..,target=..",
+        "-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
+        help="bind an absolute host path (made if missing) or a named volume"
+        " (NAME:CONTAINER: made on first use, kept after rm; see 'cove volume')",
+    )  # fmt: skip
+    p.add_argument(
+        "--mount", action="append", default=[],
+        metavar="type=bind|volume|tmpfs,source=..,target=..",
     )  # fmt: skip
     p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:size=64m]")
-    p.add_argument("--read-only", action="store_true", help="the container's root read-only")
+    p.add_argument(
+        "--read-only", action="store_true",
+        help="the container's root read-only (without an image: /tmp, /run, /var/tmp and"
+        " /root too); --tmpfs and volumes stay writable",
+    )  # fmt: skip
 
 
 def _image_and_command(args: argparse.Namespace) -> tuple[str, list[str]]:
