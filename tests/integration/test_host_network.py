@@ -74,6 +74,15 @@ def test_a_host_network_container_shares_the_hosts_namespace(
     probe = Path("/etc") / f"cove-hostnet-{tmp_path.name}"
     res = agent.cli("exec", "h", "--", "touch", str(probe))
     assert res.returncode != 0 and not probe.exists()
+    # It outlives an agent restart, and the restarted agent's passes build
+    # nothing for it.
+    pid = info["state"]["pid"]
+    agent.stop()
+    agent.start()
+    # (its first full pass ran before the agent answered)
+    assert tcp("127.0.0.1", 7077).endswith(":ping")
+    assert inspect(agent, "h")["state"]["pid"] == pid
+    assert host_veths() == veths and netns_files(agent) == files
     # Removed: nothing left behind, the host's interfaces untouched.
     agent.ok("rm", "-f", "h")
     assert _interfaces(Path("/proc/net/dev").read_text()) == host_ifaces
