@@ -69,6 +69,7 @@ def test_a_host_network_container_shares_the_hosts_namespace(
     assert agent.ok("inspect", "-f", "{{.HostConfig.NetworkMode}}", "h").strip() == "host"
     row = next(line for line in agent.ok("ps").splitlines() if " h " in f" {line} ")
     assert " host " in f" {row} "
+    assert agent.ok("ps", "-q", "--filter", "network=host").split() == [info["short_id"]]
     assert agent.cli("exec", "peer", "--", "getent", "hosts", "h").returncode != 0
     # The filesystem is still the container's: the host's tree read-only.
     probe = Path("/etc") / f"cove-hostnet-{tmp_path.name}"

@@ -407,7 +407,7 @@ def select(items: list[dict[str, Any]], filters: Mapping[str, list[str]]) -> lis
             return k in c["labels"] and (not has_v or c["labels"][k] == v)
         if key == "status":
             return bool(c["state"]["status"] == value)
-        return value in c["endpoints"] or value in c["networks"]
+        return value in c["endpoints"] or value in c["networks"] or c.get("network_mode") == value
 
     return [c for c in items if all(any(one(c, k, v) for v in vs) for k, vs in filters.items())]
 
