@@ -70,8 +70,10 @@ def test_a_named_volume_outlives_its_container(vols: Any) -> None:
     assert _volumes(vols) == ["data"]
     (info,) = json.loads(vols.ok("volume", "inspect", "data"))
     assert info["name"] == "data" and info["driver"] == "local"
-    assert info["containers"] == ["w1"] and info["created"].endswith("Z")
+    assert info["containers"] == ["w1"] and info["created_at"].endswith("Z")
     assert Path(info["mountpoint"], "f").read_text() == "kept\n"
+    mountpoint = vols.ok("volume", "inspect", "-f", "{{.Mountpoint}}", "data").strip()
+    assert mountpoint == info["mountpoint"]
     mounts = inspect(vols, "w1")["mounts"]
     assert mounts == [{"type": "volume", "source": "data", "target": "/data",
                        "readonly": False, "options": ""}]  # fmt: skip

@@ -16,8 +16,9 @@ from cove.timefmt import rfc3339
 
 
 def volume_json(volume: Volume) -> dict[str, Any]:
+    """As Docker's (``{{.Mountpoint}}``, ``{{.CreatedAt}}``): times in RFC 3339."""
     body = volume.to_json()
-    body["created"] = rfc3339(volume.created)
+    body["created_at"] = rfc3339(body.pop("created"))
     return body
 
 
