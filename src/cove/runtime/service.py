@@ -176,6 +176,9 @@ class ContainerService:
         self._unstarted: dict[str, str] = {}
         # run --rm: id -> name, removed once exited (``remove_exited``).
         self._auto: dict[str, str] = {}
+        # Runs under way: id -> (name, the volumes it mounts), so that
+        # ``volume rm`` counts a container not yet in the store as a user.
+        self._starting: dict[str, tuple[str, frozenset[str]]] = {}
 
     # -- reading -------------------------------------------------------------
 
@@ -366,6 +369,8 @@ class ContainerService:
         made = _Made()
         try:
             if spec.mounts:
+                vols = frozenset(m.source for m in spec.mounts if m.kind is Kind.VOLUME)
+                self._starting[cid] = (name, vols)
                 self._make_sources(spec, made)
             with self._rec.claim(cid, name):
                 for i, (att, net) in enumerate(zip(spec.attachments, networks, strict=True)):
@@ -380,7 +385,7 @@ class ContainerService:
         except BaseException as exc:
             log.warning("run %s failed, rolling back: %s", name, exc)
             complete = self._roll_back(intent, container, endpoints)
-            self._unmake(made)
+            self._unmake(made, cid)
             if isinstance(exc, OSError):  # the container's files: a full disk, say
                 raise storage_error(exc, str(self._logs), f"cannot run {name}") from exc
             if not complete and isinstance(exc, CoveError):
@@ -390,6 +395,8 @@ class ContainerService:
                 )
                 raise from_json({**exc.to_json(), "error": exc.message + note}) from exc
             raise
+        finally:
+            self._starting.pop(cid, None)
         self._intents.done(cid)
         if container.auto_remove:
             self._auto[cid] = name
@@ -602,10 +609,10 @@ class ContainerService:
                 if new:
                     made.volumes.append(m.source)
 
-    def _unmake(self, made: _Made) -> None:
+    def _unmake(self, made: _Made, cid: str) -> None:
         for name in made.volumes:
-            with contextlib.suppress(CoveError):
-                self._volume_store().remove(name, lambda _n: [])
+            with contextlib.suppress(CoveError):  # kept while another run uses it
+                self._volume_store().remove(name, lambda n: self.volume_users(n, besides=cid))
         for top in made.dirs:
             # only what is still as it was made: empty directories
             for folder in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
@@ -632,15 +639,20 @@ class ContainerService:
             for m in c.mounts
         )
 
-    def volume_users(self, name: str) -> list[str]:
-        """Names of this node's containers (running or not) that mount
-        volume ``name``."""
+    def volume_users(self, name: str, besides: str = "") -> list[str]:
+        """Names of this node's containers (running or not, or being run)
+        that mount volume ``name``, but for the container ``besides``."""
         snap = read_snapshot(self._store)
-        return sorted(
+        users = {
             c.name
             for c in snap.containers.values()
-            if self.owns(c) and any(m.kind is Kind.VOLUME and m.source == name for m in c.mounts)
-        )
+            if c.id != besides
+            and self.owns(c)
+            and any(m.kind is Kind.VOLUME and m.source == name for m in c.mounts)
+        }
+        users.update(n for cid, (n, vols) in list(self._starting.items())
+                     if cid != besides and name in vols)  # fmt: skip
+        return sorted(users)
 
     # -- images ----------------------------------------------------------------
 
