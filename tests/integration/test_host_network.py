@@ -94,12 +94,17 @@ def test_an_image_container_on_the_host_network(agent: Any, tmp_path: Path) -> N
     need_containers(agent)
     oci_archive(tmp_path / "bb.tar", Img([busybox_layer()], cmd=["sh"]), "localhost/bb:latest")
     agent.ok("image", "load", "-i", str(tmp_path / "bb.tar"))
-    code, out = _exited(agent, "--network", "host", "bb", "sh", "-c",
-                        "cat /proc/net/dev; ls /; hostname")  # fmt: skip
+    script = "cat /proc/net/dev; echo =; cat /etc/hosts; echo =; ls /; hostname"
+    code, out = _exited(
+        agent, "--network", "host", "--add-host", "extra:10.9.9.9", "bb", "sh", "-c", script
+    )
     assert code == 0
-    assert _interfaces(out) == _interfaces(Path("/proc/net/dev").read_text())
-    assert "usr" not in out.split()  # the image's root, not the host's
-    assert out.splitlines()[-1] == socket.gethostname()
+    netdev, hosts, rest = out.split("=\n")
+    assert _interfaces(netdev) == _interfaces(Path("/proc/net/dev").read_text())
+    # the host's /etc/hosts and the --add-host line, as Docker's
+    assert hosts == Path("/etc/hosts").read_text() + "10.9.9.9\textra\n"
+    assert "usr" not in rest.split()  # the image's root, not the host's
+    assert rest.splitlines()[-1] == socket.gethostname()
 
 
 def test_what_cannot_go_with_host_networking_is_refused(agent: Any) -> None:

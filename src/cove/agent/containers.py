@@ -50,8 +50,10 @@ class ContainerRuntime:
         fault: Callable[[str], None] = no_fault,
         node: str = "",
         prepare_bridge: Callable[[str], None] | None = None,
+        hosts_file: Path = Path("/etc/hosts"),
     ) -> None:
         self._resolv_conf = resolv_conf
+        self._hosts_file = hosts_file
         self.netns = NetnsDatapath(run_dir / "netns", prepare_bridge)
         self.supervisor = SupervisorClient(run_dir)
         files = state_dir / "containers"
@@ -59,8 +61,9 @@ class ContainerRuntime:
         self.volumes = VolumeStore(state_dir / "volumes", clock)
         self.guard_nft = open_nft()
         self.reconciler = ContainerReconciler(
-            store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft, node
-        )
+            store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft, node,
+            host_hosts=lambda: _read(self._hosts_file),
+        )  # fmt: skip
         self.service = ContainerService(
             store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
             IntentLog(state_dir / "intents"), masked=masked, fault=fault, node=node,
@@ -117,3 +120,10 @@ class ContainerRuntime:
         self.reconciler.stop()
         self.netns.close()
         self.guard_nft.close()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
