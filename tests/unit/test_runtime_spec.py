@@ -244,6 +244,19 @@ def test_hosts_file_names_the_container_on_each_address() -> None:
     assert text.startswith("127.0.0.1\tlocalhost")
 
 
+def test_a_host_network_container_gets_the_hosts_hosts_file() -> None:
+    host = "127.0.0.1\tlocalhost\n10.0.0.5\tdb.lan"
+    assert etc.host_hosts(host, [("x", "10.1.1.1")]) == host + "\n10.1.1.1\tx\n"
+    assert etc.host_hosts("") == "127.0.0.1\tlocalhost\n::1\tlocalhost\n"
+
+
+def test_a_host_network_container_round_trips() -> None:
+    c = Container(id="c1", name="h", argv=("sh",), hostname="box", network_mode="host")
+    again = Container.from_json(json.loads(json.dumps(c.to_json())))
+    assert again == c and again.host_network and again.networks == ()
+    assert not Container.from_json({"id": "c", "name": "n", "argv": ["x"]}).host_network
+
+
 def test_resolv_conf_points_at_gateway_or_keeps_host() -> None:
     assert etc.resolv_conf([ipaddress.IPv4Address("10.89.0.1")], "x") == (
         "nameserver 10.89.0.1\noptions ndots:0\n"
