@@ -60,6 +60,11 @@ def test_a_missing_host_directory_is_made(vols: Any, tmp_path: Path) -> None:
     res = vols.cli("run", "-d", "-v", f"{gone}:/no-such-mount-point-on-the-host", "--", "true")
     assert res.returncode != 0 and "does not exist" in res.stderr
     assert not (tmp_path / "gone").exists()
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    res = vols.cli("run", "-d", "-v", f"{afile}/sub:/x", "site:1")
+    assert res.returncode == 125 and "cannot make the -v host directory" in res.stderr
+    assert "Not a directory" in res.stderr
 
 
 def test_a_named_volume_outlives_its_container(vols: Any) -> None:

@@ -600,9 +600,16 @@ class ContainerService:
                 top = top.parent
             try:
                 path.mkdir(mode=0o755, parents=True)
+                made.dirs.append(top)
+                path.chmod(0o755)  # whatever the agent's umask
             except OSError as exc:
-                raise storage_error(exc, source, f"cannot make the -v directory {source}") from exc
-            made.dirs.append(top)
+                what = f"cannot make the -v host directory {source}"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise storage_error(exc, source, what) from exc
+                raise InvalidArgument(
+                    f"{what}: {exc.strerror or exc} (give a directory that can exist there)",
+                    mount=source,
+                ) from exc
         for m in spec.mounts:
             if m.kind is Kind.VOLUME:
                 _, new = self._volume_store().create(m.source)
