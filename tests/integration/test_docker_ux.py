@@ -222,8 +222,10 @@ def test_a_container_without_network_joins_the_default_bridge(agent: Any) -> Non
     assert inspect(agent, "alone")["endpoints"] == {}
     bad = agent.cli("network", "create", "none")
     assert bad.returncode == 2 and "reserved" in bad.stderr
-    bad = agent.cli("run", "--network", "host", "--", "true")
-    assert bad.returncode == 2 and "not supported" in bad.stderr
+    bad = agent.cli("network", "create", "host")
+    assert bad.returncode == 2 and "reserved" in bad.stderr
+    bad = agent.cli("run", "--network", "host", "--network", "bridge", "--", "true")
+    assert bad.returncode == 2 and "cannot go with other networks" in bad.stderr
 
 
 def _instances(agent: Any, service: str) -> list[tuple[str, int, list[str], str]]:

@@ -115,9 +115,13 @@ def test_volumes_tmpfs_and_read_only(images: Any, tmp_path: Path) -> None:
 def test_errors_name_the_problem_and_exit_125(images: Any, tmp_path: Path) -> None:
     cases = [
         (["nginx"], "no such image nginx: load it with 'cove image load' or pull it"),
-        (["-v", "rel/dir:/x", "bb"], "is not absolute"),
-        (["-v", f"{tmp_path}/missing:/x", "bb"], "bind source path does not exist"),
-        (["--mount", "type=volume,target=/x", "bb"], "type must be bind or tmpfs"),
+        (["-v", "rel/dir:/x", "bb"], "is neither an absolute host path nor a volume name"),
+        (
+            ["--mount", f"type=bind,source={tmp_path}/missing,target=/x", "bb"],
+            "bind source path does not exist",
+        ),
+        (["--mount", "type=volume,target=/x", "bb"], "type=volume needs source=NAME"),
+        (["--mount", "type=nfs,target=/x", "bb"], "type must be bind, volume or tmpfs"),
         (["--tmpfs", "relative", "bb"], "must be absolute"),
     ]
     before = images.ok("ps", "-aq")

@@ -113,6 +113,7 @@ STORED = {
     "dns_options": [],
     "memory": 0,  # no -m or --cpus
     "cpus": 0.0,
+    "network_mode": "",  # its own namespace, on its networks
 }
 
 INSPECT = {
@@ -171,6 +172,7 @@ INSPECT = {
             },
         },
     },
+    "host_config": {"network_mode": "front"},  # Docker's: the first network
     "netns": "/run/cove/netns/ab",
     "log_path": "/var/lib/cove/logs/x/log",
 }

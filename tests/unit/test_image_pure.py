@@ -75,6 +75,8 @@ def test_run_config_follows_docker() -> None:
 
 def test_mount_flags_as_docker_reads_them() -> None:
     assert parse_volume("/h:/c:ro") == Mount(Kind.BIND, "/c", "/h", True)
+    assert parse_volume("my_vol.1:/c") == Mount(Kind.VOLUME, "/c", "my_vol.1", False)
+    assert parse_mount("type=volume,src=v,dst=/c,ro") == Mount(Kind.VOLUME, "/c", "v", True)
     assert parse_volume("/h/../h2:/c/") == Mount(Kind.BIND, "/c", "/h2", False)
     assert parse_mount("type=bind,src=/h,dst=/c,readonly") == Mount(Kind.BIND, "/c", "/h", True)
     assert parse_mount("type=tmpfs,target=/t,tmpfs-size=64m").options == "size=64m"
@@ -82,13 +84,15 @@ def test_mount_flags_as_docker_reads_them() -> None:
         Kind.TMPFS, "/t", options="size=1m,mode=1777"
     )
     for bad, why in [
-        ("rel:/c", "not absolute"), ("/h:rel", "must be absolute"), ("/h:/c:rx", "expected"),
+        ("./rel:/c", "neither an absolute"), ("a/b:/c", "give the full path"),
+        ("/h:rel", "must be absolute"), ("/h:/c:rx", "expected"), ("-x:/c", "volume name"),
         ("/h:/", "cannot mount over"),
     ]:  # fmt: skip
         with pytest.raises(InvalidArgument, match=why):
             parse_volume(bad)
     for bad, why in [
-        ("type=volume,target=/x", "bind or tmpfs"), ("type=bind,target=/x", "absolute host"),
+        ("type=volume,target=/x", "needs source=NAME"), ("type=nfs,target=/x", "bind, volume"),
+        ("type=bind,target=/x", "absolute host"),
         ("type=bind,source=/h", "target= is required"), ("type=bind,source=/h,target=/x,z=1",
         "unknown z"),
     ]:  # fmt: skip

@@ -97,6 +97,14 @@ def base(**extra: object) -> dict[str, object]:
     return {"command": ["sleep", "1"], "networks": ["vnet"], **extra}
 
 
+def test_host_networking_has_no_attachment_and_discards_ports() -> None:
+    spec = RunSpec.from_json(base(networks=["host"], ports=["8080:80"], publish_all=True,
+                                  expose=["90"]))  # fmt: skip
+    assert spec.host_network and spec.attachments == () and spec.ports == ()
+    assert not spec.default_network
+    assert not RunSpec.from_json(base()).host_network
+
+
 def test_run_spec_round_trip() -> None:
     spec = RunSpec.from_json(
         base(name="web", env=["A=1", "B=x=y"], labels=["tier"], ports=["8080:80"],
@@ -124,7 +132,10 @@ def test_run_spec_round_trip() -> None:
         (base(ports=["8080:80", "8080:81"]), "published twice"),
         ({"command": ["x"], "networks": ["none"], "ports": ["80:80"]}, "not --network none"),
         (base(networks=["none", "vnet"]), "cannot go with"),
-        (base(networks=["host"]), "host is not supported"),
+        (base(networks=["host", "vnet"]), "host cannot go with other networks"),
+        (base(networks=["host"], ip="10.0.0.2"), "--ip cannot go with --network host"),
+        (base(networks=["host"], aliases=["a"]), "--alias cannot go with --network host"),
+        (base(networks=["host"], services=["w:80"]), "--service cannot go with"),
         (base(services=["web"]), "NAME:PORT"),
         (base(networks=["a", "b"], ip="10.0.0.2"), "exactly one"),
         (base(workdir="rel"), "absolute"),
@@ -231,6 +242,19 @@ def test_hosts_file_names_the_container_on_each_address() -> None:
     text = etc.hosts("web", "web", [ipaddress.IPv4Address("10.89.0.2")])
     assert "10.89.0.2\tweb\n" in text
     assert text.startswith("127.0.0.1\tlocalhost")
+
+
+def test_a_host_network_container_gets_the_hosts_hosts_file() -> None:
+    host = "127.0.0.1\tlocalhost\n10.0.0.5\tdb.lan"
+    assert etc.host_hosts(host, [("x", "10.1.1.1")]) == host + "\n10.1.1.1\tx\n"
+    assert etc.host_hosts("") == "127.0.0.1\tlocalhost\n::1\tlocalhost\n"
+
+
+def test_a_host_network_container_round_trips() -> None:
+    c = Container(id="c1", name="h", argv=("sh",), hostname="box", network_mode="host")
+    again = Container.from_json(json.loads(json.dumps(c.to_json())))
+    assert again == c and again.host_network and again.networks == ()
+    assert not Container.from_json({"id": "c", "name": "n", "argv": ["x"]}).host_network
 
 
 def test_resolv_conf_points_at_gateway_or_keeps_host() -> None:

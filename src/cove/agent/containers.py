@@ -19,6 +19,7 @@ from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import IntentLog
 from cove.runtime.reconcile import ContainerReconciler
 from cove.runtime.service import ContainerService, no_fault
+from cove.runtime.volumes import VolumeStore
 from cove.store.base import Store
 from cove.store.hub import WatchHub
 from cove.worker import Worker
@@ -49,20 +50,24 @@ class ContainerRuntime:
         fault: Callable[[str], None] = no_fault,
         node: str = "",
         prepare_bridge: Callable[[str], None] | None = None,
+        hosts_file: Path = Path("/etc/hosts"),
     ) -> None:
         self._resolv_conf = resolv_conf
+        self._hosts_file = hosts_file
         self.netns = NetnsDatapath(run_dir / "netns", prepare_bridge)
         self.supervisor = SupervisorClient(run_dir)
         files = state_dir / "containers"
         self.images = ImageStore(state_dir / "images")
+        self.volumes = VolumeStore(state_dir / "volumes", clock)
         self.guard_nft = open_nft()
         self.reconciler = ContainerReconciler(
-            store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft, node
-        )
+            store, self.netns, nft, files, self._host_resolv, interval, self.guard_nft, node,
+            host_hosts=lambda: _read(self._hosts_file),
+        )  # fmt: skip
         self.service = ContainerService(
             store, clock, ipam, self.reconciler, self.supervisor, self.netns, files,
             IntentLog(state_dir / "intents"), masked=masked, fault=fault, node=node,
-            images=self.images,
+            images=self.images, volumes=self.volumes,
         )  # fmt: skip
         # Changes other hosts ask of this node's containers (cove rm on h1
         # of a container on h2), carried out here as if asked here.
@@ -115,3 +120,10 @@ class ContainerRuntime:
         self.reconciler.stop()
         self.netns.close()
         self.guard_nft.close()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

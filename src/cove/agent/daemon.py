@@ -46,6 +46,7 @@ from cove.api import metrics as metrics_api
 from cove.api import networks as networks_api
 from cove.api import policy as policy_api
 from cove.api import ui as ui_api
+from cove.api import volumes as volumes_api
 from cove.api.app import build_app
 from cove.api.consul import CONSUL
 from cove.api.guard import Guard
@@ -274,6 +275,7 @@ class Agent:
         )
         cni_api.install(self.app, self.cni.service, config.dns_domain)
         images_api.install(self.app, self.runtime.images, self.runtime.service.image_users)
+        volumes_api.install(self.app, self.runtime.volumes, self.runtime.service.volume_users)
         self.dns = self._dns_service()
         if self.dns is not None:
             self.metrics.add(self.dns.metrics)

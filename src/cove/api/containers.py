@@ -17,7 +17,7 @@ from cove.api import http as web
 from cove.api.app import json_body, query_bool
 from cove.errors import InvalidArgument, NotFound
 from cove.runtime.service import ContainerService
-from cove.runtime.spec import RunSpec
+from cove.runtime.spec import Container, RunSpec
 from cove.runtime.state import Status
 from cove.runtime.view import ContainerView, ExecInfo
 from cove.timefmt import rfc3339
@@ -187,9 +187,18 @@ def container_json(view: ContainerView) -> dict[str, Any]:
         for ep in view.endpoints
     }
     body["network_settings"] = _network_settings(view)
+    body["host_config"] = {"network_mode": network_mode(c)}
     body["netns"] = view.netns
     body["log_path"] = str(view.log_path)
     return body
+
+
+def network_mode(c: Container) -> str:
+    """Docker's ``HostConfig.NetworkMode``: ``host``, ``none`` or the
+    container's first network."""
+    if c.network_mode:
+        return c.network_mode
+    return c.networks[0] if c.networks else "none"
 
 
 def _network_settings(view: ContainerView) -> dict[str, Any]:

@@ -31,7 +31,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("run", help="run a command in a new container")
     p.add_argument("-d", "--detach", action="store_true", help="print the id and return")
     p.add_argument("--name", default="")
-    p.add_argument("--network", action="append", default=[], metavar="NET")
+    p.add_argument(
+        "--network", action="append", default=[], metavar="NET",
+        help="a network to join (repeat for more; default: bridge); 'none': loopback only;"
+        " 'host': the host's network namespace, no address or DNS name of its own",
+    )  # fmt: skip
     p.add_argument("--ip", default="")
     p.add_argument("--ip6", default="")
     p.add_argument("--alias", action="append", default=[], metavar="A")
@@ -207,12 +211,21 @@ def _command(args: argparse.Namespace) -> list[str]:
 
 def add_fs_flags(p: argparse.ArgumentParser) -> None:
     """``IMAGE`` and the filesystem flags of ``run``, as Docker has them."""
-    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]")
     p.add_argument(
-        "--mount", action="append", default=[], metavar="type=bind|tmpfs,source=..,target=..",
+        "-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
+        help="bind an absolute host path (made if missing) or a named volume"
+        " (NAME:CONTAINER: made on first use, kept after rm; see 'cove volume')",
+    )  # fmt: skip
+    p.add_argument(
+        "--mount", action="append", default=[],
+        metavar="type=bind|volume|tmpfs,source=..,target=..",
     )  # fmt: skip
     p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:size=64m]")
-    p.add_argument("--read-only", action="store_true", help="the container's root read-only")
+    p.add_argument(
+        "--read-only", action="store_true",
+        help="the container's root read-only (without an image: /tmp, /run, /var/tmp and"
+        " /root too); --tmpfs and volumes stay writable",
+    )  # fmt: skip
 
 
 def _image_and_command(args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -228,6 +241,9 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
     image, command = _image_and_command(args)
     if args.rm and args.restart != "no":
         raise InvalidArgument("--rm and --restart cannot go together: choose one")
+    if "host" in args.network and (args.publish or args.publish_all):
+        print("WARNING: Published ports are discarded when using host network mode",
+              file=sys.stderr)  # fmt: skip
     try:
         info = _create(args, client, rootfs, image, command)
     except CoveError as exc:
@@ -348,6 +364,8 @@ def _ps_table(items: Sequence[Mapping[str, Any]], no_trunc: bool) -> None:
     rows = []
     for c in items:
         addrs = ",".join(f"{net}:{ep['ipv4'] or ep['ipv6']}" for net, ep in c["endpoints"].items())
+        if c.get("network_mode") == "host":
+            addrs = "host"
         command = " ".join(c["argv"])
         rows.append(
             (c["id"] if no_trunc else c["short_id"], c["name"], status_text(c["state"]), addrs,
@@ -389,7 +407,7 @@ def select(items: list[dict[str, Any]], filters: Mapping[str, list[str]]) -> lis
             return k in c["labels"] and (not has_v or c["labels"][k] == v)
         if key == "status":
             return bool(c["state"]["status"] == value)
-        return value in c["endpoints"] or value in c["networks"]
+        return value in c["endpoints"] or value in c["networks"] or c.get("network_mode") == value
 
     return [c for c in items if all(any(one(c, k, v) for v in vs) for k, vs in filters.items())]
 

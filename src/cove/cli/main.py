@@ -24,6 +24,7 @@ from cove.cli import policy as policy_cli
 from cove.cli import registry as registry_cli
 from cove.cli import snapshot as snapshot_cli
 from cove.cli import stats as stats_cli
+from cove.cli import volume as volume_cli
 from cove.cli.client import AgentClient, Remote
 from cove.errors import CoveError
 
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats_cli.add_parsers(sub)
     image_cli.add_parsers(sub)
     nodes_cli.add_parsers(sub)
+    volume_cli.add_parsers(sub)
     return parser
 
 

@@ -30,6 +30,15 @@ def hosts(
     return "\n".join(lines) + "\n"
 
 
+def host_hosts(host: str, extra: Sequence[tuple[str, str]] = ()) -> str:
+    """A ``--network host`` container's /etc/hosts: the host's, then its
+    ``--add-host`` lines (Docker's); localhost alone if the host has none."""
+    text = host if host.strip() else "127.0.0.1\tlocalhost\n::1\tlocalhost\n"
+    if not text.endswith("\n"):
+        text += "\n"
+    return text + "".join(f"{address}\t{name}\n" for name, address in extra)
+
+
 def resolv_conf(
     nameservers: Sequence[IPAddress],
     host_resolv: str,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 from collections.abc import Sequence
 
@@ -87,7 +88,8 @@ def prepare(
     # host's /tmp) are hidden below
     sources = [os.open(os.path.join(etc_dir, n), os.O_PATH | os.O_CLOEXEC) for n in ETC_FILES]
     binds = [
-        os.open(m.source, os.O_PATH | os.O_CLOEXEC) if m.kind is Kind.BIND else -1 for m in mounts
+        os.open(m.source, os.O_PATH | os.O_CLOEXEC) if m.kind is not Kind.TMPFS else -1
+        for m in mounts
     ]
     try:
         if root == "/":
@@ -111,6 +113,15 @@ def prepare(
     if read_only and root != "/":
         linux.mount(None, root, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
                     | _flags_of(root))  # fmt: skip
+    elif read_only:
+        # --read-only on the host's tree: its private directories too, once
+        # the mount points and /etc files in them are made; a --tmpfs or a
+        # volume mounted right over one stays writable (Docker's meaning).
+        covered = {m.target for m in mounts}
+        for path, _ in PRIVATE_DIRS:
+            if path not in covered and os.path.isdir(path):
+                linux.mount(None, path, None, linux.MS_REMOUNT | linux.MS_BIND
+                            | linux.MS_RDONLY | _flags_of(path))  # fmt: skip
     _mount_dev(os.path.join(root, "dev"), host_pts=root == "/")
     return root
 
@@ -158,6 +169,8 @@ def _apply_mounts(root: str, mounts: Sequence[Mount], fds: Sequence[int]) -> Non
             linux.mount("tmpfs", target, "tmpfs", flags, m.options or "mode=1777")
             continue
         is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        if m.kind is Kind.VOLUME and root != "/":
+            _copy_up(target, m.source)
         _make_point(target, directory=is_dir, host=root == "/")
         linux.mount(f"/proc/self/fd/{fd}", target, None, linux.MS_BIND | linux.MS_REC)
         if m.readonly:
@@ -166,6 +179,34 @@ def _apply_mounts(root: str, mounts: Sequence[Mount], fds: Sequence[int]) -> Non
         elif root == "/":
             # a bind copies the flags of its source's mount, read-only here
             linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | _flags_of(target))
+
+
+def _copy_up(src: str, volume: str) -> None:
+    """An empty volume mounted over a directory of the container's root
+    gets that directory's files first (Docker's copy of the image's
+    files into a new volume): contents, modes and owners, symbolic links
+    as links (never followed), devices, pipes and sockets left out."""
+    if os.listdir(volume) or os.path.islink(src) or not os.path.isdir(src):
+        return
+    st = os.lstat(src)
+    os.chown(volume, st.st_uid, st.st_gid)
+    os.chmod(volume, stat.S_IMODE(st.st_mode))
+    for folder, dirs, files in os.walk(src):
+        out = os.path.join(volume, os.path.relpath(folder, src))
+        for name in dirs + files:
+            source, dest = os.path.join(folder, name), os.path.join(out, name)
+            st = os.lstat(source)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(source), dest)
+            elif stat.S_ISDIR(st.st_mode):
+                os.mkdir(dest, 0o700)
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copyfile(source, dest, follow_symlinks=False)
+            else:
+                continue
+            os.lchown(dest, st.st_uid, st.st_gid)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(dest, stat.S_IMODE(st.st_mode))
 
 
 def _make_point(path: str, *, directory: bool, host: bool) -> None:

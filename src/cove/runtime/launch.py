@@ -40,7 +40,7 @@ class LaunchSpec:
     argv: tuple[str, ...]
     env: Mapping[str, str]
     hostname: str
-    netns: str
+    netns: str  # "": the supervisor's own (the host's), for --network host
     etc_dir: str  # holds hosts, hostname and resolv.conf to bind
     log_path: str
     rootfs: str | None = None
@@ -201,9 +201,10 @@ def _setup_and_fork(
     """Process A: namespaces and mounts, then fork the init and exit."""
     try:
         os.setsid()
-        netns = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
-        linux.setns(netns, linux.CLONE_NEWNET)
-        os.close(netns)
+        if spec.netns:  # else --network host: the supervisor's, the agent's
+            netns = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
+            linux.setns(netns, linux.CLONE_NEWNET)
+            os.close(netns)
         flags = linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWNS
         pidns = spec.pid_namespace
         try:

@@ -1,9 +1,11 @@
 """``-v``, ``--mount`` and ``--tmpfs`` as Docker has them (pure parsing;
-the host checks are ``check_sources``)."""
+the host checks are ``check_sources``). A ``-v`` source that is not an
+absolute path names a volume (``cove.runtime.volumes``)."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -11,10 +13,14 @@ from typing import Any
 
 from cove.errors import InvalidArgument
 
+# Docker's rule for volume names (``cove.runtime.volumes`` checks it too).
+VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
 
 class Kind(StrEnum):
     BIND = "bind"
     TMPFS = "tmpfs"
+    VOLUME = "volume"  # source: the volume's name (its directory, in a LaunchSpec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +55,24 @@ def _target(path: str, flag: str) -> str:
 
 
 def parse_volume(text: str) -> Mount:
-    """``-v HOST:CONTAINER[:ro|rw]``. A relative HOST (Docker's named
-    volume) is refused: cove has no volumes."""
+    """``-v HOST:CONTAINER[:ro|rw]`` or ``-v NAME:CONTAINER[:ro|rw]`` (a
+    named volume, made on first use)."""
     parts = text.split(":")
     mode = ""
     if len(parts) == 3:
         mode = parts.pop()
     if len(parts) != 2 or mode not in ("", "ro", "rw") or not parts[0]:
-        raise InvalidArgument(f"invalid -v {text!r}: expected HOST:CONTAINER[:ro]")
+        raise InvalidArgument(
+            f"invalid -v {text!r}: expected HOST:CONTAINER[:ro] or NAME:CONTAINER"
+        )
     host, target = parts
     if not host.startswith("/"):
-        raise InvalidArgument(
-            f"invalid -v {text!r}: host path {host!r} is not absolute"
-            " (cove has no named volumes; give the full path, e.g. $PWD/" + host.lstrip("./") + ")"
-        )
+        if not VOLUME_NAME.match(host):
+            raise InvalidArgument(
+                f"invalid -v {text!r}: {host!r} is neither an absolute host path nor a volume"
+                " name (give the full path, e.g. $PWD/" + host.lstrip("./") + ")"
+            )
+        return Mount(Kind.VOLUME, _target(target, "-v"), host, mode == "ro")
     return Mount(Kind.BIND, _target(target, "-v"), os.path.normpath(host), mode == "ro")
 
 
@@ -111,6 +121,15 @@ def parse_mount(text: str) -> Mount:
                 f"invalid --mount {text!r}: source= must be an absolute host path"
             )
         return Mount(Kind.BIND, _target(target, "--mount"), os.path.normpath(source), readonly)
+    if kind == "volume":
+        source = fields.pop("source", "")
+        if fields:
+            raise InvalidArgument(f"invalid --mount {text!r}: unknown {', '.join(fields)}")
+        if not VOLUME_NAME.match(source):
+            raise InvalidArgument(
+                f"invalid --mount {text!r}: type=volume needs source=NAME, a volume name"
+            )
+        return Mount(Kind.VOLUME, _target(target, "--mount"), source, readonly)
     if kind == "tmpfs":
         opts = []
         if "tmpfs-size" in fields:
@@ -121,7 +140,7 @@ def parse_mount(text: str) -> Mount:
             raise InvalidArgument(f"invalid --mount {text!r}: unknown {', '.join(fields)}")
         options = _tmpfs_options(",".join(opts), text)
         return Mount(Kind.TMPFS, _target(target, "--mount"), readonly=readonly, options=options)
-    raise InvalidArgument(f"invalid --mount {text!r}: type must be bind or tmpfs")
+    raise InvalidArgument(f"invalid --mount {text!r}: type must be bind, volume or tmpfs")
 
 
 def parse_all(
@@ -141,10 +160,13 @@ def parse_all(
     return tuple(out)
 
 
-def check_sources(mounts: Sequence[Mount]) -> None:
-    """``InvalidArgument`` for a bind whose host path does not exist."""
+def check_sources(mounts: Sequence[Mount], made_if_missing: Sequence[str] = ()) -> None:
+    """``InvalidArgument`` for a bind whose host path does not exist (but
+    for those in ``made_if_missing``: ``-v``'s, made as Docker makes them)."""
     for m in mounts:
-        if m.kind is Kind.BIND and not os.path.lexists(m.source):
+        if m.kind is not Kind.BIND or m.source in made_if_missing:
+            continue
+        if not os.path.lexists(m.source):
             raise InvalidArgument(
                 f"bind source path does not exist: {m.source} (create it first)", mount=m.source
             )

@@ -134,7 +134,9 @@ def read_snapshot(store: Store) -> Snapshot:
 
 def wanted(snap: Snapshot) -> list[planner.WantedContainer]:
     out: list[planner.WantedContainer] = []
-    for cid in snap.containers:
+    for cid, c in snap.containers.items():
+        if c.host_network:
+            continue  # in the host's namespace: nothing of its own to build
         links: list[planner.WantedLink] = []
         gw4: ipaddress.IPv4Address | None = None
         gw6: ipaddress.IPv6Address | None = None
@@ -194,8 +196,11 @@ class ContainerReconciler:
         interval: float = 15.0,
         guard_nft: NftTables | None = None,
         node: str = "",
+        host_hosts: Callable[[], str] = lambda: "",
     ) -> None:
         self._store = store
+        # the host's /etc/hosts, which a --network host container gets (Docker's)
+        self._host_hosts = host_hosts
         # On a store of this host alone, every container is this host's.
         self._node = node if local_store(store) is None else ""
         self._dp = datapath
@@ -533,7 +538,11 @@ class ContainerReconciler:
             for host, _, address in (h.partition(":") for h in c.extra_hosts)
             if gateway or address != HOST_GATEWAY
         ]
-        etc.write_in_place(folder / "hosts", etc.hosts(c.hostname, c.name, addresses, extra))
+        if c.host_network:
+            hosts = etc.host_hosts(self._host_hosts(), extra)
+        else:
+            hosts = etc.hosts(c.hostname, c.name, addresses, extra)
+        etc.write_in_place(folder / "hosts", hosts)
         etc.write_in_place(folder / "hostname", c.hostname + "\n")
         etc.write_in_place(
             folder / "resolv.conf",

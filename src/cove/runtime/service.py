@@ -22,7 +22,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,10 @@ from cove.runtime import resources
 from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import Intent, IntentLog, Phase
 from cove.runtime.launch import LaunchSpec
-from cove.runtime.mounts import check_sources
+from cove.runtime.mounts import Kind, Mount, check_sources
 from cove.runtime.reconcile import ContainerReconciler, container_endpoints, read_snapshot
 from cove.runtime.spec import (
+    NETWORK_HOST,
     Attachment,
     Container,
     Desired,
@@ -71,6 +72,7 @@ from cove.runtime.spec import (
 )
 from cove.runtime.state import ProcessState, Status, restart_text
 from cove.runtime.view import ContainerView, ExecInfo
+from cove.runtime.volumes import VolumeStore
 from cove.store.base import Compare, Delete, Put, Store, local_store
 
 log = logging.getLogger(__name__)
@@ -146,8 +148,10 @@ class ContainerService:
         remote: RemoteRequests | None = None,
         init: str = INIT,
         images: ImageStore | None = None,
+        volumes: VolumeStore | None = None,
     ) -> None:
         self._init = init
+        self._volumes = volumes
         self._images = images
         self._store = store
         self._node = node
@@ -172,6 +176,9 @@ class ContainerService:
         self._unstarted: dict[str, str] = {}
         # run --rm: id -> name, removed once exited (``remove_exited``).
         self._auto: dict[str, str] = {}
+        # Runs under way: id -> (name, the volumes it mounts), so that
+        # ``volume rm`` counts a container not yet in the store as a user.
+        self._starting: dict[str, tuple[str, frozenset[str]]] = {}
 
     # -- reading -------------------------------------------------------------
 
@@ -318,7 +325,7 @@ class ContainerService:
         networks = [self._network(a.network) for a in spec.attachments]
         if spec.rootfs is not None and not os.path.isdir(spec.rootfs):
             raise InvalidArgument(f"rootfs directory {spec.rootfs} does not exist")
-        check_sources(spec.mounts)
+        check_sources(spec.mounts, spec.made_if_missing)
         image = self._image(spec.image) if spec.image else None
         if image is not None:
             conf = runconfig.apply(
@@ -339,8 +346,10 @@ class ContainerService:
             check_port_families(ports, networks[0])
         self._check_ports(ports)
         cid = secrets.token_hex(32)
+        hostname = spec.hostname or (socket.gethostname() if spec.host_network else name)
+        env["HOSTNAME"] = hostname
         container = Container(
-            id=cid, name=name, argv=argv, hostname=spec.hostname or name, env=env,
+            id=cid, name=name, argv=argv, hostname=hostname, env=env,
             labels=dict(spec.labels), rootfs=spec.rootfs, workdir=workdir,
             restart=spec.restart, ports=ports, networks=tuple(n.name for n in networks),
             services=spec.services, created=self._clock.time(), cap_add=spec.cap_add,
@@ -351,12 +360,18 @@ class ContainerService:
             read_only=spec.read_only, dns=spec.dns, dns_search=spec.dns_search,
             dns_options=spec.dns_options, memory=spec.memory, cpus=spec.cpus,
             user=spec.user or (image.config.user if image is not None else ""),
+            network_mode=NETWORK_HOST if spec.host_network else "",
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails
         self._fault("run:recorded")
         endpoints: list[Endpoint] = []
+        made = _Made()
         try:
+            if spec.mounts:
+                vols = frozenset(m.source for m in spec.mounts if m.kind is Kind.VOLUME)
+                self._starting[cid] = (name, vols)
+                self._make_sources(spec, made)
             with self._rec.claim(cid, name):
                 for i, (att, net) in enumerate(zip(spec.attachments, networks, strict=True)):
                     endpoints.append(self._endpoint(container, net, att, f"eth{i}"))
@@ -370,6 +385,7 @@ class ContainerService:
         except BaseException as exc:
             log.warning("run %s failed, rolling back: %s", name, exc)
             complete = self._roll_back(intent, container, endpoints)
+            self._unmake(made, cid)
             if isinstance(exc, OSError):  # the container's files: a full disk, say
                 raise storage_error(exc, str(self._logs), f"cannot run {name}") from exc
             if not complete and isinstance(exc, CoveError):
@@ -379,6 +395,8 @@ class ContainerService:
                 )
                 raise from_json({**exc.to_json(), "error": exc.message + note}) from exc
             raise
+        finally:
+            self._starting.pop(cid, None)
         self._intents.done(cid)
         if container.auto_remove:
             self._auto[cid] = name
@@ -558,13 +576,90 @@ class ContainerService:
         return LaunchSpec(
             id=c.id, name=c.name, argv=argv, stop_signal=c.stop_signal, user=c.user, env=c.env,
             hostname=c.hostname,
-            netns=str(self._netns.netns_path(c.id)), etc_dir=str(self._rec.etc_dir(c.id)),
+            netns="" if c.host_network else str(self._netns.netns_path(c.id)),
+            etc_dir=str(self._rec.etc_dir(c.id)),
             log_path=str(self.log_path(c.id)), rootfs=c.rootfs, workdir=c.workdir,
             restart=restart_text(c.restart, c.restart_max), labels=c.labels,
             caps=c.capabilities, seccomp=c.seccomp, masked=self._masked,
-            mounts=c.mounts, read_only=c.read_only, memory=c.memory, cpus=c.cpus,
+            mounts=self._mounts(c), read_only=c.read_only, memory=c.memory, cpus=c.cpus,
             **self._overlay(c),
         )  # fmt: skip
+
+    # -- volumes and -v host directories ----------------------------------------
+
+    def _make_sources(self, spec: RunSpec, made: _Made) -> None:
+        """The -v host directories that are missing and the named volumes
+        that are new, made as Docker makes them (recorded in ``made``, so a
+        run that fails takes them away again)."""
+        for source in spec.made_if_missing:
+            path = Path(source)
+            if os.path.lexists(path):
+                continue
+            top = path
+            while not os.path.lexists(top.parent):
+                top = top.parent
+            try:
+                path.mkdir(mode=0o755, parents=True)
+                made.dirs.append(top)
+                path.chmod(0o755)  # whatever the agent's umask
+            except OSError as exc:
+                what = f"cannot make the -v host directory {source}"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise storage_error(exc, source, what) from exc
+                raise InvalidArgument(
+                    f"{what}: {exc.strerror or exc} (give a directory that can exist there)",
+                    mount=source,
+                ) from exc
+        for m in spec.mounts:
+            if m.kind is Kind.VOLUME:
+                _, new = self._volume_store().create(m.source)
+                if new:
+                    made.volumes.append(m.source)
+
+    def _unmake(self, made: _Made, cid: str) -> None:
+        for name in made.volumes:
+            with contextlib.suppress(CoveError):  # kept while another run uses it
+                self._volume_store().remove(name, lambda n: self.volume_users(n, besides=cid))
+        for top in made.dirs:
+            # only what is still as it was made: empty directories
+            for folder in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+
+    def _volume_store(self) -> VolumeStore:
+        if self._volumes is None:
+            raise Unavailable("this agent has no volume store")
+        return self._volumes
+
+    def _mounts(self, c: Container) -> tuple[Mount, ...]:
+        """The LaunchSpec's mounts: a named volume by its directory (made
+        again if it went missing by hand)."""
+        if not any(m.kind is Kind.VOLUME for m in c.mounts):
+            return c.mounts
+        store = self._volume_store()
+        return tuple(
+            replace(m, source=str(store.create(m.source)[0].mountpoint))
+            if m.kind is Kind.VOLUME
+            else m
+            for m in c.mounts
+        )
+
+    def volume_users(self, name: str, besides: str = "") -> list[str]:
+        """Names of this node's containers (running or not, or being run)
+        that mount volume ``name``, but for the container ``besides``."""
+        snap = read_snapshot(self._store)
+        users = {
+            c.name
+            for c in snap.containers.values()
+            if c.id != besides
+            and self.owns(c)
+            and any(m.kind is Kind.VOLUME and m.source == name for m in c.mounts)
+        }
+        users.update(n for cid, (n, vols) in list(self._starting.items())
+                     if cid != besides and name in vols)  # fmt: skip
+        return sorted(users)
 
     # -- images ----------------------------------------------------------------
 
@@ -777,6 +872,12 @@ class ContainerService:
             if kv is None:
                 raise NotFound(f"container {ref} not found", container=ref)
             c = Container.from_json(json.loads(kv.value))
+            if c.host_network and text is not None:
+                raise InvalidArgument(
+                    f"container {c.name} uses the host's network and has no address of its own"
+                    " to register: register the host's address with the Consul API instead",
+                    container=c.name,
+                )
             kept = tuple(s for s in c.services if _service_name(s) != service)
             if text is None and len(kept) == len(c.services):
                 raise NotFound(f"container {c.name} has no service {service}", container=c.name)
@@ -808,6 +909,11 @@ class ContainerService:
             if kv is None:
                 raise NotFound(f"container {name} not found", container=name)
             c = Container.from_json(json.loads(kv.value))
+            if c.host_network:
+                raise Conflict(
+                    f"container {name} uses the host's network and cannot be connected to"
+                    f" {network}: run it again with --network {network}", container=name,
+                )  # fmt: skip
             if network in c.networks:
                 raise Conflict(f"container {name} is already on network {network}")
             current = self.endpoints(c)
@@ -1031,6 +1137,14 @@ class ContainerService:
             if any(c.id == cid for c in read_snapshot(self._store).containers.values()):
                 continue
             self._store.txn([Compare.mod_is(key, rev)], [Delete(key)])
+
+
+@dataclass(slots=True)
+class _Made:
+    """What a run made on the host before its container: undone if it fails."""
+
+    dirs: list[Path] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
 
 
 def _service_name(text: str) -> str:

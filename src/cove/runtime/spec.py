@@ -15,7 +15,7 @@ from cove.errors import InvalidArgument
 from cove.model import Network, ServiceSpec
 from cove.network.spec import check_label, check_name
 from cove.runtime import resources
-from cove.runtime.mounts import Mount, parse_all
+from cove.runtime.mounts import Kind, Mount, parse_all
 from cove.runtime.security import check_security_opts, normalize_cap, resolve_caps
 from cove.runtime.state import RestartPolicy, parse_restart, restart_text
 
@@ -191,6 +191,9 @@ class Container:
     dns_options: tuple[str, ...] = ()  # --dns-option OPT (e.g. ndots:2)
     memory: int = 0  # -m/--memory in bytes; 0: no limit
     cpus: float = 0.0  # --cpus; 0: no limit
+    # "host": --network host, in the host's (the agent's) network namespace
+    # with no endpoint of its own; "": its own namespace, on ``networks``
+    network_mode: str = ""
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -230,7 +233,12 @@ class Container:
             "dns_options": list(self.dns_options),
             "memory": self.memory,
             "cpus": self.cpus,
+            "network_mode": self.network_mode,
         }
+
+    @property
+    def host_network(self) -> bool:
+        return self.network_mode == NETWORK_HOST
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Container:
@@ -269,6 +277,7 @@ class Container:
             dns_options=tuple(data.get("dns_options") or ()),
             memory=int(data.get("memory") or 0),
             cpus=float(data.get("cpus") or 0.0),
+            network_mode=str(data.get("network_mode") or ""),
         )
 
 
@@ -308,6 +317,9 @@ class RunSpec:
     dns_options: tuple[str, ...] = ()
     memory: int = 0
     cpus: float = 0.0
+    host_network: bool = False  # --network host
+    # -v host directories made if missing (Docker's), unlike --mount's
+    made_if_missing: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -339,10 +351,10 @@ class RunSpec:
             if len(networks) > 1:
                 raise InvalidArgument("--network none cannot go with other networks")
             networks = []
-        elif NETWORK_HOST in networks:
-            raise InvalidArgument(
-                "--network host is not supported: use a cove network and publish ports with -p"
-            )
+        host_network = NETWORK_HOST in networks
+        if host_network:
+            _check_host_network(data, networks)
+            networks = []
         ip = _address(data, "ip", 4)
         ip6 = _address(data, "ip6", 6)
         if (ip or ip6) and len(networks) != 1:
@@ -370,7 +382,11 @@ class RunSpec:
             ) from None
         wanted = [p for text in _strings(data, "ports") for p in expand_ports(text)]
         expose = tuple(parse_expose(e) for e in _strings(data, "expose"))
-        if _bool(data, "publish_all"):
+        if host_network:
+            # As Docker: published ports are discarded (the container's
+            # ports are the host's already); the CLI warns.
+            wanted = []
+        elif _bool(data, "publish_all"):
             # -P: every exposed port not published already, on a free host port
             done = {(p.partition("/")[0].rpartition(":")[2], p.partition("/")[2] or "tcp")
                     for p in wanted}  # fmt: skip
@@ -397,6 +413,8 @@ class RunSpec:
         cap_add = tuple(dict.fromkeys(normalize_cap(c) for c in _strings(data, "cap_add")))
         cap_drop = tuple(dict.fromkeys(normalize_cap(c) for c in _strings(data, "cap_drop")))
         seccomp = check_security_opts(_strings(data, "security_opt"))
+        volumes = _strings(data, "volumes")
+        mounts = parse_all(volumes, _strings(data, "mount"), _strings(data, "tmpfs"))
         return cls(
             argv=tuple(argv),
             name=name,
@@ -427,11 +445,25 @@ class RunSpec:
             seccomp=seccomp,
             image=image,
             entrypoint=entrypoint if image else "",
-            mounts=parse_all(
-                _strings(data, "volumes"), _strings(data, "mount"), _strings(data, "tmpfs")
-            ),
+            mounts=mounts,
+            made_if_missing=tuple(m.source for m in mounts[: len(volumes)] if m.kind is Kind.BIND),
             read_only=bool(data.get("read_only")),
+            host_network=host_network,
         )
+
+
+def _check_host_network(data: Mapping[str, Any], networks: Sequence[str]) -> None:
+    """``InvalidArgument`` for what cannot go with ``--network host``: the
+    container has no interface, address or DNS name of its own."""
+    if len(networks) > 1:
+        raise InvalidArgument("--network host cannot go with other networks")
+    for key, flag in (("ip", "--ip"), ("ip6", "--ip6"), ("aliases", "--alias"),
+                      ("services", "--service")):  # fmt: skip
+        if data.get(key):
+            raise InvalidArgument(
+                f"{flag} cannot go with --network host: the container has no address of"
+                " its own (use a cove network)"
+            )
 
 
 def expand_ports(text: str) -> list[str]:
