@@ -191,6 +191,9 @@ class Container:
     dns_options: tuple[str, ...] = ()  # --dns-option OPT (e.g. ndots:2)
     memory: int = 0  # -m/--memory in bytes; 0: no limit
     cpus: float = 0.0  # --cpus; 0: no limit
+    tty: bool = False  # -t: a terminal of its own (runtime.stdio)
+    interactive: bool = False  # -i: stdin kept open for an attacher
+    console_size: tuple[int, int] = (0, 0)  # -t: rows, columns at start (the caller's)
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -230,6 +233,18 @@ class Container:
             "dns_options": list(self.dns_options),
             "memory": self.memory,
             "cpus": self.cpus,
+            **self._stdio_json(),
+        }
+
+    def _stdio_json(self) -> dict[str, Any]:
+        """-t and -i, only when given: other containers' records stay as
+        they were."""
+        if not (self.tty or self.interactive):
+            return {}
+        return {
+            "tty": self.tty,
+            "interactive": self.interactive,
+            "console_size": list(self.console_size),
         }
 
     @classmethod
@@ -269,6 +284,9 @@ class Container:
             dns_options=tuple(data.get("dns_options") or ()),
             memory=int(data.get("memory") or 0),
             cpus=float(data.get("cpus") or 0.0),
+            tty=bool(data.get("tty")),
+            interactive=bool(data.get("interactive")),
+            console_size=_console_size(data.get("console_size")),
         )
 
 
@@ -308,6 +326,9 @@ class RunSpec:
     dns_options: tuple[str, ...] = ()
     memory: int = 0
     cpus: float = 0.0
+    tty: bool = False
+    interactive: bool = False
+    console_size: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -431,7 +452,21 @@ class RunSpec:
                 _strings(data, "volumes"), _strings(data, "mount"), _strings(data, "tmpfs")
             ),
             read_only=bool(data.get("read_only")),
+            tty=_bool(data, "tty"),
+            interactive=_bool(data, "interactive"),
+            console_size=_console_size(data.get("console_size")),
         )
+
+
+def _console_size(value: Any) -> tuple[int, int]:
+    """``[rows, columns]`` of a -t container's terminal at start; (0, 0):
+    none given (the first attacher sets it)."""
+    if value is None:
+        return (0, 0)
+    ok = isinstance(value, list | tuple) and len(value) == 2
+    if not ok or not all(isinstance(n, int) and 0 <= n <= 0xFFFF for n in value):
+        raise InvalidArgument("'console_size' must be [rows, columns], each 0 to 65535")
+    return (int(value[0]), int(value[1]))
 
 
 def expand_ports(text: str) -> list[str]:
