@@ -67,7 +67,8 @@ def test_run_it_is_a_terminal_of_the_callers_size_with_the_shells_status(bb: Any
     term.sendline(f"ls -n {pts}")
     term.expect(r"crw--w---- +1 0 ")
     # ^C reaches the shell's foreground job, not the CLI
-    term.sendline("echo start''ed; sleep 30")
+    # (a child that prints, then becomes the sleep: ^C cannot come between)
+    term.sendline("sh -c 'r=start; echo ${r}ed; exec sleep 30'")
     term.expect_exact("started")
     term.sendcontrol("c")
     term.expect_exact(PROMPT, timeout=10)  # not the 30 s of the sleep
@@ -158,6 +159,27 @@ def test_attach_to_a_detached_terminal(bb: Any) -> None:
     term.close()
     assert term.exitstatus == 9
     assert inspect(bb, cid)["state"]["exit_code"] == 9
+
+
+def test_detach_keys_leave_it_running_and_rm_still_removes_it(bb: Any) -> None:
+    term = _shell(bb, "--rm", "--name", "away", "bb", "sh")
+    term.sendline("od -An -tx1")
+    term.send("a\x10")  # a lone ctrl-p is held back, then sent
+    term.send("b\r\x04")
+    term.expect_exact("61 10 62 0a")
+    term.expect_exact(PROMPT)
+    term.send("\x10\x11")
+    term.expect(pexpect.EOF)
+    term.close()
+    assert term.exitstatus == 0
+    assert "detached from away" in (term.before or "")
+    assert inspect(bb, "away")["state"]["status"] == "running"
+    term = _spawn(bb, "attach", "away")
+    term.sendline("exit 4")
+    term.expect(pexpect.EOF)
+    term.close()
+    assert term.exitstatus == 4
+    eventually(lambda: "away" not in _names(bb))  # --rm, though detached
 
 
 def test_run_it_errors_are_dockers(bb: Any) -> None:

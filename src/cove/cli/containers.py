@@ -262,13 +262,16 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
         print(info["id"])
         return 0
     cid = info["id"]
+    detached = False
     try:
         if args.tty or args.interactive:
-            return _attached(client, cid, args.interactive, tail="all")
+            status = _attached(client, cid, args.interactive, tail="all")
+            detached = status is None  # the agent removes it on exit (--rm)
+            return status or 0
         _stream_logs(client, cid, follow=True)
         final = client.request("GET", f"/api/containers/{cid}")
     finally:
-        if args.rm:
+        if args.rm and not detached:
             with contextlib.suppress(NotFound):  # the agent may have been first
                 client.request("DELETE", f"/api/containers/{cid}", params={"force": "1"})
     code = final["state"].get("exit_code")
@@ -322,8 +325,9 @@ def _create(
     if args.tty:
         body["console_size"] = attach.terminal_size(0, 1)
     # Detached, the agent removes it when it exits; attached, this command
-    # does once it has the exit status.
-    body["auto_remove"] = args.rm and args.detach
+    # does once it has the exit status (-t: which the supervisor tells it,
+    # so the agent may remove it too, as it must after a detach).
+    body["auto_remove"] = args.rm and (args.detach or args.tty)
     return client.request("POST", "/api/containers", body)
 
 
@@ -498,13 +502,14 @@ def _exec(args: argparse.Namespace, client: AgentClient) -> int:
 
 
 def _attach(args: argparse.Namespace, client: AgentClient) -> int:
-    return _attached(client, args.name, not args.no_stdin, tail="0")
+    return _attached(client, args.name, not args.no_stdin, tail="0") or 0
 
 
-def _attached(client: AgentClient, ref: str, forward_input: bool, tail: str) -> int:
+def _attached(client: AgentClient, ref: str, forward_input: bool, tail: str) -> int | None:
     """This terminal (or stdin and output) on container ``ref`` until it
-    exits; its exit code. Output without a terminal comes from its log
-    (``tail`` lines of what is there already, then what follows)."""
+    exits; its exit code, or None when the user detached. Output without a
+    terminal comes from its log (``tail`` lines of what is there already,
+    then what follows)."""
     info = client.request("GET", f"/api/containers/{quote(ref, safe='')}/attach")
     name = str(info["name"])
     try:
@@ -518,6 +523,9 @@ def _attached(client: AgentClient, ref: str, forward_input: bool, tail: str) -> 
     try:
         if session.tty:
             state = session.relay(0, 1, forward_input and bool(info["interactive"]))
+            if state is None:
+                print(f"\r\ndetached from {name} (ctrl-p ctrl-q); it goes on", file=sys.stderr)
+                return None
         else:
             if session.fd >= 0 and forward_input:
                 attach.pump(0, session.fd)

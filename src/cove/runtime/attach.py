@@ -35,6 +35,7 @@ from cove.runtime.stdio import ATTACH_OP
 
 _CHUNK = 65536
 _EOF = b"\x04"  # the terminal's end-of-file: what a closed stdin means to a -t container
+DETACH = b"\x10\x11"  # ctrl-p ctrl-q, Docker's detach keys
 
 
 class AttachRefused(Exception):
@@ -83,10 +84,11 @@ class Session:
                 raise AttachRefused(str(answer.get("error")), str(answer.get("kind")))
             self._state = dict(answer["state"])
 
-    def relay(self, stdin: int, stdout: int, forward_input: bool) -> dict[str, Any]:
+    def relay(self, stdin: int, stdout: int, forward_input: bool) -> dict[str, Any] | None:
         """Copy between the caller's ``stdin``/``stdout`` and the container's
-        terminal until it exits; returns its final state. Raw mode when
-        ``forward_input`` and ``stdin`` is a terminal; restored after."""
+        terminal until it exits; returns its final state, or ``None`` when
+        the user typed the detach keys (the container goes on). Raw mode
+        when ``forward_input`` and ``stdin`` is a terminal; restored after."""
         master = self.fd
         size_from = next((fd for fd in (stdin, stdout) if os.isatty(fd)), -1)
         raw = forward_input and os.isatty(stdin)
@@ -102,6 +104,7 @@ class Session:
 
         handlers: dict[signal.Signals, Any] = {signal.SIGWINCH: resize, signal.SIGINT: interrupt}
         handlers.update({s: _leave for s in (signal.SIGTERM, signal.SIGHUP)})
+        keys = _DetachKeys()
         with _signals(handlers), raw_mode(stdin if raw else -1):
             resize()
             while self._state is None:
@@ -113,14 +116,35 @@ class Session:
                     watch.remove(master)  # every slave end closed: output done
                 if stdin in ready:
                     data = os.read(stdin, _CHUNK)
-                    _write_all(master, data or _EOF)
                     if not data:
                         watch.remove(stdin)
+                    data, detach = keys.feed(data) if data else (_EOF, False)
+                    _write_all(master, data)
+                    if detach:
+                        return None
                 if self.sock.fileno() in ready:
                     self._feed(self.sock.recv(4096))
             if master in watch:
                 _drain(master, stdout)
         return self._state
+
+
+@dataclass(slots=True)
+class _DetachKeys:
+    """Finds ``DETACH`` in the input, across reads: a ctrl-p is held back
+    until the next byte says whether it starts the sequence."""
+
+    held: bytes = b""
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """What to forward, and whether to detach after it."""
+        data, self.held = self.held + data, b""
+        at = data.find(DETACH)
+        if at >= 0:
+            return data[:at], True
+        if data.endswith(DETACH[:1]):
+            data, self.held = data[:-1], DETACH[:1]
+        return data, False
 
 
 def connect(socket_path: str, cid: str) -> Session:
