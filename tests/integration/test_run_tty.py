@@ -45,6 +45,13 @@ def _spawn(agent: Any, *args: str, rows: int = 37, cols: int = 91) -> pexpect.sp
     return term
 
 
+def _ends(term: pexpect.spawn) -> int | None:
+    """The exit status of what runs on ``term``, once it has ended."""
+    term.expect(pexpect.EOF)
+    term.close()
+    return term.exitstatus
+
+
 def _names(agent: Any) -> list[str]:
     return [c["name"] for c in json.loads(agent.ok("ps", "-a", "--format", "json"))]
 
@@ -74,9 +81,7 @@ def test_run_it_is_a_terminal_of_the_callers_size_with_the_shells_status(bb: Any
     term.expect_exact(PROMPT, timeout=10)  # not the 30 s of the sleep
     assert term.isalive()
     term.sendline("exit 3")
-    term.expect(pexpect.EOF)
-    term.close()
-    assert term.exitstatus == 3
+    assert _ends(term) == 3
     assert "box" not in _names(bb), "--rm: the container is gone"
 
 
@@ -91,9 +96,7 @@ def test_a_resize_of_the_callers_terminal_reaches_the_container(bb: Any) -> None
     term.expect_exact("50 132")
     term.expect_exact(PROMPT)
     term.sendline("exit")
-    term.expect(pexpect.EOF)
-    term.close()
-    assert term.exitstatus == 0
+    assert _ends(term) == 0
     # without --rm it stays, exited with the shell's status
     assert inspect(bb, "resized")["state"]["exit_code"] == 0
 
@@ -138,15 +141,11 @@ def test_run_without_i_gives_the_container_no_stdin(bb: Any) -> None:
 def test_run_t_alone_has_a_terminal_but_no_input(bb: Any) -> None:
     term = _spawn(bb, "run", "-t", "--rm", "bb", "sh", "-c", "test -t 1 && stty size; exit 5")
     term.expect_exact("37 91")
-    term.expect(pexpect.EOF)
-    term.close()
-    assert term.exitstatus == 5
+    assert _ends(term) == 5
     # the terminal belongs to the container's user
     term = _spawn(bb, "run", "-t", "--rm", "-u", "1000", "bb", "sh", "-c", "ls -n $(tty)")
     term.expect(r"crw--w---- +1 1000 ")
-    term.expect(pexpect.EOF)
-    term.close()
-    assert term.exitstatus == 0
+    assert _ends(term) == 0
 
 
 def test_attach_to_a_detached_terminal(bb: Any) -> None:
@@ -155,9 +154,7 @@ def test_attach_to_a_detached_terminal(bb: Any) -> None:
     term.sendline("stty size")
     term.expect_exact("24 100")
     term.sendline("exit 9")
-    term.expect(pexpect.EOF)
-    term.close()
-    assert term.exitstatus == 9
+    assert _ends(term) == 9
     assert inspect(bb, cid)["state"]["exit_code"] == 9
 
 
@@ -169,34 +166,30 @@ def test_detach_keys_leave_it_running_and_rm_still_removes_it(bb: Any) -> None:
     term.expect_exact("61 10 62 0a")
     term.expect_exact(PROMPT)
     term.send("\x10\x11")
-    term.expect(pexpect.EOF)
-    term.close()
-    assert term.exitstatus == 0
+    assert _ends(term) == 0
     assert "detached from away" in (term.before or "")
     assert inspect(bb, "away")["state"]["status"] == "running"
     term = _spawn(bb, "attach", "away")
     term.sendline("exit 4")
-    term.expect(pexpect.EOF)
-    term.close()
-    assert term.exitstatus == 4
+    assert _ends(term) == 4
     eventually(lambda: "away" not in _names(bb))  # --rm, though detached
 
 
 def test_run_it_errors_are_dockers(bb: Any) -> None:
     term = _spawn(bb, "run", "-it", "--rm", "bb", "/no/such/program")
-    term.expect(pexpect.EOF)
-    term.close()
-    assert term.exitstatus == 127, term.before
+    assert _ends(term) == 127, term.before
     assert "/no/such/program" in (term.before or "")
     term = _spawn(bb, "run", "-it", "--rm", "no-such-image")
-    term.expect(pexpect.EOF)
-    term.close()
-    assert term.exitstatus == 125 and "no such image" in (term.before or "")
+    assert _ends(term) == 125 and "no such image" in (term.before or "")
     # a command that is not a program: 126 (as Docker), detached too
     bad = bb.cli("run", "-d", "bb", "/etc/passwd")
     assert bad.returncode == 126 and "/etc/passwd" in bad.stderr
     bad = bb.cli("attach", "nobody")
     assert bad.returncode != 0 and "nobody" in bad.stderr
+    bb.ok("run", "--name", "done", "bb", "true")
+    bad = bb.cli("attach", "done")
+    assert bad.returncode != 0 and "container done is not running" in bad.stderr
+    bb.ok("rm", "done")
     assert _names(bb) == [], "nothing left behind"
 
 

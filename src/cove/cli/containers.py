@@ -502,7 +502,13 @@ def _exec(args: argparse.Namespace, client: AgentClient) -> int:
 
 
 def _attach(args: argparse.Namespace, client: AgentClient) -> int:
-    return _attached(client, args.name, not args.no_stdin, tail="0") or 0
+    c = client.request("GET", f"/api/containers/{quote(args.name, safe='')}")
+    if c["state"]["status"] != "running":
+        raise Conflict(
+            f"container {args.name} is not running: start it with `cove start {args.name}`",
+            container=args.name,
+        )
+    return _attached(client, str(c["id"]), not args.no_stdin, tail="0") or 0
 
 
 def _attached(client: AgentClient, ref: str, forward_input: bool, tail: str) -> int | None:
