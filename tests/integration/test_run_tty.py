@@ -200,4 +200,16 @@ def test_attach_needs_the_supervisors_socket_which_is_root_only(bb: Any) -> None
     assert status == 200
     mode = os.stat(body["socket"]).st_mode & 0o777
     assert mode == 0o600 and os.stat(body["socket"]).st_uid == 0
+    # an unprivileged user knowing the path still cannot ask for the terminal
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    print('refused')\n"
+    )
+    res = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         "/usr/bin/python3", "-c", probe, body["socket"]],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert res.stdout.strip() == "refused", res.stderr
     bb.ok("rm", "-f", "guarded")

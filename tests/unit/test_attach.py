@@ -14,6 +14,7 @@ import threading
 
 import pytest
 
+from cove.cli.main import main
 from cove.errors import InvalidArgument
 from cove.runtime import attach
 from cove.runtime.launch import LaunchSpec
@@ -158,3 +159,15 @@ def test_terminal_size_of_no_terminal_is_zero() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+@pytest.mark.parametrize(
+    "args", [["attach", "web"], ["run", "-it", "--rm", "img", "sh"], ["run", "-i", "img", "cat"]]
+)
+def test_attaching_over_tcp_is_refused_before_anything_is_made(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The terminal is handed over on the agent's host: over TCP the CLI
+    says so before it asks the agent for anything (port 9 would refuse)."""
+    assert main(["--host", "http://127.0.0.1:9", *args]) == 2
+    assert "needs the agent's local socket" in capsys.readouterr().err

@@ -248,6 +248,8 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
     image, command = _image_and_command(args)
     if args.rm and args.restart != "no":
         raise InvalidArgument("--rm and --restart cannot go together: choose one")
+    if (args.tty or args.interactive) and not args.detach:
+        _need_local(client, "run -i/-t")
     try:
         info = _create(args, client, rootfs, image, command)
     except CoveError as exc:
@@ -502,6 +504,7 @@ def _exec(args: argparse.Namespace, client: AgentClient) -> int:
 
 
 def _attach(args: argparse.Namespace, client: AgentClient) -> int:
+    _need_local(client, "attach")
     c = client.request("GET", f"/api/containers/{quote(args.name, safe='')}")
     if c["state"]["status"] != "running":
         raise Conflict(
@@ -516,6 +519,7 @@ def _attached(client: AgentClient, ref: str, forward_input: bool, tail: str) -> 
     exits; its exit code, or None when the user detached. Output without a
     terminal comes from its log (``tail`` lines of what is there already,
     then what follows)."""
+    _need_local(client, "attach")
     info = client.request("GET", f"/api/containers/{quote(ref, safe='')}/attach")
     name = str(info["name"])
     try:
@@ -544,6 +548,16 @@ def _attached(client: AgentClient, ref: str, forward_input: bool, tail: str) -> 
         session.close()
     code = state.get("exit_code")
     return int(code) if isinstance(code, int) and code >= 0 else 0
+
+
+def _need_local(client: AgentClient, what: str) -> None:
+    """``InvalidArgument`` unless ``client`` is on the agent's own socket:
+    the terminal is handed over by the supervisor on that host."""
+    if client.remote is not None:
+        raise InvalidArgument(
+            f"{what} needs the agent's local socket (its terminal is handed over on the"
+            " agent's host): run it there, or use -d"
+        )
 
 
 def _detached() -> bool:
