@@ -142,6 +142,10 @@ def test_run_t_alone_has_a_terminal_but_no_input(bb: Any) -> None:
     term = _spawn(bb, "run", "-t", "--rm", "bb", "sh", "-c", "test -t 1 && stty size; exit 5")
     term.expect_exact("37 91")
     assert _ends(term) == 5
+    # the light mode (the host's tree, its /dev/pts) too
+    term = _spawn(bb, "run", "-it", "--rm", "--", "sh", "-c", "stty size; exit 6", rows=12, cols=34)
+    term.expect_exact("12 34")
+    assert _ends(term) == 6
     # the terminal belongs to the container's user
     term = _spawn(bb, "run", "-t", "--rm", "-u", "1000", "bb", "sh", "-c", "ls -n $(tty)")
     term.expect(r"crw--w---- +1 1000 ")
