@@ -519,7 +519,6 @@ def _attached(client: AgentClient, ref: str, forward_input: bool, tail: str) -> 
     exits; its exit code, or None when the user detached. Output without a
     terminal comes from its log (``tail`` lines of what is there already,
     then what follows)."""
-    _need_local(client, "attach")
     info = client.request("GET", f"/api/containers/{quote(ref, safe='')}/attach")
     name = str(info["name"])
     try:
