@@ -71,6 +71,13 @@ def install(
         info = await asyncio.to_thread(service.exec_info, request.match_info["name"])
         return web.json_response(exec_json(info))
 
+    async def attach_info(request: web.Request) -> web.Response:
+        info = await asyncio.to_thread(service.attach_info, request.match_info["name"])
+        return web.json_response(
+            {"id": info.id, "name": info.name, "socket": info.socket, "tty": info.tty,
+             "interactive": info.interactive}
+        )  # fmt: skip
+
     async def logs(request: web.Request) -> web.StreamResponse:
         info = await asyncio.to_thread(service.inspect, request.match_info["name"])
         # By name from here on: an ID or prefix is resolved once, not per poll.
@@ -150,6 +157,7 @@ def install(
     r.add_post("/api/containers/{name}/start", start)
     r.add_get("/api/containers/{name}/logs", logs)
     r.add_get("/api/containers/{name}/exec", exec_info)
+    r.add_get("/api/containers/{name}/attach", attach_info)
     r.add_post("/api/containers/{name}/services", add_service)
     r.add_delete("/api/containers/{name}/services/{service}", remove_service)
     r.add_post("/api/networks/{network}/connect", connect)

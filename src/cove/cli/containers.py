@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 from cove.cli.client import AgentClient, _UnixConnection
 from cove.cli.output import emit, print_table
 from cove.errors import Conflict, CoveError, InvalidArgument, NotFound, Unavailable
-from cove.runtime import enter
+from cove.runtime import attach, enter
 from cove.runtime.security import DEFAULT_CAPS
 from cove.runtime.view import status_text
 
@@ -125,10 +125,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="seccomp=unconfined turns the default system call filter off",
     )  # fmt: skip
     add_fs_flags(p)
+    add_tty_flags(p)
     p.add_argument(
         "command", nargs=argparse.REMAINDER, help="IMAGE [CMD ARGS...] or -- CMD ARGS..."
     )
     p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "attach", help="connect this terminal to a running container's terminal or stdin"
+    )
+    p.add_argument("--no-stdin", action="store_true", help="do not forward this stdin")
+    p.add_argument("name", metavar="CONTAINER")
+    p.set_defaults(func=_attach)
 
     p = sub.add_parser("ps", help="list containers")
     p.add_argument("-a", "--all", action="store_true", help="also stopped containers")
@@ -228,6 +236,18 @@ def add_fs_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_tty_flags(p: argparse.ArgumentParser) -> None:
+    """``-i`` and ``-t`` of ``run``, as Docker has them."""
+    p.add_argument(
+        "-i", "--interactive", action="store_true",
+        help="keep the container's stdin open and forward this one to it",
+    )  # fmt: skip
+    p.add_argument(
+        "-t", "--tty", action="store_true",
+        help="give the container a terminal (of this one's size; raw mode while attached)",
+    )  # fmt: skip
+
+
 def _image_and_command(args: argparse.Namespace) -> tuple[str, list[str]]:
     """``IMAGE [CMD...]`` or, with no image, ``-- CMD...`` (light mode)."""
     cmd = list(args.command)
@@ -244,26 +264,39 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
     if "host" in args.network and (args.publish or args.publish_all):
         print("WARNING: Published ports are discarded when using host network mode",
               file=sys.stderr)  # fmt: skip
+    if (args.tty or args.interactive) and not args.detach:
+        _need_local(client, "run -i/-t")
     try:
         info = _create(args, client, rootfs, image, command)
     except CoveError as exc:
-        if not exc.details.keys() & {"image", "mount"}:
+        launch = _LAUNCH_EXIT.get(str(exc.details.get("launch")))
+        if launch is None and not exc.details.keys() & {"image", "mount"}:
             raise
         print(f"cove: error: {exc.message}", file=sys.stderr)
-        return 125  # as docker run, for what stops the container being made
+        # as docker run: 125 for what stops the container being made, 127
+        # for a command not found, 126 for one that cannot be run
+        return launch or 125
     if args.detach:
         print(info["id"])
         return 0
     cid = info["id"]
+    detached = False
     try:
+        if args.tty or args.interactive:
+            status = _attached(client, cid, args.interactive, tail="all")
+            detached = status is None  # the agent removes it on exit (--rm)
+            return status or 0
         _stream_logs(client, cid, follow=True)
         final = client.request("GET", f"/api/containers/{cid}")
     finally:
-        if args.rm:
+        if args.rm and not detached:
             with contextlib.suppress(NotFound):  # the agent may have been first
                 client.request("DELETE", f"/api/containers/{cid}", params={"force": "1"})
     code = final["state"].get("exit_code")
     return int(code) if isinstance(code, int) and code >= 0 else 0
+
+
+_LAUNCH_EXIT = {"not_found": 127, "cannot_run": 126}
 
 
 def _create(
@@ -304,10 +337,15 @@ def _create(
         "user": args.user,
         "entrypoint": args.entrypoint,
         "stop_signal": args.stop_signal,
+        "tty": args.tty,
+        "interactive": args.interactive,
     }
+    if args.tty:
+        body["console_size"] = attach.terminal_size(0, 1)
     # Detached, the agent removes it when it exits; attached, this command
-    # does once it has the exit status.
-    body["auto_remove"] = args.rm and args.detach
+    # does once it has the exit status (-t: which the supervisor tells it,
+    # so the agent may remove it too, as it must after a detach).
+    body["auto_remove"] = args.rm and (args.detach or args.tty)
     return client.request("POST", "/api/containers", body)
 
 
@@ -481,6 +519,62 @@ def _exec(args: argparse.Namespace, client: AgentClient) -> int:
         )  # fmt: skip
     except OSError as exc:
         raise Conflict(f"cannot enter container {args.name}: {exc.strerror or exc}") from exc
+
+
+def _attach(args: argparse.Namespace, client: AgentClient) -> int:
+    _need_local(client, "attach")
+    c = client.request("GET", f"/api/containers/{quote(args.name, safe='')}")
+    if c["state"]["status"] != "running":
+        raise Conflict(
+            f"container {args.name} is not running: start it with `cove start {args.name}`",
+            container=args.name,
+        )
+    return _attached(client, str(c["id"]), not args.no_stdin, tail="0") or 0
+
+
+def _attached(client: AgentClient, ref: str, forward_input: bool, tail: str) -> int | None:
+    """This terminal (or stdin and output) on container ``ref`` until it
+    exits; its exit code, or None when the user detached. Output without a
+    terminal comes from its log (``tail`` lines of what is there already,
+    then what follows)."""
+    info = client.request("GET", f"/api/containers/{quote(ref, safe='')}/attach")
+    name = str(info["name"])
+    try:
+        session = attach.connect(str(info["socket"]), str(info["id"]))
+    except attach.AttachRefused as exc:
+        raise Conflict(f"cannot attach to container {name}: {exc.message}") from exc
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot reach the supervisor at {info['socket']}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        if session.tty:
+            state = session.relay(0, 1, forward_input and bool(info["interactive"]))
+            if state is None:
+                print(f"\r\ndetached from {name} (ctrl-p ctrl-q); it goes on", file=sys.stderr)
+                return None
+        else:
+            if session.fd >= 0 and forward_input:
+                attach.pump(0, session.fd)
+                session.fd = -1  # the pump's now: it closes it at end-of-file
+            _stream_logs(client, str(info["id"]), follow=True, tail=tail)
+            state = session.wait()
+    except attach.AttachRefused as exc:
+        raise Unavailable(f"container {name}: {exc.message}") from exc
+    finally:
+        session.close()
+    code = state.get("exit_code")
+    return int(code) if isinstance(code, int) and code >= 0 else 0
+
+
+def _need_local(client: AgentClient, what: str) -> None:
+    """``InvalidArgument`` unless ``client`` is on the agent's own socket:
+    the terminal is handed over by the supervisor on that host."""
+    if client.remote is not None:
+        raise InvalidArgument(
+            f"{what} needs the agent's local socket (its terminal is handed over on the"
+            " agent's host): run it there, or use -d"
+        )
 
 
 def _detached() -> bool:

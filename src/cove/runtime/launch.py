@@ -23,9 +23,10 @@ from typing import Any, NoReturn
 
 from cove import linux
 from cove.errors import LaunchError as LaunchError  # raised here; defined in the one tree
-from cove.runtime import devices, fs, resources, security, users
+from cove.runtime import devices, fs, resources, security, stdio, users
 from cove.runtime.mounts import Mount
 from cove.runtime.security import DEFAULT_CAPS
+from cove.runtime.stdio import HeldStdio
 
 _SETUP_TIMEOUT = 10.0
 _MAX_FD = 1 << 20
@@ -63,6 +64,9 @@ class LaunchSpec:
     read_only: bool = False
     memory: int = 0  # bytes; 0: no limit
     cpus: float = 0.0  # 0: no limit
+    tty: bool = False  # -t: a terminal of the container's own (see ``stdio``)
+    interactive: bool = False  # -i: stdin kept open for an attacher
+    console_size: tuple[int, int] = (0, 0)  # -t: rows, columns at start
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +94,9 @@ class LaunchSpec:
             "read_only": self.read_only,
             "memory": self.memory,
             "cpus": self.cpus,
+            "tty": self.tty,
+            "interactive": self.interactive,
+            "console_size": list(self.console_size),
         }
 
     @classmethod
@@ -119,31 +126,47 @@ class LaunchSpec:
             read_only=bool(data.get("read_only")),
             memory=int(data.get("memory") or 0),
             cpus=float(data.get("cpus") or 0.0),
+            tty=bool(data.get("tty")),
+            interactive=bool(data.get("interactive")),
+            console_size=_size(data.get("console_size")),
         )
 
 
-def spawn(spec: LaunchSpec) -> int:
+def spawn(spec: LaunchSpec, held: HeldStdio | None = None) -> int:
     """Start the container; returns the host pid of its init process.
     Raises ``LaunchError``. The caller must be a child subreaper (and
-    single-threaded: this forks)."""
+    single-threaded: this forks). A container with ``tty`` or
+    ``interactive`` needs ``held``, which gets the supervisor's end of its
+    stdio: the terminal's master, or the write end of its stdin."""
+    io = stdio.Plan.open(spec.tty, spec.interactive, spec.console_size)
+    try:
+        pid = _spawn(spec, io)
+        if held is not None:
+            io.hand_to(held)
+        return pid
+    finally:
+        io.close()
+
+
+def _spawn(spec: LaunchSpec, io: stdio.Plan) -> int:
     try:
         seccomp = security.compile_seccomp(spec.caps) if spec.seccomp else None
     except (OSError, ImportError) as exc:
         # never start a container without the filter it was meant to have
         raise LaunchError(f"cannot build the seccomp filter: {exc}") from exc
     log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    r, w = os.pipe2(os.O_CLOEXEC)
+    r, w = io.report_channel() or os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 os.close(r)
-                _setup_and_fork(spec, w, log_fd, seccomp)
+                _setup_and_fork(spec, w, log_fd, seccomp, io)
             finally:
                 os._exit(126)
         os.close(w)
         w = -1
-        report = _read_report(r)
+        report = _read_report(r, io)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
     finally:
@@ -151,6 +174,7 @@ def spawn(spec: LaunchSpec) -> int:
         os.close(log_fd)
         if w >= 0:
             os.close(w)
+        io.close_child_ends()
     init_pid: int | None = None
     for line in report.splitlines():
         kind, _, rest = line.partition(" ")
@@ -173,18 +197,23 @@ def spawn(spec: LaunchSpec) -> int:
     return init_pid
 
 
+def _size(value: Any) -> tuple[int, int]:
+    rows, cols = value if isinstance(value, list | tuple) and len(value) == 2 else (0, 0)
+    return (int(rows), int(cols))
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
 
 
-def _read_report(fd: int) -> str:
+def _read_report(fd: int, io: stdio.Plan) -> str:
     chunks: list[bytes] = []
     while True:
         ready, _, _ = select.select([fd], [], [], _SETUP_TIMEOUT)
         if not ready:
             raise LaunchError("container setup timed out")
-        data = os.read(fd, 4096)
+        data = io.read_report(fd) if io.tty else os.read(fd, 4096)
         if not data:
             return b"".join(chunks).decode(errors="replace")
         chunks.append(data)
@@ -196,7 +225,7 @@ def _write(fd: int, text: str) -> None:
 
 
 def _setup_and_fork(
-    spec: LaunchSpec, report: int, log_fd: int, seccomp: bytes | None
+    spec: LaunchSpec, report: int, log_fd: int, seccomp: bytes | None, io: stdio.Plan
 ) -> NoReturn:  # pragma: no cover
     """Process A: namespaces and mounts, then fork the init and exit."""
     try:
@@ -229,7 +258,7 @@ def _setup_and_fork(
         os._exit(126)
     pid = os.fork()
     if pid == 0:
-        _exec_init(spec, root, caps, report, log_fd, pidns, seccomp)
+        _exec_init(spec, root, caps, report, log_fd, pidns, seccomp, io)
     _write(report, f"pid {pid}\n")
     os._exit(0)
 
@@ -242,6 +271,7 @@ def _exec_init(
     log_fd: int,
     pidns: bool,
     seccomp: bytes | None,
+    io: stdio.Plan,
 ) -> NoReturn:  # pragma: no cover
     """Process B, the container's init: /proc, pivot_root, confinement, exec."""
     try:
@@ -250,6 +280,7 @@ def _exec_init(
         os.dup2(null, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
+        io.in_init(report)  # -t: the terminal instead; -i: the stdin pipe
         # Only stdio and the close-on-exec report pipe go on: no descriptor
         # of the supervisor (other containers' pidfds) may reach the command.
         os.closerange(3, report)
@@ -258,6 +289,8 @@ def _exec_init(
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         identity = users.lookup(spec.user) if spec.user else None
+        if identity is not None and spec.tty:
+            os.fchown(0, identity.uid, -1)  # the terminal is its user's, as Docker's
         security.confine(caps, seccomp)
         if identity is not None:
             users.switch(identity)  # after confine: no capability is left

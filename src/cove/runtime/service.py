@@ -71,7 +71,7 @@ from cove.runtime.spec import (
     check_port_families,
 )
 from cove.runtime.state import ProcessState, Status, restart_text
-from cove.runtime.view import ContainerView, ExecInfo
+from cove.runtime.view import AttachInfo, ContainerView, ExecInfo
 from cove.runtime.volumes import VolumeStore
 from cove.store.base import Compare, Delete, Put, Store, local_store
 
@@ -316,6 +316,16 @@ class ContainerService:
             capabilities=tuple(sorted(c.capabilities)), seccomp=c.seccomp, user=c.user,
         )  # fmt: skip
 
+    def attach_info(self, ref: str) -> AttachInfo:
+        """Where ``cove run -it``/``cove attach`` gets the container's
+        terminal or stdin: the supervisor's socket (root only, as exec's
+        ``setns`` is), for callers the API lets exec."""
+        c = self.check_local(ref, "attach")
+        return AttachInfo(
+            id=c.id, name=c.name, socket=str(self._sup.socket_path), tty=c.tty,
+            interactive=c.interactive,
+        )  # fmt: skip
+
     # -- run -----------------------------------------------------------------
 
     def run(self, spec: RunSpec) -> ContainerView:
@@ -361,6 +371,7 @@ class ContainerService:
             dns_options=spec.dns_options, memory=spec.memory, cpus=spec.cpus,
             user=spec.user or (image.config.user if image is not None else ""),
             network_mode=NETWORK_HOST if spec.host_network else "",
+            tty=spec.tty, interactive=spec.interactive, console_size=spec.console_size,
         )  # fmt: skip
         intent = Intent(cid, name, container.networks)
         self._intents.record(intent)  # nothing changed yet if this fails
@@ -582,6 +593,7 @@ class ContainerService:
             restart=restart_text(c.restart, c.restart_max), labels=c.labels,
             caps=c.capabilities, seccomp=c.seccomp, masked=self._masked,
             mounts=self._mounts(c), read_only=c.read_only, memory=c.memory, cpus=c.cpus,
+            tty=c.tty, interactive=c.interactive, console_size=c.console_size,
             **self._overlay(c),
         )  # fmt: skip
 

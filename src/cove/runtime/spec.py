@@ -194,6 +194,9 @@ class Container:
     # "host": --network host, in the host's (the agent's) network namespace
     # with no endpoint of its own; "": its own namespace, on ``networks``
     network_mode: str = ""
+    tty: bool = False  # -t: a terminal of its own (runtime.stdio)
+    interactive: bool = False  # -i: stdin kept open for an attacher
+    console_size: tuple[int, int] = (0, 0)  # -t: rows, columns at start (the caller's)
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -234,6 +237,18 @@ class Container:
             "memory": self.memory,
             "cpus": self.cpus,
             "network_mode": self.network_mode,
+            **self._stdio_json(),
+        }
+
+    def _stdio_json(self) -> dict[str, Any]:
+        """-t and -i, only when given: other containers' records stay as
+        they were."""
+        if not (self.tty or self.interactive):
+            return {}
+        return {
+            "tty": self.tty,
+            "interactive": self.interactive,
+            "console_size": list(self.console_size),
         }
 
     @property
@@ -278,6 +293,9 @@ class Container:
             memory=int(data.get("memory") or 0),
             cpus=float(data.get("cpus") or 0.0),
             network_mode=str(data.get("network_mode") or ""),
+            tty=bool(data.get("tty")),
+            interactive=bool(data.get("interactive")),
+            console_size=_console_size(data.get("console_size")),
         )
 
 
@@ -320,6 +338,9 @@ class RunSpec:
     host_network: bool = False  # --network host
     # -v host directories made if missing (Docker's), unlike --mount's
     made_if_missing: tuple[str, ...] = ()
+    tty: bool = False
+    interactive: bool = False
+    console_size: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -449,6 +470,9 @@ class RunSpec:
             made_if_missing=tuple(m.source for m in mounts[: len(volumes)] if m.kind is Kind.BIND),
             read_only=bool(data.get("read_only")),
             host_network=host_network,
+            tty=_bool(data, "tty"),
+            interactive=_bool(data, "interactive"),
+            console_size=_console_size(data.get("console_size")),
         )
 
 
@@ -464,6 +488,17 @@ def _check_host_network(data: Mapping[str, Any], networks: Sequence[str]) -> Non
                 f"{flag} cannot go with --network host: the container has no address of"
                 " its own (use a cove network)"
             )
+
+
+def _console_size(value: Any) -> tuple[int, int]:
+    """``[rows, columns]`` of a -t container's terminal at start; (0, 0):
+    none given (the first attacher sets it)."""
+    if value is None:
+        return (0, 0)
+    ok = isinstance(value, list | tuple) and len(value) == 2
+    if not ok or not all(isinstance(n, int) and 0 <= n <= 0xFFFF for n in value):
+        raise InvalidArgument("'console_size' must be [rows, columns], each 0 to 65535")
+    return (int(value[0]), int(value[1]))
 
 
 def expand_ports(text: str) -> list[str]:

@@ -53,6 +53,7 @@ from cove.runtime.state import (
     read_json,
     write_json,
 )
+from cove.runtime.stdio import ATTACH_OP, HeldStdio
 
 if TYPE_CHECKING:
     from cove.runtime.dns_keeper import DnsKeeper
@@ -86,6 +87,7 @@ class Supervisor:
         self.running = True
         self.unsaved: set[str] = set()  # records the disk refused, written later
         self.dns: DnsKeeper | None = None  # when an agent first asks (dns_keeper)
+        self.stdio: dict[str, HeldStdio] = {}  # -t/-i containers' ends (runtime.stdio)
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -161,7 +163,7 @@ class Supervisor:
             return state
         try:
             try:
-                pid = spawn(spec)
+                pid = spawn(spec, self._held(spec))
             except OSError as exc:  # its log file, say: a failed start, not a crash
                 raise LaunchError(f"cannot start the container: {exc}") from exc
         except LaunchError as exc:
@@ -274,7 +276,9 @@ class Supervisor:
                 state = self._start(cid)
             except LaunchError as exc:
                 kind = "invalid_argument" if exc.missing else "internal"
-                reply({"ok": False, "kind": kind, "error": exc.message})
+                # what the exit status of `cove run` is, as Docker's: 127 or 126
+                launch = {"launch": "not_found" if exc.missing else "cannot_run"}
+                reply({"ok": False, "kind": kind, "error": exc.message, "details": launch})
                 return
             reply({"ok": True, "state": state.to_json()})
         elif op in ("stop", "remove"):
@@ -294,6 +298,9 @@ class Supervisor:
             if remove:
                 self.specs.pop(cid, None)
                 self.states.pop(cid, None)
+                held = self.stdio.pop(cid, None)
+                if held is not None:
+                    held.close()
                 shutil.rmtree(self.dir / cid, ignore_errors=True)
             reply(answer)
 
@@ -406,6 +413,9 @@ class Supervisor:
 
         try:
             req = json.loads(line)
+            if isinstance(req, dict) and req.get("op") == ATTACH_OP:
+                self._attach(conn, str(req.get("id", "")), reply)
+                return
             if isinstance(req, dict) and req.get("op") == DNS_KEEP_OP:
                 if self.dns is None:
                     from cove.runtime.dns_keeper import DnsKeeper
@@ -421,6 +431,36 @@ class Supervisor:
             # of every container.
             log.exception("request %r failed", line[:200])
             reply({"ok": False, "kind": "internal", "error": f"the supervisor failed: {exc}"})
+
+    def _held(self, spec: LaunchSpec) -> HeldStdio | None:
+        """Where a -t/-i container's start leaves the supervisor's end."""
+        if not (spec.tty or spec.interactive):
+            return None
+        return self.stdio.setdefault(spec.id, HeldStdio(spec.tty))
+
+    def _attach(self, conn: socket.socket, cid: str, reply: Reply) -> None:
+        """``attach``: the held ends of ``cid``'s stdio go to the client
+        with a first line; a second line is its state once it exits."""
+        if cid not in self.specs:
+            reply({"ok": False, "kind": "not_found", "error": f"no container {cid}"})
+            return
+        spec, state = self.specs[cid], self.states[cid]
+        held = self.stdio.get(cid)
+        fds = held.handover() if held is not None else []
+        head = {"ok": True, "tty": spec.tty, "stdin": bool(fds) and not spec.tty}
+        try:
+            conn.setblocking(True)
+            socket.send_fds(conn, [json.dumps(head).encode() + b"\n"], fds)
+        except OSError:
+            conn.close()
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if state.status is Status.RUNNING:
+            self.waiters.setdefault(cid, []).append(reply)
+        else:
+            reply({"ok": True, "state": state.to_json()})
 
     def _close(self, conn: socket.socket) -> None:
         self.buffers.pop(conn.fileno(), None)

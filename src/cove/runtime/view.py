@@ -47,6 +47,18 @@ class ExecInfo:
     user: str = ""  # run's -u: exec's default too, as Docker's
 
 
+@dataclass(frozen=True, slots=True)
+class AttachInfo:
+    """What ``cove attach`` (and ``run -it``) needs: the supervisor's socket,
+    which hands over the container's terminal or stdin."""
+
+    id: str
+    name: str
+    socket: str
+    tty: bool
+    interactive: bool
+
+
 def status_text(state: Mapping[str, Any]) -> str:
     """The STATUS column of ``cove ps`` for a state as the API sends it."""
     status = str(state.get("status", "?"))
