@@ -122,8 +122,10 @@ class LaunchSpec:
         )
 
 
-def spawn(spec: LaunchSpec) -> int:
+def spawn(spec: LaunchSpec, stdio: tuple[int, int] | None = None) -> int:
     """Start the container; returns the host pid of its init process.
+    ``stdio``: the descriptors its stdout and stderr go to (the caller
+    keeps and closes them); without, both append to ``spec.log_path``.
     Raises ``LaunchError``. The caller must be a child subreaper (and
     single-threaded: this forks)."""
     try:
@@ -131,14 +133,20 @@ def spawn(spec: LaunchSpec) -> int:
     except (OSError, ImportError) as exc:
         # never start a container without the filter it was meant to have
         raise LaunchError(f"cannot build the seccomp filter: {exc}") from exc
-    log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    if stdio is None:
+        log_fd = os.open(
+            spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
+        out = (log_fd, log_fd)
+    else:
+        log_fd, out = -1, stdio
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 os.close(r)
-                _setup_and_fork(spec, w, log_fd, seccomp)
+                _setup_and_fork(spec, w, out, seccomp)
             finally:
                 os._exit(126)
         os.close(w)
@@ -148,7 +156,8 @@ def spawn(spec: LaunchSpec) -> int:
             os.waitpid(pid, 0)
     finally:
         os.close(r)
-        os.close(log_fd)
+        if log_fd >= 0:
+            os.close(log_fd)
         if w >= 0:
             os.close(w)
     init_pid: int | None = None
@@ -196,7 +205,7 @@ def _write(fd: int, text: str) -> None:
 
 
 def _setup_and_fork(
-    spec: LaunchSpec, report: int, log_fd: int, seccomp: bytes | None
+    spec: LaunchSpec, report: int, stdio: tuple[int, int], seccomp: bytes | None
 ) -> NoReturn:  # pragma: no cover
     """Process A: namespaces and mounts, then fork the init and exit."""
     try:
@@ -228,7 +237,7 @@ def _setup_and_fork(
         os._exit(126)
     pid = os.fork()
     if pid == 0:
-        _exec_init(spec, root, caps, report, log_fd, pidns, seccomp)
+        _exec_init(spec, root, caps, report, stdio, pidns, seccomp)
     _write(report, f"pid {pid}\n")
     os._exit(0)
 
@@ -238,7 +247,7 @@ def _exec_init(
     root: str,
     caps: frozenset[str],
     report: int,
-    log_fd: int,
+    stdio: tuple[int, int],
     pidns: bool,
     seccomp: bytes | None,
 ) -> NoReturn:  # pragma: no cover
@@ -247,8 +256,8 @@ def _exec_init(
         fs.enter(root, pidns, pivot=root != "/")
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
+        os.dup2(stdio[0], 1)
+        os.dup2(stdio[1], 2)
         # Only stdio and the close-on-exec report pipe go on: no descriptor
         # of the supervisor (other containers' pidfds) may reach the command.
         os.closerange(3, report)
