@@ -35,6 +35,7 @@ from cove.timefmt import rfc3339_nano
 ZERO = "0001-01-01T00:00:00.000000000Z"
 _PREFIX = b'{"log":'
 _CHUNK = 65536
+_LOOK_BACK = 4096  # records searched for the start of a counted line
 
 
 class Stream(IntEnum):
@@ -120,25 +121,40 @@ def _reverse_lines(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
 
 
 def tail_offset(f: BinaryIO, lines: int) -> int:
-    """Where the last ``lines`` lines of output start (an unfinished last
-    line counts; parts of a line stay with it)."""
+    """Where the last ``lines`` lines of output start. An unfinished last
+    line counts; the earlier parts of a counted line stay with it, so when
+    another stream's lines sit between them those come too (never a line
+    cut short)."""
     end = f.seek(0, 2)
     if lines <= 0:
         return end
     start = end
     count = 0
     last = True
+    open_: set[Stream] = set()  # streams whose first counted line may begin further back
+    looked = 0
     for off, line in _reverse_lines(f):
         rec = decode(line)
         if rec is None:
-            start = off
             continue
-        if rec.data.endswith(b"\n") or last:
-            if count == lines:
-                break
-            count += 1
+        ends = rec.data.endswith(b"\n") or last
         last = False
-        start = off
+        if count < lines:
+            start = off
+            count += ends
+            open_.add(rec.stream)
+            continue
+        looked += 1
+        if looked > _LOOK_BACK:
+            break
+        if rec.stream not in open_:
+            continue
+        if ends:
+            open_.discard(rec.stream)
+            if not open_:
+                break
+        else:
+            start = off
     return start
 
 

@@ -54,6 +54,8 @@ class LogPipes:
         (read-write, blocking), for the caller to pass on and close."""
         with contextlib.suppress(OSError):
             _end_line(log_path)
+        # there from the start: ``logs -f`` follows a file, which must exist
+        os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
         ends: list[int] = []
         try:
             for name, stream in _FIFOS:
