@@ -79,7 +79,7 @@ def test_timestamps_since_until_tail_and_stderr_apart(net: Any) -> None:
 
     def words(*args: str) -> list[str]:
         r = _logs(net, *args, "talk")
-        return r.stdout.split() + ["|"] + r.stderr.split()
+        return [*r.stdout.split(), "|", *r.stderr.split()]
 
     # RFC 3339 as -t printed it: inclusive to the nanosecond, as Docker's
     assert words("--since", s2) == ["three", "|", "two"]
@@ -145,8 +145,10 @@ def test_times_survive_agent_and_supervisor_restarts(net: Any) -> None:
     net.ok("run", "-d", "--name", "steady", "--", "sh", "-c",
            "i=0; while true; do echo line$i; i=$((i+1)); sleep 0.1; done")  # fmt: skip
     eventually(lambda: net.ok("logs", "steady").count("line") >= 5)
-    follow = subprocess.Popen([*COVE, "logs", "-f", "-t", "steady"], env=net.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    follow = subprocess.Popen(
+        [*COVE, "logs", "-f", "-t", "steady"],
+        env=net.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
         time.sleep(1.0)
         early = _stamped(net.ok("logs", "-t", "steady"))

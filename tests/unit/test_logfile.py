@@ -91,8 +91,8 @@ def test_parse_time_ns_takes_what_docker_takes(text: str, expected: int) -> None
 def test_a_time_without_a_zone_is_local_time() -> None:
     local = datetime(2026, 12, 6, 15, 4, 5).astimezone()
     assert parse_time_ns("2026-12-06T15:04:05", T0) == int(local.timestamp()) * S
-    assert parse_time_ns("2026-12-06", T0) == int(local.replace(hour=0, minute=0,
-                                                                second=0).timestamp()) * S  # fmt: skip
+    midnight = local.replace(hour=0, minute=0, second=0)
+    assert parse_time_ns("2026-12-06", T0) == int(midnight.timestamp()) * S
 
 
 @pytest.mark.parametrize("bad", ["yesterday", "2026-13-01", "1h 30m", "now", "12:00", "-5"])

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import selectors
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,9 @@ class LogPipes:
         self._failing: set[str] = set()
 
     def open(self, cid: str, folder: Path, log_path: str) -> tuple[int, int]:
-        """Fresh FIFOs for a start of ``cid``; returns the container's ends
-        (read-write, blocking), for the caller to pass on and close."""
+        """The FIFOs for a start of ``cid``, read from now on; returns the
+        container's ends (read-write, blocking), for the caller to pass on
+        and close."""
         with contextlib.suppress(OSError):
             _end_line(log_path)
         # there from the start: ``logs -f`` follows a file, which must exist
@@ -60,9 +62,7 @@ class LogPipes:
         try:
             for name, stream in _FIFOS:
                 path = folder / name
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # a leftover from an earlier start
-                os.mkfifo(path, 0o600)
+                _make_fifo(path)
                 self._watch(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), cid,
                             stream, log_path)  # fmt: skip
                 ends.append(os.open(path, os.O_RDWR | os.O_CLOEXEC))
@@ -153,6 +153,18 @@ class LogPipes:
                 log.error("cannot write the log of %s, its output is lost: %s", reader.cid, exc)
         else:
             self._failing.discard(reader.cid)
+
+
+def _make_fifo(path: Path) -> None:
+    """A FIFO at ``path``; an earlier start's is reused (a restart on a full
+    disk needs no new inode)."""
+    try:
+        if stat.S_ISFIFO(os.lstat(path).st_mode):
+            return
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    os.mkfifo(path, 0o600)
 
 
 def _write_all(fd: int, data: bytes) -> None:
