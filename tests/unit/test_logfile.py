@@ -30,11 +30,11 @@ S = 1_000_000_000
 T0 = 1796569445 * S  # 2026-12-06T15:04:05Z
 
 
-def _read_all(data: bytes, query: LogQuery) -> list[tuple[Stream, bytes]]:
+def _read_all(data: bytes, query: LogQuery, size: int = 7) -> list[tuple[Stream, bytes]]:
     cursor = LogCursor(io.BytesIO(data), query)
     cursor.start()
     out = []
-    while (frames := cursor.read(7)) is not None:  # small reads: lines cut anywhere
+    while (frames := cursor.read(size)) is not None:  # small reads: lines cut anywhere
         out.extend(frames)
     out.extend(cursor.rest())
     merged: list[tuple[Stream, bytes]] = []
@@ -231,3 +231,17 @@ def test_the_pipes_log_what_a_writer_sends_until_it_goes(tmp_path: Path) -> None
     lines = log_path.read_bytes().splitlines()[1:]
     times = [rec.time for rec in map(decode, lines) if rec is not None]
     assert times == sorted(times) and times[0] >= rfc3339_nano(before)
+
+
+def test_a_huge_line_from_before_records_is_passed_on_not_held() -> None:
+    huge = b"x" * (3 << 20)  # no newline at all: an old log of binary output
+    log = huge + b"\n" + encode(Stream.STDOUT, b"new\n", T0)
+    cursor = LogCursor(io.BytesIO(log), LogQuery())
+    cursor.start()
+    sizes = []
+    while (frames := cursor.read()) is not None:
+        sizes.extend(len(d) for _, d in frames)
+    assert max(sizes) <= (1 << 20) + 65536 * 2
+    assert sum(sizes) == len(huge) + 1 + len(b"new\n")
+    assert _text(_read_all(log, LogQuery(tail=1), 65536)) == b"new\n"
+    assert _text(_read_all(log, LogQuery(tail=2), 65536)).endswith(b"x\nnew\n")

@@ -36,6 +36,9 @@ ZERO = "0001-01-01T00:00:00.000000000Z"
 _PREFIX = b'{"log":'
 _CHUNK = 65536
 _LOOK_BACK = 4096  # records searched for the start of a counted line
+# A file line longer than this is output from before records (a record holds
+# one read, at most 64 kB escaped): passed on in pieces, never held whole.
+_MAX_LINE = 1 << 20
 
 
 class Stream(IntEnum):
@@ -116,6 +119,9 @@ def _reverse_lines(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
             yield pos + i + 1, buf[i + 1 : j]
             j = i
         carry = buf[:j]
+        if len(carry) > _MAX_LINE:  # a huge line from before records: cut, not held
+            yield pos, carry
+            carry = b""
     if end > 0:
         yield 0, carry
 
@@ -210,6 +216,9 @@ class LogCursor:
         out: list[Frame] = []
         for line in lines:
             self._add(out, decode(line))
+        if len(self._pending) > _MAX_LINE:
+            self._add(out, Record(Stream.STDOUT, self._pending, ZERO))
+            self._pending = b""
         return out
 
     def rest(self) -> list[Frame]:
