@@ -108,6 +108,23 @@ def test_timestamps_since_until_tail_and_stderr_apart(net: Any) -> None:
         assert bad.stdout == ""
 
 
+def test_run_in_the_foreground_keeps_stderr_apart(net: Any) -> None:
+    res = net.cli("run", "--rm", "--", "sh", "-c", "echo out; echo err >&2; echo more; exit 3")
+    assert (res.returncode, res.stdout, res.stderr) == (3, "out\nmore\n", "err\n")
+
+
+def test_restarts_append_to_the_same_log_in_order(net: Any) -> None:
+    net.ok("run", "-d", "--name", "flaky", "--restart", "on-failure:2", "--",
+           "sh", "-c", "echo run; echo oops >&2; exit 1")  # fmt: skip
+    eventually(lambda: inspect(net, "flaky")["state"]["restart_count"] == 2
+               and inspect(net, "flaky")["state"]["status"] == "exited", timeout=20)  # fmt: skip
+    res = _logs(net, "-t", "flaky")
+    out, err = _stamped(res.stdout), _stamped(res.stderr)
+    assert [w for _, _, w in out] == ["run"] * 3 and [w for _, _, w in err] == ["oops"] * 3
+    starts = [t for t, _, _ in out]
+    assert starts == sorted(starts) and len(set(starts)) == 3
+
+
 def test_partial_lines_and_bytes_come_back_as_written(net: Any) -> None:
     script = r"printf 'abc'; sleep 0.6; printf 'def\nbin:\377\376\000\n'; printf 'no newline'"
     net.ok("run", "-d", "--name", "bytes", "--", "sh", "-c", script)

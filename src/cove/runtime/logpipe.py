@@ -62,9 +62,11 @@ class LogPipes:
         try:
             for name, stream in _FIFOS:
                 path = folder / name
-                _make_fifo(path)
-                self._watch(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), cid,
-                            stream, log_path)  # fmt: skip
+                # A reader still on the FIFO (a process of the last run holds
+                # it open) goes on reading it: no second one.
+                if _make_fifo(path) or not self._reading(cid, stream):
+                    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                    self._watch(fd, cid, stream, log_path)
                 ends.append(os.open(path, os.O_RDWR | os.O_CLOEXEC))
         except OSError:
             for fd in ends:
@@ -82,6 +84,9 @@ class LogPipes:
             except OSError:
                 continue
             self._watch(fd, cid, stream, log_path)
+
+    def _reading(self, cid: str, stream: Stream) -> bool:
+        return any(r.cid == cid and r.stream is stream for r in self._readers.values())
 
     def _watch(self, fd: int, cid: str, stream: Stream, log_path: str) -> None:
         self._readers[fd] = _Reader(cid, stream, log_path)
@@ -155,16 +160,17 @@ class LogPipes:
             self._failing.discard(reader.cid)
 
 
-def _make_fifo(path: Path) -> None:
+def _make_fifo(path: Path) -> bool:
     """A FIFO at ``path``; an earlier start's is reused (a restart on a full
-    disk needs no new inode)."""
+    disk needs no new inode). True when it is new."""
     try:
         if stat.S_ISFIFO(os.lstat(path).st_mode):
-            return
+            return False
         path.unlink()
     except FileNotFoundError:
         pass
     os.mkfifo(path, 0o600)
+    return True
 
 
 def _write_all(fd: int, data: bytes) -> None:
