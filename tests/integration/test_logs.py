@@ -106,6 +106,11 @@ def test_timestamps_since_until_tail_and_stderr_apart(net: Any) -> None:
         assert f"invalid {flag} '{value}'" in bad.stderr
         assert "RFC 3339" in bad.stderr and "10m" in bad.stderr and "Unix seconds" in bad.stderr
         assert bad.stdout == ""
+    # the API says the same to other clients, before any output
+    status, body = net.api("GET", "/api/containers/talk/logs?since=yesterday")
+    assert status == 400 and "invalid since 'yesterday'" in str(body), body
+    status, _ = net.api("GET", f"/api/containers/talk/logs?since=0&until={s2}")
+    assert status == 200
 
 
 def test_run_in_the_foreground_keeps_stderr_apart(net: Any) -> None:

@@ -238,7 +238,7 @@ def log_query(request: web.Request) -> LogQuery:
     bounds = []
     for key in ("since", "until"):
         text = request.query.get(key, "")
-        ns = parse_time_ns(text, now, key) if text else 0
+        ns = parse_time_ns(text, now, key) if text not in ("", "0") else 0  # 0: unset, as Docker
         bounds.append(rfc3339_nano(ns) if ns > 0 else "")
     return LogQuery(
         since=bounds[0],
