@@ -175,12 +175,14 @@ def test_times_survive_agent_and_supervisor_restarts(net: Any) -> None:
         time.sleep(1.0)
         early = _stamped(net.ok("logs", "-t", "steady"))
         net.stop()  # the follower's stream ends with the agent
-        followed, _ = follow.communicate(timeout=20)
+        followed, follow_err = follow.communicate(timeout=20)
     finally:
         if follow.poll() is None:
             follow.kill()
             follow.wait()
     t_down = time.time_ns()
+    # the follower says why it stopped, instead of ending as if the log had
+    assert follow.returncode == 8 and "agent stopped sending the log" in follow_err
     got = _stamped(followed)
     n = min(len(got), len(early))
     assert n >= 5 and got[:n] == early[:n]  # the same lines, the same times

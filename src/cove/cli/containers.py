@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import sys
@@ -464,6 +465,10 @@ def _stream_logs(
             out.flush()
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise Unavailable(f"cannot reach the cove agent at {client.socket_path}") from exc
+    except (http.client.IncompleteRead, ConnectionResetError) as exc:
+        raise Unavailable(
+            "the cove agent stopped sending the log (restarted?): run the command again"
+        ) from exc
     finally:
         conn.close()
 
