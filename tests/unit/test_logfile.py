@@ -4,7 +4,9 @@ as ``cove logs`` shows them) and the times ``--since``/``--until`` take."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import random
 import selectors
 import time
 from datetime import datetime
@@ -245,3 +247,18 @@ def test_a_huge_line_from_before_records_is_passed_on_not_held() -> None:
     assert sum(sizes) == len(huge) + 1 + len(b"new\n")
     assert _text(_read_all(log, LogQuery(tail=1), 65536)) == b"new\n"
     assert _text(_read_all(log, LogQuery(tail=2), 65536)).endswith(b"x\nnew\n")
+
+
+def test_the_quick_decoding_agrees_with_the_json_parser() -> None:
+    rnd = random.Random(7)
+    samples = [b"plain\n", b'quote " here\n', b"back\\slash\n", b"a\\n\n", b"x\\", b"\n"]
+    samples += [bytes(rnd.choice(b'ab\\"\n\t\xc3\xa9\xff') for _ in range(rnd.randint(1, 12)))
+                for _ in range(500)]  # fmt: skip
+    for stream in Stream:
+        for data in samples:
+            for line in encode(stream, data, T0 + 5).splitlines():
+                obj = json.loads(line)
+                want = (obj["stream"], obj["log"].encode(errors="surrogateescape"), obj["time"])
+                rec = decode(line)
+                assert rec is not None
+                assert (rec.stream.name.lower(), rec.data, rec.time) == want, line
