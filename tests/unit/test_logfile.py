@@ -262,3 +262,29 @@ def test_the_quick_decoding_agrees_with_the_json_parser() -> None:
                 rec = decode(line)
                 assert rec is not None
                 assert (rec.stream.name.lower(), rec.data, rec.time) == want, line
+
+
+def test_the_quick_encoding_writes_what_the_json_encoder_would() -> None:
+    rnd = random.Random(3)
+    samples = [b"plain\n", b"a\nb", b"", b"\n\n", "\u00fcn\u2028\n".encode(), b"\x7f\n"]
+    samples += [bytes(rnd.choice(b"ab\n\xc3\xa9\x7f\t\"\\") for _ in range(rnd.randint(0, 14)))
+                for _ in range(1000)]  # fmt: skip
+    for stream in Stream:
+        for data in samples:
+            slow = b"".join(
+                json.dumps(
+                    {"log": piece.decode(errors="surrogateescape"), "stream": stream.name.lower(),
+                     "time": rfc3339_nano(T0)},
+                    ensure_ascii=not _utf8(piece), separators=(",", ":"),
+                ).encode() + b"\n"
+                for piece in data.splitlines(keepends=True) if piece
+            )  # fmt: skip
+            assert encode(stream, data, T0) == slow, data
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

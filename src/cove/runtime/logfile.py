@@ -25,6 +25,7 @@ once it is whole: ``LogCursor`` follows a growing file that way.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -49,6 +50,8 @@ class Stream(IntEnum):
 
 
 _NAMES = {Stream.STDOUT: "stdout", Stream.STDERR: "stderr"}
+# What JSON must escape (control characters but the newline, quote, backslash).
+_NEEDS_ESCAPE = re.compile(rb'[\x00-\x09\x0b-\x1f"\\]')
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,21 @@ def encode(stream: Stream, data: bytes, time_ns: int) -> bytes:
     """The file lines for ``data`` read from ``stream`` at ``time_ns``: a
     record per line, and one for an unfinished line at the end."""
     t = rfc3339_nano(time_ns)
+    if _NEEDS_ESCAPE.search(data) is None:
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            pass
+        else:  # the common case, without a JSON encoder: what it would write
+            end = f'","stream":"{_NAMES[stream]}","time":"{t}"}}\n'.encode()
+            lines = data.split(b"\n")
+            last = lines.pop()
+            out = b"".join(b'{"log":"' + line + b"\\n" + end for line in lines)
+            return out + (b'{"log":"' + last + end if last else b"")
+    return _encode_json(stream, data, t)
+
+
+def _encode_json(stream: Stream, data: bytes, t: str) -> bytes:
     name = _NAMES[stream]
     out = []
     for piece in _pieces(data):
