@@ -207,7 +207,7 @@ def test_times_survive_agent_and_supervisor_restarts(net: Any) -> None:
     # written while no agent ran: timed then, by the supervisor (about 0.1 s
     # apart), not all at once when the agent came back
     down = [t for t, _, _ in later if t_down <= t <= t_kill]
-    assert len(set(down)) >= 8, down
+    assert len(set(down)) >= 5, down
     assert inspect(net, "steady")["state"]["restart_count"] == 0  # no SIGPIPE, no restart
 
 
