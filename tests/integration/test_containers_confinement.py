@@ -289,4 +289,4 @@ def test_a_node_for_a_host_disk_cannot_be_opened(net: Any, tmp_path: Path) -> No
     net.ok("run", "-d", "--name", "init", "--", "head", "-c", "512", str(host_node))
     eventually(lambda: inspect(net, "init")["state"]["status"] == "exited")
     assert inspect(net, "init")["state"]["exit_code"] != 0
-    assert "Operation not permitted" in net.ok("logs", "init")
+    assert "Operation not permitted" in net.cli("logs", "init").stderr  # head's stderr

@@ -167,7 +167,7 @@ def test_network_prune_filters() -> None:
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["logs", "--since", "5", "web"], "unknown flag --since for 'cove logs'"),
+        (["logs", "--details", "web"], "unknown flag --details for 'cove logs'"),
         (["network", "prune", "--all"], "unknown flag --all for 'cove network prune'"),
         (["run", "--bogus=1", "--", "true"], "unknown flag --bogus for 'cove run'"),
         (["ps", "extra"], "unexpected argument(s) extra for 'cove ps'"),

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 from cove.api import http as web
 from cove.api.app import json_body, query_bool
 from cove.errors import InvalidArgument, NotFound
+from cove.runtime.logfile import Frame, LogCursor, LogQuery, frame
 from cove.runtime.service import ContainerService
 from cove.runtime.spec import Container, RunSpec
 from cove.runtime.state import Status
 from cove.runtime.view import ContainerView, ExecInfo
-from cove.timefmt import rfc3339
+from cove.timefmt import parse_time_ns, rfc3339, rfc3339_nano
 
 _FOLLOW_POLL = 0.1
-_CHUNK = 65536
 
 
 async def _nothing() -> None:
@@ -84,34 +85,34 @@ def install(
         name = info.container.name
         await asyncio.to_thread(service.check_local, name, "logs")
         follow = query_bool(request, "follow")
-        tail = _tail(request.query.get("tail", ""))
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        query = log_query(request)
+        mux = query_bool(request, "multiplex")
+        kind = "application/vnd.docker.multiplexed-stream" if mux else "application/octet-stream"
+        resp = web.StreamResponse(headers={"Content-Type": kind})
         await resp.prepare(request)
         try:
             f = open(info.log_path, "rb")  # noqa: SIM115 - closed below, across awaits
         except FileNotFoundError:
             await resp.write_eof()
             return resp
+        cursor = LogCursor(f, query)
         try:
-            if tail is not None:
-                await asyncio.to_thread(seek_tail, f, tail)
+            await asyncio.to_thread(cursor.start)
             while True:
-                chunk = await asyncio.to_thread(f.read, _CHUNK)
-                if chunk:
-                    await resp.write(chunk)
-                    continue
-                if not follow:
+                await send_log(resp, cursor, mux)
+                if not follow or cursor.past_until:
+                    break
+                if query.until and rfc3339_nano(time.time_ns()) > query.until:
                     break
                 try:
                     status = (await asyncio.to_thread(service.inspect, name)).state.status
                 except NotFound:
                     break
                 if status not in (Status.RUNNING, Status.RESTARTING):
-                    rest = await asyncio.to_thread(f.read)
-                    if rest:
-                        await resp.write(rest)
+                    await send_log(resp, cursor, mux)
                     break
                 await asyncio.sleep(_FOLLOW_POLL)
+            await write_frames(resp, cursor.rest(), mux)
         except (ConnectionResetError, asyncio.CancelledError):
             with contextlib.suppress(Exception):
                 f.close()
@@ -246,35 +247,44 @@ def exec_json(info: ExecInfo) -> dict[str, Any]:
     }
 
 
+def log_query(request: web.Request) -> LogQuery:
+    """``tail``, ``since``, ``until`` (what ``cove logs`` takes: Unix
+    seconds as the CLI sends them, or an RFC 3339 time or a duration before
+    now) and ``timestamps``; ``InvalidArgument`` naming a bad one."""
+    now = time.time_ns()
+    bounds = []
+    for key in ("since", "until"):
+        text = request.query.get(key, "")
+        ns = parse_time_ns(text, now, key) if text not in ("", "0") else 0  # 0: unset, as Docker
+        bounds.append(rfc3339_nano(ns) if ns > 0 else "")
+    return LogQuery(
+        since=bounds[0],
+        until=bounds[1],
+        tail=_tail(request.query.get("tail", "")),
+        timestamps=query_bool(request, "timestamps"),
+    )
+
+
+async def send_log(resp: web.StreamResponse, cursor: LogCursor, mux: bool) -> None:
+    """Send what the log holds now (up to a line later than ``until``)."""
+    while (frames := await asyncio.to_thread(cursor.read)) is not None:
+        await write_frames(resp, frames, mux)
+        if cursor.past_until:
+            break
+
+
+async def write_frames(resp: web.StreamResponse, frames: list[Frame], mux: bool) -> None:
+    if frames:
+        join = (frame(s, d) for s, d in frames) if mux else (d for _, d in frames)
+        await resp.write(b"".join(join))
+
+
 def _tail(text: str) -> int | None:
     if text in ("", "all"):
         return None
     if not text.isdigit():
         raise InvalidArgument(f"invalid tail {text!r}: a number of lines or 'all'")
     return int(text)
-
-
-def seek_tail(f: BinaryIO, lines: int) -> None:
-    """Put ``f`` at the start of its last ``lines`` lines (a last line
-    without its newline counts)."""
-    end = f.seek(0, 2)
-    if lines == 0:
-        return
-    pos = end
-    found = 0
-    while pos > 0:
-        step = min(_CHUNK, pos)
-        pos -= step
-        f.seek(pos)
-        block = f.read(step)
-        for i in range(len(block) - 1, -1, -1):
-            if block[i] != 0x0A or pos + i == end - 1:
-                continue
-            found += 1
-            if found == lines:
-                f.seek(pos + i + 1)
-                return
-    f.seek(0)
 
 
 def _float(text: str, what: str) -> float:

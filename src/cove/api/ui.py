@@ -35,7 +35,7 @@ from cove.acl.rules import Access
 from cove.acl.service import AclService
 from cove.api import events as events_api
 from cove.api import http as web
-from cove.api.containers import container_json
+from cove.api.containers import container_json, send_log
 from cove.api.guard import request_token
 from cove.api.http import Transport
 from cove.errors import NotFound, PermissionDenied
@@ -44,6 +44,7 @@ from cove.events.log import EventLog
 from cove.lb.vips import VipService
 from cove.network.service import NetworkService
 from cove.policy.service import PolicyService
+from cove.runtime.logfile import LogCursor, LogQuery
 from cove.runtime.service import ContainerService
 from cove.runtime.state import Status
 
@@ -212,15 +213,12 @@ def install(app: web.Application, src: UiSources) -> None:
         except FileNotFoundError:
             await resp.write_eof()
             return resp
+        cursor = LogCursor(f, LogQuery())  # the records as text, both streams
         try:
-            size = await asyncio.to_thread(lambda: f.seek(0, 2))
-            await asyncio.to_thread(f.seek, max(0, size - _LOG_TAIL))
+            await asyncio.to_thread(cursor.start_near_end, _LOG_TAIL)
             reclaimed = request.reclaimed()
             while True:
-                chunk = await asyncio.to_thread(f.read, _LOG_TAIL)
-                if chunk:
-                    await resp.write(chunk)
-                    continue
+                await send_log(resp, cursor, mux=False)
                 if not follow or reclaimed.done():
                     break
                 try:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from cove.errors import Conflict, CoveError, InvalidArgument, NotFound, Unavaila
 from cove.runtime import attach, enter
 from cove.runtime.security import DEFAULT_CAPS
 from cove.runtime.view import status_text
+from cove.timefmt import parse_time_ns
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -161,6 +164,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("logs", help="print a container's output")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--tail", default="all", metavar="N", help="the last N lines (or all)")
+    p.add_argument("-t", "--timestamps", action="store_true",
+                   help="each line's time (RFC 3339, nanoseconds) in front of it")  # fmt: skip
+    p.add_argument("--since", default="", metavar="TIME",
+                   help="from TIME on: 2026-12-06T15:04:05Z, Unix seconds, 10m (ago)")  # fmt: skip
+    p.add_argument("--until", default="", metavar="TIME",
+                   help="lines up to TIME (the same forms as --since)")  # fmt: skip
     p.add_argument("name", metavar="CONTAINER")
     p.set_defaults(func=_logs)
 
@@ -467,28 +476,55 @@ def _logs(args: argparse.Namespace, client: AgentClient) -> int:
     tail = str(args.tail)
     if tail != "all" and not (tail.isdigit()):
         raise InvalidArgument(f"invalid --tail {tail!r}: a number of lines or 'all'")
-    _stream_logs(client, args.name, follow=args.follow, tail=tail)
+    # Relative to this machine's clock and zone, as docker does: the agent
+    # gets Unix seconds.
+    now = time.time_ns()
+    params = {"timestamps": "1"} if args.timestamps else {}
+    for flag in ("since", "until"):
+        text = getattr(args, flag)
+        if text:
+            ns = parse_time_ns(text, now, f"--{flag}")
+            params[flag] = f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+    _stream_logs(client, args.name, follow=args.follow, tail=tail, params=params)
     return 0
 
 
-def _stream_logs(client: AgentClient, name: str, follow: bool, tail: str = "all") -> None:
-    params = {"follow": "1"} if follow else {}
+def _stream_logs(
+    client: AgentClient,
+    name: str,
+    follow: bool,
+    tail: str = "all",
+    params: Mapping[str, str] | None = None,
+) -> None:
+    """The container's output, its stderr to stderr as docker prints it."""
+    query = {"multiplex": "1", **(params or {})}
+    if follow:
+        query["follow"] = "1"
     if tail != "all":
-        params["tail"] = tail
-    query = urlencode(params)
+        query["tail"] = tail
     conn = _UnixConnection(str(client.socket_path), timeout=None)  # type: ignore[arg-type]
     try:
-        conn.request("GET", f"/api/containers/{quote(name)}/logs?{query}")
+        conn.request("GET", f"/api/containers/{quote(name)}/logs?{urlencode(query)}")
         resp = conn.getresponse()
         if resp.status >= 400:
             client.request("GET", f"/api/containers/{quote(name)}/logs")  # raises the error
             return
-        out = sys.stdout.buffer
-        while chunk := resp.read1(65536):
-            out.write(chunk)
+        outs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
+        while header := resp.read(8):
+            if len(header) < 8:
+                break  # the agent went away mid-frame
+            size = int.from_bytes(header[4:8], "big")
+            out = outs.get(header[0], sys.stdout.buffer)
+            while size > 0 and (chunk := resp.read1(min(size, 65536))):
+                out.write(chunk)
+                size -= len(chunk)
             out.flush()
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise Unavailable(f"cannot reach the cove agent at {client.socket_path}") from exc
+    except (http.client.IncompleteRead, ConnectionResetError) as exc:
+        raise Unavailable(
+            "the cove agent stopped sending the log (restarted?): run the command again"
+        ) from exc
     finally:
         conn.close()
 

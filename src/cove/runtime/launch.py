@@ -132,15 +132,19 @@ class LaunchSpec:
         )
 
 
-def spawn(spec: LaunchSpec, held: HeldStdio | None = None) -> int:
+def spawn(
+    spec: LaunchSpec, out: tuple[int, int] | None = None, held: HeldStdio | None = None
+) -> int:
     """Start the container; returns the host pid of its init process.
+    ``out``: the descriptors its stdout and stderr go to (the caller
+    keeps and closes them); without, both append to ``spec.log_path``.
     Raises ``LaunchError``. The caller must be a child subreaper (and
     single-threaded: this forks). A container with ``tty`` or
     ``interactive`` needs ``held``, which gets the supervisor's end of its
     stdio: the terminal's master, or the write end of its stdin."""
     io = stdio.Plan.open(spec.tty, spec.interactive, spec.console_size)
     try:
-        pid = _spawn(spec, io)
+        pid = _spawn(spec, io, out)
         if held is not None:
             io.hand_to(held)
         return pid
@@ -148,20 +152,26 @@ def spawn(spec: LaunchSpec, held: HeldStdio | None = None) -> int:
         io.close()
 
 
-def _spawn(spec: LaunchSpec, io: stdio.Plan) -> int:
+def _spawn(spec: LaunchSpec, io: stdio.Plan, out: tuple[int, int] | None) -> int:
     try:
         seccomp = security.compile_seccomp(spec.caps) if spec.seccomp else None
     except (OSError, ImportError) as exc:
         # never start a container without the filter it was meant to have
         raise LaunchError(f"cannot build the seccomp filter: {exc}") from exc
-    log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    if out is None:
+        log_fd = os.open(
+            spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
+        out = (log_fd, log_fd)
+    else:
+        log_fd = -1
     r, w = io.report_channel() or os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 os.close(r)
-                _setup_and_fork(spec, w, log_fd, seccomp, io)
+                _setup_and_fork(spec, w, out, seccomp, io)
             finally:
                 os._exit(126)
         os.close(w)
@@ -171,7 +181,8 @@ def _spawn(spec: LaunchSpec, io: stdio.Plan) -> int:
             os.waitpid(pid, 0)
     finally:
         os.close(r)
-        os.close(log_fd)
+        if log_fd >= 0:
+            os.close(log_fd)
         if w >= 0:
             os.close(w)
         io.close_child_ends()
@@ -225,7 +236,7 @@ def _write(fd: int, text: str) -> None:
 
 
 def _setup_and_fork(
-    spec: LaunchSpec, report: int, log_fd: int, seccomp: bytes | None, io: stdio.Plan
+    spec: LaunchSpec, report: int, out: tuple[int, int], seccomp: bytes | None, io: stdio.Plan
 ) -> NoReturn:  # pragma: no cover
     """Process A: namespaces and mounts, then fork the init and exit."""
     try:
@@ -258,7 +269,7 @@ def _setup_and_fork(
         os._exit(126)
     pid = os.fork()
     if pid == 0:
-        _exec_init(spec, root, caps, report, log_fd, pidns, seccomp, io)
+        _exec_init(spec, root, caps, report, out, pidns, seccomp, io)
     _write(report, f"pid {pid}\n")
     os._exit(0)
 
@@ -268,7 +279,7 @@ def _exec_init(
     root: str,
     caps: frozenset[str],
     report: int,
-    log_fd: int,
+    out: tuple[int, int],
     pidns: bool,
     seccomp: bytes | None,
     io: stdio.Plan,
@@ -278,8 +289,8 @@ def _exec_init(
         fs.enter(root, pidns, pivot=root != "/")
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
+        os.dup2(out[0], 1)
+        os.dup2(out[1], 2)
         io.in_init(report)  # -t: the terminal instead; -i: the stdin pipe
         # Only stdio and the close-on-exec report pipe go on: no descriptor
         # of the supervisor (other containers' pidfds) may reach the command.

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 from cove import linux
 from cove.errors import LaunchError, storage_error
 from cove.runtime.launch import LaunchSpec, spawn
+from cove.runtime.logpipe import KIND as LOG_KIND
+from cove.runtime.logpipe import LogPipes
 from cove.runtime.state import (
     ProcessState,
     Status,
@@ -88,6 +90,7 @@ class Supervisor:
         self.unsaved: set[str] = set()  # records the disk refused, written later
         self.dns: DnsKeeper | None = None  # when an agent first asks (dns_keeper)
         self.stdio: dict[str, HeldStdio] = {}  # -t/-i containers' ends (runtime.stdio)
+        self.logs = LogPipes(self.sel)  # the containers' stdout and stderr
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -143,6 +146,7 @@ class Supervisor:
             if fd >= 0:
                 self.pidfds[fd] = state.id
                 self.sel.register(fd, selectors.EVENT_READ, ("pidfd", fd))
+                self.logs.adopt(state.id, self.dir / state.id, self.specs[state.id].log_path)
                 log.info("adopted container %s (pid %s)", state.id, state.pid)
                 return
         self._exited(state.id, -1)
@@ -163,10 +167,16 @@ class Supervisor:
             return state
         try:
             try:
-                pid = spawn(spec, self._held(spec))
-            except OSError as exc:  # its log file, say: a failed start, not a crash
+                outs = self.logs.open(cid, self.dir / cid, spec.log_path)
+                try:
+                    pid = spawn(spec, outs, self._held(spec))
+                finally:
+                    os.close(outs[0])
+                    os.close(outs[1])
+            except OSError as exc:  # its log pipes, say: a failed start, not a crash
                 raise LaunchError(f"cannot start the container: {exc}") from exc
         except LaunchError as exc:
+            self.logs.drain(cid)
             state = replace(
                 state,
                 status=Status.EXITED,
@@ -196,6 +206,7 @@ class Supervisor:
         state = self.states.get(cid)
         if state is None:
             return
+        self.logs.drain(cid)  # all it wrote is in its log before its exit shows
         now = time.time()
         self._cancel_timers(cid)
         state = replace(state, status=Status.EXITED, exit_code=code, finished_at=now, pid=0)
@@ -296,6 +307,7 @@ class Supervisor:
 
         def done(answer: dict[str, Any]) -> None:
             if remove:
+                self.logs.close(cid)
                 self.specs.pop(cid, None)
                 self.states.pop(cid, None)
                 held = self.stdio.pop(cid, None)
@@ -344,6 +356,8 @@ class Supervisor:
                     self._accept(obj)
                 elif kind == "conn":
                     self._read(obj)
+                elif kind == LOG_KIND:
+                    self.logs.on_readable(obj)
                 elif kind == "pidfd":
                     self.sel.unregister(obj)
                     os.close(obj)
