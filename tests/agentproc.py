@@ -113,6 +113,13 @@ class AgentProc:
         assert res.returncode == 0, f"cove {' '.join(args)} failed ({res.returncode}): {res.stderr}"
         return res.stdout
 
+    def output(self, name: str) -> str:
+        """A container's output as ``cove logs NAME`` prints it, its stdout
+        then its stderr (which ``cove logs`` writes to stderr, as docker)."""
+        res = self.cli("logs", name)
+        assert res.returncode == 0, f"cove logs {name} failed ({res.returncode}): {res.stderr}"
+        return res.stdout + res.stderr
+
     def api(self, method: str, path: str, json_body: Any = None) -> tuple[int, Any]:
         """The native API (/api) over the agent's socket, as an admin would;
         anything else over TCP, as an HTTP client on the host would (this

@@ -26,7 +26,7 @@ _WRITES = (
 def _run(agent: Any, *args: str) -> tuple[int, str]:
     name = agent.ok("run", "-d", *args).strip()
     eventually(lambda: inspect(agent, name)["state"]["status"] == "exited")
-    return inspect(agent, name)["state"]["exit_code"], agent.ok("logs", name)
+    return inspect(agent, name)["state"]["exit_code"], agent.output(name)
 
 
 def test_read_only_makes_the_private_directories_read_only(agent: Any, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def _interfaces(text: str) -> set[str]:
 def _exited(agent: Any, *args: str) -> tuple[int, str]:
     name = agent.ok("run", "-d", *args).strip()
     eventually(lambda: inspect(agent, name)["state"]["status"] == "exited")
-    return inspect(agent, name)["state"]["exit_code"], agent.ok("logs", name)
+    return inspect(agent, name)["state"]["exit_code"], agent.output(name)
 
 
 def test_a_host_network_container_shares_the_hosts_namespace(

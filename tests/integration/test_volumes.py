@@ -39,7 +39,7 @@ def vols(agent: Any, tmp_path: Path) -> Any:
 def _run(agent: Any, *args: str) -> tuple[int, str]:
     name = agent.ok("run", "-d", *args).strip()
     eventually(lambda: inspect(agent, name)["state"]["status"] == "exited")
-    return inspect(agent, name)["state"]["exit_code"], agent.ok("logs", name)
+    return inspect(agent, name)["state"]["exit_code"], agent.output(name)
 
 
 def _volumes(agent: Any) -> list[str]:
