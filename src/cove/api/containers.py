@@ -23,6 +23,10 @@ from cove.runtime.view import ContainerView, ExecInfo
 from cove.timefmt import rfc3339
 
 _FOLLOW_POLL = 0.1
+# A followed container is first checked every few ms, then less often up to
+# _FOLLOW_POLL: `run IMAGE true` ends as soon as its command does, and a
+# long-running one costs no more than before.
+_FOLLOW_FIRST = 0.004
 _CHUNK = 65536
 
 
@@ -88,6 +92,7 @@ def install(
         try:
             if tail is not None:
                 await asyncio.to_thread(seek_tail, f, tail)
+            pause = _FOLLOW_FIRST
             while True:
                 chunk = await asyncio.to_thread(f.read, _CHUNK)
                 if chunk:
@@ -104,7 +109,8 @@ def install(
                     if rest:
                         await resp.write(rest)
                     break
-                await asyncio.sleep(_FOLLOW_POLL)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _FOLLOW_POLL)
         except (ConnectionResetError, asyncio.CancelledError):
             with contextlib.suppress(Exception):
                 f.close()

@@ -22,9 +22,9 @@ from urllib.parse import quote, urlencode
 from cove.cli.client import AgentClient, _UnixConnection
 from cove.cli.output import emit, print_table
 from cove.errors import Conflict, CoveError, InvalidArgument, NotFound, Unavailable
-from cove.runtime import enter
-from cove.runtime.security import DEFAULT_CAPS
-from cove.runtime.view import status_text
+
+# cove.runtime.enter, .security and .view are imported where used: `cove
+# run` and `rm` need none of them, and their imports cost more than the rest.
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -345,6 +345,8 @@ def _ps(args: argparse.Namespace, client: AgentClient) -> int:
 
 
 def _ps_table(items: Sequence[Mapping[str, Any]], no_trunc: bool) -> None:
+    from cove.runtime.view import status_text
+
     rows = []
     for c in items:
         addrs = ",".join(f"{net}:{ep['ipv4'] or ep['ipv6']}" for net, ep in c["endpoints"].items())
@@ -438,6 +440,9 @@ def _stream_logs(client: AgentClient, name: str, follow: bool, tail: str = "all"
 
 
 def _exec(args: argparse.Namespace, client: AgentClient) -> int:
+    from cove.runtime import enter
+    from cove.runtime.security import DEFAULT_CAPS
+
     cmd = _command(args)
     info = client.request("GET", f"/api/containers/{quote(args.name, safe='')}/exec")
     env = dict(info["env"])
