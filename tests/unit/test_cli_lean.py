@@ -36,11 +36,16 @@ def test_the_command_word_is_found_past_the_global_options(
 
 
 def test_the_lean_parser_defines_the_lean_commands_as_the_full_one_does() -> None:
-    full, lean = build_parser(), lean_parser()
+    full = build_parser()
     for cmd in LEAN_COMMANDS:
         argv = [cmd, "--help"]
-        assert _help(full, argv) == _help(lean, argv), cmd
-    args = lean.parse_args(["--socket", "/s", "run", "--rm", "--network", "n", "img", "true"])
+        assert _help(full, argv) == _help(lean_parser(cmd), argv), cmd
+    assert _help(full, ["image", "load", "-h"]) == _help(
+        lean_parser("image"), ["image", "load", "-h"]
+    )
+    args = lean_parser("run").parse_args(
+        ["--socket", "/s", "run", "--rm", "--network", "n", "img", "true"]
+    )
     assert (args.rm, args.network, args.command) == (True, ["n"], ["img", "true"])
 
 
@@ -51,14 +56,15 @@ def _help(parser: argparse.ArgumentParser, argv: list[str]) -> str:
     return out.getvalue()
 
 
-def test_cove_run_imports_no_other_commands_code() -> None:
+@pytest.mark.parametrize(("command", "module"), [("run", "containers"), ("images", "image")])
+def test_lean_commands_import_no_other_commands_code(command: str, module: str) -> None:
     """What `cove run --help` loads, in a fresh interpreter: none of the
     modules only other commands need (they cost ~100 ms a command)."""
     code = (
         "import sys\n"
         "from cove.cli.main import main\n"
         "try:\n"
-        "    main(['run', '--help'])\n"
+        f"    main([{command!r}, '--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
         "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('cove'))))\n"
@@ -67,11 +73,11 @@ def test_cove_run_imports_no_other_commands_code() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     loaded = set(out.split())
-    assert "cove.cli.containers" in loaded
+    assert f"cove.cli.{module}" in loaded
     heavy = {
         m
         for m in loaded
         if m.startswith(("cove.registry", "cove.cni", "cove.policy", "cove.lb", "cove.store"))
-        or m in {"cove.agent.config", "cove.runtime.spec", "cove.cli.registry", "cove.cli.image"}
+        or m in {"cove.agent.config", "cove.runtime.spec", "cove.cli.registry", "cove.image.store"}
     }
     assert not heavy

@@ -48,9 +48,28 @@ def join(root: str = CGROUP) -> bool:
             _write(os.path.join(group, "devices.deny"), "a")
             for rule in _ALLOW:
                 _write(os.path.join(group, "devices.allow"), rule)
-    # "0" is the writer itself, whatever PID namespace it is in
-    _write(os.path.join(group, "cgroup.procs"), "0")
+    # "0" is the writer itself, whatever PID namespace it is in. A process
+    # already in the group (a child of the supervisor, which joins it once
+    # at start) is not moved again: every move waits for the kernel (an RCU
+    # grace period, 10 ms or more), the biggest part of a container's start.
+    if member_of() != "/" + GROUP:
+        _write(os.path.join(group, "cgroup.procs"), "0")
     return True
+
+
+def member_of(cgroups: str = "/proc/self/cgroup") -> str:
+    """The calling process's group in the v1 devices hierarchy ("" when
+    it cannot tell)."""
+    try:
+        with open(cgroups) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) == 3 and "devices" in fields[1].split(","):
+            return fields[2]
+    return ""
 
 
 def _write(path: str, text: str) -> None:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from cove import linux
 from cove.errors import LaunchError, storage_error
+from cove.runtime import devices
 from cove.runtime.launch import LaunchSpec, spawn
 from cove.runtime.state import (
     ProcessState,
@@ -474,6 +475,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
+    # In the containers' devices group from now on, so that each container's
+    # process is born there instead of being moved (``devices.join``): the
+    # supervisor opens no device beyond what a container may.
+    try:
+        devices.join()
+    except OSError as exc:
+        log.warning("cannot join the devices group; each container will: %s", exc)
     sup = Supervisor(root)
     try:
         sup.serve(listener)
