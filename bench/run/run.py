@@ -12,6 +12,11 @@ load:      ``cove image load -i A`` against ``podman load -i A`` of the same
            docker-archive (each followed by an untimed ``rmi``).
 
 The two tools take turns run by run, so a busy machine slows both alike.
+Beside the wall-clock times, the CPU time each tool's processes used per
+command (cove: the CLI, the agent and the supervisor with the containers
+it reaps; podman: podman and the children it reaps, so not its detached
+conmon): on a machine shared with other work, wall time follows CPU time.
+cove's modules are byte-compiled first, as an installed package is.
 podman keeps its images, networks and state in a store of its own under
 the work directory, so the host's podman storage is not touched.
 
@@ -21,7 +26,9 @@ the work directory, so the host's podman storage is not touched.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -43,10 +50,33 @@ COVE = [sys.executable, "-m", "cove.cli.main"]
 IMAGE = "localhost/benchbb:latest"
 
 
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def process_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and of the children it has reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class Meter:
+    """Wall and CPU time of each sample; ``daemons`` are the pids whose CPU
+    counts too (cove's agent and supervisor)."""
+
+    def __init__(self, daemons: Callable[[], list[int]] = list) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._daemons = daemons
+
+    def __call__(self, fn: Callable[[], object]) -> None:
+        pids = self._daemons()
+        c0 = children_cpu() + sum(process_cpu(p) for p in pids)
+        t0 = time.perf_counter()
+        fn()
+        self.wall.append(time.perf_counter() - t0)
+        self.cpu.append(children_cpu() + sum(process_cpu(p) for p in pids) - c0)
 
 
 def check(argv: list[str], env: dict[str, str] | None = None) -> str:
@@ -90,6 +120,7 @@ def main() -> int:
         raise SystemExit("needs root (namespaces, mounts)")
     if shutil.which("podman") is None:
         raise SystemExit("podman is not installed (apt-get install podman)")
+    compileall.compile_dir(str(ROOT / "src" / "cove"), quiet=1)
     work = Path(tempfile.mkdtemp(prefix="cove-bench-run-", dir="/var/tmp"))
     archive = work / "bb.tar"
     docker_archive(archive, Img([busybox_layer()], cmd=["sh"]), IMAGE)
@@ -101,7 +132,7 @@ def main() -> int:
     # this host may forbid: set to what the agent has, as cove leaves them
     limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
               "--runtime", "runc"]  # fmt: skip
-    results: dict[str, tuple[list[float], list[float]]] = {}
+    results: dict[str, tuple[Meter, Meter]] = {}
     pod_error = ""
     try:
         with host_namespace() as ns:
@@ -110,22 +141,17 @@ def main() -> int:
             try:
                 check([*COVE, "network", "create", "benchrun", "--subnet", "10.93.0.0/24"], env)
                 check([*podman, "network", "create", "--subnet", "10.94.0.0/24", "benchrun"])
-                cove_load: list[float] = []
-                pod_load: list[float] = []
+                daemons = [proc.pid]
+                cove_load, pod_load = Meter(lambda: daemons), Meter()
                 for _ in range(loads):
-                    cove_load.append(timed(lambda: check(
-                        [*COVE, "image", "load", "-q", "-i", str(archive)], env)))  # fmt: skip
+                    cove_load(lambda: check([*COVE, "image", "load", "-q", "-i", str(archive)],
+                                            env))  # fmt: skip
                     check([*COVE, "rmi", IMAGE], env)
-                    pod_load.append(timed(lambda: check([*podman, "load", "-q", "-i",
-                                                         str(archive)])))  # fmt: skip
+                    pod_load(lambda: check([*podman, "load", "-q", "-i", str(archive)]))
                     check([*podman, "rmi", IMAGE])
                 check([*COVE, "image", "load", "-q", "-i", str(archive)], env)
                 check([*podman, "load", "-q", "-i", str(archive)])
                 net = ["--network", "benchrun"]
-                cove_rm: list[float] = []
-                cove_d: list[float] = []
-                pod_rm: list[float] = []
-                pod_d: list[float] = []
 
                 def cove_detached() -> None:
                     cid = check([*COVE, "run", "-d", *net, IMAGE, "true"], env).strip()
@@ -138,19 +164,20 @@ def main() -> int:
                 # one of each first, untimed: what is paid once (the
                 # supervisor's start, the bridge) is not a per-run cost
                 check([*COVE, "run", "--rm", *net, IMAGE, "true"], env)
+                daemons.append(int((work / "state" / "run" / "supervisor.pid").read_text()))
                 try:
                     check([*podman, "run", "--rm", *net, *limits, IMAGE, "true"])
                 except SystemExit as exc:  # this host may not let podman run at all
                     pod_error = str(exc)
+                cove_rm, cove_d = Meter(lambda: daemons), Meter(lambda: daemons)
+                pod_rm, pod_d = Meter(), Meter()
                 for _ in range(runs):
-                    cove_rm.append(timed(lambda: check(
-                        [*COVE, "run", "--rm", *net, IMAGE, "true"], env)))  # fmt: skip
-                    cove_d.append(timed(cove_detached))
+                    cove_rm(lambda: check([*COVE, "run", "--rm", *net, IMAGE, "true"], env))
+                    cove_d(cove_detached)
                     if pod_error:
                         continue
-                    pod_rm.append(timed(lambda: check(
-                        [*podman, "run", "--rm", *net, *limits, IMAGE, "true"])))  # fmt: skip
-                    pod_d.append(timed(pod_detached))
+                    pod_rm(lambda: check([*podman, "run", "--rm", *net, *limits, IMAGE, "true"]))
+                    pod_d(pod_detached)
                 left = check([*COVE, "ps", "-a", "-q"], env).split()
                 if left:
                     raise SystemExit(f"cove left containers behind: {left}")
@@ -167,17 +194,21 @@ def main() -> int:
                                timeout=120)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nmilliseconds, median (p95) of {runs} runs and {loads} loads")
-    print(f"{'':11}{'cove':>16}{'podman':>16}{'ratio':>8}")
+    print(f"\nmilliseconds, median (p95) of {runs} runs and {loads} loads;"
+          " CPU: mean per command")  # fmt: skip
+    print(f"{'':11}{'cove':>16}{'podman':>16}{'ratio':>8}{'cove CPU':>10}{'podman CPU':>12}")
     for label, (c, p) in results.items():
-        if not c:
+        if not c.wall:
             continue
-        cm, c95 = stats(c)
-        if not p:
-            print(f"{label:11}{cm:9.1f} ({c95:5.0f}){'-':>16}{'-':>8}")
+        cm, c95 = stats(c.wall)
+        ccpu = statistics.mean(c.cpu) * 1000
+        if not p.wall:
+            print(f"{label:11}{cm:9.1f} ({c95:5.0f}){'-':>16}{'-':>8}{ccpu:10.0f}{'-':>12}")
             continue
-        pm, p95 = stats(p)
-        print(f"{label:11}{cm:9.1f} ({c95:5.0f}){pm:9.1f} ({p95:5.0f}){cm / pm:8.2f}")
+        pm, p95 = stats(p.wall)
+        pcpu = statistics.mean(p.cpu) * 1000
+        print(f"{label:11}{cm:9.1f} ({c95:5.0f}){pm:9.1f} ({p95:5.0f}){cm / pm:8.2f}"
+              f"{ccpu:10.0f}{pcpu:12.0f}")  # fmt: skip
     if pod_error:
         print(f"podman run could not run here: {pod_error[-300:]}")
     return 0
