@@ -122,10 +122,11 @@ class LaunchSpec:
         )
 
 
-def spawn(spec: LaunchSpec) -> int:
+def spawn(spec: LaunchSpec, *, devices_group: str = "") -> int:
     """Start the container; returns the host pid of its init process.
     Raises ``LaunchError``. The caller must be a child subreaper (and
-    single-threaded: this forks)."""
+    single-threaded: this forks); ``devices_group``: the devices cgroup
+    it is in (``devices.join``), "" when it has not joined it."""
     try:
         seccomp = security.compile_seccomp(spec.caps) if spec.seccomp else None
     except (OSError, ImportError) as exc:
@@ -138,7 +139,7 @@ def spawn(spec: LaunchSpec) -> int:
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 os.close(r)
-                _setup_and_fork(spec, w, log_fd, seccomp)
+                _setup_and_fork(spec, w, log_fd, seccomp, devices_group)
             finally:
                 os._exit(126)
         os.close(w)
@@ -196,7 +197,7 @@ def _write(fd: int, text: str) -> None:
 
 
 def _setup_and_fork(
-    spec: LaunchSpec, report: int, log_fd: int, seccomp: bytes | None
+    spec: LaunchSpec, report: int, log_fd: int, seccomp: bytes | None, devices_group: str = ""
 ) -> NoReturn:  # pragma: no cover
     """Process A: namespaces and mounts, then fork the init and exit."""
     try:
@@ -213,7 +214,7 @@ def _setup_and_fork(
                 raise
             pidns = False
             linux.unshare(flags)
-        caps = spec.caps if devices.join() else spec.caps - {"MKNOD"}
+        caps = spec.caps if devices.join(joined=devices_group) else spec.caps - {"MKNOD"}
         resources.join(spec.id, resources.Limits(spec.memory, spec.cpus))
         # Private propagation first: nothing mounted below may reach the host.
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)

@@ -71,8 +71,11 @@ Reply = Callable[[dict[str, Any]], None]
 
 
 class Supervisor:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, devices_group: str = "") -> None:
+        """``devices_group``: the devices cgroup this process joined, as
+        ``devices.member_of`` shows it ("" when it did not)."""
         self.root = root
+        self.devices_group = devices_group
         self.dir = root / "containers"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.specs: dict[str, LaunchSpec] = {}
@@ -162,7 +165,7 @@ class Supervisor:
             return state
         try:
             try:
-                pid = spawn(spec)
+                pid = spawn(spec, devices_group=self.devices_group)
             except OSError as exc:  # its log file, say: a failed start, not a crash
                 raise LaunchError(f"cannot start the container: {exc}") from exc
         except LaunchError as exc:
@@ -478,11 +481,13 @@ def main(argv: list[str] | None = None) -> int:
     # In the containers' devices group from now on, so that each container's
     # process is born there instead of being moved (``devices.join``): the
     # supervisor opens no device beyond what a container may.
+    devices_group = ""
     try:
-        devices.join()
+        if devices.join():
+            devices_group = devices.member_of()
     except OSError as exc:
         log.warning("cannot join the devices group; each container will: %s", exc)
-    sup = Supervisor(root)
+    sup = Supervisor(root, devices_group=devices_group)
     try:
         sup.serve(listener)
     finally:
