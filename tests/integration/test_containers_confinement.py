@@ -242,6 +242,14 @@ def test_without_rootfs_the_agent_state_and_socket_are_hidden(net: Any, tmp_path
     for knob in ("/proc/sys/kernel/core_pattern", "/sys/cove-test"):
         res = net.cli("exec", "keeper", "--", "sh", "-c", f"echo 1 > {knob}")
         assert res.returncode != 0 and "Read-only file system" in res.stderr, knob
+    # every /proc entry that changes the whole host is mounted read-only
+    # (seen in the mount table: writing to them to check could reach the host)
+    mounts = net.ok("exec", "keeper", "--", "cat", "/proc/self/mountinfo").splitlines()
+    options = {line.split()[4]: line.split()[5].split(",") for line in mounts}
+    entries = [e for e in ("sys", "sysrq-trigger", "irq", "bus", "fs") if Path("/proc", e).exists()]
+    assert "sys" in entries
+    for entry in entries:  # those this kernel has
+        assert "ro" in options.get(f"/proc/{entry}", []), entry
     # the host still sees its files
     assert state_db.exists() and not (net.state_dir / "x").exists()
 

@@ -8,9 +8,8 @@ import http.client
 import json
 import socket
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 from cove.errors import CoveError, InvalidArgument, StorageFull, Unavailable, from_json
@@ -32,8 +31,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-@dataclass(frozen=True, slots=True)
-class Remote:
+class Remote(NamedTuple):  # not a dataclass: importing dataclasses costs every command
     """The agent over TCP: ``url`` is ``http://HOST:PORT`` or
     ``https://HOST:PORT``; ``ca`` verifies the agent's certificate (default:
     the system's CAs); ``cert``/``key`` answer an agent that verifies

@@ -24,10 +24,10 @@ from urllib.parse import quote, urlencode
 from cove.cli.client import AgentClient, _UnixConnection
 from cove.cli.output import emit, print_table
 from cove.errors import Conflict, CoveError, InvalidArgument, NotFound, Unavailable
-from cove.runtime import attach, enter
-from cove.runtime.security import DEFAULT_CAPS
-from cove.runtime.view import status_text
 from cove.timefmt import parse_time_ns
+
+# cove.runtime.enter, .security and .view are imported where used: `cove
+# run` and `rm` need none of them, and their imports cost more than the rest.
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -350,6 +350,8 @@ def _create(
         "interactive": args.interactive,
     }
     if args.tty:
+        from cove.runtime import attach
+
         body["console_size"] = attach.terminal_size(0, 1)
     # Detached, the agent removes it when it exits; attached, this command
     # does once it has the exit status (-t: which the supervisor tells it,
@@ -408,6 +410,8 @@ def _ps(args: argparse.Namespace, client: AgentClient) -> int:
 
 
 def _ps_table(items: Sequence[Mapping[str, Any]], no_trunc: bool) -> None:
+    from cove.runtime.view import status_text
+
     rows = []
     for c in items:
         addrs = ",".join(f"{net}:{ep['ipv4'] or ep['ipv6']}" for net, ep in c["endpoints"].items())
@@ -530,6 +534,9 @@ def _stream_logs(
 
 
 def _exec(args: argparse.Namespace, client: AgentClient) -> int:
+    from cove.runtime import enter
+    from cove.runtime.security import DEFAULT_CAPS
+
     cmd = _command(args)
     info = client.request("GET", f"/api/containers/{quote(args.name, safe='')}/exec")
     env = dict(info["env"])
@@ -573,6 +580,8 @@ def _attached(client: AgentClient, ref: str, forward_input: bool, tail: str) -> 
     exits; its exit code, or None when the user detached. Output without a
     terminal comes from its log (``tail`` lines of what is there already,
     then what follows)."""
+    from cove.runtime import attach
+
     info = client.request("GET", f"/api/containers/{quote(ref, safe='')}/attach")
     name = str(info["name"])
     try:

@@ -85,10 +85,11 @@ def unpack_layer(
     plain = HashingReader(stream)
     whiteouts: list[str] = []
     opaque: list[str] = []
+    root = os.path.realpath(dest)  # once: resolving it per entry was half the time
     try:
         with tarfile.open(fileobj=plain, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
-                kept = _check(member, dest, whiteouts, opaque)
+                kept = _check(member, root, whiteouts, opaque)
                 if kept is not None:
                     tar.extract(kept, dest, numeric_owner=True, **_EXTRACT_ARGS)
         plain.drain()
@@ -110,9 +111,10 @@ def unpack_layer(
 
 
 def _check(
-    member: tarfile.TarInfo, dest: str, whiteouts: list[str], opaque: list[str]
+    member: tarfile.TarInfo, root: str, whiteouts: list[str], opaque: list[str]
 ) -> tarfile.TarInfo | None:
-    """The member to extract (renamed inside ``dest``), or None for one
+    """The member to extract (renamed inside ``root``, the layer's
+    directory with its own links resolved), or None for one
     recorded as a whiteout or skipped (device nodes). Raises
     ``InvalidArgument`` for a path or hard link leading outside."""
     name = member.name.lstrip("/")
@@ -120,7 +122,7 @@ def _check(
         name = name[2:]
     if not name or name == ".":
         return None
-    target = _inside(dest, name, member.name)
+    target = _inside(root, name, member.name)
     parent, base = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     if base == OPAQUE:
@@ -140,11 +142,11 @@ def _check(
     if member.islnk():
         link = member.linkname.lstrip("/")
         # link() follows a symbolic link: the file itself must be inside
-        real = os.path.realpath(_inside(dest, link, member.linkname))
-        if os.path.commonpath([real, os.path.realpath(dest)]) != os.path.realpath(dest):
+        real = os.path.realpath(_inside(root, link, member.linkname))
+        if os.path.commonpath([real, root]) != root:
             raise InvalidArgument(f"layer entry {member.linkname!r} points outside the image")
-        return _renamed(member, os.path.relpath(target, os.path.realpath(dest)), link)
-    return _renamed(member, os.path.relpath(target, os.path.realpath(dest)), member.linkname)
+        return _renamed(member, os.path.relpath(target, root), link)
+    return _renamed(member, os.path.relpath(target, root), member.linkname)
 
 
 def _renamed(member: tarfile.TarInfo, name: str, linkname: str) -> tarfile.TarInfo:
@@ -158,11 +160,10 @@ def _renamed(member: tarfile.TarInfo, name: str, linkname: str) -> tarfile.TarIn
     return member
 
 
-def _inside(dest: str, name: str, shown: str) -> str:
-    """``dest/name`` with the links of its parent directories resolved, or
-    ``InvalidArgument`` when that is outside ``dest`` (``../``, or through
-    a link)."""
-    root = os.path.realpath(dest)
+def _inside(root: str, name: str, shown: str) -> str:
+    """``root/name`` with the links of its parent directories resolved, or
+    ``InvalidArgument`` when that is outside ``root`` (``../``, or through
+    a link); ``root`` has no links of its own (``os.path.realpath``)."""
     head, base = os.path.split(os.path.normpath(name))
     parent = os.path.realpath(os.path.join(root, head))
     if base in ("", ".", "..") or os.path.commonpath([parent, root]) != root:

@@ -31,11 +31,13 @@ _ALLOW = (
 )
 
 
-def join(root: str = CGROUP) -> bool:
+def join(root: str = CGROUP, joined: str = "") -> bool:
     """Moves the calling process (and so its future children) into cove's
     devices group, creating it with its rules first. False when the
     controller is not there. Raises ``OSError`` when it is there but
-    cannot be used."""
+    cannot be used. ``joined``: what ``member_of`` said in the parent right
+    after it joined (the supervisor); a process still there is in the
+    group already and is not moved again."""
     if not os.path.exists(os.path.join(root, "devices.allow")):
         return False
     group = os.path.join(root, GROUP)
@@ -48,9 +50,30 @@ def join(root: str = CGROUP) -> bool:
             _write(os.path.join(group, "devices.deny"), "a")
             for rule in _ALLOW:
                 _write(os.path.join(group, "devices.allow"), rule)
-    # "0" is the writer itself, whatever PID namespace it is in
-    _write(os.path.join(group, "cgroup.procs"), "0")
+    # "0" is the writer itself, whatever PID namespace it is in. A process
+    # born in the group (a child of the supervisor, which joins it once at
+    # start) is not moved again: every move waits for the kernel (an RCU
+    # grace period, 10 ms or more), the biggest part of a container's start.
+    # Compared with what the parent saw after joining, in the same cgroup
+    # namespace, not with a path: a namespace shows paths from its own root.
+    if not joined or member_of() != joined:
+        _write(os.path.join(group, "cgroup.procs"), "0")
     return True
+
+
+def member_of(cgroups: str = "/proc/self/cgroup") -> str:
+    """The calling process's group in the v1 devices hierarchy ("" when
+    it cannot tell)."""
+    try:
+        with open(cgroups) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) == 3 and "devices" in fields[1].split(","):
+            return fields[2]
+    return ""
 
 
 def _write(path: str, text: str) -> None:

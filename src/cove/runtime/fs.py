@@ -265,9 +265,8 @@ def enter(root: str, pidns: bool, pivot: bool) -> None:
         os.makedirs(proc, exist_ok=True)
         linux.mount("proc", proc, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
     null = os.path.join(root, "dev", "null")
-    for name in _PROC_READONLY:
-        with contextlib.suppress(FileNotFoundError):
-            readonly(os.path.join(proc, name))
+    entries = (os.path.join(proc, name) for name in _PROC_READONLY)
+    readonly(*(path for path in entries if os.path.lexists(path)))
     for name in _PROC_MASKED:
         with contextlib.suppress(FileNotFoundError):
             cover(os.path.join(proc, name), null)
@@ -289,29 +288,36 @@ def cover(path: str, null: str = os.devnull) -> None:
         linux.mount(None, path, None, linux.MS_REMOUNT | linux.MS_BIND | _RO)
 
 
-def readonly(path: str) -> None:
-    """Makes ``path`` and every mount below it read-only (a read-only
-    /sys with a writable cgroup tree under it would let a container move
-    itself out of its device cgroup)."""
-    if not os.path.lexists(path):
-        raise FileNotFoundError(path)
-    linux.mount(path, path, None, linux.MS_BIND | linux.MS_REC)
-    for point in _mounts_under(path):
+def readonly(*paths: str) -> None:
+    """Makes each of ``paths`` and every mount below them read-only (a
+    read-only /sys with a writable cgroup tree under it would let a
+    container move itself out of its device cgroup). The mount table is
+    read once for all of them: on a host with many mounts its parsing is
+    most of a container's start-up work."""
+    for path in paths:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(path)
+    for path in paths:
+        linux.mount(path, path, None, linux.MS_BIND | linux.MS_REC)
+    for point in _mounts_under(*paths):
         linux.mount(None, point, None, linux.MS_REMOUNT | linux.MS_BIND | _RO)
 
 
-def _mounts_under(path: str, skip_types: tuple[str, ...] = ()) -> list[str]:
-    """Mount points at or below ``path``, parents first (mountinfo order);
-    ``skip_types``: file system types left out (``nsfs``: namespace files
-    bound by other runtimes, which cannot be remounted and hold no data)."""
-    prefix = path.rstrip("/") + "/"
+def _mounts_under(*paths: str, skip_types: tuple[str, ...] = ()) -> list[str]:
+    """Mount points at or below any of ``paths``, parents first (mountinfo
+    order); ``skip_types``: file system types left out (``nsfs``: namespace
+    files bound by other runtimes, which cannot be remounted and hold no
+    data)."""
+    if not paths:
+        return []
+    prefixes = tuple(path.rstrip("/") + "/" for path in paths)
     out: list[str] = []
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             if skip_types and line.split(" - ", 1)[-1].split(" ", 1)[0] in skip_types:
                 continue
             point = _unescape(line.split(" ", 5)[4])
-            if (point == path or point.startswith(prefix)) and point not in out:
+            if (point in paths or point.startswith(prefixes)) and point not in out:
                 out.append(point)
     return out
 

@@ -133,7 +133,11 @@ class LaunchSpec:
 
 
 def spawn(
-    spec: LaunchSpec, out: tuple[int, int] | None = None, held: HeldStdio | None = None
+    spec: LaunchSpec,
+    out: tuple[int, int] | None = None,
+    held: HeldStdio | None = None,
+    *,
+    devices_group: str = "",
 ) -> int:
     """Start the container; returns the host pid of its init process.
     ``out``: the descriptors its stdout and stderr go to (the caller
@@ -141,10 +145,12 @@ def spawn(
     Raises ``LaunchError``. The caller must be a child subreaper (and
     single-threaded: this forks). A container with ``tty`` or
     ``interactive`` needs ``held``, which gets the supervisor's end of its
-    stdio: the terminal's master, or the write end of its stdin."""
+    stdio: the terminal's master, or the write end of its stdin.
+    ``devices_group``: the devices cgroup it is in (``devices.join``), ""
+    when it has not joined it."""
     io = stdio.Plan.open(spec.tty, spec.interactive, spec.console_size)
     try:
-        pid = _spawn(spec, io, out)
+        pid = _spawn(spec, io, out, devices_group)
         if held is not None:
             io.hand_to(held)
         return pid
@@ -152,7 +158,9 @@ def spawn(
         io.close()
 
 
-def _spawn(spec: LaunchSpec, io: stdio.Plan, out: tuple[int, int] | None) -> int:
+def _spawn(
+    spec: LaunchSpec, io: stdio.Plan, out: tuple[int, int] | None, devices_group: str
+) -> int:
     try:
         seccomp = security.compile_seccomp(spec.caps) if spec.seccomp else None
     except (OSError, ImportError) as exc:
@@ -171,7 +179,7 @@ def _spawn(spec: LaunchSpec, io: stdio.Plan, out: tuple[int, int] | None) -> int
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 os.close(r)
-                _setup_and_fork(spec, w, out, seccomp, io)
+                _setup_and_fork(spec, w, out, seccomp, io, devices_group)
             finally:
                 os._exit(126)
         os.close(w)
@@ -236,7 +244,12 @@ def _write(fd: int, text: str) -> None:
 
 
 def _setup_and_fork(
-    spec: LaunchSpec, report: int, out: tuple[int, int], seccomp: bytes | None, io: stdio.Plan
+    spec: LaunchSpec,
+    report: int,
+    out: tuple[int, int],
+    seccomp: bytes | None,
+    io: stdio.Plan,
+    devices_group: str = "",
 ) -> NoReturn:  # pragma: no cover
     """Process A: namespaces and mounts, then fork the init and exit."""
     try:
@@ -254,7 +267,7 @@ def _setup_and_fork(
                 raise
             pidns = False
             linux.unshare(flags)
-        caps = spec.caps if devices.join() else spec.caps - {"MKNOD"}
+        caps = spec.caps if devices.join(joined=devices_group) else spec.caps - {"MKNOD"}
         resources.join(spec.id, resources.Limits(spec.memory, spec.cpus))
         # Private propagation first: nothing mounted below may reach the host.
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from cove import linux
 from cove.errors import LaunchError, storage_error
+from cove.runtime import devices
 from cove.runtime.launch import LaunchSpec, spawn
 from cove.runtime.logpipe import KIND as LOG_KIND
 from cove.runtime.logpipe import LogPipes
@@ -73,8 +74,11 @@ Reply = Callable[[dict[str, Any]], None]
 
 
 class Supervisor:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, devices_group: str = "") -> None:
+        """``devices_group``: the devices cgroup this process joined, as
+        ``devices.member_of`` shows it ("" when it did not)."""
         self.root = root
+        self.devices_group = devices_group
         self.dir = root / "containers"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.specs: dict[str, LaunchSpec] = {}
@@ -169,7 +173,7 @@ class Supervisor:
             try:
                 outs = self.logs.open(cid, self.dir / cid, spec.log_path)
                 try:
-                    pid = spawn(spec, outs, self._held(spec))
+                    pid = spawn(spec, outs, self._held(spec), devices_group=self.devices_group)
                 finally:
                     os.close(outs[0])
                     os.close(outs[1])
@@ -528,7 +532,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
-    sup = Supervisor(root)
+    # In the containers' devices group from now on, so that each container's
+    # process is born there instead of being moved (``devices.join``): the
+    # supervisor opens no device beyond what a container may.
+    devices_group = ""
+    try:
+        if devices.join():
+            devices_group = devices.member_of()
+    except OSError as exc:
+        log.warning("cannot join the devices group; each container will: %s", exc)
+    sup = Supervisor(root, devices_group=devices_group)
     try:
         sup.serve(listener)
     finally:
