@@ -12,7 +12,15 @@ As root. In a fresh network namespace that plays the host: a private etcd
    (a container with a registered service and its TCP check), counted from
    the first run until the agent is quiet again, divided by N;
 3. idle again with those N containers running (what steady containers and
-   their passing checks cost).
+   their passing checks cost);
+4. fan-out (``--fanout N``, 0 to skip): two hosts (``tests/cluster.py``: a
+   fabric namespace with etcd, one namespace per host, veths between), one
+   network holding N existing containers (their container, endpoint and
+   IPAM records, cloned from a real one and owned by a node that is not
+   running); h2 starts ``--starts`` containers and the bytes h1 (the other
+   agent, which has nothing to do with them) receives are counted on its
+   veth (every byte etcd sent it, with TCP/IP headers), beside etcd's own
+   totals for both agents.
 
 Counted on etcd's side: ``grpc_server_started_total`` by method (the JSON
 gateway's requests are gRPC calls into the same member, so every request the
@@ -24,8 +32,12 @@ no other container network agent on etcd is installed on this machine.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import http.client
+import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -39,6 +51,8 @@ from cove.agent.teardown import teardown
 # are found by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "tests"))
+import nsutil
+from cluster import ETCD_PORT, FABRIC_ADDRESS, make_cluster
 from etcd_fixture import EtcdLoad, EtcdProcess, etcd_process
 from hostns import host_namespace
 
@@ -71,13 +85,13 @@ def cli(work: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return res
 
 
-def window(member: EtcdProcess, seconds: float) -> EtcdLoad:
+def window(member: EtcdProcess | FabricMember, seconds: float) -> EtcdLoad:
     before = member.metrics()
     time.sleep(seconds)
     return member.metrics() - before
 
 
-def settle(member: EtcdProcess, quiet: float = 3.0, limit: float = 60.0) -> None:
+def settle(member: EtcdProcess | FabricMember, quiet: float = 3.0, limit: float = 60.0) -> None:
     """Wait until etcd sees no write for ``quiet`` seconds (the agent has
     finished what the last command started)."""
     deadline = time.monotonic() + limit
@@ -103,15 +117,140 @@ def show(label: str, load: EtcdLoad, per: float, unit: str) -> None:
     )
 
 
+class FabricMember:
+    """The cluster fixture's etcd, reached from inside the fabric namespace."""
+
+    def __init__(self, fabric: str) -> None:
+        self.fabric = fabric
+
+    def _http(self, method: str, path: str, body: object = None) -> bytes:
+        with nsutil.entered(self.fabric):
+            conn = http.client.HTTPConnection(FABRIC_ADDRESS, ETCD_PORT, timeout=10)
+            try:
+                conn.request(method, path, body=None if body is None else json.dumps(body))
+                return conn.getresponse().read()
+            finally:
+                conn.close()
+
+    def metrics(self) -> EtcdLoad:
+        return EtcdLoad.parse(self._http("GET", "/metrics").decode())
+
+    def range(self, prefix: str) -> list[tuple[str, bytes]]:
+        body = {"key": _b64(prefix), "range_end": _end(prefix)}
+        answer = json.loads(self._http("POST", "/v3/kv/range", body))
+        return [(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")))
+                for kv in answer.get("kvs", ())]  # fmt: skip
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._http("POST", "/v3/kv/deleterange", {"key": _b64(prefix), "range_end": _end(prefix)})
+
+    def put_many(self, items: list[tuple[str, bytes]]) -> None:
+        for i in range(0, len(items), 100):  # under etcd's --max-txn-ops (128)
+            ops = [{"request_put": {"key": _b64(k), "value": base64.b64encode(v).decode()}}
+                   for k, v in items[i : i + 100]]  # fmt: skip
+            self._http("POST", "/v3/kv/txn", {"success": ops})
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _end(prefix: str) -> str:
+    return _b64(prefix[:-1] + chr(ord(prefix[-1]) + 1))
+
+
+def rx_bytes(netns: str) -> int:
+    """Bytes the host's fabric link (eth0) received: all it read from etcd."""
+    out = nsutil.run("ip", "-n", netns, "-j", "-s", "link", "show", "eth0").stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["bytes"])
+
+
+def clones(seed: dict[str, bytes], count: int) -> list[tuple[str, bytes]]:
+    """``count`` containers like the seed's (container, endpoint and IPAM
+    records) on node ``ghost``, which runs no agent: every agent sees them,
+    none builds them."""
+    ((ckey, craw),) = [(k, v) for k, v in seed.items() if k.startswith("containers/")]
+    ((ekey, eraw),) = [(k, v) for k, v in seed.items() if k.startswith("endpoints/")]
+    ((ikey, iraw),) = [(k, v) for k, v in seed.items() if k.startswith("ipam/")]
+    net = ekey.split("/")[1]
+    out = []
+    for i in range(count):
+        cid = secrets.token_hex(32)
+        name = f"ghost{i}"
+        addr = f"10.88.{1 + i // 250}.{2 + i % 250}"
+        c = {**json.loads(craw), "id": cid, "name": name, "hostname": cid[:12], "node": "ghost"}
+        e = {**json.loads(eraw), "container_id": cid, "container_name": name, "ipv4": addr,
+             "host_veth": "cv" + cid[:10], "node": "ghost",
+             "mac": f"02:42:0a:58:{1 + i // 250:02x}:{2 + i % 250:02x}"}  # fmt: skip
+        ipam = {**json.loads(iraw), "owner": cid}
+        out += [
+            (ckey.rsplit("/", 1)[0] + "/" + name, json.dumps(c).encode()),
+            (f"endpoints/{net}/{cid}", json.dumps(e).encode()),
+            (f"ipam/{net}/{addr}", json.dumps(ipam).encode()),
+        ]
+    return out
+
+
+def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad]:
+    """(bytes h1 received, bytes h2 received, etcd's load) for ``starts``
+    container starts on h2 with ``existing`` containers in the network."""
+    work = Path(tempfile.mkdtemp(prefix="cove-bench-fanout-"))
+    try:
+        with make_cluster(work, 2, "--reconcile-interval", "15", "--log-level", "info") as cl:
+            h1, h2 = cl.hosts
+            member = FabricMember(cl.fabric)
+            h2.ok("network", "create", "fan", "--subnet", "10.88.0.0/16")
+            h2.ok("run", "-d", "--name", "seed", "--network", "fan", "--service", "seed:80",
+                  "--", "sleep", "3600")  # fmt: skip
+            settle(member)
+            seed = dict(member.range("containers/seed") + member.range("endpoints/fan/")
+                        + member.range("ipam/fan/"))  # fmt: skip
+            member.put_many(clones(seed, existing))
+            settle(member, quiet=5.0)
+            time.sleep(16)  # past one periodic pass of every watcher
+            settle(member, quiet=3.0)
+            before = member.metrics()
+            rx1, rx2 = rx_bytes(h1.netns), rx_bytes(h2.netns)
+            for i in range(starts):
+                h2.ok("run", "-d", "--name", f"new{i}", "--network", "fan",
+                      "--service", f"new{i}:80", "--", "sleep", "3600")  # fmt: skip
+                settle(member)
+            load = member.metrics() - before
+            got1, got2 = rx_bytes(h1.netns) - rx1, rx_bytes(h2.netns) - rx2
+            for i in range(starts):
+                h2.cli("rm", "-f", f"new{i}")
+            h2.cli("rm", "-f", "seed")
+            # The clones: gone before the agents' clean-up prunes the network.
+            for prefix in ("containers/ghost", "endpoints/fan/", "ipam/fan/"):
+                member.delete_prefix(prefix)
+        return got1, got2, load
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idle", type=float, default=60.0, help="seconds per idle window")
     parser.add_argument("--containers", type=int, default=10)
+    parser.add_argument("--fanout", type=int, default=500, help="existing containers (0: skip)")
+    parser.add_argument("--starts", type=int, default=5, help="container starts in the fan-out")
+    parser.add_argument("--skip-single", action="store_true", help="only the fan-out")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (namespaces, bridges)")
     if not 1 <= args.containers <= 100 or not 5 <= args.idle <= 600:
         raise SystemExit("--containers 1..100, --idle 5..600 seconds")
+    if not 0 <= args.fanout <= 5000 or not 1 <= args.starts <= 20:
+        raise SystemExit("--fanout 0..5000, --starts 1..20")
+    if args.fanout:
+        got1, got2, load = fanout(args.fanout, args.starts)
+        k = args.starts
+        print(f"\nfan-out: {k} container starts on h2, {args.fanout} containers in the network")
+        print(f"{'bytes the other agent (h1) received':34} {got1 / k / 1024:8.1f} kB/start")
+        print(f"{'bytes the starting agent (h2) rcvd':34} {got2 / k / 1024:8.1f} kB/start")
+        show("etcd, both agents", load, k, "start")
+    if args.skip_single:
+        return 0
     work = Path(tempfile.mkdtemp(prefix="cove-bench-etcd-"))
     minutes = args.idle / 60
     with host_namespace() as ns, etcd_process() as member:
