@@ -32,12 +32,8 @@ no other container network agent on etcd is installed on this machine.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import http.client
-import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -51,12 +47,13 @@ from cove.agent.teardown import teardown
 # are found by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "tests"))
-import nsutil
-from cluster import ETCD_PORT, FABRIC_ADDRESS, make_cluster
+from cluster import make_cluster
 from etcd_fixture import EtcdLoad, EtcdProcess, etcd_process
+from fanout import FabricMember, clones, remove, rx_bytes, settle
 from hostns import host_namespace
 
 COVE = [sys.executable, "-m", "cove.cli.main"]
+FAN_SUBNET = "10.88.0.0/16"
 
 
 def start_agent(work: Path, store_url: str) -> subprocess.Popen[bytes]:
@@ -91,23 +88,6 @@ def window(member: EtcdProcess | FabricMember, seconds: float) -> EtcdLoad:
     return member.metrics() - before
 
 
-def settle(member: EtcdProcess | FabricMember, quiet: float = 3.0, limit: float = 60.0) -> None:
-    """Wait until etcd sees no write for ``quiet`` seconds (the agent has
-    finished what the last command started)."""
-    deadline = time.monotonic() + limit
-    last = member.metrics()
-    calm_since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = member.metrics()
-        writes = sum((now - last).calls.get(m, 0) for m in ("Put", "Txn", "DeleteRange"))
-        last = now
-        if writes:
-            calm_since = time.monotonic()
-        elif time.monotonic() - calm_since >= quiet:
-            return
-
-
 def show(label: str, load: EtcdLoad, per: float, unit: str) -> None:
     calls = ", ".join(f"{k} {v / per:.1f}" for k, v in sorted(load.calls.items()) if v)
     print(
@@ -115,80 +95,6 @@ def show(label: str, load: EtcdLoad, per: float, unit: str) -> None:
         f"{load.received / per / 1024:7.1f} kB in  {load.sent / per / 1024:7.1f} kB out  "
         f"({calls})"
     )
-
-
-class FabricMember:
-    """The cluster fixture's etcd, reached from inside the fabric namespace."""
-
-    def __init__(self, fabric: str) -> None:
-        self.fabric = fabric
-
-    def _http(self, method: str, path: str, body: object = None) -> bytes:
-        with nsutil.entered(self.fabric):
-            conn = http.client.HTTPConnection(FABRIC_ADDRESS, ETCD_PORT, timeout=10)
-            try:
-                conn.request(method, path, body=None if body is None else json.dumps(body))
-                return conn.getresponse().read()
-            finally:
-                conn.close()
-
-    def metrics(self) -> EtcdLoad:
-        return EtcdLoad.parse(self._http("GET", "/metrics").decode())
-
-    def range(self, prefix: str) -> list[tuple[str, bytes]]:
-        body = {"key": _b64(prefix), "range_end": _end(prefix)}
-        answer = json.loads(self._http("POST", "/v3/kv/range", body))
-        return [(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")))
-                for kv in answer.get("kvs", ())]  # fmt: skip
-
-    def delete_prefix(self, prefix: str) -> None:
-        self._http("POST", "/v3/kv/deleterange", {"key": _b64(prefix), "range_end": _end(prefix)})
-
-    def put_many(self, items: list[tuple[str, bytes]]) -> None:
-        for i in range(0, len(items), 100):  # under etcd's --max-txn-ops (128)
-            ops = [{"request_put": {"key": _b64(k), "value": base64.b64encode(v).decode()}}
-                   for k, v in items[i : i + 100]]  # fmt: skip
-            self._http("POST", "/v3/kv/txn", {"success": ops})
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def _end(prefix: str) -> str:
-    return _b64(prefix[:-1] + chr(ord(prefix[-1]) + 1))
-
-
-def rx_bytes(netns: str) -> int:
-    """Bytes the host's fabric link (eth0) received: all it read from etcd."""
-    out = nsutil.run("ip", "-n", netns, "-j", "-s", "link", "show", "eth0").stdout
-    return int(json.loads(out)[0]["stats64"]["rx"]["bytes"])
-
-
-def clones(seed: dict[str, bytes], count: int) -> list[tuple[str, bytes]]:
-    """``count`` containers like the seed's (container, endpoint and IPAM
-    records) on node ``ghost``, which runs no agent: every agent sees them,
-    none builds them."""
-    ((ckey, craw),) = [(k, v) for k, v in seed.items() if k.startswith("containers/")]
-    ((ekey, eraw),) = [(k, v) for k, v in seed.items() if k.startswith("endpoints/")]
-    ((ikey, iraw),) = [(k, v) for k, v in seed.items() if k.startswith("ipam/")]
-    net = ekey.split("/")[1]
-    out = []
-    for i in range(count):
-        cid = secrets.token_hex(32)
-        name = f"ghost{i}"
-        addr = f"10.88.{1 + i // 250}.{2 + i % 250}"
-        c = {**json.loads(craw), "id": cid, "name": name, "hostname": cid[:12], "node": "ghost"}
-        e = {**json.loads(eraw), "container_id": cid, "container_name": name, "ipv4": addr,
-             "host_veth": "cv" + cid[:10], "node": "ghost",
-             "mac": f"02:42:0a:58:{1 + i // 250:02x}:{2 + i % 250:02x}"}  # fmt: skip
-        ipam = {**json.loads(iraw), "owner": cid}
-        out += [
-            (ckey.rsplit("/", 1)[0] + "/" + name, json.dumps(c).encode()),
-            (f"endpoints/{net}/{cid}", json.dumps(e).encode()),
-            (f"ipam/{net}/{addr}", json.dumps(ipam).encode()),
-        ]
-    return out
 
 
 def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad]:
@@ -199,13 +105,11 @@ def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad]:
         with make_cluster(work, 2, "--reconcile-interval", "15", "--log-level", "info") as cl:
             h1, h2 = cl.hosts
             member = FabricMember(cl.fabric)
-            h2.ok("network", "create", "fan", "--subnet", "10.88.0.0/16")
+            h2.ok("network", "create", "fan", "--subnet", FAN_SUBNET)
             h2.ok("run", "-d", "--name", "seed", "--network", "fan", "--service", "seed:80",
                   "--", "sleep", "3600")  # fmt: skip
             settle(member)
-            seed = dict(member.range("containers/seed") + member.range("endpoints/fan/")
-                        + member.range("ipam/fan/"))  # fmt: skip
-            member.put_many(clones(seed, existing))
+            keys = clones(member, "seed", "fan", FAN_SUBNET, existing)
             settle(member, quiet=5.0)
             time.sleep(16)  # past one periodic pass of every watcher
             settle(member, quiet=3.0)
@@ -220,9 +124,7 @@ def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad]:
             for i in range(starts):
                 h2.cli("rm", "-f", f"new{i}")
             h2.cli("rm", "-f", "seed")
-            # The clones: gone before the agents' clean-up prunes the network.
-            for prefix in ("containers/ghost", "endpoints/fan/", "ipam/fan/"):
-                member.delete_prefix(prefix)
+            remove(member, keys)
         return got1, got2, load
     finally:
         shutil.rmtree(work, ignore_errors=True)
