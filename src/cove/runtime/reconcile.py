@@ -268,7 +268,10 @@ class ContainerReconciler:
         return self._snap
 
     def _read_one(self, name: str) -> Snapshot:
-        return read_container(self._store, name).owned_by(self._node)
+        # Its networks' endpoints are scanned for its own: from the cache,
+        # once that holds every write made so far (this container's too).
+        store = self.reads.caught_up(_CATCH_UP) if self.reads is not None else self._store
+        return read_container(store, name).owned_by(self._node)
 
     def etc_dir(self, cid: str) -> Path:
         return self._files / cid / "etc"
