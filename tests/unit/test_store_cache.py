@@ -10,6 +10,7 @@ import pytest
 from cove.clock import ManualClock
 from cove.errors import InvalidArgument
 from cove.store import Event, EventType, KeyValue, MemoryStore, Put
+from cove.store.base import RangeResult
 from cove.store.cache import CachedReads, StoreCache
 from cove.store.hub import WatchHub
 
@@ -158,3 +159,36 @@ def test_without_a_cache_every_read_is_the_stores(store: MemoryStore) -> None:
     store.put("containers/a", b"1")
     assert hub.reads.caught_up(0.01) is store
     assert pairs(hub.reads.range("containers/").kvs) == [("containers/a", b"1")]
+
+
+class ReadAt:
+    """A store whose prefixes were each read at a revision of their own (a
+    fill takes one read per prefix while writes go on)."""
+
+    def __init__(self, answers: dict[str, tuple[list[KeyValue], int]]) -> None:
+        self.answers = answers
+
+    def range(self, prefix: str) -> RangeResult:
+        kvs, rev = self.answers[prefix]
+        return RangeResult(tuple(kvs), rev)
+
+
+def test_a_fill_read_at_several_revisions_replays_no_deleted_key() -> None:
+    # endpoints/ read at 3, containers/ at 5; containers/x was put at 4 and
+    # deleted at 5, endpoints/e put at 4: the watch replays 4 and 5.
+    cache = StoreCache(PREFIXES)
+    store = ReadAt({"containers/": ([], 5), "endpoints/": ([], 3)})
+    assert cache.fill(store) == 3
+    assert cache.revision == 3
+    cache.apply(
+        [
+            Event(EventType.PUT, kv("containers/x", b"1", 4)),
+            Event(EventType.PUT, kv("endpoints/e", b"e", 4)),
+        ],
+        4,
+    )
+    # No phantom containers/x (its prefix's read was newer), endpoints/e in.
+    assert cache.get("containers/x") is None
+    assert pairs(cache.range("endpoints/").kvs) == [("endpoints/e", b"e")]
+    cache.apply([Event(EventType.DELETE, KeyValue("containers/x", b"", 0, 5, 0))], 5)
+    assert cache.get("containers/x") is None and cache.revision == 5

@@ -61,6 +61,10 @@ class StoreCache:
         self._values: dict[str, KeyValue] = {}
         self._keys: list[str] = []  # sorted
         self._revision = 0
+        # Per prefix, the revision its content was read at: the watch's
+        # events up to it are already in (a fill reads each prefix at its
+        # own revision).
+        self._floors: dict[str, int] = {}
         self._loaded = False
 
     @property
@@ -82,25 +86,30 @@ class StoreCache:
     # -- filling -----------------------------------------------------------------
 
     def fill(self, store: Store) -> int:
-        """One read per prefix; returns the lowest revision read (events
-        after it may be old news here, which ``apply`` tolerates)."""
+        """One read per prefix; returns the lowest revision read, which the
+        cache then claims: the watch's events after it bring each prefix
+        up to date (those a prefix's read already had are skipped)."""
         kvs: list[KeyValue] = []
-        revisions = []
+        floors: dict[str, int] = {}
         for prefix in self.prefixes:
             result = store.range(prefix)
             kvs.extend(result.kvs)
-            revisions.append(result.revision)
-        self.load(kvs, max(revisions))
-        return min(revisions)
+            floors[prefix] = result.revision
+        self._replace(kvs, floors)
+        return min(floors.values())
 
     def load(self, kvs: Iterable[KeyValue], revision: int) -> None:
         """Replace the content with the cached prefixes' share of ``kvs``
-        (a read at ``revision``)."""
+        (a read of everything at ``revision``)."""
+        self._replace(kvs, dict.fromkeys(self.prefixes, revision))
+
+    def _replace(self, kvs: Iterable[KeyValue], floors: dict[str, int]) -> None:
         values = {kv.key: kv for kv in kvs if kv.key.startswith(self.prefixes)}
         with self._lock:
             self._values = values
             self._keys = sorted(values)
-            self._revision = max(self._revision, revision)
+            self._floors = floors
+            self._revision = min(floors.values())
             self._loaded = True
             self._advanced.notify_all()
 
@@ -111,15 +120,16 @@ class StoreCache:
         out: list[Event] = []
         prefixes = self.prefixes
         with self._lock:
-            values, keys = self._values, self._keys
+            values, keys, floors = self._values, self._keys, self._floors
             for ev in events:
                 key = ev.kv.key
                 if not key.startswith(prefixes):
                     out.append(ev)
                     continue
+                floor = next((f for p, f in floors.items() if key.startswith(p)), 0)
                 old = values.get(key)
-                if old is not None and old.mod_revision >= ev.kv.mod_revision:
-                    out.append(ev)  # news the fill already had
+                if ev.revision <= floor or (old is not None and old.mod_revision >= ev.revision):
+                    out.append(ev)  # news the read already had
                     continue
                 if ev.type is EventType.PUT:
                     if old is None:
