@@ -12,7 +12,15 @@ As root. In a fresh network namespace that plays the host: a private etcd
    (a container with a registered service and its TCP check), counted from
    the first run until the agent is quiet again, divided by N;
 3. idle again with those N containers running (what steady containers and
-   their passing checks cost).
+   their passing checks cost);
+4. fan-out (``--fanout N``, 0 to skip): two hosts (``tests/cluster.py``: a
+   fabric namespace with etcd, one namespace per host, veths between), one
+   network holding N existing containers (their container, endpoint and
+   IPAM records, cloned from a real one and owned by a node that is not
+   running); h2 starts ``--starts`` containers and the bytes h1 (the other
+   agent, which has nothing to do with them) receives are counted on its
+   veth (every byte etcd sent it, with TCP/IP headers), beside etcd's own
+   totals for both agents.
 
 Counted on etcd's side: ``grpc_server_started_total`` by method (the JSON
 gateway's requests are gRPC calls into the same member, so every request the
@@ -39,10 +47,13 @@ from cove.agent.teardown import teardown
 # are found by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "tests"))
+from cluster import make_cluster
 from etcd_fixture import EtcdLoad, EtcdProcess, etcd_process
+from fanout import FabricMember, clones, remove, rx_bytes, settle
 from hostns import host_namespace
 
 COVE = [sys.executable, "-m", "cove.cli.main"]
+FAN_SUBNET = "10.88.0.0/16"
 
 
 def start_agent(work: Path, store_url: str) -> subprocess.Popen[bytes]:
@@ -71,27 +82,10 @@ def cli(work: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return res
 
 
-def window(member: EtcdProcess, seconds: float) -> EtcdLoad:
+def window(member: EtcdProcess | FabricMember, seconds: float) -> EtcdLoad:
     before = member.metrics()
     time.sleep(seconds)
     return member.metrics() - before
-
-
-def settle(member: EtcdProcess, quiet: float = 3.0, limit: float = 60.0) -> None:
-    """Wait until etcd sees no write for ``quiet`` seconds (the agent has
-    finished what the last command started)."""
-    deadline = time.monotonic() + limit
-    last = member.metrics()
-    calm_since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = member.metrics()
-        writes = sum((now - last).calls.get(m, 0) for m in ("Put", "Txn", "DeleteRange"))
-        last = now
-        if writes:
-            calm_since = time.monotonic()
-        elif time.monotonic() - calm_since >= quiet:
-            return
 
 
 def show(label: str, load: EtcdLoad, per: float, unit: str) -> None:
@@ -103,15 +97,62 @@ def show(label: str, load: EtcdLoad, per: float, unit: str) -> None:
     )
 
 
+def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad]:
+    """(bytes h1 received, bytes h2 received, etcd's load) for ``starts``
+    container starts on h2 with ``existing`` containers in the network."""
+    work = Path(tempfile.mkdtemp(prefix="cove-bench-fanout-"))
+    try:
+        with make_cluster(work, 2, "--reconcile-interval", "15", "--log-level", "info") as cl:
+            h1, h2 = cl.hosts
+            member = FabricMember(cl.fabric)
+            h2.ok("network", "create", "fan", "--subnet", FAN_SUBNET)
+            h2.ok("run", "-d", "--name", "seed", "--network", "fan", "--service", "seed:80",
+                  "--", "sleep", "3600")  # fmt: skip
+            settle(member)
+            keys = clones(member, "seed", "fan", FAN_SUBNET, existing)
+            settle(member, quiet=5.0)
+            time.sleep(16)  # past one periodic pass of every watcher
+            settle(member, quiet=3.0)
+            before = member.metrics()
+            rx1, rx2 = rx_bytes(h1.netns), rx_bytes(h2.netns)
+            for i in range(starts):
+                h2.ok("run", "-d", "--name", f"new{i}", "--network", "fan",
+                      "--service", f"new{i}:80", "--", "sleep", "3600")  # fmt: skip
+                settle(member)
+            load = member.metrics() - before
+            got1, got2 = rx_bytes(h1.netns) - rx1, rx_bytes(h2.netns) - rx2
+            for i in range(starts):
+                h2.cli("rm", "-f", f"new{i}")
+            h2.cli("rm", "-f", "seed")
+            remove(member, keys)
+        return got1, got2, load
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idle", type=float, default=60.0, help="seconds per idle window")
     parser.add_argument("--containers", type=int, default=10)
+    parser.add_argument("--fanout", type=int, default=500, help="existing containers (0: skip)")
+    parser.add_argument("--starts", type=int, default=5, help="container starts in the fan-out")
+    parser.add_argument("--skip-single", action="store_true", help="only the fan-out")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (namespaces, bridges)")
     if not 1 <= args.containers <= 100 or not 5 <= args.idle <= 600:
         raise SystemExit("--containers 1..100, --idle 5..600 seconds")
+    if not 0 <= args.fanout <= 5000 or not 1 <= args.starts <= 20:
+        raise SystemExit("--fanout 0..5000, --starts 1..20")
+    if args.fanout:
+        got1, got2, load = fanout(args.fanout, args.starts)
+        k = args.starts
+        print(f"\nfan-out: {k} container starts on h2, {args.fanout} containers in the network")
+        print(f"{'bytes the other agent (h1) received':34} {got1 / k / 1024:8.1f} kB/start")
+        print(f"{'bytes the starting agent (h2) rcvd':34} {got2 / k / 1024:8.1f} kB/start")
+        show("etcd, both agents", load, k, "start")
+    if args.skip_single:
+        return 0
     work = Path(tempfile.mkdtemp(prefix="cove-bench-etcd-"))
     minutes = args.idle / 60
     with host_namespace() as ns, etcd_process() as member:

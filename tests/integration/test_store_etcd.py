@@ -68,3 +68,42 @@ def test_hub_over_etcd_and_a_watch_that_outlives_etcd() -> None:
     with pytest.raises(StoreError):
         store.put("svc/b", b"2")
     store.close()
+
+
+def test_hub_cache_over_etcd_names_deletes_without_etcd_sending_old_values() -> None:
+    """With a cache, the hub watches without previous values and fills
+    them in from the cache: a delete under a cached prefix still says what
+    was deleted, and passes read the cache, not etcd."""
+    with run_etcd() as url:
+        store = EtcdStore([url], SystemClock())
+        store.put("containers/old", b"before")
+        hub = WatchHub(store, poll=0.1, cache=("containers/",))
+        seen: list[tuple[str, str, bytes | None]] = []
+        hub.subscribe(
+            "",
+            lambda events: seen.extend(
+                (e.type.value, e.kv.key, e.prev.value if e.prev else None) for e in events
+            ),
+        )
+        hub.start()
+        try:
+            store.put("containers/a", b"1")
+            store.put("containers/a", b"2")
+            store.put("other/x", b"x")
+            store.delete("other/x")
+            rev = store.delete("containers/old")
+            assert hub.wait_for(rev, timeout=10)
+            assert seen == [
+                ("put", "containers/a", None),
+                ("put", "containers/a", b"1"),
+                ("put", "other/x", None),
+                ("delete", "other/x", None),  # not cached: etcd sent no old value
+                ("delete", "containers/old", b"before"),
+            ]
+            assert hub.reads.caught_up(5) is hub.reads
+            got = hub.reads.range("containers/")
+            assert [(kv.key, kv.value) for kv in got.kvs] == [("containers/a", b"2")]
+            assert got.revision == rev
+        finally:
+            hub.stop()
+            store.close()

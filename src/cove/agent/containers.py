@@ -104,6 +104,7 @@ class ContainerRuntime:
         for prefix in (CONTAINERS, ENDPOINTS, NETWORKS):
             hub.subscribe(prefix, self.reconciler.on_events)
         self.reconciler.watched = True
+        self.reconciler.reads = hub.reads
         self.reconciler.start()
         self.service.adopt()
         self._undo.start()

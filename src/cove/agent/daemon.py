@@ -66,12 +66,14 @@ from cove.dns.registry_source import RegistryServices
 from cove.errors import CoveError, Unavailable
 from cove.events.log import EventLog
 from cove.ipam.allocator import Ipam
+from cove.lb.model import VIPS
 from cove.lb.vips import parse_range
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
 from cove.network.overlay import OverlayReconciler
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
-from cove.registry.keys import agent_service_key
+from cove.policy.model import POLICY
+from cove.registry.keys import CHECKS, NODE_CHECKS, SERVICES, agent_service_key
 from cove.runtime.dns_handover import SupervisorKeeper
 from cove.runtime.registration import ServiceRegistrar
 from cove.store.base import local_store
@@ -83,6 +85,17 @@ log = logging.getLogger("cove.agent")
 
 # What this agent can do, in its node record (other nodes may ask).
 FEATURES = ("containers", "consul", "dns", "policy", "vips")
+CACHED_PREFIXES = (
+    NETWORKS,
+    CONTAINERS,
+    ENDPOINTS,
+    CLUSTER_NODES,
+    POLICY,
+    VIPS,
+    SERVICES,
+    CHECKS,
+    NODE_CHECKS,
+)
 
 
 def setup_logging(config: AgentConfig) -> None:
@@ -170,7 +183,10 @@ class Agent:
             config.state_dir / "node.lease",
         )
         self.node.join()
-        self.hub = WatchHub(self.store)
+        # The cluster-wide records that passes re-read on another host's
+        # change (policy, registrar, reconcilers) and whose previous values
+        # the event stream names deletes by: kept in memory by the hub.
+        self.hub = WatchHub(self.store, cache=CACHED_PREFIXES)
         self.nft = Nft()
         self.datapath = NetlinkDatapath(self.nft)
         self.ipam = Ipam(self.store)
@@ -259,7 +275,11 @@ class Agent:
             )  # fmt: skip
             self.reaper = Worker("cove-node-reaper", lambda _k: reaper.run_once(), reaper.interval)
         self.registrar = ServiceRegistrar(
-            self.store, self.registry, config.reconcile_interval, node=config.node_name
+            self.store,
+            self.registry,
+            config.reconcile_interval,
+            node=config.node_name,
+            reads=self.hub.reads,
         )
         self.cni = CniParts(
             self.store,
@@ -365,6 +385,7 @@ class Agent:
         for prefix in (NETWORKS, ENDPOINTS, CLUSTER_NODES):
             self.hub.subscribe(prefix, self.overlay.on_events)
         self.overlay.watched = True
+        self.overlay.reads = self.hub.reads
         self.overlay.start()
         self.runtime.start(self.hub)  # after the first network pass: bridges exist
         for prefix in (CONTAINERS, ENDPOINTS):

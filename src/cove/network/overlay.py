@@ -49,6 +49,7 @@ from cove.model import ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network, Networ
 from cove.network import firewall
 from cove.network import reconcile as bridges
 from cove.store.base import Event, Store, local_store
+from cove.store.cache import CachedReads
 from cove.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ TABLE = "cove_overlay"
 
 Obj = dict[str, Any]
 REREAD_EVERY = 10
+# Seconds a pass waits for the hub's cache to hold the store's latest write
+# before it reads the store itself instead.
+_CATCH_UP = 2.0
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -421,6 +425,9 @@ class OverlayReconciler:
         # REREAD_EVERY-th time: every change of it wakes a pass of its own.
         self._desired: tuple[Desired, int] | None = None
         self._periodic = 0
+        # Set by the agent with ``watched``: the hub's reads, where the
+        # worker's passes read the cluster's endpoints (its cache).
+        self.reads: CachedReads | None = None
 
     def start(self) -> None:
         try:
@@ -479,18 +486,23 @@ class OverlayReconciler:
 
     def _pass(self, kicked: bool) -> None:
         if kicked:
-            self.run_once()
+            self.run_once(cached=True)
             return
         self._periodic += 1
-        self.run_once(force=True, reread=self._periodic % REREAD_EVERY == 0)
+        self.run_once(force=True, reread=self._periodic % REREAD_EVERY == 0, cached=True)
 
-    def run_once(self, force: bool = False, reread: bool = True) -> list[Op]:
+    def run_once(self, force: bool = False, reread: bool = True, cached: bool = False) -> list[Op]:
         """One pass. ``force`` rewrites the port filter even if unchanged;
-        without ``reread`` the store's state of the last pass is used."""
+        without ``reread`` the store's state of the last pass is used;
+        ``cached``: read it from the hub's cache (``reads``) once that holds
+        the store's latest write."""
         with self._lock:
             if reread or self._desired is None:
+                store = self._store
+                if cached and self.reads is not None:
+                    store = self.reads.caught_up(_CATCH_UP)
                 desired, revision, networks = read_desired(
-                    self._store, self._node, self._advertise, self._port, self._single
+                    store, self._node, self._advertise, self._port, self._single
                 )
                 self._learn_bridges(networks)
                 self._desired = (desired, revision)

@@ -52,6 +52,8 @@ class PolicyController:
         bridge_check: BridgeCheck = _no_check,
     ) -> None:
         self._store = store
+        # What compiles read: the hub's cache once ``start`` has the hub.
+        self._reads = store
         self._nft = nft
         self._clock = clock
         self._bridge_check = bridge_check
@@ -96,7 +98,7 @@ class PolicyController:
         with self._state:
             self._changed = False
         try:
-            revision = self._store.revision
+            revision = self._reads.revision
             objs = pc.compile_table(self._policy.model())
         except BaseException:
             with self._state:
@@ -126,8 +128,11 @@ class PolicyController:
         return self._progress.wait(revision, timeout, lambda: self._worker.kick(now=True))
 
     def start(self, hub: WatchHub) -> None:
-        """Program the table now, then follow ``hub`` (a private one over
-        the store when None)."""
+        """Program the table now, then follow ``hub``. Compiles read the
+        cluster's records through ``hub.reads`` (its cache, when it keeps
+        one): a change on another host costs no read of the store."""
+        self._reads = hub.reads
+        self._policy = PolicyService(hub.reads, self._clock)
         self.warning = self._bridge_check()
         if self.warning:
             log.error("%s", self.warning)

@@ -40,6 +40,7 @@ from cove.runtime import plan as planner
 from cove.runtime.portguard import PortGuard
 from cove.runtime.spec import HOST_GATEWAY, Container
 from cove.store.base import Event, EventType, Store, local_store
+from cove.store.cache import CachedReads
 from cove.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 # for many), or at the latest after _REAP_WAIT.
 _REAP_QUIET = 0.05
 _REAP_WAIT = 1.0
+# Seconds a full pass waits for the hub's cache to hold the store's latest
+# write before it reads the store itself instead.
+_CATCH_UP = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +238,9 @@ class ContainerReconciler:
         # Set by whoever subscribes ``on_events`` to the hub: the periodic
         # pass may then reuse its last snapshot (``_read_periodic``).
         self.watched = False
+        # Set with ``watched``: the hub's reads, where a full pass reads
+        # the cluster's containers (its cache, caught up to the store).
+        self.reads: CachedReads | None = None
         self._changed = True
         self._snap: Snapshot | None = None
         self._reused = False  # the last _read_periodic reused the snapshot
@@ -261,11 +268,15 @@ class ContainerReconciler:
             self._changed = False
         self._reused = not fresh and self._snap is not None
         if fresh or self._snap is None:
-            self._snap = self._read()
+            reads = self.reads.caught_up(_CATCH_UP) if self.reads is not None else self._store
+            self._snap = read_snapshot(reads).owned_by(self._node)
         return self._snap
 
     def _read_one(self, name: str) -> Snapshot:
-        return read_container(self._store, name).owned_by(self._node)
+        # Its networks' endpoints are scanned for its own: from the cache,
+        # once that holds every write made so far (this container's too).
+        store = self.reads.caught_up(_CATCH_UP) if self.reads is not None else self._store
+        return read_container(store, name).owned_by(self._node)
 
     def etc_dir(self, cid: str) -> Path:
         return self._files / cid / "etc"

@@ -131,9 +131,17 @@ class ServiceRegistrar:
     """Runs ``plan`` on its own thread, on store events and periodically."""
 
     def __init__(
-        self, store: Store, registry: Registry, interval: float = 15.0, node: str = ""
+        self,
+        store: Store,
+        registry: Registry,
+        interval: float = 15.0,
+        node: str = "",
+        reads: Store | None = None,
     ) -> None:
+        """``reads``: where passes read every container and endpoint (the
+        agent's hub cache, so another host's change costs no store read)."""
         self._store = store
+        self._reads = store if reads is None else reads
         # On a store of this host alone, every container is this host's.
         self._node = node if local_store(store) is None else ""
         self._registry = registry
@@ -173,10 +181,10 @@ class ServiceRegistrar:
 
     def run_once(self) -> tuple[list[Wanted], list[str]]:
         containers = [
-            Container.from_json(json.loads(kv.value)) for kv in self._store.range(CONTAINERS).kvs
+            Container.from_json(json.loads(kv.value)) for kv in self._reads.range(CONTAINERS).kvs
         ]
         endpoints = [
-            Endpoint.from_json(json.loads(kv.value)) for kv in self._store.range(ENDPOINTS).kvs
+            Endpoint.from_json(json.loads(kv.value)) for kv in self._reads.range(ENDPOINTS).kvs
         ]
         registered = self._registry.queries.agent_services(self._registry.node_name)
         add, drop = plan(wanted(containers, endpoints, self._node), registered)

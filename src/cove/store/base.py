@@ -188,9 +188,10 @@ class Store(Protocol):
         nothing, as one revision."""
         ...
 
-    def watch(self, prefix: str, start_revision: int | None = None) -> Watch:
+    def watch(self, prefix: str, start_revision: int | None = None, *, prev: bool = True) -> Watch:
         """Events for keys under ``prefix`` with revision >= ``start_revision``
-        (default: only future events)."""
+        (default: only future events). With ``prev`` false the backend may
+        leave ``Event.prev`` None (etcd then sends each value once, not twice)."""
         ...
 
     def lease_grant(self, ttl: int) -> int:

@@ -161,6 +161,8 @@ class EtcdWatch:
         start_revision: int | None,
         timeout: float,
         members: Members | None = None,
+        *,
+        prev: bool = True,
     ) -> None:
         self._queue: queue.Queue[list[Event] | StoreError] = queue.Queue()
         self._closed = False
@@ -172,7 +174,7 @@ class EtcdWatch:
         # A stream stays silent on a member that hangs, so this is how it
         # learns.
         self._failures = endpoint.failures
-        request: dict[str, Any] = {**_key_range(prefix), "prev_kv": True}
+        request: dict[str, Any] = {**_key_range(prefix), "prev_kv": prev}
         if start_revision is not None and start_revision > 0:
             request["start_revision"] = str(start_revision)
         try:
@@ -567,7 +569,9 @@ class EtcdStore:
 
     # -- watches -------------------------------------------------------------
 
-    def watch(self, prefix: str, start_revision: int | None = None) -> EtcdWatch:
+    def watch(
+        self, prefix: str, start_revision: int | None = None, *, prev: bool = True
+    ) -> EtcdWatch:
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
@@ -576,7 +580,9 @@ class EtcdStore:
             endpoint = self._members.current()
             timeout = attempt_timeout(backoff, len(self._members.endpoints), self._timeout)
             try:
-                return EtcdWatch(endpoint, prefix, start_revision, timeout, self._members)
+                return EtcdWatch(
+                    endpoint, prefix, start_revision, timeout, self._members, prev=prev
+                )
             except StoreError as exc:
                 self._members.failed(endpoint)
                 if not backoff.wait():

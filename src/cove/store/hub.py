@@ -36,6 +36,14 @@ key that is new or whose ``mod_revision`` changed (``prev`` is None, the
 intermediate history is lost) and a DELETE for each key that vanished (with
 ``kv.mod_revision`` = the revision of the re-read and ``prev`` None). Level-
 triggered subscribers therefore converge without doing anything special.
+
+With ``cache`` prefixes the hub keeps a ``StoreCache`` of them (see
+``cove.store.cache``): filled at start, updated from each batch before any
+subscriber is called, loaded again on a resync. ``reads`` is the ``Store``
+view that passes read through. The hub then watches etcd without previous
+values (each change crosses the network once, not twice) and fills
+``Event.prev`` from the cache for the cached prefixes; a subscriber to any
+other prefix gets ``prev`` None from etcd.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from collections.abc import Callable, Sequence
 
 from cove.errors import StoreError, WatchCompacted
 from cove.store.base import Event, EventType, KeyValue, LocalStore, Store, Watch, local_store
+from cove.store.cache import CachedReads, StoreCache
 from cove.store.memory import DEFAULT_HISTORY
 
 log = logging.getLogger(__name__)
@@ -81,10 +90,20 @@ class Subscription:
 class WatchHub:
     """Fans one store watch out to prefix subscribers (see module docstring)."""
 
-    def __init__(self, store: Store, *, poll: float = 0.5, listen: bool | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        poll: float = 0.5,
+        listen: bool | None = None,
+        cache: Sequence[str] = (),
+    ) -> None:
         """``listen``: take commits from an in-process store's listener
-        (the default for one) rather than a watch of its history."""
+        (the default for one) rather than a watch of its history;
+        ``cache``: the prefixes to keep in memory for ``reads``."""
         self._store = store
+        self._cache = StoreCache(cache) if cache else None
+        self.reads = CachedReads(store, self._cache)
         self._poll = poll
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
@@ -164,21 +183,32 @@ class WatchHub:
         """Read every key (not its value), remember its mod revision, and
         watch what follows."""
         current = self._store.keys("")
+        if self._cache is not None:
+            # After the keys: what changed in between is applied twice,
+            # which the cache tolerates; nothing is missed.
+            self._cache.fill(self._store)
         with self._lock:
             self._mod_revisions = {kv.key: kv.mod_revision for kv in current.kvs}
             self._revision = max(self._revision, current.revision)
             self._delivered.notify_all()
-        return self._store.watch("", current.revision + 1)
+        return self._watch_from(current.revision + 1)
+
+    def _watch_from(self, revision: int) -> Watch:
+        # With a cache, the previous values of the keys it holds come from
+        # it; etcd need not send every value twice.
+        return self._store.watch("", revision, prev=self._cache is None)
 
     def _resync(self) -> Watch:
         events, rev = self._resync_events()
-        self._deliver(events, rev)
-        return self._store.watch("", rev + 1)
+        self._deliver(events, rev, cached=True)
+        return self._watch_from(rev + 1)
 
     def _resync_events(self) -> tuple[list[Event], int]:
         before = self._mod_revisions
         current = self._store.range("")
         rev = current.revision
+        if self._cache is not None:
+            self._cache.load(current.kvs, rev)
         events = [
             Event(EventType.PUT, kv) for kv in current.kvs if before.get(kv.key) != kv.mod_revision
         ]
@@ -228,9 +258,12 @@ class WatchHub:
     def _resume(self) -> Watch:
         with self._lock:
             revision = self._revision
-        return self._store.watch("", revision + 1)
+        return self._watch_from(revision + 1)
 
-    def _deliver(self, events: Sequence[Event], revision: int) -> None:
+    def _deliver(self, events: Sequence[Event], revision: int, *, cached: bool = False) -> None:
+        """``cached``: the cache holds these already (a resync loaded it)."""
+        if self._cache is not None and not cached:
+            events = self._cache.apply(events, revision)
         self._remember(events)
         self._call(self._subs, events)
         with self._lock:
@@ -264,6 +297,8 @@ class WatchHub:
             raise StoreError("the hub's store offers no commit listener")
         with store.exclusive():  # no commit between the read and the listening
             current = store.range("")
+            if self._cache is not None:
+                self._cache.load(current.kvs, current.revision)
             with self._lock:
                 self._mod_revisions = {kv.key: kv.mod_revision for kv in current.kvs}
                 self._revision = max(self._revision, current.revision)
@@ -276,6 +311,8 @@ class WatchHub:
             events, rev = self._resync_events()
         else:
             rev = events[-1].kv.mod_revision
+            if self._cache is not None:
+                events = self._cache.apply(events, rev)
         self._remember(events)
         subs = self._subs
         self._call([s for s in subs if s.inline], events)

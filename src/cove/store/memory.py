@@ -479,7 +479,10 @@ class MemoryStore:
 
     # -- watches and history -----------------------------------------------
 
-    def watch(self, prefix: str, start_revision: int | None = None) -> MemoryWatch:
+    def watch(
+        self, prefix: str, start_revision: int | None = None, *, prev: bool = True
+    ) -> MemoryWatch:
+        """``prev`` is ignored: in memory the previous value costs nothing."""
         with self._cond:
             self._check_open()
             start = self._revision + 1

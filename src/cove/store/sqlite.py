@@ -177,8 +177,10 @@ class SqliteStore:
     ) -> TxnResult:
         return self._mirror.txn(compares, success, failure)
 
-    def watch(self, prefix: str, start_revision: int | None = None) -> MemoryWatch:
-        return self._mirror.watch(prefix, start_revision)
+    def watch(
+        self, prefix: str, start_revision: int | None = None, *, prev: bool = True
+    ) -> MemoryWatch:
+        return self._mirror.watch(prefix, start_revision, prev=prev)
 
     def lease_grant(self, ttl: int) -> int:
         return self._mirror.lease_grant(ttl)

@@ -1,0 +1,263 @@
+"""The agent's copy of the cluster-wide records its passes read, kept
+current by the hub's watch.
+
+Policy compiles, the registrar, the container and overlay reconcilers
+react to every change of any host's containers and endpoints by looking at
+all of them again. Read from the store, that look costs each agent the
+whole prefix per change (about 130 MB at 100,000 containers); read from
+here it costs none: ``StoreCache`` is filled once at start with one read
+per prefix and then follows the ``WatchHub``'s events (the hub applies each
+batch here before any subscriber hears of it, so a pass kicked by an event
+finds that event here). After a resync (the watch's history was compacted,
+or an in-process store re-read its file) the hub loads it again from the
+same read.
+
+``CachedReads`` is a ``Store`` whose ``get``/``range``/``keys`` of a cached
+prefix answer from the cache and whose ``revision`` is the cache's; every
+other call goes to the store. It is for passes that follow the hub, never
+for a request that must read its own write: on etcd the cache runs a few
+milliseconds behind the store.
+
+Prefixes must not overlap. Values are the store's own ``KeyValue``
+objects: nothing is copied or decoded here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import threading
+from collections.abc import Iterable, Sequence
+
+from cove.errors import InvalidArgument
+from cove.store.base import (
+    Compare,
+    Event,
+    EventType,
+    KeyValue,
+    LocalStore,
+    Op,
+    RangeResult,
+    Store,
+    TxnResult,
+    Watch,
+)
+
+
+class StoreCache:
+    """Keys and values under ``prefixes``, at ``revision`` (see the module
+    docstring). Thread-safe: the hub writes, passes read."""
+
+    def __init__(self, prefixes: Sequence[str]) -> None:
+        ordered = sorted(set(prefixes))
+        for a, b in itertools.pairwise(ordered):
+            if b.startswith(a):
+                raise InvalidArgument(f"cached prefixes overlap: {a!r} and {b!r}")
+        if any(not p for p in ordered):
+            raise InvalidArgument("a cached prefix must not be empty (the whole keyspace)")
+        self.prefixes: tuple[str, ...] = tuple(ordered)
+        self._lock = threading.Lock()
+        self._advanced = threading.Condition(self._lock)
+        self._values: dict[str, KeyValue] = {}
+        self._keys: list[str] = []  # sorted
+        self._revision = 0
+        # Per prefix, the revision its content was read at: the watch's
+        # events up to it are already in (a fill reads each prefix at its
+        # own revision).
+        self._floors: dict[str, int] = {}
+        self._loaded = False
+
+    @property
+    def loaded(self) -> bool:
+        """Whether ``load`` or ``fill`` ran: before, nothing is cached."""
+        return self._loaded
+
+    @property
+    def revision(self) -> int:
+        """The store revision the cache reflects."""
+        with self._lock:
+            return self._revision
+
+    def covers(self, prefix: str) -> bool:
+        """Whether a read of ``prefix`` (or of the key ``prefix``) can be
+        answered here."""
+        return prefix.startswith(self.prefixes)
+
+    # -- filling -----------------------------------------------------------------
+
+    def fill(self, store: Store) -> int:
+        """One read per prefix; returns the lowest revision read, which the
+        cache then claims: the watch's events after it bring each prefix
+        up to date (those a prefix's read already had are skipped)."""
+        kvs: list[KeyValue] = []
+        floors: dict[str, int] = {}
+        for prefix in self.prefixes:
+            result = store.range(prefix)
+            kvs.extend(result.kvs)
+            floors[prefix] = result.revision
+        self._replace(kvs, floors)
+        return min(floors.values())
+
+    def load(self, kvs: Iterable[KeyValue], revision: int) -> None:
+        """Replace the content with the cached prefixes' share of ``kvs``
+        (a read of everything at ``revision``)."""
+        self._replace(kvs, dict.fromkeys(self.prefixes, revision))
+
+    def _replace(self, kvs: Iterable[KeyValue], floors: dict[str, int]) -> None:
+        values = {kv.key: kv for kv in kvs if kv.key.startswith(self.prefixes)}
+        with self._lock:
+            self._values = values
+            self._keys = sorted(values)
+            self._floors = floors
+            self._revision = min(floors.values())
+            self._loaded = True
+            self._advanced.notify_all()
+
+    def apply(self, events: Sequence[Event], revision: int) -> list[Event]:
+        """Follow ``events`` (a batch up to ``revision``); returns them with
+        ``prev`` filled from the cache where the watch left it out. An event
+        older than what the cache holds for its key changes nothing."""
+        out: list[Event] = []
+        prefixes = self.prefixes
+        with self._lock:
+            values, keys, floors = self._values, self._keys, self._floors
+            for ev in events:
+                key = ev.kv.key
+                if not key.startswith(prefixes):
+                    out.append(ev)
+                    continue
+                floor = next((f for p, f in floors.items() if key.startswith(p)), 0)
+                old = values.get(key)
+                if ev.revision <= floor or (old is not None and old.mod_revision >= ev.revision):
+                    out.append(ev)  # news the read already had
+                    continue
+                if ev.type is EventType.PUT:
+                    if old is None:
+                        bisect.insort(keys, key)
+                    values[key] = ev.kv
+                elif old is not None:
+                    del values[key]
+                    del keys[bisect.bisect_left(keys, key)]
+                out.append(ev if ev.prev is not None else Event(ev.type, ev.kv, old))
+            self._revision = max(self._revision, revision)
+            self._advanced.notify_all()
+        return out
+
+    def wait_for(self, revision: int, timeout: float) -> bool:
+        """Block until the cache reflects ``revision``; False when
+        ``timeout`` passes first."""
+        with self._lock:
+            return self._advanced.wait_for(
+                lambda: self._loaded and self._revision >= revision, timeout
+            )
+
+    # -- reading -----------------------------------------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        with self._lock:
+            return self._values.get(key)
+
+    def range(self, prefix: str) -> RangeResult:
+        with self._lock:
+            keys = self._keys
+            lo = bisect.bisect_left(keys, prefix)
+            hi = bisect.bisect_left(keys, _after(prefix), lo) if prefix else len(keys)
+            values = self._values
+            return RangeResult(tuple(values[k] for k in keys[lo:hi]), self._revision)
+
+
+def _after(prefix: str) -> str:
+    """The first string after every string that starts with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class CachedReads:
+    """A ``Store`` that reads cached prefixes from ``cache`` (once it is
+    loaded) and does everything else on ``store``; see the module
+    docstring for whom it is for."""
+
+    def __init__(self, store: Store, cache: StoreCache | None) -> None:
+        """Without ``cache``, every call goes to ``store``."""
+        self._store = store
+        self._cache = cache
+
+    def _cached(self, prefix: str) -> bool:
+        cache = self._cache
+        return cache is not None and cache.loaded and cache.covers(prefix)
+
+    def caught_up(self, timeout: float) -> Store:
+        """These reads once the cache holds every write made before this
+        call (one small read of the store's revision, then a wait for the
+        watch to deliver it), else the store: for a pass that compares the
+        records with something a request may have changed a moment ago
+        (the kernel), which a lagging cache would call a leftover."""
+        cache = self._cache
+        if cache is None:
+            return self._store
+        if cache.wait_for(self._store.revision, timeout):
+            return self
+        return self._store
+
+    def get(self, key: str) -> KeyValue | None:
+        if self._cache is not None and self._cached(key):
+            return self._cache.get(key)
+        return self._store.get(key)
+
+    def range(self, prefix: str) -> RangeResult:
+        if self._cache is not None and self._cached(prefix):
+            return self._cache.range(prefix)
+        return self._store.range(prefix)
+
+    def keys(self, prefix: str) -> RangeResult:
+        if self._cache is not None and self._cached(prefix):
+            got = self._cache.range(prefix)
+            return RangeResult(
+                tuple(
+                    KeyValue(kv.key, b"", kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+                    for kv in got.kvs
+                ),
+                got.revision,
+            )
+        return self._store.keys(prefix)
+
+    @property
+    def revision(self) -> int:
+        """The cache's revision (what cached reads reflect); the store's
+        before the cache is loaded."""
+        if self._cache is not None and self._cache.loaded:
+            return self._cache.revision
+        return self._store.revision
+
+    # -- everything else: the store's ---------------------------------------------
+
+    def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        return self._store.put(key, value, lease=lease)
+
+    def delete(self, key: str, *, prefix: bool = False) -> int:
+        return self._store.delete(key, prefix=prefix)
+
+    def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        return self._store.txn(compares, success, failure)
+
+    def watch(self, prefix: str, start_revision: int | None = None, *, prev: bool = True) -> Watch:
+        return self._store.watch(prefix, start_revision, prev=prev)
+
+    def lease_grant(self, ttl: int) -> int:
+        return self._store.lease_grant(ttl)
+
+    def lease_keepalive(self, lease: int) -> int:
+        return self._store.lease_keepalive(lease)
+
+    def lease_revoke(self, lease: int) -> None:
+        self._store.lease_revoke(lease)
+
+    def compact(self, revision: int) -> None:
+        self._store.compact(revision)
+
+    def close(self) -> None:
+        """The store belongs to whoever opened it: nothing to close here."""
+
+    def local(self) -> LocalStore | None:
+        return self._store.local()
