@@ -295,6 +295,7 @@ class ContainerService:
             # The supervisor holds this node's containers only: no store read.
             states = self._sup.states()
             mine = ({only} & set(states)) if only is not None else set(states)
+            mine -= set(self._gone)  # being removed: its record is deleted
             for cid in sorted(mine):
                 self._put_state(states[cid])
             if only is None:
