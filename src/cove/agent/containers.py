@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,10 +13,11 @@ from cove.cluster.requests import RequestServer
 from cove.datapath.base import NftLister
 from cove.datapath.libnft import open_nft
 from cove.datapath.netns import NetnsDatapath
+from cove.errors import CoveError
 from cove.image.store import ImageStore
 from cove.ipam.allocator import Ipam
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
-from cove.runtime.client import SupervisorClient
+from cove.runtime.client import StateFeed, SupervisorClient
 from cove.runtime.intents import IntentLog
 from cove.runtime.reconcile import ContainerReconciler
 from cove.runtime.service import ContainerService, no_fault
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 
 AUTO_REMOVE_INTERVAL = 1.0
+FOLLOW_RETRY = 2.0  # seconds between tries to reach the supervisor's feed
 
 
 class ContainerRuntime:
@@ -86,6 +89,14 @@ class ContainerRuntime:
         self._undo = Worker(
             "cove-ctr-intents", lambda _k: self.service.retry_unfinished(), interval
         )
+        # A container's process exiting, restarting or starting reaches
+        # cluster/status/ (and so the event stream) as the supervisor tells
+        # it: one write per change, nothing while nothing changes.
+        self._stopping = threading.Event()
+        self._feed: StateFeed | None = None
+        self._follower = threading.Thread(
+            target=self._follow_states, name="cove-ctr-states", daemon=True
+        )
         # run --rm: removed within a second of exiting (a no-op with none).
         self._auto_remove = Worker(
             "cove-ctr-autoremove", lambda _k: self.service.remove_exited(), AUTO_REMOVE_INTERVAL
@@ -112,9 +123,34 @@ class ContainerRuntime:
         self._requests.start()
         self._requests.kick()  # what other nodes asked while this agent was down
         self._auto_remove.start()
+        self._follower.start()
+
+    def _follow_states(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._feed = feed = self.supervisor.follow()
+                if self._stopping.is_set():
+                    feed.close()  # stop() came between: end at once
+                try:
+                    # Whatever changed while not following, then each change.
+                    self.service.publish_states()
+                    for name, state in feed:
+                        self.service.publish_state(state, name)
+                finally:
+                    feed.close()
+            except CoveError as exc:
+                log.debug("not following the supervisor's states yet: %s", exc.message)
+            self._feed = None
+            self._stopping.wait(FOLLOW_RETRY)
 
     def stop(self) -> None:
         """Stops reconciling; containers and the supervisor keep running."""
+        self._stopping.set()
+        feed = self._feed
+        if feed is not None:
+            feed.close()
+        if self._follower.is_alive():
+            self._follower.join(timeout=10)
         self._requests.stop()
         self._undo.stop()
         self._auto_remove.stop()

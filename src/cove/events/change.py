@@ -40,7 +40,15 @@ class Action(StrEnum):
     CREATE = "create"
     UPDATE = "update"
     DELETE = "delete"
+    # A container's process, as Docker names these (from cluster/status/).
+    START = "start"
+    DIE = "die"
+    RESTART = "restart"
 
+
+# cluster/status/<container id>: the owning agent's record of a container's
+# process (cove.cluster.nodes.CLUSTER_STATUS), written once per change of it.
+PROCESS_STATUS = "cluster/status/"
 
 # The store prefixes the stream covers, and the kind each one gives.
 PREFIXES: tuple[tuple[str, Kind], ...] = (
@@ -102,9 +110,50 @@ def _str(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _float(value: Any) -> float:
+    try:
+        return float(value or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def process_change_of(event: Event) -> Change | None:
+    """What a new ``cluster/status/`` record says happened to the process,
+    told from the record before it: ``die`` (with ``exitCode``) when it
+    finished again, ``start`` or, when the supervisor brought it back under
+    its restart policy, ``restart`` when it started again. None for the
+    rest (a created record, a removed one, a stop asked for but not done)."""
+    if event.type is not EventType.PUT:
+        return None
+    new = _decode(event.kv.value)
+    old = _decode(event.prev.value) if event.prev is not None else {}
+    cid = event.kv.key[len(PROCESS_STATUS) :]
+    name = _str(new.get("name")) or _str(old.get("name")) or cid[:12]
+    attrs = {"id": cid, "node": _str(new.get("node"))}
+    status = new.get("status")
+    finished = _float(new.get("finished_at"))
+    started = _float(new.get("started_at"))
+    if (
+        status in ("exited", "restarting")
+        and finished
+        and finished != _float(old.get("finished_at"))
+    ):
+        attrs["exitCode"] = _str(new.get("exit_code"))
+        return Change(event.revision, Kind.CONTAINER, Action.DIE, name, attrs)
+    if status == "running" and started and started != _float(old.get("started_at")):
+        restarted = old.get("status") == "restarting" or int(
+            _float(new.get("restart_count"))
+        ) > int(_float(old.get("restart_count")))
+        action = Action.RESTART if restarted else Action.START
+        return Change(event.revision, Kind.CONTAINER, action, name, attrs)
+    return None
+
+
 def change_of(event: Event) -> Change | None:
     """The change a store event stands for; None for keys the stream does
     not cover."""
+    if event.kv.key.startswith(PROCESS_STATUS):
+        return process_change_of(event)
     found = kind_of(event.kv.key)
     if found is None:
         return None

@@ -4,6 +4,7 @@ it requests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,13 +12,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cove.errors import CoveError, Unavailable, from_json
 from cove.runtime.launch import LaunchSpec
 from cove.runtime.state import ProcessState
-from cove.runtime.supervisor import SOCKET
+from cove.runtime.supervisor import SOCKET, WATCH_OP
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,12 @@ class SupervisorClient:
         found = [s for s in answer["states"] if s.get("id") == cid]
         return ProcessState.from_json(found[0]) if found else None
 
+    def follow(self) -> StateFeed:
+        """A connection that is sent each state a container takes, as the
+        supervisor saves it. ``Unavailable`` when it cannot be opened (not
+        running, or a supervisor from before ``watch``)."""
+        return StateFeed(self.socket_path)
+
     def shutdown(self) -> None:
         """Stop the supervisor and kill every container (tests, uninstall)."""
         try:
@@ -127,3 +135,50 @@ class SupervisorClient:
         if not answer.get("ok"):
             raise from_json(answer)
         return answer
+
+
+class StateFeed:
+    """The supervisor's ``watch`` connection: iterate for ``(container name,
+    state)`` in the order the states were taken; the iteration ends when
+    the supervisor goes (or ``close`` is called, from any thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.settimeout(5.0)
+            self._sock.connect(str(path))
+            self._sock.sendall(json.dumps({"op": WATCH_OP}).encode() + b"\n")
+            self._lines = self._sock.makefile("rb")
+            first = json.loads(self._lines.readline() or b"{}")
+            if not first.get("ok"):
+                raise from_json(first) if first else Unavailable("the supervisor closed")
+            self._sock.settimeout(None)  # idle for as long as nothing changes
+        except (OSError, ValueError) as exc:
+            self._sock.close()
+            raise Unavailable(f"cannot follow the supervisor: {exc}") from exc
+        except CoveError:
+            self._sock.close()
+            raise
+
+    def __iter__(self) -> Iterator[tuple[str, ProcessState]]:
+        try:
+            while True:
+                try:
+                    line = self._lines.readline()
+                except OSError:
+                    return
+                if not line:
+                    return
+                try:
+                    data = json.loads(line)
+                    yield str(data.get("name") or ""), ProcessState.from_json(data["state"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("ignoring a bad line from the supervisor: %s", exc)
+        finally:
+            self._lines.close()
+            self._sock.close()
+
+    def close(self) -> None:
+        """Ends the iteration (from another thread too)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)

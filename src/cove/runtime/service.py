@@ -22,6 +22,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -163,6 +164,10 @@ class ContainerService:
         self._orphans: dict[str, tuple[int, float]] = {}
         # The process states this node last published (container id -> JSON).
         self._published: dict[str, dict[str, Any]] | None = None
+        self._publishing = threading.RLock()  # one writer of cluster/status/ at a time
+        self._name_by_id: dict[str, str] = {}  # container id -> name, for the records
+        # Containers removed lately: their last exit is not published again.
+        self._gone: deque[str] = deque(maxlen=1024)
         self._clock = clock
         self._ipam = ipam
         self._rec = reconciler
@@ -286,19 +291,60 @@ class ContainerService:
                     if data.get("node") == self._node:
                         published[str(data["id"])] = data
             self._published = published
-        # The supervisor holds this node's containers only: no store read.
-        states = self._sup.states()
-        mine = ({only} & set(states)) if only is not None else set(states)
-        for cid in sorted(mine):
-            state = states[cid]
-            data = {**state.to_json(), "node": self._node}
-            if self._published.get(cid) != data:
-                self._store.put(CLUSTER_STATUS + cid, _encode(data))
-                self._published[cid] = data
-        if only is None:
-            for cid in sorted(set(self._published) - mine):
-                self._store.delete(CLUSTER_STATUS + cid)
-                del self._published[cid]
+        with self._publishing:
+            # The supervisor holds this node's containers only: no store read.
+            states = self._sup.states()
+            mine = ({only} & set(states)) if only is not None else set(states)
+            mine -= set(self._gone)  # being removed: its record is deleted
+            for cid in sorted(mine):
+                self._put_state(states[cid])
+            if only is None:
+                for cid in sorted(set(self._published) - mine):
+                    self._store.delete(CLUSTER_STATUS + cid)
+                    del self._published[cid]
+
+    def publish_state(self, state: ProcessState, name: str = "") -> None:
+        """Publish one state the supervisor just took (its ``watch`` feed,
+        in order: an exit, then a restart), unless a newer one was."""
+        if not self._node:
+            return
+        if self._published is None:
+            self.publish_states()  # first read what is there
+            return
+        with self._publishing:
+            if state.id in self._gone:
+                return
+            if name:
+                self._name_by_id[state.id] = name
+            if self._older(state, self._published.get(state.id)):
+                return
+            self._put_state(state)
+
+    @staticmethod
+    def _older(state: ProcessState, published: dict[str, Any] | None) -> bool:
+        if published is None:
+            return False
+        shown = (float(published.get("started_at", 0.0)), float(published.get("finished_at", 0.0)))
+        return (state.started_at, state.finished_at) < shown
+
+    def _put_state(self, state: ProcessState) -> None:
+        """``cluster/status/<id>``, with the container's name for the event
+        stream (``events.change``: die, start, restart); only if changed."""
+        assert self._published is not None
+        cid = state.id
+        before = self._published.get(cid) or {}
+        name = self._name_by_id.get(cid) or str(before.get("name") or "") or self._name_of(cid)
+        data = {**state.to_json(), "node": self._node, "name": name}
+        if before != data:
+            self._store.put(CLUSTER_STATUS + cid, _encode(data))
+            self._published[cid] = data
+
+    def _name_of(self, cid: str) -> str:
+        """A container's name when no feed told it (a state published before
+        the supervisor's first word): one store read, on a change only."""
+        for c in read_snapshot(self._store).containers.values():
+            self._name_by_id.setdefault(c.id, c.name)
+        return self._name_by_id.get(cid, "")
 
     def _publish_one(self, cid: str) -> None:
         try:
@@ -825,12 +871,15 @@ class ContainerService:
         kv = self._store.get(CONTAINERS + c.name)
         if kv is not None and Container.from_json(json.loads(kv.value)).id == c.id:
             ops.append(Delete(CONTAINERS + c.name))
-        self._store.txn([], ops)
+        # Under the publish lock: no state of it is published once deleted.
+        with self._publishing:
+            self._store.txn([], ops)
+            if self._published is not None:
+                self._published.pop(c.id, None)
+            self._name_by_id.pop(c.id, None)
+            self._gone.append(c.id)
         for net in {ep.network for ep in endpoints} | set(c.networks):
             self._ipam.release_owner(net, owner_of(c.id))
-        if self._published is not None:
-            self._published.pop(c.id, None)
-
         def process_and_files() -> None:
             if not process_gone:
                 with contextlib.suppress(CoveError):

@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 
 SOCKET = "supervisor.sock"
 DNS_KEEP_OP = "dns-keep"  # an agent's long-lived connection: see dns_keeper
+# An agent's long-lived connection that is sent every state a container
+# takes, one JSON line each ({"name": ..., "state": ...}), as it is saved.
+WATCH_OP = "watch"
 PIDFILE = "supervisor.pid"
 _WATCH_INTERVAL = 2.0
 _MAX_BACKOFF = 10.0
@@ -95,11 +98,13 @@ class Supervisor:
         self.dns: DnsKeeper | None = None  # when an agent first asks (dns_keeper)
         self.stdio: dict[str, HeldStdio] = {}  # -t/-i containers' ends (runtime.stdio)
         self.logs = LogPipes(self.sel)  # the containers' stdout and stderr
+        self.watchers: dict[int, socket.socket] = {}  # WATCH_OP connections by fd
 
     # -- bookkeeping ---------------------------------------------------------
 
     def _save(self, state: ProcessState) -> None:
         self.states[state.id] = state
+        self._tell_watchers(state)
         path = self.dir / state.id
         if not path.is_dir():
             return
@@ -113,6 +118,27 @@ class Supervisor:
                 (path / "state.json.tmp").unlink()
         else:
             self.unsaved.discard(state.id)
+
+    def _tell_watchers(self, state: ProcessState) -> None:
+        if not self.watchers:
+            return
+        spec = self.specs.get(state.id)
+        data = json.dumps({"name": spec.name if spec else "", "state": state.to_json()})
+        line = data.encode() + b"\n"
+        for conn in list(self.watchers.values()):
+            try:
+                # Never blocks the supervision: a watcher that does not read
+                # is dropped, and reads every state again when it comes back.
+                if conn.send(line) < len(line):
+                    raise BlockingIOError
+            except OSError:
+                self._drop_watcher(conn)
+
+    def _drop_watcher(self, conn: socket.socket) -> None:
+        self.watchers.pop(conn.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(conn)
+        conn.close()
 
     def _save_unsaved(self) -> None:
         for cid in list(self.unsaved):
@@ -360,6 +386,8 @@ class Supervisor:
                     self._accept(obj)
                 elif kind == "conn":
                     self._read(obj)
+                elif kind == WATCH_OP:
+                    self._drop_watcher(obj)  # it closed (or spoke out of turn)
                 elif kind == LOG_KIND:
                     self.logs.on_readable(obj)
                 elif kind == "pidfd":
@@ -440,6 +468,12 @@ class Supervisor:
 
                     self.dns = DnsKeeper(self.sel, self.root)
                 self.dns.attach(conn)  # a long-lived connection: see dns_keeper
+                return
+            if isinstance(req, dict) and req.get("op") == WATCH_OP:
+                conn.sendall(b'{"ok": true}\n')  # a few bytes to an empty buffer
+                conn.setblocking(False)
+                self.watchers[conn.fileno()] = conn
+                self.sel.register(conn, selectors.EVENT_READ, (WATCH_OP, conn))
                 return
             self.handle(req, reply)
         except (ValueError, KeyError, TypeError) as exc:

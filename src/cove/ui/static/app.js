@@ -346,10 +346,9 @@ function onChange(ev) {
     }
     return;
   }
+  // A container's process starting, dying or restarting is an event of its
+  // own (die, start, restart), so the view is redrawn when it happens.
   if (ev.type === "reset" || views[route().view].kinds.includes(ev.type)) refresh();
-  // A container's desired state is stored at once; the process stops or
-  // starts a moment later, with nothing more written: look again then.
-  if (ev.type === "container") setTimeout(refresh, 1000);
 }
 
 const tokenInput = document.getElementById("token");
