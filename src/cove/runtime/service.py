@@ -880,6 +880,7 @@ class ContainerService:
             self._gone.append(c.id)
         for net in {ep.network for ep in endpoints} | set(c.networks):
             self._ipam.release_owner(net, owner_of(c.id))
+
         def process_and_files() -> None:
             if not process_gone:
                 with contextlib.suppress(CoveError):
