@@ -76,11 +76,15 @@ def concerns_containers(data: bytes, foreign: bool) -> bool:
     off = 0
     while off + _HDR.size <= len(data):
         length, kind = _HDR.unpack_from(data, off)[:2]
-        if length < _HDR.size:
+        if length < _HDR.size or off + length > len(data):
             return False
         # The bridge's own messages about its ports (family AF_BRIDGE, such
         # as a port's forwarding state) do not change what is observed.
-        if kind in (_RTM_NEWLINK, _RTM_DELLINK) and data[off + _HDR.size] == _AF_UNSPEC:
+        if (
+            kind in (_RTM_NEWLINK, _RTM_DELLINK)
+            and length >= _HDR.size + _IFINFO_SIZE
+            and data[off + _HDR.size] == _AF_UNSPEC
+        ):
             name = link_name(data[off : off + length])
             if name is not None and is_host_veth(name):
                 return True

@@ -568,7 +568,7 @@ class ContainerReconciler:
         items.extend(self._extra)
         objs = ports.compile_table(items)
         digest = _digest(objs)
-        if force and (ports.FAMILY, ports.TABLE) not in self._nft.tables():
+        if force and not self._nft.has_table(ports.FAMILY, ports.TABLE):
             self._ports_digest = None
         if digest == self._ports_digest:
             return

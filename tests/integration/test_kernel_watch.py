@@ -1,0 +1,106 @@
+"""The kernel's own notifications of container links, addresses and routes
+(``KernelWatch``), in a namespace that plays the host and a container
+namespace attached the way ``cove run`` attaches one."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+
+from cove.datapath.linkwatch import KernelWatch
+from cove.datapath.netns import NetnsDatapath
+
+pytestmark = pytest.mark.root
+
+BRIDGE = "cv-kwatch0000"
+VETH = "cv00000000ab"
+
+
+class Heard:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+        self.event.set()
+
+    def wait(self, timeout: float = 5.0) -> bool:
+        got = self.event.wait(timeout)
+        self.event.clear()
+        return got
+
+    def quiet(self, seconds: float = 0.5) -> bool:
+        """Nothing heard for ``seconds`` (what was heard before is forgotten)."""
+        got = self.event.wait(seconds)
+        self.event.clear()
+        return not got
+
+
+@pytest.fixture
+def container(hostns: str, tmp_path: Path) -> Iterator[NetnsDatapath]:
+    dp = NetnsDatapath(tmp_path / "netns")
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=BRIDGE, kind="bridge")
+        ipr.link("set", ifname=BRIDGE, state="up")
+    try:
+        dp.create_netns("c1")
+        addr = ipaddress.ip_interface("10.78.0.2/24")
+        dp.attach("c1", VETH, "eth0", "02:00:00:00:00:ab", 1500, BRIDGE, [addr])
+        yield dp
+    finally:
+        dp.delete_netns("c1")
+        dp.close()
+        with IPRoute() as ipr:
+            for name in (VETH, BRIDGE, "kwother0"):
+                found = ipr.link_lookup(ifname=name)
+                if found:
+                    ipr.link("del", index=found[0])
+
+
+def inside(dp: NetnsDatapath, *args: str) -> None:
+    subprocess.run(
+        ["nsenter", f"--net={dp.netns_path('c1')}", "ip", *args], check=True, capture_output=True
+    )
+
+
+def test_changes_inside_a_container_and_to_its_host_veth_are_heard(
+    container: NetnsDatapath,
+) -> None:
+    heard = Heard()
+    watch = KernelWatch(heard)
+    watch.start()
+    try:
+        # The new link's own aftermath (IPv6 duplicate address detection
+        # ends a second or two later) is heard; then nothing happens and
+        # nothing is heard.
+        assert any(heard.quiet(1.5) for _ in range(10))
+        count = heard.count
+        assert heard.quiet(1.0) and heard.count == count
+        inside(container, "addr", "flush", "dev", "eth0")
+        assert heard.wait()
+        inside(container, "link", "set", "eth0", "down")
+        assert heard.wait()
+        # The host's own links that are not cove's veths are not ours.
+        assert any(heard.quiet(0.5) for _ in range(10))
+        with IPRoute() as ipr:
+            ipr.link("add", ifname="kwother0", kind="bridge")
+            ipr.link("set", ifname="kwother0", state="up")
+        assert heard.quiet()
+        with IPRoute() as ipr:
+            ipr.link("set", ifname=VETH, state="down")
+        assert heard.wait()
+        with IPRoute() as ipr:
+            ipr.link("del", index=ipr.link_lookup(ifname=VETH)[0])
+        assert heard.wait()
+    finally:
+        watch.stop()
+    count = heard.count
+    inside(container, "link", "add", "b1", "type", "bridge")
+    assert heard.quiet() and heard.count == count  # stopped: nothing more
