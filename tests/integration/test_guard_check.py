@@ -6,12 +6,14 @@ read the whole table found nothing and rebuilt it on every pass.)"""
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from cove.datapath import nftlist
 from cove.datapath.libnft import open_nft
 from cove.datapath.nftables import Nft
 from cove.runtime import guard
@@ -76,3 +78,24 @@ def test_a_forced_check_rebuilds_only_a_table_that_differs(nft: Counting) -> Non
     nft.delete_table(guard.FAMILY, guard.TABLE)
     assert not Nft().has_table(guard.FAMILY, guard.TABLE)
     assert Nft().list_set(guard.FAMILY, guard.TABLE, "ports") is None
+
+
+def test_tables_are_listed_by_netlink_as_nft_lists_them(hostns: str) -> None:
+    made = [("bridge", "cove_t1"), ("inet", "cove_t2"), ("ip6", "other_t3"), ("netdev", "x")]
+    try:
+        for family, name in made:
+            subprocess.run(["nft", "add", "table", family, name], check=True)
+        out = subprocess.run(
+            ["nft", "-j", "list", "tables"], capture_output=True, text=True, check=True
+        ).stdout
+        listed = {
+            (o["table"]["family"], o["table"]["name"])
+            for o in json.loads(out)["nftables"]
+            if "table" in o
+        }
+        assert set(made) <= listed
+        assert set(nftlist.list_tables()) == listed
+        assert set(Nft().tables()) == {("bridge", "cove_t1"), ("inet", "cove_t2")}
+    finally:
+        for family, name in made:
+            subprocess.run(["nft", "delete", "table", family, name], check=False)

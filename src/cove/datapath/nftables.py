@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cove.datapath import nftlist
 from cove.errors import DatapathError, DatapathRefused, Unavailable
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,10 @@ class Nft:
         return None
 
     def _all_tables(self) -> list[tuple[str, str]]:
+        try:
+            return nftlist.list_tables()
+        except OSError as exc:  # then nft says why, or answers
+            log.debug("nftables table dump: %s; asking nft", exc)
         proc = subprocess.run(
             [self._binary, "-j", "list", "tables"], capture_output=True, text=True, check=False
         )
