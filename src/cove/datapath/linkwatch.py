@@ -7,8 +7,8 @@ A container's namespace gets an id in the host's the moment its veth pair
 is made (the kernel names the peer's namespace in the host link's
 notification), so a link, address or route changing inside any container,
 or a host-side veth going away, down or off its bridge, is heard here. The
-container reconciler then checks the kernel at once, instead of reading
-every namespace on a timer whether anything changed or not.
+container reconciler then reads the kernel on its next tick, instead of
+reading every namespace on every tick whether anything changed or not.
 
 The socket is only read: nothing is sent, so a container cannot reach the
 agent through it, and what it hears only ever starts a pass, which reads

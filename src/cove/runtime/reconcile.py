@@ -609,11 +609,12 @@ class ContainerReconciler:
 
     def kernel_changed(self) -> None:
         """The kernel says a container's link, address or route changed (or
-        it may have): a full pass, at once unless one ran less than an
-        interval ago (then on the next tick)."""
+        it may have): the next tick is a full pass, so a change is repaired
+        within an interval, as when every tick read everything. (Not at
+        once: cove's own changes are heard too, and a burst of them costs
+        one pass, not one each.)"""
         with self._state:
             self._kernel_changed = True
-        self._worker.kick()
 
     def _pass(self, kicked: bool) -> None:
         """The worker's pass: everything when asked (a network changed), on
