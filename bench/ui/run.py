@@ -162,6 +162,9 @@ def measure(args: argparse.Namespace, pid: int, supervisor: int) -> dict[str, fl
             out["live_update_median_ms"] = statistics.median(lags)
             out["live_update_max_ms"] = max(lags)
             page.close()
+            # Idle means after the passes that follow the last change (the
+            # reconcilers' next tick reads what the population changed).
+            time.sleep(args.settle)
             out |= idle_shares(pid, supervisor, args.window)
             pages = []
             for _ in range(args.uis):
@@ -183,6 +186,10 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--uis", type=int, default=10)
     ap.add_argument("--window", type=float, default=20.0, help="seconds per CPU measurement")
+    ap.add_argument(
+        "--settle", type=float, default=20.0,
+        help="seconds between the last change and the idle measurements (0: none)",
+    )  # fmt: skip
     args = ap.parse_args()
     if not (1 <= args.containers <= 500 and 1 <= args.services <= 2000 and 1 <= args.uis <= 20):
         raise SystemExit("bounded: containers 1-500, services 1-2000, uis 1-20")
