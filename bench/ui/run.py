@@ -8,7 +8,9 @@ check), it measures:
   container in the picture) and the services view (every service listed);
 - live update: a check failed through the HTTP API until the services view
   shows it critical, with no reload (median of a few);
-- idle cost: the agent's CPU over a window with no UI open, then with U
+- idle cost: the agent's CPU over a window with no UI open (with the CPU
+  of the programs it ran meanwhile, such as nft, and of the containers'
+  supervisor beside it), then with U
   pages open and idle (each in its own browser context, so each holds its
   own event stream, as separate users would); once on the empty agent (the
   UIs' own cost) and once with everything running (where the agent's own
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from cove.agent.teardown import teardown
 from cove.cli.client import AgentClient
+from cove.runtime.client import SupervisorClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hostns import host_namespace, start_agent
@@ -60,6 +63,24 @@ def cpu_share(pid: int, seconds: float) -> float:
     before = cpu_seconds(pid)
     time.sleep(seconds)
     return (cpu_seconds(pid) - before) / seconds * 100
+
+
+def children_seconds(pid: int) -> float:
+    """CPU of the programs ``pid`` ran and waited for (nft, ip)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_shares(pid: int, supervisor: int, seconds: float) -> dict[str, float]:
+    """The agent's own CPU, its child programs' and the container
+    supervisor's, over one window, in % of a core."""
+    counters = (lambda: cpu_seconds(pid), lambda: children_seconds(pid))
+    counters += (lambda: cpu_seconds(supervisor),)
+    before = [c() for c in counters]
+    time.sleep(seconds)
+    after = [c() for c in counters]
+    names = ("agent_cpu_idle_no_ui_pct", "agent_programs_cpu_idle_pct", "supervisor_cpu_idle_pct")
+    return {n: (a - b) / seconds * 100 for n, a, b in zip(names, after, before, strict=True)}
 
 
 def populate(client: AgentClient, containers: int, services: int) -> float:
@@ -108,7 +129,7 @@ def idle_cost(args: argparse.Namespace, pid: int) -> dict[str, float]:
     return out
 
 
-def measure(args: argparse.Namespace, pid: int) -> dict[str, float]:
+def measure(args: argparse.Namespace, pid: int, supervisor: int) -> dict[str, float]:
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium")
@@ -141,7 +162,10 @@ def measure(args: argparse.Namespace, pid: int) -> dict[str, float]:
             out["live_update_median_ms"] = statistics.median(lags)
             out["live_update_max_ms"] = max(lags)
             page.close()
-            out["agent_cpu_idle_no_ui_pct"] = cpu_share(pid, args.window)
+            # Idle means after the passes that follow the last change (the
+            # reconcilers' next tick reads what the population changed).
+            time.sleep(args.settle)
+            out |= idle_shares(pid, supervisor, args.window)
             pages = []
             for _ in range(args.uis):
                 ctx = browser.new_context()
@@ -162,6 +186,10 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--uis", type=int, default=10)
     ap.add_argument("--window", type=float, default=20.0, help="seconds per CPU measurement")
+    ap.add_argument(
+        "--settle", type=float, default=20.0,
+        help="seconds between the last change and the idle measurements (0: none)",
+    )  # fmt: skip
     args = ap.parse_args()
     if not (1 <= args.containers <= 500 and 1 <= args.services <= 2000 and 1 <= args.uis <= 20):
         raise SystemExit("bounded: containers 1-500, services 1-2000, uis 1-20")
@@ -172,7 +200,8 @@ def main() -> None:
             quiet = idle_cost(args, proc.pid)
             took = populate(client, args.containers, args.services)
             print(f"populated {args.containers} containers + {args.services} services: {took:.1f}s")
-            results = quiet | measure(args, proc.pid)
+            supervisor = SupervisorClient(work / "state" / "run").ensure_running()
+            results = quiet | measure(args, proc.pid, supervisor)
         finally:
             with contextlib.suppress(Exception):
                 for i in range(args.containers):

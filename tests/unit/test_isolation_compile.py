@@ -196,6 +196,10 @@ class FakeNft:
             return []
         return [{"set": {"name": "ports", "elem": self.listed}}]
 
+    def list_set(self, family: str, table: str, name: str) -> list[str] | None:
+        assert (family, table, name) == ("bridge", "cove_guard", "ports")
+        return self.listed
+
 
 def wanted_link(n: int) -> WantedLink:
     return WantedLink(
@@ -217,6 +221,10 @@ def test_port_guard_attaches_in_small_steps_and_rebuilds_when_out_of_step() -> N
     assert set(pg.ports) == {"cv00000000e1", "cv00000000e2"}
     pg.sync(everything)  # nothing changed: nothing done
     assert len(nft.replaced) == 1 and len(nft.batches) == 1
+    # the periodic check finds the kernel as recorded: nothing done
+    nft.listed = ["cv00000000e2", "cv00000000e1"]
+    pg.sync(everything, force=True)
+    assert len(nft.replaced) == 1
     # the periodic pass compares with the kernel: an entry deleted by hand
     nft.listed = ["cv00000000e1"]
     pg.sync(everything, force=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from cove.datapath.base import HostVeth, InsideLink
 from cove.datapath.fake import FakeContainerDatapath, FakeNft
 from cove.errors import DatapathError
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network, Subnet
-from cove.runtime import guard
+from cove.runtime import guard, reconcile
 from cove.runtime.reconcile import ContainerReconciler
 from cove.runtime.spec import Container
 from cove.store.memory import MemoryStore
@@ -218,3 +219,144 @@ def test_links_are_guarded_through_the_guard_nft(tmp_path: Path) -> None:
     env.rec.sync(only=CID, name="web")
     assert (guard.FAMILY, guard.TABLE) in env.guard_nft.tables_
     assert ep.host_veth in env.guarded()
+
+
+class Clock:
+    """``time`` for the reconciler's scheduling, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def quiet_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Env, Clock, list[int]]:
+    """A reconciler fed by the hub and by the kernel's notifications, with
+    one container in place and a full pass just done; the list counts the
+    passes that read the namespaces."""
+    clock = Clock()
+    monkeypatch.setattr(reconcile, "time", clock)
+    env = Env(tmp_path)
+    # One nftables handle, as the agent has when libnftables is missing:
+    # what the guard writes is what the check lists.
+    env.rec = ContainerReconciler(
+        env.store, env.dp, env.nft, tmp_path / "files", lambda: "nameserver 9.9.9.9\n"
+    )
+    c = env.container("front")
+    env.endpoint(c, NET, 0)
+    env.rec.watched = env.rec.kernel_watched = True
+    reads: list[int] = []
+    observe = env.dp.observe
+
+    def counted(*args: Any) -> Any:
+        if not args or args[0] is None:
+            reads.append(1)
+        return observe(*args)
+
+    env.dp.observe = counted  # type: ignore[method-assign]
+    env.rec._pass(False)  # the first pass reads everything
+    assert reads == [1]
+    return env, clock, reads
+
+
+def test_an_idle_tick_reads_no_namespace_until_the_kernel_or_store_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, clock, reads = quiet_env(tmp_path, monkeypatch)
+    for _ in range(5):
+        clock.sleep(15)
+        env.rec._pass(False)
+    assert reads == [1]  # nothing changed: no namespace read
+    # A link goes down inside the container; the kernel says so.
+    link = env.dp.namespaces[CID]["eth0"]
+    env.dp.namespaces[CID]["eth0"] = InsideLink("eth0", link.mtu, False, link.mac, link.addresses)
+    env.rec.kernel_changed()
+    clock.sleep(15)
+    env.rec._pass(False)
+    assert reads == [1, 1]
+    assert env.dp.namespaces[CID]["eth0"].up  # repaired on the next tick
+    # A store change (another node's write, say) makes the next tick full.
+    clock.sleep(15)
+    env.rec.on_events([])
+    env.rec._pass(False)
+    assert reads == [1, 1, 1]
+    clock.sleep(15)
+    env.rec._pass(False)
+    assert reads == [1, 1, 1]
+
+
+def test_a_kernel_change_under_store_churn_is_read_by_the_next_due_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Store events keep kicking the worker (its tick never comes): the
+    first kicked pass an interval after the last full one reads all."""
+    env, clock, reads = quiet_env(tmp_path, monkeypatch)
+    clock.sleep(1)
+    env.rec.kernel_changed()
+    env.rec._pass(True)  # less than an interval after the last full pass
+    assert reads == [1]
+    clock.sleep(14)
+    env.rec._pass(True)
+    assert reads == [1, 1]
+
+
+def test_the_safety_net_reads_everything_though_nothing_was_heard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, clock, reads = quiet_env(tmp_path, monkeypatch)
+    env.dp.veths.clear()  # gone, and no notification said so
+    for _ in range(reconcile.SAFETY_NET_INTERVALS - 1):
+        clock.sleep(15)
+        env.rec._pass(False)
+    assert reads == [1]
+    clock.sleep(15)
+    env.rec._pass(False)
+    assert reads == [1, 1]
+    assert env.dp.veths  # made again
+
+
+def test_without_the_kernels_notifications_every_tick_reads_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, clock, reads = quiet_env(tmp_path, monkeypatch)
+    env.rec.kernel_watched = False  # the watch could not start, or died
+    clock.sleep(15)
+    env.rec._pass(False)
+    assert reads == [1, 1]
+
+
+def test_an_idle_tick_puts_back_a_flushed_guard_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``nft flush ruleset`` sends no rtnetlink notification: the quiet
+    tick still checks the tables, without reading any namespace."""
+    env, clock, reads = quiet_env(tmp_path, monkeypatch)
+    env.nft.tables_.clear()
+    clock.sleep(15)
+    env.rec._pass(False)
+    assert (guard.FAMILY, guard.TABLE) in env.nft.tables_
+    assert reads == [1]
+
+
+def test_a_changed_host_resolver_file_is_copied_on_the_next_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container on no network keeps the host's resolvers: a change of
+    them reaches it on the next tick, as before."""
+    env, clock, reads = quiet_env(tmp_path, monkeypatch)
+    solo = env.container(cid="5" * 64, name="solo")
+    env.rec.on_events([])
+    clock.sleep(15)
+    env.rec._pass(False)
+    assert (env.rec.etc_dir(solo.id) / "resolv.conf").read_text() == "nameserver 9.9.9.9\n"
+    clock.sleep(15)
+    env.rec._pass(False)
+    assert reads == [1, 1]
+    env.rec._host_resolv = lambda: "nameserver 9.9.9.10\n"
+    clock.sleep(15)
+    env.rec._pass(False)
+    assert (env.rec.etc_dir(solo.id) / "resolv.conf").read_text() == "nameserver 9.9.9.10\n"

@@ -12,6 +12,7 @@ from cove.clock import Clock
 from cove.cluster.requests import RequestServer
 from cove.datapath.base import NftLister
 from cove.datapath.libnft import open_nft
+from cove.datapath.linkwatch import KernelWatch
 from cove.datapath.netns import NetnsDatapath
 from cove.errors import CoveError
 from cove.image.store import ImageStore
@@ -101,6 +102,13 @@ class ContainerRuntime:
         self._auto_remove = Worker(
             "cove-ctr-autoremove", lambda _k: self.service.remove_exited(), AUTO_REMOVE_INTERVAL
         )
+        # The kernel's own notifications of container links, addresses and
+        # routes: an idle agent does not read every namespace on a timer.
+        self._kernel = KernelWatch(self.reconciler.kernel_changed, self._kernel_lost)
+
+    def _kernel_lost(self) -> None:
+        self.reconciler.kernel_watched = False
+        self.reconciler.kernel_changed()
 
     def _host_resolv(self) -> str:
         try:
@@ -116,6 +124,12 @@ class ContainerRuntime:
             hub.subscribe(prefix, self.reconciler.on_events)
         self.reconciler.watched = True
         self.reconciler.reads = hub.reads
+        try:
+            self._kernel.start()
+        except CoveError as exc:
+            log.warning("%s; containers' links are checked on a timer instead", exc.message)
+        else:
+            self.reconciler.kernel_watched = True
         self.reconciler.start()
         self.service.adopt()
         self._undo.start()
@@ -155,6 +169,7 @@ class ContainerRuntime:
         self._undo.stop()
         self._auto_remove.stop()
         self.reconciler.stop()
+        self._kernel.stop()
         self.netns.close()
         self.guard_nft.close()
 

@@ -385,6 +385,22 @@ class FakeNft:
     def list_table(self, family: str, name: str) -> list[dict[str, Any]]:
         return list(self.tables_.get((family, name), []))
 
+    def has_table(self, family: str, name: str) -> bool:
+        return (family, name) in self.tables_
+
+    def list_set(self, family: str, table: str, name: str) -> list[Any] | None:
+        """The set's elements, inline or added by ``element`` objects."""
+        objs = self.tables_.get((family, table), [])
+        if not any((o.get("set") or {}).get("name") == name for o in objs):
+            return None
+        return [
+            e
+            for o in objs
+            for body in (o.get("set"), o.get("element"))
+            if body and body.get("name") == name
+            for e in body.get("elem", [])
+        ]
+
     def close(self) -> None:
         pass
 

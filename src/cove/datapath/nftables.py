@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cove.datapath import nftlist
 from cove.errors import DatapathError, DatapathRefused, Unavailable
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,41 @@ class Nft:
         data = json.loads(proc.stdout or "{}")
         return [o for o in data.get("nftables", []) if "metainfo" not in o]
 
+    def has_table(self, family: str, name: str) -> bool:
+        """Whether table ``family name`` is there. ``list tables`` reads
+        every table with its contents first (some 50 ms of nft with a few
+        hundred containers); this reads one."""
+        _check_name(name)
+        proc = subprocess.run(
+            [self._binary, "list", "table", family, name], capture_output=True, check=False
+        )
+        return proc.returncode == 0
+
+    def list_set(self, family: str, table: str, name: str) -> list[Any] | None:
+        """The elements of one set, None when it (or its table) is not
+        there. (nft 1.0.6 cannot print some tables as JSON at all, so a
+        set is read on its own.)"""
+        _check_name(table)
+        proc = subprocess.run(
+            [self._binary, "-j", "list", "set", family, table, name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            return None
+        for o in json.loads(proc.stdout or "{}").get("nftables", []):
+            body = o.get("set")
+            if body and body.get("name") == name:
+                elems = body.get("elem", [])
+                return list(elems) if isinstance(elems, list) else []
+        return None
+
     def _all_tables(self) -> list[tuple[str, str]]:
+        try:
+            return nftlist.list_tables()
+        except OSError as exc:  # then nft says why, or answers
+            log.debug("nftables table dump: %s; asking nft", exc)
         proc = subprocess.run(
             [self._binary, "-j", "list", "tables"], capture_output=True, text=True, check=False
         )

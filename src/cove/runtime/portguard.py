@@ -119,12 +119,10 @@ class PortGuard:
         self.remove([n for n, p in (self._guarded or {}).items() if p.container == cid])
 
     def _kernel_ports(self) -> set[str] | None:
-        objs = self._lister.list_table(guard.FAMILY, guard.TABLE)
-        for o in objs:
-            body = o.get("set")
-            if body and body.get("name") == "ports":
-                return {e for e in body.get("elem", []) if isinstance(e, str)}
-        return None
+        # The set alone: nft 1.0.6 aborts printing this table as JSON (its
+        # rules), which made every check rebuild the table.
+        elems = self._lister.list_set(guard.FAMILY, guard.TABLE, "ports")
+        return None if elems is None else {e for e in elems if isinstance(e, str)}
 
     def _apply(
         self, cmds: list[dict[str, Any]], drop: Sequence[str], add: Sequence[guard.Port]
