@@ -147,3 +147,38 @@ def test_future_index_answers_at_once(c: consul.Consul) -> None:
     index, _ = c.catalog.services(index=10**12, wait="20s")
     assert time.monotonic() - start < 10
     assert int(index) < 10**12
+
+
+def test_agent_service_blocks_on_its_content_hash(c: consul.Consul, server: ConsulServer) -> None:
+    """Consul's /v1/agent/service/:id blocks on ``?hash=`` (hash-based only,
+    website/content/api-docs/agent/service.mdx) and answers the hash in
+    ``X-Consul-ContentHash``; sidecar proxies and consul-template poll it so."""
+    import json
+    import urllib.request
+
+    sid = uniq("hashed")
+    c.agent.service.register("hashed", service_id=sid, port=80, tags=["v1"])
+    url = f"{server.url}/v1/agent/service/{sid}"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        first = json.loads(resp.read())
+        digest = resp.headers["X-Consul-ContentHash"]
+    assert digest == first["ContentHash"]
+
+    def wait_for_change() -> tuple[str, dict[str, Any]]:
+        with urllib.request.urlopen(f"{url}?hash={digest}&wait=20s", timeout=30) as resp:
+            return resp.headers["X-Consul-ContentHash"], json.loads(resp.read())
+
+    pending = Background(wait_for_change)
+    time.sleep(0.6)
+    assert pending.done_at == 0.0, "answered before the service changed"
+    changed_at = time.monotonic()
+    c.agent.service.register("hashed", service_id=sid, port=80, tags=["v2"])
+    new_digest, body = pending.result()
+    assert pending.done_at - changed_at < 5
+    assert new_digest != digest and body["Tags"] == ["v2"] and body["ContentHash"] == new_digest
+    # A hash the service does not have: the answer comes at once.
+    started = time.monotonic()
+    with urllib.request.urlopen(f"{url}?hash=nothex&wait=20s", timeout=30) as resp:
+        assert resp.status == 200
+    assert time.monotonic() - started < 5
+    c.agent.service.deregister(sid)

@@ -194,13 +194,19 @@ class IntentionService:
         return self._store.revision
 
     def list(self) -> builtins.list[Intention]:
+        return self.list_at()[0]
+
+    def list_at(self) -> tuple[builtins.list[Intention], int]:
+        """Every intention, highest precedence first, and the store revision
+        they were read at (for blocking queries)."""
+        found = self._store.range(INTENTIONS)
         out = []
-        for kv in self._store.range(INTENTIONS).kvs:
+        for kv in found.kvs:
             try:
                 out.append(Intention.from_kv(kv))
             except (ValueError, KeyError, TypeError):
                 continue
-        return sorted(out, key=sort_key)
+        return sorted(out, key=sort_key), found.revision
 
     def get(self, intention_id: str) -> Intention | None:
         kv = self._store.get(INTENTIONS + intention_id)

@@ -200,3 +200,23 @@ MEMBER = _struct(
 # /v1/catalog/services answers a map of names to tags; Consul filters the
 # service instances behind it.
 CATALOG_SERVICES = SERVICE_NODE
+
+# /v1/connect/intentions: the selectors Consul documents for the list
+# (website/content/api-docs/connect/intentions.mdx, "Filtering"), and the
+# Raft indexes its Intention struct embeds.
+INTENTION = _struct(
+    (
+        "ID",
+        "Description",
+        "SourceNS",
+        "SourceName",
+        "DestinationNS",
+        "DestinationName",
+        "SourceType",
+        "Action",
+        "Precedence",
+        "CreateIndex",
+        "ModifyIndex",
+    ),
+    Meta=_STRINGS,
+)

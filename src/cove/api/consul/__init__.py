@@ -93,12 +93,17 @@ def install(
         # Inline: a write committed on this loop wakes its blocking queries
         # right away, with no hub thread in between.
         sub = watch_hub.subscribe(t.ROOT, state.interests.on_events_threadsafe, inline=True)
+        # Intentions live under the policy's prefix; their blocking reads too.
+        ixn_sub = watch_hub.subscribe(
+            intentions.PREFIXES[0], state.interests.on_events_threadsafe, inline=True
+        )
         # Another agent's change to an ACL object reaches this one's cache.
         acl_sub = watch_hub.subscribe(ACL_ROOT, state.acl.on_events) if state.acl else None
         try:
             yield
         finally:
             sub.cancel()
+            ixn_sub.cancel()
             if acl_sub is not None:
                 acl_sub.cancel()
 

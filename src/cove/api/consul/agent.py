@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from cove.acl import Access, Authorizer
@@ -78,9 +79,23 @@ async def services(request: web.Request) -> web.Response:
     )
 
 
+def _hash_index(raw: str | None) -> int:
+    """The index a ``?hash=`` stands for: cove's ContentHash is the
+    service's mod revision in hex. Any other string is a hash the service
+    does not have, so the answer comes at once (as in Consul)."""
+    try:
+        return int(raw or "", 16)
+    except ValueError:
+        return 0
+
+
 @consul_errors
 async def service(request: web.Request) -> web.Response:
+    """Consul blocks this endpoint on the content hash only (``?hash=`` and
+    ``?wait=``, answered with ``X-Consul-ContentHash``)."""
     opts = options(request)
+    if "hash" in request.query:
+        opts = replace(opts, index=_hash_index(request.query["hash"]))
     c = ctx(request)
     sid = request.match_info["id"]
     answer = await blocking(
@@ -90,7 +105,9 @@ async def service(request: web.Request) -> web.Response:
         return web.Response(status=404, text=f"unknown service ID: {sid}")
     authz = await authorize(request, opts)
     authz.need("service", answer.data["Service"], Access.READ)
-    return reply(answer.data, answer.index)
+    response = reply(answer.data, answer.index)
+    response.headers["X-Consul-ContentHash"] = answer.data["ContentHash"]
+    return response
 
 
 @consul_errors

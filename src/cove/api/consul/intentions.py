@@ -9,17 +9,27 @@ service policy is read or write); ``*`` is judged as a name, so only a
 ``service_prefix ""`` rule covers it.
 Where no intention matches, ``/check`` answers with the ACL default policy,
 as Consul does (allow when ACLs are off).
+
+Blocking queries (``?index=&wait=``, answered with ``X-Consul-Index``) as
+Consul's: on the list, ``/match``, ``/exact`` and by ID, not on ``/check``.
+The index is that of the intentions as a whole (the last change to any of
+them, deletions included), as Consul's intentions table index is, so any
+change wakes a blocked reader. ``?filter`` (bexpr) applies to the list only,
+over Consul's documented selectors (``filter_schema.INTENTION``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cove.acl import Access, Authorizer
 from cove.api import http as web
 from cove.api.consul.common import (
     FILTERED,
+    QueryOptions,
     authorize,
+    blocking,
     consul_errors,
     ctx,
     json_body,
@@ -29,6 +39,11 @@ from cove.api.consul.common import (
 )
 from cove.errors import InvalidArgument, NotFound
 from cove.policy import intentions as pi
+from cove.registry import filter_schema as fs
+from cove.registry.filter import select
+from cove.registry.queries import Answer
+
+PREFIXES = (pi.INTENTIONS,)  # what a blocking read on intentions watches
 
 
 def _service(request: web.Request) -> pi.IntentionService:
@@ -69,25 +84,56 @@ async def create(request: web.Request) -> web.Response:
     return reply({"ID": made.id})
 
 
+def _reader(
+    request: web.Request, pick: Callable[[list[pi.Intention]], Any]
+) -> Callable[[], Answer]:
+    """A read of every intention for ``blocking``: ``pick`` makes the data
+    from them (None: not found); the index is the intentions' last change."""
+    svc = _service(request)
+
+    def read() -> Answer:
+        found, revision = svc.list_at()
+        data = pick(found)
+        index = max((i.modify_index for i in found), default=0)
+        return Answer(data, index, revision, PREFIXES, found=data is not None)
+
+    return read
+
+
+async def _blocking(
+    request: web.Request, opts: QueryOptions, pick: Callable[[list[pi.Intention]], Any]
+) -> Answer:
+    return await blocking(request, opts, _reader(request, pick), PREFIXES)
+
+
 @consul_errors
 async def list_all(request: web.Request) -> web.Response:
-    authz = await authorize(request, options(request))
-    svc = _service(request)
-    index: int = await run(request, lambda: svc.revision)
-    found: list[pi.Intention] = await run(request, svc.list)
+    opts = options(request, fs.INTENTION)  # a bad ?filter is a 400 before any wait
+    authz = await authorize(request, opts)
+    answer = await _blocking(request, opts, lambda found: found)
+    found: list[pi.Intention] = answer.data
     kept = [i for i in found if _may(authz, i.dest, Access.READ)]
-    response = reply([i.to_consul() for i in kept], index)
+    response = reply(select(opts.predicate, [i.to_consul() for i in kept]), answer.index)
     if len(kept) != len(found):
         response.headers[FILTERED] = "true"
     return response
 
 
+def _by_id(intention_id: str) -> Callable[[list[pi.Intention]], pi.Intention | None]:
+    return lambda found: next((i for i in found if i.id == intention_id), None)
+
+
 @consul_errors
 async def get_one(request: web.Request) -> web.Response:
-    authz = await authorize(request, options(request))
-    found = await _read(request, request.match_info["id"])
+    opts = options(request)
+    authz = await authorize(request, opts)
+    intention_id = pi.check_id(request.match_info["id"])
+    answer = await _blocking(request, opts, _by_id(intention_id))
+    if not answer.found:
+        raise NotFound(f"Intention not found: {intention_id}")
+    found: pi.Intention = answer.data
     _need(authz, found.dest, Access.READ)
-    return reply(found.to_consul(), found.modify_index)
+    return reply(found.to_consul(), answer.index)
 
 
 @consul_errors
@@ -118,13 +164,20 @@ def _pair(request: web.Request) -> tuple[str, str]:
 
 @consul_errors
 async def exact_get(request: web.Request) -> web.Response:
-    authz = await authorize(request, options(request))
+    opts = options(request)
+    authz = await authorize(request, opts)
     source, dest = _pair(request)
     _need(authz, dest, Access.READ)
-    found: pi.Intention | None = await run(request, _service(request).exact, source, dest)
-    if found is None:
+
+    def pick(found: list[pi.Intention]) -> pi.Intention | None:
+        pair = (source.lower(), dest.lower())
+        return next((i for i in found if (i.source.lower(), i.dest.lower()) == pair), None)
+
+    answer = await _blocking(request, opts, pick)
+    if not answer.found:
         raise NotFound(f"Intention not found: {source} => {dest}")
-    return reply(found.to_consul(), found.modify_index)
+    intention: pi.Intention = answer.data
+    return reply(intention.to_consul(), answer.index)
 
 
 @consul_errors
@@ -157,21 +210,33 @@ async def exact_delete(request: web.Request) -> web.Response:
 
 @consul_errors
 async def match(request: web.Request) -> web.Response:
-    authz = await authorize(request, options(request))
+    """Consul checks intentions:read on every name asked about and refuses
+    the whole query (403) when one is not readable; what matches a readable
+    name is answered whole (agent/consul/intention_endpoint.go, Match)."""
+    opts = options(request)
+    authz = await authorize(request, opts)
     by = _query(request, "by")
     if by not in ("source", "destination"):
         raise InvalidArgument("'by' must be 'source' or 'destination'")
     names = request.query.getall("name", [])
     if not names:
         raise InvalidArgument("required query parameter 'name' not set")
-    svc = _service(request)
-    index: int = await run(request, lambda: svc.revision)
-    out: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         pi.check_name(name, "name")
-        found: list[pi.Intention] = await run(request, svc.match, by, name)
-        out[name] = [i.to_consul() for i in found if _may(authz, i.dest, Access.READ)]
-    return reply(out, index)
+        _need(authz, name, Access.READ)
+
+    def pick(found: list[pi.Intention]) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for name in names:
+            out[name] = [
+                i.to_consul()
+                for i in found
+                if (i.source if by == "source" else i.dest) in (pi.WILDCARD, name)
+            ]
+        return out
+
+    answer = await _blocking(request, opts, pick)
+    return reply(answer.data, answer.index)
 
 
 @consul_errors
@@ -180,7 +245,10 @@ async def check(request: web.Request) -> web.Response:
     source, dest = _pair(request)
     if dest == pi.WILDCARD or source == pi.WILDCARD:
         raise InvalidArgument("source and destination must be exact names, not '*'")
-    _need(authz, dest, Access.READ)
+    # Consul asks service:read here, not intention:read: the answer says
+    # only allowed or not (agent/consul/intention_endpoint.go, Check).
+    if not authz.allowed("service", dest, Access.READ):
+        raise authz.denied("service:read", dest)
     decided: pi.Intention | None = await run(request, _service(request).decide, source, dest)
     if decided is not None:
         allowed = decided.action == pi.ALLOW
