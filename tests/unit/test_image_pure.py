@@ -78,6 +78,9 @@ def test_mount_flags_as_docker_reads_them() -> None:
     assert parse_volume("my_vol.1:/c") == Mount(Kind.VOLUME, "/c", "my_vol.1", False)
     assert parse_mount("type=volume,src=v,dst=/c,ro") == Mount(Kind.VOLUME, "/c", "v", True)
     assert parse_volume("/h/../h2:/c/") == Mount(Kind.BIND, "/c", "/h2", False)
+    # no source: an anonymous volume, its name given at run
+    assert parse_volume("/data/") == Mount(Kind.VOLUME, "/data", anonymous=True)
+    assert parse_mount("type=volume,dst=/d") == Mount(Kind.VOLUME, "/d", anonymous=True)
     assert parse_mount("type=bind,src=/h,dst=/c,readonly") == Mount(Kind.BIND, "/c", "/h", True)
     assert parse_mount("type=tmpfs,target=/t,tmpfs-size=64m").options == "size=64m"
     assert parse_tmpfs("/t:size=1m,mode=1777") == Mount(
@@ -91,7 +94,8 @@ def test_mount_flags_as_docker_reads_them() -> None:
         with pytest.raises(InvalidArgument, match=why):
             parse_volume(bad)
     for bad, why in [
-        ("type=volume,target=/x", "needs source=NAME"), ("type=nfs,target=/x", "bind, volume"),
+        ("type=volume,src=a/b,target=/x", "takes source=NAME"),
+        ("type=nfs,target=/x", "bind, volume"),
         ("type=bind,target=/x", "absolute host"),
         ("type=bind,source=/h", "target= is required"), ("type=bind,source=/h,target=/x,z=1",
         "unknown z"),
