@@ -20,11 +20,14 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
+import zstandard
+
 from cove.errors import InvalidArgument
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _CHUNK = 1 << 20
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Extraction filters came with Python 3.11.4/3.12, and 3.14 makes "data" the
 # default, which refuses what images hold (absolute symbolic links, setuid
 # bits). ``_check`` does the path and link checks itself, so the extraction
@@ -68,7 +71,7 @@ def unpack_layer(
     diff_id: str,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Extracts the (plain or gzip) layer tar read from ``src`` into the
+    """Extracts the (plain, gzip or zstd) layer tar read from ``src`` into the
     new, empty directory ``dest``; checks the stream against ``digest``
     (when given) and its uncompressed tar against ``diff_id``. Returns
     the uncompressed size."""
@@ -78,8 +81,12 @@ def unpack_layer(
     stream: IO[bytes]
     if magic[:2] == b"\x1f\x8b":
         stream = gzip.GzipFile(fileobj=head, mode="rb")  # type: ignore[call-overload]
-    elif magic == b"\x28\xb5\x2f\xfd":
-        raise InvalidArgument("zstd-compressed layers are not supported: save as gzip or plain")
+    elif magic == _ZSTD_MAGIC:
+        # the layers podman can push (tar+zstd); several frames may follow
+        stream = zstandard.ZstdDecompressor().stream_reader(
+            head,  # type: ignore[arg-type]
+            read_across_frames=True,
+        )
     else:
         stream = head  # type: ignore[assignment]
     plain = HashingReader(stream)
@@ -94,7 +101,14 @@ def unpack_layer(
                     tar.extract(kept, dest, numeric_owner=True, **_EXTRACT_ARGS)
         plain.drain()
         raw.drain()
-    except (tarfile.TarError, EOFError, KeyError, zlib.error, gzip.BadGzipFile) as exc:
+    except (
+        tarfile.TarError,
+        EOFError,
+        KeyError,
+        zlib.error,
+        gzip.BadGzipFile,
+        zstandard.ZstdError,
+    ) as exc:
         raise InvalidArgument(f"layer {diff_id[:19]} is corrupt or truncated: {exc}") from exc
     if digest and raw.digest != digest:
         raise InvalidArgument(f"layer {digest[:19]} does not match its digest ({raw.digest[:19]})")
