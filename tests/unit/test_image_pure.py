@@ -45,6 +45,16 @@ def test_config_and_manifest_parsing() -> None:
                 b'{"diff_ids": []}}', b'{"rootfs": {"diff_ids": ["md5:x"]}}'):  # fmt: skip
         with pytest.raises(InvalidArgument, match="not a valid image archive"):
             archive.parse_config(bad)
+
+    # VOLUME: the paths, normalized; a path that is not absolute refused
+    def volumes(value: object) -> bytes:
+        return json.dumps({"config": {"Volumes": value}, "rootfs": {"diff_ids": []}}).encode()
+
+    assert archive.parse_config(volumes({"/data/": {}, "/a/../b": {}})).volumes == ("/data", "/b")
+    assert archive.parse_config(volumes(None)).volumes == ()
+    for bad_volumes in ({"rel": {}}, {"/": {}}, ["/x"]):
+        with pytest.raises(InvalidArgument, match="Volumes"):
+            archive.parse_config(volumes(bad_volumes))
     manifest = json.dumps([{"Config": "c.json", "RepoTags": ["a:1"], "Layers": ["l.tar"]}])
     [img] = archive.docker_archive(manifest.encode(), lambda _p: c)
     assert img.tags == ("a:1",) and img.layers[0].diff_id == DIFF and img.config_digest == ""
