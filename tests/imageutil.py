@@ -31,6 +31,8 @@ class Layer:
     ("link", target) for a symbolic link."""
 
     entries: dict[str, Any] = field(default_factory=dict)
+    # path -> {attribute: value}: written as tar's SCHILY.xattr.* pax headers
+    xattrs: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
     def tar(self) -> bytes:
         buf = io.BytesIO()
@@ -38,6 +40,11 @@ class Layer:
             for path, value in self.entries.items():
                 info = tarfile.TarInfo(path)
                 info.mtime = 1_700_000_000
+                for attr, data in self.xattrs.get(path, {}).items():
+                    # tarfile decodes pax values as UTF-8 (surrogateescape)
+                    info.pax_headers["SCHILY.xattr." + attr] = data.decode(
+                        "utf-8", "surrogateescape"
+                    )
                 if value is None:
                     info.type, info.mode = tarfile.DIRTYPE, 0o755
                     t.addfile(info)
@@ -75,12 +82,14 @@ class Img:
     env: Sequence[str] = ("PATH=/bin", "GREETING=from-image")
     workdir: str = ""
     user: str = ""
+    volumes: Sequence[str] = ()
 
     def config(self, diff_ids: Sequence[str]) -> bytes:
         return json.dumps({
             "architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z",
             "config": {"Entrypoint": list(self.entrypoint) or None, "Cmd": list(self.cmd),
-                       "Env": list(self.env), "WorkingDir": self.workdir, "User": self.user},
+                       "Env": list(self.env), "WorkingDir": self.workdir, "User": self.user,
+                       "Volumes": {v: {} for v in self.volumes} or None},
             "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
         }).encode()  # fmt: skip
 
@@ -109,17 +118,26 @@ def docker_archive(path: Path, image: Img, tag: str) -> str:
     return "sha256:" + cid
 
 
-def oci_archive(path: Path, image: Img, tag: str, *, index: bool = False) -> str:
-    """Writes an OCI layout tar with gzip layers (``index``: behind a
-    manifest list with an arm64 decoy); returns the image ID."""
+def oci_archive(
+    path: Path, image: Img, tag: str, *, index: bool = False, zstd: bool = False
+) -> str:
+    """Writes an OCI layout tar with gzip layers (``zstd``: zstd ones, as
+    podman can push; ``index``: behind a manifest list with an arm64
+    decoy); returns the image ID."""
     tars = [layer.tar() for layer in image.layers]
-    gz = [gzip.compress(t, mtime=0) for t in tars]
+    if zstd:
+        import zstandard
+
+        gz = [zstandard.ZstdCompressor().compress(t) for t in tars]
+    else:
+        gz = [gzip.compress(t, mtime=0) for t in tars]
+    media = "application/vnd.oci.image.layer.v1.tar+" + ("zstd" if zstd else "gzip")
     config = image.config([sha(t) for t in tars])
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": sha(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "layers": [{"mediaType": media,
                     "digest": sha(g), "size": len(g)} for g in gz],
     }).encode()  # fmt: skip
     blobs = {sha(b): b for b in (*gz, config, manifest)}

@@ -123,7 +123,7 @@ def test_errors_name_the_problem_and_exit_125(images: Any, tmp_path: Path) -> No
             ["--mount", f"type=bind,source={tmp_path}/missing,target=/x", "bb"],
             "bind source path does not exist",
         ),
-        (["--mount", "type=volume,target=/x", "bb"], "type=volume needs source=NAME"),
+        (["--mount", "type=volume,source=a:b,target=/x", "bb"], "type=volume takes source=NAME"),
         (["--mount", "type=nfs,target=/x", "bb"], "type must be bind, volume or tmpfs"),
         (["--tmpfs", "relative", "bb"], "must be absolute"),
     ]

@@ -1,7 +1,9 @@
 """Volumes as Docker has them: `-v /host/dir:/path` makes a missing host
 directory; `-v NAME:/path` makes a named volume on first use, filled from
-the image when new, kept after its container is removed; `cove volume
-create|ls|inspect|rm|prune`, with rm refused while a container uses it."""
+the image when new, kept after its container is removed; `-v /path` and
+an image's VOLUME make anonymous ones, removed by `rm -v` and `run --rm`;
+`cove volume create|ls|inspect|rm|prune`, with rm refused while a
+container uses it."""
 
 from __future__ import annotations
 
@@ -121,7 +123,8 @@ def test_volume_commands_and_bad_input(vols: Any) -> None:
     for args, message in [
         (["-v", "bad name:/x"], "neither an absolute host path nor a volume name"),
         (["-v", "./rel:/x"], "give the full path"),
-        (["--mount", "type=volume,target=/x"], "type=volume needs source=NAME"),
+        (["--mount", "type=volume,source=a/b,target=/x"], "type=volume takes source=NAME"),
+        (["-v", "/"], "cannot mount over the container's /"),
     ]:
         res = vols.cli("run", "-d", *args, "site:1")
         assert res.returncode == 125 and message in res.stderr, (args, res.stderr)
@@ -138,3 +141,77 @@ def test_volume_commands_and_bad_input(vols: Any) -> None:
     assert res.returncode != 0 and sorted(_volumes(vols)) == sorted(["busy", anon])
     assert vols.ok("volume", "prune", "-f").split() == ["Deleted", "Volumes:", anon]
     assert _volumes(vols) == ["busy"]
+
+
+def _anon_image(agent: Any, tmp_path: Path) -> None:
+    base = busybox_layer()
+    site = Layer({"srv": None, "srv/www": None, "srv/www/index": b"from image\n",
+                  "srv/www/sub": None, "srv/www/sub/deep": b"deep\n"})  # fmt: skip
+    image = Img([base, site], cmd=["sh"], volumes=["/srv/www", "/cache/"])
+    docker_archive(tmp_path / "anon.tar", image, "anon:1")
+    agent.ok("image", "load", "-i", str(tmp_path / "anon.tar"))
+
+
+def _anon_mounts(agent: Any, name: str) -> dict[str, str]:
+    """target -> volume name, of the container's anonymous volumes"""
+    mounts = inspect(agent, name)["mounts"]
+    return {m["target"]: m["source"] for m in mounts if m.get("anonymous")}
+
+
+def test_anonymous_volumes_from_v_and_the_images_volume(vols: Any, tmp_path: Path) -> None:
+    _anon_image(vols, tmp_path)
+    code, out = _run(vols, "--name", "a1", "-v", "/scratch", "anon:1", "sh", "-c",
+                     "cat /srv/www/index; echo x > /scratch/f; echo y > /cache/g")  # fmt: skip
+    assert (code, out) == (0, "from image\n")
+    anon = _anon_mounts(vols, "a1")
+    assert sorted(anon) == ["/cache", "/scratch", "/srv/www"]
+    assert all(len(v) == 64 and int(v, 16) >= 0 for v in anon.values())
+    assert sorted(_volumes(vols)) == sorted(anon.values())
+    (info,) = json.loads(vols.ok("volume", "inspect", anon["/scratch"]))
+    assert info["labels"] == {"com.docker.volume.anonymous": ""}
+    assert info["containers"] == ["a1"]
+    assert Path(info["mountpoint"], "f").read_text() == "x\n"
+    srv = json.loads(vols.ok("volume", "inspect", anon["/srv/www"]))[0]["mountpoint"]
+    assert Path(srv, "sub", "deep").read_text() == "deep\n"  # the image's files, copied
+
+    # a -v or --mount at the image's VOLUME path replaces its anonymous volume
+    code, out = _run(vols, "--name", "a2", "-v", "web:/srv/www", "--mount",
+                     "type=volume,target=/cache", "anon:1", "ls", "/srv/www")  # fmt: skip
+    assert (code, out) == (0, "index\nsub\n")
+    anon2 = _anon_mounts(vols, "a2")
+    assert sorted(anon2) == ["/cache"]
+    assert sorted(_volumes(vols)) == sorted([*anon.values(), anon2["/cache"], "web"])
+
+    # rm keeps them; rm -v removes the anonymous ones only (not "web")
+    vols.ok("rm", "a1")
+    assert sorted(_volumes(vols)) == sorted([*anon.values(), anon2["/cache"], "web"])
+    vols.ok("rm", "-v", "a2")
+    assert sorted(_volumes(vols)) == sorted([*anon.values(), "web"])
+    # prune removes what no container uses: a1's, left behind by a plain rm
+    _run(vols, "--name", "a3", "-v", "web:/srv/www", "-v", "/keep", "anon:1", "true")
+    a3 = _anon_mounts(vols, "a3")
+    pruned = vols.ok("volume", "prune", "-f").split()[2:]
+    assert sorted(pruned) == sorted(anon.values())
+    assert sorted(_volumes(vols)) == sorted([a3["/keep"], a3["/cache"], "web"])
+
+
+def test_run_rm_removes_its_anonymous_volumes(vols: Any, tmp_path: Path) -> None:
+    _anon_image(vols, tmp_path)
+    res = vols.cli("run", "--rm", "-v", "/x", "anon:1", "sh", "-c", "echo hi > /x/f; cat /x/f")
+    assert (res.returncode, res.stdout) == (0, "hi\n")
+    assert _volumes(vols) == [] and vols.ok("ps", "-aq") == ""
+    # detached: the agent removes it, and its volumes, once it has exited
+    vols.ok("run", "-d", "--rm", "--name", "gone", "-v", "named:/n", "anon:1", "true")
+    eventually(lambda: vols.ok("ps", "-aq") == "")
+    eventually(lambda: _volumes(vols) == ["named"])  # a named volume stays
+
+
+def test_the_images_files_are_copied_once_not_at_each_start(vols: Any, tmp_path: Path) -> None:
+    _anon_image(vols, tmp_path)
+    code, out = _run(vols, "--name", "c1", "anon:1", "sh", "-c",
+                     "ls -A /srv/www | wc -l; rm -rf /srv/www/*")  # fmt: skip
+    assert (code, out.split()) == (0, ["2"])
+    vols.ok("start", "c1")
+    eventually(lambda: vols.output("c1").split() == ["2", "0"])
+    eventually(lambda: inspect(vols, "c1")["state"]["status"] == "exited")
+    assert vols.output("c1").split() == ["2", "0"]  # emptied by the user: stays empty

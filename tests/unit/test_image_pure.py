@@ -45,6 +45,16 @@ def test_config_and_manifest_parsing() -> None:
                 b'{"diff_ids": []}}', b'{"rootfs": {"diff_ids": ["md5:x"]}}'):  # fmt: skip
         with pytest.raises(InvalidArgument, match="not a valid image archive"):
             archive.parse_config(bad)
+
+    # VOLUME: the paths, normalized; a path that is not absolute refused
+    def volumes(value: object) -> bytes:
+        return json.dumps({"config": {"Volumes": value}, "rootfs": {"diff_ids": []}}).encode()
+
+    assert archive.parse_config(volumes({"/data/": {}, "/a/../b": {}})).volumes == ("/data", "/b")
+    assert archive.parse_config(volumes(None)).volumes == ()
+    for bad_volumes in ({"rel": {}}, {"/": {}}, ["/x"]):
+        with pytest.raises(InvalidArgument, match="Volumes"):
+            archive.parse_config(volumes(bad_volumes))
     manifest = json.dumps([{"Config": "c.json", "RepoTags": ["a:1"], "Layers": ["l.tar"]}])
     [img] = archive.docker_archive(manifest.encode(), lambda _p: c)
     assert img.tags == ("a:1",) and img.layers[0].diff_id == DIFF and img.config_digest == ""
@@ -78,6 +88,9 @@ def test_mount_flags_as_docker_reads_them() -> None:
     assert parse_volume("my_vol.1:/c") == Mount(Kind.VOLUME, "/c", "my_vol.1", False)
     assert parse_mount("type=volume,src=v,dst=/c,ro") == Mount(Kind.VOLUME, "/c", "v", True)
     assert parse_volume("/h/../h2:/c/") == Mount(Kind.BIND, "/c", "/h2", False)
+    # no source: an anonymous volume, its name given at run
+    assert parse_volume("/data/") == Mount(Kind.VOLUME, "/data", anonymous=True)
+    assert parse_mount("type=volume,dst=/d") == Mount(Kind.VOLUME, "/d", anonymous=True)
     assert parse_mount("type=bind,src=/h,dst=/c,readonly") == Mount(Kind.BIND, "/c", "/h", True)
     assert parse_mount("type=tmpfs,target=/t,tmpfs-size=64m").options == "size=64m"
     assert parse_tmpfs("/t:size=1m,mode=1777") == Mount(
@@ -91,7 +104,8 @@ def test_mount_flags_as_docker_reads_them() -> None:
         with pytest.raises(InvalidArgument, match=why):
             parse_volume(bad)
     for bad, why in [
-        ("type=volume,target=/x", "needs source=NAME"), ("type=nfs,target=/x", "bind, volume"),
+        ("type=volume,src=a/b,target=/x", "takes source=NAME"),
+        ("type=nfs,target=/x", "bind, volume"),
         ("type=bind,target=/x", "absolute host"),
         ("type=bind,source=/h", "target= is required"), ("type=bind,source=/h,target=/x,z=1",
         "unknown z"),

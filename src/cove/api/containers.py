@@ -69,7 +69,8 @@ def install(
 
     async def remove(request: web.Request) -> web.Response:
         c = await asyncio.to_thread(service.get, request.match_info["name"])
-        await asyncio.to_thread(service.remove, c.id, query_bool(request, "force"))
+        force, volumes = query_bool(request, "force"), query_bool(request, "volumes")
+        await asyncio.to_thread(service.remove, c.id, force, volumes)
         return web.json_response({"removed": c.name, "id": c.id})
 
     async def exec_info(request: web.Request) -> web.Response:

@@ -195,6 +195,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser("rm", help="remove containers")
     p.add_argument("-f", "--force", action="store_true", help="kill running containers first")
+    p.add_argument(
+        "-v", "--volumes", action="store_true",
+        help="remove their anonymous volumes too (-v /path, the image's VOLUMEs; not named ones)",
+    )  # fmt: skip
     p.add_argument("names", nargs="+", metavar="CONTAINER")
     p.set_defaults(func=_rm)
 
@@ -231,7 +235,8 @@ def add_fs_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
         help="bind an absolute host path (made if missing) or a named volume"
-        " (NAME:CONTAINER: made on first use, kept after rm; see 'cove volume')",
+        " (NAME:CONTAINER: made on first use, kept after rm; see 'cove volume');"
+        " -v /CONTAINER alone: an anonymous volume (removed by rm -v and run --rm)",
     )  # fmt: skip
     p.add_argument(
         "--mount", action="append", default=[],
@@ -300,7 +305,9 @@ def _run(args: argparse.Namespace, client: AgentClient) -> int:
     finally:
         if args.rm and not detached:
             with contextlib.suppress(NotFound):  # the agent may have been first
-                client.request("DELETE", f"/api/containers/{cid}", params={"force": "1"})
+                client.request(  # with its anonymous volumes, as docker run --rm
+                    "DELETE", f"/api/containers/{cid}", params={"force": "1", "volumes": "1"}
+                )
     code = final["state"].get("exit_code")
     return int(code) if isinstance(code, int) and code >= 0 else 0
 
@@ -675,7 +682,9 @@ def _start(args: argparse.Namespace, client: AgentClient) -> int:
 
 
 def _rm(args: argparse.Namespace, client: AgentClient) -> int:
-    params = {"force": "1"} if args.force else None
+    params = {"force": "1"} if args.force else {}
+    if args.volumes:
+        params["volumes"] = "1"
     return each(
         args.names,
         lambda r: client.request("DELETE", f"/api/containers/{quote(r, safe='')}", params=params),

@@ -7,6 +7,7 @@ oci-archive`` and ``skopeo copy oci:`` write, and the docker-archive
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class ImageConfig:
     os: str = "linux"
     architecture: str = "amd64"
     created: str = ""
+    volumes: tuple[str, ...] = ()  # VOLUME: each container gets an anonymous one
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +46,7 @@ class ImageConfig:
             "Env": list(self.env),
             "WorkingDir": self.workdir,
             "User": self.user,
+            "Volumes": {v: {} for v in self.volumes},
         }
 
 
@@ -106,7 +109,25 @@ def parse_config(data: bytes) -> ImageConfig:
         os=str(doc.get("os") or "linux"),
         architecture=str(doc.get("architecture") or "amd64"),
         created=str(doc.get("created") or ""),
+        volumes=_volumes(conf.get("Volumes")),
     )
+
+
+def _volumes(value: Any) -> tuple[str, ...]:
+    """The config's ``Volumes`` (an object whose keys are the paths):
+    absolute paths, normalized, in order."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise bad("the image config's Volumes is not an object")
+    out: list[str] = []
+    for path in value:
+        norm = posixpath.normpath(path) if isinstance(path, str) else ""
+        if not norm.startswith("/") or norm == "/" or "\0" in norm:
+            raise bad(f"the image config's Volumes names {path!r}, not an absolute path")
+        if norm not in out:
+            out.append(norm)
+    return tuple(out)
 
 
 def _strings(value: Any) -> tuple[str, ...]:

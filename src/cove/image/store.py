@@ -71,6 +71,7 @@ class Image:
                 os=data.get("os", "linux"),
                 architecture=data.get("architecture", "amd64"),
                 created=data.get("created", ""),
+                volumes=tuple(conf.get("Volumes") or ()),
             ),
             tags=tuple(data.get("tags") or ()),
             size=int(data.get("size", 0)),

@@ -11,8 +11,10 @@ disk (full, say).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
+import logging
 import os
 import stat
 import tarfile
@@ -20,11 +22,16 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
+import zstandard
+
 from cove.errors import InvalidArgument
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _CHUNK = 1 << 20
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_XATTR = "SCHILY.xattr."
+log = logging.getLogger(__name__)
 # Extraction filters came with Python 3.11.4/3.12, and 3.14 makes "data" the
 # default, which refuses what images hold (absolute symbolic links, setuid
 # bits). ``_check`` does the path and link checks itself, so the extraction
@@ -68,7 +75,7 @@ def unpack_layer(
     diff_id: str,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Extracts the (plain or gzip) layer tar read from ``src`` into the
+    """Extracts the (plain, gzip or zstd) layer tar read from ``src`` into the
     new, empty directory ``dest``; checks the stream against ``digest``
     (when given) and its uncompressed tar against ``diff_id``. Returns
     the uncompressed size."""
@@ -78,8 +85,12 @@ def unpack_layer(
     stream: IO[bytes]
     if magic[:2] == b"\x1f\x8b":
         stream = gzip.GzipFile(fileobj=head, mode="rb")  # type: ignore[call-overload]
-    elif magic == b"\x28\xb5\x2f\xfd":
-        raise InvalidArgument("zstd-compressed layers are not supported: save as gzip or plain")
+    elif magic == _ZSTD_MAGIC:
+        # the layers podman can push (tar+zstd); several frames may follow
+        stream = zstandard.ZstdDecompressor().stream_reader(
+            head,  # type: ignore[arg-type]
+            read_across_frames=True,
+        )
     else:
         stream = head  # type: ignore[assignment]
     plain = HashingReader(stream)
@@ -92,9 +103,18 @@ def unpack_layer(
                 kept = _check(member, root, whiteouts, opaque)
                 if kept is not None:
                     tar.extract(kept, dest, numeric_owner=True, **_EXTRACT_ARGS)
+                    # after: the chown of the extraction clears security.capability
+                    _set_xattrs(kept, os.path.join(dest, kept.name))
         plain.drain()
         raw.drain()
-    except (tarfile.TarError, EOFError, KeyError, zlib.error, gzip.BadGzipFile) as exc:
+    except (
+        tarfile.TarError,
+        EOFError,
+        KeyError,
+        zlib.error,
+        gzip.BadGzipFile,
+        zstandard.ZstdError,
+    ) as exc:
         raise InvalidArgument(f"layer {diff_id[:19]} is corrupt or truncated: {exc}") from exc
     if digest and raw.digest != digest:
         raise InvalidArgument(f"layer {digest[:19]} does not match its digest ({raw.digest[:19]})")
@@ -108,6 +128,37 @@ def unpack_layer(
     for path in opaque:
         os.setxattr(path, "trusted.overlay.opaque", b"y")
     return plain.count
+
+
+def _set_xattrs(member: tarfile.TarInfo, path: str) -> None:
+    """The extended attributes the layer gives ``member`` (the
+    ``SCHILY.xattr.*`` pax records Docker, podman and GNU tar write): file
+    capabilities (ping's cap_net_raw) and ``user.*`` ones. Others are left
+    out: ``trusted.*`` would let a layer forge overlayfs's own whiteouts
+    and redirects, ``security.selinux`` and ACLs are the host's to set.
+    A filesystem without extended attributes keeps the files without them."""
+    for key, text in member.pax_headers.items():
+        if not key.startswith(_XATTR):
+            continue
+        name = key[len(_XATTR) :]
+        if not (name.startswith("user.") or name == "security.capability"):
+            log.debug("layer entry %s: extended attribute %s left out", member.name, name)
+            continue
+        # tarfile decodes pax values as UTF-8, undecodable bytes escaped
+        value = text.encode("utf-8", "surrogateescape")
+        try:
+            os.setxattr(path, name, value, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENOTSUP or (exc.errno == errno.EPERM and member.issym()):
+                log.warning("layer entry %s: extended attribute %s not kept: %s",
+                            member.name, name, exc.strerror)  # fmt: skip
+                continue
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # the disk's
+            raise InvalidArgument(
+                f"layer entry {member.name!r} has extended attribute {name} that cannot be"
+                f" set: {exc.strerror or exc}"
+            ) from exc
 
 
 def _check(

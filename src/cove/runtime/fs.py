@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from cove import linux
 from cove.runtime.mounts import Kind, Mount
+from cove.runtime.volumes import filled_marker
 
 ETC_FILES = ("hosts", "hostname", "resolv.conf")
 
@@ -182,10 +183,20 @@ def _apply_mounts(root: str, mounts: Sequence[Mount], fds: Sequence[int]) -> Non
 
 
 def _copy_up(src: str, volume: str) -> None:
-    """An empty volume mounted over a directory of the container's root
+    """A new, empty volume mounted over a directory of the container's root
     gets that directory's files first (Docker's copy of the image's
     files into a new volume): contents, modes and owners, symbolic links
-    as links (never followed), devices, pipes and sockets left out."""
+    as links (never followed), devices, pipes and sockets left out. Once
+    only, at the volume's first mount: a restart finds it marked."""
+    marker = filled_marker(volume)
+    if os.path.lexists(marker):
+        return
+    _copy_tree(src, volume)
+    with contextlib.suppress(FileExistsError), open(marker, "x"):
+        pass
+
+
+def _copy_tree(src: str, volume: str) -> None:
     if os.listdir(volume) or os.path.islink(src) or not os.path.isdir(src):
         return
     st = os.lstat(src)

@@ -30,18 +30,25 @@ class Mount:
     source: str = ""  # host path of a bind
     readonly: bool = False
     options: str = ""  # tmpfs: size=...,mode=...
+    # a volume made for this container alone (``-v /path``, an image's
+    # VOLUME): named at run, removed by ``rm -v`` and ``run --rm``
+    anonymous: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "type": self.kind.value, "source": self.source, "target": self.target,
             "readonly": self.readonly, "options": self.options,
         }  # fmt: skip
+        if self.anonymous:
+            out["anonymous"] = True
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Mount:
         return cls(
             Kind(data["type"]), str(data["target"]), str(data.get("source") or ""),
             bool(data.get("readonly")), str(data.get("options") or ""),
+            bool(data.get("anonymous")),
         )  # fmt: skip
 
 
@@ -55,15 +62,18 @@ def _target(path: str, flag: str) -> str:
 
 
 def parse_volume(text: str) -> Mount:
-    """``-v HOST:CONTAINER[:ro|rw]`` or ``-v NAME:CONTAINER[:ro|rw]`` (a
-    named volume, made on first use)."""
+    """``-v HOST:CONTAINER[:ro|rw]``, ``-v NAME:CONTAINER[:ro|rw]`` (a
+    named volume, made on first use) or ``-v CONTAINER`` (an anonymous
+    volume, its name given at run)."""
     parts = text.split(":")
+    if len(parts) == 1 and text.startswith("/"):
+        return Mount(Kind.VOLUME, _target(text, "-v"), anonymous=True)
     mode = ""
     if len(parts) == 3:
         mode = parts.pop()
     if len(parts) != 2 or mode not in ("", "ro", "rw") or not parts[0]:
         raise InvalidArgument(
-            f"invalid -v {text!r}: expected HOST:CONTAINER[:ro] or NAME:CONTAINER"
+            f"invalid -v {text!r}: expected HOST:CONTAINER[:ro], NAME:CONTAINER or /CONTAINER"
         )
     host, target = parts
     if not host.startswith("/"):
@@ -125,11 +135,14 @@ def parse_mount(text: str) -> Mount:
         source = fields.pop("source", "")
         if fields:
             raise InvalidArgument(f"invalid --mount {text!r}: unknown {', '.join(fields)}")
-        if not VOLUME_NAME.match(source):
+        if source and not VOLUME_NAME.match(source):
             raise InvalidArgument(
-                f"invalid --mount {text!r}: type=volume needs source=NAME, a volume name"
+                f"invalid --mount {text!r}: type=volume takes source=NAME, a volume name"
+                " (or no source, for an anonymous volume)"
             )
-        return Mount(Kind.VOLUME, _target(target, "--mount"), source, readonly)
+        return Mount(
+            Kind.VOLUME, _target(target, "--mount"), source, readonly, anonymous=not source
+        )
     if kind == "tmpfs":
         opts = []
         if "tmpfs-size" in fields:

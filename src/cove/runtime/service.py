@@ -74,7 +74,7 @@ from cove.runtime.spec import (
 )
 from cove.runtime.state import ProcessState, Status, restart_text
 from cove.runtime.view import AttachInfo, ContainerView, ExecInfo
-from cove.runtime.volumes import VolumeStore
+from cove.runtime.volumes import ANONYMOUS, VolumeStore
 from cove.store.base import Compare, Delete, Put, Store, local_store
 
 log = logging.getLogger(__name__)
@@ -398,6 +398,7 @@ class ContainerService:
             _check_command(spec.argv[0], env["PATH"], spec.rootfs)
         if spec.init:
             self._check_init(spec.rootfs, image is not None)
+        spec = replace(spec, mounts=_anonymous_named(spec.mounts, image))
         ports = self._free_ports(spec.ports)
         if networks:
             check_port_families(ports, networks[0])
@@ -671,7 +672,8 @@ class ContainerService:
                 ) from exc
         for m in spec.mounts:
             if m.kind is Kind.VOLUME:
-                _, new = self._volume_store().create(m.source)
+                labels = {ANONYMOUS: ""} if m.anonymous else None
+                _, new = self._volume_store().create(m.source, labels)
                 if new:
                     made.volumes.append(m.source)
 
@@ -704,6 +706,18 @@ class ContainerService:
             else m
             for m in c.mounts
         )
+
+    def _remove_anonymous(self, c: Container) -> None:
+        """Remove the anonymous volumes of the removed container ``c`` (as
+        ``docker rm -v``), but one another container mounts too."""
+        for m in c.mounts:
+            if m.kind is Kind.VOLUME and m.anonymous and self._volumes is not None:
+                try:
+                    self._volumes.remove(m.source, lambda n: self.volume_users(n, c.id))
+                except NotFound:
+                    pass
+                except CoveError as exc:
+                    log.warning("volume %s of %s kept: %s", m.source[:12], c.name, exc.message)
 
     def volume_users(self, name: str, besides: str = "") -> list[str]:
         """Names of this node's containers (running or not, or being run)
@@ -806,7 +820,9 @@ class ContainerService:
 
         def remove(name: str, cid: str, args: Any) -> dict[str, Any]:
             self._own(name, cid)
-            self.remove(name, force=bool(args.get("force", False)))
+            self.remove(
+                name, force=bool(args.get("force", False)), volumes=bool(args.get("volumes"))
+            )
             return {}
 
         return {STOP: stop, START: start, REMOVE: remove}
@@ -839,9 +855,12 @@ class ContainerService:
         self._publish_one(c.id)
         return self._inspect(c, endpoints)
 
-    def remove(self, ref: str, force: bool = False) -> None:
+    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        """Remove the container; with ``volumes`` (``rm -v``), its
+        anonymous volumes too (never named ones)."""
         name = self.resolve(ref)
-        if self._ask_owner(REMOVE, name, {"force": force}) is not None:
+        args = {"force": force, "volumes": True} if volumes else {"force": force}
+        if self._ask_owner(REMOVE, name, args) is not None:
             log.info("container %s removed by its node", name)
             return
         c = self.get(name)
@@ -851,6 +870,8 @@ class ContainerService:
                 f"container {name} is running: stop it first or use rm -f", container=name
             )
         self._destroy(c, self.endpoints(c))
+        if volumes or c.auto_remove:
+            self._remove_anonymous(c)
         log.info("container %s removed", name)
 
     def _destroy(
@@ -1073,6 +1094,7 @@ class ContainerService:
                 c = self._current(cid, name)
                 if c is not None:
                     self._destroy(c, self.endpoints(c))
+                    self._remove_anonymous(c)
                     log.info("container %s removed: it exited (--rm)", name)
             except CoveError as exc:
                 log.warning("cannot remove %s (--rm) yet: %s", name, exc.message)
@@ -1211,6 +1233,24 @@ class ContainerService:
             if any(c.id == cid for c in read_snapshot(self._store).containers.values()):
                 continue
             self._store.txn([Compare.mod_is(key, rev)], [Delete(key)])
+
+
+def _anonymous_named(mounts: tuple[Mount, ...], image: Image | None) -> tuple[Mount, ...]:
+    """``mounts`` with a volume of its own, of a new 64-hex name, for each
+    ``-v /path`` and each VOLUME of the image that no mount covers (as
+    Docker's: a mount at the same path replaces the image's volume)."""
+    covered = {m.target for m in mounts}
+    wanted = list(mounts)
+    if image is not None:
+        wanted += [
+            Mount(Kind.VOLUME, path, anonymous=True)
+            for path in image.config.volumes
+            if path not in covered
+        ]
+    return tuple(
+        replace(m, source=secrets.token_hex(32)) if m.kind is Kind.VOLUME and not m.source else m
+        for m in wanted
+    )
 
 
 @dataclass(slots=True)

@@ -29,6 +29,17 @@ from cove.runtime.mounts import VOLUME_NAME as NAME
 _DATA = "_data"
 _META = "meta.json"
 _TMP = ".tmp-"
+_FILLED = "filled"
+# Docker's label on the volumes it makes for one container (-v /path, VOLUME)
+ANONYMOUS = "com.docker.volume.anonymous"
+
+
+def filled_marker(data_dir: str) -> str:
+    """The file whose presence says the volume whose data directory is
+    ``data_dir`` has had its one copy of the image's files (made at its
+    first mount, whether or not there was anything to copy), so that a
+    container restarting over a volume emptied since gets nothing back."""
+    return os.path.join(os.path.dirname(data_dir), _FILLED)
 
 
 def check_name(name: str) -> str:
