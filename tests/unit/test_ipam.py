@@ -10,9 +10,11 @@ import pytest
 from cove.clock import ManualClock
 from cove.errors import Conflict, InvalidArgument, IpamExhausted, NotFound
 from cove.ipam import pool
-from cove.ipam.allocator import Ipam
-from cove.model import NETWORKS, Network
+from cove.ipam.allocator import Ipam, ipam_key
+from cove.model import IPAM, NETWORKS, Network
 from cove.network.spec import NetworkSpec, build_network
+from cove.store.base import RangeResult, Store
+from cove.store.cache import CachedReads, StoreCache
 from cove.store.memory import MemoryStore
 
 
@@ -151,3 +153,68 @@ def test_release_owner(store: MemoryStore) -> None:
     ipam.allocate(n, "a")
     assert len(ipam.release_owner("vnet", "a")) == 2
     assert list(ipam.allocations("vnet").values()) == ["b"]
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts reads of the ``ipam/`` prefix."""
+
+    def __init__(self) -> None:
+        super().__init__(ManualClock())
+        self.ipam_reads = 0
+
+    def range(self, prefix: str) -> RangeResult:
+        if prefix.startswith(IPAM):
+            self.ipam_reads += 1
+        return super().range(prefix)
+
+
+def stale_copy(store: Store) -> CachedReads:
+    """The hub's copy of the store as it is now, never advanced after (a
+    watch that lags as much as it can)."""
+    cache = StoreCache([NETWORKS, IPAM])
+    cache.fill(store)
+    return CachedReads(store, cache)
+
+
+def test_candidates_come_from_the_copy_and_its_lag_costs_no_duplicate() -> None:
+    store = CountingStore()
+    n = net(subnets=["10.11.0.0/24"])
+    put_network(store, n)
+    reads = stale_copy(store)
+    # Another host's allocations the copy has not seen.
+    others = {ipaddress.ip_address(f"10.11.0.{i}") for i in range(2, 6)}
+    for addr in others:
+        store.put(ipam_key("vnet", addr), b'{"owner": "h2"}')
+    store.ipam_reads = 0
+    ipam = Ipam(store, reads)
+    got = [ipam.allocate(n, f"c{i}") for i in range(10)]
+    assert len(set(got)) == 10 and not set(got) & others
+    assert set(ipam.allocations("vnet")) == set(got) | others
+    assert store.ipam_reads == 1  # allocations() above; none to allocate
+
+
+def test_a_copy_that_lags_a_release_still_finds_the_free_address() -> None:
+    store = CountingStore()
+    n = net(subnets=["10.12.0.0/29"])  # .2 to .6 usable
+    put_network(store, n)
+    ipam = Ipam(store)
+    held = [ipam.allocate(n, f"c{i}") for i in range(5)]
+    reads = stale_copy(store)  # full
+    ipam.release("vnet", held[2])  # by another host: the copy does not know
+    assert Ipam(store, reads).allocate(n, "late") == held[2]
+    with pytest.raises(IpamExhausted, match="no free IPv4 address"):
+        Ipam(store, reads).allocate(n, "one too many")
+
+
+def test_a_copy_that_lags_races_lost_elsewhere_still_allocates_uniquely() -> None:
+    # The copy says .2 to .6 are free; another host took all but one.
+    store = CountingStore()
+    n = net(subnets=["10.13.0.0/29"])
+    put_network(store, n)
+    reads = stale_copy(store)
+    for i in (2, 3, 5, 6):
+        store.put(ipam_key("vnet", ipaddress.ip_address(f"10.13.0.{i}")), b'{"owner": "h2"}')
+    ipam = Ipam(store, reads)
+    assert str(ipam.allocate(n, "mine")) == "10.13.0.4"
+    with pytest.raises(IpamExhausted):
+        ipam.allocate(n, "none left")

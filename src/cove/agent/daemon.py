@@ -68,7 +68,7 @@ from cove.events.log import EventLog
 from cove.ipam.allocator import Ipam
 from cove.lb.model import VIPS
 from cove.lb.vips import parse_range
-from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
+from cove.model import CONTAINERS, ENDPOINTS, IPAM, NETWORKS
 from cove.network.overlay import OverlayReconciler
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
@@ -95,6 +95,7 @@ CACHED_PREFIXES = (
     SERVICES,
     CHECKS,
     NODE_CHECKS,
+    IPAM,
 )
 
 
@@ -189,7 +190,7 @@ class Agent:
         self.hub = WatchHub(self.store, cache=CACHED_PREFIXES)
         self.nft = Nft()
         self.datapath = NetlinkDatapath(self.nft)
-        self.ipam = Ipam(self.store)
+        self.ipam = Ipam(self.store, self.hub.reads)  # candidates from the hub's copy
         self.vip_ranges = tuple(parse_range(r) for r in config.vip_ranges)
         self.networks = NetworkService(
             self.store, self.clock, self.datapath.host_networks, reserved=self.vip_ranges

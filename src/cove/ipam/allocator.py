@@ -5,15 +5,28 @@ created with a compare-and-swap on the key's absence and on the network's
 existence, so two concurrent requests can never get the same address, even
 from two agents sharing one etcd, and an address can never be handed out on a
 network that is being removed.
+
+Which address to try is decided from ``reads``: in the agent, the hub's
+in-memory copy of the ``ipam/`` prefix, so an allocation no longer reads
+every address of the network from etcd (with 500 containers in a network
+that read was most of what a container start cost the starting host). That
+copy runs a few milliseconds behind the store; the compare-and-swap above
+is what keeps addresses unique, a candidate the copy thought free and the
+store says is taken is remembered and another is tried, and after a few
+lost races the candidate comes from the store itself. Addresses this
+allocator created or found taken are remembered until the copy has caught
+up with them, so a burst of starts on one host does not keep trying the
+address it just handed out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Literal
 
-from cove.errors import CasFailed, Conflict, InvalidArgument, NotFound
+from cove.errors import CasFailed, Conflict, InvalidArgument, IpamExhausted, NotFound
 from cove.ipam import pool
 from cove.model import IPAM, NETWORKS, IPAddress, Network, Subnet
 from cove.store.base import Compare, Delete, Put, Store
@@ -21,6 +34,8 @@ from cove.store.base import Compare, Delete, Put, Store
 log = logging.getLogger(__name__)
 
 _MAX_ATTEMPTS = 64
+_CACHED_ATTEMPTS = 8  # lost races decided from ``reads`` before reading the store
+_PENDING_MAX = 4096  # remembered addresses per network (a stuck copy cannot grow it)
 _PARSED_MAX = 1 << 16  # parsed key texts kept (they never change meaning)
 
 
@@ -31,9 +46,15 @@ def ipam_key(network: str, address: IPAddress) -> str:
 class Ipam:
     """Allocates and releases endpoint addresses. Thread-safe (the store is)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, reads: Store | None = None) -> None:
+        """``reads``: where candidates are chosen from (a lagging copy of
+        the store is fine, see the module docstring); the store by default."""
         self._store = store
+        self._reads = reads if reads is not None else store
         self._parsed: dict[str, IPAddress] = {}  # key text -> address
+        self._lock = threading.Lock()
+        # network -> address -> store revision at which it was known taken
+        self._pending: dict[str, dict[IPAddress, int]] = {}
 
     def allocate(
         self,
@@ -61,17 +82,23 @@ class Ipam:
             if not result.succeeded:
                 self._raise_for(network.name, requested)
             return requested
+        from_store = self._reads is self._store
         for attempt in range(_MAX_ATTEMPTS):
-            taken = self._taken(network.name)
-            # After a lost race, step over a few free addresses so that many
-            # concurrent allocators do not keep colliding on the same one.
-            candidate = pool.first_free(
-                subnet.cidr, subnet.gateway, taken, subnet.ip_range, skip=min(attempt, 8)
-            )
+            from_store = from_store or attempt >= _CACHED_ATTEMPTS
+            taken = self._taken(self._store if from_store else self._reads, network.name)
+            try:
+                candidate = _candidate(subnet, taken, attempt)
+            except IpamExhausted:
+                if from_store:
+                    raise
+                from_store = True  # the copy may not show a release yet: ask the store
+                continue
             result = self._store.txn(
                 [Compare.present(net_key), Compare.absent(ipam_key(network.name, candidate))],
                 [Put(ipam_key(network.name, candidate), value)],
             )
+            # Taken as of ``result.revision`` either way: ours, or someone's.
+            self._remember(network.name, candidate, result.revision)
             if result.succeeded:
                 return candidate
             if self._store.get(net_key) is None:
@@ -80,6 +107,7 @@ class Ipam:
 
     def release(self, network: str, address: IPAddress) -> None:
         self._store.delete(ipam_key(network, address))
+        self._forget(network, [address])
 
     def release_owner(self, network: str, owner: str) -> list[IPAddress]:
         """Release every address ``owner`` holds on ``network``."""
@@ -88,7 +116,9 @@ class Ipam:
         ]
         if mine:
             self._store.txn([], [Delete(k) for k in mine])
-        return [pool.parse_address(k.rsplit("/", 1)[1]) for k in mine]
+        released = [pool.parse_address(k.rsplit("/", 1)[1]) for k in mine]
+        self._forget(network, released)
+        return released
 
     def allocations(self, network: str) -> dict[IPAddress, str]:
         """Address -> owner, for every allocation on ``network``."""
@@ -97,20 +127,47 @@ class Ipam:
             out[pool.parse_address(kv.key.rsplit("/", 1)[1])] = _owner(kv.value)
         return out
 
-    def _taken(self, network: str) -> set[IPAddress]:
-        # Runs on every allocation, over every allocation of the network:
-        # the keys alone (no owner to decode), each parsed once (parsing
-        # 200 addresses costs about 2 ms).
+    def _taken(self, source: Store, network: str) -> set[IPAddress]:
+        # Runs on every allocation, over every allocation of the network
+        # (in memory when ``source`` is the hub's copy): the keys alone (no
+        # owner to decode), each parsed once (parsing 200 addresses costs
+        # about 2 ms); plus what this allocator knows is taken and the read
+        # may not show yet.
         if len(self._parsed) > _PARSED_MAX:
             self._parsed.clear()
+        read = source.range(f"{IPAM}{network}/")
         out: set[IPAddress] = set()
-        for kv in self._store.range(f"{IPAM}{network}/").kvs:
+        for kv in read.kvs:
             text = kv.key.rsplit("/", 1)[1]
             addr = self._parsed.get(text)
             if addr is None:
                 addr = self._parsed[text] = pool.parse_address(text)
             out.add(addr)
+        with self._lock:
+            pending = self._pending.get(network)
+            if pending:
+                # What the read reflects needs no remembering any more.
+                for addr in [a for a, rev in pending.items() if rev <= read.revision]:
+                    del pending[addr]
+                out.update(pending)
         return out
+
+    def _remember(self, network: str, address: IPAddress, revision: int) -> None:
+        with self._lock:
+            pending = self._pending.setdefault(network, {})
+            if len(pending) >= _PENDING_MAX:
+                pending.clear()  # the copy is stuck; the store read is the fallback
+            pending[address] = revision
+
+    def _forget(self, network: str, addresses: list[IPAddress]) -> None:
+        with self._lock:
+            pending = self._pending.get(network)
+            if pending is None:
+                return
+            for addr in addresses:
+                pending.pop(addr, None)
+            if not pending:
+                del self._pending[network]
 
     @staticmethod
     def _subnet(network: Network, family: int) -> Subnet:
@@ -125,6 +182,19 @@ class Ipam:
         if self._store.get(NETWORKS + network) is None:
             raise NotFound(f"network {network} not found", network=network)
         raise Conflict(f"address {address} is already in use on network {network}", address=address)
+
+
+def _candidate(subnet: Subnet, taken: set[IPAddress], attempt: int) -> IPAddress:
+    """The lowest free address; after a lost race, one a few free addresses
+    further on, so that many concurrent allocators do not keep colliding on
+    the same one (the lowest when fewer are free)."""
+    skip = min(attempt, 8)
+    try:
+        return pool.first_free(subnet.cidr, subnet.gateway, taken, subnet.ip_range, skip=skip)
+    except IpamExhausted:
+        if skip == 0:
+            raise
+        return pool.first_free(subnet.cidr, subnet.gateway, taken, subnet.ip_range)
 
 
 def _owner(raw: bytes) -> str:
