@@ -443,8 +443,12 @@ def test_kill9_during_random_operations_then_every_host_matches_the_store(
     print(f"succeeded: {chaos.succeeded}; {len(chaos.errors)} errors (tolerated):")
     for err in chaos.errors:
         print("  ", err)
-    # Not a vacuous run: most operations did something.
-    assert min(chaos.succeeded.get(op, 0) for op in ("run", "rm", "stop", "start")) >= OPS // 20
+    # Not a vacuous run: every kind of operation did something, and a good
+    # share of all of them did. (Operations take ~90 ms and an agent is down
+    # for seconds, so a third of a host's operations can meet it down: how
+    # many of one kind succeed depends on the seed.)
+    assert min(chaos.succeeded.get(op, 0) for op in ("run", "rm", "stop", "start")) >= 2
+    assert sum(chaos.succeeded.values()) >= OPS // 4
 
     # kill -9 of every agent, then a restart of every one.
     for host in cluster.hosts:
