@@ -55,7 +55,8 @@ def install(app: web.Application, store: VolumeStore, users: Callable[[str], lis
         return web.json_response({"removed": done})
 
     async def prune(request: web.Request) -> web.Response:
-        removed = await asyncio.to_thread(store.prune, users)
+        everything = query_bool(request, "all")
+        removed = await asyncio.to_thread(lambda: store.prune(users, everything=everything))
         return web.json_response({"removed": removed})
 
     r = app.router

@@ -36,7 +36,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("-f", "--force", action="store_true", help="no error for a missing volume")
     p.add_argument("names", nargs="+", metavar="VOLUME")
     p.set_defaults(func=_rm)
-    p = vsub.add_parser("prune", help="remove every volume no container uses, with its data")
+    p = vsub.add_parser(
+        "prune", help="remove the anonymous volumes no container uses, with their data"
+    )
+    p.add_argument("-a", "--all", action="store_true", help="named volumes too (Docker 23's rule)")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=_prune)
 
@@ -82,12 +85,15 @@ def _rm(args: argparse.Namespace, client: AgentClient) -> int:
 
 
 def _prune(args: argparse.Namespace, client: AgentClient) -> int:
+    which = "all local volumes" if args.all else "anonymous local volumes"
     if not args.force and not confirm(
-        "WARNING! This will remove all volumes not used by at least one container, and their data."
+        f"WARNING! This will remove {which} not used by at least one container, and their data."
     ):
         print("nothing removed (answer 'y' or give -f)", file=sys.stderr)
         return 1
-    removed = client.request("POST", "/api/volumes/prune")["removed"]
+    removed = client.request("POST", "/api/volumes/prune" + ("?all=1" if args.all else ""))[
+        "removed"
+    ]
     if removed:
         print("Deleted Volumes:")
     for name in removed:

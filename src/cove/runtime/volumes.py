@@ -165,10 +165,14 @@ class VolumeStore:
             shutil.rmtree(doomed, ignore_errors=True)
             return True
 
-    def prune(self, users: Callable[[str], list[str]]) -> list[str]:
-        """Remove every volume no container uses; their names."""
+    def prune(self, users: Callable[[str], list[str]], *, everything: bool = False) -> list[str]:
+        """Remove the anonymous volumes no container uses (with
+        ``everything``, named ones too: Docker 23's ``prune --all``); their
+        names."""
         removed: list[str] = []
         for volume in self.all():
+            if not everything and ANONYMOUS not in volume.labels:
+                continue
             with contextlib.suppress(Conflict, NotFound):
                 if self.remove(volume.name, users):
                     removed.append(volume.name)
