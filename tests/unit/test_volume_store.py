@@ -9,7 +9,7 @@ import pytest
 
 from cove.clock import ManualClock
 from cove.errors import Conflict, InvalidArgument, NotFound
-from cove.runtime.volumes import VolumeStore
+from cove.runtime.volumes import ANONYMOUS, VolumeStore
 
 
 def _store(tmp_path: Path) -> VolumeStore:
@@ -56,6 +56,7 @@ def test_remove_is_refused_while_in_use_and_prune_keeps_those(tmp_path: Path) ->
     store = _store(tmp_path)
     store.create("used")
     store.create("free")
+    anon = store.create(labels={ANONYMOUS: ""})[0].name
 
     def users(n: str) -> list[str]:
         return ["web", "db"] if n == "used" else []
@@ -67,7 +68,8 @@ def test_remove_is_refused_while_in_use_and_prune_keeps_those(tmp_path: Path) ->
     with pytest.raises(NotFound):
         store.remove("nosuch", users)
     assert store.remove("nosuch", users, force=True) is False
-    assert store.prune(users) == ["free"]
+    assert store.prune(users) == [anon]  # anonymous ones only, as Docker 23
+    assert store.prune(users, everything=True) == ["free"]
     assert [v.name for v in store.all()] == ["used"]
     assert store.remove("used", lambda _n: []) is True
     assert store.all() == [] and [p.name for p in (tmp_path / "volumes").iterdir()] == []
