@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 class Worker:
     """Runs ``work(kicked)`` on its own thread: ``kicked`` is True for a pass
     asked for by ``kick()``, False for the periodic one. Errors are logged and
-    a pass retries after ``retry`` seconds (``interval`` when None); a pass
-    never runs twice at once. With ``settle``, a kicked pass starts that many
+    a pass retries after ``retry`` seconds (``interval`` when None), as a
+    kicked pass if a kicked one failed (what the kick asked for is still
+    owed); a pass never runs twice at once. With ``settle``, a kicked pass starts that many
     seconds after the kick (unless ``kick(now=True)``), so a burst of store
     changes costs one pass, run after the writers are done, not during."""
 
@@ -59,6 +60,7 @@ class Worker:
 
     def _loop(self) -> None:
         wait = self._interval
+        owed = False  # a kicked pass failed: its retry is a kicked pass too
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._kicked or self._stopping, wait)
@@ -66,8 +68,8 @@ class Worker:
                     self._cond.wait_for(lambda: self._now or self._stopping, self._settle)
                 if self._stopping:
                     return
-                kicked, self._kicked, self._now = self._kicked, False, False
-            wait = self._retry
+                kicked, self._kicked, self._now = self._kicked or owed, False, False
+            wait, owed = self._retry, kicked
             try:
                 self._work(kicked)
             except CoveError as exc:
@@ -75,7 +77,7 @@ class Worker:
             except Exception:  # the loop must outlive any one bug
                 log.exception("%s pass crashed; retrying", self._name)
             else:
-                wait = self._interval
+                wait, owed = self._interval, False
 
 
 class Progress:

@@ -13,7 +13,7 @@ import pytest
 from cove.clock import ManualClock
 from cove.datapath.base import HostVeth, InsideLink
 from cove.datapath.fake import FakeContainerDatapath, FakeNft
-from cove.errors import DatapathError
+from cove.errors import DatapathError, StoreError
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network, Subnet
 from cove.runtime import guard, reconcile
 from cove.runtime.reconcile import ContainerReconciler
@@ -360,3 +360,28 @@ def test_a_changed_host_resolver_file_is_copied_on_the_next_tick(
     clock.sleep(15)
     env.rec._pass(False)
     assert (env.rec.etc_dir(solo.id) / "resolv.conf").read_text() == "nameserver 9.9.9.10\n"
+
+
+def test_a_change_whose_read_failed_is_read_again_not_the_snapshot_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd away while a new container's record arrives: the pass that
+    failed to read it leaves it owed, so the next periodic pass reads it
+    instead of reusing the snapshot from before it (whose guard table has
+    no entry for the container's port: its every frame would be dropped)."""
+    env = Env(tmp_path)
+    env.rec.watched = True
+    env.rec.sync()  # the first full pass: no container yet
+    ep = env.endpoint(env.container("front"), NET, 0)
+    env.rec.on_events([])  # the hub delivered the new records
+    real = reconcile.read_snapshot
+
+    def away(store: Any) -> Any:
+        raise StoreError("the store is unavailable")
+
+    monkeypatch.setattr(reconcile, "read_snapshot", away)
+    with pytest.raises(StoreError):
+        env.rec.sync(force=True)
+    monkeypatch.setattr(reconcile, "read_snapshot", real)
+    env.rec.sync(force=True)  # a periodic pass once the store is back
+    assert ep.host_veth in env.guarded()

@@ -283,8 +283,15 @@ class ContainerReconciler:
             self._changed = False
         self._reused = not fresh and self._snap is not None
         if fresh or self._snap is None:
-            reads = self.reads.caught_up(_CATCH_UP) if self.reads is not None else self._store
-            self._snap = read_snapshot(reads).owned_by(self._node)
+            try:
+                reads = self.reads.caught_up(_CATCH_UP) if self.reads is not None else self._store
+                self._snap = read_snapshot(reads).owned_by(self._node)
+            except BaseException:
+                # The change is still unread (the store is away, say): the
+                # next pass must read it, not reuse what came before it.
+                with self._state:
+                    self._changed = True
+                raise
         return self._snap
 
     def _read_one(self, name: str) -> Snapshot:
