@@ -419,6 +419,48 @@ def test_each_result_version_then_check_and_del(cnienv: dict[str, Any], version:
 
 
 @root
+def test_check_finds_a_host_veth_off_its_bridge_and_a_lost_route(cnienv: dict[str, Any]) -> None:
+    ns = cnienv["netns"][0]
+    env = {
+        "CNI_CONTAINERID": "d" * 64,
+        "CNI_IFNAME": "eth0",
+        "CNI_NETNS": f"/run/netns/{ns}",
+        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=chk",
+    }
+    rc, out = cni("ADD", _conf(cnienv), env)
+    assert rc == 0, out
+    bridge, veth = out["interfaces"][0]["name"], out["interfaces"][1]["name"]
+    check = _conf(cnienv, prevResult=out)
+    try:
+        rc, bad = cni("CHECK", check, env)
+        assert rc == 0 and bad is None, bad
+        # The host side taken off the network's bridge: CHECK names it.
+        subprocess.run(["ip", "link", "set", "dev", veth, "nomaster"], check=True)
+        rc, bad = cni("CHECK", check, env)
+        assert rc != 0 and bad["code"] == 999, bad
+        assert veth in bad["msg"] and bridge in bad["msg"] and "re-create" in bad["msg"]
+        subprocess.run(["ip", "link", "set", "dev", veth, "master", bridge], check=True)
+        rc, bad = cni("CHECK", check, env)
+        assert rc == 0 and bad is None, bad
+        # The default route of the result gone from the namespace.
+        subprocess.run(["ip", "-n", ns, "route", "del", "default"], check=True)
+        rc, bad = cni("CHECK", check, env)
+        assert rc != 0 and "default route" in bad["msg"], bad
+        gw = out["ips"][0]["gateway"]
+        subprocess.run(["ip", "-n", ns, "route", "add", "default", "via", gw], check=True)
+        rc, bad = cni("CHECK", check, env)
+        assert rc == 0 and bad is None, bad
+        # The veth pair gone altogether.
+        subprocess.run(["ip", "link", "del", "dev", veth], check=True)
+        rc, bad = cni("CHECK", check, env)
+        assert rc != 0 and "eth0 is missing" in bad["msg"], bad
+    finally:
+        rc, _ = cni("DEL", check, env)
+    assert rc == 0
+    assert _endpoints(cnienv["agent"]) == []
+
+
+@root
 def test_faults_leave_nothing_half_made(cnienv: dict[str, Any]) -> None:
     agent = cnienv["agent"]
     ns1, ns2 = cnienv["netns"]
