@@ -743,3 +743,80 @@ def test_an_attachment_cannot_send_with_a_forged_source(cnienv: dict[str, Any]) 
             break
         time.sleep(0.1)
     assert '"cn' not in table, table
+
+
+_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.sendall(sys.argv[1].encode())
+    c.close()
+"""
+
+_CONNECT = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], 8080), timeout=3) as c:
+        print(c.recv(64).decode())
+except OSError as exc:
+    print("FAIL", exc)
+"""
+
+
+@root
+def test_a_cni_container_registered_as_a_service_is_reached_through_its_vip(
+    cnienv: dict[str, Any],
+) -> None:
+    """A container of another runtime that opts in (COVE_SERVICE) is a
+    backend of its service's VIP: another container on the network reaches
+    it through the VIP; after DEL the VIP has no backend left."""
+    if cnienv["runner"] == "shim":
+        pytest.skip("the same agent path as the Python plugin's")
+    agent = cnienv["agent"]
+    server_ns, client_ns = cnienv["netns"]
+    base = {"CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1;COVE_SERVICE=api:8080"}
+    env_s = {**base, "CNI_CONTAINERID": "vipsrv", "CNI_NETNS": f"/run/netns/{server_ns}"}
+    env_c = {
+        "CNI_IFNAME": "eth0",
+        "CNI_CONTAINERID": "vipcli",
+        "CNI_NETNS": f"/run/netns/{client_ns}",
+    }
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, sys.executable, "-S", "-c", _SERVER, "from-cni"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        rc, out = cni("ADD", _conf(cnienv), env_s)
+        assert rc == 0, out
+        rc, out = cni("ADD", _conf(cnienv), env_c)
+        assert rc == 0, out
+        vip = agent.ok("service", "vip", "api").strip()
+
+        def through_vip() -> str:
+            res = subprocess.run(
+                ["ip", "netns", "exec", client_ns, sys.executable, "-S", "-c", _CONNECT, vip],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            return res.stdout.strip()
+
+        deadline = time.monotonic() + 30  # the TCP check passes, the VIP gets it
+        while (got := through_vip()) != "from-cni":
+            assert time.monotonic() < deadline, f"the VIP {vip} never reached the backend: {got}"
+            time.sleep(0.5)
+        rc, _ = cni("DEL", _conf(cnienv), env_s)
+        assert rc == 0
+        deadline = time.monotonic() + 30
+        while (got := through_vip()) == "from-cni":
+            assert time.monotonic() < deadline, "the VIP still reaches a DELeted container"
+            time.sleep(0.5)
+        assert got.startswith("FAIL")
+    finally:
+        server.kill()
+        server.wait()
+        cni("DEL", _conf(cnienv), env_s)
+        cni("DEL", _conf(cnienv), env_c)
