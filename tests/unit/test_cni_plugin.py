@@ -820,3 +820,18 @@ def test_a_cni_container_registered_as_a_service_is_reached_through_its_vip(
         server.wait()
         cni("DEL", _conf(cnienv), env_s)
         cni("DEL", _conf(cnienv), env_c)
+
+
+@root
+def test_cni_install_writes_the_conflists_of_existing_networks(
+    cnienv: dict[str, Any], tmp_path: Path
+) -> None:
+    if cnienv["runner"] == "shim":
+        pytest.skip("no plugin call")
+    conf_dir = tmp_path / "net.d"
+    out = cnienv["agent"].ok(
+        "cni", "install", "--bin-dir", str(tmp_path / "bin"), "--conf-dir", str(conf_dir)
+    )
+    assert str(conf_dir / "50-cove-vnet.conflist") in out
+    conf = json.loads((conf_dir / "50-cove-vnet.conflist").read_text())
+    assert conf["name"] == "vnet" and conf["plugins"][0]["network"] == "vnet"
