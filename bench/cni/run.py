@@ -173,7 +173,7 @@ def main() -> None:
                 work / "bin", compiler=None if args.no_shim else "auto"
             )
             kind = "compiled shim" if (work / "bin" / "cove-cni.py").exists() else "Python plugin"
-            net = Network.from_json(client.request("GET", "/api/networks/benchnet"))
+            net = conflist.from_api(client.request("GET", "/api/networks/benchnet"))
             cove_conf = conflist.conflist(net, work / "agent.sock")
             cove_plugin_conf = {
                 "cniVersion": "1.0.0", "name": "benchnet", **cove_conf["plugins"][0]

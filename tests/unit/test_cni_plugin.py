@@ -419,6 +419,48 @@ def test_each_result_version_then_check_and_del(cnienv: dict[str, Any], version:
 
 
 @root
+def test_check_finds_a_host_veth_off_its_bridge_and_a_lost_route(cnienv: dict[str, Any]) -> None:
+    ns = cnienv["netns"][0]
+    env = {
+        "CNI_CONTAINERID": "d" * 64,
+        "CNI_IFNAME": "eth0",
+        "CNI_NETNS": f"/run/netns/{ns}",
+        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=chk",
+    }
+    rc, out = cni("ADD", _conf(cnienv), env)
+    assert rc == 0, out
+    bridge, veth = out["interfaces"][0]["name"], out["interfaces"][1]["name"]
+    check = _conf(cnienv, prevResult=out)
+    try:
+        rc, bad = cni("CHECK", check, env)
+        assert rc == 0 and bad is None, bad
+        # The host side taken off the network's bridge: CHECK names it.
+        subprocess.run(["ip", "link", "set", "dev", veth, "nomaster"], check=True)
+        rc, bad = cni("CHECK", check, env)
+        assert rc != 0 and bad["code"] == 999, bad
+        assert veth in bad["msg"] and bridge in bad["msg"] and "re-create" in bad["msg"]
+        subprocess.run(["ip", "link", "set", "dev", veth, "master", bridge], check=True)
+        rc, bad = cni("CHECK", check, env)
+        assert rc == 0 and bad is None, bad
+        # The default route of the result gone from the namespace.
+        subprocess.run(["ip", "-n", ns, "route", "del", "default"], check=True)
+        rc, bad = cni("CHECK", check, env)
+        assert rc != 0 and "default route" in bad["msg"], bad
+        gw = out["ips"][0]["gateway"]
+        subprocess.run(["ip", "-n", ns, "route", "add", "default", "via", gw], check=True)
+        rc, bad = cni("CHECK", check, env)
+        assert rc == 0 and bad is None, bad
+        # The veth pair gone altogether.
+        subprocess.run(["ip", "link", "del", "dev", veth], check=True)
+        rc, bad = cni("CHECK", check, env)
+        assert rc != 0 and "eth0 is missing" in bad["msg"], bad
+    finally:
+        rc, _ = cni("DEL", check, env)
+    assert rc == 0
+    assert _endpoints(cnienv["agent"]) == []
+
+
+@root
 def test_faults_leave_nothing_half_made(cnienv: dict[str, Any]) -> None:
     agent = cnienv["agent"]
     ns1, ns2 = cnienv["netns"]
@@ -701,3 +743,95 @@ def test_an_attachment_cannot_send_with_a_forged_source(cnienv: dict[str, Any]) 
             break
         time.sleep(0.1)
     assert '"cn' not in table, table
+
+
+_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.sendall(sys.argv[1].encode())
+    c.close()
+"""
+
+_CONNECT = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], 8080), timeout=3) as c:
+        print(c.recv(64).decode())
+except OSError as exc:
+    print("FAIL", exc)
+"""
+
+
+@root
+def test_a_cni_container_registered_as_a_service_is_reached_through_its_vip(
+    cnienv: dict[str, Any],
+) -> None:
+    """A container of another runtime that opts in (COVE_SERVICE) is a
+    backend of its service's VIP: another container on the network reaches
+    it through the VIP; after DEL the VIP has no backend left."""
+    if cnienv["runner"] == "shim":
+        pytest.skip("the same agent path as the Python plugin's")
+    agent = cnienv["agent"]
+    server_ns, client_ns = cnienv["netns"]
+    base = {"CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1;COVE_SERVICE=api:8080"}
+    env_s = {**base, "CNI_CONTAINERID": "vipsrv", "CNI_NETNS": f"/run/netns/{server_ns}"}
+    env_c = {
+        "CNI_IFNAME": "eth0",
+        "CNI_CONTAINERID": "vipcli",
+        "CNI_NETNS": f"/run/netns/{client_ns}",
+    }
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, sys.executable, "-S", "-c", _SERVER, "from-cni"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        rc, out = cni("ADD", _conf(cnienv), env_s)
+        assert rc == 0, out
+        rc, out = cni("ADD", _conf(cnienv), env_c)
+        assert rc == 0, out
+        vip = agent.ok("service", "vip", "api").strip()
+
+        def through_vip() -> str:
+            res = subprocess.run(
+                ["ip", "netns", "exec", client_ns, sys.executable, "-S", "-c", _CONNECT, vip],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            return res.stdout.strip()
+
+        deadline = time.monotonic() + 30  # the TCP check passes, the VIP gets it
+        while (got := through_vip()) != "from-cni":
+            assert time.monotonic() < deadline, f"the VIP {vip} never reached the backend: {got}"
+            time.sleep(0.5)
+        rc, _ = cni("DEL", _conf(cnienv), env_s)
+        assert rc == 0
+        deadline = time.monotonic() + 30
+        while (got := through_vip()) == "from-cni":
+            assert time.monotonic() < deadline, "the VIP still reaches a DELeted container"
+            time.sleep(0.5)
+        assert got.startswith("FAIL")
+    finally:
+        server.kill()
+        server.wait()
+        cni("DEL", _conf(cnienv), env_s)
+        cni("DEL", _conf(cnienv), env_c)
+
+
+@root
+def test_cni_install_writes_the_conflists_of_existing_networks(
+    cnienv: dict[str, Any], tmp_path: Path
+) -> None:
+    if cnienv["runner"] == "shim":
+        pytest.skip("no plugin call")
+    conf_dir = tmp_path / "net.d"
+    out = cnienv["agent"].ok(
+        "cni", "install", "--bin-dir", str(tmp_path / "bin"), "--conf-dir", str(conf_dir)
+    )
+    assert str(conf_dir / "50-cove-vnet.conflist") in out
+    conf = json.loads((conf_dir / "50-cove-vnet.conflist").read_text())
+    assert conf["name"] == "vnet" and conf["plugins"][0]["network"] == "vnet"

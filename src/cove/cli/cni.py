@@ -14,7 +14,6 @@ from cove.cli.client import AgentClient
 from cove.cli.output import print_table
 from cove.cni import conflist
 from cove.errors import InvalidArgument
-from cove.model import Network
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,7 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _install(args: argparse.Namespace, client: AgentClient) -> int:
     if not args.python or not os.access(args.python, os.X_OK):
         raise InvalidArgument(f"--python {args.python!r} is not an executable interpreter")
-    nets = [Network.from_json(n) for n in client.request("GET", "/api/networks")]
+    nets = [conflist.from_api(n) for n in client.request("GET", "/api/networks")]
     sock = args.socket or Path(os.environ.get("COVE_SOCKET", str(DEFAULT_SOCKET)))
     try:
         path = conflist.install_plugin(args.bin_dir, args.python)

@@ -534,40 +534,53 @@ class AttachmentService:
 
     def check(self, cid: str, ifname: str, netns: str, prev: Mapping[str, Any]) -> None:
         """Raises when the attachment is not as ADD left it: ``NotFound``
-        (no record), ``Conflict`` (what differs)."""
+        (no record), ``Conflict`` naming what differs: the container's
+        interface (there, up, its MAC and addresses), its host-side veth
+        (there, up, on the network's bridge), the default routes of
+        ``prev`` and the addresses cove's IPAM holds for it."""
         att = self.get(cid, ifname)
         if att is None:
             raise NotFound(f"no attachment {cid[:12]}/{ifname}", container=cid)
-        self._network(att.network)  # still there
+        net = self._network(att.network)  # still there
+        fix = "; re-create the container (the runtime's DEL, then ADD) to repair it"
         for addr in att.addresses:
             kv = self._store.get(f"{IPAM}{att.network}/{addr}")
             if kv is None or json.loads(kv.value).get("owner") != owner(self.node, cid, ifname):
-                raise Conflict(f"address {addr} is no longer held for {cid[:12]}/{ifname}")
+                raise Conflict(
+                    f"address {addr} is no longer held for {cid[:12]}/{ifname}{fix}",
+                    container=cid,
+                )
         with self._bound(cid, ifname, netns) as ref:
-            inside = self._dp.observe([ref], []).netns.get(ref)
+            seen = self._dp.observe([ref], [att.host_veth])
+        inside = seen.netns.get(ref)
         link = inside.links.get(ifname) if inside is not None else None
-        if link is None:
-            raise Conflict(f"{ifname} is missing from {netns}")
+        if inside is None or link is None:
+            raise Conflict(f"{ifname} is missing from {netns}{fix}", ifname=ifname)
         if link.mac.lower() != att.mac.lower():
-            raise Conflict(f"{ifname} has MAC {link.mac}, not {att.mac}")
+            raise Conflict(f"{ifname} has MAC {link.mac}, not {att.mac}{fix}", ifname=ifname)
         if not link.up:
-            raise Conflict(f"{ifname} in {netns} is down")
+            raise Conflict(f"{ifname} in {netns} is down{fix}", ifname=ifname)
         have = {str(a.ip) for a in link.addresses}
         for addr in att.addresses:
             if str(addr) not in have:
-                raise Conflict(f"{ifname} in {netns} lacks {addr}")
-        for ip in prev.get("ips") or []:
-            text = str(ip.get("address", "")).split("/", 1)[0] if isinstance(ip, dict) else ""
-            if text and text not in have:
-                raise Conflict(f"{ifname} in {netns} lacks {text} of the previous result")
-        for iface in prev.get("interfaces") or []:
-            if (
-                isinstance(iface, dict)
-                and iface.get("name") == ifname
-                and iface.get("sandbox")
-                and str(iface.get("mac", "")).lower() not in ("", link.mac.lower())
-            ):
-                raise Conflict(f"{ifname} has MAC {link.mac}, not {iface.get('mac')}")
+                raise Conflict(f"{ifname} in {netns} lacks {addr}{fix}", ifname=ifname)
+        host = seen.veths.get(att.host_veth)
+        if host is None:
+            raise Conflict(
+                f"host veth {att.host_veth} of {cid[:12]}/{ifname} is missing{fix}",
+                veth=att.host_veth,
+            )
+        if host.master != net.bridge:
+            where = f"on {host.master}" if host.master else "on no bridge"
+            raise Conflict(
+                f"host veth {att.host_veth} of {cid[:12]}/{ifname} is {where}, not on "
+                f"network {net.name}'s bridge {net.bridge}: reattach it "
+                f"(ip link set dev {att.host_veth} master {net.bridge}){fix}",
+                veth=att.host_veth,
+            )
+        if not host.up:
+            raise Conflict(f"host veth {att.host_veth} of {cid[:12]}/{ifname} is down{fix}")
+        _check_prev(prev, ifname, netns, link.mac, have, inside.gateway4, inside.gateway6, fix)
 
     # -- gc and status ---------------------------------------------------------
 
@@ -611,6 +624,43 @@ class AttachmentService:
             if used >= size:
                 return 50, f"network {network} has no free address"
         return 0, ""
+
+
+def _check_prev(
+    prev: Mapping[str, Any],
+    ifname: str,
+    netns: str,
+    mac: str,
+    have: set[str],
+    gw4: ipaddress.IPv4Address | None,
+    gw6: ipaddress.IPv6Address | None,
+    fix: str,
+) -> None:
+    """What ``prev`` (the ADD result) says of the container's interface:
+    its addresses, its MAC and its default routes, against the kernel's."""
+    for ip in prev.get("ips") or []:
+        text = str(ip.get("address", "")).split("/", 1)[0] if isinstance(ip, dict) else ""
+        if text and text not in have:
+            raise Conflict(f"{ifname} in {netns} lacks {text} of the previous result{fix}")
+    for iface in prev.get("interfaces") or []:
+        if (
+            isinstance(iface, dict)
+            and iface.get("name") == ifname
+            and iface.get("sandbox")
+            and str(iface.get("mac", "")).lower() not in ("", mac.lower())
+        ):
+            raise Conflict(f"{ifname} has MAC {mac}, not {iface.get('mac')}{fix}")
+    for route in prev.get("routes") or []:
+        if not isinstance(route, dict):
+            continue
+        dst, gw = str(route.get("dst", "")), route.get("gw")
+        if dst not in ("0.0.0.0/0", "::/0"):
+            continue  # only default routes are cove's to make
+        actual = gw4 if dst == "0.0.0.0/0" else gw6
+        if actual is None:
+            raise Conflict(f"{netns} has no default route ({dst}) of the previous result{fix}")
+        if gw and str(actual) != str(gw):
+            raise Conflict(f"{netns}'s default route ({dst}) is via {actual}, not {gw}{fix}")
 
 
 def result_json(att: Attachment, net: Network, domain: str = "cove") -> dict[str, Any]:

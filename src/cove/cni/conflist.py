@@ -42,6 +42,13 @@ CAPABILITIES = {
 }
 
 
+def from_api(data: dict[str, Any]) -> Network:
+    """A network as ``GET /api/networks`` shows it (``created`` in RFC
+    3339, which the stored record's reader does not take; a conflist
+    does not need it)."""
+    return Network.from_json({k: v for k, v in data.items() if k != "created"})
+
+
 def file_name(network: Network) -> str:
     prio = network.labels.get(PRIORITY_LABEL, DEFAULT_PRIORITY)
     if not _PRIORITY.match(prio):

@@ -203,8 +203,8 @@ class NetnsDatapath:
         host: dict[str, HostVeth] = {}
         for link in links:
             name = link.get_attr("IFLA_IFNAME") or ""
-            if not is_host_veth(name):
-                continue
+            if veths is None and not is_host_veth(name):
+                continue  # asked by name (a CNI veth too), else cove's own
             master = link.get_attr("IFLA_MASTER")
             host[name] = HostVeth(
                 name=name,
