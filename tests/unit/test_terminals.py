@@ -6,9 +6,11 @@ nobody attached nor a client that does not read ever blocks it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,16 +50,12 @@ class _Loop:
     def close(self) -> None:
         self.ttys.forget("c1")
         for fd in (self.master, self.slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self.sel.close()
 
 
 def _raw_output(fd: int) -> None:
-    import termios
-
     attrs = termios.tcgetattr(fd)
     attrs[1] &= ~termios.OPOST  # no \n -> \r\n: the bytes written are the bytes read
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
