@@ -217,3 +217,53 @@ def test_attach_needs_the_supervisors_socket_which_is_root_only(bb: Any) -> None
     )  # fmt: skip
     assert res.stdout.strip() == "refused", res.stderr
     bb.ok("rm", "-f", "guarded")
+
+
+def test_a_detached_terminals_output_is_in_its_log(bb: Any) -> None:
+    """As Docker: a -t container's output is logged (stream stdout, the
+    terminal's \\r\\n kept), with nobody attached."""
+    bb.ok("run", "-dt", "--name", "said", "bb", "sh", "-c", "echo hi; sleep 600")
+
+    def logs() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*COVE, "logs", "said"], env=bb.env, capture_output=True, timeout=30)
+
+    eventually(lambda: logs().stdout == b"hi\r\n")
+    assert logs().stderr == b""  # stdout, not stderr
+    bb.ok("rm", "-f", "said")
+
+
+def test_a_chatty_terminal_with_nobody_attached_does_not_block(bb: Any) -> None:
+    """200 kB, ten times what the terminal holds: the container runs to its
+    end with nobody attached, and all it wrote is in its log."""
+    script = "i=0; while [ $i -lt 2000 ]; do printf '%099d\\n' $i; i=$((i+1)); done; echo all-done"
+    bb.ok("run", "-dt", "--name", "chatty", "bb", "sh", "-c", script)
+    eventually(lambda: inspect(bb, "chatty")["state"]["status"] == "exited", timeout=30)
+    assert inspect(bb, "chatty")["state"]["exit_code"] == 0
+    lines = bb.ok("logs", "chatty").split("\n")  # \r\n, as text reads it
+    assert lines[-2:] == ["all-done", ""] and len(lines) == 2002
+    assert lines[1999] == f"{1999:099d}"
+    bb.ok("rm", "chatty")
+
+
+def test_logs_f_follows_a_terminal_while_someone_is_attached(bb: Any) -> None:
+    bb.ok("run", "-dit", "--name", "followed", "bb", "sh")
+    follow = subprocess.Popen(
+        [*COVE, "logs", "-f", "followed"], env=bb.env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        term = _spawn(bb, "attach", "followed")
+        term.sendline("echo typed-$((6*7))")
+        term.expect_exact("typed-42")  # the attached client sees it...
+        assert follow.stdout is not None
+        line = follow.stdout.readline()
+        while "typed-42" not in line or "$((" in line:  # ...and so does the log
+            line = follow.stdout.readline()
+        term.sendline("exit 2")
+        assert _ends(term) == 2
+        follow.wait(timeout=20)  # -f ends with the container
+        assert follow.returncode == 0
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    bb.ok("rm", "followed")

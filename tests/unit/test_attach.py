@@ -11,6 +11,7 @@ import socket
 import struct
 import termios
 import threading
+import time
 
 import pytest
 
@@ -107,14 +108,15 @@ def test_run_specs_carry_t_i_and_the_terminal_size() -> None:
 
 def test_relay_copies_both_ways_resizes_and_ends_with_the_state() -> None:
     """The caller's terminal and the container's are both pseudo-terminals
-    here; the state line arrives on the supervisor's socket. The relay runs
-    in the main thread (it installs signal handlers), the two ends in
-    another."""
+    here; the output arrives on the supervisor's channel (it alone reads
+    the master), the state line on its socket. The relay runs in the main
+    thread (it installs signal handlers), the two ends in another."""
     caller, caller_slave = os.openpty()  # the user's terminal: the test types on caller
     ctr_master, ctr_slave = os.openpty()  # the container's terminal
     _set_size(caller_slave, 33, 77)
     ours, theirs = socket.socketpair()
-    session = attach.Session(ours, tty=True, fd=ctr_master)
+    out_ours, out_theirs = socket.socketpair()
+    session = attach.Session(ours, tty=True, fd=ctr_master, out=out_ours.detach())
     seen: dict[str, object] = {}
 
     def both_ends() -> None:
@@ -122,11 +124,12 @@ def test_relay_copies_both_ways_resizes_and_ends_with_the_state() -> None:
         seen["typed"] = _read_until(ctr_slave, b"hello")
         seen["size"] = _size(ctr_slave)  # the caller's, at once
         seen["raw"] = not termios.tcgetattr(caller_slave)[3] & termios.ICANON
-        os.write(ctr_slave, b"from the container")
+        out_theirs.sendall(b"from the container")
         seen["shown"] = _read_until(caller, b"container")
-        os.write(ctr_slave, b" last words")
         theirs.sendall(json.dumps({"ok": True, "state": {"exit_code": 3}}).encode() + b"\n")
-        os.close(ctr_slave)  # the container's end closes: EIO after the last output
+        time.sleep(0.2)  # the state first: the output that follows is still shown
+        out_theirs.sendall(b" last words")
+        out_theirs.close()  # the supervisor closes the channel after the last output
 
     helper = threading.Thread(target=both_ends, daemon=True)
     helper.start()
@@ -141,7 +144,7 @@ def test_relay_copies_both_ways_resizes_and_ends_with_the_state() -> None:
     finally:
         theirs.close()
         session.close()
-        for fd in (caller, caller_slave):
+        for fd in (caller, caller_slave, ctr_slave):
             os.close(fd)
 
 

@@ -592,7 +592,7 @@ def _attached(client: AgentClient, ref: str, forward_input: bool, tail: str) -> 
     info = client.request("GET", f"/api/containers/{quote(ref, safe='')}/attach")
     name = str(info["name"])
     try:
-        session = attach.connect(str(info["socket"]), str(info["id"]))
+        session = attach.connect(str(info["socket"]), str(info["id"]), backlog=tail != "0")
     except attach.AttachRefused as exc:
         raise Conflict(f"cannot attach to container {name}: {exc.message}") from exc
     except OSError as exc:

@@ -3,11 +3,13 @@
 
 ``connect`` asks the supervisor (its root-only socket, whose path the agent
 gives to callers allowed to exec) for the held ends of the container's stdio
-(``runtime.stdio``). With a terminal, ``Session.relay`` copies between the
-caller's terminal and the container's master itself, in raw mode while
-attached (so ^C, ^Z and ^D are the container's), copying the caller's window
-size onto the container's terminal at once and on every SIGWINCH; it ends
-when the supervisor reports the container's exit, after the last output.
+(``runtime.stdio``). With a terminal, ``Session.relay`` shows the output the
+supervisor sends on a channel of its own (the supervisor is the terminal's
+only reader) and writes the caller's input to a duplicate of the master, in
+raw mode while attached (so ^C, ^Z and ^D are the container's), copying the
+caller's window size onto the container's terminal at once and on every
+SIGWINCH; it ends when the supervisor reports the container's exit, after
+the last output.
 Without a terminal, ``pump`` feeds the caller's stdin to the container's
 until end-of-file, which the container then sees.
 """
@@ -34,6 +36,7 @@ from typing import Any
 from cove.runtime.stdio import ATTACH_OP
 
 _CHUNK = 65536
+_LAST_OUTPUT_WAIT = 5.0  # seconds the last output may take to come, at exit
 _EOF = b"\x04"  # the terminal's end-of-file: what a closed stdin means to a -t container
 DETACH = b"\x10\x11"  # ctrl-p ctrl-q, Docker's detach keys
 
@@ -51,20 +54,23 @@ class AttachRefused(Exception):
 @dataclass(slots=True)
 class Session:
     """One attach: ``tty`` and the descriptors the supervisor gave (the
-    terminal's master, or the container's stdin), and its connection, on
-    which the container's final state arrives."""
+    terminal's master, to write and resize, or the container's stdin; with a
+    terminal, ``out``, the channel its output comes on), and its connection,
+    on which the container's final state arrives."""
 
     sock: socket.socket
     tty: bool
     fd: int = -1
+    out: int = -1
     _buf: bytes = b""
     _state: dict[str, Any] | None = field(default=None)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
+        for fd in (self.fd, self.out):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.fd = self.out = -1
         self.sock.close()
 
     def wait(self) -> dict[str, Any]:
@@ -85,14 +91,15 @@ class Session:
             self._state = dict(answer["state"])
 
     def relay(self, stdin: int, stdout: int, forward_input: bool) -> dict[str, Any] | None:
-        """Copy between the caller's ``stdin``/``stdout`` and the container's
-        terminal until it exits; returns its final state, or ``None`` when
+        """Show the container's output on ``stdout`` and write ``stdin`` to
+        its terminal until it exits; returns its final state, or ``None`` when
         the user typed the detach keys (the container goes on). Raw mode
         when ``forward_input`` and ``stdin`` is a terminal; restored after."""
-        master = self.fd
+        master, out = self.fd, self.out
         size_from = next((fd for fd in (stdin, stdout) if os.isatty(fd)), -1)
         raw = forward_input and os.isatty(stdin)
-        watch = [master, self.sock.fileno()] + ([stdin] if forward_input else [])
+        watch = [self.sock.fileno()] + ([out] if out >= 0 else [])
+        watch += [stdin] if forward_input else []
 
         def resize(_sig: int = 0, _frame: FrameType | None = None) -> None:
             copy_size(size_from, master)
@@ -112,8 +119,8 @@ class Session:
                     ready, _, _ = select.select(watch, [], [])
                 except InterruptedError:  # pragma: no cover - retried by Python
                     continue
-                if master in ready and not _copy(master, stdout):
-                    watch.remove(master)  # every slave end closed: output done
+                if out in ready and not _copy(out, stdout):
+                    watch.remove(out)  # the supervisor sent the last output
                 if stdin in ready:
                     data = os.read(stdin, _CHUNK)
                     if not data:
@@ -124,8 +131,8 @@ class Session:
                         return None
                 if self.sock.fileno() in ready:
                     self._feed(self.sock.recv(4096))
-            if master in watch:
-                _drain(master, stdout)
+            if out in watch:
+                _drain(out, stdout)
         return self._state
 
 
@@ -147,14 +154,17 @@ class _DetachKeys:
         return data, False
 
 
-def connect(socket_path: str, cid: str) -> Session:
+def connect(socket_path: str, cid: str, backlog: bool = False) -> Session:
     """Attach to container ``cid`` through the supervisor at
-    ``socket_path``. Raises ``AttachRefused``, or ``OSError`` when the
+    ``socket_path``; ``backlog``: a terminal's output starts with what it
+    wrote while nobody was attached (``run -t``, which attaches once it has
+    started it). Raises ``AttachRefused``, or ``OSError`` when the
     supervisor cannot be reached."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.connect(socket_path)
-        sock.sendall(json.dumps({"op": ATTACH_OP, "id": cid}).encode() + b"\n")
+        ask = {"op": ATTACH_OP, "id": cid, "backlog": backlog}
+        sock.sendall(json.dumps(ask).encode() + b"\n")
         buf, fds = b"", []
         while b"\n" not in buf:
             data, got, _, _ = socket.recv_fds(sock, 4096, 2, socket.MSG_CMSG_CLOEXEC)
@@ -172,7 +182,10 @@ def connect(socket_path: str, cid: str) -> Session:
             os.close(fd)
         sock.close()
         raise AttachRefused(str(head.get("error")), str(head.get("kind")))
-    session = Session(sock, bool(head.get("tty")), fds[0] if fds else -1)
+    tty = bool(head.get("tty"))
+    session = Session(sock, tty, fds[0] if fds else -1)
+    if tty and len(fds) > 1:
+        session.out, fds = fds[1], fds[:1] + fds[2:]
     for extra in fds[1:]:
         os.close(extra)
     if rest:
@@ -251,7 +264,7 @@ def _copy(src: int, dst: int) -> bool:
     try:
         data = os.read(src, _CHUNK)
     except OSError as exc:
-        if exc.errno != errno.EIO:
+        if exc.errno not in (errno.EIO, errno.ECONNRESET):
             raise
         data = b""
     if data:
@@ -259,12 +272,11 @@ def _copy(src: int, dst: int) -> bool:
     return bool(data)
 
 
-def _drain(master: int, dst: int) -> None:
-    """What the container wrote before it exited and nobody read yet."""
-    os.set_blocking(master, False)
-    with contextlib.suppress(BlockingIOError):
-        while _copy(master, dst):
-            pass
+def _drain(out: int, dst: int) -> None:
+    """The container's last output: the supervisor closes the channel once
+    it has sent it (bounded wait, should it not)."""
+    while select.select([out], [], [], _LAST_OUTPUT_WAIT)[0] and _copy(out, dst):
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:

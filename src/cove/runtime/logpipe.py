@@ -127,6 +127,11 @@ class LogPipes:
                     break
                 self._append(self._readers[fd], data)
 
+    def record(self, cid: str, log_path: str, data: bytes) -> None:
+        """Append ``data``, read now from ``cid``'s terminal (a -t
+        container's output, which ``stdio.Terminals`` reads), as stdout."""
+        self._append(_Reader(cid, Stream.STDOUT, log_path), data)
+
     def close(self, cid: str) -> None:
         """Stop reading ``cid``'s pipes (it is removed)."""
         for fd in [fd for fd, r in self._readers.items() if r.cid == cid]:

@@ -7,9 +7,12 @@ can give the terminal to the container's user), makes it its controlling
 terminal and stdio, and sends the master back to the supervisor over the
 start's report socket (SCM_RIGHTS, as runc's ``--console-socket``). The
 supervisor holds the master for the container's life, so the container never
-sees a hang-up when a client goes, and hands a duplicate to every attacher
-(``runtime.attach``): the client reads and writes the terminal itself, with no
-byte relayed by the supervisor, and resizes it with an ioctl of its own.
+sees a hang-up when a client goes, and is its only reader (``Terminals``):
+what the container writes goes to its log (stream stdout, as Docker's) and to
+every attached client over a socket of its own, so a container with nobody
+attached never blocks, and a client that reads too slowly is dropped, never
+waited for. An attacher (``runtime.attach``) also gets a duplicate of the
+master, which it only writes (its input) and resizes with an ioctl.
 
 ``-i`` without ``-t``: the init's stdin is a pipe; the supervisor keeps the
 write end and gives it away to the first attacher (Docker's ``StdinOnce``), so
@@ -25,12 +28,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
+import selectors
 import socket
 import struct
 import termios
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 ATTACH_OP = "attach"  # the supervisor's request that hands the held ends over
+TTY_KIND = "tty"  # the selector's data: (TTY_KIND, cid), a container's master
+VIEW_KIND = "tty-view"  # (VIEW_KIND, viewer), an attached client's output channel
+_READ = 65536
+_PENDING_MAX = 1 << 20  # output a client has not taken yet; beyond, it is dropped
+_BACKLOG_MAX = 64 << 10  # output kept for the next attacher while none is
+DROPPED = "this terminal read the container's output too slowly and was let go; attach again"
 
 
 @dataclass(slots=True)
@@ -141,3 +153,184 @@ class Plan:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self.stdin_r = self.stdin_w = self.master = -1
+
+
+Record = Callable[[str, bytes], None]  # (cid, output): appends it to cid's log
+
+
+@dataclass(eq=False, slots=True)
+class _Viewer:
+    """One attached client's output channel (the supervisor's end)."""
+
+    cid: str
+    sock: socket.socket
+    dropped: Callable[[str], None]  # told why, when the supervisor lets it go
+    pending: bytearray = field(default_factory=bytearray)
+    closing: bool = False  # the container exited: closed once pending is sent
+
+
+@dataclass(eq=False, slots=True)
+class _Terminal:
+    master: int  # HeldStdio's: read here, closed there
+    viewers: list[_Viewer] = field(default_factory=list)
+    backlog: bytearray = field(default_factory=bytearray)  # read while nobody was attached
+
+
+class Terminals:
+    """The supervisor's reading of every -t container's terminal, in its
+    selector loop: each read is appended to the container's log and sent to
+    its attached clients, without ever blocking on either."""
+
+    def __init__(self, sel: selectors.BaseSelector, record: Record) -> None:
+        self._sel = sel
+        self._record = record
+        self._ttys: dict[str, _Terminal] = {}
+
+    def watch(self, cid: str, master: int) -> None:
+        """Read ``master``, the terminal of ``cid``'s new start."""
+        self.forget(cid)
+        self._ttys[cid] = _Terminal(master)
+        self._sel.register(master, selectors.EVENT_READ, (TTY_KIND, cid))
+
+    def forget(self, cid: str) -> None:
+        """Stop reading ``cid``'s terminal (its master is about to be closed
+        by its owner) and let its clients go."""
+        term = self._ttys.pop(cid, None)
+        if term is None:
+            return
+        self._unwatch(term)
+        for viewer in term.viewers:
+            self._close(viewer)
+
+    def has(self, cid: str) -> bool:
+        """Whether ``cid``'s last start had a terminal, read here."""
+        return cid in self._ttys
+
+    def view(self, cid: str, dropped: Callable[[str], None], backlog: bool) -> int:
+        """A new client of ``cid``'s output: returns the client's end of
+        its channel, for the caller to send and close. ``backlog``: it
+        starts with what was read while nobody was attached (the output a
+        ``run -t`` gives before its CLI attaches, or exits by then: the
+        channel then closes once that is sent)."""
+        term = self._ttys[cid]
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        viewer = _Viewer(cid, ours, dropped)
+        self._sel.register(ours, selectors.EVENT_READ, (VIEW_KIND, viewer))
+        term.viewers.append(viewer)
+        if backlog and term.backlog:
+            self._send(viewer, bytes(term.backlog))
+        term.backlog.clear()
+        if term.master < 0:
+            self._finish(term)
+        return theirs.detach()
+
+    def on_readable(self, cid: str) -> None:
+        """One read of ``cid``'s terminal (fair to the other containers)."""
+        term = self._ttys.get(cid)
+        if term is None or term.master < 0 or not _readable(term.master):
+            return
+        try:
+            data = os.read(term.master, _READ)
+        except OSError:  # EIO: every end of the terminal's slave is closed
+            data = b""
+        if not data:
+            self._unwatch(term)
+            self._finish(term)
+            return
+        self._record(cid, data)
+        if not term.viewers:
+            term.backlog += data
+            del term.backlog[:-_BACKLOG_MAX]
+        for viewer in list(term.viewers):
+            self._send(viewer, data)
+
+    def drain(self, cid: str) -> None:
+        """``cid``'s init has exited: what its terminal holds now goes to
+        the log and the clients, whose channels then close once sent."""
+        term = self._ttys.get(cid)
+        if term is None:
+            return
+        for _ in range(64):  # bounded: a process left behind may go on
+            if term.master < 0 or not _readable(term.master):
+                break
+            self.on_readable(cid)
+        self._finish(term)
+
+    def on_view(self, viewer: _Viewer) -> None:
+        """A client's channel is writable again, or it was closed (its
+        client detached or went): anything it sends is ignored."""
+        if viewer.pending:
+            self._flush(viewer)
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            try:
+                gone = not viewer.sock.recv(_READ)
+            except OSError:
+                gone = True
+            if gone:
+                self._close(viewer)
+
+    def _send(self, viewer: _Viewer, data: bytes) -> None:
+        if viewer.pending:
+            viewer.pending += data
+        else:
+            try:
+                sent = viewer.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(viewer)
+                return
+            if sent < len(data):
+                viewer.pending += data[sent:]
+                mask = selectors.EVENT_READ | selectors.EVENT_WRITE
+                self._sel.modify(viewer.sock, mask, (VIEW_KIND, viewer))
+        if len(viewer.pending) > _PENDING_MAX:
+            self._close(viewer)
+            viewer.dropped(DROPPED)
+
+    def _flush(self, viewer: _Viewer) -> None:
+        try:
+            sent = viewer.sock.send(viewer.pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(viewer)
+            return
+        del viewer.pending[:sent]
+        if viewer.pending:
+            return
+        if viewer.closing:
+            self._close(viewer)
+        else:
+            self._sel.modify(viewer.sock, selectors.EVENT_READ, (VIEW_KIND, viewer))
+
+    def _finish(self, term: _Terminal) -> None:
+        viewers, term.viewers = term.viewers, []
+        for viewer in viewers:
+            viewer.closing = True
+            if not viewer.pending:
+                self._close(viewer)
+
+    def _unwatch(self, term: _Terminal) -> None:
+        if term.master >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(term.master)
+            term.master = -1
+
+    def _close(self, viewer: _Viewer) -> None:
+        term = self._ttys.get(viewer.cid)
+        if term is not None and viewer in term.viewers:
+            term.viewers.remove(viewer)
+        if viewer.sock.fileno() >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(viewer.sock)
+            viewer.sock.close()
+
+
+def _readable(fd: int) -> bool:
+    """Whether a read of ``fd`` returns at once (the master is blocking:
+    its duplicates, which attachers write, are too)."""
+    poll = select.poll()  # not select(): the supervisor holds many descriptors
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))

@@ -56,7 +56,7 @@ from cove.runtime.state import (
     read_json,
     write_json,
 )
-from cove.runtime.stdio import ATTACH_OP, HeldStdio
+from cove.runtime.stdio import ATTACH_OP, TTY_KIND, VIEW_KIND, HeldStdio, Terminals
 
 if TYPE_CHECKING:
     from cove.runtime.dns_keeper import DnsKeeper
@@ -98,6 +98,7 @@ class Supervisor:
         self.dns: DnsKeeper | None = None  # when an agent first asks (dns_keeper)
         self.stdio: dict[str, HeldStdio] = {}  # -t/-i containers' ends (runtime.stdio)
         self.logs = LogPipes(self.sel)  # the containers' stdout and stderr
+        self.ttys = Terminals(self.sel, self._tty_output)  # -t containers' output
         self.watchers: dict[int, socket.socket] = {}  # WATCH_OP connections by fd
 
     # -- bookkeeping ---------------------------------------------------------
@@ -118,6 +119,11 @@ class Supervisor:
                 (path / "state.json.tmp").unlink()
         else:
             self.unsaved.discard(state.id)
+
+    def _tty_output(self, cid: str, data: bytes) -> None:
+        spec = self.specs.get(cid)
+        if spec is not None:
+            self.logs.record(cid, spec.log_path, data)
 
     def _tell_watchers(self, state: ProcessState) -> None:
         if not self.watchers:
@@ -198,11 +204,15 @@ class Supervisor:
         try:
             try:
                 outs = self.logs.open(cid, self.dir / cid, spec.log_path)
+                held = self._held(spec)
+                self.ttys.forget(cid)  # the last start's master: closed by spawn
                 try:
-                    pid = spawn(spec, outs, self._held(spec), devices_group=self.devices_group)
+                    pid = spawn(spec, outs, held, devices_group=self.devices_group)
                 finally:
                     os.close(outs[0])
                     os.close(outs[1])
+                if held is not None and held.tty and held.master >= 0:
+                    self.ttys.watch(cid, held.master)
             except OSError as exc:  # its log pipes, say: a failed start, not a crash
                 raise LaunchError(f"cannot start the container: {exc}") from exc
         except LaunchError as exc:
@@ -237,6 +247,7 @@ class Supervisor:
         if state is None:
             return
         self.logs.drain(cid)  # all it wrote is in its log before its exit shows
+        self.ttys.drain(cid)
         now = time.time()
         self._cancel_timers(cid)
         state = replace(state, status=Status.EXITED, exit_code=code, finished_at=now, pid=0)
@@ -340,6 +351,7 @@ class Supervisor:
                 self.logs.close(cid)
                 self.specs.pop(cid, None)
                 self.states.pop(cid, None)
+                self.ttys.forget(cid)
                 held = self.stdio.pop(cid, None)
                 if held is not None:
                     held.close()
@@ -390,6 +402,10 @@ class Supervisor:
                     self._drop_watcher(obj)  # it closed (or spoke out of turn)
                 elif kind == LOG_KIND:
                     self.logs.on_readable(obj)
+                elif kind == TTY_KIND:
+                    self.ttys.on_readable(obj)
+                elif kind == VIEW_KIND:
+                    self.ttys.on_view(obj)
                 elif kind == "pidfd":
                     self.sel.unregister(obj)
                     os.close(obj)
@@ -460,7 +476,7 @@ class Supervisor:
         try:
             req = json.loads(line)
             if isinstance(req, dict) and req.get("op") == ATTACH_OP:
-                self._attach(conn, str(req.get("id", "")), reply)
+                self._attach(conn, str(req.get("id", "")), reply, bool(req.get("backlog")))
                 return
             if isinstance(req, dict) and req.get("op") == DNS_KEEP_OP:
                 if self.dns is None:
@@ -490,15 +506,25 @@ class Supervisor:
             return None
         return self.stdio.setdefault(spec.id, HeldStdio(spec.tty))
 
-    def _attach(self, conn: socket.socket, cid: str, reply: Reply) -> None:
+    def _attach(self, conn: socket.socket, cid: str, reply: Reply, backlog: bool) -> None:
         """``attach``: the held ends of ``cid``'s stdio go to the client
-        with a first line; a second line is its state once it exits."""
+        with a first line (with -t: a duplicate of the master, to write and
+        resize, and the channel its output comes on, from the backlog when
+        ``backlog``); a second line is its state once it exits."""
         if cid not in self.specs:
             reply({"ok": False, "kind": "not_found", "error": f"no container {cid}"})
             return
         spec, state = self.specs[cid], self.states[cid]
         held = self.stdio.get(cid)
         fds = held.handover() if held is not None else []
+
+        def dropped(why: str) -> None:
+            with contextlib.suppress(ValueError):
+                self.waiters.get(cid, []).remove(reply)
+            reply({"ok": False, "kind": "unavailable", "error": why})
+
+        if fds and spec.tty and self.ttys.has(cid):
+            fds.append(self.ttys.view(cid, dropped, backlog))
         head = {"ok": True, "tty": spec.tty, "stdin": bool(fds) and not spec.tty}
         try:
             conn.setblocking(True)
