@@ -54,6 +54,14 @@ class Heard:
 @pytest.fixture
 def container(hostns: str, tmp_path: Path) -> Iterator[NetnsDatapath]:
     dp = NetnsDatapath(tmp_path / "netns")
+    # No IPv6 in the test's host namespace either: the host veth's and the
+    # bridge's duplicate address detection would report addresses a second
+    # or more later (later still on a loaded machine), into the quiet checks.
+    subprocess.run(
+        ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+         "net.ipv6.conf.default.disable_ipv6=1"],
+        check=True,
+    )  # fmt: skip
     with IPRoute() as ipr:
         ipr.link("add", ifname=BRIDGE, kind="bridge")
         ipr.link("set", ifname=BRIDGE, state="up")
@@ -92,8 +100,11 @@ def test_changes_inside_a_container_and_to_its_host_veth_are_heard(
     watch = KernelWatch(heard)
     watch.start()
     try:
-        # Nothing happens, nothing is heard.
-        assert heard.quiet(1.5) and heard.count == 0
+        # Nothing happens, nothing is heard (once the set-up's own news,
+        # delivered late on a loaded machine, has passed).
+        assert any(heard.quiet(1.5) for _ in range(6))
+        settled = heard.count
+        assert heard.quiet(1.5) and heard.count == settled
         inside(container, "addr", "flush", "dev", "eth0")
         assert heard.wait()
         inside(container, "link", "set", "eth0", "down")
