@@ -13,10 +13,14 @@ modules never see each other's keys. Tests marked ``etcd`` are the etcd runs;
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from cove.acl import AclService
+from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.base import Store
 from cove.store.etcd import EtcdStore
@@ -46,3 +50,24 @@ def backend_store(
             yield etcd
         finally:
             etcd.close()
+
+
+@contextlib.contextmanager
+def acl_server(folder: Path, node_name: str, root: str) -> Iterator[ConsulServer]:
+    """A Consul server with ACLs on (default deny, ``root`` the management
+    token) on a SQLite store of its own in ``folder``."""
+    store = SqliteStore(str(folder / "s.db"), SystemClock())
+    acl = AclService(
+        store,
+        SystemClock(),
+        enabled=True,
+        default_policy="deny",
+        initial_management=root,
+        node_name=node_name,
+    )
+    acl.setup()
+    try:
+        with ConsulServer(store, SystemClock(), node_name=node_name, acl=acl) as srv:
+            yield srv
+    finally:
+        store.close()

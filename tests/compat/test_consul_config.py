@@ -15,7 +15,6 @@ import backends
 import consul
 import pytest
 
-from cove.acl import AclService
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.base import Store
@@ -105,29 +104,14 @@ def test_bad_entries_are_refused_and_nothing_stored(c: consul.Consul, server: Co
 
 
 def test_config_entries_need_their_rules(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from cove.store.sqlite import SqliteStore
-
-    store = SqliteStore(str(tmp_path_factory.mktemp("acl") / "s.db"), SystemClock())
-    acl = AclService(
-        store,
-        SystemClock(),
-        enabled=True,
-        default_policy="deny",
-        initial_management=ROOT,
-        node_name="cfg-acl",
-    )
-    acl.setup()
-    try:
-        with ConsulServer(store, SystemClock(), node_name="cfg-acl", acl=acl) as srv:
-            entry = {"Kind": "service-defaults", "Name": "web", "Protocol": "http"}
-            assert http(srv, "PUT", "/v1/config", entry)[0] == 403
-            proxy = {"Kind": "proxy-defaults", "Name": "global"}
-            assert http(srv, "PUT", "/v1/config", proxy)[0] == 403
-            assert http(srv, "PUT", "/v1/config", entry, ROOT) == (200, b"true")
-            assert http(srv, "GET", "/v1/config/service-defaults/web")[0] == 403
-            assert http(srv, "DELETE", "/v1/config/service-defaults/web")[0] == 403
-            status, body = http(srv, "GET", "/v1/config/service-defaults")
-            assert (status, json.loads(body)) == (200, [])
-            assert http(srv, "GET", "/v1/config/service-defaults/web", token=ROOT)[0] == 200
-    finally:
-        store.close()
+    with backends.acl_server(tmp_path_factory.mktemp("acl"), "cfg-acl", ROOT) as srv:
+        entry = {"Kind": "service-defaults", "Name": "web", "Protocol": "http"}
+        assert http(srv, "PUT", "/v1/config", entry)[0] == 403
+        proxy = {"Kind": "proxy-defaults", "Name": "global"}
+        assert http(srv, "PUT", "/v1/config", proxy)[0] == 403
+        assert http(srv, "PUT", "/v1/config", entry, ROOT) == (200, b"true")
+        assert http(srv, "GET", "/v1/config/service-defaults/web")[0] == 403
+        assert http(srv, "DELETE", "/v1/config/service-defaults/web")[0] == 403
+        status, body = http(srv, "GET", "/v1/config/service-defaults")
+        assert (status, json.loads(body)) == (200, [])
+        assert http(srv, "GET", "/v1/config/service-defaults/web", token=ROOT)[0] == 200

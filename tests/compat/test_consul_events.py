@@ -18,7 +18,6 @@ import backends
 import consul
 import pytest
 
-from cove.acl import AclService
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.registry.events import uuid_index
@@ -155,45 +154,28 @@ def test_only_the_last_256_are_kept(pair: tuple[ConsulServer, ConsulServer]) -> 
 
 
 def test_events_need_event_rules(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from cove.store.sqlite import SqliteStore
-
-    store = SqliteStore(str(tmp_path_factory.mktemp("acl") / "s.db"), SystemClock())
-    acl = AclService(
-        store,
-        SystemClock(),
-        enabled=True,
-        default_policy="deny",
-        initial_management=ROOT,
-        node_name="ev-acl",
-    )
-    acl.setup()
-    try:
-        with ConsulServer(store, SystemClock(), node_name="ev-acl", acl=acl) as srv:
-            root, anon = client(srv, ROOT), client(srv)
-            with pytest.raises(consul.ACLPermissionDenied):
-                anon.event.fire("deploy", "x")
-            assert root.event.fire("deploy", "x")["Name"] == "deploy"
-            assert anon.event.list()[1] == []
-            status, headers, body = http(srv, "GET", "/v1/event/list")
-            assert status == 200 and json.loads(body) == []
-            assert headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
-            rules = 'event "deploy" { policy = "read" }'
-            req = urllib.request.Request(
-                f"{srv.url}/v1/acl/policy",
-                data=json.dumps({"Name": "ev-read", "Rules": rules}).encode(),
-                method="PUT",
-                headers={"X-Consul-Token": ROOT},
-            )
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                policy = json.loads(resp.read())
-            token = root.acl.token.create(policies_id=[policy["ID"]])["SecretID"]
-            # py-consul's event.list sends no token: raw HTTP with one.
-            req = urllib.request.Request(
-                f"{srv.url}/v1/event/list", headers={"X-Consul-Token": token}
-            )
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                assert [e["Name"] for e in json.loads(resp.read())] == ["deploy"]
-            with pytest.raises(consul.ACLPermissionDenied):
-                client(srv, token).event.fire("deploy")
-    finally:
-        store.close()
+    with backends.acl_server(tmp_path_factory.mktemp("acl"), "ev-acl", ROOT) as srv:
+        root, anon = client(srv, ROOT), client(srv)
+        with pytest.raises(consul.ACLPermissionDenied):
+            anon.event.fire("deploy", "x")
+        assert root.event.fire("deploy", "x")["Name"] == "deploy"
+        assert anon.event.list()[1] == []
+        status, headers, body = http(srv, "GET", "/v1/event/list")
+        assert status == 200 and json.loads(body) == []
+        assert headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
+        rules = 'event "deploy" { policy = "read" }'
+        req = urllib.request.Request(
+            f"{srv.url}/v1/acl/policy",
+            data=json.dumps({"Name": "ev-read", "Rules": rules}).encode(),
+            method="PUT",
+            headers={"X-Consul-Token": ROOT},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            policy = json.loads(resp.read())
+        token = root.acl.token.create(policies_id=[policy["ID"]])["SecretID"]
+        # py-consul's event.list sends no token: raw HTTP with one.
+        req = urllib.request.Request(f"{srv.url}/v1/event/list", headers={"X-Consul-Token": token})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert [e["Name"] for e in json.loads(resp.read())] == ["deploy"]
+        with pytest.raises(consul.ACLPermissionDenied):
+            client(srv, token).event.fire("deploy")

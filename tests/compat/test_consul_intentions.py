@@ -20,7 +20,6 @@ import consul
 import consul.exceptions
 import pytest
 
-from cove.acl import AclService
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.base import Store
@@ -165,53 +164,38 @@ def test_bad_input_is_400_and_stores_nothing(server: ConsulServer) -> None:
 def test_intentions_need_service_rules_on_the_destination(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    from cove.store.sqlite import SqliteStore
-
-    store = SqliteStore(str(tmp_path_factory.mktemp("acl") / "s.db"), SystemClock())
-    acl = AclService(
-        store,
-        SystemClock(),
-        enabled=True,
-        default_policy="deny",
-        initial_management=ROOT,
-        node_name="ixn-acl",
-    )
-    acl.setup()
-    try:
-        with ConsulServer(store, SystemClock(), node_name="ixn-acl", acl=acl) as srv:
-            mgmt = consul.Consul(host="127.0.0.1", port=srv.port, token=ROOT)
-            pol = mgmt.acl.policy.create(
-                name="db-owner",
-                rules={
-                    "service": {
-                        "db": {"policy": "read", "intentions": "write"},
-                        "web": {"policy": "write"},
-                        "api": {"policy": "deny"},
-                    }
-                },
-            )
-            tok = mgmt.acl.token.create(policies_id=[pol["ID"]])["SecretID"]
-            c = consul.Consul(host="127.0.0.1", port=srv.port, token=tok)
-            assert c.connect.intentions.upsert("web", "db", action="allow")
-            # service:write alone grants intention:read only (Consul's default).
-            with pytest.raises(consul.ACLPermissionDenied):
-                c.connect.intentions.upsert("db", "web", action="allow")
-            assert mgmt.connect.intentions.upsert("db", "web", action="allow")
-            assert c.connect.intentions.read("db", "web")["Action"] == "allow"
-            assert mgmt.connect.intentions.upsert("web", "api", action="allow")
-            with pytest.raises(consul.ACLPermissionDenied):
-                c.connect.intentions.upsert("web", "*", action="deny")
-            assert mgmt.connect.intentions.upsert("web", "cache", action="deny")
-            # Lists hide what the token cannot read.
-            listed = sorted(i["DestinationName"] for i in c.connect.intentions.list())
-            assert listed == ["db", "web"]  # not api (deny), not cache (no rule)
-            status, _ = http(srv, "GET", "/v1/connect/intentions/exact?source=web&destination=db")
-            assert status == 403  # anonymous
-            # No matching intention: the ACL default policy (deny) decides.
-            assert mgmt.connect.intentions.check("x", "y") is False
-            assert c.connect.intentions.check("web", "db") is True
-    finally:
-        store.close()
+    with backends.acl_server(tmp_path_factory.mktemp("acl"), "ixn-acl", ROOT) as srv:
+        mgmt = consul.Consul(host="127.0.0.1", port=srv.port, token=ROOT)
+        pol = mgmt.acl.policy.create(
+            name="db-owner",
+            rules={
+                "service": {
+                    "db": {"policy": "read", "intentions": "write"},
+                    "web": {"policy": "write"},
+                    "api": {"policy": "deny"},
+                }
+            },
+        )
+        tok = mgmt.acl.token.create(policies_id=[pol["ID"]])["SecretID"]
+        c = consul.Consul(host="127.0.0.1", port=srv.port, token=tok)
+        assert c.connect.intentions.upsert("web", "db", action="allow")
+        # service:write alone grants intention:read only (Consul's default).
+        with pytest.raises(consul.ACLPermissionDenied):
+            c.connect.intentions.upsert("db", "web", action="allow")
+        assert mgmt.connect.intentions.upsert("db", "web", action="allow")
+        assert c.connect.intentions.read("db", "web")["Action"] == "allow"
+        assert mgmt.connect.intentions.upsert("web", "api", action="allow")
+        with pytest.raises(consul.ACLPermissionDenied):
+            c.connect.intentions.upsert("web", "*", action="deny")
+        assert mgmt.connect.intentions.upsert("web", "cache", action="deny")
+        # Lists hide what the token cannot read.
+        listed = sorted(i["DestinationName"] for i in c.connect.intentions.list())
+        assert listed == ["db", "web"]  # not api (deny), not cache (no rule)
+        status, _ = http(srv, "GET", "/v1/connect/intentions/exact?source=web&destination=db")
+        assert status == 403  # anonymous
+        # No matching intention: the ACL default policy (deny) decides.
+        assert mgmt.connect.intentions.check("x", "y") is False
+        assert c.connect.intentions.check("web", "db") is True
 
 
 # -- blocking queries and ?filter ---------------------------------------------
@@ -356,71 +340,56 @@ def test_a_token_without_intentions_read_on_a_destination_does_not_see_it(
     (and flags) what the token cannot read on its destination, filtered or
     not; /match refuses a name it cannot read; by ID and /exact refuse with
     403; /check asks only service:read on the destination."""
-    from cove.store.sqlite import SqliteStore
-
-    store = SqliteStore(str(tmp_path_factory.mktemp("acl") / "s.db"), SystemClock())
-    acl = AclService(
-        store,
-        SystemClock(),
-        enabled=True,
-        default_policy="deny",
-        initial_management=ROOT,
-        node_name="ixn-acl2",
-    )
-    acl.setup()
-    try:
-        with ConsulServer(store, SystemClock(), node_name="ixn-acl2", acl=acl) as srv:
-            mgmt = consul.Consul(host="127.0.0.1", port=srv.port, token=ROOT)
-            pol = mgmt.acl.policy.create(
-                name="web-reader",
-                rules={
-                    "service": {
-                        "db": {"policy": "read"},
-                        "secret": {"policy": "read", "intentions": "deny"},
-                    }
-                },
+    with backends.acl_server(tmp_path_factory.mktemp("acl"), "ixn-acl2", ROOT) as srv:
+        mgmt = consul.Consul(host="127.0.0.1", port=srv.port, token=ROOT)
+        pol = mgmt.acl.policy.create(
+            name="web-reader",
+            rules={
+                "service": {
+                    "db": {"policy": "read"},
+                    "secret": {"policy": "read", "intentions": "deny"},
+                }
+            },
+        )
+        tok = mgmt.acl.token.create(policies_id=[pol["ID"]])["SecretID"]
+        c = consul.Consul(host="127.0.0.1", port=srv.port, token=tok)
+        for dest in ("db", "secret", "cache"):
+            assert mgmt.connect.intentions.upsert("web", dest, action="allow")
+        every = mgmt.connect.intentions.list(filter_expr='SourceName == "web"')
+        assert sorted(i["DestinationName"] for i in every) == ["cache", "db", "secret"]
+        mine = c.connect.intentions.list(filter_expr='SourceName == "web"')
+        assert [i["DestinationName"] for i in mine] == ["db"]
+        path = "/v1/connect/intentions?filter=" + urllib.parse.quote('SourceName == "web"')
+        status, listed, headers = http_full(srv, "GET", path, token=tok)
+        assert status == 200 and [i["DestinationName"] for i in listed] == ["db"]
+        assert headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
+        # Blocking with that token: a new hidden intention wakes the
+        # query (the index moved) but is not shown.
+        index = int(headers["X-Consul-Index"])
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                http_full, srv, "GET", f"{path}&index={index}&wait=20s", None, tok
             )
-            tok = mgmt.acl.token.create(policies_id=[pol["ID"]])["SecretID"]
-            c = consul.Consul(host="127.0.0.1", port=srv.port, token=tok)
-            for dest in ("db", "secret", "cache"):
-                assert mgmt.connect.intentions.upsert("web", dest, action="allow")
-            every = mgmt.connect.intentions.list(filter_expr='SourceName == "web"')
-            assert sorted(i["DestinationName"] for i in every) == ["cache", "db", "secret"]
-            mine = c.connect.intentions.list(filter_expr='SourceName == "web"')
-            assert [i["DestinationName"] for i in mine] == ["db"]
-            path = "/v1/connect/intentions?filter=" + urllib.parse.quote('SourceName == "web"')
-            status, listed, headers = http_full(srv, "GET", path, token=tok)
-            assert status == 200 and [i["DestinationName"] for i in listed] == ["db"]
-            assert headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
-            # Blocking with that token: a new hidden intention wakes the
-            # query (the index moved) but is not shown.
-            index = int(headers["X-Consul-Index"])
-            with ThreadPoolExecutor(1) as pool:
-                pending = pool.submit(
-                    http_full, srv, "GET", f"{path}&index={index}&wait=20s", None, tok
-                )
-                assert _still_waiting(pending)
-                mgmt.connect.intentions.upsert("web", "secret", action="deny")
-                status, listed, headers = pending.result(timeout=10)
-            assert status == 200 and int(headers["X-Consul-Index"]) > index
-            assert [i["DestinationName"] for i in listed] == ["db"]
-            # match: the names asked about must be readable, else 403.
-            assert [i["SourceName"] for i in c.connect.intentions.match("destination", "db")["db"]]
-            for name in ("secret", "cache"):
-                with pytest.raises(consul.ACLPermissionDenied):
-                    c.connect.intentions.match("destination", name)
-            # exact and by ID: 403 on an unreadable destination.
-            secret_id = mgmt.connect.intentions.read("web", "secret")["ID"]
-            assert http(srv, "GET", f"/v1/connect/intentions/{secret_id}", token=tok)[0] == 403
-            status, _ = http(
-                srv, "GET", "/v1/connect/intentions/exact?source=web&destination=cache", token=tok
-            )
-            assert status == 403
-            # check: service:read on the destination is enough (intentions
-            # "deny" does not matter), none is a 403.
-            assert c.connect.intentions.check("web", "secret") is False
-            assert c.connect.intentions.check("web", "db") is True
+            assert _still_waiting(pending)
+            mgmt.connect.intentions.upsert("web", "secret", action="deny")
+            status, listed, headers = pending.result(timeout=10)
+        assert status == 200 and int(headers["X-Consul-Index"]) > index
+        assert [i["DestinationName"] for i in listed] == ["db"]
+        # match: the names asked about must be readable, else 403.
+        assert [i["SourceName"] for i in c.connect.intentions.match("destination", "db")["db"]]
+        for name in ("secret", "cache"):
             with pytest.raises(consul.ACLPermissionDenied):
-                c.connect.intentions.check("web", "cache")
-    finally:
-        store.close()
+                c.connect.intentions.match("destination", name)
+        # exact and by ID: 403 on an unreadable destination.
+        secret_id = mgmt.connect.intentions.read("web", "secret")["ID"]
+        assert http(srv, "GET", f"/v1/connect/intentions/{secret_id}", token=tok)[0] == 403
+        status, _ = http(
+            srv, "GET", "/v1/connect/intentions/exact?source=web&destination=cache", token=tok
+        )
+        assert status == 403
+        # check: service:read on the destination is enough (intentions
+        # "deny" does not matter), none is a 403.
+        assert c.connect.intentions.check("web", "secret") is False
+        assert c.connect.intentions.check("web", "db") is True
+        with pytest.raises(consul.ACLPermissionDenied):
+            c.connect.intentions.check("web", "cache")

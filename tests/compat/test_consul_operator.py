@@ -14,7 +14,6 @@ import backends
 import consul
 import pytest
 
-from cove.acl import AclService
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.base import Store
@@ -91,32 +90,17 @@ def test_usage_counts_the_catalog(c: consul.Consul) -> None:
 def test_operator_endpoints_need_operator_rules(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    from cove.store.sqlite import SqliteStore
-
-    store = SqliteStore(str(tmp_path_factory.mktemp("acl") / "s.db"), SystemClock())
-    acl = AclService(
-        store,
-        SystemClock(),
-        enabled=True,
-        default_policy="deny",
-        initial_management=ROOT,
-        node_name="op-acl",
-    )
-    acl.setup()
-    try:
-        with ConsulServer(store, SystemClock(), node_name="op-acl", acl=acl) as srv:
-            for method, path in (
-                ("GET", "/v1/operator/raft/configuration"),
-                ("GET", "/v1/operator/autopilot/health"),
-                ("GET", "/v1/operator/autopilot/state"),
-                ("GET", "/v1/operator/autopilot/configuration"),
-                ("PUT", "/v1/operator/autopilot/configuration"),
-                ("GET", "/v1/operator/usage"),
-            ):
-                assert status_of(srv, method, path) == 403, path
-            assert status_of(srv, "GET", "/v1/operator/raft/configuration", ROOT) == 200
-            anon = consul.Consul(host="127.0.0.1", port=srv.port)
-            with pytest.raises(consul.ACLPermissionDenied):
-                anon.operator.raft_config()
-    finally:
-        store.close()
+    with backends.acl_server(tmp_path_factory.mktemp("acl"), "op-acl", ROOT) as srv:
+        for method, path in (
+            ("GET", "/v1/operator/raft/configuration"),
+            ("GET", "/v1/operator/autopilot/health"),
+            ("GET", "/v1/operator/autopilot/state"),
+            ("GET", "/v1/operator/autopilot/configuration"),
+            ("PUT", "/v1/operator/autopilot/configuration"),
+            ("GET", "/v1/operator/usage"),
+        ):
+            assert status_of(srv, method, path) == 403, path
+        assert status_of(srv, "GET", "/v1/operator/raft/configuration", ROOT) == 200
+        anon = consul.Consul(host="127.0.0.1", port=srv.port)
+        with pytest.raises(consul.ACLPermissionDenied):
+            anon.operator.raft_config()

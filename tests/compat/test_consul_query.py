@@ -18,7 +18,6 @@ import backends
 import consul
 import pytest
 
-from cove.acl import AclService
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.base import Store
@@ -141,29 +140,14 @@ def test_bad_queries_are_refused(c: consul.Consul, server: ConsulServer) -> None
 
 
 def test_queries_need_query_rules(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from cove.store.sqlite import SqliteStore
-
-    store = SqliteStore(str(tmp_path_factory.mktemp("acl") / "s.db"), SystemClock())
-    acl = AclService(
-        store,
-        SystemClock(),
-        enabled=True,
-        default_policy="deny",
-        initial_management=ROOT,
-        node_name="pq-acl",
-    )
-    acl.setup()
-    try:
-        with ConsulServer(store, SystemClock(), node_name="pq-acl", acl=acl) as srv:
-            body = {"Name": "web", "Token": "s3cret", "Service": {"Service": "web"}}
-            assert http(srv, "POST", "/v1/query", body)[0] == 403
-            status, text = http(srv, "POST", "/v1/query", body, ROOT)
-            assert status == 200
-            qid = json.loads(text)["ID"]
-            assert http(srv, "GET", f"/v1/query/{qid}")[0] == 403
-            assert json.loads(http(srv, "GET", "/v1/query")[1]) == []
-            assert http(srv, "DELETE", f"/v1/query/{qid}")[0] == 403
-            [got] = json.loads(http(srv, "GET", f"/v1/query/{qid}", token=ROOT)[1])
-            assert got["Token"] == "s3cret"  # management sees it
-    finally:
-        store.close()
+    with backends.acl_server(tmp_path_factory.mktemp("acl"), "pq-acl", ROOT) as srv:
+        body = {"Name": "web", "Token": "s3cret", "Service": {"Service": "web"}}
+        assert http(srv, "POST", "/v1/query", body)[0] == 403
+        status, text = http(srv, "POST", "/v1/query", body, ROOT)
+        assert status == 200
+        qid = json.loads(text)["ID"]
+        assert http(srv, "GET", f"/v1/query/{qid}")[0] == 403
+        assert json.loads(http(srv, "GET", "/v1/query")[1]) == []
+        assert http(srv, "DELETE", f"/v1/query/{qid}")[0] == 403
+        [got] = json.loads(http(srv, "GET", f"/v1/query/{qid}", token=ROOT)[1])
+        assert got["Token"] == "s3cret"  # management sees it

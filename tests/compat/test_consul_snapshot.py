@@ -18,7 +18,6 @@ import backends
 import consul
 import pytest
 
-from cove.acl import AclService
 from cove.agent.consul import ConsulServer
 from cove.cli.main import main as cove_main
 from cove.clock import SystemClock
@@ -163,26 +162,11 @@ def test_cli_saves_and_restores(c: consul.Consul, server: ConsulServer, tmp_path
 
 
 def test_snapshots_need_acl_write(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from cove.store.sqlite import SqliteStore
-
-    store = SqliteStore(str(tmp_path_factory.mktemp("acl") / "s.db"), SystemClock())
-    acl = AclService(
-        store,
-        SystemClock(),
-        enabled=True,
-        default_policy="deny",
-        initial_management=ROOT,
-        node_name="snap-acl",
-    )
-    acl.setup()
-    try:
-        with ConsulServer(store, SystemClock(), node_name="snap-acl", acl=acl) as srv:
-            root = consul.Consul(host="127.0.0.1", port=srv.port, token=ROOT)
-            anon = consul.Consul(host="127.0.0.1", port=srv.port)
-            with pytest.raises(consul.ACLPermissionDenied):
-                anon.snapshot.save()
-            data = root.snapshot.save()
-            assert put_raw(srv, data)[0] == 403
-            assert put_raw(srv, data, ROOT)[0] == 200
-    finally:
-        store.close()
+    with backends.acl_server(tmp_path_factory.mktemp("acl"), "snap-acl", ROOT) as srv:
+        root = consul.Consul(host="127.0.0.1", port=srv.port, token=ROOT)
+        anon = consul.Consul(host="127.0.0.1", port=srv.port)
+        with pytest.raises(consul.ACLPermissionDenied):
+            anon.snapshot.save()
+        data = root.snapshot.save()
+        assert put_raw(srv, data)[0] == 403
+        assert put_raw(srv, data, ROOT)[0] == 200

@@ -16,7 +16,6 @@ import backends
 import consul
 import pytest
 
-from cove.acl import AclService
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.base import Store
@@ -148,25 +147,10 @@ def test_a_failing_operation_writes_nothing(c: consul.Consul, server: ConsulServ
 def test_catalog_txn_needs_node_and_service_rules(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    from cove.store.sqlite import SqliteStore
-
-    store = SqliteStore(str(tmp_path_factory.mktemp("acl") / "s.db"), SystemClock())
-    acl = AclService(
-        store,
-        SystemClock(),
-        enabled=True,
-        default_policy="deny",
-        initial_management=ROOT,
-        node_name="txn-acl",
-    )
-    acl.setup()
-    try:
-        with ConsulServer(store, SystemClock(), node_name="txn-acl", acl=acl) as srv:
-            ops = [{"Node": {"Verb": "set", "Node": {"Node": "n9", "Address": "10.0.0.9"}}}]
-            assert txn(srv, ops)[0] == 403
-            svc = {"Verb": "set", "Node": "n9", "Service": {"Service": "web", "Port": 1}}
-            assert txn(srv, [{"Service": svc}])[0] == 403
-            assert txn(srv, ops, ROOT)[0] == 200
-            assert txn(srv, [{"Service": svc}], ROOT)[0] == 200
-    finally:
-        store.close()
+    with backends.acl_server(tmp_path_factory.mktemp("acl"), "txn-acl", ROOT) as srv:
+        ops = [{"Node": {"Verb": "set", "Node": {"Node": "n9", "Address": "10.0.0.9"}}}]
+        assert txn(srv, ops)[0] == 403
+        svc = {"Verb": "set", "Node": "n9", "Service": {"Service": "web", "Port": 1}}
+        assert txn(srv, [{"Service": svc}])[0] == 403
+        assert txn(srv, ops, ROOT)[0] == 200
+        assert txn(srv, [{"Service": svc}], ROOT)[0] == 200
