@@ -36,10 +36,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -283,3 +283,18 @@ def cluster3(tmp_path: Path) -> Iterator[Cluster]:
     """Three hosts h1..h3 on one etcd, their agents running."""
     with make_cluster(tmp_path, 3) as cluster:
         yield cluster
+
+
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T | None], deadline: float = 20.0, what: str = "") -> T:
+    """``fn()`` once it is truthy, polled for ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    last: T | None = None
+    while time.monotonic() < end:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what or fn}: last {last!r}")

@@ -12,30 +12,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 import nsutil
-from cluster import Cluster, Host, make_cluster
+from cluster import Cluster, Host, make_cluster, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
-T = TypeVar("T")
 OVERLAY = "10.203.70.0/24"
-
-
-def wait_for(fn: Callable[[], T | None], deadline: float = 20.0, what: str = "") -> T:
-    end = time.monotonic() + deadline
-    last: T | None = None
-    while time.monotonic() < end:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what or fn}: last {last!r}")
 
 
 def inspect(host: Host, name: str) -> dict[str, Any]:

@@ -12,31 +12,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from agentproc import COVE, AgentProc
-from cluster import Cluster, Host, make_cluster
+from cluster import Cluster, Host, make_cluster, wait_for
 from cove.agent.teardown import teardown
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
-T = TypeVar("T")
 SUBNET = "10.89.70.0/24"
-
-
-def wait_for(fn: Callable[[], T | None], deadline: float = 20.0, what: str = "") -> T:
-    end = time.monotonic() + deadline
-    last: T | None = None
-    while time.monotonic() < end:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what or fn}: last {last!r}")
 
 
 def inspect(host: Host, name: str) -> dict[str, Any]:
