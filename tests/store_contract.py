@@ -21,6 +21,7 @@ import pytest
 
 from cove.errors import InvalidArgument, NotFound, StoreError, WatchCompacted
 from cove.store.base import (
+    UNBOUNDED,
     Compare,
     CompareOp,
     CompareTarget,
@@ -134,6 +135,26 @@ class StoreContract:
             (kv.mod_revision, kv.version) for kv in full.kvs
         ]
         assert keys.revision == s.revision
+
+    def test_range_keys_and_watch_between_two_keys(self, backend: Backend, k: str) -> None:
+        s = backend.store
+        for name in ["a", "b/1", "b/2", "c", "d"]:
+            s.put(k + name, name.encode())
+        got = s.range(k + "b/", end=k + "c")
+        assert [kv.value for kv in got.kvs] == [b"b/1", b"b/2"]
+        assert got.revision == s.revision
+        assert [kv.key for kv in s.keys(k + "c", end=k + "d").kvs] == [k + "c"]
+        tail = [kv.key for kv in s.range(k + "c", end=UNBOUNDED).kvs]
+        assert tail[:2] == [k + "c", k + "d"] and all(key >= k + "c" for key in tail)
+        between = s.watch(k + "b", end=k + "d")
+        r1 = s.put(k + "a", b"outside, below")
+        r2 = s.put(k + "b/3", b"inside")
+        r3 = s.put(k + "d", b"outside: the end is excluded")
+        r4 = s.delete(k + "c")
+        assert r1 < r2 < r3 < r4
+        assert summary(drain(between, 2)) == [("put", k + "b/3", r2), ("delete", k + "c", r4)]
+        assert between.next(timeout=0.2) == []
+        between.close()
 
     def test_delete_prefix_reports_previous_values(self, backend: Backend, k: str) -> None:
         s = backend.store

@@ -141,6 +141,18 @@ class RangeResult:
     revision: int
 
 
+# ``end`` of a key range that runs to the end of the keyspace.
+UNBOUNDED = ""
+
+
+def in_range(key: str, start: str, end: str | None) -> bool:
+    """Whether ``key`` is under the prefix ``start`` (``end`` None) or in
+    the range from ``start`` to ``end`` (excluded; ``UNBOUNDED``: no end)."""
+    if end is None:
+        return key.startswith(start)
+    return key >= start and (end == UNBOUNDED or key < end)
+
+
 class Watch(Protocol):
     """A stream of events for a prefix, from a start revision on."""
 
@@ -157,12 +169,14 @@ class Watch(Protocol):
 class Store(Protocol):
     def get(self, key: str) -> KeyValue | None: ...
 
-    def range(self, prefix: str) -> RangeResult:
+    def range(self, prefix: str, *, end: str | None = None) -> RangeResult:
         """All keys starting with ``prefix``, sorted by key, and the store's
-        revision at the time of the read."""
+        revision at the time of the read. With ``end``, the keys from
+        ``prefix`` (then a first key, not a prefix) up to ``end`` excluded;
+        ``end`` empty (``UNBOUNDED``): to the end of the keyspace."""
         ...
 
-    def keys(self, prefix: str) -> RangeResult:
+    def keys(self, prefix: str, *, end: str | None = None) -> RangeResult:
         """As ``range``, with every value left empty (``b""``): what a
         caller needs that only follows keys and revisions, for a fraction
         of the bytes over a network."""
@@ -188,10 +202,18 @@ class Store(Protocol):
         nothing, as one revision."""
         ...
 
-    def watch(self, prefix: str, start_revision: int | None = None, *, prev: bool = True) -> Watch:
-        """Events for keys under ``prefix`` with revision >= ``start_revision``
-        (default: only future events). With ``prev`` false the backend may
-        leave ``Event.prev`` None (etcd then sends each value once, not twice)."""
+    def watch(
+        self,
+        prefix: str,
+        start_revision: int | None = None,
+        *,
+        prev: bool = True,
+        end: str | None = None,
+    ) -> Watch:
+        """Events for keys under ``prefix`` (with ``end``: in the range, as
+        for ``range``) with revision >= ``start_revision`` (default: only
+        future events). With ``prev`` false the backend may leave
+        ``Event.prev`` None (etcd then sends each value once, not twice)."""
         ...
 
     def lease_grant(self, ttl: int) -> int:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from cove.errors import InvalidArgument
 from cove.store.base import (
@@ -42,6 +42,7 @@ from cove.store.base import (
     TxnResult,
     Watch,
 )
+from cove.store.scope import KeyRange
 
 
 class StoreCache:
@@ -98,10 +99,25 @@ class StoreCache:
         self._replace(kvs, floors)
         return min(floors.values())
 
-    def load(self, kvs: Iterable[KeyValue], revision: int) -> None:
+    def load(self, kvs: Iterable[KeyValue], revision: int, within: KeyRange | None = None) -> None:
         """Replace the content with the cached prefixes' share of ``kvs``
-        (a read of everything at ``revision``)."""
-        self._replace(kvs, dict.fromkeys(self.prefixes, revision))
+        (a read of everything at ``revision``, or with ``within`` of that
+        range: the prefixes it holds are replaced, the others kept)."""
+        if within is None:
+            self._replace(kvs, dict.fromkeys(self.prefixes, revision))
+            return
+        prefixes = tuple(p for p in self.prefixes if within.holds(p))
+        if not prefixes:
+            return
+        fresh = {kv.key: kv for kv in kvs if kv.key.startswith(prefixes)}
+        with self._lock:
+            values = {k: v for k, v in self._values.items() if not k.startswith(prefixes)}
+            values.update(fresh)
+            self._values = values
+            self._keys = sorted(values)
+            self._floors = {**self._floors, **dict.fromkeys(prefixes, revision)}
+            self._revision = max(self._revision, revision)
+            self._advanced.notify_all()
 
     def _replace(self, kvs: Iterable[KeyValue], floors: dict[str, int]) -> None:
         values = {kv.key: kv for kv in kvs if kv.key.startswith(self.prefixes)}
@@ -176,10 +192,19 @@ class CachedReads:
     loaded) and does everything else on ``store``; see the module
     docstring for whom it is for."""
 
-    def __init__(self, store: Store, cache: StoreCache | None) -> None:
-        """Without ``cache``, every call goes to ``store``."""
+    def __init__(
+        self,
+        store: Store,
+        cache: StoreCache | None,
+        *,
+        settled: Callable[[float], bool] | None = None,
+    ) -> None:
+        """Without ``cache``, every call goes to ``store``. ``settled``
+        (a hub watching several streams): wait until the hub delivered
+        every write this agent made, for ``caught_up``."""
         self._store = store
         self._cache = cache
+        self._settled = settled
 
     def _cached(self, prefix: str) -> bool:
         cache = self._cache
@@ -194,6 +219,12 @@ class CachedReads:
         cache = self._cache
         if cache is None:
             return self._store
+        if self._settled is not None:
+            # Scoped: no single revision to reach; this agent's own writes
+            # are what a pass must not mistake (and it costs no request).
+            if cache.loaded and self._settled(timeout):
+                return self
+            return self._store
         if cache.wait_for(self._store.revision, timeout):
             return self
         return self._store
@@ -203,13 +234,13 @@ class CachedReads:
             return self._cache.get(key)
         return self._store.get(key)
 
-    def range(self, prefix: str) -> RangeResult:
-        if self._cache is not None and self._cached(prefix):
+    def range(self, prefix: str, *, end: str | None = None) -> RangeResult:
+        if end is None and self._cache is not None and self._cached(prefix):
             return self._cache.range(prefix)
-        return self._store.range(prefix)
+        return self._store.range(prefix, end=end)
 
-    def keys(self, prefix: str) -> RangeResult:
-        if self._cache is not None and self._cached(prefix):
+    def keys(self, prefix: str, *, end: str | None = None) -> RangeResult:
+        if end is None and self._cache is not None and self._cached(prefix):
             got = self._cache.range(prefix)
             return RangeResult(
                 tuple(
@@ -218,7 +249,7 @@ class CachedReads:
                 ),
                 got.revision,
             )
-        return self._store.keys(prefix)
+        return self._store.keys(prefix, end=end)
 
     @property
     def revision(self) -> int:
@@ -241,8 +272,15 @@ class CachedReads:
     ) -> TxnResult:
         return self._store.txn(compares, success, failure)
 
-    def watch(self, prefix: str, start_revision: int | None = None, *, prev: bool = True) -> Watch:
-        return self._store.watch(prefix, start_revision, prev=prev)
+    def watch(
+        self,
+        prefix: str,
+        start_revision: int | None = None,
+        *,
+        prev: bool = True,
+        end: str | None = None,
+    ) -> Watch:
+        return self._store.watch(prefix, start_revision, prev=prev, end=end)
 
     def lease_grant(self, ttl: int) -> int:
         return self._store.lease_grant(ttl)

@@ -112,8 +112,13 @@ def _range_end(prefix: str) -> bytes:
     return b"\0"  # with key "\0": the whole keyspace
 
 
-def _key_range(prefix: str) -> dict[str, str]:
-    return {"key": _b64(prefix or "\0"), "range_end": _b64(_range_end(prefix))}
+def _key_range(prefix: str, end: str | None = None) -> dict[str, str]:
+    """etcd's key and range end for the keys under ``prefix``, or with
+    ``end`` for the keys from ``prefix`` to ``end`` (``UNBOUNDED``: all
+    keys from ``prefix`` on, which etcd spells with range end "\\0")."""
+    if end is None:
+        return {"key": _b64(prefix or "\0"), "range_end": _b64(_range_end(prefix))}
+    return {"key": _b64(prefix or "\0"), "range_end": _b64(end or "\0")}
 
 
 def _kv(data: dict[str, Any]) -> KeyValue:
@@ -163,6 +168,7 @@ class EtcdWatch:
         members: Members | None = None,
         *,
         prev: bool = True,
+        end: str | None = None,
     ) -> None:
         self._queue: queue.Queue[list[Event] | StoreError] = queue.Queue()
         self._closed = False
@@ -174,7 +180,7 @@ class EtcdWatch:
         # A stream stays silent on a member that hangs, so this is how it
         # learns.
         self._failures = endpoint.failures
-        request: dict[str, Any] = {**_key_range(prefix), "prev_kv": prev}
+        request: dict[str, Any] = {**_key_range(prefix, end), "prev_kv": prev}
         if start_revision is not None and start_revision > 0:
             request["start_revision"] = str(start_revision)
         try:
@@ -456,12 +462,12 @@ class EtcdStore:
         kvs = answer.get("kvs", ())
         return _kv(kvs[0]) if kvs else None
 
-    def range(self, prefix: str) -> RangeResult:
-        answer = self._call("/v3/kv/range", _key_range(prefix))
+    def range(self, prefix: str, *, end: str | None = None) -> RangeResult:
+        answer = self._call("/v3/kv/range", _key_range(prefix, end))
         return RangeResult(tuple(_kv(kv) for kv in answer.get("kvs", ())), _revision(answer))
 
-    def keys(self, prefix: str) -> RangeResult:
-        answer = self._call("/v3/kv/range", {**_key_range(prefix), "keys_only": True})
+    def keys(self, prefix: str, *, end: str | None = None) -> RangeResult:
+        answer = self._call("/v3/kv/range", {**_key_range(prefix, end), "keys_only": True})
         return RangeResult(tuple(_kv(kv) for kv in answer.get("kvs", ())), _revision(answer))
 
     @property
@@ -570,7 +576,12 @@ class EtcdStore:
     # -- watches -------------------------------------------------------------
 
     def watch(
-        self, prefix: str, start_revision: int | None = None, *, prev: bool = True
+        self,
+        prefix: str,
+        start_revision: int | None = None,
+        *,
+        prev: bool = True,
+        end: str | None = None,
     ) -> EtcdWatch:
         with self._lock:
             if self._closed:
@@ -581,7 +592,7 @@ class EtcdStore:
             timeout = attempt_timeout(backoff, len(self._members.endpoints), self._timeout)
             try:
                 return EtcdWatch(
-                    endpoint, prefix, start_revision, timeout, self._members, prev=prev
+                    endpoint, prefix, start_revision, timeout, self._members, prev=prev, end=end
                 )
             except StoreError as exc:
                 self._members.failed(endpoint)

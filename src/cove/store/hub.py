@@ -49,14 +49,27 @@ other prefix gets ``prev`` None from etcd.
 from __future__ import annotations
 
 import logging
+import queue
+import sys
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from cove.errors import StoreError, WatchCompacted
-from cove.store.base import Event, EventType, KeyValue, LocalStore, Store, Watch, local_store
+from cove.errors import InvalidArgument, StoreError, WatchCompacted
+from cove.store.base import (
+    Event,
+    EventType,
+    KeyValue,
+    LocalStore,
+    RangeResult,
+    Store,
+    Watch,
+    local_store,
+)
 from cove.store.cache import CachedReads, StoreCache
 from cove.store.memory import DEFAULT_HISTORY
+from cove.store.scope import KeyRange, NotingStore
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +80,39 @@ _RETRY_DELAY = 1.0  # seconds before re-watching after a store failure
 # one batch of each key's last change (as a resync after compaction would):
 # the lag a watching hub tolerates before its history is compacted away.
 MAX_QUEUED = DEFAULT_HISTORY
+# How long the hub gathers what several streams sent before delivering it
+# in revision order: etcd sends a commit's events to every stream at once,
+# so the parts of one transaction (a name claim on one stream, the record
+# on another) arrive well within it.
+REORDER_WINDOW = 0.02
+
+
+class _Stream:
+    """One watched key range: one store watch, fed by a thread of its own."""
+
+    def __init__(self, keys: KeyRange) -> None:
+        self.range = keys
+        self.seen = 0  # the last revision delivered from it (hub lock)
+        self.known = 0  # the last revision this agent wrote in it (hub lock)
+        self.resume = 0  # the revision its watch (re)starts at (its thread)
+        self.watch: Watch | None = None
+        self.thread: threading.Thread | None = None
+
+    def read(self, store: Store, *, keys_only: bool) -> RangeResult:
+        r = self.range
+        read = store.keys if keys_only else store.range
+        if r == KeyRange.everything():
+            return read("")
+        return read(r.start, end=r.end)
+
+    def open(self, store: Store, *, prev: bool) -> Watch:
+        r = self.range
+        if r == KeyRange.everything():
+            return store.watch("", self.resume, prev=prev)
+        return store.watch(r.start, self.resume, prev=prev, end=r.end)
+
+
+_Item = tuple[_Stream, Sequence[Event] | None, RangeResult | None]
 
 
 class Subscription:
@@ -97,14 +143,19 @@ class WatchHub:
         poll: float = 0.5,
         listen: bool | None = None,
         cache: Sequence[str] = (),
+        ranges: Sequence[KeyRange] = (),
+        window: float = REORDER_WINDOW,
     ) -> None:
         """``listen``: take commits from an in-process store's listener
         (the default for one) rather than a watch of its history;
-        ``cache``: the prefixes to keep in memory for ``reads``."""
+        ``cache``: the prefixes to keep in memory for ``reads``;
+        ``ranges``: what to watch (default: the whole keyspace), one
+        stream each (see ``cove.store.scope``), when the hub watches: a
+        listening hub hears every commit of its in-process store."""
         self._store = store
         self._cache = StoreCache(cache) if cache else None
-        self.reads = CachedReads(store, self._cache)
         self._poll = poll
+        self._window = window
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
         self._delivered = threading.Condition(self._lock)
@@ -112,7 +163,6 @@ class WatchHub:
         self._mod_revisions: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._watch: Watch | None = None
         # Listening mode (in-process stores): commits waiting for the thread.
         local = local_store(store)
         if listen is False:
@@ -121,12 +171,53 @@ class WatchHub:
         self._listening = local is not None
         self._queue: deque[tuple[Sequence[Event], int]] = deque()
         self._queued = threading.Condition(self._lock)
+        # Watching: one stream per range, all feeding the inbox.
+        watched = list(ranges) if ranges and not self._listening else [KeyRange.everything()]
+        self._streams = [_Stream(r) for r in watched]
+        self._inbox: queue.Queue[_Item] = queue.Queue()
+        if self._cache is not None and self.scoped:
+            for prefix in self._cache.prefixes:
+                if not any(s.range.holds(prefix) for s in self._streams):
+                    raise InvalidArgument(f"a cached prefix is not watched whole: {prefix!r}")
+        # Writes through ``writes`` tell the hub what to wait for (scoped).
+        self.writes: Store = NotingStore(store, self.note) if self.scoped else store
+        self.reads = CachedReads(
+            self.writes, self._cache, settled=self._settled if self.scoped else None
+        )
+
+    @property
+    def scoped(self) -> bool:
+        """Whether the hub watches several ranges rather than everything."""
+        return len(self._streams) > 1
 
     @property
     def revision(self) -> int:
-        """The last revision delivered to every subscriber."""
+        """The last revision delivered to every subscriber. Scoped, a quiet
+        stream cannot say how far it has got: below this agent's earliest
+        write not yet delivered, the newest revision delivered."""
         with self._lock:
-            return self._revision
+            pending = [s.known - 1 for s in self._streams if s.known > s.seen]
+            return min([self._revision, *pending])
+
+    def note(self, keys: Iterable[str], revision: int) -> None:
+        """This agent wrote ``keys`` at ``revision``: ``wait_for`` waits
+        for those events (``NotingStore`` calls this)."""
+        with self._lock:
+            for key in keys:
+                for stream in self._streams:
+                    if key in stream.range:
+                        stream.known = max(stream.known, revision)
+                        break
+
+    def _covers(self, revision: int) -> bool:
+        """Hub lock held."""
+        if not self.scoped:
+            return self._revision >= revision
+        return all(s.seen >= min(revision, s.known) for s in self._streams)
+
+    def _settled(self, timeout: float) -> bool:
+        """Every write this agent made so far is delivered (scoped)."""
+        return self.wait_for(sys.maxsize, timeout)
 
     def subscribe(self, prefix: str, callback: Callback, *, inline: bool = False) -> Subscription:
         """Call ``callback(events)`` for changes under ``prefix``; with
@@ -149,7 +240,12 @@ class WatchHub:
             self._listen()
             target = self._run_queue
         else:
-            self._watch = self._snapshot()
+            self._snapshot()
+            for stream in self._streams:
+                stream.thread = threading.Thread(
+                    target=self._pump, args=(stream,), name="cove-watch-stream", daemon=True
+                )
+                stream.thread.start()
             target = self._run
         self._thread = threading.Thread(target=target, name="cove-watch-hub", daemon=True)
         self._thread.start()
@@ -158,12 +254,15 @@ class WatchHub:
         self._stop.set()
         with self._lock:
             self._queued.notify_all()
+            watches = [s.watch for s in self._streams if s.watch is not None]
         if self._local is not None:
             self._local.unlisten(self._on_commit)
-        if self._watch is not None:
-            self._watch.close()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+        for watch in watches:
+            watch.close()
+        me = threading.current_thread()
+        for thread in [s.thread for s in self._streams] + [self._thread]:
+            if thread is not None and thread is not me:
+                thread.join(timeout=10)
         self._thread = None
         with self._lock:
             self._delivered.notify_all()
@@ -171,44 +270,133 @@ class WatchHub:
 
     def wait_for(self, revision: int, timeout: float | None = None) -> bool:
         """Block until ``revision`` has been delivered to every subscriber;
-        False when ``timeout`` passes first or the hub stops."""
+        False when ``timeout`` passes first or the hub stops. Scoped: until
+        every write of this agent's up to ``revision`` has been (another
+        agent's write in a quiet stream cannot be told from none)."""
         with self._lock:
             return self._delivered.wait_for(
-                lambda: self._revision >= revision or self._stop.is_set(), timeout
-            ) and (self._revision >= revision)
+                lambda: self._covers(revision) or self._stop.is_set(), timeout
+            ) and self._covers(revision)
 
-    # -- the hub thread ------------------------------------------------------
+    # -- the hub thread and the stream threads -------------------------------
 
-    def _snapshot(self) -> Watch:
-        """Read every key (not its value), remember its mod revision, and
-        watch what follows."""
-        current = self._store.keys("")
+    def _snapshot(self) -> None:
+        """Read every watched key (not its value), remember its mod
+        revision, and set each stream to watch what follows its read."""
+        mods: dict[str, int] = {}
+        for stream in self._streams:
+            current = stream.read(self._store, keys_only=True)
+            mods.update((kv.key, kv.mod_revision) for kv in current.kvs)
+            stream.seen = current.revision
+            stream.resume = current.revision + 1
         if self._cache is not None:
             # After the keys: what changed in between is applied twice,
             # which the cache tolerates; nothing is missed.
             self._cache.fill(self._store)
         with self._lock:
-            self._mod_revisions = {kv.key: kv.mod_revision for kv in current.kvs}
-            self._revision = max(self._revision, current.revision)
+            self._mod_revisions = mods
+            self._revision = max([self._revision, *(s.seen for s in self._streams)])
             self._delivered.notify_all()
-        return self._watch_from(current.revision + 1)
 
-    def _watch_from(self, revision: int) -> Watch:
+    def _pump(self, stream: _Stream) -> None:
+        """A stream's thread: its watch's events (or, when the history it
+        needs was compacted, a fresh read of its range) into the inbox.
+        After a broken watch (an etcd member died or lost its leader) it
+        watches again right after the last revision it passed on, on
+        whichever member the store now uses: nothing lost or repeated."""
         # With a cache, the previous values of the keys it holds come from
         # it; etcd need not send every value twice.
-        return self._store.watch("", revision, prev=self._cache is None)
+        prev = self._cache is None
+        watch: Watch | None = None
+        while not self._stop.is_set():
+            try:
+                if watch is None:
+                    watch = stream.open(self._store, prev=prev)
+                    with self._lock:
+                        stream.watch = watch
+                    if self._stop.is_set():
+                        break
+                events = watch.next(timeout=self._poll)
+                if events:
+                    stream.resume = events[-1].revision + 1
+                    self._inbox.put((stream, events, None))
+            except WatchCompacted:
+                if watch is not None:
+                    watch.close()
+                watch = None
+                try:
+                    current = stream.read(self._store, keys_only=False)
+                except StoreError as exc:
+                    log.warning("cannot re-read the store after a compaction: %s", exc.message)
+                    self._stop.wait(_RETRY_DELAY)
+                    continue
+                stream.resume = current.revision + 1
+                self._inbox.put((stream, None, current))
+            except StoreError as exc:
+                if self._stop.is_set():
+                    break
+                log.warning(
+                    "store watch failed (%s); resuming at revision %s in %ss",
+                    exc.message,
+                    stream.resume,
+                    _RETRY_DELAY,
+                )
+                if watch is not None:
+                    watch.close()
+                watch = None
+                self._stop.wait(_RETRY_DELAY)
+        if watch is not None:
+            watch.close()
 
-    def _resync(self) -> Watch:
-        events, rev = self._resync_events()
-        self._deliver(events, rev, cached=True)
-        return self._watch_from(rev + 1)
+    def _run(self) -> None:
+        """Deliver the inbox. Several streams' news is gathered for a
+        moment and delivered in revision order (see ``REORDER_WINDOW``)."""
+        while not self._stop.is_set():
+            try:
+                items = [self._inbox.get(timeout=self._poll)]
+            except queue.Empty:
+                continue
+            if self.scoped:
+                deadline = time.monotonic() + self._window
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        items.append(self._inbox.get(timeout=left))
+                    except queue.Empty:
+                        break
+            try:
+                self._take(items)
+            except Exception:
+                log.exception("the watch hub failed to deliver a batch")
 
-    def _resync_events(self) -> tuple[list[Event], int]:
-        before = self._mod_revisions
-        current = self._store.range("")
+    def _take(self, items: Sequence[_Item]) -> None:
+        events: list[Event] = []
+        tops: dict[_Stream, int] = {}
+        for stream, batch, current in items:
+            if current is not None:
+                if events:  # what came before the re-read goes first
+                    self._deliver(sorted(events, key=_revision_of), tops)
+                    events, tops = [], {}
+                self._resync(stream, current)
+            elif batch:
+                events.extend(batch)
+                tops[stream] = max(tops.get(stream, 0), batch[-1].revision)
+        if events:
+            self._deliver(sorted(events, key=_revision_of), tops)
+
+    def _resync(self, stream: _Stream, current: RangeResult) -> None:
+        events, rev = self._resync_events(current, stream.range)
+        self._deliver(events, {stream: rev}, cached=True)
+
+    def _resync_events(
+        self, current: RangeResult, keys: KeyRange | None = None
+    ) -> tuple[list[Event], int]:
+        """The difference between ``current`` (a read of ``keys``, default
+        everything) and the keys the hub knew there."""
         rev = current.revision
+        within = keys or KeyRange.everything()
+        before = {k: m for k, m in self._mod_revisions.items() if k in within}
         if self._cache is not None:
-            self._cache.load(current.kvs, rev)
+            self._cache.load(current.kvs, rev, within=keys)
         events = [
             Event(EventType.PUT, kv) for kv in current.kvs if before.get(kv.key) != kv.mod_revision
         ]
@@ -219,54 +407,21 @@ class WatchHub:
             if key not in now
         ]
         log.warning("watch history lost; resynced %s changed keys at %s", len(events), rev)
-        return sorted(events, key=lambda e: e.revision), rev
+        return sorted(events, key=_revision_of), rev
 
-    def _run(self) -> None:
-        watch = self._watch
-        resync = False
-        while not self._stop.is_set():
-            try:
-                if watch is None:
-                    # After a broken stream, resume right after the last
-                    # revision delivered (etcd: on another member), so no
-                    # event is lost or repeated; re-read only when that
-                    # history is compacted away.
-                    watch = self._resync() if resync else self._resume()
-                    self._watch = watch
-                    resync = False
-                events = watch.next(timeout=self._poll)
-                if events:
-                    self._deliver(events, events[-1].revision)
-            except WatchCompacted:
-                if watch is not None:
-                    watch.close()
-                watch, resync = None, True
-            except StoreError as exc:
-                if self._stop.is_set():
-                    break
-                log.warning(
-                    "store watch failed (%s); resuming after revision %s in %ss",
-                    exc.message,
-                    self._revision,
-                    _RETRY_DELAY,
-                )
-                if watch is not None:
-                    watch.close()
-                watch = None
-                self._stop.wait(_RETRY_DELAY)
-
-    def _resume(self) -> Watch:
-        with self._lock:
-            revision = self._revision
-        return self._watch_from(revision + 1)
-
-    def _deliver(self, events: Sequence[Event], revision: int, *, cached: bool = False) -> None:
-        """``cached``: the cache holds these already (a resync loaded it)."""
+    def _deliver(
+        self, events: Sequence[Event], tops: dict[_Stream, int], *, cached: bool = False
+    ) -> None:
+        """``tops``: the newest revision each stream brought; ``cached``:
+        the cache holds these already (a resync loaded it)."""
+        revision = max(tops.values())
         if self._cache is not None and not cached:
             events = self._cache.apply(events, revision)
         self._remember(events)
         self._call(self._subs, events)
         with self._lock:
+            for stream, top in tops.items():
+                stream.seen = max(stream.seen, top)
             self._revision = max(self._revision, revision)
             self._delivered.notify_all()
 
@@ -308,7 +463,7 @@ class WatchHub:
     def _on_commit(self, events: Sequence[Event] | None) -> None:
         """The store's listener: in the committing thread, store lock held."""
         if events is None:  # the store re-read its file: deliver the difference
-            events, rev = self._resync_events()
+            events, rev = self._resync_events(self._store.range(""))
         else:
             rev = events[-1].kv.mod_revision
             if self._cache is not None:
@@ -355,6 +510,10 @@ class WatchHub:
             with self._lock:
                 self._revision = max(self._revision, batches[-1][1])
                 self._delivered.notify_all()
+
+
+def _revision_of(event: Event) -> int:
+    return event.revision
 
 
 class Follower:

@@ -28,6 +28,7 @@ from typing import Protocol, TypeVar
 from cove.clock import Clock
 from cove.errors import InvalidArgument, NotFound, StorageFull, StoreError, WatchCompacted
 from cove.store.base import (
+    UNBOUNDED,
     Compare,
     CompareOp,
     CompareTarget,
@@ -41,6 +42,7 @@ from cove.store.base import (
     Put,
     RangeResult,
     TxnResult,
+    in_range,
 )
 
 log = logging.getLogger(__name__)
@@ -197,9 +199,10 @@ class _Lease:
 class MemoryWatch:
     """A cursor over the store's shared event log."""
 
-    def __init__(self, store: MemoryStore, prefix: str, start: int) -> None:
+    def __init__(self, store: MemoryStore, prefix: str, start: int, end: str | None) -> None:
         self._store = store
         self._prefix = prefix
+        self._end = end
         self._next = start
         self._closed = False
 
@@ -253,13 +256,18 @@ class MemoryStore:
             self._check_open()
             return self._kvs.get(key)
 
-    def range(self, prefix: str) -> RangeResult:
+    def range(self, prefix: str, *, end: str | None = None) -> RangeResult:
         with self._cond:
             self._check_open()
+            if end is not None:
+                keys = self._sorted_keys()
+                lo = bisect.bisect_left(keys, prefix)
+                hi = bisect.bisect_left(keys, end, lo) if end != UNBOUNDED else len(keys)
+                return RangeResult(tuple(self._kvs[k] for k in keys[lo:hi]), self._revision)
             return RangeResult(tuple(self._scan(prefix, {})), self._revision)
 
-    def keys(self, prefix: str) -> RangeResult:
-        found = self.range(prefix)
+    def keys(self, prefix: str, *, end: str | None = None) -> RangeResult:
+        found = self.range(prefix, end=end)
         return RangeResult(tuple(replace(kv, value=b"") for kv in found.kvs), found.revision)
 
     @property
@@ -480,7 +488,12 @@ class MemoryStore:
     # -- watches and history -----------------------------------------------
 
     def watch(
-        self, prefix: str, start_revision: int | None = None, *, prev: bool = True
+        self,
+        prefix: str,
+        start_revision: int | None = None,
+        *,
+        prev: bool = True,
+        end: str | None = None,
     ) -> MemoryWatch:
         """``prev`` is ignored: in memory the previous value costs nothing."""
         with self._cond:
@@ -488,7 +501,7 @@ class MemoryStore:
             start = self._revision + 1
             if start_revision is not None and start_revision > 0:
                 start = start_revision
-            return MemoryWatch(self, prefix, start)
+            return MemoryWatch(self, prefix, start, end)
 
     def _read_watch(self, watch: MemoryWatch, timeout: float | None) -> list[Event]:
         deadline = None if timeout is None else self._now_real() + timeout
@@ -507,8 +520,11 @@ class MemoryStore:
                     watch._next = self._revision + 1
                     # A slice, not islice: islice would step over the i
                     # older events of the history one by one on every read.
-                    prefix = watch._prefix
-                    found = [e for e in self._log[i:] if e.kv.key.startswith(prefix)]
+                    prefix, end = watch._prefix, watch._end
+                    if end is None:
+                        found = [e for e in self._log[i:] if e.kv.key.startswith(prefix)]
+                    else:
+                        found = [e for e in self._log[i:] if in_range(e.kv.key, prefix, end)]
                     if found:
                         return found
                 remaining = None if deadline is None else deadline - self._now_real()

@@ -153,11 +153,11 @@ class SqliteStore:
     def get(self, key: str) -> KeyValue | None:
         return self._mirror.get(key)
 
-    def range(self, prefix: str) -> RangeResult:
-        return self._mirror.range(prefix)
+    def range(self, prefix: str, *, end: str | None = None) -> RangeResult:
+        return self._mirror.range(prefix, end=end)
 
-    def keys(self, prefix: str) -> RangeResult:
-        return self._mirror.keys(prefix)
+    def keys(self, prefix: str, *, end: str | None = None) -> RangeResult:
+        return self._mirror.keys(prefix, end=end)
 
     @property
     def revision(self) -> int:
@@ -178,9 +178,14 @@ class SqliteStore:
         return self._mirror.txn(compares, success, failure)
 
     def watch(
-        self, prefix: str, start_revision: int | None = None, *, prev: bool = True
+        self,
+        prefix: str,
+        start_revision: int | None = None,
+        *,
+        prev: bool = True,
+        end: str | None = None,
     ) -> MemoryWatch:
-        return self._mirror.watch(prefix, start_revision, prev=prev)
+        return self._mirror.watch(prefix, start_revision, prev=prev, end=end)
 
     def lease_grant(self, ttl: int) -> int:
         return self._mirror.lease_grant(ttl)
