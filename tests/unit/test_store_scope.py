@@ -16,7 +16,7 @@ from cove.errors import InvalidArgument, WatchCompacted
 from cove.store import Compare, Delete, Event, MemoryStore, Put
 from cove.store.base import UNBOUNDED
 from cove.store.hub import WatchHub
-from cove.store.scope import KeyRange, written_keys, watched_ranges
+from cove.store.scope import KeyRange, watched_ranges, written_keys
 
 EXCLUDE = ("containers/", "cluster/status/")
 MINE = ("containers/h1/", "cluster/status/h1/")
