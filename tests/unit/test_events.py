@@ -172,3 +172,21 @@ def test_an_index_from_another_history_gets_a_reset(parts: tuple[MemoryStore, Wa
     got = log.after(rev + 1000)  # a client of a store that was wiped and began again
     assert [(c.kind, c.index) for c in got] == [(Kind.RESET, rev)]
     assert log.after(rev) == []
+
+
+def test_a_straggler_from_another_stream_takes_its_place_in_the_log() -> None:
+    # A hub of several watch streams delivers each stream in order but the
+    # streams only almost in order: a change that arrives after a newer one
+    # must still reach a reader that resumes from before it.
+    store = MemoryStore(ManualClock())
+    log = EventLog(store)
+
+    def put(key: str, rev: int) -> Event:
+        return Event(EventType.PUT, KeyValue(key, b"{}", rev, rev, 1))
+
+    log._on_events([put("networks/a", 5), put("networks/c", 9)])
+    log._on_events([put("networks/b", 7)])
+    assert [c.index for c in log.after(0)] == [5, 7, 9]
+    assert [c.name for c in log.after(5)] == ["b", "c"]
+    assert log.head == 9
+    store.close()

@@ -14,8 +14,10 @@ nothing.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -46,12 +48,14 @@ class EventLog:
         self._wakers: dict[int, Callable[[], None]] = {}
         self._next_waker = 0
         self._subs: list[Subscription] = []
+        self._hub: WatchHub | None = None
 
     def start(self, hub: WatchHub) -> None:
         """Follow ``hub`` from its current revision on."""
         # One subscription to the whole keyspace, not one per prefix: a
         # commit's changes must reach the log in revision order, and the hub
         # calls each subscription with its own share of a batch.
+        self._hub = hub
         self._subs = [hub.subscribe("", self._on_events)]
         revision = max(hub.revision, self._store.revision)
         with self._lock:
@@ -88,8 +92,16 @@ class EventLog:
             for change in changes:
                 if ring.maxlen is not None and len(ring) == ring.maxlen:
                     self._covered = max(self._covered, ring[0].index)
-                ring.append(change)
-            self._head = max(self._head, changes[-1].index)
+                    ring.popleft()
+                if ring and change.index < ring[-1].index:
+                    # A straggler from another watch stream (a scoped hub
+                    # delivers each in order, several almost in order):
+                    # in its place, so a reader from before it finds it.
+                    at = bisect.bisect_right(ring, change.index, key=_index_of)
+                    ring.insert(at, change)
+                else:
+                    ring.append(change)
+            self._head = max(self._head, ring[-1].index)
             wakers = list(self._wakers.values())
         for wake in wakers:
             wake()
@@ -118,6 +130,12 @@ class EventLog:
         seconds pass; whether it caught up. Slow: call it off the event loop."""
         if not self._subs:
             return False  # not following a hub: nothing will arrive
+        hub = self._hub
+        if hub is not None and hub.scoped:
+            # A hub of several streams cannot reach the store's revision
+            # when the last write was in a range it does not watch; what it
+            # can promise is every write this agent acknowledged.
+            return hub.wait_for(sys.maxsize, timeout)
         target = self._store.revision
         with self._seen_cond:
             return self._seen_cond.wait_for(lambda: self._seen >= target, timeout)
@@ -184,3 +202,7 @@ class EventLog:
         finally:
             watch.close()
         return changes_of(events)
+
+
+def _index_of(change: Change) -> int:
+    return change.index
