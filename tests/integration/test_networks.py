@@ -186,6 +186,11 @@ def test_metrics_count_networks(agent: AgentProc) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{agent.http_port}/metrics", timeout=10) as r:
         text = r.read().decode()
     assert "\ncove_networks 1\n" in text and "cove_store_revision" in text
+    # The watch cache's size: the network's record is in it (SQLite: one
+    # listener, no streams of its own, shown as one).
+    assert "\ncove_watch_streams 1\n" in text
+    cached = [line for line in text.splitlines() if line.startswith("cove_watch_cache_keys ")]
+    assert cached and float(cached[0].split()[1]) >= 1
 
 
 def test_default_subnet_avoids_host_routes_and_addresses(agent: AgentProc) -> None:

@@ -227,6 +227,7 @@ class Agent:
         self.app.screens.append(self.guard)
         self.metrics = Metrics()
         self.metrics.add(self._core_metrics)
+        self.metrics.add(self.hub.stats)
         self.registry_parts = RegistryParts(
             self.store,
             self.clock,

@@ -79,6 +79,11 @@ class StoreCache:
         with self._lock:
             return self._revision
 
+    def size(self) -> tuple[int, int]:
+        """How many keys are cached, and the bytes of their values."""
+        with self._lock:
+            return len(self._values), sum(len(kv.value) for kv in self._values.values())
+
     def covers(self, prefix: str) -> bool:
         """Whether a read of ``prefix`` (or of the key ``prefix``) can be
         answered here."""

@@ -199,6 +199,16 @@ class WatchHub:
             pending = [s.known - 1 for s in self._streams if s.known > s.seen]
             return min([self._revision, *pending])
 
+    def stats(self) -> list[tuple[str, str, float]]:
+        """Metrics: what the hub watches and holds."""
+        keys, size = self._cache.size() if self._cache is not None else (0, 0)
+        return [
+            ("cove_watch_streams", "Store watch streams (key ranges) the agent follows.",
+             float(len(self._streams))),
+            ("cove_watch_cache_keys", "Store keys held in the agent's watch cache.", float(keys)),
+            ("cove_watch_cache_bytes", "Bytes of values in the agent's watch cache.", float(size)),
+        ]  # fmt: skip
+
     def note(self, keys: Iterable[str], revision: int) -> None:
         """This agent wrote ``keys`` at ``revision``: ``wait_for`` waits
         for those events (``NotingStore`` calls this)."""
