@@ -217,6 +217,7 @@ class ContainerReconciler:
         self._host_hosts = host_hosts
         # On a store of this host alone, every container is this host's.
         self._node = node if local_store(store) is None else ""
+        self._home = node  # whose records it reads: containers/<node>/
         self._dp = datapath
         self._nft = nft
         # Guard entries change on every attach and detach: in-process when
@@ -273,7 +274,7 @@ class ContainerReconciler:
 
     def _read(self) -> Snapshot:
         """The store's containers that run on this node."""
-        return read_snapshot(self._store, self._node).owned_by(self._node)
+        return read_snapshot(self._store, self._home).owned_by(self._node)
 
     def _read_periodic(self, *, reuse: bool = True) -> Snapshot:
         """The periodic pass's snapshot: when the hub follows the store for
@@ -289,7 +290,7 @@ class ContainerReconciler:
         if fresh or self._snap is None:
             try:
                 reads = self.reads.caught_up(_CATCH_UP) if self.reads is not None else self._store
-                self._snap = read_snapshot(reads, self._node).owned_by(self._node)
+                self._snap = read_snapshot(reads, self._home).owned_by(self._node)
             except BaseException:
                 # The change is still unread (the store is away, say): the
                 # next pass must read it, not reuse what came before it.
@@ -302,7 +303,7 @@ class ContainerReconciler:
         # Its networks' endpoints are scanned for its own: from the cache,
         # once that holds every write made so far (this container's too).
         store = self.reads.caught_up(_CATCH_UP) if self.reads is not None else self._store
-        return read_container(store, name, self._node).owned_by(self._node)
+        return read_container(store, name, self._home).owned_by(self._node)
 
     def etc_dir(self, cid: str) -> Path:
         return self._files / cid / "etc"
