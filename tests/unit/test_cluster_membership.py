@@ -7,6 +7,7 @@ import ipaddress
 import json
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,10 @@ def test_only_own_containers_services_are_wanted() -> None:
     # A record without a node predates clusters: whichever agent reads it
     # takes it for its own (the contract), so only "a" is left out here.
     assert sorted(w.container for w in wanted(cs, eps, "h2").values()) == ["b", "c"]
+    # An agent reads only its own node's container records: another node's
+    # endpoints (which carry the services too) are no CNI attachments of its.
+    with_services = [replace(ep, services=(f"{ep.container_name}:80",)) for ep in eps]
+    assert sorted(w.container for w in wanted(cs[:1], with_services, "h1").values()) == ["a", "c"]
 
 
 def _serve(server: RequestServer, stop: threading.Event) -> None:

@@ -75,10 +75,13 @@ def wanted(
             sid = f"{ID_PREFIX}{c.name}-{spec.name}"
             out[sid] = Wanted(sid, spec.name, address, spec.port, spec.tags, c.name)
     # Containers of other runtimes (CNI attachments): no container record,
-    # registered while their endpoint exists.
+    # registered while their endpoint exists. Of another node's endpoints,
+    # whose container records are not read, none.
     known = {c.id for c in containers}
     for ep in endpoints:
         if ep.container_id in known or not ep.services or not ep.addresses:
+            continue
+        if node and not owned(ep.node, node):
             continue
         for text in ep.services:
             spec = ServiceSpec.parse(text)
