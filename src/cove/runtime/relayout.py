@@ -19,6 +19,7 @@ from cove.runtime.keys import (
     CLUSTER_STATUS,
     container_key,
     containers_of,
+    is_legacy,
     name_claim,
     name_key,
     status_id,
@@ -37,22 +38,24 @@ def move_to_node_layout(store: Store, node: str) -> int:
     claims) and process states to the per-node keys; the number moved."""
     alone = local_store(store) is not None
     moved = 0
-    for kv in store.range(CONTAINERS).kvs:
-        if kv.key.startswith(containers_of(node)):
+    # Keys first (a shared store sends no value it does not need), then
+    # each record to move.
+    for k in store.keys(CONTAINERS).kvs:
+        if k.key.startswith(containers_of(node)):
             continue
-        legacy = "/" not in kv.key[len(CONTAINERS) :]
-        if not legacy and not alone:
+        if not is_legacy(k.key, CONTAINERS) and not alone:
             continue  # another node's, in the layout of now
-        if _move_container(store, kv, node, alone):
+        if _move_container(store, store.get(k.key), node, alone):
             moved += 1
-    for kv in store.range(CLUSTER_STATUS).kvs:
-        if kv.key.startswith(statuses_of(node)):
+    for k in store.keys(CLUSTER_STATUS).kvs:
+        if k.key.startswith(statuses_of(node)):
             continue
-        if "/" not in kv.key[len(CLUSTER_STATUS) :]:
-            moved += _move_status(store, kv, node, alone)
+        if is_legacy(k.key, CLUSTER_STATUS):
+            if (kv := store.get(k.key)) is not None:
+                moved += _move_status(store, kv, node, alone)
         elif alone:
             # Published under this host's former name: published again.
-            store.txn([Compare.mod_is(kv.key, kv.mod_revision)], [Delete(kv.key)])
+            store.txn([Compare.mod_is(k.key, k.mod_revision)], [Delete(k.key)])
     if moved:
         log.info("moved %d records of node %s to the per-node layout", moved, node)
     return moved
