@@ -16,6 +16,7 @@ from typing import Protocol
 
 import nsutil
 from cluster import ETCD_PORT, FABRIC_ADDRESS
+from cove.runtime.keys import container_key, name_claim, name_key
 from etcd_fixture import EtcdLoad
 
 GHOST = "ghost"  # the node the clones belong to: no agent runs it
@@ -101,7 +102,7 @@ def clones(member: FabricMember, seed: str, network: str, subnet: str, count: in
     ``ghost``: every agent sees them, none builds them. Their addresses are
     taken from the top of ``subnet``, far from what IPAM hands out first.
     Returns the keys written."""
-    ((_, craw),) = member.range(f"containers/{seed}")
+    ((_, craw),) = [(k, v) for k, v in member.range("containers/") if k.endswith(f"/{seed}")]
     seed_id = json.loads(craw)["id"]
     ((_, eraw),) = [
         (k, v) for k, v in member.range(f"endpoints/{network}/") if seed_id.encode() in v
@@ -127,7 +128,8 @@ def clones(member: FabricMember, seed: str, network: str, subnet: str, count: in
             "mac": mac,
         }
         items += [
-            (f"containers/{name}", json.dumps(c).encode()),
+            (container_key(GHOST, name), json.dumps(c).encode()),
+            (name_key(name), name_claim(GHOST, cid)),
             (f"endpoints/{network}/{eid}", json.dumps(e).encode()),
             (f"ipam/{network}/{addr}", json.dumps({**json.loads(iraw), "owner": cid}).encode()),
         ]

@@ -5,7 +5,9 @@ Store keys (each domain owns its prefix):
 - ``networks/<name>``                       Network
 - ``ipam/<network>/<address>``              who holds an address (IPAM)
 - ``endpoints/<network>/<endpoint id>``     Endpoint: a container on a network
-- ``containers/<name>``                     Container (runtime)
+- ``containers/<node>/<name>``              Container (runtime; ``cove.runtime.keys``)
+- ``cluster/names/<name>``                  a container name's claim
+- ``cluster/status/<node>/<container id>``  its process, as its node last saw it
 - ``registry/...``                          catalog, checks, KV, sessions
 """
 
@@ -133,6 +135,9 @@ class Endpoint:
     netns: str = ""  # path of the container's network namespace
     services: tuple[str, ...] = ()  # "name:port" given with --service
     node: str = ""  # the node whose agent built it; empty: a single-host record
+    # The container's labels (policy selects on them without reading the
+    # container, which lies under its node's keys); empty in older records.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def addresses(self) -> tuple[IPAddress, ...]:
@@ -163,6 +168,7 @@ class Endpoint:
             "netns": self.netns,
             "services": list(self.services),
             "node": self.node,
+            "labels": dict(self.labels),
         }
 
     @classmethod
@@ -184,6 +190,7 @@ class Endpoint:
             netns=data.get("netns", ""),
             services=tuple(data.get("services") or ()),
             node=str(data.get("node") or ""),
+            labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
         )
 
 

@@ -99,7 +99,8 @@ class StoreView:
     @classmethod
     def read(cls, cluster: Cluster) -> StoreView:
         nets = {k.split("/", 1)[1]: v for k, v in etcd_prefix(cluster, "networks/").items()}
-        cons = {k.split("/", 1)[1]: v for k, v in etcd_prefix(cluster, "containers/").items()}
+        # containers/<node>/<name>
+        cons = {k.rsplit("/", 1)[1]: v for k, v in etcd_prefix(cluster, "containers/").items()}
         eps = list(etcd_prefix(cluster, "endpoints/").values())
         ipam = {
             tuple(k.split("/", 2)[1:]): v  # type: ignore[misc]

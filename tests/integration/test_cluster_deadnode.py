@@ -118,7 +118,7 @@ def _removed_everywhere(cluster: Cluster) -> None:
     assert res.returncode == 5, res.stderr
     assert "node h2 is alive" in res.stderr and "--force" in res.stderr, res.stderr
     assert members(h3)["h2"]["status"] == "alive"
-    assert cluster.etcd_get("containers/web") is not None
+    assert cluster.etcd_get("containers/h2/web") is not None
     # Nor can a host remove itself.
     res = h1.cli("node", "rm", "h1")
     assert res.returncode == 5 and "own node" in res.stderr, res.stderr
@@ -149,9 +149,10 @@ def _removed_everywhere(cluster: Cluster) -> None:
     wait_for(lambda: web_mac not in fdb(h1), 15, "h1's FDB entry for web gone")
     wait_for(lambda: web_ip not in neigh(h1), 15, "h1's neighbour entry for web gone")
     assert "192.0.2.12" not in fdb(h1)
-    for key in ("containers/web", "containers/other", "ports/tcp/18080@h2",
+    for key in ("containers/h2/web", "containers/h2/other", "cluster/names/web",
+                "cluster/names/other", "ports/tcp/18080@h2",
                 f"ipam/ov/{web_ip}", "cluster/nodes/h2", "cluster/known/h2",
-                "registry/nodes/h2", f"cluster/status/{web['id']}"):  # fmt: skip
+                "registry/nodes/h2", f"cluster/status/h2/{web['id']}"):  # fmt: skip
         assert cluster.etcd_get(key) is None, key
     # Its address is free for a container on another host.
     h3.ok("run", "-d", "--name", "reuse", "--network", "ov", "--ip", web_ip, "--", "sleep", "600")
@@ -173,7 +174,7 @@ def _removed_everywhere(cluster: Cluster) -> None:
     }
     time.sleep(3)  # a registrar and reconcile pass on h2
     assert health(h1, "web") == []
-    assert cluster.etcd_get("containers/web") is None
+    assert cluster.etcd_get("containers/h2/web") is None
     assert inspect(h3, "reuse")["endpoints"]["ov"]["ipv4"] == web_ip
     # Its names and host port are free again on h2.
     h2.ok("run", "-d", "--name", "web", "--network", "ov", "-p", "18080:8080",
@@ -189,7 +190,8 @@ def _removed_everywhere(cluster: Cluster) -> None:
     status, _ = h1.api("PUT", "/v1/agent/force-leave/h3?prune")
     assert status == 200
     assert "h3" not in members(h1)
-    assert cluster.etcd_get("containers/reuse") is None
+    assert cluster.etcd_get("containers/h3/reuse") is None
+    assert cluster.etcd_get("cluster/names/reuse") is None
     assert cluster.etcd_get(f"ipam/ov/{web_ip}") is None
     status, found = h1.api("GET", "/v1/agent/members")
     assert sorted(m["Name"] for m in found) == ["h1", "h2"]
@@ -236,7 +238,8 @@ def test_the_reaper_removes_a_node_dead_past_reap_after(tmp_path: Path) -> None:
         assert "h3" in members(h1)
         # ...and within a few passes after it: one agent reaps, everywhere.
         wait_for(lambda: "h3" not in members(h1), 25, "h3 reaped")
-        assert cluster.etcd_get("containers/c3") is None
+        assert cluster.etcd_get("containers/h3/c3") is None
+        assert cluster.etcd_get("cluster/names/c3") is None
         assert health(cluster.host(2), "s3") == []
         holder = cluster.etcd_get("cluster/reaper")
         assert holder is not None and json.loads(holder)["node"] in ("h1", "h2")

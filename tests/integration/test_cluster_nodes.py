@@ -137,7 +137,8 @@ def test_containers_are_built_run_and_removed_only_on_their_node(cluster3: Clust
     assert h2.container_netns() == []
     assert h2.veths() == []
     assert "c2" not in ps(h3, "-a")
-    assert cluster3.etcd_get("containers/c2") is None
+    assert cluster3.etcd_get("containers/h2/c2") is None
+    assert cluster3.etcd_get("cluster/names/c2") is None
     # The others are untouched.
     assert h1.container_netns() == [ids["h1"]]
     assert h3.container_netns() == [ids["h3"]]
@@ -222,7 +223,7 @@ def test_services_register_once_and_a_dead_node_goes_critical_then_adopts(
         wait_for(lambda: "other" not in ps(h3, "-a"), 15, "the marked container removed")
         assert not pid_alive(other["state"]["pid"])
         assert h2.container_netns() == [web["id"]]
-        assert cluster.etcd_get("containers/other") is None
+        assert cluster.etcd_get("containers/h2/other") is None
 
 
 def _agent_cmd(host: Host, workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -337,3 +337,70 @@ def net_cli(agent: Any) -> list[str]:
     import agentproc
 
     return list(agentproc.COVE)
+
+
+def _to_old_layout(db: Path) -> None:
+    """Rewrite the agent's SQLite store as an agent before per-node keys
+    wrote it: ``containers/<name>`` without a name claim,
+    ``cluster/status/<id>``, endpoints without labels."""
+    from cove.clock import SystemClock
+    from cove.store.base import Delete, Put
+    from cove.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(db), SystemClock())
+    try:
+        ops: list[Any] = []
+        for kv in store.range("containers/").kvs:
+            ops += [Delete(kv.key), Put("containers/" + kv.key.rsplit("/", 1)[1], kv.value)]
+        for kv in store.range("cluster/status/").kvs:
+            ops += [Delete(kv.key), Put("cluster/status/" + kv.key.rsplit("/", 1)[1], kv.value)]
+        ops += [Delete(kv.key) for kv in store.range("cluster/names/").kvs]
+        for kv in store.range("endpoints/").kvs:
+            data = json.loads(kv.value)
+            data.pop("labels", None)
+            ops.append(Put(kv.key, json.dumps(data).encode()))
+        assert store.txn([], ops).succeeded
+    finally:
+        store.close()
+
+
+def _keys(db: Path, prefix: str) -> list[str]:
+    from cove.clock import SystemClock
+    from cove.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(db), SystemClock())
+    try:
+        return [kv.key for kv in store.range(prefix).kvs]
+    finally:
+        store.close()
+
+
+def test_records_of_the_layout_before_per_node_keys_are_moved_at_start(net: Any) -> None:
+    net.ok("run", "-d", "--name", "keep", "--network", "vnet", "--label", "tier=db",
+           "--", "sleep", "600")  # fmt: skip
+    net.ok("run", "-d", "--name", "drop", "--network", "vnet", "--", "sleep", "600")
+    node = inspect(net, "keep")["node"]
+    db = net.state_dir / "state.db"
+    net.stop()
+    assert _keys(db, "containers/") == [f"containers/{node}/drop", f"containers/{node}/keep"]
+    _to_old_layout(db)
+    assert _keys(db, "containers/") == ["containers/drop", "containers/keep"]
+
+    net.start()
+    ps = json.loads(net.ok("ps", "--format", "json"))
+    assert {c["name"]: c["state"]["status"] for c in ps} == {"keep": "running", "drop": "running"}
+    info = inspect(net, "keep")
+    assert info["labels"] == {"tier": "db"} and info["state"]["status"] == "running"
+    net.ok("rm", "-f", "drop")
+    assert net.cli("inspect", "drop").returncode != 0
+    # The name is free again, and taken once more by a new run.
+    net.ok("run", "-d", "--name", "drop", "--network", "vnet", "--", "sleep", "600")
+    res = net.cli("run", "-d", "--name", "keep", "--network", "vnet", "--", "true")
+    assert res.returncode != 0 and "container keep already exists" in res.stderr
+    net.stop()
+    assert _keys(db, "containers/") == [f"containers/{node}/drop", f"containers/{node}/keep"]
+    assert _keys(db, "cluster/names/") == ["cluster/names/drop", "cluster/names/keep"]
+    assert all(k.count("/") == 3 for k in _keys(db, "cluster/status/"))
+    net.start()
+    net.ok("rm", "-f", "keep", "drop")
+    assert json.loads(net.ok("ps", "-a", "--format", "json")) == []

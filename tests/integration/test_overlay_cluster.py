@@ -161,7 +161,8 @@ def test_policy_applies_to_traffic_between_hosts(cluster3: Cluster) -> None:
     h1.ok("network", "create", "ovp", "--driver", "overlay", "--default-deny",
           "--subnet", "10.207.0.0/24")  # fmt: skip
     h1.ok("run", "-d", "--name", "api", "--network", "ovp", "--", sys.executable, "-c", _SERVER)
-    h2.ok("run", "-d", "--name", "web", "--network", "ovp", "--", "sleep", "600")
+    h2.ok("run", "-d", "--name", "web", "--network", "ovp", "--label", "role=front",
+          "--", "sleep", "600")  # fmt: skip
     h3.ok("run", "-d", "--name", "other", "--network", "ovp", "--", "sleep", "600")
     api = address(h1, "api")
 
@@ -174,7 +175,9 @@ def test_policy_applies_to_traffic_between_hosts(cluster3: Cluster) -> None:
              .stdout.split()[:1] == [api])  # fmt: skip
     assert reaches(h2, "web") == "closed"
     assert reaches(h3, "other") == "closed"
-    h2.ok("policy", "allow", "--network", "ovp", "--from", "web", "--to", "api",
+    # By web's label: h1, where api runs, reads no container record of h2's
+    # (the label comes with web's endpoint).
+    h2.ok("policy", "allow", "--network", "ovp", "--from", "role=front", "--to", "api",
           "--port", "8080/tcp")  # fmt: skip
     wait_for("the rule never let web in", lambda: reaches(h2, "web") == "open")
     assert reaches(h3, "other") == "closed"

@@ -65,10 +65,12 @@ def add_container(store: MemoryStore, topo: Topo, name: str) -> None:
     topo.add(name, host)
     for port in PORTS:
         topo.serve(name, port)
-    store.put(f"containers/{name}", json.dumps({"name": name, "labels": labels}).encode())
+    # The labels ride on the endpoint, as the runtime writes it: policy
+    # reads no container record.
     ep = Endpoint(
         id=name, network="pn", container_id=name, container_name=name, interface="eth0",
         host_veth="", mac="", ipv4=ipaddress.IPv4Address(topo.addresses[name]), services=services,
+        labels=labels,
     )  # fmt: skip
     store.put(f"endpoints/pn/{name}", json.dumps(ep.to_json()).encode())
 

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from cove.cluster.nodes import (
 from cove.cluster.requests import REMOVE, STOP, RemoteRequests, RequestServer
 from cove.errors import Conflict, InvalidArgument, StorageFull, StoreError, Unavailable
 from cove.model import CONTAINERS, Endpoint
+from cove.runtime.keys import container_key
 from cove.runtime.registration import wanted
+from cove.runtime.relayout import move_to_node_layout
 from cove.runtime.spec import Container
 from cove.store.base import Compare, Op, TxnResult
 from cove.store.memory import MemoryStore
@@ -166,9 +169,9 @@ def test_members_tell_alive_left_and_failed(tmp_path: Path) -> None:
         lease = NodeLease(store, record(name, f"192.0.2.{11 + n}"), 10, tmp_path / name)
         lease.join()
         leases[name] = lease
-    store.put(CONTAINERS + "a", json.dumps({"node": "h1"}).encode())
-    store.put(CONTAINERS + "b", json.dumps({"node": "h3"}).encode())
-    store.put(CONTAINERS + "old", json.dumps({}).encode())  # a single-host record
+    store.put(container_key("h1", "a"), json.dumps({"node": "h1"}).encode())
+    store.put(container_key("h3", "b"), json.dumps({"node": "h3"}).encode())
+    store.put(CONTAINERS + "old", json.dumps({}).encode())  # a single-host record, not moved
     leases["h2"].stop(leave=True)
     # h3 dies: its lease runs out.
     for name in ("h1",):
@@ -210,6 +213,10 @@ def test_only_own_containers_services_are_wanted() -> None:
     # A record without a node predates clusters: whichever agent reads it
     # takes it for its own (the contract), so only "a" is left out here.
     assert sorted(w.container for w in wanted(cs, eps, "h2").values()) == ["b", "c"]
+    # An agent reads only its own node's container records: another node's
+    # endpoints (which carry the services too) are no CNI attachments of its.
+    with_services = [replace(ep, services=(f"{ep.container_name}:80",)) for ep in eps]
+    assert sorted(w.container for w in wanted(cs[:1], with_services, "h1").values()) == ["a", "c"]
 
 
 def _serve(server: RequestServer, stop: threading.Event) -> None:
@@ -350,7 +357,7 @@ def _reconcile_env(tmp_path: Path, shared: bool) -> tuple[Any, Any, dict[str, Co
     for n, (name, node) in enumerate((("mine", "h1"), ("theirs", "h2"), ("renamed", "old"))):
         cid = f"{n + 1}" * 64
         c = Container(id=cid, name=name, argv=("x",), hostname=name, networks=("front",), node=node)
-        store.put(CONTAINERS + name, json.dumps(c.to_json()).encode())
+        store.put(container_key(node, name), json.dumps(c.to_json()).encode())
         ep = Endpoint(
             id=cid, network="front", container_id=cid, container_name=name, interface="eth0",
             host_veth="cv" + cid[:10], mac=f"02:42:0a:59:00:0{n + 2}",
@@ -358,6 +365,7 @@ def _reconcile_env(tmp_path: Path, shared: bool) -> tuple[Any, Any, dict[str, Co
         )  # fmt: skip
         store.put(f"{ENDPOINTS}front/{cid}", json.dumps(ep.to_json()).encode())
         made[name] = c
+    move_to_node_layout(store, "h1")  # as the agent does at start-up
     return rec, dp, made
 
 

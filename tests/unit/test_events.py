@@ -109,7 +109,7 @@ def test_a_reader_from_before_the_log_started_is_served_from_the_store(
     parts: tuple[MemoryStore, WatchHub],
 ) -> None:
     store, hub = parts
-    early = store.put("containers/redis", json.dumps({"desired": "running"}).encode())
+    early = store.put("containers/h1/redis", json.dumps({"desired": "running"}).encode())
     store.put("policy/rules/r1", json.dumps({"network": "vnet"}).encode())
     log = EventLog(store)  # an agent that restarted: its memory starts empty
     log.start(hub)
@@ -155,9 +155,9 @@ def test_changes_of_one_commit_under_several_prefixes_keep_their_order(
     log = EventLog(store)
     log.start(hub)
     with store.batch():  # one commit, delivered to the hub as one batch
-        first = store.put("containers/a", b"{}")
+        first = store.put("containers/h1/a", b"{}")
         middle = store.put("networks/n", b"{}")
-        last = store.put("containers/b", b"{}")
+        last = store.put("containers/h2/b", b"{}")
     assert hub.wait_for(last, 5)
     assert [c.index for c in log.after(first - 1)] == [first, middle, last]
     assert [c.name for c in log.after(middle)] == ["b"]

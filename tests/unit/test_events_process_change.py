@@ -1,4 +1,4 @@
-"""A container's process in the event stream: each ``cluster/status/``
+"""A container's process in the event stream: each ``cluster/status/<node>/``
 record is told from the one before it as Docker tells it (die with its exit
 code, start, restart), and a record that says nothing new gives no event."""
 
@@ -9,7 +9,7 @@ import json
 from cove.events.change import Action, Filter, Kind, change_of
 from cove.store.base import Event, EventType, KeyValue
 
-KEY = "cluster/status/0123456789abcdef0123"
+KEY = "cluster/status/h1/0123456789abcdef0123"
 
 
 def _state(status: str, **fields: object) -> dict[str, object]:
@@ -36,6 +36,7 @@ def test_an_exit_is_a_die_with_its_exit_code_and_the_containers_name() -> None:
         20, Kind.CONTAINER, Action.DIE, "web",
     )  # fmt: skip
     assert change.attrs["exitCode"] == "3" and change.attrs["node"] == "h1"
+    assert change.attrs["id"] == "0123456789abcdef0123"
     assert Filter.parse(["type=container", "action=die", "name=web"])(change)
 
 
@@ -79,3 +80,15 @@ def test_records_that_say_nothing_new_give_no_event() -> None:
     gone = Event(EventType.DELETE, KeyValue(KEY, b"", 5, 40, 0), KeyValue(KEY, b"{}", 5, 39, 3))
     assert change_of(gone) is None
     assert change_of(_event({"status": "running", "started_at": "junk"}, None)) is None
+
+
+def test_a_container_record_under_its_node_is_named_by_the_container_and_its_claim_is_silent() -> (
+    None
+):
+    rec = KeyValue("containers/h2/web", json.dumps({"desired": "running"}).encode(), 7, 7, 1)
+    change = change_of(Event(EventType.PUT, rec))
+    assert change is not None and (change.kind, change.action, change.name) == (
+        Kind.CONTAINER, Action.CREATE, "web",
+    )  # fmt: skip
+    claim = KeyValue("cluster/names/web", b'{"node":"h2","id":"x"}', 7, 7, 1)
+    assert change_of(Event(EventType.PUT, claim)) is None

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cove.clock import ManualClock
-from cove.cluster.nodes import CLUSTER_KNOWN, CLUSTER_NODES, CLUSTER_STATUS, NodeLease, NodeRecord
+from cove.cluster.nodes import CLUSTER_KNOWN, CLUSTER_NODES, NodeLease, NodeRecord
 from cove.cluster.nodes import members as list_members
 from cove.cluster.reaper import REAPER, NodeReaper
 from cove.cluster.removal import MAX_OPS, remove_node
@@ -23,6 +23,7 @@ from cove.registry import Registry
 from cove.registry.decode import service_from_json
 from cove.registry.runner import CheckRunner
 from cove.registry.types import SERF_CHECK, check_key
+from cove.runtime.keys import CLUSTER_STATUS, container_key, name_claim, name_key, status_key
 from cove.store.base import Compare, Op, TxnResult
 from cove.store.memory import MemoryStore
 
@@ -37,16 +38,25 @@ def _put(store: MemoryStore, key: str, data: dict[str, Any]) -> None:
     store.put(key, json.dumps(data).encode())
 
 
-def add_container(store: MemoryStore, node: str, name: str, n: int, ports: int = 1) -> str:
-    """A container's records as the runtime writes them: the container, an
-    endpoint, an IPAM address, host-port claims and its process state."""
+def add_container(
+    store: MemoryStore, node: str, name: str, n: int, ports: int = 1, *, legacy: bool = False
+) -> str:
+    """A container's records as the runtime writes them: the container and
+    its name's claim, an endpoint, an IPAM address, host-port claims and its
+    process state (``legacy``: at the keys before per-node keys, unclaimed)."""
     cid = f"{name}-id".ljust(64, "0")
-    _put(store, CONTAINERS + name, {"name": name, "id": cid, "node": node, "networks": ["ov"]})
+    data = {"name": name, "id": cid, "node": node, "networks": ["ov"]}
+    if legacy:
+        _put(store, CONTAINERS + name, data)
+    else:
+        _put(store, container_key(node, name), data)
+        store.put(name_key(name), name_claim(node, cid))
     _put(store, f"{ENDPOINTS}ov/{name}-ep", {"container_id": cid, "node": node, "network": "ov"})
     _put(store, f"{IPAM}ov/10.203.0.{n}", {"owner": f"container:{cid}"})
     for p in range(ports):
         _put(store, f"ports/tcp/{8000 + n * 1000 + p}@{node}", {"container": name, "id": cid})
-    _put(store, CLUSTER_STATUS + cid, {"node": node, "status": "running"})
+    status = CLUSTER_STATUS + cid if legacy else status_key(node, cid)
+    _put(store, status, {"node": node, "status": "running"})
     return cid
 
 
@@ -119,7 +129,8 @@ def test_a_live_node_is_refused_and_nothing_changes(cluster: Cluster) -> None:
 def test_a_dead_node_goes_with_everything_it_owned(cluster: Cluster) -> None:
     store = cluster.store
     mine = add_container(store, "h1", "db", 1)
-    theirs = [add_container(store, "h2", f"c{i}", i + 2) for i in range(3)]
+    # c2 in the layout before per-node keys (h2 died before it moved it).
+    theirs = [add_container(store, "h2", f"c{i}", i + 2, legacy=i == 2) for i in range(3)]
     _put(store, f"{ENDPOINTS}ov/cni-ep", {"container_id": "podman1", "node": "h2"})
     _put(store, f"{IPAM}ov/10.203.0.99", {"owner": "cni:h2/podman1/eth0"})
     _put(store, "cni/h2/podman1/eth0", {"network": "ov"})
@@ -137,6 +148,7 @@ def test_a_dead_node_goes_with_everything_it_owned(cluster: Cluster) -> None:
     # Nothing of h2 is left anywhere in the store.
     leftovers = [k for k in cluster.all_keys() if "h2" in k or any(t[:8] in k for t in theirs)]
     assert leftovers == []
+    assert cluster.all_keys(name_key("")) == [name_key("db")]  # h2's names are free
     assert [m.name for m in list_members(store, "h1")] == ["h1"]
     assert cluster.web_nodes() == ["h1"]
     queries = cluster.registry.queries
@@ -144,9 +156,9 @@ def test_a_dead_node_goes_with_everything_it_owned(cluster: Cluster) -> None:
     assert queries.health_node("h2").data == []
     assert queries.member("h2") is None
     # h1's records are untouched.
-    assert store.get(CONTAINERS + "db") is not None
+    assert store.get(container_key("h1", "db")) is not None
     assert store.get(f"{IPAM}ov/10.203.0.1") is not None
-    assert store.get(CLUSTER_STATUS + mine) is not None
+    assert store.get(status_key("h1", mine)) is not None
     assert store.get(CLUSTER_NODES + "h1") is not None
     # Removing it again: it is unknown now.
     with pytest.raises(NotFound):
@@ -197,7 +209,8 @@ def test_transactions_stay_bounded_and_a_returning_node_stops_the_removal(
     assert len(left) == 41 - 10
     for kv in store.range(CONTAINERS).kvs:
         cid = json.loads(kv.value)["id"]
-        assert store.get(CLUSTER_STATUS + cid) is not None
+        assert store.get(status_key("h2", cid)) is not None
+        assert store.get(name_key(json.loads(kv.value)["name"])) is not None
     assert store.get(CLUSTER_NODES + "h2") is not None
     assert store.get(CLUSTER_KNOWN + "h2") is not None
 
@@ -242,7 +255,7 @@ def test_force_removes_a_live_node_which_joins_again_with_nothing(cluster: Clust
         leases and leases[-1] != old and leases[-1] == cluster.store.get(CLUSTER_NODES + "h2").lease
     )  # type: ignore[union-attr]
     assert [m.status for m in list_members(cluster.store, "h1")] == ["alive", "alive"]
-    assert cluster.store.get(CONTAINERS + "api") is None
+    assert cluster.store.get(container_key("h2", "api")) is None
 
 
 def test_the_reaper_removes_nodes_dead_too_long_one_reaper_at_a_time(cluster: Cluster) -> None:
@@ -268,7 +281,7 @@ def test_the_reaper_removes_nodes_dead_too_long_one_reaper_at_a_time(cluster: Cl
     cluster.kill("h1")
     cluster.tick(1800)
     assert reapers["h3"].run_once() == ["h2"]
-    assert store.get(CONTAINERS + "api") is None
+    assert store.get(container_key("h2", "api")) is None
     assert "h2" not in {m.name for m in list_members(store, "h3")}
     # A node that comes back before its time clears its mark.
     assert reapers["h3"].run_once() == []  # marks h1
@@ -349,7 +362,7 @@ def test_a_container_changed_during_the_removal_is_read_again(tmp_path: Path) ->
 
     def connect_b() -> None:
         # Another host connects b to a second network meanwhile.
-        _put(store, CONTAINERS + "b", {"name": "b", "id": cid, "node": "h2",
+        _put(store, container_key("h2", "b"), {"name": "b", "id": cid, "node": "h2",
                                        "networks": ["ov", "back"]})  # fmt: skip
         _put(store, f"{ENDPOINTS}back/b-ep2", {"container_id": cid, "node": "h2"})
         _put(store, f"{IPAM}back/10.89.0.5", {"owner": f"container:{cid}"})

@@ -158,3 +158,32 @@ def test_a_container_reaches_itself_even_on_a_default_deny_network() -> None:
     assert not pc.decide(model, IP("10.1.0.9"), IP("10.1.0.2"), L4.TCP, 80).allowed
     elems = [o["element"] for o in pc.compile_table(model) if "element" in o]
     assert {"name": "self_v4", "elem": [{"concat": ["10.1.0.2", "10.1.0.2"]}]} in elems
+
+
+def test_members_take_labels_from_endpoints_and_only_their_own_nodes_records() -> None:
+    """An endpoint carries its container's labels (no read of a container
+    record under another node's keys); an older endpoint without them gets
+    its container's from a record of the node the service reads, else none."""
+    s = MemoryStore(ManualClock())
+
+    def endpoint(name: str, addr: str, node: str, labels: dict[str, str]) -> None:
+        ep = Endpoint(
+            id=name, network="a", container_id=name, container_name=name, interface="eth0",
+            host_veth="", mac="", ipv4=ipaddress.IPv4Address(addr), node=node, labels=labels,
+        )  # fmt: skip
+        s.put(f"endpoints/a/{name}", json.dumps(ep.to_json()).encode())
+
+    endpoint("api", "10.1.0.2", "h2", {"app": "api"})  # another node's, labelled
+    endpoint("old", "10.1.0.3", "h1", {})  # this node's, written before labels
+    endpoint("far", "10.1.0.4", "h2", {})  # another node's, written before labels
+    for node, name in (("h1", "old"), ("h2", "far"), ("h2", "api")):
+        record = {"name": name, "labels": {"app": f"{name}-record"}}
+        s.put(f"containers/{node}/{name}", json.dumps(record).encode())
+    got = {m.name: dict(m.labels) for m in PolicyService(s, ManualClock(), "h1").members()}
+    assert got == {"api": {"app": "api"}, "old": {"app": "old-record"}, "far": {}}
+    # The labels go through the endpoint's JSON; a record without them reads as none.
+    ep = Endpoint.from_json(json.loads(s.get("endpoints/a/api").value))  # type: ignore[union-attr]
+    assert ep.labels == {"app": "api"}
+    legacy = json.loads(s.get("endpoints/a/old").value)  # type: ignore[union-attr]
+    del legacy["labels"]
+    assert Endpoint.from_json(legacy).labels == {}

@@ -14,8 +14,9 @@ from cove.clock import ManualClock
 from cove.datapath.base import HostVeth, InsideLink
 from cove.datapath.fake import FakeContainerDatapath, FakeNft
 from cove.errors import DatapathError, StoreError
-from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network, Subnet
+from cove.model import ENDPOINTS, NETWORKS, Endpoint, Network, Subnet
 from cove.runtime import guard, reconcile
+from cove.runtime.keys import container_key
 from cove.runtime.reconcile import ContainerReconciler
 from cove.runtime.spec import Container
 from cove.store.memory import MemoryStore
@@ -54,7 +55,7 @@ class Env:
 
     def container(self, *networks: str, cid: str = CID, name: str = "web") -> Container:
         c = Container(id=cid, name=name, argv=("sleep",), hostname=name, networks=networks)
-        self.store.put(CONTAINERS + name, json.dumps(c.to_json()).encode())
+        self.store.put(container_key(c.node, name), json.dumps(c.to_json()).encode())
         return c
 
     def endpoint(self, c: Container, net: Network, n: int) -> Endpoint:
@@ -376,7 +377,7 @@ def test_a_change_whose_read_failed_is_read_again_not_the_snapshot_before_it(
     env.rec.on_events([])  # the hub delivered the new records
     real = reconcile.read_snapshot
 
-    def away(store: Any) -> Any:
+    def away(store: Any, node: str | None = None) -> Any:
         raise StoreError("the store is unavailable")
 
     monkeypatch.setattr(reconcile, "read_snapshot", away)

@@ -17,9 +17,10 @@ from cove.datapath.netns import NetnsDatapath
 from cove.errors import CoveError
 from cove.image.store import ImageStore
 from cove.ipam.allocator import Ipam
-from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
+from cove.model import ENDPOINTS, NETWORKS
 from cove.runtime.client import StateFeed, SupervisorClient
 from cove.runtime.intents import IntentLog
+from cove.runtime.keys import containers_of
 from cove.runtime.reconcile import ContainerReconciler
 from cove.runtime.service import ContainerService, no_fault
 from cove.runtime.volumes import VolumeStore
@@ -57,6 +58,7 @@ class ContainerRuntime:
         hosts_file: Path = Path("/etc/hosts"),
     ) -> None:
         self._resolv_conf = resolv_conf
+        self._node = node
         self._hosts_file = hosts_file
         self.netns = NetnsDatapath(run_dir / "netns", prepare_bridge)
         self.supervisor = SupervisorClient(run_dir)
@@ -91,7 +93,7 @@ class ContainerRuntime:
             "cove-ctr-intents", lambda _k: self.service.retry_unfinished(), interval
         )
         # A container's process exiting, restarting or starting reaches
-        # cluster/status/ (and so the event stream) as the supervisor tells
+        # cluster/status/<node>/ (and so the event stream) as the supervisor tells
         # it: one write per change, nothing while nothing changes.
         self._stopping = threading.Event()
         self._feed: StateFeed | None = None
@@ -120,7 +122,7 @@ class ContainerRuntime:
         """Call after the network reconciler's first pass (bridges exist).
         Subscribes first, so no change between the first pass and the
         subscription is missed."""
-        for prefix in (CONTAINERS, ENDPOINTS, NETWORKS):
+        for prefix in (containers_of(self._node), ENDPOINTS, NETWORKS):
             hub.subscribe(prefix, self.reconciler.on_events)
         self.reconciler.watched = True
         self.reconciler.reads = hub.reads

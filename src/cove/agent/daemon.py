@@ -68,14 +68,16 @@ from cove.events.log import EventLog
 from cove.ipam.allocator import Ipam
 from cove.lb.model import VIPS
 from cove.lb.vips import parse_range
-from cove.model import CONTAINERS, ENDPOINTS, IPAM, NETWORKS
+from cove.model import ENDPOINTS, IPAM, NETWORKS
 from cove.network.overlay import OverlayReconciler
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
 from cove.policy.model import POLICY
 from cove.registry.keys import CHECKS, NODE_CHECKS, SERVICES, agent_service_key
 from cove.runtime.dns_handover import SupervisorKeeper
+from cove.runtime.keys import containers_of
 from cove.runtime.registration import ServiceRegistrar
+from cove.runtime.relayout import move_to_node_layout
 from cove.store.base import local_store
 from cove.store.hub import WatchHub
 from cove.ui import assets as ui_assets
@@ -85,18 +87,24 @@ log = logging.getLogger("cove.agent")
 
 # What this agent can do, in its node record (other nodes may ask).
 FEATURES = ("containers", "consul", "dns", "policy", "vips")
-CACHED_PREFIXES = (
-    NETWORKS,
-    CONTAINERS,
-    ENDPOINTS,
-    CLUSTER_NODES,
-    POLICY,
-    VIPS,
-    SERVICES,
-    CHECKS,
-    NODE_CHECKS,
-    IPAM,
-)
+
+
+def cached_prefixes(node: str) -> tuple[str, ...]:
+    """What the hub keeps in memory for ``node``'s agent: the cluster-wide
+    records, and of the containers only this node's (no cached reader
+    reads another node's container, nor any process state)."""
+    return (
+        NETWORKS,
+        containers_of(node),
+        ENDPOINTS,
+        CLUSTER_NODES,
+        POLICY,
+        VIPS,
+        SERVICES,
+        CHECKS,
+        NODE_CHECKS,
+        IPAM,
+    )
 
 
 def setup_logging(config: AgentConfig) -> None:
@@ -184,10 +192,13 @@ class Agent:
             config.state_dir / "node.lease",
         )
         self.node.join()
+        # Records of the layout before per-node keys, moved once the node's
+        # name is this agent's and before anything reads or watches them.
+        move_to_node_layout(self.store, config.node_name)
         # The cluster-wide records that passes re-read on another host's
         # change (policy, registrar, reconcilers) and whose previous values
         # the event stream names deletes by: kept in memory by the hub.
-        self.hub = WatchHub(self.store, cache=CACHED_PREFIXES)
+        self.hub = WatchHub(self.store, cache=cached_prefixes(config.node_name))
         self.nft = Nft()
         self.datapath = NetlinkDatapath(self.nft)
         self.ipam = Ipam(self.store, self.hub.reads)  # candidates from the hub's copy
@@ -308,7 +319,7 @@ class Agent:
         # libnftables in-process rather than one nft process per change.
         self.fast_nft = open_nft()
         self.lb = LbParts(self.store, self.fast_nft, self.clock, self.vip_ranges, config.datacenter)
-        self.policy = PolicyParts(self.store, self.fast_nft, self.clock)
+        self.policy = PolicyParts(self.store, self.fast_nft, self.clock, config.node_name)
         lb_api.install(self.app, self.lb.vips, self.lb.controller)
         policy_api.install(self.app, self.policy.service, self.policy.controller)
         self.metrics.add(self.lb.metrics)
@@ -390,7 +401,7 @@ class Agent:
         self.overlay.reads = self.hub.reads
         self.overlay.start()
         self.runtime.start(self.hub)  # after the first network pass: bridges exist
-        for prefix in (CONTAINERS, ENDPOINTS):
+        for prefix in (containers_of(self.config.node_name), ENDPOINTS):
             self.hub.subscribe(prefix, self.registrar.on_events)
         self.hub.subscribe(
             agent_service_key(self.registry.node_name, ""),

@@ -69,10 +69,10 @@ class LbParts:
 class PolicyParts:
     """Policy rules and the programmer of ``inet cove_policy``."""
 
-    def __init__(self, store: Store, nft: NftLike, clock: Clock) -> None:
-        self.service = PolicyService(store, clock)
+    def __init__(self, store: Store, nft: NftLike, clock: Clock, node: str | None = None) -> None:
+        self.service = PolicyService(store, clock, node)
         self.controller = PolicyController(
-            store, nft, clock=clock, bridge_check=bridge_filtering_problem
+            store, nft, clock=clock, bridge_check=bridge_filtering_problem, node=node
         )
 
         self._nft = nft

@@ -123,11 +123,18 @@ def members(store: Store, local_node: str = "") -> list[Member]:
         except (ValueError, KeyError):
             continue
     counts: dict[str, int] = {}
-    for kv in store.range(CONTAINERS).kvs:
-        try:
-            node = json.loads(kv.value).get("node") or local_node
-        except ValueError:
-            continue
+    # Keys only: a record's node is in its key (containers/<node>/<name>),
+    # but in the few of the layout before (containers/<name>).
+    for k in store.keys(CONTAINERS).kvs:
+        rest = k.key[len(CONTAINERS) :]
+        if "/" in rest:
+            node = rest.split("/", 1)[0] or local_node
+        else:
+            old = store.get(k.key)
+            try:
+                node = (json.loads(old.value).get("node") if old else None) or local_node
+            except ValueError:
+                continue
         counts[node] = counts.get(node, 0) + 1
     out: list[Member] = []
     for name in sorted(set(live) | set(known)):
@@ -400,8 +407,3 @@ def owned(node: str, local_node: str) -> bool:
 
 def features_of(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(set(names)))
-
-
-# cluster/status/<container id>: the owner's last word on a container's
-# process ({"node": ..., **ProcessState}), so every host can show it.
-CLUSTER_STATUS = "cluster/status/"

@@ -32,11 +32,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cove.cluster.nodes import CLUSTER_KNOWN, CLUSTER_NODES, CLUSTER_STATUS
+from cove.cluster.nodes import CLUSTER_KNOWN, CLUSTER_NODES
 from cove.cluster.requests import requests_prefix
 from cove.errors import Conflict, CoveError, InvalidArgument, NotFound
 from cove.model import CONTAINERS, ENDPOINTS, IPAM
 from cove.registry.keys import AGENT, CHECKS, COORDS, NODE_CHECKS, SERVICES, node_key, seg
+from cove.runtime.keys import (
+    CLUSTER_STATUS,
+    containers_of,
+    is_legacy,
+    name_key,
+    status_key,
+    statuses_of,
+)
 from cove.runtime.spec import PORTS
 from cove.store.base import Compare, Delete, KeyValue, Op, Store
 
@@ -119,11 +127,8 @@ class NodeRemoval:
             self._guard = Compare.mod_is(live.key, live.mod_revision)
             self._live_revision = live.mod_revision
             self._lease = live.lease
-        containers = [
-            (kv, data)
-            for kv in self._store.range(CONTAINERS).kvs
-            if (data := _json(kv)).get("node") == name
-        ]
+        containers = [(kv, _json(kv)) for kv in self._store.range(containers_of(name)).kvs]
+        containers += self._legacy(CONTAINERS)
         known = self._store.get(CLUSTER_KNOWN + name)
         if live is None and known is None and not containers and not self._registered():
             raise NotFound(f"no node named {name!r} (see cove members)", node=name)
@@ -206,6 +211,18 @@ class NodeRemoval:
                     node=self.name,
                 )
 
+    def _legacy(self, prefix: str) -> list[tuple[KeyValue, dict[str, Any]]]:
+        """The node's records under ``prefix`` in the layout before per-node
+        keys (a node that never ran again after the upgrade to move them):
+        keys only, then the few such records."""
+        out = []
+        for k in self._store.keys(prefix).kvs:
+            if not is_legacy(k.key, prefix) or (kv := self._store.get(k.key)) is None:
+                continue
+            if (data := _json(kv)).get("node") == self.name:
+                out.append((kv, data))
+        return out
+
     def _records(self) -> _Records:
         return (
             [(kv, _json(kv)) for kv in self._store.range(ENDPOINTS).kvs],
@@ -232,7 +249,10 @@ class NodeRemoval:
             head, ops = ops[: MAX_OPS - 2], ops[MAX_OPS - 2 :]
             if not self._commit(head, guard):
                 return False
-        ops += [Delete(CLUSTER_STATUS + cid), Delete(kv.key)]
+        ops += [Delete(status_key(self.name, cid)), Delete(CLUSTER_STATUS + cid), Delete(kv.key)]
+        claim = self._store.get(name_key(str(data.get("name") or "")))
+        if claim is not None and _json(claim).get("id") == cid:
+            ops.append(Delete(claim.key))
         if not self._commit(ops, guard):
             return False
         self.result.containers.append(str(data.get("name") or kv.key))
@@ -262,9 +282,8 @@ class NodeRemoval:
             if kv.key.endswith("@" + name):
                 ops.append(Delete(kv.key))
                 self.result.ports += 1
-        for kv in self._store.range(CLUSTER_STATUS).kvs:
-            if _json(kv).get("node") == name:
-                ops.append(Delete(kv.key))
+        ops.append(Delete(statuses_of(name), prefix=True))
+        ops += [Delete(kv.key) for kv, _ in self._legacy(CLUSTER_STATUS)]
         ops.append(Delete(f"{CNI}{name}/", prefix=True))
         self._chunks(ops)
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS
+from cove.runtime.keys import CLUSTER_STATUS, status_id
 from cove.store.base import Event, EventType
 
 
@@ -46,9 +47,9 @@ class Action(StrEnum):
     RESTART = "restart"
 
 
-# cluster/status/<container id>: the owning agent's record of a container's
-# process (cove.cluster.nodes.CLUSTER_STATUS), written once per change of it.
-PROCESS_STATUS = "cluster/status/"
+# cluster/status/<node>/<container id>: the owning agent's record of a
+# container's process (cove.runtime.keys), written once per change of it.
+PROCESS_STATUS = CLUSTER_STATUS
 
 # The store prefixes the stream covers, and the kind each one gives.
 PREFIXES: tuple[tuple[str, Kind], ...] = (
@@ -127,7 +128,7 @@ def process_change_of(event: Event) -> Change | None:
         return None
     new = _decode(event.kv.value)
     old = _decode(event.prev.value) if event.prev is not None else {}
-    cid = event.kv.key[len(PROCESS_STATUS) :]
+    cid = status_id(event.kv.key)
     name = _str(new.get("name")) or _str(old.get("name")) or cid[:12]
     attrs = {"id": cid, "node": _str(new.get("node"))}
     status = new.get("status")

@@ -50,6 +50,7 @@ class PolicyController:
         clock: Clock,
         interval: float = 15.0,
         bridge_check: BridgeCheck = _no_check,
+        node: str | None = None,
     ) -> None:
         self._store = store
         # What compiles read: the hub's cache once ``start`` has the hub.
@@ -57,7 +58,8 @@ class PolicyController:
         self._nft = nft
         self._clock = clock
         self._bridge_check = bridge_check
-        self._policy = PolicyService(store, self._clock)
+        self._node = node  # whose container records compiles may read
+        self._policy = PolicyService(store, self._clock, node)
         self._digest: str | None = None
         self._lock = threading.Lock()
         self._progress = Progress()
@@ -132,7 +134,7 @@ class PolicyController:
         cluster's records through ``hub.reads`` (its cache, when it keeps
         one): a change on another host costs no read of the store."""
         self._reads = hub.reads
-        self._policy = PolicyService(hub.reads, self._clock)
+        self._policy = PolicyService(hub.reads, self._clock, self._node)
         self.warning = self._bridge_check()
         if self.warning:
             log.error("%s", self.warning)

@@ -22,6 +22,7 @@ from cove.policy import compile as pc
 from cove.policy.intentions import IntentionService
 from cove.policy.model import L4, RULES, PortSpec, Rule, Selector, SelectorKind
 from cove.registry.keys import SERVICES
+from cove.runtime.keys import containers_of, find_container
 from cove.store.base import Compare, Put, Store
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,12 @@ class Verdict:
 
 
 class PolicyService:
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, node: str | None = None) -> None:
+        """``node``: whose container records may be read for the labels
+        of endpoints written before endpoints carried them (None: any's)."""
         self._store = store
         self._clock = clock
+        self._containers = CONTAINERS if node is None else containers_of(node)
         # Decoded records by key, with the revision they were decoded at:
         # a recompile after one attach decodes that one record, not all.
         # Replaced whole by each reader; a race only costs a decode.
@@ -72,22 +76,9 @@ class PolicyService:
         return out
 
     def members(self) -> builtins.list[pc.Member]:
-        seen_labels = self._labels
-        label_cache: dict[str, tuple[int, str, dict[str, str]]] = {}
-        labels: dict[str, dict[str, str]] = {}
-        for kv in self._store.range(CONTAINERS).kvs:
-            hit = seen_labels.get(kv.key)
-            if hit is None or hit[0] != kv.mod_revision:
-                try:
-                    data = json.loads(kv.value)
-                    name = str(data["name"])
-                    found = {str(k): str(v) for k, v in (data.get("labels") or {}).items()}
-                except (ValueError, KeyError, AttributeError, TypeError):
-                    continue
-                hit = (kv.mod_revision, name, found)
-            label_cache[kv.key] = hit
-            labels[hit[1]] = hit[2]
-        self._labels = label_cache
+        """Every endpoint of the cluster, with its container's labels (in
+        the endpoint; for an older one, from its container's record when it
+        is one this service may read, else none)."""
         seen_eps = self._endpoints
         ep_cache: dict[str, tuple[int, Endpoint]] = {}
         for kv in self._store.range(ENDPOINTS).kvs:
@@ -100,7 +91,32 @@ class PolicyService:
                     continue
             ep_cache[kv.key] = got
         self._endpoints = ep_cache
+        labels = {ep.container_name: dict(ep.labels) for _, ep in ep_cache.values() if ep.labels}
+        if any(not ep.labels for _, ep in ep_cache.values()):
+            for name, found in self._record_labels().items():
+                labels.setdefault(name, found)
         return pc.members_from((ep for _, ep in ep_cache.values()), labels)
+
+    def _record_labels(self) -> dict[str, dict[str, str]]:
+        """Labels by container name from the container records it may read
+        (decoded once per change of a record)."""
+        seen_labels = self._labels
+        label_cache: dict[str, tuple[int, str, dict[str, str]]] = {}
+        labels: dict[str, dict[str, str]] = {}
+        for kv in self._store.range(self._containers).kvs:
+            hit = seen_labels.get(kv.key)
+            if hit is None or hit[0] != kv.mod_revision:
+                try:
+                    data = json.loads(kv.value)
+                    name = str(data["name"])
+                    found = {str(k): str(v) for k, v in (data.get("labels") or {}).items()}
+                except (ValueError, KeyError, AttributeError, TypeError):
+                    continue
+                hit = (kv.mod_revision, name, found)
+            label_cache[kv.key] = hit
+            labels[hit[1]] = hit[2]
+        self._labels = label_cache
+        return labels
 
     def rules(self, network: str | None = None) -> builtins.list[Rule]:
         out = []
@@ -194,7 +210,7 @@ class PolicyService:
     def _name_known(self, name: str, members: Sequence[pc.Member]) -> bool:
         if any(m.name == name or name in m.services for m in members):
             return True
-        return self._store.get(CONTAINERS + name) is not None
+        return find_container(self._store, name) is not None
 
     def remove(self, rule_id: str) -> None:
         """Raises ``NotFound`` for an unknown rule id."""

@@ -37,6 +37,7 @@ from cove.errors import CoveError, storage_error
 from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network
 from cove.runtime import etc, ports
 from cove.runtime import plan as planner
+from cove.runtime.keys import container_key, containers_of, find_container
 from cove.runtime.portguard import PortGuard
 from cove.runtime.spec import HOST_GATEWAY, Container
 from cove.store.base import Event, EventType, Store, local_store
@@ -85,12 +86,13 @@ class Snapshot:
         )
 
 
-def read_container(store: Store, name: str) -> Snapshot:
+def read_container(store: Store, name: str, node: str | None = None) -> Snapshot:
     """The part of the store one container's pass needs: itself, its
     networks and their endpoints (cheaper than everything, as ``run`` and
-    ``connect`` need it on every call)."""
+    ``connect`` need it on every call); with ``node``, only if it is that
+    node's (read at its key: no look-up of its name's claim)."""
     rev = store.revision
-    kv = store.get(CONTAINERS + name)
+    kv = find_container(store, name) if node is None else store.get(container_key(node, name))
     if kv is None:
         return Snapshot({}, {}, {}, rev)
     c = Container.from_json(json.loads(kv.value))
@@ -120,10 +122,12 @@ def container_endpoints(store: Store, c: Container) -> list[Endpoint]:
     return eps
 
 
-def read_snapshot(store: Store) -> Snapshot:
+def read_snapshot(store: Store, node: str | None = None) -> Snapshot:
+    """Every container of the cluster, or only ``node``'s (its own prefix
+    of the store: an agent reads and watches no other node's)."""
     nets = store.range(NETWORKS)
     networks = {n.name: n for n in (Network.from_json(json.loads(kv.value)) for kv in nets.kvs)}
-    cons = store.range(CONTAINERS)
+    cons = store.range(CONTAINERS if node is None else containers_of(node))
     containers = {c.id: c for c in (Container.from_json(json.loads(kv.value)) for kv in cons.kvs)}
     endpoints: dict[str, list[Endpoint]] = {}
     eps = store.range(ENDPOINTS)
@@ -213,6 +217,7 @@ class ContainerReconciler:
         self._host_hosts = host_hosts
         # On a store of this host alone, every container is this host's.
         self._node = node if local_store(store) is None else ""
+        self._home = node  # whose records it reads: containers/<node>/
         self._dp = datapath
         self._nft = nft
         # Guard entries change on every attach and detach: in-process when
@@ -269,7 +274,7 @@ class ContainerReconciler:
 
     def _read(self) -> Snapshot:
         """The store's containers that run on this node."""
-        return read_snapshot(self._store).owned_by(self._node)
+        return read_snapshot(self._store, self._home).owned_by(self._node)
 
     def _read_periodic(self, *, reuse: bool = True) -> Snapshot:
         """The periodic pass's snapshot: when the hub follows the store for
@@ -285,7 +290,7 @@ class ContainerReconciler:
         if fresh or self._snap is None:
             try:
                 reads = self.reads.caught_up(_CATCH_UP) if self.reads is not None else self._store
-                self._snap = read_snapshot(reads).owned_by(self._node)
+                self._snap = read_snapshot(reads, self._home).owned_by(self._node)
             except BaseException:
                 # The change is still unread (the store is away, say): the
                 # next pass must read it, not reuse what came before it.
@@ -298,7 +303,7 @@ class ContainerReconciler:
         # Its networks' endpoints are scanned for its own: from the cache,
         # once that holds every write made so far (this container's too).
         store = self.reads.caught_up(_CATCH_UP) if self.reads is not None else self._store
-        return read_container(store, name).owned_by(self._node)
+        return read_container(store, name, self._home).owned_by(self._node)
 
     def etc_dir(self, cid: str) -> Path:
         return self._files / cid / "etc"

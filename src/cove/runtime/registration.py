@@ -20,8 +20,9 @@ from typing import Any
 
 from cove.cluster.nodes import owned
 from cove.errors import CoveError
-from cove.model import CONTAINERS, ENDPOINTS, Endpoint, ServiceSpec
+from cove.model import ENDPOINTS, Endpoint, ServiceSpec
 from cove.registry import Registry
+from cove.runtime.keys import containers_of
 from cove.runtime.spec import Container, Desired
 from cove.store.base import Event, Store, local_store
 from cove.worker import Worker
@@ -74,10 +75,13 @@ def wanted(
             sid = f"{ID_PREFIX}{c.name}-{spec.name}"
             out[sid] = Wanted(sid, spec.name, address, spec.port, spec.tags, c.name)
     # Containers of other runtimes (CNI attachments): no container record,
-    # registered while their endpoint exists.
+    # registered while their endpoint exists. Of another node's endpoints,
+    # whose container records are not read, none.
     known = {c.id for c in containers}
     for ep in endpoints:
         if ep.container_id in known or not ep.services or not ep.addresses:
+            continue
+        if node and not owned(ep.node, node):
             continue
         for text in ep.services:
             spec = ServiceSpec.parse(text)
@@ -144,6 +148,7 @@ class ServiceRegistrar:
         self._reads = store if reads is None else reads
         # On a store of this host alone, every container is this host's.
         self._node = node if local_store(store) is None else ""
+        self._containers = containers_of(node)  # the only ones it registers
         self._registry = registry
         self._worker = Worker("cove-registrar", self._pass, interval)
         # With ``on_events`` fed by the hub, a periodic pass runs only when
@@ -180,9 +185,8 @@ class ServiceRegistrar:
         self._worker.stop()
 
     def run_once(self) -> tuple[list[Wanted], list[str]]:
-        containers = [
-            Container.from_json(json.loads(kv.value)) for kv in self._reads.range(CONTAINERS).kvs
-        ]
+        records = self._reads.range(self._containers).kvs
+        containers = [Container.from_json(json.loads(kv.value)) for kv in records]
         endpoints = [
             Endpoint.from_json(json.loads(kv.value)) for kv in self._reads.range(ENDPOINTS).kvs
         ]

@@ -30,7 +30,7 @@ from typing import Any
 
 from cove import naming
 from cove.clock import Clock
-from cove.cluster.nodes import CLUSTER_STATUS, owned
+from cove.cluster.nodes import owned
 from cove.cluster.requests import REMOVE, START, STOP, RemoteRequests
 from cove.datapath.base import ContainerDatapath, host_veth_name
 from cove.errors import (
@@ -60,6 +60,16 @@ from cove.network.spec import check_label
 from cove.runtime import resources
 from cove.runtime.client import SupervisorClient
 from cove.runtime.intents import Intent, IntentLog, Phase
+from cove.runtime.keys import (
+    CLUSTER_STATUS,
+    container_key,
+    find_container,
+    legacy_container_key,
+    name_claim,
+    name_key,
+    status_key,
+    statuses_of,
+)
 from cove.runtime.launch import LaunchSpec
 from cove.runtime.mounts import Kind, Mount, check_sources
 from cove.runtime.reconcile import ContainerReconciler, container_endpoints, read_snapshot
@@ -191,7 +201,7 @@ class ContainerService:
     def resolve(self, ref: str) -> str:
         """The name of the container ``ref`` means: a name, a full ID or a
         unique ID prefix (``NotFound``; ``Conflict`` when ambiguous)."""
-        if ref and self._store.get(CONTAINERS + ref) is not None:
+        if ref and find_container(self._store, ref) is not None:
             return ref
         pairs = []
         for kv in self._store.range(CONTAINERS).kvs:
@@ -202,7 +212,7 @@ class ContainerService:
 
     def get(self, ref: str) -> Container:
         name = self.resolve(ref)
-        kv = self._store.get(CONTAINERS + name)
+        kv = find_container(self._store, name)
         if kv is None:
             raise NotFound(f"container {ref} not found", container=ref)
         return Container.from_json(json.loads(kv.value))
@@ -262,7 +272,7 @@ class ContainerService:
         return self._logs / cid / "log"
 
     def _remote_state(self, c: Container) -> ProcessState | None:
-        kv = self._store.get(CLUSTER_STATUS + c.id)
+        kv = self._store.get(status_key(c.node, c.id)) if c.node else None
         if kv is None:
             return None
         return ProcessState.from_json(json.loads(kv.value))
@@ -285,7 +295,7 @@ class ContainerService:
             return
         if self._published is None:
             published: dict[str, dict[str, Any]] = {}
-            for kv in self._store.range(CLUSTER_STATUS).kvs:
+            for kv in self._store.range(statuses_of(self._node)).kvs:
                 with contextlib.suppress(ValueError, KeyError):
                     data = json.loads(kv.value)
                     if data.get("node") == self._node:
@@ -300,7 +310,7 @@ class ContainerService:
                 self._put_state(states[cid])
             if only is None:
                 for cid in sorted(set(self._published) - mine):
-                    self._store.delete(CLUSTER_STATUS + cid)
+                    self._store.delete(status_key(self._node, cid))
                     del self._published[cid]
 
     def publish_state(self, state: ProcessState, name: str = "") -> None:
@@ -328,7 +338,7 @@ class ContainerService:
         return (state.started_at, state.finished_at) < shown
 
     def _put_state(self, state: ProcessState) -> None:
-        """``cluster/status/<id>``, with the container's name for the event
+        """``cluster/status/<node>/<id>``, with the container's name for the event
         stream (``events.change``: die, start, restart); only if changed."""
         assert self._published is not None
         cid = state.id
@@ -336,13 +346,13 @@ class ContainerService:
         name = self._name_by_id.get(cid) or str(before.get("name") or "") or self._name_of(cid)
         data = {**state.to_json(), "node": self._node, "name": name}
         if before != data:
-            self._store.put(CLUSTER_STATUS + cid, _encode(data))
+            self._store.put(status_key(self._node, cid), _encode(data))
             self._published[cid] = data
 
     def _name_of(self, cid: str) -> str:
         """A container's name when no feed told it (a state published before
         the supervisor's first word): one store read, on a change only."""
-        for c in read_snapshot(self._store).containers.values():
+        for c in read_snapshot(self._store, self._node).containers.values():
             self._name_by_id.setdefault(c.id, c.name)
         return self._name_by_id.get(cid, "")
 
@@ -377,7 +387,7 @@ class ContainerService:
 
     def run(self, spec: RunSpec) -> ContainerView:
         name = spec.name or naming.generate_name(self._names())
-        if self._store.get(CONTAINERS + name) is not None:
+        if find_container(self._store, name) is not None:
             raise AlreadyExists(f"container {name} already exists", container=name)
         networks = [self._network(a.network) for a in spec.attachments]
         if spec.rootfs is not None and not os.path.isdir(spec.rootfs):
@@ -492,7 +502,7 @@ class ContainerService:
         for intent in self._intents.all():
             if intent.phase is Phase.PENDING and not after_restart:
                 continue  # a run in progress in this agent
-            kv = self._store.get(CONTAINERS + intent.name)
+            kv = find_container(self._store, intent.name)
             current = Container.from_json(json.loads(kv.value)) if kv is not None else None
             if current is not None and current.id == intent.id and intent.phase is Phase.PENDING:
                 self._intents.done(intent.id)
@@ -547,7 +557,7 @@ class ContainerService:
             )
 
     def _names(self) -> set[str]:
-        return {kv.key[len(CONTAINERS) :] for kv in self._store.range(CONTAINERS).kvs}
+        return {kv.key.rsplit("/", 1)[-1] for kv in self._store.range(CONTAINERS).kvs}
 
     def _network(self, ref: str) -> Network:
         """The network ``ref`` names: a name, a full ID or a unique prefix."""
@@ -605,20 +615,26 @@ class ContainerService:
             interface=iface, host_veth=host_veth_name(eid), mac=mac,
             ipv4=v4, ipv6=v6, aliases=att.aliases, hostname=c.hostname,  # type: ignore[arg-type]
             netns=netns or str(self._netns.netns_path(c.id)), services=c.services,
-            node=c.node,
+            node=c.node, labels=dict(c.labels),
         )  # fmt: skip
 
     def _write_new(self, c: Container, endpoints: list[Endpoint]) -> None:
-        compares = [Compare.absent(CONTAINERS + c.name)]
+        # The name's claim keeps it unique in the cluster (and a record of
+        # the old layout, not yet moved by its agent, still holds it).
+        compares = [Compare.absent(name_key(c.name)), Compare.absent(legacy_container_key(c.name))]
         compares += [Compare.present(NETWORKS + ep.network) for ep in endpoints]
         compares += [Compare.absent(k) for p in c.ports for k in self._claim_keys(p, c.node)]
-        puts = [Put(CONTAINERS + c.name, _encode(c.to_json()))]
+        node = self.node_of(c)
+        puts = [
+            Put(container_key(node, c.name), _encode(c.to_json())),
+            Put(name_key(c.name), name_claim(node, c.id)),
+        ]
         puts += [Put(_ep_key(ep), _encode(ep.to_json())) for ep in endpoints]
         claim = _encode({"container": c.name, "id": c.id})
         puts += [Put(self._claim_key(p, c.node), claim) for p in c.ports]
         if self._store.txn(compares, puts).succeeded:
             return
-        if self._store.get(CONTAINERS + c.name) is not None:
+        if find_container(self._store, c.name) is not None:
             raise AlreadyExists(f"container {c.name} already exists", container=c.name)
         for ep in endpoints:
             self._network(ep.network)
@@ -722,7 +738,7 @@ class ContainerService:
     def volume_users(self, name: str, besides: str = "") -> list[str]:
         """Names of this node's containers (running or not, or being run)
         that mount volume ``name``, but for the container ``besides``."""
-        snap = read_snapshot(self._store)
+        snap = read_snapshot(self._store, self._node)
         users = {
             c.name
             for c in snap.containers.values()
@@ -767,8 +783,8 @@ class ContainerService:
         }
 
     def image_users(self, image_id: str) -> list[str]:
-        """Names of the containers made from the image ``image_id``."""
-        snap = read_snapshot(self._store)
+        """Names of this node's containers made from the image ``image_id``."""
+        snap = read_snapshot(self._store, self._node)
         return sorted(c.name for c in snap.containers.values() if c.image_id == image_id)
 
     # -- lifecycle -------------------------------------------------------------
@@ -888,10 +904,12 @@ class ContainerService:
             for key in self._claim_keys(p, self.node_of(c))
             if self._claimed_by(key, c.id)
         ]
-        ops.append(Delete(CLUSTER_STATUS + c.id))
-        kv = self._store.get(CONTAINERS + c.name)
+        ops.append(Delete(status_key(self._node if self.owns(c) else c.node, c.id)))
+        kv = find_container(self._store, c.name)
         if kv is not None and Container.from_json(json.loads(kv.value)).id == c.id:
-            ops.append(Delete(CONTAINERS + c.name))
+            ops.append(Delete(kv.key))
+            if kv.key != legacy_container_key(c.name):
+                ops.append(Delete(name_key(c.name)))
         # Under the publish lock: no state of it is published once deleted.
         with self._publishing:
             self._store.txn([], ops)
@@ -934,13 +952,13 @@ class ContainerService:
 
     def _set_desired(self, name: str, desired: Desired) -> Container:
         for _ in range(_ATTEMPTS):
-            kv = self._store.get(CONTAINERS + name)
+            kv = find_container(self._store, name)
             if kv is None:
                 raise NotFound(f"container {name} not found", container=name)
             c = replace(Container.from_json(json.loads(kv.value)), desired=desired)
             ok = self._store.txn(
-                [Compare.mod_is(CONTAINERS + name, kv.mod_revision)],
-                [Put(CONTAINERS + name, _encode(c.to_json()))],
+                [Compare.mod_is(kv.key, kv.mod_revision)],
+                [Put(kv.key, _encode(c.to_json()))],
             ).succeeded
             if ok:
                 return c
@@ -963,7 +981,7 @@ class ContainerService:
     def _change_services(self, ref: str, service: str, text: str | None) -> ContainerView:
         name = self.resolve(ref)
         for _ in range(_ATTEMPTS):
-            kv = self._store.get(CONTAINERS + name)
+            kv = find_container(self._store, name)
             if kv is None:
                 raise NotFound(f"container {ref} not found", container=ref)
             c = Container.from_json(json.loads(kv.value))
@@ -978,10 +996,12 @@ class ContainerService:
                 raise NotFound(f"container {c.name} has no service {service}", container=c.name)
             services = kept if text is None else (*kept, text)
             c2 = replace(c, services=services)
-            eps = [replace(ep, services=services) for ep in self.endpoints(c)]
+            eps = [
+                replace(ep, services=services, labels=dict(c.labels)) for ep in self.endpoints(c)
+            ]
             ok = self._store.txn(
-                [Compare.mod_is(CONTAINERS + name, kv.mod_revision)],
-                [Put(CONTAINERS + name, _encode(c2.to_json()))]
+                [Compare.mod_is(kv.key, kv.mod_revision)],
+                [Put(kv.key, _encode(c2.to_json()))]
                 + [Put(_ep_key(ep), _encode(ep.to_json())) for ep in eps],
             ).succeeded
             if ok:
@@ -1000,7 +1020,7 @@ class ContainerService:
         network = net.name
         name = self.resolve(ref)
         for _ in range(_ATTEMPTS):
-            kv = self._store.get(CONTAINERS + name)
+            kv = find_container(self._store, name)
             if kv is None:
                 raise NotFound(f"container {name} not found", container=name)
             c = Container.from_json(json.loads(kv.value))
@@ -1021,7 +1041,7 @@ class ContainerService:
                 netns = current[0].netns if current and not self.owns(c) else ""
                 ep = self._endpoint(c, net, att, iface, netns)
                 c2 = replace(c, networks=(*c.networks, network))
-                key = CONTAINERS + name
+                key = kv.key
                 ok = self._store.txn(
                     [Compare.mod_is(key, kv.mod_revision), Compare.present(NETWORKS + network)],
                     [Put(key, _encode(c2.to_json())), Put(_ep_key(ep), _encode(ep.to_json()))],
@@ -1059,16 +1079,15 @@ class ContainerService:
     def _detach(self, name: str, network: str) -> list[Endpoint]:
         """Take ``name`` off ``network`` in the store; the endpoints removed."""
         for _ in range(_ATTEMPTS):
-            kv = self._store.get(CONTAINERS + name)
+            kv = find_container(self._store, name)
             if kv is None:
                 return []
             c = Container.from_json(json.loads(kv.value))
             eps = [ep for ep in self.endpoints(c) if ep.network == network]
             c2 = replace(c, networks=tuple(n for n in c.networks if n != network))
             ok = self._store.txn(
-                [Compare.mod_is(CONTAINERS + name, kv.mod_revision)],
-                [Put(CONTAINERS + name, _encode(c2.to_json()))]
-                + [Delete(_ep_key(ep)) for ep in eps],
+                [Compare.mod_is(kv.key, kv.mod_revision)],
+                [Put(kv.key, _encode(c2.to_json()))] + [Delete(_ep_key(ep)) for ep in eps],
             ).succeeded
             if ok:
                 for ep in eps:
@@ -1141,7 +1160,7 @@ class ContainerService:
 
     def _current(self, cid: str, name: str) -> Container | None:
         """The container ``name`` if it is still the one with id ``cid``."""
-        kv = self._store.get(CONTAINERS + name)
+        kv = find_container(self._store, name)
         if kv is None:
             return None
         c = Container.from_json(json.loads(kv.value))
@@ -1206,7 +1225,7 @@ class ContainerService:
         supervisor is read before the store: a run writes the store first,
         so a container started meanwhile is in the store read after."""
         states = self._sup.states()
-        known = set(read_snapshot(self._store).containers)
+        known = set(read_snapshot(self._store, self._node).containers)
         gone = sorted(set(states) - known)
         for cid in gone:
             log.warning("removing container %s: the store no longer has it", cid[:12])
