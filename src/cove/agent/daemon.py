@@ -68,18 +68,20 @@ from cove.events.log import EventLog
 from cove.ipam.allocator import Ipam
 from cove.lb.model import VIPS
 from cove.lb.vips import parse_range
-from cove.model import ENDPOINTS, IPAM, NETWORKS
+from cove.model import CONTAINERS, ENDPOINTS, IPAM, NETWORKS
 from cove.network.overlay import OverlayReconciler
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
 from cove.policy.model import POLICY
 from cove.registry.keys import CHECKS, NODE_CHECKS, SERVICES, agent_service_key
 from cove.runtime.dns_handover import SupervisorKeeper
-from cove.runtime.keys import containers_of
+from cove.runtime.keys import CLUSTER_STATUS, containers_of, statuses_of
 from cove.runtime.registration import ServiceRegistrar
 from cove.runtime.relayout import move_to_node_layout
+from cove.store import scope
 from cove.store.base import local_store
 from cove.store.hub import WatchHub
+from cove.store.scope import KeyRange
 from cove.ui import assets as ui_assets
 from cove.worker import Worker
 
@@ -104,6 +106,15 @@ def cached_prefixes(node: str) -> tuple[str, ...]:
         CHECKS,
         NODE_CHECKS,
         IPAM,
+    )
+
+
+def watched_ranges(node: str) -> list[KeyRange]:
+    """What ``node``'s agent watches on etcd: the shared records, and of
+    the containers and their process states only its own (an in-process
+    store's hub hears every commit: on one host every container is its own)."""
+    return scope.watched_ranges(
+        exclude=(CONTAINERS, CLUSTER_STATUS), include=(containers_of(node), statuses_of(node))
     )
 
 
@@ -197,8 +208,16 @@ class Agent:
         move_to_node_layout(self.store, config.node_name)
         # The cluster-wide records that passes re-read on another host's
         # change (policy, registrar, reconcilers) and whose previous values
-        # the event stream names deletes by: kept in memory by the hub.
-        self.hub = WatchHub(self.store, cache=cached_prefixes(config.node_name))
+        # the event stream names deletes by: kept in memory by the hub,
+        # which on etcd watches everything but other nodes' containers and
+        # process states. Every write goes through ``hub.writes`` from here
+        # on, so that a pass can wait for what this agent wrote.
+        self.hub = WatchHub(
+            self.store,
+            cache=cached_prefixes(config.node_name),
+            ranges=watched_ranges(config.node_name),
+        )
+        self.store = self.hub.writes
         self.nft = Nft()
         self.datapath = NetlinkDatapath(self.nft)
         self.ipam = Ipam(self.store, self.hub.reads)  # candidates from the hub's copy
