@@ -4,6 +4,7 @@ Store keys (each domain owns its prefix):
 
 - ``networks/<name>``                       Network
 - ``ipam/<network>/<address>``              who holds an address (IPAM)
+- ``ipamblocks/<network>/<block address>`` which node allocates in a block (IPAM)
 - ``endpoints/<network>/<endpoint id>``     Endpoint: a container on a network
 - ``containers/<name>``                     Container (runtime)
 - ``registry/...``                          catalog, checks, KV, sessions
@@ -25,6 +26,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 NETWORKS = "networks/"
 IPAM = "ipam/"
+IPAM_BLOCKS = "ipamblocks/"
 ENDPOINTS = "endpoints/"
 CONTAINERS = "containers/"
 

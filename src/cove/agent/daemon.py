@@ -190,7 +190,8 @@ class Agent:
         self.hub = WatchHub(self.store, cache=CACHED_PREFIXES)
         self.nft = Nft()
         self.datapath = NetlinkDatapath(self.nft)
-        self.ipam = Ipam(self.store, self.hub.reads)  # candidates from the hub's copy
+        # Candidates from the hub's copy; dynamic addresses in this node's blocks.
+        self.ipam = Ipam(self.store, self.hub.reads, node=config.node_name)
         self.vip_ranges = tuple(parse_range(r) for r in config.vip_ranges)
         self.networks = NetworkService(
             self.store, self.clock, self.datapath.host_networks, reserved=self.vip_ranges
