@@ -72,6 +72,9 @@ class Ipam:
         self._lock = threading.Lock()
         # network -> address -> store revision at which it was known taken
         self._pending: dict[str, dict[IPAddress, int]] = {}
+        # network -> addresses a thread of this allocator is trying right now,
+        # so that a burst of starts on one host tries different addresses
+        self._trying: dict[str, set[IPAddress]] = {}
 
     def allocate(
         self,
@@ -105,16 +108,23 @@ class Ipam:
             source = self._store if from_store else self._reads
             taken = self._taken(source, network.name)
             try:
-                candidate = self._choose(network.name, subnet, source, taken, attempt)
+                candidate = self._try(network.name, subnet, source, taken, attempt)
             except IpamExhausted:
                 if from_store:
                     raise
                 from_store = True  # the copy may not show a release yet: ask the store
                 continue
-            result = self._store.txn(
-                [Compare.present(net_key), Compare.absent(ipam_key(network.name, candidate))],
-                [Put(ipam_key(network.name, candidate), value)],
-            )
+            try:
+                result = self._store.txn(
+                    [Compare.present(net_key), Compare.absent(ipam_key(network.name, candidate))],
+                    [Put(ipam_key(network.name, candidate), value)],
+                )
+            finally:
+                with self._lock:
+                    trying = self._trying[network.name]
+                    trying.discard(candidate)
+                    if not trying:
+                        del self._trying[network.name]
             # Taken as of ``result.revision`` either way: ours, or someone's.
             self._remember(network.name, candidate, result.revision)
             if result.succeeded:
@@ -122,6 +132,22 @@ class Ipam:
             if self._store.get(net_key) is None:
                 raise NotFound(f"network {network.name} not found", network=network.name)
         raise CasFailed(f"could not allocate an address on {network.name}: too much contention")
+
+    def _try(
+        self, network: str, subnet: Subnet, source: Store, taken: set[IPAddress], attempt: int
+    ) -> IPAddress:
+        """The address to try, marked as being tried by this allocator (the
+        caller unmarks it): one another thread is trying is taken."""
+        while True:
+            with self._lock:
+                taken.update(self._trying.get(network, ()))
+            candidate = self._choose(network, subnet, source, taken, attempt)
+            with self._lock:
+                trying = self._trying.setdefault(network, set())
+                if candidate not in trying:
+                    trying.add(candidate)
+                    return candidate
+            taken.add(candidate)
 
     def _choose(
         self, network: str, subnet: Subnet, source: Store, taken: set[IPAddress], attempt: int
