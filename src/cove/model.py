@@ -4,6 +4,7 @@ Store keys (each domain owns its prefix):
 
 - ``networks/<name>``                       Network
 - ``ipam/<network>/<address>``              who holds an address (IPAM)
+- ``ipamblocks/<network>/<block address>`` which node allocates in a block (IPAM)
 - ``endpoints/<network>/<endpoint id>``     Endpoint: a container on a network
 - ``containers/<node>/<name>``              Container (runtime; ``cove.runtime.keys``)
 - ``cluster/names/<name>``                  a container name's claim
@@ -27,6 +28,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 NETWORKS = "networks/"
 IPAM = "ipam/"
+IPAM_BLOCKS = "ipamblocks/"
 ENDPOINTS = "endpoints/"
 CONTAINERS = "containers/"
 

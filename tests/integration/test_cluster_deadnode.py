@@ -82,6 +82,12 @@ def health(host: Host, service: str) -> list[dict[str, Any]]:
     return body
 
 
+def blocks(host: Host, network: str) -> dict[str, str]:
+    """The network's address blocks and their nodes, as `network inspect` shows them."""
+    [data] = json.loads(host.ok("network", "inspect", network))
+    return {b["cidr"]: b["node"] for b in data["blocks"]}
+
+
 def test_a_dead_node_is_removed_everywhere_and_its_agent_comes_back_fresh(
     tmp_path: Path,
 ) -> None:
@@ -131,8 +137,11 @@ def _removed_everywhere(cluster: Cluster) -> None:
     assert members(h1)["h2"]["containers"] == 2
     assert pid_alive(web["state"]["pid"])
 
+    assert sorted(blocks(h1, "ov").values()) == ["h1", "h2"]  # an address block each
+
     out = h1.ok("members", "rm", "h2")
     assert "removed node h2: 2 containers (other, web)" in out, out
+    assert list(blocks(h3, "ov").values()) == ["h1"]  # h2's block is free to claim
 
     # On every other host: the node, its containers, names, entries and
     # catalog entries are gone.

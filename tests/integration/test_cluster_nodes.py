@@ -6,6 +6,7 @@ remove it through the store."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -303,6 +304,16 @@ def test_concurrent_runs_on_three_hosts_get_distinct_addresses(cluster3: Cluster
     assert len(set(addrs)) == 12, addrs
     for host in cluster3.hosts:
         assert len(host.container_netns()) == 4
+    # Each host allocated in an address block of its own (/26), as
+    # `network inspect` shows them.
+    [network] = json.loads(h1.ok("network", "inspect", "vnet"))
+    owner = {ipaddress.ip_network(b["cidr"]): b["node"] for b in network["blocks"]}
+    assert sorted(owner.values()) == sorted(h.name for h in cluster3.hosts), owner
+    for name, c in listed.items():
+        addr = ipaddress.ip_address(c["endpoints"]["vnet"]["ipv4"].split("/")[0])
+        [block] = [b for b in owner if addr in b]
+        assert block.prefixlen == 26
+        assert owner[block] == cluster3.host(int(name[1])).name, (name, addr, owner)
 
 
 def test_each_host_has_its_own_host_ports(cluster3: Cluster) -> None:

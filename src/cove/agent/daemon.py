@@ -68,7 +68,7 @@ from cove.events.log import EventLog
 from cove.ipam.allocator import Ipam
 from cove.lb.model import VIPS
 from cove.lb.vips import parse_range
-from cove.model import CONTAINERS, ENDPOINTS, IPAM, NETWORKS
+from cove.model import CONTAINERS, ENDPOINTS, IPAM, IPAM_BLOCKS, NETWORKS
 from cove.network.overlay import OverlayReconciler
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
@@ -106,6 +106,7 @@ def cached_prefixes(node: str) -> tuple[str, ...]:
         CHECKS,
         NODE_CHECKS,
         IPAM,
+        IPAM_BLOCKS,
     )
 
 
@@ -220,7 +221,8 @@ class Agent:
         self.store = self.hub.writes
         self.nft = Nft()
         self.datapath = NetlinkDatapath(self.nft)
-        self.ipam = Ipam(self.store, self.hub.reads)  # candidates from the hub's copy
+        # Candidates from the hub's copy; dynamic addresses in this node's blocks.
+        self.ipam = Ipam(self.store, self.hub.reads, node=config.node_name)
         self.vip_ranges = tuple(parse_range(r) for r in config.vip_ranges)
         self.networks = NetworkService(
             self.store, self.clock, self.datapath.host_networks, reserved=self.vip_ranges

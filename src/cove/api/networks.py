@@ -15,6 +15,7 @@ from typing import Any
 from cove.api import http as web
 from cove.api.app import json_body
 from cove.errors import AlreadyExists, DatapathError, InvalidArgument
+from cove.ipam.blocks import Block
 from cove.model import Endpoint, Network
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
@@ -26,13 +27,20 @@ APPLY_TIMEOUT = 10.0
 DEFAULT_LABEL = "cove.default"
 
 
-def network_json(network: Network, endpoints: Sequence[Endpoint] | None = None) -> dict[str, Any]:
-    """A network as create, ls and inspect send it; inspect adds its endpoints.
-    ``created`` is RFC 3339, as Docker shows it."""
+def network_json(
+    network: Network,
+    endpoints: Sequence[Endpoint] | None = None,
+    blocks: Sequence[Block] | None = None,
+) -> dict[str, Any]:
+    """A network as create, ls and inspect send it; inspect adds its endpoints
+    and its address blocks with their nodes. ``created`` is RFC 3339, as
+    Docker shows it."""
     out = network.to_json()
     out["created"] = rfc3339(network.created)
     if endpoints is not None:
         out["endpoints"] = [endpoint_json(ep) for ep in endpoints]
+    if blocks is not None:
+        out["blocks"] = [b.to_json() for b in blocks]
     return out
 
 
@@ -122,7 +130,8 @@ def install(app: web.Application, networks: NetworkService, reconciler: NetworkR
     async def inspect(request: web.Request) -> web.Response:
         network = await asyncio.to_thread(networks.get, request.match_info["name"])
         endpoints = await asyncio.to_thread(networks.endpoints, network.name)
-        return web.json_response(network_json(network, endpoints))
+        blocks = await asyncio.to_thread(networks.blocks, network.name)
+        return web.json_response(network_json(network, endpoints, blocks))
 
     async def remove(request: web.Request) -> web.Response:
         network = await asyncio.to_thread(networks.get, request.match_info["name"])

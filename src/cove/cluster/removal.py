@@ -35,7 +35,7 @@ from typing import Any
 from cove.cluster.nodes import CLUSTER_KNOWN, CLUSTER_NODES
 from cove.cluster.requests import requests_prefix
 from cove.errors import Conflict, CoveError, InvalidArgument, NotFound
-from cove.model import CONTAINERS, ENDPOINTS, IPAM
+from cove.model import CONTAINERS, ENDPOINTS, IPAM, IPAM_BLOCKS
 from cove.registry.keys import AGENT, CHECKS, COORDS, NODE_CHECKS, SERVICES, node_key, seg
 from cove.runtime.keys import (
     CLUSTER_STATUS,
@@ -278,6 +278,9 @@ class NodeRemoval:
             if owner.startswith(cni_owner) or owner.removeprefix("container:") in removed_ids:
                 ops.append(Delete(kv.key))
                 self.result.addresses += 1
+        for kv in self._store.range(IPAM_BLOCKS).kvs:
+            if _json(kv).get("node") == name:  # its blocks: free for other nodes to claim
+                ops.append(Delete(kv.key))
         for kv in self._store.keys(PORTS).kvs:
             if kv.key.endswith("@" + name):
                 ops.append(Delete(kv.key))

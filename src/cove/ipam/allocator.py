@@ -17,6 +17,17 @@ lost races the candidate comes from the store itself. Addresses this
 allocator created or found taken are remembered until the copy has caught
 up with them, so a burst of starts on one host does not keep trying the
 address it just handed out.
+
+Which addresses a node tries first: those of its own blocks (see
+``cove.ipam.blocks``: Calico's block affinity). A dynamic allocation on
+node N takes the lowest free address of N's blocks; when they are full, N
+claims the lowest unclaimed block (a compare-and-swap create: on a lost
+race, the next) and allocates there; when every block is claimed, it
+borrows the lowest free address of the whole subnet, so a small subnet
+shared by many hosts still fills up. Hosts allocating at once so work in
+different blocks instead of racing for the same lowest addresses. Blocks
+stay with their node while empty; they go with the network or the node
+(``cove members rm``).
 """
 
 from __future__ import annotations
@@ -27,8 +38,8 @@ import threading
 from typing import Literal
 
 from cove.errors import CasFailed, Conflict, InvalidArgument, IpamExhausted, NotFound
-from cove.ipam import pool
-from cove.model import IPAM, NETWORKS, IPAddress, Network, Subnet
+from cove.ipam import blocks, pool
+from cove.model import IPAM, NETWORKS, IPAddress, IPNetwork, Network, Subnet
 from cove.store.base import Compare, Delete, Put, Store
 
 log = logging.getLogger(__name__)
@@ -46,15 +57,24 @@ def ipam_key(network: str, address: IPAddress) -> str:
 class Ipam:
     """Allocates and releases endpoint addresses. Thread-safe (the store is)."""
 
-    def __init__(self, store: Store, reads: Store | None = None) -> None:
-        """``reads``: where candidates are chosen from (a lagging copy of
-        the store is fine, see the module docstring); the store by default."""
+    def __init__(self, store: Store, reads: Store | None = None, *, node: str = "") -> None:
+        """``reads``: where candidates (and the blocks' owners) are chosen
+        from (a lagging copy of the store is fine, see the module
+        docstring); the store by default. ``node``: the node whose blocks
+        this allocator fills; without one (a tool or a test with a single
+        allocator), no blocks: the lowest free address of the subnet."""
         self._store = store
         self._reads = reads if reads is not None else store
+        self._node = node
+        # network -> block -> (ours, store revision at which it was known claimed)
+        self._claims: dict[str, dict[IPNetwork, tuple[bool, int]]] = {}
         self._parsed: dict[str, IPAddress] = {}  # key text -> address
         self._lock = threading.Lock()
         # network -> address -> store revision at which it was known taken
         self._pending: dict[str, dict[IPAddress, int]] = {}
+        # network -> addresses a thread of this allocator is trying right now,
+        # so that a burst of starts on one host tries different addresses
+        self._trying: dict[str, set[IPAddress]] = {}
 
     def allocate(
         self,
@@ -85,18 +105,26 @@ class Ipam:
         from_store = self._reads is self._store
         for attempt in range(_MAX_ATTEMPTS):
             from_store = from_store or attempt >= _CACHED_ATTEMPTS
-            taken = self._taken(self._store if from_store else self._reads, network.name)
+            source = self._store if from_store else self._reads
+            taken = self._taken(source, network.name)
             try:
-                candidate = _candidate(subnet, taken, attempt)
+                candidate = self._try(network.name, subnet, source, taken, attempt)
             except IpamExhausted:
                 if from_store:
                     raise
                 from_store = True  # the copy may not show a release yet: ask the store
                 continue
-            result = self._store.txn(
-                [Compare.present(net_key), Compare.absent(ipam_key(network.name, candidate))],
-                [Put(ipam_key(network.name, candidate), value)],
-            )
+            try:
+                result = self._store.txn(
+                    [Compare.present(net_key), Compare.absent(ipam_key(network.name, candidate))],
+                    [Put(ipam_key(network.name, candidate), value)],
+                )
+            finally:
+                with self._lock:
+                    trying = self._trying[network.name]
+                    trying.discard(candidate)
+                    if not trying:
+                        del self._trying[network.name]
             # Taken as of ``result.revision`` either way: ours, or someone's.
             self._remember(network.name, candidate, result.revision)
             if result.succeeded:
@@ -104,6 +132,91 @@ class Ipam:
             if self._store.get(net_key) is None:
                 raise NotFound(f"network {network.name} not found", network=network.name)
         raise CasFailed(f"could not allocate an address on {network.name}: too much contention")
+
+    def _try(
+        self, network: str, subnet: Subnet, source: Store, taken: set[IPAddress], attempt: int
+    ) -> IPAddress:
+        """The address to try, marked as being tried by this allocator (the
+        caller unmarks it): one another thread is trying is taken."""
+        while True:
+            with self._lock:
+                taken.update(self._trying.get(network, ()))
+            candidate = self._choose(network, subnet, source, taken, attempt)
+            with self._lock:
+                trying = self._trying.setdefault(network, set())
+                if candidate not in trying:
+                    trying.add(candidate)
+                    return candidate
+            taken.add(candidate)
+
+    def _choose(
+        self, network: str, subnet: Subnet, source: Store, taken: set[IPAddress], attempt: int
+    ) -> IPAddress:
+        """The address to try: in this node's blocks, else in a block it
+        claims now, else borrowed from anywhere in the subnet."""
+        if not self._node:
+            return _candidate(subnet, taken, attempt)
+        mine, claimed = self._blocks(source, network, subnet.cidr)
+        try:
+            return blocks.first_free_in(
+                mine, subnet.cidr, subnet.gateway, taken, subnet.ip_range, skip=min(attempt, 8)
+            )
+        except IpamExhausted:
+            pass
+        for block in blocks.unclaimed(subnet.cidr, subnet.gateway, claimed, taken, subnet.ip_range):
+            if self._claim(network, block):
+                return blocks.first_free_in(
+                    [block], subnet.cidr, subnet.gateway, taken, subnet.ip_range
+                )
+        return _candidate(subnet, taken, attempt)
+
+    def _blocks(
+        self, source: Store, network: str, subnet: IPNetwork
+    ) -> tuple[list[IPNetwork], set[IPNetwork]]:
+        """This node's blocks of ``subnet`` (lowest first), and every claimed one."""
+        read = source.range(blocks.blocks_prefix(network))
+        found: dict[IPNetwork, bool] = {}
+        for kv in read.kvs:
+            block = blocks.decode(kv.key, kv.value)
+            if block is not None:
+                found[block.cidr] = block.node == self._node
+        with self._lock:
+            known = self._claims.get(network)
+            if known:
+                # What the read reflects needs no remembering any more.
+                for cidr in [c for c, (_, rev) in known.items() if rev <= read.revision]:
+                    del known[cidr]
+                for cidr, (ours, _) in known.items():
+                    found[cidr] = ours
+        inside = {
+            c: ours
+            for c, ours in found.items()
+            if c.version == subnet.version and c.subnet_of(subnet)  # type: ignore[arg-type]
+        }
+        return sorted(c for c, ours in inside.items() if ours), set(inside)
+
+    def _claim(self, network: str, block: IPNetwork) -> bool:
+        """Claim ``block`` for this node: True when it is this node's now
+        (claimed here, or a moment ago by another thread of this agent)."""
+        key = blocks.block_key(network, block)
+        result = self._store.txn(
+            [Compare.present(NETWORKS + network), Compare.absent(key)],
+            [Put(key, blocks.encode(self._node, block))],
+        )
+        ours = result.succeeded
+        if not ours:
+            kv = self._store.get(key)
+            if kv is None:
+                if self._store.get(NETWORKS + network) is None:
+                    raise NotFound(f"network {network} not found", network=network)
+                return False  # claimed and gone again: the next block
+            found = blocks.decode(kv.key, kv.value)
+            ours = found is not None and found.node == self._node
+        else:
+            log.info("network %s: node %s claimed block %s", network, self._node, block)
+        with self._lock:
+            self._claims.setdefault(network, {})[block] = (ours, result.revision)
+        return ours
 
     def release(self, network: str, address: IPAddress) -> None:
         self._store.delete(ipam_key(network, address))

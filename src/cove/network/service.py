@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from cove import naming
 from cove.clock import Clock
 from cove.errors import AlreadyExists, Conflict, InUse, NotFound
+from cove.ipam import blocks as ipam_blocks
 from cove.model import ENDPOINTS, IPAM, NETWORKS, Endpoint, IPNetwork, Network
 from cove.network.spec import NetworkSpec, build_network, check_name
 from cove.store.base import Compare, Delete, Put, Store
@@ -91,6 +92,12 @@ class NetworkService:
         kvs = self._store.range(f"{ENDPOINTS}{name}/").kvs
         return [Endpoint.from_json(json.loads(kv.value)) for kv in kvs]
 
+    def blocks(self, name: str) -> builtins.list[ipam_blocks.Block]:
+        """The address blocks of network ``name`` and their nodes, lowest first."""
+        kvs = self._store.range(ipam_blocks.blocks_prefix(name)).kvs
+        found = [b for kv in kvs if (b := ipam_blocks.decode(kv.key, kv.value)) is not None]
+        return sorted(found, key=lambda b: (b.cidr.version, b.cidr))
+
     def endpoints_of(self, name: str) -> builtins.list[str]:
         return [kv.key.rsplit("/", 1)[1] for kv in self._store.range(f"{ENDPOINTS}{name}/").kvs]
 
@@ -114,6 +121,7 @@ class NetworkService:
                 [
                     Delete(NETWORKS + name),
                     Delete(f"{IPAM}{name}/", prefix=True),
+                    Delete(ipam_blocks.blocks_prefix(name), prefix=True),
                     Put(SUBNETS_GUARD, b"{}"),
                 ],
             )
