@@ -471,6 +471,11 @@ def test_kill9_during_random_operations_then_every_host_matches_the_store(
         == listed[2]
         == {n: container_node(c) for n, c in store.containers.items()}
     )
+    # Each name is claimed once, for the container under that node's keys.
+    claims = {k.rsplit("/", 1)[1]: v for k, v in etcd_prefix(cluster, "cluster/names/").items()}
+    assert claims == {
+        n: {"node": container_node(c), "id": c["id"]} for n, c in store.containers.items()
+    }
 
     # Remove everything, from random hosts: every host is clean.
     for name in sorted(store.containers):
@@ -482,6 +487,7 @@ def test_kill9_during_random_operations_then_every_host_matches_the_store(
     store = StoreView.read(cluster)
     assert (store.containers, store.endpoints, store.ipam, store.networks) == ({}, [], {}, {})
     assert store.ports == {}
+    assert etcd_prefix(cluster, "cluster/names/") == {}
     for host in cluster.hosts:
         assert host.container_netns() == [], host.name
         assert host.veths() == [], host.name
