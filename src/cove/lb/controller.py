@@ -134,7 +134,9 @@ class LbController:
         transaction; returns how many services changed. Falls back to a
         full resync when the incremental step fails."""
         with self._lock:
-            revision = self._store.revision
+            # Only a pass over every service marks a revision (below): a
+            # pass for a few services costs no read of it.
+            revision = self._store.revision if services is None else 0
             names = set(self._applied) if services is None else set(services)
             want = self.desired(None if services is None else names)
             if services is None:
@@ -225,7 +227,9 @@ class LbController:
             if more is None:
                 return None
             # Only services with a VIP (now or before) matter.
-            names |= {n for n in more if n in self._applied or self._store.get(VIPS + n)}
+            # (The hub's copy of the VIPs, when following one: no read.)
+            reads = self._follower.hub.reads if self._follower is not None else self._store
+            names |= {n for n in more if n in self._applied or reads.get(VIPS + n)}
         return names
 
     def _queue(self, events: Sequence[Event]) -> None:

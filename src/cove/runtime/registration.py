@@ -108,6 +108,24 @@ def plan(
     return add, drop
 
 
+def _of_node(ev: Event, node: str) -> bool:
+    """Whether ``ev`` is about ``node``'s record ("": every node's, as on
+    a store of one host; a record without a node is a legacy one of this
+    host's; one that cannot be read may be)."""
+    if not node:
+        return True
+    for raw in (ev.kv.value, ev.prev.value if ev.prev is not None else b""):
+        if not raw:
+            continue
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return True
+        if not isinstance(data, dict) or data.get("node", "") in ("", node):
+            return True
+    return not ev.kv.value and ev.prev is None  # a delete without its old value
+
+
 def _has_services(ev: Event) -> bool:
     raws = [r for r in (ev.kv.value, ev.prev.value if ev.prev is not None else b"") if r]
     if not raws:
@@ -172,10 +190,14 @@ class ServiceRegistrar:
 
     def on_events(self, events: Sequence[Event]) -> None:
         """A pass only for changes that can touch an instance: records of
-        containers (or their endpoints) with services, before or after."""
+        this node's containers (or their endpoints) with services, before
+        or after. Another node's endpoint is its registrar's business."""
+        mine = [ev for ev in events if _of_node(ev, self._node)]
+        if not mine:
+            return
         with self._lock:
             self._changed = True
-        if any(_has_services(ev) for ev in events):
+        if any(_has_services(ev) for ev in mine):
             self._worker.kick()
 
     def start(self) -> None:
