@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import make_cluster
+from cluster import Host, make_cluster
 from fanout import FabricMember, clones, remove, rx_bytes, settle
 
 pytestmark = pytest.mark.root
@@ -65,6 +65,17 @@ def test_a_start_on_one_host_costs_the_others_only_what_changed(tmp_path: Path) 
             assert all(listed[f"new{i}"].get("node") == "h2" for i in range(STARTS)), listed
             status, services = h1.api("GET", "/v1/catalog/services")
             assert status == 200 and {f"new{i}" for i in range(STARTS)} <= set(services)
+
+            # h1 watches only its own node's containers: h2's never reach
+            # it (its events show h2's endpoints and services, not h2's
+            # containers), while h2 hears of its own.
+            def container_events(host: Host) -> set[str]:
+                out = host.ok("events", "--since", "0", "--no-stream", "--format", "json",
+                              "--filter", "type=container")  # fmt: skip
+                return {json.loads(line)["name"] for line in out.splitlines() if line.strip()}
+
+            assert not {f"new{i}" for i in range(STARTS)} & container_events(h1)
+            assert {f"new{i}" for i in range(STARTS)} <= container_events(h2)
         finally:
             remove(member, keys)
         for i in range(STARTS):

@@ -393,3 +393,27 @@ def test_node_ttl_and_advertise_settings() -> None:
     for bad in (1, 0, "ten", True, 7200):
         with pytest.raises(InvalidArgument, match="node_ttl"):
             load({"node_ttl": bad}, None, {})
+
+
+def test_another_nodes_endpoint_changes_cost_the_registrar_nothing() -> None:
+    # Each registrar registers its own node's containers: an endpoint of
+    # another node (a start on another host) must not make it re-read the
+    # store's agent services, as it did once per change on every host.
+    from cove.runtime.registration import _of_node
+    from cove.store.base import Event, EventType, KeyValue
+
+    def ev(node: str | None, *, prev: str | None = None) -> Event:
+        value = b"" if node is None else json.dumps({"node": node, "services": []}).encode()
+        old = None
+        if prev is not None:
+            old = KeyValue("endpoints/n/1", json.dumps({"node": prev}).encode(), 1, 1, 1)
+        kind = EventType.PUT if node is not None else EventType.DELETE
+        return Event(kind, KeyValue("endpoints/n/1", value, 1, 2, 1), old)
+
+    assert not _of_node(ev("h2"), "h1")
+    assert _of_node(ev("h1"), "h1")
+    assert _of_node(ev(""), "h1")  # a record from before nodes: this host's
+    assert _of_node(ev("h2"), "")  # a store of one host: everything is its own
+    assert not _of_node(ev(None, prev="h2"), "h1")  # a delete of theirs
+    assert _of_node(ev(None, prev="h1"), "h1")
+    assert _of_node(ev(None), "h1")  # a delete with no old value: cannot tell
