@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from cove.agent.teardown import teardown
@@ -47,7 +48,8 @@ from cove.agent.teardown import teardown
 # are found by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "tests"))
-from cluster import make_cluster
+import nsutil
+from cluster import Host, make_cluster
 from etcd_fixture import EtcdLoad, EtcdProcess, etcd_process
 from fanout import FabricMember, clones, remove, rx_bytes, settle
 from hostns import host_namespace
@@ -97,9 +99,22 @@ def show(label: str, load: EtcdLoad, per: float, unit: str) -> None:
     )
 
 
-def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad]:
-    """(bytes h1 received, bytes h2 received, etcd's load) for ``starts``
-    container starts on h2 with ``existing`` containers in the network."""
+def cache_bytes(host: Host) -> float:
+    """What the host's agent holds in its watch cache (its metrics)."""
+    with nsutil.entered(host.netns):
+        url = f"http://127.0.0.1:{host.agent.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+    for line in text.splitlines():
+        if line.startswith("cove_watch_cache_bytes "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad, float]:
+    """(bytes h1 received, bytes h2 received, etcd's load, bytes of h1's
+    cache per existing container) for ``starts`` container starts on h2
+    with ``existing`` containers in the network."""
     work = Path(tempfile.mkdtemp(prefix="cove-bench-fanout-"))
     try:
         with make_cluster(work, 2, "--reconcile-interval", "15", "--log-level", "info") as cl:
@@ -109,10 +124,12 @@ def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad]:
             h2.ok("run", "-d", "--name", "seed", "--network", "fan", "--service", "seed:80",
                   "--", "sleep", "3600")  # fmt: skip
             settle(member)
+            cached = cache_bytes(h1)
             keys = clones(member, "seed", "fan", FAN_SUBNET, existing)
             settle(member, quiet=5.0)
             time.sleep(16)  # past one periodic pass of every watcher
             settle(member, quiet=3.0)
+            per_container = (cache_bytes(h1) - cached) / existing
             before = member.metrics()
             rx1, rx2 = rx_bytes(h1.netns), rx_bytes(h2.netns)
             for i in range(starts):
@@ -125,7 +142,7 @@ def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad]:
                 h2.cli("rm", "-f", f"new{i}")
             h2.cli("rm", "-f", "seed")
             remove(member, keys)
-        return got1, got2, load
+        return got1, got2, load, per_container
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -145,12 +162,13 @@ def main() -> int:
     if not 0 <= args.fanout <= 5000 or not 1 <= args.starts <= 20:
         raise SystemExit("--fanout 0..5000, --starts 1..20")
     if args.fanout:
-        got1, got2, load = fanout(args.fanout, args.starts)
+        got1, got2, load, per_container = fanout(args.fanout, args.starts)
         k = args.starts
         print(f"\nfan-out: {k} container starts on h2, {args.fanout} containers in the network")
         print(f"{'bytes the other agent (h1) received':34} {got1 / k / 1024:8.1f} kB/start")
         print(f"{'bytes the starting agent (h2) rcvd':34} {got2 / k / 1024:8.1f} kB/start")
         show("etcd, both agents", load, k, "start")
+        print(f"{'the other agent cache, per container':34} {per_container / 1024:8.2f} kB")
     if args.skip_single:
         return 0
     work = Path(tempfile.mkdtemp(prefix="cove-bench-etcd-"))

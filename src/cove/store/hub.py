@@ -83,8 +83,12 @@ MAX_QUEUED = DEFAULT_HISTORY
 # How long the hub gathers what several streams sent before delivering it
 # in revision order: etcd sends a commit's events to every stream at once,
 # so the parts of one transaction (a name claim on one stream, the record
-# on another) arrive well within it.
-REORDER_WINDOW = 0.02
+# on another) arrive within a few milliseconds. The hub waits longer, up to
+# ``OWN_WRITE_WAIT``, only while a part of this agent's own write (which it
+# knows the streams of) is still to come: an answer cached right after a
+# write (DNS) must not be invalidated late by that write's own events.
+REORDER_WINDOW = 0.002
+OWN_WRITE_WAIT = 0.1
 
 
 class _Stream:
@@ -367,16 +371,41 @@ class WatchHub:
             except queue.Empty:
                 continue
             if self.scoped:
-                deadline = time.monotonic() + self._window
-                while (left := deadline - time.monotonic()) > 0:
-                    try:
-                        items.append(self._inbox.get(timeout=left))
-                    except queue.Empty:
-                        break
+                self._gather(items)
             try:
                 self._take(items)
             except Exception:
                 log.exception("the watch hub failed to deliver a batch")
+
+    def _gather(self, items: list[_Item]) -> None:
+        """Add what the other streams send within the window (longer while
+        ``_awaited``, up to ``OWN_WRITE_WAIT``)."""
+        start = time.monotonic()
+        longest = max(self._window, OWN_WRITE_WAIT)
+        while True:
+            elapsed = time.monotonic() - start
+            if elapsed >= longest or (elapsed >= self._window and not self._awaited(items)):
+                return
+            wait = self._window - elapsed if elapsed < self._window else 0.005
+            try:
+                items.append(self._inbox.get(timeout=wait))
+            except queue.Empty:
+                continue
+
+    def _awaited(self, items: Sequence[_Item]) -> bool:
+        """Whether a part of one of this agent's own writes, no newer than
+        what ``items`` hold, has yet to come on some stream."""
+        newest = max((b[-1].revision for _, b, _ in items if b), default=0)
+        if not newest:
+            return False
+        got: dict[_Stream, int] = {}
+        for stream, batch, _ in items:
+            if batch:
+                got[stream] = max(got.get(stream, 0), batch[-1].revision)
+        with self._lock:
+            return any(
+                s.seen < s.known <= newest and got.get(s, 0) < s.known for s in self._streams
+            )
 
     def _take(self, items: Sequence[_Item]) -> None:
         events: list[Event] = []
