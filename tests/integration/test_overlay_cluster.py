@@ -147,6 +147,24 @@ def test_networks_stay_isolated_across_hosts(cluster3: Cluster) -> None:
     assert h2.cli("exec", "a2", "--", "ping", "-c1", "-W2", "192.0.2.1").returncode == 0
 
 
+def test_a_bridge_network_stays_host_local_in_a_cluster(cluster3: Cluster) -> None:
+    # The default driver: a network of the same name on every host, each
+    # host's its own. Another host's container on it is out of reach, and
+    # its name does not resolve here (it used to, to an unreachable address).
+    h1, h2, _h3 = cluster3.hosts
+    h1.ok("network", "create", "brl", "--subnet", "10.207.0.0/24")
+    h1.ok("run", "-d", "--name", "l1", "--network", "brl", "--", "sleep", "600")
+    h1.ok("run", "-d", "--name", "l1b", "--network", "brl", "--", "sleep", "600")
+    h2.ok("run", "-d", "--name", "l2", "--network", "brl", "--", "sleep", "600")
+    wait_for(
+        "l1 never resolved l1b on its own host",
+        lambda: h1.cli("exec", "l1", "--", "getent", "hosts", "l1b").stdout.strip() != "",
+    )
+    assert h1.cli("exec", "l1", "--", "getent", "hosts", "l2").stdout == ""
+    assert h2.cli("exec", "l2", "--", "getent", "hosts", "l1").stdout == ""
+    assert h2.cli("exec", "l2", "--", "ping", "-c1", "-W1", address(h1, "l1")).returncode != 0
+
+
 _CONNECT = """
 import socket, sys
 try:

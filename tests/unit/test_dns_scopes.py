@@ -148,3 +148,39 @@ def test_a_container_sees_a_network_as_soon_as_it_is_attached() -> None:
     assert "10.89.0.3" in world.responder.src_scopes["front"]
     world.detach(_endpoint(2, "front", 3))
     assert "10.89.0.3" not in world.responder.src_scopes["front"]
+
+
+def test_another_nodes_container_on_a_bridge_network_has_no_name_here() -> None:
+    # A bridge network is host-local (as Docker's): in a cluster, a
+    # container of another host on a network of the same name is out of
+    # this host's reach, so its name must not resolve here; on an overlay
+    # network it does.
+    import dataclasses
+
+    from cove.model import NetworkDriver
+
+    view = DnsView(node="h1")
+    bridge = _network("front")
+    overlay = Network.from_json(_network("back"))
+    overlay = dataclasses.replace(overlay, driver=NetworkDriver.OVERLAY)
+    kvs = [
+        KeyValue("networks/front", json.dumps(bridge).encode(), 1, 1, 1),
+        KeyValue("networks/back", json.dumps(overlay.to_json()).encode(), 1, 1, 1),
+    ]
+    eps = {
+        "mine": dataclasses.replace(_endpoint(1, "front", 2), node="h1"),
+        "theirs": dataclasses.replace(_endpoint(2, "front", 3), node="h2"),
+        "legacy": _endpoint(3, "front", 4),  # no node: a record of this host's
+        "spanning": dataclasses.replace(_endpoint(4, "back", 5), node="h2"),
+    }
+    for key, ep in eps.items():
+        kvs.append(KeyValue(f"endpoints/x/{key}", json.dumps(ep.to_json()).encode(), 2, 2, 1))
+    view.load(kvs)
+    assert set(view.names["front"]) >= {"box1", "box3"}
+    assert "box2" not in view.names["front"]
+    assert "box4" in view.names["back"]
+    assert eps["theirs"].ipv4 not in view.addrs
+    # An update that moves it here (it never does) or a store of one host:
+    alone = DnsView()
+    alone.load(kvs)
+    assert "box2" in alone.names["front"]

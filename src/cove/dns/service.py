@@ -37,7 +37,7 @@ from cove.dns.view import ALL, DnsView, Scope, node_dep, svc_dep
 from cove.errors import CoveError
 from cove.lb.model import VIPS
 from cove.model import ENDPOINTS, NETWORKS, IPAddress
-from cove.store.base import Event, Get, Store
+from cove.store.base import Event, Get, Store, local_store
 from cove.store.hub import Subscription, WatchHub
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ class DnsService:
         if services is None:
             services = self._interim = EndpointServices(cfg.node_name, cfg.node_addresses)
         self._services = services
-        self._view = DnsView()
+        # On a shared store (a cluster), bridge networks are this host's.
+        self._view = DnsView(cfg.node_name if local_store(store) is None else "")
         self._cache = ResponseCache(cfg.cache_entries)
         answer_cfg = AnswerConfig(
             domain=cfg.domain.strip(".").lower(),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from cove.errors import InvalidArgument
 from cove.lb.model import VIPS, Vip
-from cove.model import ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network
+from cove.model import ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network, NetworkDriver
 from cove.naming import dns_names
 from cove.store.base import Event, EventType, KeyValue
 
@@ -61,7 +61,12 @@ HOST_SCOPE = Scope(None, forward=True)
 
 
 class DnsView:
-    def __init__(self) -> None:
+    def __init__(self, node: str = "") -> None:
+        """``node``: this host's node in a cluster (a shared store). A
+        bridge network is host-local: another node's endpoint on it is out
+        of this host's reach, and its name does not resolve here (as for
+        Docker's bridge networks); an overlay network's do."""
+        self._node = node
         self.networks: dict[str, Network] = {}
         # DNS label (lower case; a name that is no label: its DNS-safe form
         # too) -> network name
@@ -134,6 +139,8 @@ class DnsView:
             self._index_networks()
             return
         self._delete(key)
+        if self._elsewhere(ep):
+            return
         self._endpoints[key] = ep
         byname = dict(self.names.get(ep.network, {}))
         for n in ep.names():
@@ -143,6 +150,13 @@ class DnsView:
             self.addrs[a] = (*self.addrs.get(a, ()), ep)
         self._container_keys.setdefault(ep.container_id, set()).add(key)
         self._index_container(ep.container_id)
+
+    def _elsewhere(self, ep: Endpoint) -> bool:
+        """Whether ``ep`` is another node's on a host-local network."""
+        if not self._node or not ep.node or ep.node == self._node:
+            return False
+        net = self.networks.get(ep.network)
+        return net is not None and net.driver is not NetworkDriver.OVERLAY
 
     def _put_vip(self, key: str, value: bytes) -> None:
         name = _vip_service(key)
