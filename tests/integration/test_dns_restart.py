@@ -29,8 +29,15 @@ pytestmark = [pytest.mark.root, pytest.mark.usefixtures("runtime_cleanup")]
 # Resolves each NAME in turn until STOPFILE exists, one line per attempt: the
 # wall time it started, how long it took, the name and the address (or the
 # error).
+#
+# A query the agent had already read when it was killed (a forward waiting
+# for the upstream, say) is lost with the process: only the client's retry
+# recovers it, and glibc's default retry (5 s) outlasts the window the test
+# looks at. The probe retries after 1 s, as a client that cares would
+# (RES_OPTIONS), so the window shows whether the standby answers.
 PROBE = """\
 import os, socket, sys, time
+os.environ["RES_OPTIONS"] = "timeout:1 attempts:5"
 stopfile, names = sys.argv[1], sys.argv[2:]
 while not os.path.exists(stopfile):
     for name in names:
