@@ -298,3 +298,18 @@ def wait_for(fn: Callable[[], T | None], deadline: float = 20.0, what: str = "")
             return last
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what or fn}: last {last!r}")
+
+
+def members(host: Host) -> dict[str, dict[str, Any]]:
+    """The cluster's nodes by name, as ``host``'s API lists them."""
+    status, body = host.api("GET", "/api/members")
+    assert status == 200, body
+    return {m["name"]: m for m in body}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -8,7 +8,6 @@ same on its own. Three hosts on one etcd, agents in namespaces
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 import nsutil
-from cluster import Cluster, Host, make_cluster, wait_for
+from cluster import Cluster, Host, make_cluster, members, pid_alive, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -29,20 +28,6 @@ def inspect(host: Host, name: str) -> dict[str, Any]:
     item = json.loads(host.ok("inspect", name))[0]
     assert isinstance(item, dict)
     return item
-
-
-def members(host: Host) -> dict[str, dict[str, Any]]:
-    status, body = host.api("GET", "/api/members")
-    assert status == 200, body
-    return {m["name"]: m for m in body}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def vxlan(host: Host) -> str:

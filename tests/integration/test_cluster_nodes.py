@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from agentproc import COVE, AgentProc
-from cluster import Cluster, Host, make_cluster, wait_for
+from cluster import Cluster, Host, make_cluster, members, pid_alive, wait_for
 from cove.agent.teardown import teardown
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -38,20 +37,6 @@ def inspect(host: Host, name: str) -> dict[str, Any]:
 def ps(host: Host, *args: str) -> dict[str, dict[str, Any]]:
     items = json.loads(host.ok("ps", "--format", "json", *args))
     return {c["name"]: c for c in items}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def members(host: Host) -> dict[str, dict[str, Any]]:
-    status, body = host.api("GET", "/api/members")
-    assert status == 200, body
-    return {m["name"]: m for m in body}
 
 
 def test_each_node_is_recorded_with_its_advertise_address(cluster3: Cluster) -> None:

@@ -28,10 +28,11 @@ def store() -> MemoryStore:
     return MemoryStore(ManualClock())
 
 
-def put_network(store: MemoryStore, network: Network) -> None:
+def put_network(store: MemoryStore, network: Network) -> Network:
     import json
 
     store.put(NETWORKS + network.name, json.dumps(network.to_json()).encode())
+    return network
 
 
 def test_first_free_skips_reserved_and_taken() -> None:

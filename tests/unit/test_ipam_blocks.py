@@ -4,12 +4,12 @@ and allocators of several nodes sharing one (memory) store."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import threading
 import time
 from collections.abc import Sequence
 
 import pytest
+from test_ipam import net, put_network
 
 from cove.clock import ManualClock
 from cove.cluster.nodes import CLUSTER_KNOWN
@@ -17,9 +17,9 @@ from cove.cluster.removal import remove_node
 from cove.errors import Conflict, IpamExhausted, NotFound
 from cove.ipam import blocks
 from cove.ipam.allocator import Ipam
-from cove.model import IPAM_BLOCKS, NETWORKS, IPAddress, IPNetwork, Network
+from cove.model import IPAM_BLOCKS, NETWORKS, IPAddress, IPNetwork
 from cove.network.service import NetworkService
-from cove.network.spec import NetworkSpec, build_network
+from cove.network.spec import NetworkSpec
 from cove.store.base import Compare, Op, TxnResult
 from cove.store.cache import CachedReads, StoreCache
 from cove.store.memory import MemoryStore
@@ -33,19 +33,9 @@ def cidr(text: str) -> IPNetwork:
     return ipaddress.ip_network(text)
 
 
-def net(name: str = "vnet", **kw: object) -> Network:
-    spec = NetworkSpec(name=name, **kw)  # type: ignore[arg-type]
-    return build_network(spec, [], [], 0.0)
-
-
 @pytest.fixture
 def store() -> MemoryStore:
     return MemoryStore(ManualClock())
-
-
-def put_network(store: MemoryStore, network: Network) -> Network:
-    store.put(NETWORKS + network.name, json.dumps(network.to_json()).encode())
-    return network
 
 
 def owners(store: MemoryStore, name: str = "vnet") -> dict[str, str]:

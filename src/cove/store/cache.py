@@ -31,17 +31,13 @@ from collections.abc import Callable, Iterable, Sequence
 
 from cove.errors import InvalidArgument
 from cove.store.base import (
-    Compare,
     Event,
     EventType,
     KeyValue,
-    LocalStore,
-    Op,
     RangeResult,
     Store,
-    TxnResult,
-    Watch,
 )
+from cove.store.proxy import StoreProxy
 from cove.store.scope import KeyRange
 
 
@@ -192,7 +188,7 @@ def _after(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
-class CachedReads:
+class CachedReads(StoreProxy):
     """A ``Store`` that reads cached prefixes from ``cache`` (once it is
     loaded) and does everything else on ``store``; see the module
     docstring for whom it is for."""
@@ -207,7 +203,7 @@ class CachedReads:
         """Without ``cache``, every call goes to ``store``. ``settled``
         (a hub watching several streams): wait until the hub delivered
         every write this agent made, for ``caught_up``."""
-        self._store = store
+        super().__init__(store)
         self._cache = cache
         self._settled = settled
 
@@ -264,43 +260,5 @@ class CachedReads:
             return self._cache.revision
         return self._store.revision
 
-    # -- everything else: the store's ---------------------------------------------
-
-    def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
-        return self._store.put(key, value, lease=lease)
-
-    def delete(self, key: str, *, prefix: bool = False) -> int:
-        return self._store.delete(key, prefix=prefix)
-
-    def txn(
-        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
-    ) -> TxnResult:
-        return self._store.txn(compares, success, failure)
-
-    def watch(
-        self,
-        prefix: str,
-        start_revision: int | None = None,
-        *,
-        prev: bool = True,
-        end: str | None = None,
-    ) -> Watch:
-        return self._store.watch(prefix, start_revision, prev=prev, end=end)
-
-    def lease_grant(self, ttl: int) -> int:
-        return self._store.lease_grant(ttl)
-
-    def lease_keepalive(self, lease: int) -> int:
-        return self._store.lease_keepalive(lease)
-
-    def lease_revoke(self, lease: int) -> None:
-        self._store.lease_revoke(lease)
-
-    def compact(self, revision: int) -> None:
-        self._store.compact(revision)
-
     def close(self) -> None:
         """The store belongs to whoever opened it: nothing to close here."""
-
-    def local(self) -> LocalStore | None:
-        return self._store.local()

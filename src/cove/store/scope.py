@@ -33,15 +33,12 @@ from cove.store.base import (
     CompareOp,
     CompareTarget,
     Delete,
-    KeyValue,
-    LocalStore,
     Op,
     Put,
-    RangeResult,
     Store,
     TxnResult,
-    Watch,
 )
+from cove.store.proxy import StoreProxy
 
 
 def after(prefix: str) -> str:
@@ -136,35 +133,21 @@ def written_keys(compares: Sequence[Compare], ops: Sequence[Op]) -> list[str]:
 Note = Callable[[Iterable[str], int], None]
 
 
-class NotingStore:
+class NotingStore(StoreProxy):
     """``store``, telling ``note(keys, revision)`` of each write that is
     sure to reach a watch (see the module docstring)."""
 
     def __init__(self, store: Store, note: Note) -> None:
-        self._store = store
+        super().__init__(store)
         self._note = note
-
-    def get(self, key: str) -> KeyValue | None:
-        return self._store.get(key)
-
-    def range(self, prefix: str, *, end: str | None = None) -> RangeResult:
-        return self._store.range(prefix, end=end)
-
-    def keys(self, prefix: str, *, end: str | None = None) -> RangeResult:
-        return self._store.keys(prefix, end=end)
-
-    @property
-    def revision(self) -> int:
-        return self._store.revision
 
     def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         revision = self._store.put(key, value, lease=lease)
         self._note((key,), revision)
         return revision
 
-    def delete(self, key: str, *, prefix: bool = False) -> int:
-        # Whether it deleted anything is not known: nothing to wait for.
-        return self._store.delete(key, prefix=prefix)
+    # ``delete``: whether it deleted anything is not known, so there is
+    # nothing to wait for: the store's, as it is.
 
     def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
@@ -175,31 +158,3 @@ class NotingStore:
         if keys:
             self._note(keys, result.revision)
         return result
-
-    def watch(
-        self,
-        prefix: str,
-        start_revision: int | None = None,
-        *,
-        prev: bool = True,
-        end: str | None = None,
-    ) -> Watch:
-        return self._store.watch(prefix, start_revision, prev=prev, end=end)
-
-    def lease_grant(self, ttl: int) -> int:
-        return self._store.lease_grant(ttl)
-
-    def lease_keepalive(self, lease: int) -> int:
-        return self._store.lease_keepalive(lease)
-
-    def lease_revoke(self, lease: int) -> None:
-        self._store.lease_revoke(lease)
-
-    def compact(self, revision: int) -> None:
-        self._store.compact(revision)
-
-    def close(self) -> None:
-        self._store.close()
-
-    def local(self) -> LocalStore | None:
-        return self._store.local()
