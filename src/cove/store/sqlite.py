@@ -61,16 +61,13 @@ from typing import Any
 from cove.clock import Clock
 from cove.errors import StoreError, storage_error
 from cove.store.base import (
-    Compare,
     Event,
     EventType,
     KeyValue,
     Listener,
-    Op,
-    RangeResult,
-    TxnResult,
 )
-from cove.store.memory import DEFAULT_HISTORY, MemoryStore, MemoryWatch, Snapshot
+from cove.store.memory import DEFAULT_HISTORY, MemoryStore, Snapshot
+from cove.store.proxy import StoreProxy
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +126,7 @@ _FOLD_PUTS = (
 )
 
 
-class SqliteStore:
+class SqliteStore(StoreProxy):
     """The Store protocol on one SQLite file (see the module docstring).
     Raises ``StoreError`` (``StorageFull`` on a full disk) when the file
     cannot be opened or read, or another process holds it."""
@@ -141,6 +138,7 @@ class SqliteStore:
         except BaseException:
             self._file.close()
             raise
+        super().__init__(self._mirror)  # closing the mirror closes the journal too
         self._file.start_checkpoints()
 
     @property
@@ -148,63 +146,11 @@ class SqliteStore:
         """The file's connection (for tests that provoke SQLite errors)."""
         return self._file.db
 
-    # -- the Store protocol, on the mirror ----------------------------------
-
-    def get(self, key: str) -> KeyValue | None:
-        return self._mirror.get(key)
-
-    def range(self, prefix: str, *, end: str | None = None) -> RangeResult:
-        return self._mirror.range(prefix, end=end)
-
-    def keys(self, prefix: str, *, end: str | None = None) -> RangeResult:
-        return self._mirror.keys(prefix, end=end)
-
-    @property
-    def revision(self) -> int:
-        return self._mirror.revision
-
-    def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
-        return self._mirror.put(key, value, lease=lease)
-
-    def delete(self, key: str, *, prefix: bool = False) -> int:
-        return self._mirror.delete(key, prefix=prefix)
-
-    def txn(
-        self,
-        compares: Sequence[Compare],
-        success: Sequence[Op],
-        failure: Sequence[Op] = (),
-    ) -> TxnResult:
-        return self._mirror.txn(compares, success, failure)
-
-    def watch(
-        self,
-        prefix: str,
-        start_revision: int | None = None,
-        *,
-        prev: bool = True,
-        end: str | None = None,
-    ) -> MemoryWatch:
-        return self._mirror.watch(prefix, start_revision, prev=prev, end=end)
-
-    def lease_grant(self, ttl: int) -> int:
-        return self._mirror.lease_grant(ttl)
-
-    def lease_keepalive(self, lease: int) -> int:
-        return self._mirror.lease_keepalive(lease)
-
-    def lease_revoke(self, lease: int) -> None:
-        self._mirror.lease_revoke(lease)
+    # -- the Store protocol: ``StoreProxy``'s, on the mirror ---------------------
 
     def expire_leases(self) -> int:
         """End every lease whose deadline has passed; returns how many."""
         return self._mirror.expire_leases()
-
-    def compact(self, revision: int) -> None:
-        self._mirror.compact(revision)
-
-    def close(self) -> None:
-        self._mirror.close()  # closes the journal too
 
     # -- the LocalStore capability -------------------------------------------
 
