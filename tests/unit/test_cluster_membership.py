@@ -399,7 +399,7 @@ def test_another_nodes_endpoint_changes_cost_the_registrar_nothing() -> None:
     # Each registrar registers its own node's containers: an endpoint of
     # another node (a start on another host) must not make it re-read the
     # store's agent services, as it did once per change on every host.
-    from cove.runtime.registration import _of_node
+    from cove.runtime.registration import _of_node, _records
     from cove.store.base import Event, EventType, KeyValue
 
     def ev(node: str | None, *, prev: str | None = None) -> Event:
@@ -410,10 +410,10 @@ def test_another_nodes_endpoint_changes_cost_the_registrar_nothing() -> None:
         kind = EventType.PUT if node is not None else EventType.DELETE
         return Event(kind, KeyValue("endpoints/n/1", value, 1, 2, 1), old)
 
-    assert not _of_node(ev("h2"), "h1")
-    assert _of_node(ev("h1"), "h1")
-    assert _of_node(ev(""), "h1")  # a record from before nodes: this host's
-    assert _of_node(ev("h2"), "")  # a store of one host: everything is its own
-    assert not _of_node(ev(None, prev="h2"), "h1")  # a delete of theirs
-    assert _of_node(ev(None, prev="h1"), "h1")
-    assert _of_node(ev(None), "h1")  # a delete with no old value: cannot tell
+    assert not _of_node(_records(ev("h2")), "h1")
+    assert _of_node(_records(ev("h1")), "h1")
+    assert _of_node(_records(ev("")), "h1")  # a record from before nodes: this host's
+    assert _of_node(_records(ev("h2")), "")  # a store of one host: everything is its own
+    assert not _of_node(_records(ev(None, prev="h2")), "h1")  # a delete of theirs
+    assert _of_node(_records(ev(None, prev="h1")), "h1")
+    assert _of_node(_records(ev(None)), "h1")  # a delete with no old value: cannot tell

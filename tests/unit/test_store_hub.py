@@ -15,17 +15,23 @@ from cove.store.memory import Snapshot
 
 
 class Recorder:
+    """A subscriber that keeps every batch (read from the test's thread
+    while the hub's appends)."""
+
     def __init__(self) -> None:
         self.batches: list[list[tuple[str, str, int]]] = []
         self.threads: set[str] = set()
+        self.lock = threading.Lock()
 
     def __call__(self, events: Sequence[Event]) -> None:
-        self.threads.add(threading.current_thread().name)
-        self.batches.append([(e.type.value, e.kv.key, e.revision) for e in events])
+        with self.lock:
+            self.threads.add(threading.current_thread().name)
+            self.batches.append([(e.type.value, e.kv.key, e.revision) for e in events])
 
     @property
     def events(self) -> list[tuple[str, str, int]]:
-        return [e for batch in self.batches for e in batch]
+        with self.lock:
+            return [e for batch in self.batches for e in batch]
 
 
 @pytest.fixture

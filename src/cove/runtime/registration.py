@@ -108,36 +108,31 @@ def plan(
     return add, drop
 
 
-def _of_node(ev: Event, node: str) -> bool:
-    """Whether ``ev`` is about ``node``'s record ("": every node's, as on
-    a store of one host; a record without a node is a legacy one of this
-    host's; one that cannot be read may be)."""
-    if not node:
-        return True
-    for raw in (ev.kv.value, ev.prev.value if ev.prev is not None else b""):
-        if not raw:
-            continue
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return True
-        if not isinstance(data, dict) or data.get("node", "") in ("", node):
-            return True
-    return not ev.kv.value and ev.prev is None  # a delete without its old value
-
-
-def _has_services(ev: Event) -> bool:
+def _records(ev: Event) -> list[object] | None:
+    """The record ``ev`` wrote and the one it replaced, decoded; None when
+    they cannot tell (a delete without its old value, an unreadable one)."""
     raws = [r for r in (ev.kv.value, ev.prev.value if ev.prev is not None else b"") if r]
     if not raws:
-        return True  # a delete without its old value: cannot tell
-    for raw in raws:
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return True
-        if not isinstance(data, dict) or data.get("services"):
-            return True
-    return False
+        return None
+    try:
+        return [json.loads(raw) for raw in raws]
+    except ValueError:
+        return None
+
+
+def _of_node(records: list[object] | None, node: str) -> bool:
+    """Whether the records are ``node``'s ("": every node's, as on a store
+    of one host; a record without a node is a legacy one of this host's;
+    records that cannot tell may be)."""
+    if not node or records is None:
+        return True
+    return any(not isinstance(d, dict) or d.get("node", "") in ("", node) for d in records)
+
+
+def _has_services(records: list[object] | None) -> bool:
+    if records is None:
+        return True
+    return any(not isinstance(d, dict) or d.get("services") for d in records)
 
 
 def _same(w: Wanted, svc: Mapping[str, Any]) -> bool:
@@ -192,12 +187,13 @@ class ServiceRegistrar:
         """A pass only for changes that can touch an instance: records of
         this node's containers (or their endpoints) with services, before
         or after. Another node's endpoint is its registrar's business."""
-        mine = [ev for ev in events if _of_node(ev, self._node)]
+        records = [_records(ev) for ev in events]  # each decoded once
+        mine = [r for r in records if _of_node(r, self._node)]
         if not mine:
             return
         with self._lock:
             self._changed = True
-        if any(_has_services(ev) for ev in mine):
+        if any(_has_services(r) for r in mine):
             self._worker.kick()
 
     def start(self) -> None:
