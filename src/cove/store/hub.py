@@ -103,17 +103,11 @@ class _Stream:
         self.thread: threading.Thread | None = None
 
     def read(self, store: Store, *, keys_only: bool) -> RangeResult:
-        r = self.range
         read = store.keys if keys_only else store.range
-        if r == KeyRange.everything():
-            return read("")
-        return read(r.start, end=r.end)
+        return read(self.range.start, end=self.range.end)
 
     def open(self, store: Store, *, prev: bool) -> Watch:
-        r = self.range
-        if r == KeyRange.everything():
-            return store.watch("", self.resume, prev=prev)
-        return store.watch(r.start, self.resume, prev=prev, end=r.end)
+        return store.watch(self.range.start, self.resume, prev=prev, end=self.range.end)
 
 
 _Item = tuple[_Stream, Sequence[Event] | None, RangeResult | None]
