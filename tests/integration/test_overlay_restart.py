@@ -6,6 +6,7 @@ kernel on the store with nothing left over."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,9 +43,23 @@ def mac(host: Host, container: str) -> str:
     return str(next(iter(item["endpoints"].values()))["mac"])
 
 
-def overlay_state(host: Host) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
+State = tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]
+
+
+def overlay_state(host: Host) -> State:
     """(VXLAN devices, their FDB entries (MAC, destination), their permanent
-    neighbours (address, MAC)) of a host, sorted."""
+    neighbours (address, MAC)) of a host, sorted. A device the agent removes
+    between the listing and the reading of its entries makes the reading
+    fail: the state is then read again, whole."""
+    for _ in range(5):
+        try:
+            return _overlay_state(host)
+        except subprocess.CalledProcessError:
+            time.sleep(0.1)
+    return _overlay_state(host)
+
+
+def _overlay_state(host: Host) -> State:
     devices = [
         link["ifname"] for link in json.loads(host.ip("-j", "link", "show", "type", "vxlan"))
     ]
