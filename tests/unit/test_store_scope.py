@@ -221,3 +221,31 @@ def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("condition not met in time")
+
+
+def test_the_parts_of_the_agents_own_write_arrive_together(store: MemoryStore) -> None:
+    # With no window to speak of, the hub still waits for every stream
+    # that carries a part of a write of this agent's (it knows which).
+    hub = WatchHub(store, poll=0.05, listen=False, ranges=watched_ranges(EXCLUDE, MINE), window=0)
+    hub.start()
+    try:
+        everything = Recorder()
+        hub.subscribe("", everything)
+        revisions = []
+        for i in range(20):
+            revisions.append(
+                hub.writes.txn(
+                    [],
+                    [
+                        Put(f"cluster/names/c{i}", b"claim"),
+                        Put(f"containers/h1/c{i}", b"record"),
+                        Put(f"cluster/status/h1/c{i}", b"state"),
+                    ],
+                ).revision
+            )
+            assert hub.wait_for(revisions[-1], timeout=5)
+        for batch in everything.batches:
+            assert len(batch) == 3 and len({rev for _, _, rev in batch}) == 1, batch
+        assert sorted({rev for _, _, rev in everything.events}) == revisions
+    finally:
+        hub.stop()
