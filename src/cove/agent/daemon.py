@@ -29,6 +29,7 @@ from cove.agent.cni import CniParts
 from cove.agent.config import AgentConfig, socket_gid
 from cove.agent.containers import ContainerRuntime
 from cove.agent.faults import fault_hook
+from cove.agent.following import NetworkFollowing
 from cove.agent.limits import raise_open_files
 from cove.agent.parts import LbParts, PolicyParts
 from cove.agent.private import private_paths
@@ -98,24 +99,29 @@ def cached_prefixes(node: str) -> tuple[str, ...]:
     return (
         NETWORKS,
         containers_of(node),
-        ENDPOINTS,
         CLUSTER_NODES,
         POLICY,
         VIPS,
         SERVICES,
         CHECKS,
         NODE_CHECKS,
-        IPAM,
         IPAM_BLOCKS,
     )
 
 
+# Held in parts on etcd: of the networks this node has endpoints on
+# (``cove.agent.following``); whole on an in-process store.
+FOLLOWED_IN_PARTS = (ENDPOINTS, IPAM)
+
+
 def watched_ranges(node: str) -> list[KeyRange]:
-    """What ``node``'s agent watches on etcd: the shared records, and of
-    the containers and their process states only its own (an in-process
-    store's hub hears every commit: on one host every container is its own)."""
+    """What ``node``'s agent watches on etcd besides the networks it
+    follows: the shared records, and of the containers and their process
+    states only its own (an in-process store's hub hears every commit: on
+    one host every container is its own)."""
     return scope.watched_ranges(
-        exclude=(CONTAINERS, CLUSTER_STATUS), include=(containers_of(node), statuses_of(node))
+        exclude=(CONTAINERS, CLUSTER_STATUS, *FOLLOWED_IN_PARTS),
+        include=(containers_of(node), statuses_of(node)),
     )
 
 
@@ -216,8 +222,11 @@ class Agent:
         self.hub = WatchHub(
             self.store,
             cache=cached_prefixes(config.node_name),
+            partial=FOLLOWED_IN_PARTS,
             ranges=watched_ranges(config.node_name),
         )
+        # On etcd: which networks' endpoints and addresses the hub follows.
+        self.following = NetworkFollowing(self.hub, config.node_name) if self.hub.scoped else None
         self.store = self.hub.writes
         self.nft = Nft()
         self.datapath = NetlinkDatapath(self.nft)
@@ -414,6 +423,8 @@ class Agent:
         self.hub.subscribe(NETWORKS, lambda _events: self.reconciler.kick())
         self.reconciler.watched = True
         self.hub.start()
+        if self.following is not None:
+            self.following.start()
         self.events.start(self.hub)
         self.reconciler.start()
         for prefix in (NETWORKS, ENDPOINTS, CLUSTER_NODES):
@@ -452,6 +463,8 @@ class Agent:
         self.overlay.stop()
         self.reconciler.stop()
         self.events.stop()
+        if self.following is not None:
+            self.following.stop()
         self.hub.stop()
         self.datapath.close()
         self.node.stop(leave=True)

@@ -56,7 +56,8 @@ class EventLog:
         # commit's changes must reach the log in revision order, and the hub
         # calls each subscription with its own share of a batch.
         self._hub = hub
-        self._subs = [hub.subscribe("", self._on_events)]
+        # Not the replays of a part followed or left: nothing changed.
+        self._subs = [hub.subscribe("", self._on_events, replays=False)]
         revision = max(hub.revision, self._store.revision)
         with self._lock:
             self._covered = revision

@@ -364,10 +364,15 @@ def read_desired(
     nets = tuple(n for n in every if n.driver is NetworkDriver.OVERLAY and n.vni is not None)
     eps: list[RemoteEndpoint] = []
     revision = nets_r.revision
-    for net in nets:
-        result = store.range(f"{ENDPOINTS}{net.name}/")
+    if nets:
+        # One read: from the hub's view, the endpoints of the networks this
+        # host is on (``cove.agent.following``), which are the ones that matter.
+        names = {n.name for n in nets}
+        result = store.range(ENDPOINTS)
         revision = max(revision, result.revision)
         for kv in result.kvs:
+            if kv.key[len(ENDPOINTS) :].split("/", 1)[0] not in names:
+                continue
             data = json.loads(kv.value)
             eps.append(RemoteEndpoint(Endpoint.from_json(data), str(data.get("node") or "")))
     nodes_r = store.range(CLUSTER_NODES)
@@ -461,8 +466,8 @@ class OverlayReconciler:
                 Network.from_json(json.loads(kv.value)) for kv in self._store.range(NETWORKS).kvs
             )
             overlay = self._bridges.get(bridge, False)
-        if overlay:
-            self.run_once()
+        if overlay:  # this host's endpoint on it is written: the hub's view has it
+            self.run_once(cached=True)
 
     def on_events(self, events: Sequence[Event]) -> None:
         """Store events: a pass for a change of networks or nodes, or of an

@@ -20,6 +20,14 @@ milliseconds behind the store.
 
 Prefixes must not overlap. Values are the store's own ``KeyValue``
 objects: nothing is copied or decoded here.
+
+A *partial* prefix (``partial=``) is one the agent follows in parts: on
+etcd an agent watches the endpoints and addresses only of the networks it
+has containers on. Nothing under it is read at start; ``follow(prefix, kvs,
+revision)`` adds a part (a prefix inside it) with its content, and
+``unfollow`` drops one. A read of the partial prefix itself, or of a prefix
+that holds followed parts, answers with what is followed (the agent's view);
+a read of anything else under it goes to the store.
 """
 
 from __future__ import annotations
@@ -45,14 +53,17 @@ class StoreCache:
     """Keys and values under ``prefixes``, at ``revision`` (see the module
     docstring). Thread-safe: the hub writes, passes read."""
 
-    def __init__(self, prefixes: Sequence[str]) -> None:
-        ordered = sorted(set(prefixes))
+    def __init__(self, prefixes: Sequence[str], partial: Sequence[str] = ()) -> None:
+        ordered = sorted(set(prefixes) | set(partial))
         for a, b in itertools.pairwise(ordered):
             if b.startswith(a):
                 raise InvalidArgument(f"cached prefixes overlap: {a!r} and {b!r}")
         if any(not p for p in ordered):
             raise InvalidArgument("a cached prefix must not be empty (the whole keyspace)")
-        self.prefixes: tuple[str, ...] = tuple(ordered)
+        self.prefixes: tuple[str, ...] = tuple(sorted(set(prefixes)))
+        self.partial: tuple[str, ...] = tuple(sorted(set(partial)))
+        # The followed parts of the partial prefixes (each keeps a floor).
+        self._parts: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._advanced = threading.Condition(self._lock)
         self._values: dict[str, KeyValue] = {}
@@ -80,10 +91,28 @@ class StoreCache:
         with self._lock:
             return len(self._values), sum(len(kv.value) for kv in self._values.values())
 
+    @property
+    def followed(self) -> tuple[str, ...]:
+        """The parts of the partial prefixes held."""
+        return self._parts
+
     def covers(self, prefix: str) -> bool:
         """Whether a read of ``prefix`` (or of the key ``prefix``) can be
         answered here."""
-        return prefix.startswith(self.prefixes)
+        if prefix.startswith(self.prefixes):
+            return True
+        if not prefix.startswith(self.partial):
+            return False
+        parts = self._parts
+        return (
+            prefix in self.partial
+            or prefix.startswith(parts)
+            or any(p.startswith(prefix) for p in parts)
+        )
+
+    def holds(self, key: str) -> bool:
+        """Whether changes of ``key`` are followed here."""
+        return key.startswith(self.prefixes) or key.startswith(self._parts)
 
     # -- filling -----------------------------------------------------------------
 
@@ -97,6 +126,8 @@ class StoreCache:
             result = store.range(prefix)
             kvs.extend(result.kvs)
             floors[prefix] = result.revision
+        if not floors:  # only partial prefixes: nothing is followed yet
+            floors[""] = store.revision
         self._replace(kvs, floors)
         return min(floors.values())
 
@@ -105,23 +136,57 @@ class StoreCache:
         (a read of everything at ``revision``, or with ``within`` of that
         range: the prefixes it holds are replaced, the others kept)."""
         if within is None:
-            self._replace(kvs, dict.fromkeys(self.prefixes, revision))
+            held = (*self.prefixes, *self._parts)
+            self._replace(kvs, dict.fromkeys(held, revision) or {"": revision})
             return
-        prefixes = tuple(p for p in self.prefixes if within.holds(p))
+        prefixes = tuple(p for p in (*self.prefixes, *self._parts) if within.holds(p))
         if not prefixes:
             return
-        fresh = {kv.key: kv for kv in kvs if kv.key.startswith(prefixes)}
+        self._load(kvs, revision, prefixes)
+
+    def follow(self, prefix: str, kvs: Iterable[KeyValue], revision: int) -> None:
+        """Hold ``prefix`` (a part of a partial prefix) from now on, with
+        ``kvs``, a read of it at ``revision``."""
+        if not prefix.startswith(self.partial) or prefix in self.partial:
+            raise InvalidArgument(f"not a part of a partial cached prefix: {prefix!r}")
         with self._lock:
-            values = {k: v for k, v in self._values.items() if not k.startswith(prefixes)}
-            values.update(fresh)
+            if any(p.startswith(prefix) or prefix.startswith(p) for p in self._parts):
+                raise InvalidArgument(f"followed prefixes overlap: {prefix!r}")
+            self._parts = tuple(sorted((*self._parts, prefix)))
+            self._load_locked(kvs, revision, (prefix,))
+
+    def unfollow(self, prefix: str) -> list[KeyValue]:
+        """Stop holding ``prefix`` (see ``follow``); returns what it held."""
+        with self._lock:
+            if prefix not in self._parts:
+                return []
+            self._parts = tuple(p for p in self._parts if p != prefix)
+            gone = [v for k, v in self._values.items() if k.startswith(prefix)]
+            values = {k: v for k, v in self._values.items() if not k.startswith(prefix)}
             self._values = values
             self._keys = sorted(values)
-            self._floors = {**self._floors, **dict.fromkeys(prefixes, revision)}
-            self._revision = max(self._revision, revision)
-            self._advanced.notify_all()
+            self._floors = {p: f for p, f in self._floors.items() if p != prefix}
+        return sorted(gone, key=lambda kv: kv.key)
+
+    def _load(self, kvs: Iterable[KeyValue], revision: int, prefixes: tuple[str, ...]) -> None:
+        with self._lock:
+            self._load_locked(kvs, revision, prefixes)
+
+    def _load_locked(
+        self, kvs: Iterable[KeyValue], revision: int, prefixes: tuple[str, ...]
+    ) -> None:
+        fresh = {kv.key: kv for kv in kvs if kv.key.startswith(prefixes)}
+        values = {k: v for k, v in self._values.items() if not k.startswith(prefixes)}
+        values.update(fresh)
+        self._values = values
+        self._keys = sorted(values)
+        self._floors = {**self._floors, **dict.fromkeys(prefixes, revision)}
+        self._revision = max(self._revision, revision)
+        self._advanced.notify_all()
 
     def _replace(self, kvs: Iterable[KeyValue], floors: dict[str, int]) -> None:
-        values = {kv.key: kv for kv in kvs if kv.key.startswith(self.prefixes)}
+        held = (*self.prefixes, *self._parts)
+        values = {kv.key: kv for kv in kvs if kv.key.startswith(held)}
         with self._lock:
             self._values = values
             self._keys = sorted(values)
@@ -135,15 +200,15 @@ class StoreCache:
         ``prev`` filled from the cache where the watch left it out. An event
         older than what the cache holds for its key changes nothing."""
         out: list[Event] = []
-        prefixes = self.prefixes
         with self._lock:
+            prefixes = (*self.prefixes, *self._parts)
             values, keys, floors = self._values, self._keys, self._floors
             for ev in events:
                 key = ev.kv.key
                 if not key.startswith(prefixes):
                     out.append(ev)
                     continue
-                floor = next((f for p, f in floors.items() if key.startswith(p)), 0)
+                floor = next((f for p, f in floors.items() if p and key.startswith(p)), 0)
                 old = values.get(key)
                 if ev.revision <= floor or (old is not None and old.mod_revision >= ev.revision):
                     out.append(ev)  # news the read already had

@@ -44,6 +44,16 @@ view that passes read through. The hub then watches etcd without previous
 values (each change crosses the network once, not twice) and fills
 ``Event.prev`` from the cache for the cached prefixes; a subscriber to any
 other prefix gets ``prev`` None from etcd.
+
+With ``partial`` prefixes (on etcd) the hub follows only parts of them:
+``follow(prefixes)`` opens a stream for each part, reads it, loads the
+cache and delivers its keys as PUTs; ``unfollow`` closes the stream, drops
+the part from the cache and delivers its keys as DELETEs. Such a *replay*
+reaches the subscribers that keep state (``replays=True``, the default),
+not the event log: nothing changed in the store. ``widen`` (the agent
+sets it) names the parts to follow when this agent writes a key under a
+partial prefix that no stream covers, so that what an agent writes is
+always in its view before the write returns.
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from cove.errors import InvalidArgument, StoreError, WatchCompacted
+from cove.errors import CoveError, InvalidArgument, StoreError, WatchCompacted
 from cove.store.base import (
     Event,
     EventType,
@@ -94,8 +104,12 @@ OWN_WRITE_WAIT = 0.1
 class _Stream:
     """One watched key range: one store watch, fed by a thread of its own."""
 
-    def __init__(self, keys: KeyRange) -> None:
+    def __init__(self, keys: KeyRange, *, loaded: bool = True) -> None:
         self.range = keys
+        # A followed part: its first read is still to be delivered.
+        self.loaded = loaded
+        self.stopped = threading.Event()  # unfollowed (its thread)
+        self.dropped = False  # unfollowed (the hub thread)
         self.seen = 0  # the last revision delivered from it (hub lock)
         self.known = 0  # the last revision this agent wrote in it (hub lock)
         self.resume = 0  # the revision its watch (re)starts at (its thread)
@@ -118,11 +132,17 @@ class Subscription:
     starts (one already running on the hub thread finishes)."""
 
     def __init__(
-        self, hub: WatchHub, prefix: str, callback: Callback, inline: bool = False
+        self,
+        hub: WatchHub,
+        prefix: str,
+        callback: Callback,
+        inline: bool = False,
+        replays: bool = True,
     ) -> None:
         self.prefix = prefix
         self.callback = callback
         self.inline = inline
+        self.replays = replays
         self.active = True
         self._hub = hub
 
@@ -141,6 +161,7 @@ class WatchHub:
         poll: float = 0.5,
         listen: bool | None = None,
         cache: Sequence[str] = (),
+        partial: Sequence[str] = (),
         ranges: Sequence[KeyRange] = (),
         window: float = REORDER_WINDOW,
     ) -> None:
@@ -149,9 +170,16 @@ class WatchHub:
         ``cache``: the prefixes to keep in memory for ``reads``;
         ``ranges``: what to watch (default: the whole keyspace), one
         stream each (see ``cove.store.scope``), when the hub watches: a
-        listening hub hears every commit of its in-process store."""
+        listening hub hears every commit of its in-process store;
+        ``partial``: cached prefixes followed in parts (see the module
+        docstring), outside ``ranges``; held whole when listening."""
         self._store = store
-        self._cache = StoreCache(cache) if cache else None
+        local = local_store(store)
+        if listen is False:
+            local = None
+        if local is not None or not ranges:
+            cache, partial = (*cache, *partial), ()
+        self._cache = StoreCache(cache, partial) if cache or partial else None
         self._poll = poll
         self._window = window
         self._subs: list[Subscription] = []
@@ -162,9 +190,6 @@ class WatchHub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Listening mode (in-process stores): commits waiting for the thread.
-        local = local_store(store)
-        if listen is False:
-            local = None
         self._local: LocalStore | None = local
         self._listening = local is not None
         self._queue: deque[tuple[Sequence[Event], int]] = deque()
@@ -172,11 +197,19 @@ class WatchHub:
         # Watching: one stream per range, all feeding the inbox.
         watched = list(ranges) if ranges and not self._listening else [KeyRange.everything()]
         self._streams = [_Stream(r) for r in watched]
+        self._scoped = len(self._streams) > 1
         self._inbox: queue.Queue[_Item] = queue.Queue()
         if self._cache is not None and self.scoped:
             for prefix in self._cache.prefixes:
                 if not any(s.range.holds(prefix) for s in self._streams):
                     raise InvalidArgument(f"a cached prefix is not watched whole: {prefix!r}")
+            for prefix in self._cache.partial:
+                if any(s.range.overlaps(KeyRange.prefix(prefix)) for s in self._streams):
+                    raise InvalidArgument(f"a partial prefix is watched: {prefix!r}")
+        # Followed parts of the partial prefixes, by prefix.
+        self._dynamic: dict[str, _Stream] = {}
+        self._following = threading.Lock()
+        self.widen: Callable[[str], Sequence[str]] | None = None
         # Writes through ``writes`` tell the hub what to wait for (scoped).
         self.writes: Store = NotingStore(store, self.note) if self.scoped else store
         self.reads = CachedReads(
@@ -186,7 +219,12 @@ class WatchHub:
     @property
     def scoped(self) -> bool:
         """Whether the hub watches several ranges rather than everything."""
-        return len(self._streams) > 1
+        return self._scoped
+
+    @property
+    def followed(self) -> tuple[str, ...]:
+        """The parts of the partial prefixes followed now."""
+        return tuple(sorted(self._dynamic))
 
     @property
     def revision(self) -> int:
@@ -209,7 +247,23 @@ class WatchHub:
 
     def note(self, keys: Iterable[str], revision: int) -> None:
         """This agent wrote ``keys`` at ``revision``: ``wait_for`` waits
-        for those events (``NotingStore`` calls this)."""
+        for those events (``NotingStore`` calls this). A key under a
+        partial prefix that no stream covers is followed first (``widen``)."""
+        keys = list(keys)
+        cache, widen = self._cache, self.widen
+        if widen is not None and cache is not None and cache.partial and self._thread:
+            streams = self._streams
+            parts = [
+                part
+                for key in keys
+                if key.startswith(cache.partial) and not any(key in s.range for s in streams)
+                for part in widen(key)
+            ]
+            if parts:
+                try:
+                    self.follow(parts)
+                except CoveError as exc:
+                    log.warning("cannot follow %s yet: %s", ", ".join(parts), exc.message)
         with self._lock:
             for key in keys:
                 for stream in self._streams:
@@ -227,11 +281,14 @@ class WatchHub:
         """Every write this agent made so far is delivered (scoped)."""
         return self.wait_for(sys.maxsize, timeout)
 
-    def subscribe(self, prefix: str, callback: Callback, *, inline: bool = False) -> Subscription:
+    def subscribe(
+        self, prefix: str, callback: Callback, *, inline: bool = False, replays: bool = True
+    ) -> Subscription:
         """Call ``callback(events)`` for changes under ``prefix``; with
         ``inline``, in the committing thread on an in-process store (see
-        the module docstring)."""
-        sub = Subscription(self, prefix, callback, inline)
+        the module docstring); without ``replays``, not for what following
+        or unfollowing a part brings (nothing changed in the store)."""
+        sub = Subscription(self, prefix, callback, inline, replays)
         with self._lock:
             self._subs = [*self._subs, sub]  # copy on write: the thread iterates freely
         return sub
@@ -250,13 +307,65 @@ class WatchHub:
         else:
             self._snapshot()
             for stream in self._streams:
-                stream.thread = threading.Thread(
-                    target=self._pump, args=(stream,), name="cove-watch-stream", daemon=True
-                )
-                stream.thread.start()
+                self._start_pump(stream)
             target = self._run
         self._thread = threading.Thread(target=target, name="cove-watch-hub", daemon=True)
         self._thread.start()
+
+    def _start_pump(self, stream: _Stream) -> None:
+        stream.thread = threading.Thread(
+            target=self._pump, args=(stream,), name="cove-watch-stream", daemon=True
+        )
+        stream.thread.start()
+
+    def follow(self, prefixes: Iterable[str]) -> None:
+        """Watch and hold these parts of the partial prefixes from now on
+        (see the module docstring); a part that overlaps one followed
+        replaces it. Raises ``StoreError`` when the store cannot be read
+        (what was followed before stays). Nothing to do when listening."""
+        cache = self._cache
+        if self._listening or cache is None:
+            return
+        if self._thread is None:
+            raise InvalidArgument("the hub follows parts once it has started")
+        with self._following:
+            for prefix in prefixes:
+                if prefix in self._dynamic:
+                    continue
+                if not prefix.startswith(cache.partial) or prefix in cache.partial:
+                    raise InvalidArgument(f"not a part of a partial prefix: {prefix!r}")
+                current = self._store.range(prefix)
+                for other in [
+                    p for p in self._dynamic if p.startswith(prefix) or prefix.startswith(p)
+                ]:
+                    self._unfollow(other)
+                stream = _Stream(KeyRange.prefix(prefix), loaded=False)
+                stream.seen = 0
+                stream.resume = current.revision + 1
+                with self._lock:
+                    self._streams = [*self._streams, stream]
+                self._dynamic[prefix] = stream
+                self._inbox.put((stream, None, current))
+                self._start_pump(stream)
+
+    def unfollow(self, prefixes: Iterable[str]) -> None:
+        """Stop following these parts (see ``follow``)."""
+        with self._following:
+            for prefix in prefixes:
+                self._unfollow(prefix)
+
+    def _unfollow(self, prefix: str) -> None:
+        """``_following`` held."""
+        stream = self._dynamic.pop(prefix, None)
+        if stream is None:
+            return
+        stream.stopped.set()
+        with self._lock:
+            self._streams = [s for s in self._streams if s is not stream]
+            watch = stream.watch
+        if watch is not None:
+            watch.close()
+        self._inbox.put((stream, None, None))
 
     def stop(self) -> None:
         self._stop.set()
@@ -316,16 +425,16 @@ class WatchHub:
         # it; etcd need not send every value twice.
         prev = self._cache is None
         watch: Watch | None = None
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not stream.stopped.is_set():
             try:
                 if watch is None:
                     watch = stream.open(self._store, prev=prev)
                     with self._lock:
                         stream.watch = watch
-                    if self._stop.is_set():
+                    if self._stop.is_set() or stream.stopped.is_set():
                         break
                 events = watch.next(timeout=self._poll)
-                if events:
+                if events and not stream.stopped.is_set():
                     stream.resume = events[-1].revision + 1
                     self._inbox.put((stream, events, None))
             except WatchCompacted:
@@ -341,7 +450,7 @@ class WatchHub:
                 stream.resume = current.revision + 1
                 self._inbox.put((stream, None, current))
             except StoreError as exc:
-                if self._stop.is_set():
+                if self._stop.is_set() or stream.stopped.is_set():
                     break
                 log.warning(
                     "store watch failed (%s); resuming at revision %s in %ss",
@@ -405,16 +514,51 @@ class WatchHub:
         events: list[Event] = []
         tops: dict[_Stream, int] = {}
         for stream, batch, current in items:
-            if current is not None:
-                if events:  # what came before the re-read goes first
+            if stream.dropped:
+                continue
+            if batch is None:  # a re-read, a first read or an unfollow
+                if events:  # what came before it goes first
                     self._deliver(sorted(events, key=_revision_of), tops)
                     events, tops = [], {}
-                self._resync(stream, current)
+                if current is None:
+                    self._drop(stream)
+                elif not stream.loaded:
+                    self._load(stream, current)
+                else:
+                    self._resync(stream, current)
             elif batch:
                 events.extend(batch)
                 tops[stream] = max(tops.get(stream, 0), batch[-1].revision)
         if events:
             self._deliver(sorted(events, key=_revision_of), tops)
+
+    def _load(self, stream: _Stream, current: RangeResult) -> None:
+        """A followed part's first read: into the cache, and to the
+        subscribers as PUTs (a replay)."""
+        if self._cache is not None:
+            self._cache.follow(stream.range.start, current.kvs, current.revision)
+        known = self._mod_revisions
+        events = [
+            Event(EventType.PUT, kv) for kv in current.kvs if known.get(kv.key) != kv.mod_revision
+        ]
+        stream.loaded = True
+        self._deliver(
+            sorted(events, key=_revision_of), {stream: current.revision}, cached=True, replay=True
+        )
+
+    def _drop(self, stream: _Stream) -> None:
+        """An unfollowed part: out of the cache, and to the subscribers as
+        DELETEs (a replay) at the newest revision delivered."""
+        stream.dropped = True
+        rev = self._revision
+        gone: list[KeyValue] = []
+        if self._cache is not None:
+            gone = self._cache.unfollow(stream.range.start)
+        mods = self._mod_revisions
+        for key in [k for k in mods if k in stream.range]:
+            del mods[key]
+        events = [Event(EventType.DELETE, KeyValue(kv.key, b"", 0, rev, 0), kv) for kv in gone]
+        self._call([s for s in self._subs if s.replays], events)
 
     def _resync(self, stream: _Stream, current: RangeResult) -> None:
         events, rev = self._resync_events(current, stream.range)
@@ -443,15 +587,21 @@ class WatchHub:
         return sorted(events, key=_revision_of), rev
 
     def _deliver(
-        self, events: Sequence[Event], tops: dict[_Stream, int], *, cached: bool = False
+        self,
+        events: Sequence[Event],
+        tops: dict[_Stream, int],
+        *,
+        cached: bool = False,
+        replay: bool = False,
     ) -> None:
         """``tops``: the newest revision each stream brought; ``cached``:
-        the cache holds these already (a resync loaded it)."""
+        the cache holds these already (a resync loaded it); ``replay``: for
+        the subscribers to replays only (a followed part's first read)."""
         revision = max(tops.values())
         if self._cache is not None and not cached:
             events = self._cache.apply(events, revision)
         self._remember(events)
-        self._call(self._subs, events)
+        self._call([s for s in self._subs if s.replays] if replay else self._subs, events)
         with self._lock:
             for stream, top in tops.items():
                 stream.seen = max(stream.seen, top)
