@@ -1,0 +1,132 @@
+"""Which networks an agent on etcd follows (``cove.agent.following``): the
+ones its node has endpoints on, all of an overlay network, its own part of
+a bridge network, and none once it has left them for the grace period."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from cove.agent.daemon import FOLLOWED_IN_PARTS, cached_prefixes, watched_ranges
+from cove.agent.following import NetworkFollowing
+from cove.clock import ManualClock
+from cove.store import MemoryStore
+from cove.store.hub import WatchHub
+
+
+class Now:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def store() -> Iterator[MemoryStore]:
+    s = MemoryStore(ManualClock())
+    s.put("networks/ov", json.dumps({"name": "ov", "driver": "overlay"}).encode())
+    s.put("networks/br", json.dumps({"name": "br", "driver": "bridge"}).encode())
+    s.put("networks/idle", json.dumps({"name": "idle", "driver": "overlay"}).encode())
+    s.put("endpoints/ov/h2/a", b"{}")
+    s.put("endpoints/br/h2/b", b"{}")
+    s.put("endpoints/idle/h2/c", b"{}")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def hub(store: MemoryStore) -> Iterator[WatchHub]:
+    h = WatchHub(
+        store,
+        poll=0.05,
+        listen=False,
+        cache=cached_prefixes("h1"),
+        partial=FOLLOWED_IN_PARTS,
+        ranges=watched_ranges("h1"),
+    )
+    h.start()
+    yield h
+    h.stop()
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def _endpoints(hub: WatchHub) -> list[str]:
+    return [kv.key for kv in hub.reads.range("endpoints/").kvs]
+
+
+def test_start_follows_the_networks_this_node_is_on(store: MemoryStore, hub: WatchHub) -> None:
+    store.put("endpoints/ov/h1/mine", b"{}")
+    store.put("endpoints/br/h1/mine", b"{}")
+    following = NetworkFollowing(hub, "h1")
+    following.start()
+    try:
+        assert hub.followed == ("endpoints/br/h1/", "endpoints/ov/", "ipam/br/", "ipam/ov/")
+        _eventually(lambda: len(_endpoints(hub)) == 3)
+        # Every host's endpoints of the overlay, this node's of the bridge,
+        # nothing of the network this node is not on.
+        assert _endpoints(hub) == [
+            "endpoints/br/h1/mine",
+            "endpoints/ov/h1/mine",
+            "endpoints/ov/h2/a",
+        ]
+    finally:
+        following.stop()
+
+
+def test_a_network_is_followed_from_the_first_write_and_left_after_the_grace(
+    store: MemoryStore, hub: WatchHub
+) -> None:
+    now = Now()
+    following = NetworkFollowing(hub, "h1", grace=30.0, clock=now)
+    following.start()
+    try:
+        assert hub.followed == ()
+        hub.writes.put("ipam/ov/10.0.0.5", b"mine")  # IPAM first, as a run does
+        assert hub.followed == ("endpoints/ov/", "ipam/ov/")
+        hub.writes.put("endpoints/ov/h1/mine", b"{}")
+        assert hub.reads.caught_up(5.0) is hub.reads
+        assert _endpoints(hub) == ["endpoints/ov/h1/mine", "endpoints/ov/h2/a"]
+        # Still on it: a pass long after keeps it.
+        now.t += 100
+        following._pass(False)
+        assert hub.followed == ("endpoints/ov/", "ipam/ov/")
+        # Off it: kept for the grace period, then left.
+        hub.writes.delete("endpoints/ov/h1/mine")
+        _eventually(lambda: "endpoints/ov/h1/mine" not in _endpoints(hub))
+        now.t += 10
+        following._pass(False)
+        assert hub.followed == ("endpoints/ov/", "ipam/ov/")
+        now.t += 31
+        following._pass(False)
+        assert hub.followed == ()
+        _eventually(lambda: _endpoints(hub) == [])
+    finally:
+        following.stop()
+
+
+def test_a_driver_change_follows_the_right_part(store: MemoryStore, hub: WatchHub) -> None:
+    store.put("endpoints/br/h1/mine", b"{}")
+    following = NetworkFollowing(hub, "h1")
+    following.start()
+    try:
+        assert "endpoints/br/h1/" in hub.followed
+        store.put("networks/br", json.dumps({"name": "br", "driver": "overlay"}).encode())
+        _eventually(lambda: hub.reads.get("networks/br") is not None
+                    and b"overlay" in hub.reads.get("networks/br").value)  # type: ignore[union-attr]  # fmt: skip
+        following._pass(True)
+        assert hub.followed == ("endpoints/br/", "ipam/br/")
+        _eventually(lambda: "endpoints/br/h2/b" in _endpoints(hub))
+    finally:
+        following.stop()
