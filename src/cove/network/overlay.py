@@ -45,7 +45,15 @@ from cove.datapath.base import (
     vxlan_name,
 )
 from cove.errors import CoveError
-from cove.model import ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network, NetworkDriver
+from cove.model import (
+    ENDPOINTS,
+    NETWORKS,
+    Endpoint,
+    IPAddress,
+    Network,
+    NetworkDriver,
+    endpoints_in,
+)
 from cove.network import firewall
 from cove.network import reconcile as bridges
 from cove.store.base import Event, Store, local_store
@@ -365,7 +373,7 @@ def read_desired(
     eps: list[RemoteEndpoint] = []
     revision = nets_r.revision
     for net in nets:
-        result = store.range(f"{ENDPOINTS}{net.name}/")
+        result = store.range(endpoints_in(net.name))
         revision = max(revision, result.revision)
         for kv in result.kvs:
             data = json.loads(kv.value)
