@@ -16,6 +16,7 @@ from typing import Protocol
 
 import nsutil
 from cluster import ETCD_PORT, FABRIC_ADDRESS
+from cove.model import endpoint_key
 from cove.runtime.keys import container_key, name_claim, name_key
 from etcd_fixture import EtcdLoad
 
@@ -130,7 +131,7 @@ def clones(member: FabricMember, seed: str, network: str, subnet: str, count: in
         items += [
             (container_key(GHOST, name), json.dumps(c).encode()),
             (name_key(name), name_claim(GHOST, cid)),
-            (f"endpoints/{network}/{eid}", json.dumps(e).encode()),
+            (endpoint_key(network, GHOST, eid), json.dumps(e).encode()),
             (f"ipam/{network}/{addr}", json.dumps({**json.loads(iraw), "owner": cid}).encode()),
         ]
     member.put_many(items)

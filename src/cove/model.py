@@ -5,7 +5,12 @@ Store keys (each domain owns its prefix):
 - ``networks/<name>``                       Network
 - ``ipam/<network>/<address>``              who holds an address (IPAM)
 - ``ipamblocks/<network>/<block address>`` which node allocates in a block (IPAM)
-- ``endpoints/<network>/<endpoint id>``     Endpoint: a container on a network
+- ``endpoints/<network>/<node>/<id>``       Endpoint: a container on a network,
+                                            under the node that runs it (an
+                                            agent watches only its own node's
+                                            on a host-local network); records
+                                            of before, ``endpoints/<network>/<id>``,
+                                            are moved by their agent at start-up
 - ``containers/<node>/<name>``              Container (runtime; ``cove.runtime.keys``)
 - ``cluster/names/<name>``                  a container name's claim
 - ``cluster/status/<node>/<container id>``  its process, as its node last saw it
@@ -31,6 +36,44 @@ IPAM = "ipam/"
 IPAM_BLOCKS = "ipamblocks/"
 ENDPOINTS = "endpoints/"
 CONTAINERS = "containers/"
+
+
+def endpoints_in(network: str) -> str:
+    """The prefix of every endpoint on ``network``, whatever its node."""
+    return f"{ENDPOINTS}{network}/"
+
+
+def endpoints_of(network: str, node: str) -> str:
+    """The prefix of ``node``'s endpoints on ``network``."""
+    return f"{ENDPOINTS}{network}/{node}/"
+
+
+def endpoint_key(network: str, node: str, endpoint_id: str) -> str:
+    """Where the endpoint ``endpoint_id`` of ``node`` on ``network`` lies.
+    Raises ``ValueError`` without a node: every record written now has one
+    (an empty segment would read as a node named "")."""
+    if not node:
+        raise ValueError(f"endpoint {endpoint_id} on {network} has no node")
+    return f"{ENDPOINTS}{network}/{node}/{endpoint_id}"
+
+
+def legacy_endpoint_key(network: str, endpoint_id: str) -> str:
+    """Where an endpoint written before the per-node layout lies (until its
+    agent moves it at start-up; ``cove.runtime.relayout``)."""
+    return f"{ENDPOINTS}{network}/{endpoint_id}"
+
+
+def parse_endpoint_key(key: str) -> tuple[str, str, str] | None:
+    """(network, node, endpoint id) of an endpoint key; the node is "" for a
+    key of the layout before nodes; ``None`` for anything else."""
+    if not key.startswith(ENDPOINTS):
+        return None
+    parts = key[len(ENDPOINTS) :].split("/")
+    if len(parts) == 3 and all(parts):
+        return parts[0], parts[1], parts[2]
+    if len(parts) == 2 and all(parts):
+        return parts[0], "", parts[1]
+    return None
 
 
 class NetworkDriver(StrEnum):
@@ -144,6 +187,11 @@ class Endpoint:
     @property
     def addresses(self) -> tuple[IPAddress, ...]:
         return tuple(a for a in (self.ipv4, self.ipv6) if a is not None)
+
+    @property
+    def key(self) -> str:
+        """Its store key (``ValueError`` for a record without a node)."""
+        return endpoint_key(self.network, self.node, self.id)
 
     def names(self) -> tuple[str, ...]:
         """Every name this endpoint answers to on its network (lower case)."""

@@ -342,7 +342,8 @@ def net_cli(agent: Any) -> list[str]:
 def _to_old_layout(db: Path) -> None:
     """Rewrite the agent's SQLite store as an agent before per-node keys
     wrote it: ``containers/<name>`` without a name claim,
-    ``cluster/status/<id>``, endpoints without labels."""
+    ``cluster/status/<id>``, ``endpoints/<network>/<id>`` without labels
+    or node, no layout mark."""
     from cove.clock import SystemClock
     from cove.store.base import Delete, Put
     from cove.store.sqlite import SqliteStore
@@ -355,10 +356,13 @@ def _to_old_layout(db: Path) -> None:
         for kv in store.range("cluster/status/").kvs:
             ops += [Delete(kv.key), Put("cluster/status/" + kv.key.rsplit("/", 1)[1], kv.value)]
         ops += [Delete(kv.key) for kv in store.range("cluster/names/").kvs]
+        ops += [Delete(kv.key) for kv in store.range("cluster/layout/").kvs]
         for kv in store.range("endpoints/").kvs:
             data = json.loads(kv.value)
             data.pop("labels", None)
-            ops.append(Put(kv.key, json.dumps(data).encode()))
+            data.pop("node", None)
+            old = f"endpoints/{data['network']}/{data['id']}"
+            ops += [Delete(kv.key), Put(old, json.dumps(data).encode())]
         assert store.txn([], ops).succeeded
     finally:
         store.close()
@@ -375,6 +379,17 @@ def _keys(db: Path, prefix: str) -> list[str]:
         store.close()
 
 
+def _records(db: Path, prefix: str) -> dict[str, Any]:
+    from cove.clock import SystemClock
+    from cove.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(db), SystemClock())
+    try:
+        return {kv.key: json.loads(kv.value) for kv in store.range(prefix).kvs}
+    finally:
+        store.close()
+
+
 def test_records_of_the_layout_before_per_node_keys_are_moved_at_start(net: Any) -> None:
     net.ok("run", "-d", "--name", "keep", "--network", "vnet", "--label", "tier=db",
            "--", "sleep", "600")  # fmt: skip
@@ -385,6 +400,8 @@ def test_records_of_the_layout_before_per_node_keys_are_moved_at_start(net: Any)
     assert _keys(db, "containers/") == [f"containers/{node}/drop", f"containers/{node}/keep"]
     _to_old_layout(db)
     assert _keys(db, "containers/") == ["containers/drop", "containers/keep"]
+    assert all(k.count("/") == 2 for k in _keys(db, "endpoints/"))
+    assert _keys(db, "cluster/layout/") == []
 
     net.start()
     ps = json.loads(net.ok("ps", "--format", "json"))
@@ -401,6 +418,12 @@ def test_records_of_the_layout_before_per_node_keys_are_moved_at_start(net: Any)
     assert _keys(db, "containers/") == [f"containers/{node}/drop", f"containers/{node}/keep"]
     assert _keys(db, "cluster/names/") == ["cluster/names/drop", "cluster/names/keep"]
     assert all(k.count("/") == 3 for k in _keys(db, "cluster/status/"))
+    # Both containers' endpoints under the node, naming it; the layout marked.
+    eps = _records(db, "endpoints/")
+    assert sorted(d["container_name"] for d in eps.values()) == ["drop", "keep"]
+    assert all(k.startswith(f"endpoints/vnet/{node}/") for k in eps)
+    assert all(d["node"] == node for d in eps.values())
+    assert _keys(db, "cluster/layout/") == [f"cluster/layout/{node}"]
     net.start()
     net.ok("rm", "-f", "keep", "drop")
     assert json.loads(net.ok("ps", "-a", "--format", "json")) == []

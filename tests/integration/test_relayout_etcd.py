@@ -17,6 +17,8 @@ def _old(store: EtcdStore, name: str, node: str) -> str:
     cid = (name * 64)[:64]
     store.put(f"containers/{name}", json.dumps({"name": name, "id": cid, "node": node}).encode())
     store.put(f"cluster/status/{cid}", json.dumps({"id": cid, "node": node}).encode())
+    ep = {"id": f"e-{name}", "network": "n", "container_id": cid, "node": node}
+    store.put(f"endpoints/n/e-{name}", json.dumps(ep).encode())
     return cid
 
 
@@ -30,21 +32,31 @@ def test_each_agent_moves_its_own_old_records_on_etcd() -> None:
             found = find_container(store, "b")
             assert found is not None and found.key == "containers/b"
 
-            assert move_to_node_layout(store, "h1") == 2
+            assert move_to_node_layout(store, "h1") == 3
             assert [kv.key for kv in store.range("containers/").kvs] == [
                 "containers/b",  # h2's: its agent moves it
                 "containers/h1/a",
             ]
+            assert [kv.key for kv in store.range("endpoints/").kvs] == [
+                "endpoints/n/e-b",
+                "endpoints/n/h1/e-a",
+            ]
+            rev = store.revision
             assert move_to_node_layout(store, "h1") == 0  # a restart: nothing left to move
-            assert move_to_node_layout(store, "h2") == 2
+            assert store.revision == rev
+            assert move_to_node_layout(store, "h2") == 3
             keys = [kv.key for kv in store.range("").kvs]
             assert keys == [
+                "cluster/layout/h1",
+                "cluster/layout/h2",
                 "cluster/names/a",
                 "cluster/names/b",
                 f"cluster/status/h1/{a}",
                 f"cluster/status/h2/{b}",
                 "containers/h1/a",
                 "containers/h2/b",
+                "endpoints/n/h1/e-a",
+                "endpoints/n/h2/e-b",
             ]
             claim = store.get(name_key("b"))
             assert claim is not None and json.loads(claim.value) == {"node": "h2", "id": b}

@@ -395,6 +395,15 @@ def test_node_ttl_and_advertise_settings() -> None:
             load({"node_ttl": bad}, None, {})
 
 
+def test_a_node_name_that_cannot_be_a_key_segment_is_refused() -> None:
+    from cove.agent.config import load
+
+    assert load({"node_name": "h1.example"}, None, {}).node_name == "h1.example"
+    for bad in ("", "a/b", " h1", "h1\n"):
+        with pytest.raises(InvalidArgument, match="invalid node name .*--node-name"):
+            load({"node_name": bad}, None, {})
+
+
 def test_another_nodes_endpoint_changes_cost_the_registrar_nothing() -> None:
     # Each registrar registers its own node's containers: an endpoint of
     # another node (a start on another host) must not make it re-read the

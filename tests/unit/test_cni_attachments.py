@@ -17,6 +17,7 @@ from cove.ipam.allocator import Ipam
 from cove.model import ENDPOINTS, IPAM, Network
 from cove.network.service import NetworkService
 from cove.network.spec import NetworkSpec
+from cove.store.base import Delete, Put
 from cove.store.memory import MemoryStore
 
 NETNS = "/run/netns/podman-x"
@@ -47,6 +48,8 @@ def test_attach_stores_an_attachment_and_an_ordinary_endpoint() -> None:
     assert str(att.ipv4) == "10.5.0.2" and att.host_veth.startswith("cn")
     (kv,) = store.range(ENDPOINTS).kvs
     ep = json.loads(kv.value)
+    # Under its node, naming it: only this node's agent watches it on a bridge.
+    assert kv.key == f"endpoints/vnet/n1/{att.endpoint_id}" and ep["node"] == "n1"
     assert ep["container_name"] == "web_1" and ep["aliases"] == ["www", "web-1"]
     assert ep["netns"] == NETNS and ep["interface"] == "eth0"
     assert dp.foreign[Path(NETNS)]["eth0"].addresses
@@ -75,6 +78,15 @@ def test_detach_is_idempotent_and_frees_an_address_a_crashed_add_held() -> None:
     Ipam(store).allocate(net, owner("n1", "c2", "eth0"))
     svc.detach("c2", "eth0", "vnet")
     assert not store.range(IPAM).kvs and dp.veths == {}
+
+
+def test_detach_removes_an_endpoint_an_older_agent_left_at_its_former_key() -> None:
+    store, svc, _dp, _net = _setup()
+    att, _ = svc.attach(_req())
+    (kv,) = store.range(ENDPOINTS).kvs
+    store.txn([], [Delete(kv.key), Put(f"endpoints/vnet/{att.endpoint_id}", kv.value)])
+    assert svc.detach("c1", "eth0", "vnet") is not None
+    assert store.range(ENDPOINTS).kvs == ()
 
 
 def test_gc_is_per_node_and_keeps_the_valid() -> None:

@@ -18,12 +18,20 @@ from cove.cluster.nodes import members as list_members
 from cove.cluster.reaper import REAPER, NodeReaper
 from cove.cluster.removal import MAX_OPS, remove_node
 from cove.errors import Conflict, NotFound
-from cove.model import CONTAINERS, ENDPOINTS, IPAM
+from cove.model import CONTAINERS, ENDPOINTS, IPAM, endpoint_key
 from cove.registry import Registry
 from cove.registry.decode import service_from_json
 from cove.registry.runner import CheckRunner
 from cove.registry.types import SERF_CHECK, check_key
-from cove.runtime.keys import CLUSTER_STATUS, container_key, name_claim, name_key, status_key
+from cove.runtime.keys import (
+    CLUSTER_STATUS,
+    container_key,
+    layout_key,
+    name_claim,
+    name_key,
+    status_key,
+)
+from cove.runtime.relayout import move_to_node_layout
 from cove.store.base import Compare, Op, TxnResult
 from cove.store.memory import MemoryStore
 
@@ -51,7 +59,8 @@ def add_container(
     else:
         _put(store, container_key(node, name), data)
         store.put(name_key(name), name_claim(node, cid))
-    _put(store, f"{ENDPOINTS}ov/{name}-ep", {"container_id": cid, "node": node, "network": "ov"})
+    ep = f"{ENDPOINTS}ov/{name}-ep" if legacy else endpoint_key("ov", node, f"{name}-ep")
+    _put(store, ep, {"container_id": cid, "node": node, "network": "ov"})
     _put(store, f"{IPAM}ov/10.203.0.{n}", {"owner": f"container:{cid}"})
     for p in range(ports):
         _put(store, f"ports/tcp/{8000 + n * 1000 + p}@{node}", {"container": name, "id": cid})
@@ -135,6 +144,8 @@ def test_a_dead_node_goes_with_everything_it_owned(cluster: Cluster) -> None:
     _put(store, f"{IPAM}ov/10.203.0.99", {"owner": "cni:h2/podman1/eth0"})
     _put(store, "cni/h2/podman1/eth0", {"network": "ov"})
     store.put("cluster/requests/h2/abcd", b'{"op": "rm"}')
+    store.put(layout_key("h2"), b'{"version": 2}')  # (c2: its agent's last start crashed)
+    store.put(layout_key("h1"), b'{"version": 2}')
     assert cluster.web_nodes() == ["h1", "h2"]
     cluster.kill("h2")
     assert {m.name: m.status for m in list_members(store, "h1")} == {
@@ -160,6 +171,7 @@ def test_a_dead_node_goes_with_everything_it_owned(cluster: Cluster) -> None:
     assert store.get(f"{IPAM}ov/10.203.0.1") is not None
     assert store.get(status_key("h1", mine)) is not None
     assert store.get(CLUSTER_NODES + "h1") is not None
+    assert cluster.all_keys("cluster/layout/") == [layout_key("h1")]
     # Removing it again: it is unknown now.
     with pytest.raises(NotFound):
         remove_node(store, "h2", local="h1")
@@ -391,3 +403,22 @@ def test_reap_after_takes_durations_and_refuses_nonsense(tmp_path: Path) -> None
     for bad in ("soon", "1s", "-5m", True):
         with pytest.raises(InvalidArgument, match="invalid reap_after"):
             load({"reap_after": bad}, None, {})
+
+
+def test_a_node_removed_then_joining_again_moves_its_old_records_again(
+    cluster: Cluster,
+) -> None:
+    """Its layout mark goes with it: an agent of that name starting later
+    does not take the mark of the removed node for its own."""
+    store = cluster.store
+    move_to_node_layout(store, "h2")
+    assert store.get(layout_key("h2")) is not None
+    cluster.kill("h2")
+    remove_node(store, "h2", local="h1")
+    assert store.get(layout_key("h2")) is None
+    # An old-layout record of that name shows up (restored from a backup,
+    # say): the next start of h2 moves it and marks the layout again.
+    add_container(store, "h2", "late", 7, legacy=True)
+    assert move_to_node_layout(store, "h2") == 3  # container, state, endpoint
+    assert store.get(endpoint_key("ov", "h2", "late-ep")) is not None
+    assert store.get(layout_key("h2")) is not None

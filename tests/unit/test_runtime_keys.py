@@ -77,6 +77,7 @@ def test_on_a_shared_store_only_this_nodes_old_records_move_and_twice_is_once() 
     keys = [kv.key for kv in inner.range("").kvs]
     assert keys == sorted(
         [
+            "cluster/layout/h1",  # every record of h1's moved
             "cluster/names/legacy",
             "cluster/names/mine",
             f"cluster/status/h1/{legacy}",

@@ -150,6 +150,13 @@ def _coerce(cfg: AgentConfig) -> AgentConfig:
     port = cfg.vxlan_port
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise InvalidArgument(f"invalid vxlan_port {port!r}: expected a UDP port, 1 to 65535")
+    name = cfg.node_name
+    if not isinstance(name, str) or not name or "/" in name or name.strip() != name:
+        # One segment of store keys (containers/<node>/, endpoints/<net>/<node>/).
+        raise InvalidArgument(
+            f"invalid node name {name!r}: expected a name without '/' or spaces"
+            " (--node-name; the default is the host name)"
+        )
     node_ttl = cfg.node_ttl
     if isinstance(node_ttl, bool) or not isinstance(node_ttl, int) or not 2 <= node_ttl <= 3600:
         raise InvalidArgument(

@@ -5,8 +5,8 @@ A node whose agent never returns keeps, in the shared store, everything it
 owned: its containers' records and process states, their endpoints (so
 other hosts keep FDB and neighbour entries and DNS names for them), their
 IPAM addresses and host-port claims, its CNI attachments, its services and
-checks in the catalog, its pending requests and its node records. ``remove``
-deletes all of it.
+checks in the catalog, its pending requests, its layout mark and its node
+records. ``remove`` deletes all of it.
 
 Safety against the node coming back while it runs: every transaction
 compares the node's live record (``cluster/nodes/<name>``) with what it was
@@ -41,6 +41,7 @@ from cove.runtime.keys import (
     CLUSTER_STATUS,
     containers_of,
     is_legacy,
+    layout_key,
     name_key,
     status_key,
     statuses_of,
@@ -138,6 +139,9 @@ class NodeRemoval:
         self._remove_registry()
         last: list[Op] = [
             Delete(requests_prefix(name), prefix=True),
+            # Its layout mark: a node of that name joining later starts by
+            # moving whatever of its records it finds in an older layout.
+            Delete(layout_key(name)),
             Delete(CLUSTER_KNOWN + name),
             Delete(CLUSTER_NODES + name),
         ]

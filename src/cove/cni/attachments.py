@@ -4,7 +4,7 @@ on cove networks, through ``cove-cni``.
 An attachment is keyed by (container id, interface name) on one node. It
 is stored twice, in one transaction: as its own record
 (``cni/<node>/<container id>/<ifname>``, what DEL, CHECK and GC work from)
-and as an ordinary ``Endpoint`` (``endpoints/<network>/<id>``), so DNS,
+and as an ordinary ``Endpoint`` (``endpoints/<network>/<node>/<id>``), so DNS,
 policy, VIPs and ``network inspect`` see it like any container's. Its
 address comes from cove's IPAM, owned by ``cni:<node>/<cid>/<ifname>``;
 its published ports are claimed in the same port table as ``cove run -p``.
@@ -49,7 +49,16 @@ from cove.errors import (
     NotFound,
 )
 from cove.ipam.allocator import Ipam
-from cove.model import ENDPOINTS, IPAM, NETWORKS, Endpoint, IPAddress, Network, ServiceSpec
+from cove.model import (
+    IPAM,
+    NETWORKS,
+    Endpoint,
+    IPAddress,
+    Network,
+    ServiceSpec,
+    endpoint_key,
+    legacy_endpoint_key,
+)
 from cove.runtime import guard
 from cove.runtime.ports import Published
 from cove.runtime.spec import PortMapping, Proto
@@ -192,7 +201,7 @@ class Attachment:
 
     @property
     def endpoint_key(self) -> str:
-        return f"{ENDPOINTS}{self.network}/{self.endpoint_id}"
+        return endpoint_key(self.network, self.node, self.endpoint_id)
 
     @property
     def addresses(self) -> tuple[IPAddress, ...]:
@@ -425,7 +434,7 @@ class AttachmentService:
             id=att.endpoint_id, network=att.network, container_id=att.container_id,
             container_name=name, interface=att.ifname, host_veth=att.host_veth, mac=att.mac,
             ipv4=att.ipv4, ipv6=att.ipv6, aliases=tuple(aliases), hostname="",
-            netns=att.netns, services=att.services,
+            netns=att.netns, services=att.services, node=att.node,
         )  # fmt: skip
 
     def _write(self, att: Attachment, req: AttachRequest) -> None:
@@ -480,7 +489,13 @@ class AttachmentService:
             self._ipam.release_owner(network, who)
 
     def _delete_records(self, att: Attachment) -> None:
-        ops: list[Delete] = [Delete(att.key), Delete(att.endpoint_key)]
+        # The endpoint at the key of before the per-node layout too: one
+        # written by an older agent that this one has not moved.
+        ops: list[Delete] = [
+            Delete(att.key),
+            Delete(att.endpoint_key),
+            Delete(legacy_endpoint_key(att.network, att.endpoint_id)),
+        ]
         for p in att.ports:
             kv = self._store.get(p.claim_key)
             if kv is not None and json.loads(kv.value).get("cni") == att.key:

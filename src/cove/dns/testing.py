@@ -145,6 +145,7 @@ def put_endpoint(
     aliases: Sequence[str] = (),
     services: Sequence[str] = (),
     container_id: str | None = None,
+    node: str = "testhost",
 ) -> Endpoint:
     cid = container_id or f"cid-{container}"
     ep = Endpoint(
@@ -159,13 +160,14 @@ def put_endpoint(
         ipv6=ipaddress.IPv6Address(ipv6) if ipv6 else None,
         aliases=tuple(aliases),
         services=tuple(services),
+        node=node,
     )
     store.put(endpoint_key(ep), json.dumps(ep.to_json()).encode())
     return ep
 
 
 def endpoint_key(ep: Endpoint) -> str:
-    return f"endpoints/{ep.network}/{ep.id}"
+    return ep.key
 
 
 def header(wire: bytes) -> tuple[int, int, int, int, int, int]:

@@ -71,7 +71,7 @@ def _services_of(value: bytes) -> set[str]:
 
 
 class EndpointBackends:
-    """Backends from ``endpoints/<network>/<id>`` records (one per running
+    """Backends from ``endpoints/<network>/<node>/<id>`` records (one per running
     container and network): every ``name:port`` service of an endpoint is a
     backend of weight 1 at each of the endpoint's addresses."""
 

@@ -45,7 +45,14 @@ from cove.datapath.base import (
     vxlan_name,
 )
 from cove.errors import CoveError
-from cove.model import ENDPOINTS, NETWORKS, Endpoint, IPAddress, Network, NetworkDriver
+from cove.model import (
+    ENDPOINTS,
+    NETWORKS,
+    Endpoint,
+    IPAddress,
+    Network,
+    NetworkDriver,
+)
 from cove.network import firewall
 from cove.network import reconcile as bridges
 from cove.store.base import Event, Store, local_store

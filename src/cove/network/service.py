@@ -15,7 +15,7 @@ from cove import naming
 from cove.clock import Clock
 from cove.errors import AlreadyExists, Conflict, InUse, NotFound
 from cove.ipam import blocks as ipam_blocks
-from cove.model import ENDPOINTS, IPAM, NETWORKS, Endpoint, IPNetwork, Network
+from cove.model import IPAM, NETWORKS, Endpoint, IPNetwork, Network, endpoints_in
 from cove.network.spec import NetworkSpec, build_network, check_name
 from cove.store.base import Compare, Delete, Put, Store
 
@@ -88,8 +88,9 @@ class NetworkService:
         return [Network.from_json(json.loads(kv.value)) for kv in self._store.range(NETWORKS).kvs]
 
     def endpoints(self, name: str) -> builtins.list[Endpoint]:
-        """The endpoints on network ``name``, by id (none for an unknown network)."""
-        kvs = self._store.range(f"{ENDPOINTS}{name}/").kvs
+        """The endpoints on network ``name``, by node then id (none for an
+        unknown network)."""
+        kvs = self._store.range(endpoints_in(name)).kvs
         return [Endpoint.from_json(json.loads(kv.value)) for kv in kvs]
 
     def blocks(self, name: str) -> builtins.list[ipam_blocks.Block]:
@@ -99,7 +100,8 @@ class NetworkService:
         return sorted(found, key=lambda b: (b.cidr.version, b.cidr))
 
     def endpoints_of(self, name: str) -> builtins.list[str]:
-        return [kv.key.rsplit("/", 1)[1] for kv in self._store.range(f"{ENDPOINTS}{name}/").kvs]
+        # The id is the key's last segment (endpoints/<net>/<node>/<id>).
+        return [kv.key.rsplit("/", 1)[1] for kv in self._store.range(endpoints_in(name)).kvs]
 
     def remove(self, ref: str) -> int:
         """Remove a network that has no endpoints; returns the revision.

@@ -9,9 +9,14 @@ so that an agent can watch its own node's containers and statuses alone
                                  record, it keeps names unique in the cluster
 - ``cluster/status/<node>/<id>`` the owner's last word on the process
 
+- ``cluster/layout/<node>``      ``{"version": N}``: the node's records are
+                                 all in layout ``N`` (``LAYOUT_VERSION``), so
+                                 its agent's start reads nothing else to know
+
 Records written before this layout (``containers/<name>``,
-``cluster/status/<id>``) are moved by their agent at start-up
-(``cove.agent.migrate``); until then ``find_container`` still finds them.
+``cluster/status/<id>``, ``endpoints/<network>/<id>``) are moved by their
+agent at start-up (``cove.runtime.relayout``); until then
+``find_container`` still finds them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from cove.store.base import KeyValue, Store
 
 NAMES = "cluster/names/"
 CLUSTER_STATUS = "cluster/status/"
+LAYOUT = "cluster/layout/"
+# 1: containers and process states under their node; 2: endpoints too.
+LAYOUT_VERSION = 2
 
 
 def containers_of(node: str) -> str:
@@ -60,6 +68,11 @@ def status_key(node: str, cid: str) -> str:
 def status_id(key: str) -> str:
     """The container id of a status key (either layout)."""
     return key.rsplit("/", 1)[-1]
+
+
+def layout_key(node: str) -> str:
+    """The mark that ``node``'s records are all in the layout of now."""
+    return LAYOUT + node
 
 
 def is_legacy(key: str, prefix: str) -> bool:

@@ -34,7 +34,7 @@ from typing import Any
 from cove.cluster.nodes import owned
 from cove.datapath.base import ContainerDatapath, Interface, NftLister, NftTables
 from cove.errors import CoveError, storage_error
-from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network
+from cove.model import CONTAINERS, ENDPOINTS, NETWORKS, Endpoint, Network, endpoints_in
 from cove.runtime import etc, ports
 from cove.runtime import plan as planner
 from cove.runtime.keys import container_key, containers_of, find_container
@@ -112,7 +112,7 @@ def container_endpoints(store: Store, c: Container) -> list[Endpoint]:
     needle = c.id.encode()
     eps: list[Endpoint] = []
     for net in c.networks:
-        for ekv in store.range(f"{ENDPOINTS}{net}/").kvs:
+        for ekv in store.range(endpoints_in(net)).kvs:
             if needle not in ekv.value:
                 continue
             data = json.loads(ekv.value)

@@ -48,13 +48,13 @@ from cove.image.store import Image, ImageStore
 from cove.ipam.allocator import Ipam
 from cove.model import (
     CONTAINERS,
-    ENDPOINTS,
     IPAM,
     NETWORKS,
     Endpoint,
     IPAddress,
     Network,
     ServiceSpec,
+    legacy_endpoint_key,
 )
 from cove.network.spec import check_label
 from cove.runtime import resources
@@ -615,7 +615,7 @@ class ContainerService:
             interface=iface, host_veth=host_veth_name(eid), mac=mac,
             ipv4=v4, ipv6=v6, aliases=att.aliases, hostname=c.hostname,  # type: ignore[arg-type]
             netns=netns or str(self._netns.netns_path(c.id)), services=c.services,
-            node=c.node, labels=dict(c.labels),
+            node=self.node_of(c), labels=dict(c.labels),
         )  # fmt: skip
 
     def _write_new(self, c: Container, endpoints: list[Endpoint]) -> None:
@@ -629,7 +629,7 @@ class ContainerService:
             Put(container_key(node, c.name), _encode(c.to_json())),
             Put(name_key(c.name), name_claim(node, c.id)),
         ]
-        puts += [Put(_ep_key(ep), _encode(ep.to_json())) for ep in endpoints]
+        puts += [Put(ep.key, _encode(ep.to_json())) for ep in endpoints]
         claim = _encode({"container": c.name, "id": c.id})
         puts += [Put(self._claim_key(p, c.node), claim) for p in c.ports]
         if self._store.txn(compares, puts).succeeded:
@@ -895,7 +895,7 @@ class ContainerService:
     ) -> None:
         """Delete the store records, then everything derived from them
         (the process too, unless the caller has removed it already)."""
-        ops = [Delete(_ep_key(ep)) for ep in endpoints]
+        ops = [op for ep in endpoints for op in _ep_deletes(ep)]
         # Only its own claims: a run that failed on a taken port must not
         # free it for the container that holds it.
         ops += [
@@ -996,13 +996,17 @@ class ContainerService:
                 raise NotFound(f"container {c.name} has no service {service}", container=c.name)
             services = kept if text is None else (*kept, text)
             c2 = replace(c, services=services)
+            node = self.node_of(c)
             eps = [
-                replace(ep, services=services, labels=dict(c.labels)) for ep in self.endpoints(c)
+                replace(ep, services=services, labels=dict(c.labels), node=ep.node or node)
+                for ep in self.endpoints(c)
             ]
+            # A record its node's agent has not moved yet moves with the change.
             ok = self._store.txn(
                 [Compare.mod_is(kv.key, kv.mod_revision)],
                 [Put(kv.key, _encode(c2.to_json()))]
-                + [Put(_ep_key(ep), _encode(ep.to_json())) for ep in eps],
+                + [Delete(legacy_endpoint_key(ep.network, ep.id)) for ep in eps]
+                + [Put(ep.key, _encode(ep.to_json())) for ep in eps],
             ).succeeded
             if ok:
                 return self._inspect(c2, eps)
@@ -1044,7 +1048,7 @@ class ContainerService:
                 key = kv.key
                 ok = self._store.txn(
                     [Compare.mod_is(key, kv.mod_revision), Compare.present(NETWORKS + network)],
-                    [Put(key, _encode(c2.to_json())), Put(_ep_key(ep), _encode(ep.to_json()))],
+                    [Put(key, _encode(c2.to_json())), Put(ep.key, _encode(ep.to_json()))],
                 ).succeeded
                 if not ok:
                     self._release(ep)
@@ -1087,7 +1091,7 @@ class ContainerService:
             c2 = replace(c, networks=tuple(n for n in c.networks if n != network))
             ok = self._store.txn(
                 [Compare.mod_is(kv.key, kv.mod_revision)],
-                [Put(kv.key, _encode(c2.to_json()))] + [Delete(_ep_key(ep)) for ep in eps],
+                [Put(kv.key, _encode(c2.to_json()))] + [op for ep in eps for op in _ep_deletes(ep)],
             ).succeeded
             if ok:
                 for ep in eps:
@@ -1306,8 +1310,12 @@ def _service_name(text: str) -> str:
     return text.partition(":")[0].lower()
 
 
-def _ep_key(ep: Endpoint) -> str:
-    return f"{ENDPOINTS}{ep.network}/{ep.id}"
+def _ep_deletes(ep: Endpoint) -> list[Delete]:
+    """Deleting ``ep``'s record wherever it lies: at its key, and at the key
+    of before the per-node layout (a record its node's agent has not moved
+    yet: a node not yet restarted since the upgrade)."""
+    ops = [Delete(legacy_endpoint_key(ep.network, ep.id))]
+    return [Delete(ep.key), *ops] if ep.node else ops
 
 
 def _encode(data: dict[str, Any]) -> bytes:
