@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from cove.errors import CoveError
-from cove.model import ENDPOINTS, IPAM, NETWORKS, NetworkDriver
+from cove.model import IPAM, NETWORKS, NetworkDriver, endpoints_in, endpoints_of
 from cove.store.base import Store
 from cove.store.hub import WatchHub
 from cove.worker import Worker
@@ -67,9 +67,9 @@ class NetworkFollowing:
         unknown (a superset is never wrong)."""
         driver = self._driver(network) or NetworkDriver.OVERLAY.value
         if driver == NetworkDriver.BRIDGE.value:
-            endpoints = f"{ENDPOINTS}{network}/{self._node}/"
+            endpoints = endpoints_of(network, self._node)
         else:
-            endpoints = f"{ENDPOINTS}{network}/"
+            endpoints = endpoints_in(network)
         return (endpoints, f"{IPAM}{network}/")
 
     def _driver(self, network: str) -> str | None:
@@ -98,7 +98,7 @@ class NetworkFollowing:
         now = self._clock()
         for kv in self._reads.keys(NETWORKS).kvs:
             network = kv.key[len(NETWORKS) :]
-            if self._hub.writes.keys(f"{ENDPOINTS}{network}/{self._node}/").kvs:
+            if self._hub.writes.keys(endpoints_of(network, self._node)).kvs:
                 with self._lock:
                     self._wanted.add(network)
                     self._last_seen[network] = now
@@ -128,7 +128,7 @@ class NetworkFollowing:
             networks = {network_of(p) for p in followed} | self._wanted
         for network in sorted(networks):
             ours = [p for p in followed if network_of(p) == network]
-            if self._reads.keys(f"{ENDPOINTS}{network}/{self._node}/").kvs:
+            if self._reads.keys(endpoints_of(network, self._node)).kvs:
                 with self._lock:
                     self._last_seen[network] = now
             with self._lock:
