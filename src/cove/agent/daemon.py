@@ -356,13 +356,18 @@ class Agent:
         self.metrics.add(self.policy.metrics)
         self.metrics.add(lambda: policy_api.counter_series(self.policy.counts()))
         checks = self.registry_parts.checks
+        # A scrape reads the hub's copy (this host's endpoints are always in
+        # its view), not the store: on etcd that was every endpoint of the
+        # cluster per scrape.
         self.metrics.add(
-            lambda: observe.series(self.store, self.lb.vips, checks.durations if checks else dict)
+            lambda: observe.series(
+                self.hub.reads, self.lb.vips, checks.durations if checks else dict
+            )
         )
         metrics_api.install_stats(
             self.app,
-            lambda: observe.endpoint_traffic(self.store),
-            lambda: observe.check_states(self.store),
+            lambda: observe.endpoint_traffic(self.hub.reads),
+            lambda: observe.check_states(self.hub.reads),
         )
         self.events = EventLog(self.store)
         self.metrics.add(
@@ -410,7 +415,7 @@ class Agent:
     def _core_metrics(self) -> list[tuple[str, str, float]]:
         return [
             ("cove_store_revision", "The store's global revision.", self.store.revision),
-            ("cove_networks", "Networks in the store.", len(self.store.range(NETWORKS).kvs)),
+            ("cove_networks", "Networks in the store.", len(self.hub.reads.range(NETWORKS).kvs)),
             (
                 "cove_network_reconcile_errors",
                 "1 if the last network reconcile pass had an error.",

@@ -37,7 +37,7 @@ from cove.dns.view import ALL, DnsView, Scope, node_dep, svc_dep
 from cove.errors import CoveError
 from cove.lb.model import VIPS
 from cove.model import ENDPOINTS, NETWORKS, IPAddress
-from cove.store.base import Event, Get, Store, local_store
+from cove.store.base import Event, EventType, Get, Store, local_store
 from cove.store.hub import Subscription, WatchHub
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class DnsService:
         self._keeper = keeper
         self._feed: SnapshotFeed | None = None
         self._deferred = False
-        self._loaded = 0
+        self._revisions: dict[str, int] = {}  # what the view holds, by key
         self._gateways: dict[tuple[IPAddress, int], tuple[str, int]] = {}
         self._gateway_index: dict[tuple[IPAddress, int], int] = {}  # of its bridge
         self._listener_lock = threading.Lock()
@@ -294,11 +294,19 @@ class DnsService:
     # -- following the store -----------------------------------------------
 
     def _reload(self) -> None:
-        reads = [Get(NETWORKS, prefix=True), Get(ENDPOINTS, prefix=True), Get(VIPS, prefix=True)]
+        # The endpoints the hub follows: on etcd, of the networks this host
+        # is on (``cove.agent.following``); a part followed later arrives
+        # as the hub's replay of it.
+        if self._hub.scoped:
+            parts = [p for p in self._hub.followed if p.startswith(ENDPOINTS)]
+        else:
+            parts = [ENDPOINTS]
+        reads = [Get(NETWORKS, prefix=True), Get(VIPS, prefix=True)]
+        reads += [Get(part, prefix=True) for part in parts]
         result = self._store.txn([], reads)
         kvs = [kv for resp in result.responses for kv in resp]
         with self._responder.view_lock:
-            self._loaded = result.revision
+            self._revisions = {kv.key: kv.mod_revision for kv in kvs}
             self._view.load(kvs)
             if self._interim is not None:
                 self._interim.load(self._view.endpoints)
@@ -348,9 +356,19 @@ class DnsService:
         deps: set[str] = set()
         sources: set[tuple[str, IPAddress]] = set()
         with self._responder.view_lock:
+            revisions = self._revisions
             for ev in events:
-                if ev.revision <= self._loaded:
-                    continue  # already in the loaded snapshot
+                # Per key, not against the snapshot's revision: a replay
+                # (a part the hub follows from now on) brings older keys.
+                have = revisions.get(ev.kv.key, 0)
+                if ev.type is EventType.PUT:
+                    if ev.revision <= have:
+                        continue  # the snapshot or an earlier event had it
+                    revisions[ev.kv.key] = ev.revision
+                elif ev.revision < have:
+                    continue
+                else:
+                    revisions.pop(ev.kv.key, None)
                 touched, old, new = self._view.apply(ev)
                 deps |= touched
                 if old is not None or new is not None:
