@@ -111,10 +111,13 @@ def cache_bytes(host: Host) -> float:
     return 0.0
 
 
-def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad, float]:
+def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad, float, int, float]:
     """(bytes h1 received, bytes h2 received, etcd's load, bytes of h1's
     cache per existing container) for ``starts`` container starts on h2
-    with ``existing`` containers in the network."""
+    with ``existing`` containers in the network; then, once h1 has a
+    container on the network too (it follows the network from then on),
+    the bytes h1 received for as many starts on h2 and its cache per
+    existing container."""
     work = Path(tempfile.mkdtemp(prefix="cove-bench-fanout-"))
     try:
         with make_cluster(work, 2, "--reconcile-interval", "15", "--log-level", "info") as cl:
@@ -138,11 +141,22 @@ def fanout(existing: int, starts: int) -> tuple[int, int, EtcdLoad, float]:
                 settle(member)
             load = member.metrics() - before
             got1, got2 = rx_bytes(h1.netns) - rx1, rx_bytes(h2.netns) - rx2
-            for i in range(starts):
+            # h1 joins the network: from now on it follows its endpoints.
+            h1.ok("run", "-d", "--name", "here", "--network", "fan", "--", "sleep", "3600")
+            settle(member)
+            joined = (cache_bytes(h1) - cached) / existing
+            rx1 = rx_bytes(h1.netns)
+            for i in range(starts, 2 * starts):
+                h2.ok("run", "-d", "--name", f"new{i}", "--network", "fan",
+                      "--service", f"new{i}:80", "--", "sleep", "3600")  # fmt: skip
+                settle(member)
+            on_network = rx_bytes(h1.netns) - rx1
+            for i in range(2 * starts):
                 h2.cli("rm", "-f", f"new{i}")
+            h1.cli("rm", "-f", "here")
             h2.cli("rm", "-f", "seed")
             remove(member, keys)
-        return got1, got2, load, per_container
+        return got1, got2, load, per_container, on_network, joined
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -162,13 +176,16 @@ def main() -> int:
     if not 0 <= args.fanout <= 5000 or not 1 <= args.starts <= 20:
         raise SystemExit("--fanout 0..5000, --starts 1..20")
     if args.fanout:
-        got1, got2, load, per_container = fanout(args.fanout, args.starts)
+        got1, got2, load, per_container, on_network, joined = fanout(args.fanout, args.starts)
         k = args.starts
         print(f"\nfan-out: {k} container starts on h2, {args.fanout} containers in the network")
         print(f"{'bytes the other agent (h1) received':34} {got1 / k / 1024:8.1f} kB/start")
         print(f"{'bytes the starting agent (h2) rcvd':34} {got2 / k / 1024:8.1f} kB/start")
         show("etcd, both agents", load, k, "start")
         print(f"{'the other agent cache, per container':34} {per_container / 1024:8.2f} kB")
+        print("once h1 has a container on the network (it follows the network):")
+        print(f"{'bytes h1 received':34} {on_network / k / 1024:8.1f} kB/start")
+        print(f"{'h1 cache, per container':34} {joined / 1024:8.2f} kB")
     if args.skip_single:
         return 0
     work = Path(tempfile.mkdtemp(prefix="cove-bench-etcd-"))
