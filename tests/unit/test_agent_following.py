@@ -5,10 +5,10 @@ a bridge network, and none once it has left them for the grace period."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+from test_store_scope import eventually
 
 from cove.agent.daemon import FOLLOWED_IN_PARTS, cached_prefixes, watched_ranges
 from cove.agent.following import NetworkFollowing
@@ -53,15 +53,6 @@ def hub(store: MemoryStore) -> Iterator[WatchHub]:
     h.stop()
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 def _endpoints(hub: WatchHub) -> list[str]:
     return [kv.key for kv in hub.reads.range("endpoints/").kvs]
 
@@ -73,7 +64,7 @@ def test_start_follows_the_networks_this_node_is_on(store: MemoryStore, hub: Wat
     following.start()
     try:
         assert hub.followed == ("endpoints/br/h1/", "endpoints/ov/", "ipam/br/", "ipam/ov/")
-        _eventually(lambda: len(_endpoints(hub)) == 3)
+        eventually(lambda: len(_endpoints(hub)) == 3)
         # Every host's endpoints of the overlay, this node's of the bridge,
         # nothing of the network this node is not on.
         assert _endpoints(hub) == [
@@ -104,14 +95,14 @@ def test_a_network_is_followed_from_the_first_write_and_left_after_the_grace(
         assert hub.followed == ("endpoints/ov/", "ipam/ov/")
         # Off it: kept for the grace period, then left.
         hub.writes.delete("endpoints/ov/h1/mine")
-        _eventually(lambda: "endpoints/ov/h1/mine" not in _endpoints(hub))
+        eventually(lambda: "endpoints/ov/h1/mine" not in _endpoints(hub))
         now.t += 10
         following._pass(False)
         assert hub.followed == ("endpoints/ov/", "ipam/ov/")
         now.t += 31
         following._pass(False)
         assert hub.followed == ()
-        _eventually(lambda: _endpoints(hub) == [])
+        eventually(lambda: _endpoints(hub) == [])
     finally:
         following.stop()
 
@@ -123,10 +114,10 @@ def test_a_driver_change_follows_the_right_part(store: MemoryStore, hub: WatchHu
     try:
         assert "endpoints/br/h1/" in hub.followed
         store.put("networks/br", json.dumps({"name": "br", "driver": "overlay"}).encode())
-        _eventually(lambda: hub.reads.get("networks/br") is not None
+        eventually(lambda: hub.reads.get("networks/br") is not None
                     and b"overlay" in hub.reads.get("networks/br").value)  # type: ignore[union-attr]  # fmt: skip
         following._pass(True)
         assert hub.followed == ("endpoints/br/", "ipam/br/")
-        _eventually(lambda: "endpoints/br/h2/b" in _endpoints(hub))
+        eventually(lambda: "endpoints/br/h2/b" in _endpoints(hub))
     finally:
         following.stop()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_runtime_keys import Shared as _Shared
 
 from cove.clock import ManualClock
 from cove.model import (
@@ -27,20 +28,6 @@ from cove.runtime.relayout import move_to_node_layout
 from cove.store.base import Compare, KeyValue, Op, RangeResult, TxnResult
 from cove.store.memory import MemoryStore
 from cove.store.sqlite import SqliteStore
-
-
-class _Shared:
-    """A memory store that answers as a networked one would (no
-    in-process abilities): records of other nodes are theirs."""
-
-    def __init__(self, inner: MemoryStore) -> None:
-        self._inner = inner
-
-    def local(self) -> None:
-        return None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 class _Counting:

@@ -21,7 +21,7 @@ from cove.runtime.relayout import move_to_node_layout
 from cove.store.memory import MemoryStore
 
 
-class _Shared:
+class Shared:
     """A memory store that answers as a networked one would (no
     in-process abilities): records of other nodes are theirs."""
 
@@ -69,7 +69,7 @@ def test_find_container_follows_the_claim_or_finds_an_old_record() -> None:
 
 def test_on_a_shared_store_only_this_nodes_old_records_move_and_twice_is_once() -> None:
     inner = MemoryStore(ManualClock())
-    store: Any = _Shared(inner)
+    store: Any = Shared(inner)
     mine = _old(inner, "mine", "h1")
     legacy = _old(inner, "legacy", "")  # single-host record: this node's
     theirs = _old(inner, "theirs", "h2")
@@ -100,7 +100,7 @@ def test_on_a_shared_store_only_this_nodes_old_records_move_and_twice_is_once() 
 
 def test_a_name_claimed_by_another_container_is_not_taken_over() -> None:
     inner = MemoryStore(ManualClock())
-    store: Any = _Shared(inner)
+    store: Any = Shared(inner)
     _old(inner, "web", "h1")
     inner.put(container_key("h2", "web"), b'{"name": "web"}')
     inner.put(name_key("web"), name_claim("h2", "other"))

@@ -4,11 +4,11 @@ what it writes itself is in its view before the write returns."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 from test_store_hub import Recorder
+from test_store_scope import eventually
 
 from cove.clock import ManualClock
 from cove.errors import InvalidArgument
@@ -44,15 +44,6 @@ def hub(store: MemoryStore) -> Iterator[WatchHub]:
     h.stop()
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 def _keys(hub: WatchHub, prefix: str) -> list[str]:
     return [kv.key for kv in hub.reads.range(prefix).kvs]
 
@@ -66,7 +57,7 @@ def test_nothing_under_a_partial_prefix_arrives_until_followed(
     hub.subscribe("", seen)
     store.put("endpoints/b/h2/y", b"not followed")
     last = store.put("networks/n", b"x")
-    _eventually(lambda: ("put", "networks/n", last) in seen.events)
+    eventually(lambda: ("put", "networks/n", last) in seen.events)
     assert [k for _, k, _ in seen.events] == ["networks/n"]
     assert _keys(hub, "endpoints/") == []  # the view: nothing followed
     # A read of a part not followed goes to the store.
@@ -81,11 +72,11 @@ def test_following_a_part_replays_it_then_follows_it(store: MemoryStore, hub: Wa
     hub.subscribe("endpoints/", seen)
     hub.subscribe("", log, replays=False)
     hub.follow(["endpoints/a/"])
-    _eventually(lambda: ("put", "endpoints/a/h2/x", r1) in seen.events)
+    eventually(lambda: ("put", "endpoints/a/h2/x", r1) in seen.events)
     assert hub.followed == ("endpoints/a/",)
     r2 = store.put("endpoints/a/h3/z", b"2")
     store.put("endpoints/b/h3/w", b"other network")
-    _eventually(lambda: ("put", "endpoints/a/h3/z", r2) in seen.events)
+    eventually(lambda: ("put", "endpoints/a/h3/z", r2) in seen.events)
     assert _keys(hub, "endpoints/") == ["endpoints/a/h2/x", "endpoints/a/h3/z"]
     assert all("endpoints/b/" not in k for _, k, _ in seen.events)
     # The replay is not a change: the event log never heard of x.
@@ -100,19 +91,19 @@ def test_unfollowing_drops_the_part_as_deletes(store: MemoryStore, hub: WatchHub
     hub.subscribe("endpoints/", seen)
     hub.subscribe("", log, replays=False)
     hub.follow(["endpoints/a/"])
-    _eventually(lambda: _keys(hub, "endpoints/") == ["endpoints/a/h2/x"])
+    eventually(lambda: _keys(hub, "endpoints/") == ["endpoints/a/h2/x"])
     hub.unfollow(["endpoints/a/"])
-    _eventually(lambda: ("delete", "endpoints/a/h2/x") in [(t, k) for t, k, _ in seen.events])
+    eventually(lambda: ("delete", "endpoints/a/h2/x") in [(t, k) for t, k, _ in seen.events])
     assert hub.followed == ()
     assert _keys(hub, "endpoints/") == []
     store.put("endpoints/a/h2/later", b"2")
     last = store.put("networks/n", b"x")
-    _eventually(lambda: ("put", "networks/n", last) in log.events)
+    eventually(lambda: ("put", "networks/n", last) in log.events)
     assert all(k != "endpoints/a/h2/later" for _, k, _ in seen.events)
     assert not any(t == "delete" for t, _, _ in log.events)
     # Followed again: what it holds now is replayed.
     hub.follow(["endpoints/a/"])
-    _eventually(lambda: "endpoints/a/h2/later" in _keys(hub, "endpoints/"))
+    eventually(lambda: "endpoints/a/h2/later" in _keys(hub, "endpoints/"))
 
 
 def test_an_own_write_is_followed_before_it_returns(store: MemoryStore, hub: WatchHub) -> None:
@@ -145,11 +136,11 @@ def test_a_wider_part_replaces_a_narrower_one(store: MemoryStore, hub: WatchHub)
     store.put("endpoints/n/h2/theirs", b"2")
     hub.start()
     hub.follow(["endpoints/n/h1/"])
-    _eventually(lambda: _keys(hub, "endpoints/") == ["endpoints/n/h1/mine"])
+    eventually(lambda: _keys(hub, "endpoints/") == ["endpoints/n/h1/mine"])
     # A read of the network answers with the view: this node's part.
     assert _keys(hub, "endpoints/n/") == ["endpoints/n/h1/mine"]
     hub.follow(["endpoints/n/"])  # the network became an overlay
-    _eventually(lambda: len(_keys(hub, "endpoints/")) == 2)
+    eventually(lambda: len(_keys(hub, "endpoints/")) == 2)
     assert hub.followed == ("endpoints/n/",)
 
 

@@ -80,7 +80,7 @@ def test_another_nodes_containers_never_reach_the_hub(store: MemoryStore, hub: W
     r2 = store.put("containers/h1/api", b"mine")
     store.put("cluster/status/h2/c9", b"theirs")
     last = store.put("networks/last", b"shared, written after them")
-    _eventually(lambda: ("put", "networks/last", last) in everything.events)
+    eventually(lambda: ("put", "networks/last", last) in everything.events)
     assert containers.events == [("put", "containers/h1/api", r2)]
     keys = [key for _, key, _ in everything.events]
     assert "containers/h2/web" not in keys and "cluster/status/h2/c9" not in keys
@@ -108,7 +108,7 @@ def test_one_transaction_across_streams_arrives_as_one_batch_in_order(
             ],
         )
     last = store.put("networks/done", b"x")
-    _eventually(lambda: any(key == "networks/done" for _, key, _ in everything.events))
+    eventually(lambda: any(key == "networks/done" for _, key, _ in everything.events))
     revisions = [rev for _, _, rev in everything.events]
     assert revisions == sorted(revisions)
     assert revisions[-1] == last
@@ -198,8 +198,8 @@ def test_a_compacted_stream_resyncs_its_range_only() -> None:
         store.delete("containers/h1/gone")
         new = store.put("containers/h1/new", b"2")
         watch.close()  # the pump's next read fails; it watches again, finds no history
-        _eventually(lambda: store.forgotten == 1)
-        _eventually(lambda: any(key == "containers/h1/gone" for _, key, _ in seen.events))
+        eventually(lambda: store.forgotten == 1)
+        eventually(lambda: any(key == "containers/h1/gone" for _, key, _ in seen.events))
         kinds = {key: kind for kind, key, _ in seen.events}
         assert kinds["containers/h1/gone"] == "delete"
         assert ("put", "containers/h1/new", new) in seen.events
@@ -208,13 +208,13 @@ def test_a_compacted_stream_resyncs_its_range_only() -> None:
         assert cached == {"containers/h1/kept", "containers/h1/new"}
         # Other streams were not re-read: they go on as before.
         last = store.put("networks/after", b"x")
-        _eventually(lambda: ("put", "networks/after", last) in seen.events)
+        eventually(lambda: ("put", "networks/after", last) in seen.events)
     finally:
         hub.stop()
         store.close()
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
