@@ -385,6 +385,16 @@ class WatchHub:
             self._delivered.notify_all()
             self._queued.notify_all()
 
+    def behind(self, revision: int) -> bool:
+        """Whether a reader that read the store at ``revision`` may know
+        more than the subscribers have heard: never on a listening hub
+        (its inline subscribers hear each commit before it returns); on a
+        watching one, until ``wait_for(revision)`` would return."""
+        if self._listening:
+            return False
+        with self._lock:
+            return not self._covers(revision)
+
     def wait_for(self, revision: int, timeout: float | None = None) -> bool:
         """Block until ``revision`` has been delivered to every subscriber;
         False when ``timeout`` passes first or the hub stops. Scoped: until

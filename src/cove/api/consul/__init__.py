@@ -89,6 +89,7 @@ def install(
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         state.interests = Interests(loop)
+        state.hub = hub
         watch_hub = hub
         # Inline: a write committed on this loop wakes its blocking queries
         # right away, with no hub thread in between.

@@ -24,6 +24,7 @@ from cove.registry.kv import TooLarge, TxnAborted
 from cove.registry.queries import Answer
 from cove.registry.runner import CheckRunner
 from cove.store.group import GroupCommit
+from cove.store.hub import WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class Consul:
     runner: CheckRunner | None
     inline: bool = False
     interests: Interests | None = None
+    # The watch that feeds ``interests``: a read it has not caught up with
+    # waits for it (see ``blocking``).
+    hub: WatchHub | None = None
     commits: GroupCommit | None = None  # group commit of inline writes
     acl: AclService | None = None  # None: ACLs off, every token ignored
     # The agent's own gauges (name, help, value) for /v1/agent/metrics.
@@ -165,6 +169,9 @@ async def write(request: web.Request, func: Callable[..., Any], *args: Any) -> A
     return await run(request, func, *args)
 
 
+_CATCH_UP = 1.0  # seconds a read waits at most for the watch (then answers anyway)
+
+
 async def blocking(
     request: web.Request,
     opts: QueryOptions,
@@ -176,8 +183,17 @@ async def blocking(
         plain: Answer = await run(request, read)
         return plain
 
+    hub = ctx(request).hub
+
     async def once() -> Answer:
         answer: Answer = await run(request, read)
+        if hub is not None and hub.behind(answer.revision):
+            # The index of what is missing comes from the watch (a delete
+            # leaves no key to date it): on etcd the watch runs a few
+            # milliseconds behind a write this client may just have made,
+            # and the index must not go back in time. On the agent the hub
+            # waits only for the agent's own writes.
+            await run(request, hub.wait_for, answer.revision, _CATCH_UP)
         return answer
 
     # Only a query that may wait claims its connection's reclaim signal.
