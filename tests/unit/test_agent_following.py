@@ -121,3 +121,31 @@ def test_a_driver_change_follows_the_right_part(store: MemoryStore, hub: WatchHu
         eventually(lambda: "endpoints/br/h2/b" in _endpoints(hub))
     finally:
         following.stop()
+
+
+def test_an_agent_watches_its_own_node_records_and_the_shared_ones() -> None:
+    ranges = watched_ranges("h1")
+    mine = [
+        "containers/h1/web",
+        "cluster/status/h1/c1",
+        "registry/agent/h1/svc/web",
+        "registry/svc/web/h2/web",  # the catalog: every agent serves it
+        "registry/chk/web/h2/c",
+        "cluster/nodes/h2",
+        "networks/ov",
+        "ipamblocks/ov/10.0.0.0",
+    ]
+    theirs = [
+        "containers/h2/web",
+        "cluster/status/h2/c1",
+        "registry/agent/h2/svc/web",
+        "registry/agent/h10/svc/web",
+        "cluster/names/web",  # claims: only a create reads them, from the store
+        "cni/h1/podman1/eth0",  # attachments: only requests read them
+        "endpoints/ov/h2/e",  # followed per network (agent/following.py)
+        "ipam/ov/10.0.0.9",
+    ]
+    for key in mine:
+        assert sum(key in r for r in ranges) == 1, key
+    for key in theirs:
+        assert not any(key in r for r in ranges), key

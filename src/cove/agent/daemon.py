@@ -59,6 +59,7 @@ from cove.cluster.advertise import resolve as resolve_advertise
 from cove.cluster.nodes import CLUSTER_NODES, NodeLease, NodeRecord, members, now_rfc3339
 from cove.cluster.reaper import NodeReaper
 from cove.cluster.removal import remove_node
+from cove.cni.attachments import CNI
 from cove.datapath.libnft import open_nft
 from cove.datapath.netlink import NetlinkDatapath
 from cove.datapath.nftables import Nft
@@ -74,9 +75,9 @@ from cove.network.overlay import OverlayReconciler
 from cove.network.reconcile import NetworkReconciler
 from cove.network.service import NetworkService
 from cove.policy.model import POLICY
-from cove.registry.keys import CHECKS, NODE_CHECKS, SERVICES, agent_service_key
+from cove.registry.keys import AGENT, CHECKS, NODE_CHECKS, SERVICES, agent_service_key, seg
 from cove.runtime.dns_handover import SupervisorKeeper
-from cove.runtime.keys import CLUSTER_STATUS, containers_of, statuses_of
+from cove.runtime.keys import CLUSTER_STATUS, NAMES, containers_of, statuses_of
 from cove.runtime.registration import ServiceRegistrar
 from cove.runtime.relayout import move_to_node_layout
 from cove.store import scope
@@ -116,12 +117,13 @@ FOLLOWED_IN_PARTS = (ENDPOINTS, IPAM)
 
 def watched_ranges(node: str) -> list[KeyRange]:
     """What ``node``'s agent watches on etcd besides the networks it
-    follows: the shared records, and of the containers and their process
-    states only its own (an in-process store's hub hears every commit: on
-    one host every container is its own)."""
+    follows: the shared records; of the containers, their process states
+    and the agent-local registry records only its own; not the name claims
+    nor the CNI attachments, which only requests read (from the store). An
+    in-process store's hub hears every commit: on one host all is its own."""
     return scope.watched_ranges(
-        exclude=(CONTAINERS, CLUSTER_STATUS, *FOLLOWED_IN_PARTS),
-        include=(containers_of(node), statuses_of(node)),
+        exclude=(CONTAINERS, CLUSTER_STATUS, NAMES, AGENT, CNI, *FOLLOWED_IN_PARTS),
+        include=(containers_of(node), statuses_of(node), f"{AGENT}{seg(node)}/"),
     )
 
 
