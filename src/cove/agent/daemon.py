@@ -59,7 +59,6 @@ from cove.cluster.advertise import resolve as resolve_advertise
 from cove.cluster.nodes import CLUSTER_NODES, NodeLease, NodeRecord, members, now_rfc3339
 from cove.cluster.reaper import NodeReaper
 from cove.cluster.removal import remove_node
-from cove.cni.attachments import CNI
 from cove.datapath.libnft import open_nft
 from cove.datapath.netlink import NetlinkDatapath
 from cove.datapath.nftables import Nft
@@ -118,11 +117,12 @@ FOLLOWED_IN_PARTS = (ENDPOINTS, IPAM)
 def watched_ranges(node: str) -> list[KeyRange]:
     """What ``node``'s agent watches on etcd besides the networks it
     follows: the shared records; of the containers, their process states
-    and the agent-local registry records only its own; not the name claims
-    nor the CNI attachments, which only requests read (from the store). An
-    in-process store's hub hears every commit: on one host all is its own."""
+    and the agent-local registry records only its own; not the name claims,
+    which only a create reads (from the store). An in-process store's hub
+    hears every commit: on one host all is its own. (Each excluded prefix
+    costs a stream: the CNI attachments, few and small, are not worth one.)"""
     return scope.watched_ranges(
-        exclude=(CONTAINERS, CLUSTER_STATUS, NAMES, AGENT, CNI, *FOLLOWED_IN_PARTS),
+        exclude=(CONTAINERS, CLUSTER_STATUS, NAMES, AGENT, *FOLLOWED_IN_PARTS),
         include=(containers_of(node), statuses_of(node), f"{AGENT}{seg(node)}/"),
     )
 
