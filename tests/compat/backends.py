@@ -14,8 +14,10 @@ modules never see each other's keys. Tests marked ``etcd`` are the etcd runs;
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,7 @@ from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.base import Store
 from cove.store.etcd import EtcdStore
+from cove.store.memory import MemoryStore
 from cove.store.sqlite import SqliteStore
 from etcd_fixture import run_etcd
 
@@ -71,3 +74,34 @@ def acl_server(folder: Path, node_name: str, root: str) -> Iterator[ConsulServer
             yield srv
     finally:
         store.close()
+
+
+class LaggingWatch:
+    """A store whose watch delivers each batch late, as etcd's does under
+    load (no in-process abilities: the hub watches it)."""
+
+    def __init__(self, inner: MemoryStore, lag: float) -> None:
+        self._inner = inner
+        self._lag = lag
+
+    def local(self) -> None:
+        return None
+
+    def watch(self, *args: Any, **kwargs: Any) -> Any:
+        watch = self._inner.watch(*args, **kwargs)
+        lag = self._lag
+
+        class Late:
+            def next(self, timeout: float | None = None) -> Any:
+                events = watch.next(timeout)
+                if events:
+                    time.sleep(lag)
+                return events
+
+            def close(self) -> None:
+                watch.close()
+
+        return Late()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import Any
 import backends
 import consul
 import pytest
+from backends import LaggingWatch
 
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
@@ -215,44 +215,13 @@ def test_txn_bad_input(server: ConsulServer, ns: str) -> None:
     assert http(server, "PUT", "/v1/txn", [{"Node": {"Verb": "set"}}])[0] == 400
 
 
-class _LaggingWatch:
-    """A store whose watch delivers each batch late, as etcd's does under
-    load (no in-process abilities: the hub watches it)."""
-
-    def __init__(self, inner: MemoryStore, lag: float) -> None:
-        self._inner = inner
-        self._lag = lag
-
-    def local(self) -> None:
-        return None
-
-    def watch(self, *args: Any, **kwargs: Any) -> Any:
-        watch = self._inner.watch(*args, **kwargs)
-        lag = self._lag
-
-        class Late:
-            def next(self, timeout: float | None = None) -> Any:
-                events = watch.next(timeout)
-                if events:
-                    time.sleep(lag)
-                return events
-
-            def close(self) -> None:
-                watch.close()
-
-        return Late()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 def test_the_index_of_a_key_just_deleted_does_not_go_back_while_the_watch_lags() -> None:
     # Under load the watch ran behind a delete the client had just made:
     # the 404's X-Consul-Index was the put's, and a moment later the
     # delete's (CI saw 3 then 4). A read now waits for the watch to catch
     # up with what it read.
     inner = MemoryStore(SystemClock())
-    store = _LaggingWatch(inner, lag=0.3)
+    store = LaggingWatch(inner, lag=0.3)
     try:
         with ConsulServer(store, SystemClock(), node_name="lag-node") as srv:  # type: ignore[arg-type]
             client = consul.Consul(host="127.0.0.1", port=srv.port)

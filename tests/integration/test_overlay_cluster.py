@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.request
 
 import pytest
 
+import nsutil
 from cluster import Cluster, Host
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -63,6 +65,16 @@ def vxlans(host: Host) -> list[str]:
     return [link["ifname"] for link in json.loads(host.ip("-j", "link", "show", "type", "vxlan"))]
 
 
+def watch_streams(host: Host) -> int:
+    """The etcd watch streams the host's agent follows (its /metrics)."""
+    with nsutil.entered(host.netns):
+        url = f"http://127.0.0.1:{host.agent.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+    (line,) = [x for x in text.splitlines() if x.startswith("cove_watch_streams ")]
+    return int(float(line.split()[1]))
+
+
 def test_containers_on_two_hosts_reach_each_other_by_name(cluster3: Cluster) -> None:
     h1, h2, h3 = cluster3.hosts
     h1.ok("network", "create", "ov", "--driver", "overlay", "--subnet", "10.203.0.0/24")
@@ -85,6 +97,10 @@ def test_containers_on_two_hosts_reach_each_other_by_name(cluster3: Cluster) -> 
         "web never resolved api",
         lambda: h2.cli("exec", "web", "--", "getent", "hosts", "api").stdout.split()[:1] == [api],
     )
+    # web's host heard of api only once it joined the network: h2 follows
+    # ov's endpoints and addresses (two streams more), h3, not on it, does not.
+    assert watch_streams(h3) == 10
+    assert watch_streams(h1) == watch_streams(h2) == 12
     # The MTU is the overlay's inside the container, and no-fragment pings
     # at it cross; bigger ones fail at once with "message too long".
     inside = json.loads(h2.ok("exec", "web", "--", "ip", "-j", "link", "show", "eth0"))

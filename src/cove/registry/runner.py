@@ -238,7 +238,7 @@ class CheckRunner:
             await self._sync()
             running = self._checks.get(check_id)
         if running is None:
-            raise NotFound(f'Unknown check ID "{check_id}". Ensure that the check ID is passed')
+            raise _unknown_check(check_id)
         if running.definition.kind is not CheckKind.TTL:
             raise InvalidArgument(f'CheckID "{check_id}" does not have associated TTL')
         self._arm_ttl(running)
@@ -367,6 +367,8 @@ class CheckRunner:
             else:
                 changed = await asyncio.to_thread(update, *args)
         except NotFound:
+            if strict:  # the caller must not hear of a status that went nowhere
+                raise _unknown_check(running.definition.id) from None
             return  # deregistered meanwhile; the next sync stops it
         except CoveError as exc:
             if strict:
@@ -547,3 +549,7 @@ def alias_health(registry: Registry, node: str, service_id: str, own_id: str) ->
     if worst is Status.PASSING:
         return worst, f"All checks passing for {what}"
     return worst, f"At least one check of {what} is {worst.value}"
+
+
+def _unknown_check(check_id: str) -> NotFound:
+    return NotFound(f'Unknown check ID "{check_id}". Ensure that the check ID is passed')
