@@ -149,3 +149,12 @@ class AgentProc:
             with contextlib.suppress(ValueError):
                 return exc.code, json.loads(body)
             return exc.code, body.decode(errors="replace")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

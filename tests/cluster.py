@@ -305,11 +305,3 @@ def members(host: Host) -> dict[str, dict[str, Any]]:
     status, body = host.api("GET", "/api/members")
     assert status == 200, body
     return {m["name"]: m for m in body}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -63,6 +63,12 @@ def legacy_endpoint_key(network: str, endpoint_id: str) -> str:
     return f"{ENDPOINTS}{network}/{endpoint_id}"
 
 
+def network_of(key: str) -> str:
+    """The network a key under ``endpoints/`` or ``ipam/`` belongs to (its
+    first segment after the prefix)."""
+    return key.split("/", 2)[1]
+
+
 def parse_endpoint_key(key: str) -> tuple[str, str, str] | None:
     """(network, node, endpoint id) of an endpoint key; the node is "" for a
     key of the layout before nodes; ``None`` for anything else."""

@@ -76,7 +76,7 @@ def acl_server(folder: Path, node_name: str, root: str) -> Iterator[ConsulServer
         store.close()
 
 
-class LaggingWatch:
+class _LaggingWatch:
     """A store whose watch delivers each batch late, as etcd's does under
     load (no in-process abilities: the hub watches it)."""
 
@@ -105,3 +105,17 @@ class LaggingWatch:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def lagging_server(lag: float) -> Iterator[tuple[ConsulServer, MemoryStore]]:
+    """A Consul server over a memory store whose watch delivers each batch
+    ``lag`` seconds late, as etcd's does under load; and that store (its
+    revision is the truth the answers are held to)."""
+    inner = MemoryStore(SystemClock())
+    try:
+        store = _LaggingWatch(inner, lag)
+        with ConsulServer(store, SystemClock(), node_name="lag-node") as srv:  # type: ignore[arg-type]
+            yield srv, inner
+    finally:
+        inner.close()

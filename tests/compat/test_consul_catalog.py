@@ -15,12 +15,11 @@ from typing import Any
 import backends
 import consul
 import pytest
-from backends import LaggingWatch
+from backends import lagging_server
 
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.base import Store
-from cove.store.memory import MemoryStore
 
 backend_store = backends.backend_store  # the fixture: SQLite, then etcd
 
@@ -297,19 +296,14 @@ def test_a_ttl_update_of_a_check_just_deregistered_is_refused_while_the_watch_la
     # Under load the check runner (fed by the watch) still ran a check the
     # client had just deregistered, and /v1/agent/check/pass answered 200
     # for a status that went nowhere. The store's answer now decides.
-    inner = MemoryStore(SystemClock())
-    store = LaggingWatch(inner, lag=0.5)
-    try:
-        with ConsulServer(store, SystemClock(), node_name="lag-node") as srv:  # type: ignore[arg-type]
-            client = consul.Consul(host="127.0.0.1", port=srv.port)
-            cid = uniq("lagchk")
-            assert client.agent.check.register(cid, check=consul.Check.ttl("30s"))
-            time.sleep(1.0)  # the runner has it
-            assert http(srv, "PUT", f"/v1/agent/check/pass/{cid}")[0] == 200
-            assert client.agent.check.deregister(cid)
-            status, _, body = http(srv, "PUT", f"/v1/agent/check/pass/{cid}")
-            assert status == 404, body
-            assert b"Unknown check ID" in body
-            assert cid not in client.agent.checks()
-    finally:
-        inner.close()
+    with lagging_server(0.5) as (srv, _):
+        client = consul.Consul(host="127.0.0.1", port=srv.port)
+        cid = uniq("lagchk")
+        assert client.agent.check.register(cid, check=consul.Check.ttl("30s"))
+        time.sleep(1.0)  # the runner has it
+        assert http(srv, "PUT", f"/v1/agent/check/pass/{cid}")[0] == 200
+        assert client.agent.check.deregister(cid)
+        status, _, body = http(srv, "PUT", f"/v1/agent/check/pass/{cid}")
+        assert status == 404, body
+        assert b"Unknown check ID" in body
+        assert cid not in client.agent.checks()

@@ -14,12 +14,11 @@ from typing import Any
 import backends
 import consul
 import pytest
-from backends import LaggingWatch
+from backends import lagging_server
 
 from cove.agent.consul import ConsulServer
 from cove.clock import SystemClock
 from cove.store.base import Store
-from cove.store.memory import MemoryStore
 
 backend_store = backends.backend_store  # the fixture: SQLite, then etcd
 
@@ -220,18 +219,13 @@ def test_the_index_of_a_key_just_deleted_does_not_go_back_while_the_watch_lags()
     # the 404's X-Consul-Index was the put's, and a moment later the
     # delete's (CI saw 3 then 4). A read now waits for the watch to catch
     # up with what it read.
-    inner = MemoryStore(SystemClock())
-    store = LaggingWatch(inner, lag=0.3)
-    try:
-        with ConsulServer(store, SystemClock(), node_name="lag-node") as srv:  # type: ignore[arg-type]
-            client = consul.Consul(host="127.0.0.1", port=srv.port)
-            assert client.kv.put("lag/a", "1")
-            index, _ = client.kv.get("lag/a")
-            assert client.kv.delete("lag/a")
-            deleted = inner.revision
-            status, headers, _ = http(srv, "GET", "/v1/kv/lag/a")
-            assert status == 404
-            assert int(headers["X-Consul-Index"]) == deleted > int(index)
-            assert client.kv.get("lag/a") == (str(deleted), None)
-    finally:
-        inner.close()
+    with lagging_server(0.3) as (srv, inner):
+        client = consul.Consul(host="127.0.0.1", port=srv.port)
+        assert client.kv.put("lag/a", "1")
+        index, _ = client.kv.get("lag/a")
+        assert client.kv.delete("lag/a")
+        deleted = inner.revision
+        status, headers, _ = http(srv, "GET", "/v1/kv/lag/a")
+        assert status == 404
+        assert int(headers["X-Consul-Index"]) == deleted > int(index)
+        assert client.kv.get("lag/a") == (str(deleted), None)

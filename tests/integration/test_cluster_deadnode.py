@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 import nsutil
-from cluster import Cluster, Host, make_cluster, members, pid_alive, wait_for
+from agentproc import pid_alive
+from cluster import Cluster, Host, make_cluster, members, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 

@@ -32,8 +32,9 @@ STARTS = 3
 SUBNET = "10.90.0.0/16"
 # Bytes h1 may receive per start on h2: about 1,800 kB while every pass
 # re-read the cluster, about 20 kB with the watch's events once each (with
-# 300 containers in the network), and now that h1, which has no container
-# on the network, follows none of its endpoints and addresses: see PRINTED.
+# 300 containers in the network), and about 3 kB (bench/cluster/etcd_load.py)
+# now that h1, which has no container on the network, follows none of its
+# endpoints and addresses.
 BOUND = 12 * 1024
 # Bytes the starting host h2 may receive per start: measured about 21 kB
 # after, about 85 kB before (IPAM's read of the whole network).
@@ -58,7 +59,6 @@ def test_a_start_on_one_host_costs_the_others_only_what_changed(tmp_path: Path) 
                 settle(member)
             per_start = (rx_bytes(h1.netns) - before) / STARTS
             starting = (rx_bytes(h2.netns) - before2) / STARTS
-            print(f"PRINTED h1 {per_start / 1024:.1f} kB, h2 {starting / 1024:.1f} kB per start")
             assert per_start < BOUND, f"h1 received {per_start / 1024:.0f} kB per start on h2"
             assert starting < BOUND_STARTING, f"h2 received {starting / 1024:.0f} kB per start"
             # What h1 learnt from its cache is right: the containers, their

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from agentproc import COVE, AgentProc
-from cluster import Cluster, Host, make_cluster, members, pid_alive, wait_for
+from agentproc import COVE, AgentProc, pid_alive
+from cluster import Cluster, Host, make_cluster, members, wait_for
 from cove.agent.teardown import teardown
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]

@@ -23,13 +23,12 @@ from test_containers_helpers import (  # noqa: F401 - fixtures
     eventually,
     inspect,
     need_containers,
-    pid_alive,
     run_echo,
     scripts_fixture,
     tcp,
 )
 
-from agentproc import AgentProc
+from agentproc import AgentProc, pid_alive
 from cove.agent.teardown import teardown
 from cove.runtime.launch import LaunchSpec
 from cove.runtime.state import read_json

@@ -18,13 +18,14 @@ from test_containers_helpers import (  # noqa: F401 - fixtures
     eventually,
     inspect,
     need_containers,
-    pid_alive,
     run_echo,
     runtime_cleanup_fixture,
     scripts_fixture,
     tcp,
     udp,
 )
+
+from agentproc import pid_alive
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("runtime_cleanup")]
 

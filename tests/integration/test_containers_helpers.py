@@ -4,7 +4,6 @@ its hostname, clients for it, and leak checks. (No tests here.)"""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -160,11 +159,3 @@ def assert_no_leaks(agent: Any, expected_containers: int) -> None:
 def run_echo(agent: Any, name: str, echo: str, *extra: str, port: int = 7) -> str:
     agent.ok("run", "-d", "--name", name, *extra, "--", "python3", "-S", "-u", echo, str(port))
     return name
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

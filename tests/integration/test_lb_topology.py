@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -166,11 +165,3 @@ def results(data: dict[str, object]) -> Counter[str]:
     got = data["results"]
     assert isinstance(got, dict)
     return Counter({str(k): int(v) for k, v in got.items()})
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import pytest
+import test_store_hub
 from test_store_hub import Recorder
 from test_store_scope import eventually
 
@@ -23,11 +24,7 @@ CACHED = ("networks/", "containers/h1/")
 PARTIAL = ("endpoints/", "ipam/")
 
 
-@pytest.fixture
-def store() -> Iterator[MemoryStore]:
-    s = MemoryStore(ManualClock())
-    yield s
-    s.close()
+store = test_store_hub.store  # the fixture: a fresh memory store
 
 
 @pytest.fixture

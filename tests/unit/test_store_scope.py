@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import test_store_hub
 from test_store_hub import Recorder
 
 from cove.clock import ManualClock
@@ -25,11 +26,7 @@ MINE = ("containers/h1/", "cluster/status/h1/")
 CACHED = ("networks/", "containers/h1/", "endpoints/")
 
 
-@pytest.fixture
-def store() -> Iterator[MemoryStore]:
-    s = MemoryStore(ManualClock())
-    yield s
-    s.close()
+store = test_store_hub.store  # the fixture: a fresh memory store
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from cove.errors import CoveError
-from cove.model import IPAM, NETWORKS, NetworkDriver, endpoints_in, endpoints_of
+from cove.model import IPAM, NETWORKS, NetworkDriver, endpoints_in, endpoints_of, network_of
 from cove.store.base import Store
 from cove.store.hub import WatchHub
 from cove.worker import Worker
@@ -34,11 +34,6 @@ from cove.worker import Worker
 log = logging.getLogger(__name__)
 
 GRACE = 30.0  # seconds a network is kept after this node's last endpoint on it
-
-
-def network_of(key: str) -> str:
-    """The network a key under ``endpoints/`` or ``ipam/`` belongs to."""
-    return key.split("/", 2)[1]
 
 
 class NetworkFollowing:

@@ -52,6 +52,7 @@ from cove.model import (
     IPAddress,
     Network,
     NetworkDriver,
+    network_of,
 )
 from cove.network import firewall
 from cove.network import reconcile as bridges
@@ -378,7 +379,7 @@ def read_desired(
         result = store.range(ENDPOINTS)
         revision = max(revision, result.revision)
         for kv in result.kvs:
-            if kv.key[len(ENDPOINTS) :].split("/", 1)[0] not in names:
+            if network_of(kv.key) not in names:
                 continue
             data = json.loads(kv.value)
             eps.append(RemoteEndpoint(Endpoint.from_json(data), str(data.get("node") or "")))
@@ -483,8 +484,8 @@ class OverlayReconciler:
         overlays, known = self._overlay_networks, self._known_networks
         for ev in events:
             key = ev.kv.key
-            network = key[len(ENDPOINTS) :].split("/", 1)[0]
-            if not key.startswith(ENDPOINTS) or network in overlays or network not in known:
+            network = network_of(key) if key.startswith(ENDPOINTS) else None
+            if network is None or network in overlays or network not in known:
                 self.kick()
                 return
 

@@ -340,7 +340,6 @@ class WatchHub:
                 ]:
                     self._unfollow(other)
                 stream = _Stream(KeyRange.prefix(prefix), loaded=False)
-                stream.seen = 0
                 stream.resume = current.revision + 1
                 with self._lock:
                     self._streams = [*self._streams, stream]
